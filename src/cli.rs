@@ -1,0 +1,496 @@
+//! Clap definitions and help text for every command; it must not touch the system or hold validated settings (see `config`).
+//!
+//! `migrun [launcher flags] [docker run options] IMAGE [CMD...]` has no subcommand word, so
+//! [`normalize_args`] inserts `run` when the first word after the global flags is not a subcommand,
+//! and [`split_launcher_args`] separates migrun's own launcher flags from docker's.
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+const AFTER_HELP: &str = "\
+Examples:
+  migrun --profile 3g.40gb -it --rm nvcr.io/nvidia/pytorch:24.05-py3 python
+  migrun --profile 1g.10gb --wait=300 -d -p 8888:8888 jupyter/base-notebook
+  migrun alloc --profile 3g.40gb --json        # for Slurm prologs / JupyterHub spawners
+  migrun release 7
+  migrun --simulate h100-80gb:8 status         # try it without a GPU
+
+Exit codes: 0 ok; 1 operation failed; 2 bad input or usage; 3 no room for the profile;
+4 needs privilege. The launcher exits with the container's own code (125-127 for docker's failures).";
+
+/// migrun: give a container a MIG slice of an NVIDIA GPU, and give it back when the container ends.
+#[derive(Debug, Parser)]
+#[command(
+    name = "migrun",
+    version,
+    about,
+    override_usage = "migrun [GLOBAL OPTIONS] [--profile P] [--gpu N] [--wait[=S]] [--keep] [--inject MODE] [--dry-run] [docker run options] IMAGE [CMD...]\n       migrun [GLOBAL OPTIONS] <COMMAND>",
+    after_help = AFTER_HELP
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Flags every command takes.
+#[derive(Debug, Args, Clone, Default)]
+pub struct GlobalArgs {
+    /// Use simulated GPUs instead of the driver: MODEL[:COUNT][:mig-off],... e.g. h100-80gb:8
+    #[arg(long, global = true, env = "MIGRUN_SIMULATE", value_name = "SPEC")]
+    pub simulate: Option<String>,
+    /// Directory for leases, locks and simulator state (default /run/migrun)
+    #[arg(long, global = true, env = "MIGRUN_STATE_DIR", value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Policy file (default /etc/migrun/config.toml; missing default file = built-in defaults)
+    #[arg(long, global = true, env = "MIGRUN_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Say more about what migrun decides (repeat for debug output)
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a container on a MIG slice (the default when no command word is given)
+    Run(RunArgs),
+    /// List GPU-instance profiles per GPU with free/total counts (like `nvidia-smi mig -lgip`)
+    Profiles(ListArgs),
+    /// List the possible placements of every profile (like `nvidia-smi mig -lgipp`)
+    Placements(ListArgs),
+    /// Show GPUs, MIG mode, instances, a slot map and leases
+    Status(ListArgs),
+    /// Allocate a MIG instance and print its UUID and lease id (for Slurm / JupyterHub)
+    Alloc(AllocArgs),
+    /// Release a lease (by lease id or MIG UUID)
+    Release(ReleaseArgs),
+    /// Release leases whose holder is gone and finish draining instances
+    Gc(GcArgs),
+    /// OCI hook entry points (podman/CRI-O hooks.d, runc hooks)
+    Hook(HookArgs),
+    /// runc-compatible runtime shim (also reached as `migrun-runtime`)
+    #[command(disable_help_flag = true)]
+    Runtime(RuntimeArgs),
+    /// Enable or disable MIG mode on GPUs (never resets the GPU itself)
+    Mig(MigArgs),
+    /// Destroy every unleased instance migrun created (clean slate before stopping a VM)
+    Teardown(TeardownArgs),
+    /// Simulator controls for tests and demos (needs --simulate)
+    Sim(SimArgs),
+    /// Print shell completions
+    Completions(CompletionsArgs),
+    /// Print the man page (roff) to stdout
+    Man,
+}
+
+/// Names of every subcommand word, for [`normalize_args`].
+pub const SUBCOMMANDS: &[&str] = &[
+    "run",
+    "profiles",
+    "placements",
+    "status",
+    "alloc",
+    "release",
+    "gc",
+    "hook",
+    "runtime",
+    "mig",
+    "teardown",
+    "sim",
+    "completions",
+    "man",
+    "help",
+];
+
+/// How the MIG UUID reaches the container.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum InjectMode {
+    /// `--gpus device=MIG-…` (Docker with the NVIDIA container toolkit)
+    Gpus,
+    /// `--runtime nvidia -e NVIDIA_VISIBLE_DEVICES=MIG-…`
+    NvidiaRuntime,
+    /// `--device nvidia.com/gpu=MIG-…` (CDI)
+    Cdi,
+    /// only `-e NVIDIA_VISIBLE_DEVICES=MIG-…` (plain runtimes, tests)
+    Env,
+}
+
+/// What to ask for: a profile or an amount of memory.
+#[derive(Debug, Args, Clone, Default)]
+pub struct RequestArgs {
+    /// MIG profile: ID (9), name (3g.40gb), full name ("MIG 3g.40gb") or variant (1g.10gb+me)
+    #[arg(long, value_name = "P", conflicts_with = "min_mem")]
+    pub profile: Option<String>,
+    /// Smallest plain profile with at least this much memory, e.g. 20g or 20000m
+    #[arg(long, value_name = "SIZE")]
+    pub min_mem: Option<String>,
+    /// Only use this GPU (NVML index or GPU-UUID)
+    #[arg(long, value_name = "N")]
+    pub gpu: Option<String>,
+    /// When there is no room, wait (first come, first served) up to S seconds (no value: forever)
+    #[arg(long, value_name = "S", num_args = 0..=1, require_equals = true, default_missing_value = "0")]
+    pub wait: Option<u64>,
+    /// Keep an instance migrun created when the lease ends, for reuse, instead of destroying it
+    #[arg(long)]
+    pub keep: bool,
+}
+
+/// The launcher: migrun's own flags, then docker's options, image and command.
+#[derive(Debug, Args, Clone, Default)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub request: RequestArgs,
+    /// How the device reaches the container (default: detect the NVIDIA toolkit)
+    #[arg(long, value_enum, value_name = "MODE")]
+    pub inject: Option<InjectMode>,
+    /// Print the plan and the exact docker command; change nothing
+    #[arg(long)]
+    pub dry_run: bool,
+    /// docker CLI to use (default: `docker` on PATH)
+    #[arg(long, env = "MIGRUN_DOCKER", value_name = "PATH")]
+    pub docker: Option<PathBuf>,
+    /// docker run options, IMAGE and CMD, passed to `docker run` unchanged
+    #[arg(
+        value_name = "DOCKER_ARGS",
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        num_args = 1..,
+        required = true
+    )]
+    pub docker_args: Vec<String>,
+}
+
+/// Options of the read-only listing commands.
+#[derive(Debug, Args, Clone, Default)]
+pub struct ListArgs {
+    /// Only this GPU (NVML index)
+    #[arg(long, value_name = "N")]
+    pub gpu: Option<String>,
+    /// Machine-readable output (schema in docs/json.md)
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args, Clone, Default)]
+pub struct AllocArgs {
+    #[command(flatten)]
+    pub request: RequestArgs,
+    /// Tie the lease to this process (released when it dies); default: a manual lease with no holder
+    #[arg(long, value_name = "PID")]
+    pub holder_pid: Option<u32>,
+    /// Machine-readable output
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args, Clone, Default)]
+pub struct ReleaseArgs {
+    /// Lease id (as printed by alloc/status) or the MIG-… UUID
+    #[arg(value_name = "LEASE|MIG-UUID")]
+    pub target: String,
+    /// Machine-readable output
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args, Clone, Default)]
+pub struct GcArgs {
+    /// Machine-readable output
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct HookArgs {
+    /// Hook stage
+    #[arg(value_enum)]
+    pub stage: HookStage,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum HookStage {
+    /// podman's precreate: config JSON on stdin, modified config on stdout
+    Precreate,
+    /// OCI prestart: state JSON on stdin; rewrites <bundle>/config.json
+    Prestart,
+    /// OCI createRuntime: same as prestart
+    #[value(name = "createRuntime", alias = "create-runtime")]
+    CreateRuntime,
+    /// OCI poststop: releases the container's lease
+    Poststop,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct RuntimeArgs {
+    /// runc arguments, passed through (a `create` gets the MIG slice first)
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, num_args = 0..)]
+    pub args: Vec<OsString>,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct MigArgs {
+    #[command(subcommand)]
+    pub action: MigAction,
+}
+
+#[derive(Debug, Subcommand, Clone)]
+pub enum MigAction {
+    /// Request MIG mode on (takes effect after a GPU reset or reboot)
+    Enable(GpuSelect),
+    /// Request MIG mode off (refused while instances exist)
+    Disable(GpuSelect),
+}
+
+#[derive(Debug, Args, Clone, Default)]
+pub struct GpuSelect {
+    /// This GPU (NVML index)
+    #[arg(
+        long,
+        value_name = "N",
+        conflicts_with = "all",
+        required_unless_present = "all"
+    )]
+    pub gpu: Option<String>,
+    /// Every GPU migrun may manage
+    #[arg(long)]
+    pub all: bool,
+    /// Machine-readable output
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args, Clone, Default)]
+pub struct TeardownArgs {
+    /// This GPU only (NVML index)
+    #[arg(long, value_name = "N", conflicts_with = "all")]
+    pub gpu: Option<String>,
+    /// Every GPU migrun may manage (the default)
+    #[arg(long)]
+    pub all: bool,
+    /// Release stale leases first
+    #[arg(long)]
+    pub force: bool,
+    /// Also destroy unleased instances migrun did not create (only with an explicit --gpu)
+    #[arg(long, requires = "gpu")]
+    pub include_foreign: bool,
+    /// Machine-readable output
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct SimArgs {
+    #[command(subcommand)]
+    pub action: SimAction,
+}
+
+#[derive(Debug, Subcommand, Clone)]
+pub enum SimAction {
+    /// Forget the simulated machine in this state dir (refused while leases exist)
+    Reset,
+    /// Simulate a GPU reset: apply a pending MIG mode change (refused while instances or leases exist)
+    ResetGpu {
+        /// GPU index
+        gpu: u32,
+    },
+    /// Create an instance outside migrun, as an admin or mig-parted would (placement chosen like the driver does)
+    CreateForeign {
+        /// GPU index
+        #[arg(long)]
+        gpu: u32,
+        /// Profile to create
+        #[arg(long)]
+        profile: String,
+    },
+    /// Pretend N compute processes run on a GPU instance (0 ends them)
+    SetProcesses {
+        /// GPU index
+        #[arg(long)]
+        gpu: u32,
+        /// GPU-instance id
+        #[arg(long)]
+        gi: u32,
+        /// Number of processes
+        #[arg(long)]
+        count: u32,
+    },
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct CompletionsArgs {
+    /// Shell to generate completions for
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+/// True for flags of [`GlobalArgs`] that take a separate value.
+fn global_flag_takes_value(arg: &str) -> bool {
+    matches!(arg, "--simulate" | "--state-dir" | "--config")
+}
+
+/// Insert `run` when the first word after global flags is not a subcommand, so
+/// `migrun --profile 3g.40gb -it IMAGE` means `migrun run --profile 3g.40gb -it IMAGE`.
+pub fn normalize_args(args: Vec<OsString>) -> Vec<OsString> {
+    let mut i = 1;
+    while i < args.len() {
+        let a = args[i].to_string_lossy();
+        if global_flag_takes_value(&a) {
+            i += 2;
+            continue;
+        }
+        if a.starts_with("--simulate=")
+            || a.starts_with("--state-dir=")
+            || a.starts_with("--config=")
+            || a == "-v"
+            || a == "-vv"
+            || a == "--verbose"
+        {
+            i += 1;
+            continue;
+        }
+        if matches!(&*a, "-h" | "--help" | "-V" | "--version") || SUBCOMMANDS.contains(&&*a) {
+            return args;
+        }
+        let mut out = args;
+        out.insert(i, "run".into());
+        return out;
+    }
+    args
+}
+
+/// Launcher flags of migrun that take a value (given as `--flag V` or `--flag=V`).
+const RUN_VALUE_FLAGS: &[&str] = &["--profile", "--min-mem", "--gpu", "--inject", "--docker"];
+/// Launcher flags of migrun without a value (`--wait` takes only `--wait=S`).
+const RUN_BOOL_FLAGS: &[&str] = &["--keep", "--dry-run", "--wait"];
+
+/// Split the words after `run` into migrun's launcher flags and docker's part (options, IMAGE, CMD).
+/// migrun's flags must come first: the first word that is not one of them starts docker's part,
+/// so a docker option that happens to share a name (`--gpu` vs `--gpus`) is never taken by migrun.
+pub fn split_launcher_args(words: &[OsString]) -> (Vec<OsString>, Vec<OsString>) {
+    let mut ours = Vec::new();
+    let mut i = 0;
+    while i < words.len() {
+        let w = words[i].to_string_lossy();
+        let name = w.split_once('=').map_or(&*w, |(n, _)| n);
+        if RUN_VALUE_FLAGS.contains(&name) {
+            ours.push(words[i].clone());
+            if !w.contains('=') {
+                if let Some(v) = words.get(i + 1) {
+                    ours.push(v.clone());
+                    i += 1;
+                }
+            }
+        } else if RUN_BOOL_FLAGS.contains(&name)
+            || (global_flag_takes_value(name) || matches!(name, "-v" | "-vv" | "--verbose"))
+        {
+            ours.push(words[i].clone());
+            if global_flag_takes_value(name) && !w.contains('=') {
+                if let Some(v) = words.get(i + 1) {
+                    ours.push(v.clone());
+                    i += 1;
+                }
+            }
+        } else if w == "--" {
+            i += 1;
+            break;
+        } else {
+            break;
+        }
+        i += 1;
+    }
+    (ours, words[i..].to_vec())
+}
+
+/// Parse a full argv (argv[0] included) the way `main` does.
+pub fn parse(args: Vec<OsString>) -> Result<Cli, clap::Error> {
+    let args = normalize_args(args);
+    // Find `run` and split its words so docker's options never reach clap's flag parser.
+    let run_at = args.iter().position(|a| a == "run");
+    let Some(run_at) = run_at.filter(|&p| {
+        args[1..p]
+            .iter()
+            .all(|a| !SUBCOMMANDS.contains(&&*a.to_string_lossy()))
+    }) else {
+        return Cli::try_parse_from(args);
+    };
+    let (ours, docker) = split_launcher_args(&args[run_at + 1..]);
+    if ours.iter().any(|a| a == "-h" || a == "--help") || docker.is_empty() {
+        let mut argv = args[..=run_at].to_vec();
+        argv.extend(ours);
+        argv.extend(docker);
+        return Cli::try_parse_from(argv);
+    }
+    let mut argv = args[..=run_at].to_vec();
+    argv.extend(ours);
+    argv.push("--".into());
+    argv.extend(docker);
+    Cli::try_parse_from(argv)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    fn argv(s: &str) -> Vec<OsString> {
+        s.split_whitespace().map(OsString::from).collect()
+    }
+
+    #[test]
+    fn clap_definitions_are_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn launcher_form_without_run() {
+        let cli = parse(argv(
+            "migrun --profile 3g.40gb --wait=5 -it --rm -e X=1 --gpus all busybox sh -c true",
+        ))
+        .unwrap();
+        let Command::Run(r) = cli.command else {
+            panic!("not run")
+        };
+        assert_eq!(r.request.profile.as_deref(), Some("3g.40gb"));
+        assert_eq!(r.request.wait, Some(5));
+        assert_eq!(
+            r.docker_args,
+            argv("-it --rm -e X=1 --gpus all busybox sh -c true")
+                .iter()
+                .map(|s| s.to_string_lossy().into_owned())
+                .collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
+    fn globals_before_the_launcher_and_explicit_run() {
+        let cli = parse(argv(
+            "migrun --simulate h100-80gb --state-dir /tmp/x run --profile 9 status",
+        ))
+        .unwrap();
+        assert_eq!(cli.global.simulate.as_deref(), Some("h100-80gb"));
+        let Command::Run(r) = cli.command else {
+            panic!("not run")
+        };
+        assert_eq!(r.docker_args, vec!["status".to_string()]);
+
+        let cli = parse(argv("migrun --simulate h100-80gb status --json")).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Status(ListArgs { json: true, .. })
+        ));
+
+        let cli = parse(argv("migrun --profile 1g.10gb --wait busybox")).unwrap();
+        let Command::Run(r) = cli.command else {
+            panic!()
+        };
+        assert_eq!(r.request.wait, Some(0));
+    }
+
+    #[test]
+    fn launcher_needs_an_image() {
+        assert!(parse(argv("migrun --profile 3g.40gb")).is_err());
+    }
+}

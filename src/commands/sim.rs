@@ -1,0 +1,72 @@
+//! Handlers for `migrun sim ...`, the simulator controls used by tests and demos.
+
+use super::{Ctx, InputError};
+use crate::cli::{SimAction, SimArgs};
+use crate::gpu::Backend;
+use crate::profile::{self, ProfileSpec};
+use anyhow::Result;
+
+pub fn sim(ctx: &Ctx, a: &SimArgs) -> Result<i32> {
+    let mut sim = ctx.sim_backend()?;
+    match &a.action {
+        SimAction::Reset => {
+            sim.store().reset()?;
+            println!(
+                "simulated machine in {} forgotten",
+                ctx.state_dir_path().display()
+            );
+        }
+        SimAction::ResetGpu { gpu } => {
+            let gpu = *gpu;
+            let count = sim.gpus()?.len() as u32;
+            if gpu >= count {
+                return Err(crate::gpu::GpuError::NoSuchGpu { index: gpu, count }.into());
+            }
+            let mode = sim.with_machine(|m| m.reset_gpu(gpu))?.map_err(|code| {
+                crate::gpu::GpuError::Nvml {
+                    op: "resetting the GPU".into(),
+                    gpu,
+                    code,
+                    detail:
+                        "instances or processes still exist; destroy them first (migrun teardown)"
+                            .into(),
+                }
+            })?;
+            println!("GPU {gpu} reset: MIG mode {mode}");
+        }
+        SimAction::CreateForeign { gpu, profile } => {
+            let gpus = sim.gpus()?;
+            let info = gpus
+                .iter()
+                .find(|g| g.index == *gpu)
+                .ok_or(crate::gpu::GpuError::NoSuchGpu {
+                    index: *gpu,
+                    count: gpus.len() as u32,
+                })?
+                .clone();
+            let spec: ProfileSpec = profile.parse()?;
+            let profiles = sim.profiles(*gpu)?;
+            let p = profile::resolve(&spec, &profiles, &info.label(), &info.name)?;
+            let (id, gpu) = (p.id, *gpu);
+            let out = sim.with_machine(|m| {
+                let gi = m.create_gi_anywhere(gpu, id)?;
+                let ci = m.create_default_ci(gpu, gi)?;
+                Ok::<_, crate::gpu::Code>((gi, ci))
+            })?;
+            let (gi, ci) = out.map_err(|code| {
+                crate::gpu::GpuError::nvml("creating a foreign instance", gpu, code)
+            })?;
+            println!("GPU {gpu} GI {gi} {} {}", p.short_name(), ci.mig_uuid);
+        }
+        SimAction::SetProcesses { gpu, gi, count } => {
+            let (gpu, gi, count) = (*gpu, *gi, *count);
+            sim.with_machine(|m| m.set_processes(gpu, gi, count))?
+                .map_err(|_| {
+                    InputError::Other(format!(
+                        "GPU {gpu} has no GPU instance {gi}; see `migrun status`"
+                    ))
+                })?;
+        }
+    }
+    Ok(0)
+}

@@ -1,0 +1,147 @@
+//! Validated settings from `/etc/migrun/config.toml` (or `--config` / `MIGRUN_CONFIG`); it must not talk to NVML or engines.
+//!
+//! The schema is documented in docs/config.md. Unknown keys are an error that names the key, so a
+//! typo never silently turns a policy off.
+
+use crate::cli::InjectMode;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// Default policy file; a missing default file means built-in defaults.
+pub const DEFAULT_CONFIG: &str = "/etc/migrun/config.toml";
+
+/// What happens to an instance migrun created when its lease ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ReleasePolicy {
+    /// Destroy the CI and GI (the default: the memory goes back to the pool).
+    #[default]
+    Destroy,
+    /// Keep it warm for the next request of the same profile.
+    Keep,
+}
+
+/// Where hooks and the shim log, since runtimes swallow their stderr.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LogTarget {
+    /// `<state-dir>/migrun.log`
+    #[default]
+    File,
+    /// the systemd journal (falls back to the file when journald is absent)
+    Journald,
+    /// A file path of the admin's choosing.
+    #[serde(untagged)]
+    Path(PathBuf),
+}
+
+/// A GPU named in the config: an NVML index or a `GPU-…` UUID.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum GpuRef {
+    Index(u32),
+    Uuid(String),
+}
+
+/// The policy file, as written (see docs/config.md).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// GPUs migrun may manage; `None` = all. Others (Kubernetes', mig-parted's) are never touched.
+    pub gpus: Option<Vec<GpuRef>>,
+    /// Profiles that may be requested; `None` = all.
+    pub allowed_profiles: Option<Vec<String>>,
+    /// Most concurrent leases one user (uid) may hold.
+    pub max_leases_per_user: Option<u32>,
+    /// Most concurrent leases in total.
+    pub max_leases_total: Option<u32>,
+    /// Default injection mode of the launcher; `None` = detect the NVIDIA toolkit.
+    pub inject: Option<InjectMode>,
+    /// Destroy or keep created instances when a lease ends.
+    pub release: ReleasePolicy,
+    /// Seconds a hook may take (allocation included, waiting excluded) before it fails the container start.
+    pub hook_timeout_s: u64,
+    /// Where hooks and the shim log.
+    pub log: LogTarget,
+    /// The runtime the shim execs after rewriting the bundle; `None` = nvidia-container-runtime if found, else runc.
+    pub runtime: Option<PathBuf>,
+    /// docker CLI for the launcher; `None` = `docker` on PATH.
+    pub docker: Option<PathBuf>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            gpus: None,
+            allowed_profiles: None,
+            max_leases_per_user: None,
+            max_leases_total: None,
+            inject: None,
+            release: ReleasePolicy::Destroy,
+            hook_timeout_s: 30,
+            log: LogTarget::File,
+            runtime: None,
+            docker: None,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {source}; fix the path given by --config / MIGRUN_CONFIG")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("invalid config {path}: {message}; see docs/config.md for the schema")]
+    Parse { path: PathBuf, message: String },
+}
+
+impl Config {
+    /// Load the policy. `explicit` is `--config`/`MIGRUN_CONFIG`; without it a missing default file means defaults.
+    pub fn load(explicit: Option<&Path>) -> Result<Config, ConfigError> {
+        let path = explicit.unwrap_or(Path::new(DEFAULT_CONFIG));
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if explicit.is_none() && e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(Config::default())
+            }
+            Err(source) => {
+                return Err(ConfigError::Read {
+                    path: path.into(),
+                    source,
+                })
+            }
+        };
+        Config::parse(&text).map_err(|message| ConfigError::Parse {
+            path: path.into(),
+            message,
+        })
+    }
+
+    /// Parse TOML text; the error is one line naming the offending key.
+    pub fn parse(text: &str) -> Result<Config, String> {
+        toml::from_str(text).map_err(|e| e.message().trim().replace('\n', " "))
+    }
+}
+
+/// Exit codes for this module's errors (see `exit`).
+pub fn exit_code_of(e: &(dyn std::error::Error + 'static)) -> Option<i32> {
+    e.downcast_ref::<ConfigError>().map(|_| crate::exit::USAGE)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let e = Config::parse("max_leases_totl = 3").unwrap_err();
+        assert!(e.contains("max_leases_totl"), "{e}");
+        let c =
+            Config::parse("gpus = [0, \"GPU-abc\"]\nrelease = \"keep\"\ninject = \"env\"").unwrap();
+        assert_eq!(c.release, ReleasePolicy::Keep);
+        assert_eq!(c.gpus.unwrap()[1], GpuRef::Uuid("GPU-abc".into()));
+    }
+}

@@ -1,0 +1,647 @@
+//! The simulated machine: plain serde state plus NVML's MIG semantics; it must not do I/O or locking.
+//!
+//! Both the `--simulate` backend and the fake `libnvidia-ml.so` drive this same type, so the rules
+//! (overlap -> INSUFFICIENT_RESOURCES, instance-count limits, one `+me` per GPU, MIG off ->
+//! NOT_SUPPORTED, destroying a GI with a CI -> IN_USE) live in one place.
+
+use super::models::{self, Model, ModelError};
+use crate::gpu::{Code, ComputeInstance, GiProfile, GpuInfo, GpuInstance, MigMode, Placement};
+use crate::profile::Variant;
+use serde::{Deserialize, Serialize};
+use std::collections::hash_map::DefaultHasher;
+use std::fmt;
+use std::hash::{Hash, Hasher};
+use std::str::FromStr;
+
+/// One `MODEL[:COUNT][:mig-off]` group of a simulation spec.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpecEntry {
+    pub model: String,
+    pub count: u32,
+    pub mig_on: bool,
+}
+
+/// A parsed `--simulate` spec, e.g. `a100-40gb:2,h100-80gb:1:mig-off`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SimSpec {
+    pub entries: Vec<SpecEntry>,
+}
+
+/// Errors from a simulation spec.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SpecError {
+    #[error("bad --simulate spec {spec:?}: {why}; the form is MODEL[:COUNT][:mig-off] joined by commas, e.g. h100-80gb:8 or a100-40gb:2,h100-80gb:1:mig-off")]
+    Syntax { spec: String, why: String },
+    #[error("bad --simulate spec: {0}")]
+    Model(#[from] ModelError),
+}
+
+/// Most GPUs one simulated machine may have (NVML indices are small; 64 covers any real host).
+pub const MAX_SIM_GPUS: u32 = 64;
+
+impl FromStr for SimSpec {
+    type Err = SpecError;
+    fn from_str(spec: &str) -> Result<Self, Self::Err> {
+        let syntax = |why: String| SpecError::Syntax {
+            spec: spec.into(),
+            why,
+        };
+        let mut entries = Vec::new();
+        for group in spec.split(',') {
+            let group = group.trim();
+            if group.is_empty() {
+                return Err(syntax("empty model entry".into()));
+            }
+            let mut parts = group.split(':');
+            let model_key = parts.next().unwrap_or_default().to_ascii_lowercase();
+            models::model(&model_key)?;
+            let mut count = 1;
+            let mut mig_on = true;
+            for (i, part) in parts.enumerate() {
+                match part {
+                    "mig-off" => mig_on = false,
+                    "mig-on" => mig_on = true,
+                    n if i == 0 && n.bytes().all(|b| b.is_ascii_digit()) && !n.is_empty() => {
+                        count = n
+                            .parse()
+                            .map_err(|_| syntax(format!("GPU count {n:?} is too large")))?;
+                        if count == 0 {
+                            return Err(syntax(format!("{group}: GPU count must be at least 1")));
+                        }
+                    }
+                    other => {
+                        return Err(syntax(format!(
+                            "{group}: unexpected {other:?} (expected a GPU count or mig-off)"
+                        )))
+                    }
+                }
+            }
+            entries.push(SpecEntry {
+                model: model_key,
+                count,
+                mig_on,
+            });
+        }
+        let total: u64 = entries.iter().map(|e| e.count as u64).sum();
+        if total > MAX_SIM_GPUS as u64 {
+            return Err(syntax(format!(
+                "{total} GPUs asked for; at most {MAX_SIM_GPUS} can be simulated"
+            )));
+        }
+        Ok(SimSpec { entries })
+    }
+}
+
+impl fmt::Display for SimSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.entries.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            write!(f, "{}:{}", e.model, e.count)?;
+            if !e.mig_on {
+                f.write_str(":mig-off")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A compute instance of the simulator.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SimCi {
+    pub id: u32,
+    pub uuid: String,
+}
+
+/// A GPU instance of the simulator.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SimGi {
+    pub id: u32,
+    pub profile_id: u32,
+    pub placement: Placement,
+    pub cis: Vec<SimCi>,
+    /// Simulated compute processes on this instance (set by tests through `migrun sim add-process`).
+    #[serde(default)]
+    pub processes: u32,
+}
+
+/// One simulated GPU.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SimGpu {
+    pub model: String,
+    pub index: u32,
+    pub uuid: String,
+    pub mig: MigMode,
+    pub instances: Vec<SimGi>,
+    /// Simulated compute processes on the whole GPU while MIG is off (blocks mode changes).
+    #[serde(default)]
+    pub gpu_processes: u32,
+    /// Bumped on every create so that UUIDs of re-created instances differ, as on real hardware.
+    pub serial: u64,
+}
+
+/// The whole simulated machine; serialised to the state file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SimMachine {
+    pub spec: SimSpec,
+    pub gpus: Vec<SimGpu>,
+}
+
+/// A UUID-shaped string derived from `key`; stored in the state file, so it stays stable for the instance's life.
+fn uuid_from(key: &str) -> String {
+    let mut words = [0u64; 2];
+    for (i, w) in words.iter_mut().enumerate() {
+        let mut h = DefaultHasher::new();
+        i.hash(&mut h);
+        key.hash(&mut h);
+        *w = h.finish();
+    }
+    let b: Vec<u8> = words.iter().flat_map(|w| w.to_be_bytes()).collect();
+    format!(
+        "{:02x}{:02x}{:02x}{:02x}-{:02x}{:02x}-5{:01x}{:02x}-{:02x}{:02x}-{:02x}{:02x}{:02x}{:02x}{:02x}{:02x}",
+        b[0], b[1], b[2], b[3], b[4], b[5], b[6] & 0x0f, b[7], (b[8] & 0x3f) | 0x80, b[9], b[10], b[11], b[12], b[13], b[14], b[15]
+    )
+}
+
+impl SimMachine {
+    /// A fresh machine: every GPU idle, MIG as the spec says.
+    pub fn new(spec: &SimSpec) -> SimMachine {
+        let mut gpus = Vec::new();
+        for e in &spec.entries {
+            for _ in 0..e.count {
+                let index = gpus.len() as u32;
+                let mode = MigMode {
+                    current: e.mig_on,
+                    pending: e.mig_on,
+                };
+                gpus.push(SimGpu {
+                    uuid: format!("GPU-{}", uuid_from(&format!("gpu/{}/{index}", e.model))),
+                    model: e.model.clone(),
+                    index,
+                    mig: mode,
+                    instances: Vec::new(),
+                    gpu_processes: 0,
+                    serial: 0,
+                });
+            }
+        }
+        SimMachine {
+            spec: spec.clone(),
+            gpus,
+        }
+    }
+
+    fn gpu(&self, gpu: u32) -> Result<&SimGpu, Code> {
+        self.gpus.get(gpu as usize).ok_or(Code::InvalidArgument)
+    }
+    fn gpu_mut(&mut self, gpu: u32) -> Result<&mut SimGpu, Code> {
+        self.gpus.get_mut(gpu as usize).ok_or(Code::InvalidArgument)
+    }
+
+    /// The model of a GPU. The spec was validated when the machine was made, so this only fails on a tampered state file.
+    pub fn model(&self, gpu: u32) -> Result<Model, Code> {
+        models::model(&self.gpu(gpu)?.model).map_err(|_| Code::Unknown)
+    }
+
+    pub fn gpu_infos(&self) -> Vec<GpuInfo> {
+        self.gpus
+            .iter()
+            .map(|g| {
+                let m = models::model(&g.model).ok();
+                GpuInfo {
+                    index: g.index,
+                    uuid: g.uuid.clone(),
+                    name: m.as_ref().map_or("unknown".into(), |m| m.product.into()),
+                    memory_mib: m.as_ref().map_or(0, |m| m.memory_mib),
+                    mig: Some(g.mig),
+                }
+            })
+            .collect()
+    }
+
+    /// Profiles with remaining capacity computed from the instances that exist now.
+    pub fn profiles(&self, gpu: u32) -> Result<Vec<GiProfile>, Code> {
+        let g = self.gpu(gpu)?;
+        let model = self.model(gpu)?;
+        Ok(model
+            .profiles
+            .iter()
+            .map(|p| {
+                let mut p = p.clone();
+                p.remaining = remaining(&model, g, &p);
+                p
+            })
+            .collect())
+    }
+
+    pub fn instances(&self, gpu: u32) -> Result<Vec<GpuInstance>, Code> {
+        let g = self.gpu(gpu)?;
+        Ok(g.instances
+            .iter()
+            .map(|gi| GpuInstance {
+                id: gi.id,
+                profile_id: gi.profile_id,
+                placement: gi.placement,
+                compute_instances: gi
+                    .cis
+                    .iter()
+                    .map(|c| ComputeInstance {
+                        id: c.id,
+                        mig_uuid: c.uuid.clone(),
+                    })
+                    .collect(),
+                processes: gi.processes,
+            })
+            .collect())
+    }
+
+    /// nvmlDeviceCreateGpuInstanceWithPlacement.
+    pub fn create_gi(&mut self, gpu: u32, profile_id: u32, start: u32) -> Result<u32, Code> {
+        let model = self.model(gpu)?;
+        let g = self.gpu_mut(gpu)?;
+        if !g.mig.current {
+            return Err(Code::NotSupported);
+        }
+        let profile = model
+            .profiles
+            .iter()
+            .find(|p| p.id == profile_id)
+            .ok_or(Code::InvalidArgument)?;
+        let placement = *profile
+            .placements
+            .iter()
+            .find(|p| p.start == start)
+            .ok_or(Code::InvalidArgument)?;
+        if !can_create(&model, g, profile) || !placement_free(g, &placement) {
+            return Err(Code::InsufficientResources);
+        }
+        // GI ids are not tied to placements: take the lowest free id starting at 1, as the driver does.
+        let id = (1..)
+            .find(|id| g.instances.iter().all(|gi| gi.id != *id))
+            .unwrap_or(1);
+        g.serial += 1;
+        g.instances.push(SimGi {
+            id,
+            profile_id,
+            placement,
+            cis: Vec::new(),
+            processes: 0,
+        });
+        Ok(id)
+    }
+
+    /// nvmlDeviceCreateGpuInstance: no placement given, so the driver picks the lowest free one.
+    pub fn create_gi_anywhere(&mut self, gpu: u32, profile_id: u32) -> Result<u32, Code> {
+        let model = self.model(gpu)?;
+        let g = self.gpu(gpu)?;
+        if !g.mig.current {
+            return Err(Code::NotSupported);
+        }
+        let profile = model
+            .profiles
+            .iter()
+            .find(|p| p.id == profile_id)
+            .ok_or(Code::InvalidArgument)?;
+        let start = profile
+            .placements
+            .iter()
+            .find(|p| placement_free(g, p))
+            .ok_or(Code::InsufficientResources)?
+            .start;
+        self.create_gi(gpu, profile_id, start)
+    }
+
+    /// Create the default compute instance (one per GI in migrun's use; a second gives INSUFFICIENT_RESOURCES).
+    pub fn create_default_ci(&mut self, gpu: u32, gi: u32) -> Result<ComputeInstance, Code> {
+        let g = self.gpu_mut(gpu)?;
+        let gpu_uuid = g.uuid.clone();
+        g.serial += 1;
+        let serial = g.serial;
+        let inst = g
+            .instances
+            .iter_mut()
+            .find(|i| i.id == gi)
+            .ok_or(Code::NotFound)?;
+        if !inst.cis.is_empty() {
+            return Err(Code::InsufficientResources);
+        }
+        let ci = SimCi {
+            id: 0,
+            uuid: format!(
+                "MIG-{}",
+                uuid_from(&format!("mig/{gpu_uuid}/{gi}/0/{serial}"))
+            ),
+        };
+        inst.cis.push(ci.clone());
+        Ok(ComputeInstance {
+            id: ci.id,
+            mig_uuid: ci.uuid,
+        })
+    }
+
+    pub fn destroy_ci(&mut self, gpu: u32, gi: u32, ci: u32) -> Result<(), Code> {
+        let g = self.gpu_mut(gpu)?;
+        let inst = g
+            .instances
+            .iter_mut()
+            .find(|i| i.id == gi)
+            .ok_or(Code::NotFound)?;
+        let pos = inst
+            .cis
+            .iter()
+            .position(|c| c.id == ci)
+            .ok_or(Code::NotFound)?;
+        if inst.processes > 0 {
+            return Err(Code::InUse);
+        }
+        inst.cis.remove(pos);
+        Ok(())
+    }
+
+    pub fn destroy_gi(&mut self, gpu: u32, gi: u32) -> Result<(), Code> {
+        let g = self.gpu_mut(gpu)?;
+        let pos = g
+            .instances
+            .iter()
+            .position(|i| i.id == gi)
+            .ok_or(Code::NotFound)?;
+        let inst = &g.instances[pos];
+        if !inst.cis.is_empty() || inst.processes > 0 {
+            return Err(Code::InUse);
+        }
+        g.instances.remove(pos);
+        Ok(())
+    }
+
+    /// nvmlDeviceSetMigMode: the change is pending until [`SimMachine::reset_gpu`].
+    pub fn set_mig_mode(&mut self, gpu: u32, enable: bool) -> Result<MigMode, Code> {
+        let g = self.gpu_mut(gpu)?;
+        if !enable && !g.instances.is_empty() {
+            return Err(Code::InUse);
+        }
+        if g.gpu_processes > 0 {
+            return Err(Code::InUse);
+        }
+        g.mig.pending = enable;
+        Ok(g.mig)
+    }
+
+    /// A simulated `nvidia-smi -r`: applies a pending mode; refused while instances or processes exist.
+    pub fn reset_gpu(&mut self, gpu: u32) -> Result<MigMode, Code> {
+        let g = self.gpu_mut(gpu)?;
+        if !g.instances.is_empty() || g.gpu_processes > 0 {
+            return Err(Code::InUse);
+        }
+        g.mig.current = g.mig.pending;
+        Ok(g.mig)
+    }
+
+    /// Attach (or with 0, detach) simulated compute processes to a GI.
+    pub fn set_processes(&mut self, gpu: u32, gi: u32, count: u32) -> Result<(), Code> {
+        let g = self.gpu_mut(gpu)?;
+        let inst = g
+            .instances
+            .iter_mut()
+            .find(|i| i.id == gi)
+            .ok_or(Code::NotFound)?;
+        inst.processes = count;
+        Ok(())
+    }
+
+    /// Compute processes anywhere on the GPU.
+    pub fn gpu_processes(&self, gpu: u32) -> Result<u32, Code> {
+        let g = self.gpu(gpu)?;
+        Ok(g.gpu_processes + g.instances.iter().map(|i| i.processes).sum::<u32>())
+    }
+}
+
+fn variant_of(model: &Model, profile_id: u32) -> Variant {
+    model
+        .profiles
+        .iter()
+        .find(|p| p.id == profile_id)
+        .and_then(|p| p.parsed_name())
+        .map_or(Variant::Plain, |n| n.variant)
+}
+
+fn placement_free(g: &SimGpu, p: &Placement) -> bool {
+    g.instances.iter().all(|i| !i.placement.overlaps(p))
+}
+
+/// Instance-count and media-engine rules, independent of placement.
+fn can_create(model: &Model, g: &SimGpu, profile: &GiProfile) -> bool {
+    let existing = g
+        .instances
+        .iter()
+        .filter(|i| i.profile_id == profile.id)
+        .count() as u32;
+    if existing >= profile.instance_count {
+        return false;
+    }
+    let variant = profile.parsed_name().map_or(Variant::Plain, |n| n.variant);
+    let variants: Vec<Variant> = g
+        .instances
+        .iter()
+        .map(|i| variant_of(model, i.profile_id))
+        .collect();
+    // Only one instance with media extensions per GPU.
+    if variant.has_media_extensions() && variants.iter().any(|v| v.has_media_extensions()) {
+        return false;
+    }
+    // An _ALL_ME instance blocks every other profile except _NO_ME (nvml.h), and needs the same of what exists.
+    if variants.contains(&Variant::MeAll) && variant != Variant::NoMe {
+        return false;
+    }
+    if variant == Variant::MeAll && variants.iter().any(|v| *v != Variant::NoMe) {
+        return false;
+    }
+    true
+}
+
+/// nvmlDeviceGetGpuInstanceRemainingCapacity: how many more of `profile` fit now.
+fn remaining(model: &Model, g: &SimGpu, profile: &GiProfile) -> u32 {
+    if !can_create(model, g, profile) {
+        return 0;
+    }
+    let existing = g
+        .instances
+        .iter()
+        .filter(|i| i.profile_id == profile.id)
+        .count() as u32;
+    let mut left = profile.instance_count - existing;
+    if profile
+        .parsed_name()
+        .is_some_and(|n| n.variant.has_media_extensions())
+    {
+        left = left.min(1);
+    }
+    // Same-size placements sorted by start: taking each free one greedily is optimal (earliest end first).
+    let mut taken: Vec<Placement> = Vec::new();
+    for p in &profile.placements {
+        if placement_free(g, p) && taken.iter().all(|t| !t.overlaps(p)) {
+            taken.push(*p);
+        }
+    }
+    left.min(taken.len() as u32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn h100() -> SimMachine {
+        SimMachine::new(&"h100-80gb".parse().unwrap())
+    }
+    fn id_of(m: &SimMachine, name: &str) -> u32 {
+        m.profiles(0)
+            .unwrap()
+            .iter()
+            .find(|p| p.short_name() == name)
+            .unwrap()
+            .id
+    }
+    fn free(m: &SimMachine, name: &str) -> u32 {
+        m.profiles(0)
+            .unwrap()
+            .iter()
+            .find(|p| p.short_name() == name)
+            .unwrap()
+            .remaining
+    }
+
+    #[test]
+    fn spec_grammar() {
+        let s: SimSpec = "a100-40gb:2,h100-80gb:1:mig-off".parse().unwrap();
+        assert_eq!(s.to_string(), "a100-40gb:2,h100-80gb:1:mig-off");
+        assert_eq!(SimMachine::new(&s).gpus.len(), 3);
+        assert_eq!(
+            "h100-80gb".parse::<SimSpec>().unwrap().to_string(),
+            "h100-80gb:1"
+        );
+        for bad in [
+            "",
+            "h100-80gb:0",
+            "h100-80gb:x",
+            "h100-80gb:2:2",
+            "h100-80gb:mig-maybe",
+            "nope:1",
+            "h100-80gb,,a30-24gb",
+            "h100-80gb:65",
+            "gh200-144gb",
+        ] {
+            assert!(bad.parse::<SimSpec>().is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn seven_1g_fit_and_an_eighth_does_not() {
+        let mut m = h100();
+        let one = id_of(&m, "1g.10gb");
+        for s in 0..7 {
+            m.create_gi(0, one, s).unwrap();
+        }
+        assert_eq!(free(&m, "1g.10gb"), 0);
+        assert_eq!(
+            m.create_gi_anywhere(0, one),
+            Err(Code::InsufficientResources)
+        );
+    }
+
+    #[test]
+    fn two_3g_fit_but_not_a_third() {
+        let mut m = h100();
+        let three = id_of(&m, "3g.40gb");
+        m.create_gi(0, three, 0).unwrap();
+        m.create_gi(0, three, 4).unwrap();
+        assert_eq!(m.create_gi(0, three, 0), Err(Code::InsufficientResources));
+        assert_eq!(free(&m, "3g.40gb"), 0);
+        assert_eq!(m.create_gi(0, three, 2), Err(Code::InvalidArgument));
+    }
+
+    #[test]
+    fn after_1g_at_slot_4_3g_fits_only_at_0() {
+        let mut m = h100();
+        m.create_gi(0, id_of(&m, "1g.10gb"), 4).unwrap();
+        let three = id_of(&m, "3g.40gb");
+        assert_eq!(free(&m, "3g.40gb"), 1);
+        assert_eq!(m.create_gi(0, three, 4), Err(Code::InsufficientResources));
+        m.create_gi(0, three, 0).unwrap();
+    }
+
+    #[test]
+    fn one_media_extension_instance_per_gpu() {
+        let mut m = h100();
+        let me = id_of(&m, "1g.10gb+me");
+        m.create_gi(0, me, 0).unwrap();
+        assert_eq!(free(&m, "1g.10gb+me"), 0);
+        assert_eq!(m.create_gi(0, me, 1), Err(Code::InsufficientResources));
+    }
+
+    #[test]
+    fn me_all_blocks_everything_but_no_me() {
+        let mut m = SimMachine::new(&"rtx-pro-6000".parse().unwrap());
+        let id = |m: &SimMachine, n: &str| {
+            m.profiles(0)
+                .unwrap()
+                .iter()
+                .find(|p| p.short_name() == n)
+                .unwrap()
+                .id
+        };
+        let all = id(&m, "1g.24gb+me.all");
+        m.create_gi(0, all, 0).unwrap();
+        assert_eq!(
+            m.create_gi(0, id(&m, "1g.24gb"), 3),
+            Err(Code::InsufficientResources)
+        );
+        m.create_gi(0, id(&m, "1g.24gb-me"), 3).unwrap();
+    }
+
+    #[test]
+    fn destroy_order_and_mig_off() {
+        let mut m = h100();
+        let gi = m.create_gi(0, id_of(&m, "2g.20gb"), 2).unwrap();
+        let ci = m.create_default_ci(0, gi).unwrap();
+        assert!(ci.mig_uuid.starts_with("MIG-"));
+        assert_eq!(m.instances(0).unwrap()[0].mig_uuid(), Some(&*ci.mig_uuid));
+        assert_eq!(m.destroy_gi(0, gi), Err(Code::InUse));
+        m.set_processes(0, gi, 1).unwrap();
+        assert_eq!(m.destroy_ci(0, gi, ci.id), Err(Code::InUse));
+        m.set_processes(0, gi, 0).unwrap();
+        m.destroy_ci(0, gi, ci.id).unwrap();
+        m.destroy_gi(0, gi).unwrap();
+
+        let mut off = SimMachine::new(&"h100-80gb:1:mig-off".parse().unwrap());
+        assert_eq!(off.create_gi(0, 9, 0), Err(Code::NotSupported));
+        // Profile info still works with MIG off, as on the real H100.
+        assert_eq!(off.profiles(0).unwrap().len(), 7);
+    }
+
+    #[test]
+    fn mode_change_pends_until_reset() {
+        let mut m = SimMachine::new(&"a30-24gb:1:mig-off".parse().unwrap());
+        let mode = m.set_mig_mode(0, true).unwrap();
+        assert!(!mode.current && mode.pending);
+        assert!(m.reset_gpu(0).unwrap().current);
+        let gi = m.create_gi(0, 0, 0).unwrap();
+        assert_eq!(m.set_mig_mode(0, false), Err(Code::InUse));
+        m.destroy_gi(0, gi).unwrap();
+        m.set_mig_mode(0, false).unwrap();
+        assert!(!m.reset_gpu(0).unwrap().current);
+    }
+
+    #[test]
+    fn uuids_are_stable_and_distinct() {
+        let mut m = h100();
+        let gi = m.create_gi(0, 19, 0).unwrap();
+        let a = m.create_default_ci(0, gi).unwrap().mig_uuid;
+        assert_eq!(m.instances(0).unwrap()[0].mig_uuid(), Some(&*a));
+        m.destroy_ci(0, gi, 0).unwrap();
+        m.destroy_gi(0, gi).unwrap();
+        let gi = m.create_gi(0, 19, 0).unwrap();
+        let b = m.create_default_ci(0, gi).unwrap().mig_uuid;
+        assert_ne!(a, b, "a re-created instance gets a new UUID");
+        assert_eq!(a.len(), "MIG-".len() + 36);
+    }
+}

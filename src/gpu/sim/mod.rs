@@ -1,0 +1,232 @@
+//! The simulated-GPU backend: a [`SimMachine`] kept in a locked state file; it must never be picked without an explicit `--simulate`.
+//!
+//! Every call loads the machine under an exclusive lock, applies one NVML-like operation and writes
+//! it back atomically, so separate migrun processes (launcher, hooks, gc) and the fake
+//! `libnvidia-ml.so` see one machine.
+
+pub mod machine;
+pub mod models;
+
+pub use machine::{SimMachine, SimSpec, SpecError};
+
+use super::{Backend, Code, ComputeInstance, GiProfile, GpuError, GpuInfo, GpuInstance, MigMode};
+use crate::statedir::{self, StateDir};
+use std::path::{Path, PathBuf};
+
+/// File name of the simulator state inside the state dir.
+pub const SIM_FILE: &str = "sim.json";
+
+/// A simulator state file plus its lock file, shared by the backend and the fake NVML library.
+#[derive(Debug, Clone)]
+pub struct SimStore {
+    path: PathBuf,
+    lock: PathBuf,
+}
+
+impl SimStore {
+    pub fn new(path: impl Into<PathBuf>) -> SimStore {
+        let path: PathBuf = path.into();
+        let mut lock = path.clone().into_os_string();
+        lock.push(".lock");
+        SimStore {
+            path,
+            lock: lock.into(),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Run `f` on the machine under the lock. The file is created from `spec` when missing, and a
+    /// different spec is refused. The machine is written back only when `f` succeeds and changed it.
+    pub fn update<R>(
+        &self,
+        spec: &SimSpec,
+        f: impl FnOnce(&mut SimMachine) -> R,
+    ) -> Result<R, GpuError> {
+        let _lock = statedir::lock_file(&self.lock).map_err(|e| GpuError::Sim(e.to_string()))?;
+        let mut machine = self.load(spec)?;
+        let before = machine.clone();
+        let out = f(&mut machine);
+        if machine != before {
+            let json = serde_json::to_vec_pretty(&machine).expect("simulator state serialises");
+            statedir::write_atomic(&self.path, &json, 0o600)
+                .map_err(|e| GpuError::Sim(e.to_string()))?;
+        }
+        Ok(out)
+    }
+
+    fn load(&self, spec: &SimSpec) -> Result<SimMachine, GpuError> {
+        let Some(bytes) =
+            statedir::read_nofollow(&self.path).map_err(|e| GpuError::Sim(e.to_string()))?
+        else {
+            return Ok(SimMachine::new(spec));
+        };
+        let machine: SimMachine = serde_json::from_slice(&bytes).map_err(|e| {
+            GpuError::Sim(format!(
+                "{} is not a valid simulator state ({e}); remove it to start a fresh simulated machine",
+                self.path.display()
+            ))
+        })?;
+        if &machine.spec != spec {
+            return Err(GpuError::Sim(format!(
+                "{} already simulates {}, not {}; use the same --simulate spec, or start over with `migrun --simulate {} sim reset` (or remove that file)",
+                self.path.display(),
+                machine.spec,
+                spec,
+                spec
+            )));
+        }
+        Ok(machine)
+    }
+
+    /// Forget the simulated machine (the next call starts fresh).
+    pub fn reset(&self) -> Result<(), GpuError> {
+        let _lock = statedir::lock_file(&self.lock).map_err(|e| GpuError::Sim(e.to_string()))?;
+        match std::fs::remove_file(&self.path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(GpuError::Sim(format!(
+                "cannot remove {}: {e}",
+                self.path.display()
+            ))),
+        }
+    }
+}
+
+/// The `--simulate` backend.
+pub struct SimBackend {
+    store: SimStore,
+    spec: SimSpec,
+}
+
+impl SimBackend {
+    /// Simulate `spec` with state in `dir`.
+    pub fn open(dir: &StateDir, spec: SimSpec) -> Result<SimBackend, GpuError> {
+        let backend = SimBackend {
+            store: SimStore::new(dir.join(SIM_FILE)),
+            spec,
+        };
+        // Load once so that a mismatching or corrupt state file is reported before anything else.
+        backend.store.update(&backend.spec, |_| ())?;
+        Ok(backend)
+    }
+
+    pub fn store(&self) -> &SimStore {
+        &self.store
+    }
+    pub fn spec(&self) -> &SimSpec {
+        &self.spec
+    }
+
+    /// Run a machine operation, turning NVML-like codes into messages that name the GPU.
+    fn op<R>(
+        &self,
+        op: &str,
+        gpu: u32,
+        f: impl FnOnce(&mut SimMachine) -> Result<R, Code>,
+    ) -> Result<R, GpuError> {
+        let (count, out) = self.store.update(&self.spec, |m| {
+            let count = m.gpus.len() as u32;
+            if gpu >= count {
+                return (count, Err(Code::InvalidArgument));
+            }
+            (count, f(m))
+        })?;
+        if gpu >= count {
+            return Err(GpuError::NoSuchGpu { index: gpu, count });
+        }
+        out.map_err(|code| GpuError::nvml(op, gpu, code))
+    }
+
+    /// Direct access to the machine for the `migrun sim` test commands (processes, foreign instances, reset).
+    pub fn with_machine<R>(&self, f: impl FnOnce(&mut SimMachine) -> R) -> Result<R, GpuError> {
+        self.store.update(&self.spec, f)
+    }
+}
+
+impl Backend for SimBackend {
+    fn gpus(&mut self) -> Result<Vec<GpuInfo>, GpuError> {
+        self.store.update(&self.spec, |m| m.gpu_infos())
+    }
+    fn profiles(&mut self, gpu: u32) -> Result<Vec<GiProfile>, GpuError> {
+        self.op("reading GPU instance profiles", gpu, |m| m.profiles(gpu))
+    }
+    fn instances(&mut self, gpu: u32) -> Result<Vec<GpuInstance>, GpuError> {
+        self.op("listing GPU instances", gpu, |m| m.instances(gpu))
+    }
+    fn create_gi(&mut self, gpu: u32, profile_id: u32, start: u32) -> Result<u32, GpuError> {
+        let res = self.op("creating a GPU instance", gpu, |m| {
+            m.create_gi(gpu, profile_id, start)
+        });
+        match res {
+            Err(GpuError::Nvml {
+                code: Code::NotSupported,
+                ..
+            }) => {
+                let uuid = self
+                    .store
+                    .update(&self.spec, |m| m.gpus[gpu as usize].uuid.clone())?;
+                Err(GpuError::MigDisabled {
+                    gpu: format!("GPU {gpu} ({uuid})"),
+                    index: gpu,
+                })
+            }
+            other => other,
+        }
+    }
+    fn create_default_ci(&mut self, gpu: u32, gi: u32) -> Result<ComputeInstance, GpuError> {
+        self.op("creating the default compute instance", gpu, |m| {
+            m.create_default_ci(gpu, gi)
+        })
+    }
+    fn destroy_ci(&mut self, gpu: u32, gi: u32, ci: u32) -> Result<(), GpuError> {
+        self.op("destroying a compute instance", gpu, |m| {
+            m.destroy_ci(gpu, gi, ci)
+        })
+    }
+    fn destroy_gi(&mut self, gpu: u32, gi: u32) -> Result<(), GpuError> {
+        self.op("destroying a GPU instance", gpu, |m| m.destroy_gi(gpu, gi))
+    }
+    fn set_mig_mode(&mut self, gpu: u32, enable: bool) -> Result<MigMode, GpuError> {
+        self.op("setting MIG mode", gpu, |m| m.set_mig_mode(gpu, enable))
+    }
+    fn gpu_processes(&mut self, gpu: u32) -> Result<u32, GpuError> {
+        self.op("listing compute processes", gpu, |m| m.gpu_processes(gpu))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_is_shared_through_the_file_and_spec_mismatch_is_refused() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = StateDir::open(t.path().join("s")).unwrap();
+        let spec: SimSpec = "h100-80gb:2".parse().unwrap();
+        let mut a = SimBackend::open(&dir, spec.clone()).unwrap();
+        let mut b = SimBackend::open(&dir, spec).unwrap();
+        let gi = a.create_gi(1, 9, 4).unwrap();
+        assert_eq!(b.instances(1).unwrap()[0].id, gi);
+        assert!(matches!(
+            b.create_gi(1, 9, 4),
+            Err(GpuError::Nvml {
+                code: Code::InsufficientResources,
+                ..
+            })
+        ));
+        assert!(matches!(
+            b.profiles(2),
+            Err(GpuError::NoSuchGpu { index: 2, count: 2 })
+        ));
+        let e = SimBackend::open(&dir, "a100-40gb".parse().unwrap())
+            .err()
+            .unwrap();
+        assert!(
+            e.to_string().contains("already simulates h100-80gb:2"),
+            "{e}"
+        );
+    }
+}

@@ -1,0 +1,295 @@
+//! Simulated GPU models, built from the compiled-in `data/mig-profiles.json`; it must not invent values the table lacks.
+//!
+//! The table is the project's ground truth for what each GPU model offers. A model whose rows hold
+//! `null` in a field the simulator needs (profile ID, placements, memory) is refused by name, with
+//! the missing field, instead of being filled in with a guess. Engine counts may be unknown: they are
+//! carried as `None` and printed as `?`.
+
+use crate::gpu::{GiProfile, Placement};
+use serde_json::Value;
+use std::sync::OnceLock;
+
+/// The profile tables, exactly as shared with the rest of the project.
+pub const PROFILE_TABLE_JSON: &str = include_str!("../../../data/mig-profiles.json");
+
+/// A model the simulator knows by name, mapped onto a row group of the table.
+struct ModelName {
+    key: &'static str,
+    /// Prefix of the table's `model` field.
+    table_prefix: &'static str,
+    /// Product name as `nvidia-smi -L` prints it.
+    product: &'static str,
+    /// Total memory in MiB where a real reading exists (see `data/mig-profiles.json` notes and the H100 fixture);
+    /// otherwise the full-GPU profile's memory is used.
+    memory_mib: Option<u64>,
+}
+
+const MODEL_NAMES: &[ModelName] = &[
+    ModelName {
+        key: "a30-24gb",
+        table_prefix: "A30-24GB",
+        product: "NVIDIA A30",
+        memory_mib: None,
+    },
+    ModelName {
+        key: "a100-40gb",
+        table_prefix: "A100-SXM4-40GB",
+        product: "NVIDIA A100-SXM4-40GB",
+        memory_mib: None,
+    },
+    ModelName {
+        key: "a100-80gb",
+        table_prefix: "A100-SXM4-80GB",
+        product: "NVIDIA A100-SXM4-80GB",
+        memory_mib: None,
+    },
+    ModelName {
+        key: "h100-80gb",
+        table_prefix: "H100-80GB",
+        product: "NVIDIA H100 80GB HBM3",
+        memory_mib: Some(81559),
+    },
+    ModelName {
+        key: "h100-94gb",
+        table_prefix: "H100-94GB",
+        product: "NVIDIA H100 NVL",
+        memory_mib: None,
+    },
+    ModelName {
+        key: "h100-96gb",
+        table_prefix: "H100-96GB",
+        product: "NVIDIA GH200 96GB HBM3",
+        memory_mib: None,
+    },
+    ModelName {
+        key: "h200-141gb",
+        table_prefix: "H200-141GB",
+        product: "NVIDIA H200",
+        memory_mib: Some(143771),
+    },
+    ModelName {
+        key: "b200-180gb",
+        table_prefix: "B200-180GB",
+        product: "NVIDIA B200",
+        memory_mib: Some(182784),
+    },
+    ModelName {
+        key: "rtx-pro-6000",
+        table_prefix: "RTX PRO 6000",
+        product: "NVIDIA RTX PRO 6000 Blackwell Server Edition",
+        memory_mib: None,
+    },
+    ModelName {
+        key: "gh200-144gb",
+        table_prefix: "GH200-144GB",
+        product: "NVIDIA GH200 144G HBM3e",
+        memory_mib: None,
+    },
+    ModelName {
+        key: "gb200-186gb",
+        table_prefix: "GB200",
+        product: "NVIDIA GB200",
+        memory_mib: None,
+    },
+    ModelName {
+        key: "rtx-pro-5000",
+        table_prefix: "RTX PRO 5000",
+        product: "NVIDIA RTX PRO 5000 Blackwell",
+        memory_mib: None,
+    },
+    ModelName {
+        key: "rtx-pro-4500",
+        table_prefix: "RTX PRO 4500",
+        product: "NVIDIA RTX PRO 4500 Blackwell",
+        memory_mib: None,
+    },
+];
+
+/// A fully known simulated model.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Model {
+    pub key: &'static str,
+    pub product: &'static str,
+    pub memory_mib: u64,
+    /// Profiles in NVML index order, with `remaining` set to the empty-GPU value.
+    pub profiles: Vec<GiProfile>,
+}
+
+/// Why a model cannot be simulated.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ModelError {
+    #[error("unknown GPU model {given:?}; simulated models: {}", model_keys().join(", "))]
+    Unknown { given: String },
+    #[error("GPU model {key} cannot be simulated: mig-profiles.json has no value for {field} of profile {profile} (null = unknown, and migrun does not invent it); pick one of: {}", simulatable_keys().join(", "))]
+    Incomplete {
+        key: String,
+        profile: String,
+        field: &'static str,
+    },
+}
+
+/// Every model name the simulator recognises (including ones refused for missing data).
+pub fn model_keys() -> Vec<&'static str> {
+    MODEL_NAMES.iter().map(|m| m.key).collect()
+}
+
+/// The models whose tables are complete enough to simulate.
+pub fn simulatable_keys() -> Vec<&'static str> {
+    MODEL_NAMES
+        .iter()
+        .filter(|m| load(m).is_ok())
+        .map(|m| m.key)
+        .collect()
+}
+
+fn table() -> &'static Value {
+    static TABLE: OnceLock<Value> = OnceLock::new();
+    TABLE.get_or_init(|| {
+        serde_json::from_str(PROFILE_TABLE_JSON).expect("data/mig-profiles.json is valid JSON")
+    })
+}
+
+fn column_index(name: &str) -> usize {
+    table()["columns"]
+        .as_array()
+        .and_then(|cols| cols.iter().position(|c| c.as_str() == Some(name)))
+        .unwrap_or_else(|| panic!("mig-profiles.json has no column {name}"))
+}
+
+fn load(name: &ModelName) -> Result<Model, ModelError> {
+    let group = table()["gpus"]
+        .as_array()
+        .and_then(|gs| {
+            gs.iter().find(|g| {
+                g["model"]
+                    .as_str()
+                    .is_some_and(|m| m.starts_with(name.table_prefix))
+            })
+        })
+        .ok_or_else(|| ModelError::Unknown {
+            given: name.key.into(),
+        })?;
+    let rows = group["rows"].as_array().cloned().unwrap_or_default();
+    let mut profiles = Vec::new();
+    for row in &rows {
+        let profile_name = row[column_index("name")]
+            .as_str()
+            .unwrap_or("?")
+            .to_string();
+        let incomplete = |field: &'static str| ModelError::Incomplete {
+            key: name.key.into(),
+            profile: profile_name.clone(),
+            field,
+        };
+        let req = |field: &'static str| -> Result<u64, ModelError> {
+            row[column_index(field)]
+                .as_u64()
+                .ok_or_else(|| incomplete(field))
+        };
+        let opt = |field: &str| row[column_index(field)].as_u64().map(|v| v as u32);
+        let size = req("placement_size")? as u32;
+        let starts = row[column_index("placement_starts")]
+            .as_array()
+            .ok_or_else(|| incomplete("placement_starts"))?;
+        let placements = starts
+            .iter()
+            .map(|s| {
+                s.as_u64().map(|start| Placement {
+                    start: start as u32,
+                    size,
+                })
+            })
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| incomplete("placement_starts"))?;
+        let instance_count = req("max_count")? as u32;
+        profiles.push(GiProfile {
+            nvml_index: req("nvml_index")? as u32,
+            id: req("profile_id")? as u32,
+            name: format!("MIG {profile_name}"),
+            slice_count: req("compute_slices")? as u32,
+            instance_count,
+            memory_mib: req("memory_mib")?,
+            p2p: false,
+            sm: opt("sm"),
+            ce: opt("ce"),
+            dec: opt("nvdec"),
+            enc: opt("nvenc"),
+            jpeg: opt("jpeg"),
+            ofa: opt("ofa"),
+            remaining: instance_count,
+            placements,
+        });
+    }
+    profiles.sort_by_key(|p| p.nvml_index);
+    let memory_mib = name
+        .memory_mib
+        .or_else(|| profiles.iter().map(|p| p.memory_mib).max())
+        .unwrap_or(0);
+    Ok(Model {
+        key: name.key,
+        product: name.product,
+        memory_mib,
+        profiles,
+    })
+}
+
+/// Look a model up by its simulator name (`h100-80gb`).
+pub fn model(key: &str) -> Result<Model, ModelError> {
+    let key_lc = key.trim().to_ascii_lowercase();
+    let name = MODEL_NAMES
+        .iter()
+        .find(|m| m.key == key_lc)
+        .ok_or_else(|| ModelError::Unknown { given: key.into() })?;
+    load(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_required_model_loads_with_real_ids() {
+        for key in [
+            "a30-24gb",
+            "a100-40gb",
+            "a100-80gb",
+            "h100-80gb",
+            "h100-94gb",
+            "h100-96gb",
+            "h200-141gb",
+            "b200-180gb",
+            "rtx-pro-6000",
+        ] {
+            let m = model(key).unwrap_or_else(|e| panic!("{key}: {e}"));
+            assert!(!m.profiles.is_empty(), "{key}");
+            for p in &m.profiles {
+                assert!(!p.placements.is_empty(), "{key} {}", p.name);
+                assert!(p.parsed_name().is_some(), "{key} {}", p.name);
+            }
+        }
+        let h100 = model("h100-80gb").unwrap();
+        let three = h100
+            .profiles
+            .iter()
+            .find(|p| p.name == "MIG 3g.40gb")
+            .unwrap();
+        assert_eq!(three.id, 9);
+        assert_eq!(
+            three.placements,
+            vec![
+                Placement { start: 0, size: 4 },
+                Placement { start: 4, size: 4 }
+            ]
+        );
+    }
+
+    #[test]
+    fn incomplete_models_are_refused_by_field() {
+        for key in ["gh200-144gb", "gb200-186gb", "rtx-pro-5000", "rtx-pro-4500"] {
+            let e = model(key).unwrap_err();
+            assert!(matches!(e, ModelError::Incomplete { .. }), "{key}: {e}");
+            assert!(e.to_string().contains("no value for"), "{e}");
+        }
+        assert!(matches!(model("h100-8gb"), Err(ModelError::Unknown { .. })));
+    }
+}

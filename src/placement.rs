@@ -1,0 +1,1 @@
+//! Pure placement policy: (snapshot, request) -> plan, plus the first-fit baseline; it must not do I/O.

@@ -1,0 +1,274 @@
+//! Profile names as a parsed type (`9`, `3g.40gb`, `MIG 3g.40gb`, `1g.10gb+me`), resolved per GPU; it must not know leases or hardware.
+//!
+//! IDs and names belong to a GPU model (profile 14 is 2g.20gb on an H100 but 1g.6gb on an A30), so a
+//! request is only ever turned into a concrete profile against one GPU's own profile list.
+
+use crate::gpu::GiProfile;
+use std::fmt;
+use std::str::FromStr;
+
+/// The variant suffix of a GPU-instance profile name.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+pub enum Variant {
+    /// No suffix.
+    Plain,
+    /// `+me`: includes the media extensions (at most one per GPU).
+    Me,
+    /// `+gfx`: graphics-capable.
+    Gfx,
+    /// `-me`: no media engines.
+    NoMe,
+    /// `+me.all`: takes every media engine; blocks all other profiles except `-me` ones.
+    MeAll,
+}
+
+impl Variant {
+    fn suffix(self) -> &'static str {
+        match self {
+            Variant::Plain => "",
+            Variant::Me => "+me",
+            Variant::Gfx => "+gfx",
+            Variant::NoMe => "-me",
+            Variant::MeAll => "+me.all",
+        }
+    }
+    /// Whether this variant carries the media extensions (only one such instance per GPU).
+    pub fn has_media_extensions(self) -> bool {
+        matches!(self, Variant::Me | Variant::MeAll)
+    }
+}
+
+/// A structured GPU-instance profile name: `<slices>g.<memory>gb[variant]`.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+pub struct ProfileName {
+    pub slices: u32,
+    pub mem_gb: u32,
+    pub variant: Variant,
+}
+
+impl fmt::Display for ProfileName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}g.{}gb{}",
+            self.slices,
+            self.mem_gb,
+            self.variant.suffix()
+        )
+    }
+}
+
+/// What a user asked for: a profile ID or a name. Resolve it against a GPU with [`resolve`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ProfileSpec {
+    Id(u32),
+    Name(ProfileName),
+}
+
+impl fmt::Display for ProfileSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ProfileSpec::Id(id) => write!(f, "{id}"),
+            ProfileSpec::Name(n) => n.fmt(f),
+        }
+    }
+}
+
+/// Errors from parsing or resolving a profile.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProfileError {
+    #[error("empty profile name: give a profile such as 3g.40gb, MIG 3g.40gb or its ID (see `migrun profiles`)")]
+    Empty,
+    #[error("bad profile {given:?}: expected a profile ID (9), a name (3g.40gb), a full name (MIG 3g.40gb) or a variant (1g.10gb+me, +gfx, -me, +me.all); see `migrun profiles`")]
+    Syntax { given: String },
+    #[error("compute-instance profile {given:?} is not yet supported: migrun creates the default compute instance; ask for the GPU-instance profile {gi} instead")]
+    ComputeInstanceProfile { given: String, gi: String },
+    #[error("profile {given} does not exist on {gpu} ({model}); valid profiles there: {valid}{}", match .nearest { Some(n) => format!("; did you mean {n}?"), None => String::new() })]
+    Unknown {
+        given: String,
+        gpu: String,
+        model: String,
+        valid: String,
+        nearest: Option<String>,
+    },
+}
+
+fn parse_name(s: &str) -> Option<ProfileName> {
+    let (slices, rest) = s.split_once("g.")?;
+    let slices: u32 = slices.parse().ok()?;
+    let gb_at = rest.find("gb")?;
+    let mem_gb: u32 = rest[..gb_at].parse().ok()?;
+    let variant = match &rest[gb_at + 2..] {
+        "" => Variant::Plain,
+        "+me" => Variant::Me,
+        "+gfx" => Variant::Gfx,
+        "-me" => Variant::NoMe,
+        "+me.all" => Variant::MeAll,
+        _ => return None,
+    };
+    if slices == 0 || mem_gb == 0 {
+        return None;
+    }
+    Some(ProfileName {
+        slices,
+        mem_gb,
+        variant,
+    })
+}
+
+impl FromStr for ProfileName {
+    type Err = ProfileError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match ProfileSpec::from_str(s)? {
+            ProfileSpec::Name(n) => Ok(n),
+            ProfileSpec::Id(_) => Err(ProfileError::Syntax { given: s.into() }),
+        }
+    }
+}
+
+impl FromStr for ProfileSpec {
+    type Err = ProfileError;
+    fn from_str(input: &str) -> Result<Self, Self::Err> {
+        let s = input.trim();
+        if s.is_empty() {
+            return Err(ProfileError::Empty);
+        }
+        if s.bytes().all(|b| b.is_ascii_digit()) {
+            return s
+                .parse()
+                .map(ProfileSpec::Id)
+                .map_err(|_| ProfileError::Syntax {
+                    given: input.into(),
+                });
+        }
+        let lower = s.to_ascii_lowercase();
+        let body = lower
+            .strip_prefix("mig")
+            .map(str::trim_start)
+            .unwrap_or(&lower);
+        // `1c.3g.40gb` names a compute-instance profile inside a GI.
+        if let Some((c, gi)) = body.split_once("c.") {
+            if c.parse::<u32>().is_ok() && parse_name(gi).is_some() {
+                return Err(ProfileError::ComputeInstanceProfile {
+                    given: input.into(),
+                    gi: gi.to_string(),
+                });
+            }
+        }
+        parse_name(body)
+            .map(ProfileSpec::Name)
+            .ok_or_else(|| ProfileError::Syntax {
+                given: input.into(),
+            })
+    }
+}
+
+impl GiProfile {
+    /// The structured name of a profile as the GPU reports it (`MIG 3g.40gb` -> 3g.40gb).
+    pub fn parsed_name(&self) -> Option<ProfileName> {
+        parse_name(&self.short_name().to_ascii_lowercase())
+    }
+}
+
+/// Does `spec` name `profile`? IDs compare as IDs, names structurally.
+pub fn matches(spec: &ProfileSpec, profile: &GiProfile) -> bool {
+    match spec {
+        ProfileSpec::Id(id) => profile.id == *id,
+        ProfileSpec::Name(n) => profile.parsed_name().as_ref() == Some(n),
+    }
+}
+
+/// Resolve a request against one GPU's profiles. `gpu` and `model` only feed the error message.
+pub fn resolve<'a>(
+    spec: &ProfileSpec,
+    profiles: &'a [GiProfile],
+    gpu: &str,
+    model: &str,
+) -> Result<&'a GiProfile, ProfileError> {
+    if let Some(p) = profiles.iter().find(|p| matches(spec, p)) {
+        return Ok(p);
+    }
+    let mut ordered: Vec<&GiProfile> = profiles.iter().collect();
+    ordered.sort_by_key(|p| (p.slice_count, p.memory_mib, p.nvml_index));
+    let names: Vec<String> = ordered
+        .iter()
+        .map(|p| format!("{} (ID {})", p.short_name(), p.id))
+        .collect();
+    let given = spec.to_string();
+    let nearest = match spec {
+        ProfileSpec::Id(_) => None,
+        ProfileSpec::Name(_) => profiles
+            .iter()
+            .map(|p| p.short_name().to_string())
+            .min_by_key(|n| strsim::damerau_levenshtein(n, &given))
+            .filter(|n| strsim::damerau_levenshtein(n, &given) <= given.len() / 2 + 1),
+    };
+    Err(ProfileError::Unknown {
+        given,
+        gpu: gpu.to_string(),
+        model: model.to_string(),
+        valid: if names.is_empty() {
+            "none (the GPU is not MIG-capable)".into()
+        } else {
+            names.join(", ")
+        },
+        nearest,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_every_accepted_form() {
+        let n = |s: &str| ProfileSpec::from_str(s).unwrap();
+        let three = ProfileSpec::Name(ProfileName {
+            slices: 3,
+            mem_gb: 40,
+            variant: Variant::Plain,
+        });
+        assert_eq!(n("9"), ProfileSpec::Id(9));
+        assert_eq!(n("3g.40gb"), three);
+        assert_eq!(n("MIG 3g.40gb"), three);
+        assert_eq!(n("  mig 3G.40GB "), three);
+        let variants = [
+            ("1g.10gb+me", Variant::Me),
+            ("1g.24gb+gfx", Variant::Gfx),
+            ("1g.24gb-me", Variant::NoMe),
+            ("1g.24gb+me.all", Variant::MeAll),
+        ];
+        for (s, v) in variants {
+            match n(s) {
+                ProfileSpec::Name(p) => {
+                    assert_eq!(p.variant, v);
+                    assert_eq!(p.to_string(), s);
+                }
+                other => panic!("{s} parsed as {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn refuses_bad_and_ci_profiles() {
+        for bad in [
+            "",
+            "3g",
+            "3g.gb",
+            "g.40gb",
+            "3g.40gb+foo",
+            "0g.10gb",
+            "three",
+            "-1",
+        ] {
+            assert!(ProfileSpec::from_str(bad).is_err(), "{bad:?} accepted");
+        }
+        let e = ProfileSpec::from_str("1c.3g.40gb").unwrap_err();
+        assert!(matches!(e, ProfileError::ComputeInstanceProfile { .. }));
+        assert!(e.to_string().contains("not yet supported"), "{e}");
+    }
+}
