@@ -6,6 +6,7 @@
 //! so the placement policy can work on a snapshot without touching hardware.
 
 pub mod nvml;
+pub mod rules;
 pub mod sim;
 
 use serde::{Deserialize, Serialize};

@@ -5,8 +5,8 @@
 //! NOT_SUPPORTED, destroying a GI with a CI -> IN_USE) live in one place.
 
 use super::models::{self, Model, ModelError};
+use crate::gpu::rules::{self, Occupant};
 use crate::gpu::{Code, ComputeInstance, GiProfile, GpuInfo, GpuInstance, MigMode, Placement};
-use crate::profile::Variant;
 use serde::{Deserialize, Serialize};
 use std::collections::hash_map::DefaultHasher;
 use std::fmt;
@@ -229,7 +229,7 @@ impl SimMachine {
             .iter()
             .map(|p| {
                 let mut p = p.clone();
-                p.remaining = remaining(&model, g, &p);
+                p.remaining = rules::remaining(&model.profiles, &occupants(g), &p);
                 p
             })
             .collect())
@@ -273,7 +273,7 @@ impl SimMachine {
             .iter()
             .find(|p| p.start == start)
             .ok_or(Code::InvalidArgument)?;
-        if !can_create(&model, g, profile) || !placement_free(g, &placement) {
+        if !rules::fits(&model.profiles, &occupants(g), profile, &placement) {
             return Err(Code::InsufficientResources);
         }
         // GI ids are not tied to placements: take the lowest free id starting at 1, as the driver does.
@@ -306,7 +306,7 @@ impl SimMachine {
         let start = profile
             .placements
             .iter()
-            .find(|p| placement_free(g, p))
+            .find(|p| rules::fits(&model.profiles, &occupants(g), profile, p))
             .ok_or(Code::InsufficientResources)?
             .start;
         self.create_gi(gpu, profile_id, start)
@@ -416,74 +416,14 @@ impl SimMachine {
     }
 }
 
-fn variant_of(model: &Model, profile_id: u32) -> Variant {
-    model
-        .profiles
+fn occupants(g: &SimGpu) -> Vec<Occupant> {
+    g.instances
         .iter()
-        .find(|p| p.id == profile_id)
-        .and_then(|p| p.parsed_name())
-        .map_or(Variant::Plain, |n| n.variant)
-}
-
-fn placement_free(g: &SimGpu, p: &Placement) -> bool {
-    g.instances.iter().all(|i| !i.placement.overlaps(p))
-}
-
-/// Instance-count and media-engine rules, independent of placement.
-fn can_create(model: &Model, g: &SimGpu, profile: &GiProfile) -> bool {
-    let existing = g
-        .instances
-        .iter()
-        .filter(|i| i.profile_id == profile.id)
-        .count() as u32;
-    if existing >= profile.instance_count {
-        return false;
-    }
-    let variant = profile.parsed_name().map_or(Variant::Plain, |n| n.variant);
-    let variants: Vec<Variant> = g
-        .instances
-        .iter()
-        .map(|i| variant_of(model, i.profile_id))
-        .collect();
-    // Only one instance with media extensions per GPU.
-    if variant.has_media_extensions() && variants.iter().any(|v| v.has_media_extensions()) {
-        return false;
-    }
-    // An _ALL_ME instance blocks every other profile except _NO_ME (nvml.h), and needs the same of what exists.
-    if variants.contains(&Variant::MeAll) && variant != Variant::NoMe {
-        return false;
-    }
-    if variant == Variant::MeAll && variants.iter().any(|v| *v != Variant::NoMe) {
-        return false;
-    }
-    true
-}
-
-/// nvmlDeviceGetGpuInstanceRemainingCapacity: how many more of `profile` fit now.
-fn remaining(model: &Model, g: &SimGpu, profile: &GiProfile) -> u32 {
-    if !can_create(model, g, profile) {
-        return 0;
-    }
-    let existing = g
-        .instances
-        .iter()
-        .filter(|i| i.profile_id == profile.id)
-        .count() as u32;
-    let mut left = profile.instance_count - existing;
-    if profile
-        .parsed_name()
-        .is_some_and(|n| n.variant.has_media_extensions())
-    {
-        left = left.min(1);
-    }
-    // Same-size placements sorted by start: taking each free one greedily is optimal (earliest end first).
-    let mut taken: Vec<Placement> = Vec::new();
-    for p in &profile.placements {
-        if placement_free(g, p) && taken.iter().all(|t| !t.overlaps(p)) {
-            taken.push(*p);
-        }
-    }
-    left.min(taken.len() as u32)
+        .map(|i| Occupant {
+            profile_id: i.profile_id,
+            placement: i.placement,
+        })
+        .collect()
 }
 
 #[cfg(test)]
