@@ -2,20 +2,33 @@
 
 use super::{Ctx, InputError};
 use crate::cli::{SimAction, SimArgs};
+use crate::gpu::sim::{SimStore, SIM_FILE};
 use crate::gpu::Backend;
 use crate::profile::{self, ProfileSpec};
 use anyhow::Result;
 
 pub fn sim(ctx: &Ctx, a: &SimArgs) -> Result<i32> {
+    if let SimAction::Reset = a.action {
+        // Reset must work when the stored machine differs from --simulate: that is what it is for.
+        ctx.sim_spec()?
+            .ok_or_else(|| InputError::Other("`migrun sim reset` needs --simulate SPEC".into()))?;
+        let dir = ctx.state_dir()?;
+        let leases = crate::alloc::leases(&dir)?;
+        if !leases.is_empty() {
+            return Err(InputError::Other(format!(
+                "{} lease(s) exist in {}; release them first (`migrun release ID`, see `migrun status`)",
+                leases.len(),
+                dir.path().display()
+            ))
+            .into());
+        }
+        SimStore::new(dir.join(SIM_FILE)).reset()?;
+        println!("simulated machine in {} forgotten", dir.path().display());
+        return Ok(0);
+    }
     let mut sim = ctx.sim_backend()?;
     match &a.action {
-        SimAction::Reset => {
-            sim.store().reset()?;
-            println!(
-                "simulated machine in {} forgotten",
-                ctx.state_dir_path().display()
-            );
-        }
+        SimAction::Reset => unreachable!("handled above"),
         SimAction::ResetGpu { gpu } => {
             let gpu = *gpu;
             let count = sim.gpus()?.len() as u32;
