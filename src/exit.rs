@@ -78,4 +78,5 @@ static EXTRA: &[Mapper] = &[
     crate::alloc::exit_code_of,
     crate::config::exit_code_of,
     crate::engine::exit_code_of,
+    crate::migmode::exit_code_of,
 ];

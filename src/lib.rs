@@ -14,6 +14,7 @@ pub mod engine;
 pub mod exit;
 pub mod gpu;
 pub mod lease;
+pub mod migmode;
 pub mod placement;
 pub mod profile;
 pub mod statedir;

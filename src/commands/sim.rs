@@ -35,6 +35,18 @@ pub fn sim(ctx: &Ctx, a: &SimArgs) -> Result<i32> {
             if gpu >= count {
                 return Err(crate::gpu::GpuError::NoSuchGpu { index: gpu, count }.into());
             }
+            // A real reset fails while anything uses the GPU; migrun's own leases count as use.
+            let held: Vec<u64> = crate::alloc::leases(&ctx.state_dir()?)?
+                .iter()
+                .filter(|l| l.gpu_index == gpu)
+                .map(|l| l.id)
+                .collect();
+            if !held.is_empty() {
+                return Err(InputError::Other(format!(
+                    "cannot reset GPU {gpu}: migrun leases {held:?} are on it; release them first"
+                ))
+                .into());
+            }
             let mode = sim.with_machine(|m| m.reset_gpu(gpu))?.map_err(|code| {
                 crate::gpu::GpuError::Nvml {
                     op: "resetting the GPU".into(),
@@ -73,12 +85,16 @@ pub fn sim(ctx: &Ctx, a: &SimArgs) -> Result<i32> {
         }
         SimAction::SetProcesses { gpu, gi, count } => {
             let (gpu, gi, count) = (*gpu, *gi, *count);
-            sim.with_machine(|m| m.set_processes(gpu, gi, count))?
-                .map_err(|_| {
-                    InputError::Other(format!(
-                        "GPU {gpu} has no GPU instance {gi}; see `migrun status`"
-                    ))
-                })?;
+            sim.with_machine(|m| match gi {
+                Some(gi) => m.set_processes(gpu, gi, count),
+                None => m.set_gpu_processes(gpu, count),
+            })?
+            .map_err(|_| {
+                InputError::Other(format!(
+                    "GPU {gpu} has no GPU instance {}; see `migrun status`",
+                    gi.map_or("(none given)".into(), |g| g.to_string())
+                ))
+            })?;
         }
     }
     Ok(0)

@@ -416,6 +416,12 @@ impl SimMachine {
         Ok(())
     }
 
+    /// Pretend `count` compute processes run on the whole GPU (outside any MIG instance).
+    pub fn set_gpu_processes(&mut self, gpu: u32, count: u32) -> Result<(), Code> {
+        self.gpu_mut(gpu)?.gpu_processes = count;
+        Ok(())
+    }
+
     /// Compute processes anywhere on the GPU.
     pub fn gpu_processes(&self, gpu: u32) -> Result<u32, Code> {
         let g = self.gpu(gpu)?;
