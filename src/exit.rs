@@ -79,4 +79,5 @@ static EXTRA: &[Mapper] = &[
     crate::config::exit_code_of,
     crate::engine::exit_code_of,
     crate::migmode::exit_code_of,
+    crate::caller::exit_code_of,
 ];
