@@ -21,7 +21,10 @@ pub struct Caller {
 impl Caller {
     /// Read the identity from the process (euid) and the environment (SUDO_UID).
     pub fn current() -> Caller {
-        Caller::from_parts(geteuid().as_raw(), std::env::var("SUDO_UID").ok().as_deref())
+        Caller::from_parts(
+            geteuid().as_raw(),
+            std::env::var("SUDO_UID").ok().as_deref(),
+        )
     }
 
     /// Pure form of [`Caller::current`], for tests.
