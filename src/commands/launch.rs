@@ -63,17 +63,6 @@ pub fn wait_of(r: &RequestArgs) -> Option<Option<Duration>> {
     r.wait.map(|s| (s > 0).then(|| Duration::from_secs(s)))
 }
 
-/// The uid a lease is charged to: the sudo caller's when root runs on their behalf.
-pub fn charged_uid() -> u32 {
-    let uid = nix::unistd::getuid().as_raw();
-    if uid == 0 {
-        if let Some(u) = std::env::var("SUDO_UID").ok().and_then(|s| s.parse().ok()) {
-            return u;
-        }
-    }
-    uid
-}
-
 /// This process as a lease holder: pid and its start time (clock ticks since boot, /proc/<pid>/stat field 22),
 /// which tells a live migrun from a later process that reused the pid.
 pub fn this_process() -> Holder {
@@ -129,6 +118,7 @@ pub fn run(ctx: &Ctx, a: RunArgs) -> Result<i32> {
         return dry_run(ctx, &a, &line, mode, &cli, &want);
     }
 
+    crate::caller::require_root("running a container on a MIG slice", ctx.global.simulate.is_some())?;
     let dir = ctx.state_dir()?;
     let req = AllocRequest {
         want,
@@ -136,7 +126,7 @@ pub fn run(ctx: &Ctx, a: RunArgs) -> Result<i32> {
         wait: wait_of(&a.request),
         keep: a.request.keep,
         holder: this_process(),
-        uid: charged_uid(),
+        uid: crate::caller::Caller::current().uid,
     };
     let lease = {
         let mut backend = ctx.backend()?;
