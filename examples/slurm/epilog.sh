@@ -4,7 +4,7 @@
 set -euo pipefail
 MIGRUN=${MIGRUN:-migrun}
 DIR=${MIGRUN_SLURM_DIR:-/run/migrun-slurm}
-job=${SLURM_JOB_ID:?SLURM_JOB_ID is not set: run this as Slurm's Epilog}
+job=${SLURM_JOB_ID:?SLURM_JOB_ID is not set: run this as the Slurm Epilog}
 f="$DIR/$job"
 [ -e "$f" ] || exit 0 # the job had no slice
 read -r uuid lease _ <"$f"

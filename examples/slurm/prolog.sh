@@ -11,7 +11,7 @@ set -euo pipefail
 MIGRUN=${MIGRUN:-migrun}
 DIR=${MIGRUN_SLURM_DIR:-/run/migrun-slurm}
 WAIT=${MIGRUN_SLURM_WAIT:-300}
-job=${SLURM_JOB_ID:?SLURM_JOB_ID is not set: run this as Slurm's Prolog}
+job=${SLURM_JOB_ID:?SLURM_JOB_ID is not set: run this as the Slurm Prolog}
 
 profile=${MIGRUN_SLURM_PROFILE:-}
 if [ -z "$profile" ] && command -v scontrol >/dev/null; then
