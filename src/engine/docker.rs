@@ -9,7 +9,7 @@ use crate::alloc::HolderProbe;
 use crate::cli::InjectMode;
 use signal_hook::iterator::exfiltrator::origin::WithOrigin;
 use signal_hook::iterator::SignalsInfo;
-use signal_hook::low_level::siginfo::Cause;
+use signal_hook::low_level::siginfo::{Cause, Origin};
 use std::ffi::{OsStr, OsString};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::ExitStatusExt;
@@ -859,8 +859,10 @@ pub fn run_supervised(
     let pid = nix::unistd::Pid::from_raw(child.id() as i32);
     let mut container: Option<String> = None;
     let mut forwarded = Vec::new();
+    let mut batch: Vec<Origin> = Vec::new();
     let status = loop {
-        for o in signals.pending() {
+        batch.extend(signals.pending());
+        for o in batch.drain(..) {
             if o.signal != signal_hook::consts::SIGCHLD && should_forward(o.cause) {
                 // The child is not reaped before try_wait below, so `pid` is still ours.
                 if let Ok(sig) = nix::sys::signal::Signal::try_from(o.signal) {
@@ -886,12 +888,13 @@ pub fn run_supervised(
             }
         }
         if container.is_some() {
-            // Nothing to poll for any more: sleep until a signal (SIGCHLD included) arrives.
-            let _ = signals.wait().count();
+            // Nothing to poll for any more: sleep until a signal (SIGCHLD included) arrives; the loop's top
+            // forwards what came.
+            batch.extend(signals.wait());
         } else {
             // Poll the cidfile often, to shorten the window in which the lease still names migrun's pid.
+            // Signals that arrive meanwhile are picked up at the loop's top.
             std::thread::sleep(Duration::from_millis(10));
-            // Fold in signals that arrived during the sleep on the next turn.
         }
     };
     if container.is_none() {
