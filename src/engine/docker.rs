@@ -576,6 +576,8 @@ pub struct DockerCli {
     pub path: PathBuf,
     /// DOCKER_HOST when it was set; `None` = the CLI's default endpoint.
     pub host: Option<String>,
+    /// The CLI was chosen explicitly (--docker, MIGRUN_DOCKER, the config), not found as `docker` on PATH.
+    pub explicit: bool,
 }
 
 /// The first executable `name` on `path_env` (PATH semantics); a name with a slash is taken as a path.
@@ -603,7 +605,11 @@ impl DockerCli {
         let path = find_executable(&name, path_env.as_deref())
             .ok_or_else(|| DockerError::NoCli(name.to_string_lossy().into_owned()))?;
         let host = std::env::var("DOCKER_HOST").ok().filter(|h| !h.is_empty());
-        Ok(DockerCli { path, host })
+        Ok(DockerCli {
+            path,
+            host,
+            explicit: explicit.is_some(),
+        })
     }
 
     /// A `docker` command aimed at this CLI's daemon.
@@ -615,14 +621,17 @@ impl DockerCli {
         c
     }
 
-    /// The holder's engine string: `docker`, followed by `|host=…` and `|cli=…` when they differ from the
-    /// defaults, so gc (run later, perhaps by another shell) asks the same daemon with the same CLI.
+    /// The holder's engine string: `docker`, followed by `|host=…` (DOCKER_HOST) and `|cli=…` (an explicitly
+    /// chosen CLI) when they were set, so gc, run later from another environment, asks the same daemon with the
+    /// same CLI. Plain `docker` means the default daemon through `docker` on PATH.
     pub fn engine_tag(&self) -> String {
         let mut tag = String::from("docker");
         if let Some(h) = &self.host {
             tag.push_str(&format!("{TAG_SEP}host={h}"));
         }
-        tag.push_str(&format!("{TAG_SEP}cli={}", self.path.display()));
+        if self.explicit {
+            tag.push_str(&format!("{TAG_SEP}cli={}", self.path.display()));
+        }
         tag
     }
 
@@ -635,11 +644,15 @@ impl DockerCli {
         let mut cli = DockerCli {
             path: PathBuf::from("docker"),
             host: None,
+            explicit: false,
         };
         for p in parts {
             match p.split_once('=') {
                 Some(("host", h)) => cli.host = Some(h.to_string()),
-                Some(("cli", c)) => cli.path = PathBuf::from(c),
+                Some(("cli", c)) => {
+                    cli.path = PathBuf::from(c);
+                    cli.explicit = true;
+                }
                 _ => {}
             }
         }
@@ -1265,12 +1278,19 @@ mod tests {
         let cli = DockerCli {
             path: "/usr/bin/docker".into(),
             host: Some("unix:///tmp/d/docker.sock".into()),
+            explicit: true,
         };
         assert_eq!(
             cli.engine_tag(),
             "docker|host=unix:///tmp/d/docker.sock|cli=/usr/bin/docker"
         );
         assert_eq!(DockerCli::from_engine_tag(&cli.engine_tag()), Some(cli));
+        let default = DockerCli {
+            path: "/usr/bin/docker".into(),
+            host: None,
+            explicit: false,
+        };
+        assert_eq!(default.engine_tag(), "docker");
         assert_eq!(DockerCli::from_engine_tag("podman"), None);
         assert!(DockerCli::from_engine_tag("docker").is_some());
     }
