@@ -37,7 +37,10 @@ fn help_shows_the_launcher_usage_with_an_example() {
     let h = stdout(&o);
     assert!(h.contains("--inject") && h.contains("--dry-run"), "{h}");
     assert!(!h.contains("__watch"));
-    assert!(!stdout(&migrun(&["--help"])).contains("__watch"), "the watcher is hidden");
+    assert!(
+        !stdout(&migrun(&["--help"])).contains("__watch"),
+        "the watcher is hidden"
+    );
 }
 
 #[test]
@@ -46,7 +49,10 @@ fn completions_and_man_page_generate() {
         let o = migrun(&["completions", shell]);
         assert!(o.status.success(), "{shell}: {}", stderr(&o));
         let s = stdout(&o);
-        assert!(s.contains("migrun") && s.contains("profile") && s.contains("inject"), "{shell}: {s}");
+        assert!(
+            s.contains("migrun") && s.contains("profile") && s.contains("inject"),
+            "{shell}: {s}"
+        );
     }
     let o = migrun(&["man"]);
     assert!(o.status.success(), "{}", stderr(&o));
@@ -59,15 +65,38 @@ fn completions_and_man_page_generate() {
 fn launcher_refusals_need_no_daemon_and_exit_2() {
     let cases: &[(&[&str], &str)] = &[
         (
-            &["--profile", "3g.40gb", "--inject", "env", "-e", "NVIDIA_VISIBLE_DEVICES=0", "img"],
+            &[
+                "--profile",
+                "3g.40gb",
+                "--inject",
+                "env",
+                "-e",
+                "NVIDIA_VISIBLE_DEVICES=0",
+                "img",
+            ],
             "cannot choose its own GPU",
         ),
         (
-            &["--profile", "3g.40gb", "--inject", "env", "--gpus", "all", "img"],
+            &[
+                "--profile",
+                "3g.40gb",
+                "--inject",
+                "env",
+                "--gpus",
+                "all",
+                "img",
+            ],
             "cannot choose its own GPU",
         ),
         (
-            &["--profile", "3g.40gb", "--inject", "env", "--device=nvidia.com/gpu=all", "img"],
+            &[
+                "--profile",
+                "3g.40gb",
+                "--inject",
+                "env",
+                "--device=nvidia.com/gpu=all",
+                "img",
+            ],
             "cannot choose its own GPU",
         ),
         (
@@ -80,11 +109,28 @@ fn launcher_refusals_need_no_daemon_and_exit_2() {
         ),
         (&["--inject", "env", "--rm", "img"], "--profile"),
         (
-            &["--profile", "3g.40gb", "--inject", "env", "--docker", "/nonexistent/docker", "img"],
+            &[
+                "--profile",
+                "3g.40gb",
+                "--inject",
+                "env",
+                "--docker",
+                "/nonexistent/docker",
+                "img",
+            ],
             "docker CLI /nonexistent/docker not found",
         ),
         (
-            &["--profile", "3g.4gb", "--inject", "env", "--dry-run", "--docker", "/bin/true", "img"],
+            &[
+                "--profile",
+                "3g.4gb",
+                "--inject",
+                "env",
+                "--dry-run",
+                "--docker",
+                "/bin/true",
+                "img",
+            ],
             "did you mean 3g.40gb",
         ),
     ];
@@ -101,13 +147,25 @@ fn launcher_refusals_need_no_daemon_and_exit_2() {
 fn dry_run_names_each_injection_mode() {
     let table = [
         ("gpus", "--gpus 'device=<MIG-"),
-        ("nvidia-runtime", "--runtime nvidia -e 'NVIDIA_VISIBLE_DEVICES=<MIG-"),
+        (
+            "nvidia-runtime",
+            "--runtime nvidia -e 'NVIDIA_VISIBLE_DEVICES=<MIG-",
+        ),
         ("cdi", "--device 'nvidia.com/gpu=<MIG-"),
         ("env", "-e 'NVIDIA_VISIBLE_DEVICES=<MIG-"),
     ];
     for (mode, want) in table {
         let o = migrun(&[
-            "--profile", "1g.10gb", "--inject", mode, "--dry-run", "--docker", "/bin/true", "--rm", "img", "true",
+            "--profile",
+            "1g.10gb",
+            "--inject",
+            mode,
+            "--dry-run",
+            "--docker",
+            "/bin/true",
+            "--rm",
+            "img",
+            "true",
         ]);
         assert!(o.status.success(), "{mode}: {}", stderr(&o));
         let s = stdout(&o);

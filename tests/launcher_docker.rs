@@ -75,7 +75,10 @@ impl World {
     }
 
     fn leases(&self) -> Vec<Value> {
-        self.status()["leases"].as_array().cloned().unwrap_or_default()
+        self.status()["leases"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
     }
 
     fn instances(&self) -> Vec<Value> {
@@ -132,7 +135,10 @@ fn show(out: &Output) -> String {
 fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
     let start = Instant::now();
     while !f() {
-        assert!(start.elapsed() < timeout, "timed out after {timeout:?}: {what}");
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?}: {what}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -166,7 +172,11 @@ fn container_gets_the_leased_uuid_and_the_slice_is_released() {
     assert_eq!(inst.len(), 1, "{inst:?}");
     assert_eq!(inst[0]["mig_uuid"], seen.as_str());
     assert_eq!(inst[0]["profile"], "3g.40gb");
-    assert!(w.leases().is_empty(), "lease left after exit: {:?}", w.leases());
+    assert!(
+        w.leases().is_empty(),
+        "lease left after exit: {:?}",
+        w.leases()
+    );
 
     // Without --keep the next run reuses nothing it must not, and destroys what it created.
     let out = engines::run_output(&mut w.launch(
@@ -185,7 +195,8 @@ fn container_gets_the_leased_uuid_and_the_slice_is_released() {
 #[test]
 fn exit_code_of_the_container_is_migruns() {
     let w = World::new();
-    let out = engines::run_output(&mut w.launch("3g.40gb", &["--rm", &w.image, "sh", "-c", "exit 7"]));
+    let out =
+        engines::run_output(&mut w.launch("3g.40gb", &["--rm", &w.image, "sh", "-c", "exit 7"]));
     assert_eq!(out.status.code(), Some(7), "{}", show(&out));
     w.assert_clean("after exit 7");
 }
@@ -193,12 +204,15 @@ fn exit_code_of_the_container_is_migruns() {
 #[test]
 fn docker_failures_keep_dockers_code_and_release() {
     let w = World::new();
-    let out = engines::run_output(&mut w.launch("3g.40gb", &["--rm", "migrun-test/no-such-image:1", "true"]));
+    let out = engines::run_output(
+        &mut w.launch("3g.40gb", &["--rm", "migrun-test/no-such-image:1", "true"]),
+    );
     assert_eq!(out.status.code(), Some(125), "{}", show(&out));
     w.assert_clean("after a missing image");
 
     // A command that does not exist in the image: docker's 127, after the container was created.
-    let out = engines::run_output(&mut w.launch("3g.40gb", &["--rm", &w.image, "/no/such/command"]));
+    let out =
+        engines::run_output(&mut w.launch("3g.40gb", &["--rm", &w.image, "/no/such/command"]));
     assert_eq!(out.status.code(), Some(127), "{}", show(&out));
     w.assert_clean("after a missing command");
 }
@@ -268,7 +282,12 @@ fn detached_container_is_released_after_docker_stop() {
     ));
     assert!(out.status.success(), "{}", show(&out));
     let id = text(&out.stdout).trim().to_string();
-    assert_eq!(id.len(), 64, "docker -d prints the container id: {}", show(&out));
+    assert_eq!(
+        id.len(),
+        64,
+        "docker -d prints the container id: {}",
+        show(&out)
+    );
     assert_eq!(w.container_state(&id).as_deref(), Some("running"));
 
     let held = w.leases();
@@ -287,7 +306,10 @@ fn detached_container_is_released_after_docker_stop() {
     assert_eq!(labels["migrun.uuid"], lease["mig_uuid"]);
     assert_eq!(labels["migrun.profile"], "3g.40gb");
     assert_eq!(labels["migrun.lease"], lease["id"].to_string().as_str());
-    let env = engines::run_ok(w.docker().args(["exec", &id, "printenv", "NVIDIA_VISIBLE_DEVICES"]));
+    let env = engines::run_ok(
+        w.docker()
+            .args(["exec", &id, "printenv", "NVIDIA_VISIBLE_DEVICES"]),
+    );
     assert_eq!(env.trim(), lease["mig_uuid"].as_str().unwrap());
 
     engines::run_ok(w.docker().args(["stop", "-t", "1", &id]));
@@ -305,7 +327,13 @@ fn two_launchers_at_once_get_different_slices() {
     let spawn = || {
         w.launch(
             "3g.40gb",
-            &["--rm", &w.image, "sh", "-c", "echo $NVIDIA_VISIBLE_DEVICES; sleep 1"],
+            &[
+                "--rm",
+                &w.image,
+                "sh",
+                "-c",
+                "echo $NVIDIA_VISIBLE_DEVICES; sleep 1",
+            ],
         )
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -320,7 +348,10 @@ fn two_launchers_at_once_get_different_slices() {
     assert!(oa.status.success(), "{}", show(&oa));
     assert!(ob.status.success(), "{}", show(&ob));
     let (ua, ub) = (text(&oa.stdout), text(&ob.stdout));
-    assert!(is_mig_uuid(ua.trim()) && is_mig_uuid(ub.trim()), "{ua:?} {ub:?}");
+    assert!(
+        is_mig_uuid(ua.trim()) && is_mig_uuid(ub.trim()),
+        "{ua:?} {ub:?}"
+    );
     assert_ne!(ua.trim(), ub.trim(), "both got the same slice");
     w.assert_clean("after both");
 }
@@ -330,16 +361,23 @@ fn killed_launcher_leaves_the_lease_to_the_container_until_it_is_gone() {
     let w = World::new();
     let name = engines::unique_name("migrun-kill9");
     let mut child = w
-        .launch("3g.40gb", &["--init", "--name", &name, &w.image, "sleep", "100"])
+        .launch(
+            "3g.40gb",
+            &["--init", "--name", &name, &w.image, "sleep", "100"],
+        )
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    wait_for("the lease is handed to the container", Duration::from_secs(30), || {
-        w.leases()
-            .first()
-            .is_some_and(|l| l["holder"]["kind"] == "container")
-    });
+    wait_for(
+        "the lease is handed to the container",
+        Duration::from_secs(30),
+        || {
+            w.leases()
+                .first()
+                .is_some_and(|l| l["holder"]["kind"] == "container")
+        },
+    );
     child.kill().unwrap(); // SIGKILL: no release from migrun itself
     child.wait().unwrap();
     assert_eq!(w.container_state(&name).as_deref(), Some("running"));
@@ -390,14 +428,21 @@ fn without_a_toolkit_it_refuses_instead_of_running_without_the_gpu() {
         );
     }
     // PATH without any nvidia-container-* binary (only the docker CLI, via MIGRUN_DOCKER).
-    let out = engines::run_output(
-        w.migrun()
-            .env("PATH", "/usr/bin:/bin")
-            .args(["--profile", "3g.40gb", "--rm", "--pull", "never", &w.image, "true"]),
-    );
+    let out = engines::run_output(w.migrun().env("PATH", "/usr/bin:/bin").args([
+        "--profile",
+        "3g.40gb",
+        "--rm",
+        "--pull",
+        "never",
+        &w.image,
+        "true",
+    ]));
     assert_eq!(out.status.code(), Some(2), "{}", show(&out));
     let err = text(&out.stderr);
-    assert!(err.contains("no NVIDIA container toolkit") && err.contains("--inject env"), "{err}");
+    assert!(
+        err.contains("no NVIDIA container toolkit") && err.contains("--inject env"),
+        "{err}"
+    );
     w.assert_clean("after refusing");
 }
 
@@ -409,16 +454,21 @@ fn dry_run_prints_the_plan_and_the_command_and_changes_nothing() {
     std::fs::create_dir(&bin).unwrap();
     let hook = bin.join("nvidia-container-runtime-hook");
     std::fs::write(&hook, "#!/bin/sh\nexit 0\n").unwrap();
-    std::fs::set_permissions(
-        &hook,
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
+    std::fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let before = w.status();
     let out = engines::run_output(
         w.migrun()
             .env("PATH", format!("{}:/usr/bin:/bin", bin.display()))
-            .args(["-v", "--profile", "3g.40gb", "--dry-run", "-it", "--rm", "-p", "8888:8888"])
+            .args([
+                "-v",
+                "--profile",
+                "3g.40gb",
+                "--dry-run",
+                "-it",
+                "--rm",
+                "-p",
+                "8888:8888",
+            ])
             .args([&w.image, "sh", "-c", "echo hi"]),
     );
     assert!(out.status.success(), "{}", show(&out));
@@ -435,7 +485,11 @@ fn dry_run_prints_the_plan_and_the_command_and_changes_nothing() {
             && cmd.ends_with(&format!("{} sh -c 'echo hi'", w.image)),
         "{cmd}"
     );
-    assert!(text(&out.stderr).contains("--inject gpus"), "verbose names the mode: {}", show(&out));
+    assert!(
+        text(&out.stderr).contains("--inject gpus"),
+        "verbose names the mode: {}",
+        show(&out)
+    );
     assert_eq!(w.status(), before, "dry run changed the machine");
 }
 
@@ -474,12 +528,17 @@ fn published_port_answers_like_a_notebook_server_would() {
     assert_eq!(held.len(), 1, "{held:?}");
     assert_eq!(held[0]["profile"], "3g.40gb");
     let body = engines::http_get(port, "/hello.ipynb", Duration::from_secs(20));
-    assert_eq!(body, "{\"cells\": []}\n", "the volume is served through the published port");
+    assert_eq!(
+        body, "{\"cells\": []}\n",
+        "the volume is served through the published port"
+    );
 
     let out = engines::run_output(&mut example("stop"));
     assert!(out.status.success(), "{}", show(&out));
-    wait_for("the slice is freed after docker stop", Duration::from_secs(20), || {
-        w.leases().is_empty()
-    });
+    wait_for(
+        "the slice is freed after docker stop",
+        Duration::from_secs(20),
+        || w.leases().is_empty(),
+    );
     w.assert_clean("after stopping the notebook");
 }

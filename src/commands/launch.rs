@@ -118,7 +118,10 @@ pub fn run(ctx: &Ctx, a: RunArgs) -> Result<i32> {
         return dry_run(ctx, &a, &line, mode, &cli, &want);
     }
 
-    crate::caller::require_root("running a container on a MIG slice", ctx.global.simulate.is_some())?;
+    crate::caller::require_root(
+        "running a container on a MIG slice",
+        ctx.global.simulate.is_some(),
+    )?;
     let dir = ctx.state_dir()?;
     let req = AllocRequest {
         want,

@@ -397,15 +397,11 @@ impl RunLine {
 
     /// Is switch `name` on? A bare switch is on; `--name=false` turns it off again.
     pub fn switch(&self, name: &str) -> bool {
-        self.opts
-            .iter()
-            .filter(|o| o.name == name)
-            .last()
-            .is_some_and(|o| {
-                o.value
-                    .as_deref()
-                    .map_or(true, |v| parse_bool(v) == Some(true))
-            })
+        self.opts.iter().rfind(|o| o.name == name).is_some_and(|o| {
+            o.value
+                .as_deref()
+                .map_or(true, |v| parse_bool(v) == Some(true))
+        })
     }
 
     /// `-d` / `--detach`.
