@@ -15,6 +15,7 @@ if [ -n "${MIGRUN_INJECT:-}" ]; then inject=(--inject "$MIGRUN_INJECT"); fi
 fail() { echo "cuda-check: FAILED: $*" >&2; exit 1; }
 
 echo "== migrun -v --profile $PROFILE --rm $IMAGE nvidia-smi -L"
+# shellcheck disable=SC2016 # $NVIDIA_VISIBLE_DEVICES is expanded inside the container
 out=$("$MIGRUN" -v --profile "$PROFILE" "${inject[@]}" --rm "$IMAGE" \
   sh -c 'echo "NVIDIA_VISIBLE_DEVICES=$NVIDIA_VISIBLE_DEVICES"; nvidia-smi -L')
 echo "$out"
