@@ -1,11 +1,13 @@
 //! The docker launcher against a real (private) dockerd: the container gets the leased MIG UUID, the slice is released
 //! on every path (exit, docker failure, SIGTERM, `-d` + `docker stop`, `kill -9` + gc), device choices are refused.
-//! GPUs are simulated (`--simulate`); the device goes in with `--inject env`. Needs root and the engines from
-//! scripts/setup-test-host.sh; fails (never skips) without them.
+//! GPUs are simulated (`--simulate`), or reached through migrun's real NVML code and the fake libnvidia-ml; the device
+//! goes in with `--inject env`. Needs root and the engines from scripts/setup-test-host.sh; fails (never skips)
+//! without them.
 
 mod common;
 
 use common::engines::{self, PrivateDockerd};
+use common::fake_nvml::FakeNvml;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -13,20 +15,29 @@ use std::time::{Duration, Instant};
 
 const MIGRUN: &str = env!("CARGO_BIN_EXE_migrun");
 
-/// One test's world: a simulated machine in its own state dir, the shared private dockerd, the busybox image.
+/// Where the GPUs come from.
+enum Gpus {
+    /// `--simulate SPEC` (MIGRUN_SIMULATE).
+    Sim(&'static str),
+    /// migrun's NVML backend over the fake libnvidia-ml.
+    Fake(FakeNvml),
+}
+
+/// One test's world: a GPU machine with its own state dir, the shared private dockerd, the busybox image.
 struct World {
     tmp: tempfile::TempDir,
     docker: &'static PrivateDockerd,
     image: String,
-    sim: &'static str,
+    gpus: Gpus,
 }
 
 impl World {
+    /// One simulated H100 80GB.
     fn new() -> World {
-        World::with_sim("h100-80gb:1")
+        World::with(Gpus::Sim("h100-80gb:1"))
     }
 
-    fn with_sim(sim: &'static str) -> World {
+    fn with(gpus: Gpus) -> World {
         let docker = engines::shared_dockerd();
         let image = engines::busybox_image(docker);
         let tmp = tempfile::tempdir().unwrap();
@@ -35,7 +46,7 @@ impl World {
             tmp,
             docker,
             image,
-            sim,
+            gpus,
         }
     }
 
@@ -43,10 +54,17 @@ impl World {
         self.tmp.path().join("state")
     }
 
-    /// The environment that aims migrun at this world: simulated GPUs, its state dir, the private daemon.
+    /// The environment that aims migrun at this world: its GPUs, its state dir, the private daemon.
     fn env(&self, c: &mut Command) {
-        c.env("MIGRUN_SIMULATE", self.sim)
-            .env("MIGRUN_STATE_DIR", self.state())
+        match &self.gpus {
+            Gpus::Sim(spec) => {
+                c.env("MIGRUN_SIMULATE", spec);
+            }
+            Gpus::Fake(fake) => {
+                c.env_remove("MIGRUN_SIMULATE").envs(fake.env());
+            }
+        }
+        c.env("MIGRUN_STATE_DIR", self.state())
             .env("MIGRUN_CONFIG", self.tmp.path().join("config.toml"))
             .env("MIGRUN_DOCKER", engines::docker_cli())
             .env("DOCKER_HOST", self.docker.host())
@@ -541,4 +559,64 @@ fn published_port_answers_like_a_notebook_server_would() {
         || w.leases().is_empty(),
     );
     w.assert_clean("after stopping the notebook");
+}
+
+#[test]
+fn through_the_real_nvml_code_and_the_fake_driver() {
+    let w = World::with(Gpus::Fake(FakeNvml::new("h100-80gb:2")));
+    let Gpus::Fake(fake) = &w.gpus else {
+        unreachable!()
+    };
+    let out = engines::run_output(&mut w.launch(
+        "2g.20gb",
+        &[
+            "--rm",
+            &w.image,
+            "sh",
+            "-c",
+            "echo $NVIDIA_VISIBLE_DEVICES; exit 3",
+        ],
+    ));
+    assert_eq!(out.status.code(), Some(3), "{}", show(&out));
+    let seen = text(&out.stdout).trim().to_string();
+    assert!(is_mig_uuid(&seen), "container saw {seen:?}");
+    // The instance existed on the (fake) device and is gone from it again: created and destroyed through NVML.
+    let machine = fake.machine();
+    for gpu in 0..2 {
+        assert!(
+            machine.instances(gpu).unwrap().is_empty(),
+            "GPU {gpu} still has instances"
+        );
+    }
+    w.assert_clean("after a run through the fake NVML");
+
+    // With --keep the instance stays, and NVML reports the UUID the container saw.
+    let mut keep = w.migrun();
+    keep.args([
+        "--profile",
+        "1g.10gb",
+        "--keep",
+        "--inject",
+        "env",
+        "--rm",
+        "--pull",
+        "never",
+    ])
+    .args([&w.image, "sh", "-c", "echo $NVIDIA_VISIBLE_DEVICES"]);
+    let out = engines::run_output(&mut keep);
+    assert!(out.status.success(), "{}", show(&out));
+    let kept = text(&out.stdout).trim().to_string();
+    let on_device: Vec<String> = fake
+        .machine()
+        .instances(0)
+        .unwrap()
+        .iter()
+        .chain(fake.machine().instances(1).unwrap().iter())
+        .filter_map(|i| i.mig_uuid().map(String::from))
+        .collect();
+    assert_eq!(
+        on_device,
+        vec![kept],
+        "exactly the kept 1g.10gb remains on the device"
+    );
 }

@@ -98,6 +98,7 @@ pub fn run(ctx: &Ctx, a: RunArgs) -> Result<i32> {
         }
     };
     line.check(mode, &|p| std::fs::read_to_string(p))?;
+    line.check_cidfile()?;
     for w in line.warnings() {
         eprintln!("migrun: warning: {w}");
     }

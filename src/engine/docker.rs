@@ -66,6 +66,8 @@ pub enum DockerError {
         #[source]
         source: std::io::Error,
     },
+    #[error("--cidfile {0} already exists; docker would refuse it, and migrun would read another container's id from it: remove it or choose a new path")]
+    CidfileExists(PathBuf),
     #[error("cannot set up signal forwarding for docker: {0}")]
     Signals(#[source] std::io::Error),
 }
@@ -412,6 +414,16 @@ impl RunLine {
     /// The user's own `--cidfile`, if any.
     pub fn cidfile(&self) -> Option<&str> {
         self.last("cidfile")
+    }
+
+    /// A user's `--cidfile` must not exist yet: docker refuses it, and its old content would name another container.
+    pub fn check_cidfile(&self) -> Result<(), DockerError> {
+        match self.cidfile() {
+            Some(p) if std::fs::symlink_metadata(p).is_ok() => {
+                Err(DockerError::CidfileExists(PathBuf::from(p)))
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Refuse what would let the container pick its own GPU, and options that conflict with `mode`.
@@ -1081,6 +1093,15 @@ mod tests {
             ["-it"]
         );
         assert_eq!(parse("--cidfile /x img").cidfile(), Some("/x"));
+        let d = tempfile::tempdir().unwrap();
+        let old = d.path().join("cid");
+        let line = parse(&format!("--cidfile {} img", old.display()));
+        assert!(line.check_cidfile().is_ok());
+        std::fs::write(&old, "0123456789ab").unwrap();
+        assert!(matches!(
+            line.check_cidfile(),
+            Err(DockerError::CidfileExists(_))
+        ));
     }
 
     #[test]
