@@ -620,3 +620,64 @@ fn through_the_real_nvml_code_and_the_fake_driver() {
         "exactly the kept 1g.10gb remains on the device"
     );
 }
+
+#[test]
+fn ctrl_c_in_a_terminal_reaches_the_container_once() {
+    // `script` gives migrun a terminal; writing ^C to it makes the kernel send SIGINT to the foreground process
+    // group (migrun and docker). docker passes it on; migrun must not pass it on a second time.
+    let script = engines::require("script");
+    let w = World::new();
+    let name = engines::unique_name("migrun-ctrlc");
+    let body = "n=0; trap 'n=$((n+1)); echo got INT $n' INT; i=0; \
+                while [ $n -eq 0 ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done; \
+                sleep 1; echo done n=$n";
+    let words: Vec<String> = [
+        MIGRUN,
+        "--profile",
+        "3g.40gb",
+        "--inject",
+        "env",
+        "--pull",
+        "never",
+        "--rm",
+        "--name",
+        &name,
+        &w.image,
+        "sh",
+        "-c",
+        body,
+    ]
+    .iter()
+    .map(|s| format!("'{}'", s.replace('\'', r"'\''")))
+    .collect();
+    let mut c = Command::new(script);
+    w.env(&mut c);
+    let mut child = c
+        .args(["-qec", &words.join(" "), "/dev/null"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for("the container runs", Duration::from_secs(30), || {
+        w.container_state(&name).as_deref() == Some("running")
+    });
+    std::thread::sleep(Duration::from_millis(300)); // let the trap be set
+    use std::io::Write;
+    let mut tty = child.stdin.take().unwrap();
+    tty.write_all(b"\x03").unwrap();
+    tty.flush().unwrap();
+    let out = wait_output(&mut child, Duration::from_secs(30));
+    drop(tty);
+    let so = text(&out.stdout);
+    assert!(
+        so.contains("got INT 1") && so.contains("done n=1"),
+        "{}",
+        show(&out)
+    );
+    assert!(
+        !so.contains("got INT 2"),
+        "SIGINT reached the container twice: {so}"
+    );
+    w.assert_clean("after Ctrl-C");
+}
