@@ -546,6 +546,10 @@ fn repair_intent(
             }
         }
         reg.remove_intent(intent.lease)?;
+        report.notes.push(format!(
+            "dropped the journal of an interrupted allocation (lease {}, {} at {} on GPU {}): no instance of it exists",
+            intent.lease, intent.profile, intent.placement, intent.gpu_index
+        ));
         return Ok(());
     };
     let leased = leases

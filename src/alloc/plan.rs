@@ -158,6 +158,7 @@ pub enum Why {
     Limit {
         profile: String,
         count: u32,
+        by: Vec<Occupier>,
     },
     /// Only one instance with media extensions may exist per GPU, and one does.
     MediaExtensions {
@@ -256,10 +257,14 @@ impl fmt::Display for Why {
                 }
                 Ok(())
             }
-            Why::Limit { profile, count } => write!(
-                f,
-                "already holds {count} {profile} instance(s), the most it can"
-            ),
+            Why::Limit { profile, count, by } => {
+                let gis: Vec<String> = by.iter().map(|o| format!("GI {} ({})", o.gi, o.owner)).collect();
+                write!(
+                    f,
+                    "already holds {count} {profile} instance(s), the most it can: {}",
+                    and_list(&gis)
+                )
+            }
             Why::MediaExtensions { profile, by } => write!(
                 f,
                 "{profile} needs the media extensions, which only one instance per GPU may have, and GI {} {by} has them",
@@ -414,10 +419,16 @@ fn explain(g: &GpuState, p: &GiProfile, leases: &[Lease], kept: &[(String, u32)]
                 };
             }
         }
-        let same = g.instances.iter().filter(|i| i.profile_id == p.id).count() as u32;
+        let by: Vec<Occupier> = g
+            .instances
+            .iter()
+            .filter(|i| i.profile_id == p.id)
+            .map(occupier)
+            .collect();
         return Why::Limit {
             profile: name,
-            count: same,
+            count: by.len() as u32,
+            by,
         };
     }
     let held = p
@@ -1122,6 +1133,70 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("GI 1 1g.10gb+me (lease 4) has them"), "{e}");
+    }
+
+    /// Requests `ids` one after another on one GPU: migrun (plan, then create where it says) versus a
+    /// driver that picks the placement itself (`pick` chooses among the free ones). Returns the placements made.
+    fn sequence(
+        spec: &str,
+        ids: &[u32],
+        driver: Option<fn(&[Placement]) -> Placement>,
+    ) -> Result<Vec<Placement>, u32> {
+        let mut m = SimMachine::new(&spec.parse::<SimSpec>().unwrap());
+        let mut placed = Vec::new();
+        let mut leases = Vec::new();
+        for &id in ids {
+            let placement = match driver {
+                None => match plan(&state_of(&m), &leases, &PlanRequest::new(Want::Profile(ProfileSpec::Id(id)))) {
+                    Ok(Plan::Create(c)) => c.placement,
+                    _ => return Err(id),
+                },
+                Some(pick) => {
+                    let g = &state_of(&m).gpus[0];
+                    let p = g.profile_by_id(id).unwrap();
+                    let occ: Vec<Occupant> = g.instances.iter().map(Occupant::from).collect();
+                    let free = rules::free_placements(&g.profiles, &occ, p);
+                    if free.is_empty() {
+                        return Err(id);
+                    }
+                    pick(&free)
+                }
+            };
+            let gi = m.create_gi(0, id, placement.start).map_err(|_| id)?;
+            m.create_default_ci(0, gi).unwrap();
+            placed.push(placement);
+            // Each requester keeps what it got.
+            leases.push(lease_on(&state_of(&m), placed.len() as u64, 0, placement.start));
+        }
+        Ok(placed)
+    }
+
+    #[test]
+    fn user_guide_order_1g_1g_2g_3g() {
+        // migrun, asked for 1g.10gb, 1g.10gb, 2g.20gb, 3g.40gb one after another on one H100, places all four.
+        let ids = [19, 19, 14, 9];
+        let placed = sequence("h100-80gb", &ids, None).expect("migrun places all four");
+        assert_eq!(placed.len(), 4);
+
+        // `nvidia-smi mig -cgi 19,19,14,9` leaves the placement to the driver. NVIDIA's guide shows it
+        // failing with Insufficient Resources: the small instances land at the top (6 and 5), the 2g
+        // at 2, and 3g.40gb then overlaps something at both 0 and 4.
+        let highest_first: fn(&[Placement]) -> Placement = |free| *free.last().unwrap();
+        assert_eq!(sequence("h100-80gb", &ids, Some(highest_first)), Err(9));
+        // The simulator's `create_gi_anywhere` (lowest free placement) happens to survive this order
+        // (1g at 0, 1 and 2g at 2 leave 4-7 for 3g) ...
+        let mut m = SimMachine::new(&"h100-80gb".parse::<SimSpec>().unwrap());
+        for id in ids {
+            m.create_gi_anywhere(0, id).expect("lowest-first survives 19,19,14,9");
+        }
+        // ... but it fails `-cgi 19,14,5` (1g.10gb at 0 blocks 4g.40gb's only placement), which migrun places.
+        let lowest_first: fn(&[Placement]) -> Placement = |free| free[0];
+        assert_eq!(sequence("h100-80gb", &[19, 14, 5], Some(lowest_first)), Err(5));
+        let mut m = SimMachine::new(&"h100-80gb".parse::<SimSpec>().unwrap());
+        m.create_gi_anywhere(0, 19).unwrap();
+        m.create_gi_anywhere(0, 14).unwrap();
+        assert_eq!(m.create_gi_anywhere(0, 5), Err(crate::gpu::Code::InsufficientResources));
+        assert!(sequence("h100-80gb", &[19, 14, 5], None).is_ok(), "migrun keeps room for 4g.40gb");
     }
 
     #[test]

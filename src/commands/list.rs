@@ -266,6 +266,13 @@ fn owner_text(owner: &Owner, leases: &[Lease]) -> String {
 
 /// `migrun status`: GPUs, MIG mode, instances with their owners, a slot map, leases and waiters.
 pub fn status(ctx: &Ctx, a: &ListArgs) -> Result<i32> {
+    // Hold the allocation lock while reading the device and the registry, so the two agree
+    // (no allocation or release lands between them). Without a usable state dir there are no leases to lock.
+    let _lock = ctx
+        .state_dir()
+        .ok()
+        .and_then(|d| crate::lease::Registry::open(&d).ok())
+        .and_then(|r| r.lock().ok());
     let mut backend = ctx.backend()?;
     let gpus = selected(&mut *backend, a.gpu.as_deref(), true)?;
     let view = registry_view(ctx);
