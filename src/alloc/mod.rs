@@ -132,7 +132,7 @@ pub enum AllocError {
     },
     #[error("bad --gpu {given:?}: this machine has {known}; see `migrun status`")]
     BadGpu { given: String, known: String },
-    #[error("GPU {gpu} is not one migrun may manage (the config's gpus setting lists {allowed}); pick one of those with --gpu")]
+    #[error("GPU {gpu} is not one migrun may manage (the config's gpus setting allows {allowed}); pick an allowed GPU with --gpu, or fix `gpus` in the config")]
     NotManaged { gpu: String, allowed: String },
     #[error("invalid config: allowed_profiles entry {entry:?}: {why}; see docs/config.md")]
     BadConfig { entry: String, why: String },
@@ -167,8 +167,7 @@ pub struct CiFailure {
 /// Exit codes for this module's errors (see `exit`).
 pub fn exit_code_of(e: &(dyn std::error::Error + 'static)) -> Option<i32> {
     use crate::exit::{self, ExitCodeOf};
-    if let Some(e) = e.downcast_ref::<SizeError>() {
-        let _ = e;
+    if e.is::<SizeError>() {
         return Some(exit::USAGE);
     }
     let e = e.downcast_ref::<AllocError>()?;
@@ -190,7 +189,7 @@ pub fn exit_code_of(e: &(dyn std::error::Error + 'static)) -> Option<i32> {
 
 /// How a release ended.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "kebab-case")]
+#[serde(tag = "result", rename_all = "kebab-case")]
 pub enum ReleaseOutcome {
     /// The instance migrun created was destroyed (CI, then GI).
     Destroyed { lease: LeaseId, mig_uuid: String },
@@ -405,7 +404,8 @@ fn finish(
         });
     }
     // Journal the release first: from here on a crash leaves a draining lease that gc finishes.
-    if l.state != LeaseState::Draining {
+    let was_draining = l.state == LeaseState::Draining;
+    if !was_draining {
         l.state = LeaseState::Draining;
         l.updated_at = lease::now();
         reg.write_lease(&l)?;
@@ -414,7 +414,7 @@ fn finish(
     let Some((g, i)) = lease_instance(state, &l) else {
         reg.remove_created(&l.gpu_uuid, l.gi)
             .and_then(|_| reg.remove_lease(l.id))?;
-        let outcome = if l.state == LeaseState::Draining {
+        let outcome = if was_draining {
             // Our own interrupted destroy, or an admin's: either way it is gone now.
             ReleaseOutcome::Destroyed {
                 lease: l.id,
@@ -633,6 +633,12 @@ pub fn plan_request(
             })
             .collect()
     });
+    if managed.as_ref().is_some_and(|m| m.is_empty()) {
+        return Err(AllocError::NotManaged {
+            gpu: "any".into(),
+            allowed: "no GPU present on this machine".into(),
+        });
+    }
     let gpus = match (&req.gpu, managed) {
         (None, m) => m,
         (Some(given), m) => {
