@@ -93,15 +93,14 @@ pub type Allocated = Lease;
 
 /// The uid a lease is charged to: `SUDO_UID` when running as root under sudo, else the effective uid.
 pub fn caller_uid() -> u32 {
-    sudo_uid().unwrap_or_else(|| nix::unistd::geteuid().as_raw())
+    crate::caller::Caller::current().uid
 }
 
-/// The invoking user's uid when running as root under sudo (release then only touches their leases).
+/// The invoking user's uid when running as root under sudo (release then only touches their leases);
+/// `None` for plain root or an unprivileged user of their own state dir.
 pub fn sudo_uid() -> Option<u32> {
-    if !nix::unistd::geteuid().is_root() {
-        return None;
-    }
-    std::env::var("SUDO_UID").ok()?.trim().parse().ok()
+    let c = crate::caller::Caller::current();
+    c.via_sudo.then_some(c.uid)
 }
 
 /// Errors of allocation and release.
