@@ -10,7 +10,10 @@ fn fails(sim: &Sim, args: &[&str], code: i32, needle: &str) -> String {
     let out = sim.run(args);
     let err = String::from_utf8_lossy(&out.stderr).to_string();
     assert_eq!(out.status.code(), Some(code), "migrun {args:?}: {err}");
-    assert!(err.contains(needle), "migrun {args:?}: {err:?} lacks {needle:?}");
+    assert!(
+        err.contains(needle),
+        "migrun {args:?}: {err:?} lacks {needle:?}"
+    );
     assert!(out.stdout.is_empty(), "nothing on stdout for a failure");
     err
 }
@@ -39,7 +42,8 @@ fn alloc_prints_uuid_and_lease_in_text_and_json() {
     // release by MIG UUID and by id; the JSON form.
     let out = sim.ok(&["release", &uuid]);
     assert_eq!(out.trim(), format!("lease 1 released; {uuid} destroyed"));
-    let out: serde_json::Value = serde_json::from_str(&sim.ok(&["release", "2", "--json"])).unwrap();
+    let out: serde_json::Value =
+        serde_json::from_str(&sim.ok(&["release", "2", "--json"])).unwrap();
     assert_eq!(out["outcome"]["result"], "destroyed");
     assert_eq!(out["outcome"]["lease"], 2);
     assert!(instances(&sim.status()).is_empty());
@@ -48,7 +52,10 @@ fn alloc_prints_uuid_and_lease_in_text_and_json() {
 #[test]
 fn holder_pid_lease_is_released_when_the_process_dies() {
     let sim = Sim::new("h100-80gb");
-    let mut sleeper = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+    let mut sleeper = std::process::Command::new("sleep")
+        .arg("30")
+        .spawn()
+        .unwrap();
     let pid = sleeper.id().to_string();
     let (_, id) = sim.alloc(&["--profile", "7g.80gb", "--holder-pid", &pid]);
     assert!(sim.ok(&["gc"]).contains("nothing to do"));
@@ -94,13 +101,31 @@ fn no_room_is_exit_3_with_slot_map_holders_and_a_suggestion() {
     let sim = Sim::new("h100-80gb");
     sim.alloc(&["--profile", "1g.10gb"]);
     let (_, id) = sim.alloc(&["--profile", "3g.40gb"]);
-    sim.ok(&["sim", "create-foreign", "--gpu", "0", "--profile", "1g.10gb"]);
+    sim.ok(&[
+        "sim",
+        "create-foreign",
+        "--gpu",
+        "0",
+        "--profile",
+        "1g.10gb",
+    ]);
     // Wherever the policy put them, 3g.40gb no longer fits: the message names both placements and holders.
-    let err = fails(&sim, &["alloc", "--profile", "3g.40gb"], 3, "no room for 3g.40gb on GPU 0 (GPU-");
-    assert!(err.contains("needs placement 0 or 4; 0 is held by"), "{err}");
+    let err = fails(
+        &sim,
+        &["alloc", "--profile", "3g.40gb"],
+        3,
+        "no room for 3g.40gb on GPU 0 (GPU-",
+    );
+    assert!(
+        err.contains("needs placement 0 or 4; 0 is held by"),
+        "{err}"
+    );
     assert!(err.contains(&format!("3g.40gb (lease {id})")), "{err}");
     assert!(err.contains("fits now"), "{err}");
-    assert!(err.lines().nth(1).unwrap().contains("GPU 0 |"), "slot map: {err}");
+    assert!(
+        err.lines().nth(1).unwrap().contains("GPU 0 |"),
+        "slot map: {err}"
+    );
     // The foreign instance is reused, not destroyed, and stays after release and gc.
     let json: serde_json::Value =
         serde_json::from_str(&sim.ok(&["alloc", "--profile", "1g.10gb", "--json"])).unwrap();
@@ -120,13 +145,36 @@ fn busy_instance_is_never_destroyed_or_handed_out() {
     let json: serde_json::Value =
         serde_json::from_str(&sim.ok(&["alloc", "--profile", "7g.80gb", "--json"])).unwrap();
     let gi = json["gi"].to_string();
-    sim.ok(&["sim", "set-processes", "--gpu", "0", "--gi", &gi, "--count", "3"]);
+    sim.ok(&[
+        "sim",
+        "set-processes",
+        "--gpu",
+        "0",
+        "--gi",
+        &gi,
+        "--count",
+        "3",
+    ]);
     let out = sim.ok(&["release", "1"]);
     assert!(out.contains("still in use, so it is draining"), "{out}");
-    fails(&sim, &["alloc", "--profile", "7g.80gb"], 3, "lease 1, draining");
+    fails(
+        &sim,
+        &["alloc", "--profile", "7g.80gb"],
+        3,
+        "lease 1, draining",
+    );
     sim.ok(&["gc"]);
     assert_eq!(instances(&sim.status()).len(), 1, "busy: not destroyed");
-    sim.ok(&["sim", "set-processes", "--gpu", "0", "--gi", &gi, "--count", "0"]);
+    sim.ok(&[
+        "sim",
+        "set-processes",
+        "--gpu",
+        "0",
+        "--gi",
+        &gi,
+        "--count",
+        "0",
+    ]);
     assert!(sim.ok(&["gc"]).contains("lease 1 released"));
     assert!(instances(&sim.status()).is_empty());
 }
@@ -140,22 +188,46 @@ fn bad_input_gets_one_clear_line_and_changes_nothing() {
         let err = fails(&sim, args, code, needle);
         assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: {err}");
     };
-    one_line(&["release", "42"], 2, "no lease 42; `migrun status` lists the leases");
+    one_line(
+        &["release", "42"],
+        2,
+        "no lease 42; `migrun status` lists the leases",
+    );
     one_line(&["release", "MIG-nope"], 2, "no lease MIG-nope");
     one_line(&["release", "lease-seven"], 2, "no lease lease-seven");
     one_line(&["alloc"], 2, "say what to allocate: --profile P");
-    one_line(&["alloc", "--min-mem", "20"], 2, "bad --min-mem \"20\": no unit");
+    one_line(
+        &["alloc", "--min-mem", "20"],
+        2,
+        "bad --min-mem \"20\": no unit",
+    );
     one_line(&["alloc", "--min-mem", "20qb"], 2, "unknown unit");
-    one_line(&["alloc", "--profile", "3g.41gb"], 2, "did you mean 3g.40gb?");
-    one_line(&["alloc", "--profile", "1g.10gb", "--gpu", "3"], 2, "bad --gpu \"3\"");
-    one_line(&["alloc", "--profile", "1g.10gb", "--holder-pid", "999999999"], 2, "process 999999999 does not exist");
+    one_line(
+        &["alloc", "--profile", "3g.41gb"],
+        2,
+        "did you mean 3g.40gb?",
+    );
+    one_line(
+        &["alloc", "--profile", "1g.10gb", "--gpu", "3"],
+        2,
+        "bad --gpu \"3\"",
+    );
+    one_line(
+        &["alloc", "--profile", "1g.10gb", "--holder-pid", "999999999"],
+        2,
+        "process 999999999 does not exist",
+    );
     assert_eq!(sim.snapshot_files(), before, "nothing changed");
 
     // A malformed lease file stops allocation and gc with the file's name.
     let bad = sim.state_dir().join("leases/7.json");
     std::fs::write(&bad, "{\"id\": 7,").unwrap();
     let before = sim.snapshot_files();
-    one_line(&["alloc", "--profile", "1g.10gb"], 2, "leases/7.json is not a valid migrun record");
+    one_line(
+        &["alloc", "--profile", "1g.10gb"],
+        2,
+        "leases/7.json is not a valid migrun record",
+    );
     one_line(&["gc"], 2, "leases/7.json");
     assert_eq!(sim.snapshot_files(), before, "nothing changed");
     std::fs::remove_file(&bad).unwrap();
@@ -170,12 +242,23 @@ fn bad_input_gets_one_clear_line_and_changes_nothing() {
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
-    assert!(err.contains("is a symlink; migrun refuses to follow it"), "{err}");
+    assert!(
+        err.contains("is a symlink; migrun refuses to follow it"),
+        "{err}"
+    );
 
     let before = sim.snapshot_files();
-    nix::unistd::chown(&sim.state_dir(), Some(nix::unistd::Uid::from_raw(12345)), None)
-        .expect("chown needs root (the test host runs tests as root)");
-    one_line(&["alloc", "--profile", "1g.10gb"], 2, "is owned by uid 12345");
+    nix::unistd::chown(
+        &sim.state_dir(),
+        Some(nix::unistd::Uid::from_raw(12345)),
+        None,
+    )
+    .expect("chown needs root (the test host runs tests as root)");
+    one_line(
+        &["alloc", "--profile", "1g.10gb"],
+        2,
+        "is owned by uid 12345",
+    );
     one_line(&["release", "1"], 2, "is owned by uid 12345");
     nix::unistd::chown(&sim.state_dir(), Some(nix::unistd::geteuid()), None).unwrap();
     std::fs::set_permissions(sim.state_dir(), std::fs::Permissions::from_mode(0o777)).unwrap();

@@ -111,7 +111,11 @@ fn with_wait_all_sixty_four_are_served() {
     }
     let granted = granted.lock().unwrap();
     assert_eq!(granted.len(), N);
-    assert_eq!(granted.iter().collect::<HashSet<_>>().len(), N, "every grant is a distinct instance");
+    assert_eq!(
+        granted.iter().collect::<HashSet<_>>().len(),
+        N,
+        "every grant is a distinct instance"
+    );
     let status = sim.status();
     check_invariants(&status, true);
     assert!(leases(&status).is_empty() && instances(&status).is_empty());

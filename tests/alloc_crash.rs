@@ -63,7 +63,10 @@ fn killed_during_allocate_then_gc_repairs() {
         if *step == "after-write-lease" {
             assert_eq!(n, 2, "the lease was written before the crash");
         } else {
-            assert_eq!(n, 1, "after {step} gc destroyed the half-made instance: {gc}");
+            assert_eq!(
+                n, 1,
+                "after {step} gc destroyed the half-made instance: {gc}"
+            );
         }
         // And the machine works normally afterwards.
         let (_, id) = sim.alloc(&["--profile", "1g.10gb"]);
@@ -145,7 +148,10 @@ fn injected_ci_failure_leaves_no_gi_and_says_what_happened() {
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("also failed") && err.contains("migrun gc"), "{err}");
+    assert!(
+        err.contains("also failed") && err.contains("migrun gc"),
+        "{err}"
+    );
     assert_eq!(instances(&sim.status()).len(), 2);
     let gc = sim.ok(&["gc"]);
     assert!(gc.contains("repaired"), "{gc}");

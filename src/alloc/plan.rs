@@ -1147,7 +1147,11 @@ mod tests {
         let mut leases = Vec::new();
         for &id in ids {
             let placement = match driver {
-                None => match plan(&state_of(&m), &leases, &PlanRequest::new(Want::Profile(ProfileSpec::Id(id)))) {
+                None => match plan(
+                    &state_of(&m),
+                    &leases,
+                    &PlanRequest::new(Want::Profile(ProfileSpec::Id(id))),
+                ) {
                     Ok(Plan::Create(c)) => c.placement,
                     _ => return Err(id),
                 },
@@ -1166,7 +1170,12 @@ mod tests {
             m.create_default_ci(0, gi).unwrap();
             placed.push(placement);
             // Each requester keeps what it got.
-            leases.push(lease_on(&state_of(&m), placed.len() as u64, 0, placement.start));
+            leases.push(lease_on(
+                &state_of(&m),
+                placed.len() as u64,
+                0,
+                placement.start,
+            ));
         }
         Ok(placed)
     }
@@ -1187,16 +1196,26 @@ mod tests {
         // (1g at 0, 1 and 2g at 2 leave 4-7 for 3g) ...
         let mut m = SimMachine::new(&"h100-80gb".parse::<SimSpec>().unwrap());
         for id in ids {
-            m.create_gi_anywhere(0, id).expect("lowest-first survives 19,19,14,9");
+            m.create_gi_anywhere(0, id)
+                .expect("lowest-first survives 19,19,14,9");
         }
         // ... but it fails `-cgi 19,14,5` (1g.10gb at 0 blocks 4g.40gb's only placement), which migrun places.
         let lowest_first: fn(&[Placement]) -> Placement = |free| free[0];
-        assert_eq!(sequence("h100-80gb", &[19, 14, 5], Some(lowest_first)), Err(5));
+        assert_eq!(
+            sequence("h100-80gb", &[19, 14, 5], Some(lowest_first)),
+            Err(5)
+        );
         let mut m = SimMachine::new(&"h100-80gb".parse::<SimSpec>().unwrap());
         m.create_gi_anywhere(0, 19).unwrap();
         m.create_gi_anywhere(0, 14).unwrap();
-        assert_eq!(m.create_gi_anywhere(0, 5), Err(crate::gpu::Code::InsufficientResources));
-        assert!(sequence("h100-80gb", &[19, 14, 5], None).is_ok(), "migrun keeps room for 4g.40gb");
+        assert_eq!(
+            m.create_gi_anywhere(0, 5),
+            Err(crate::gpu::Code::InsufficientResources)
+        );
+        assert!(
+            sequence("h100-80gb", &[19, 14, 5], None).is_ok(),
+            "migrun keeps room for 4g.40gb"
+        );
     }
 
     #[test]

@@ -83,11 +83,19 @@ impl Env {
         let state = self.state();
         let leases = self.leases();
         for l in &leases {
-            assert!(lease_whole(&state, l), "lease {} points at a missing instance", l.id);
+            assert!(
+                lease_whole(&state, l),
+                "lease {} points at a missing instance",
+                l.id
+            );
         }
         let mut seen = std::collections::HashSet::new();
         for l in &leases {
-            assert!(seen.insert((l.gpu_uuid.clone(), l.gi)), "GI {} leased twice", l.gi);
+            assert!(
+                seen.insert((l.gpu_uuid.clone(), l.gi)),
+                "GI {} leased twice",
+                l.gi
+            );
         }
     }
 }
@@ -97,7 +105,10 @@ fn create_then_release_destroys_ci_and_gi() {
     let mut e = env("h100-80gb");
     let l = e.alloc(&want("3g.40gb")).unwrap();
     assert!(l.created && l.mig_uuid.starts_with("MIG-") && l.uid == 1000);
-    assert_eq!(e.state().gpus[0].instances[0].mig_uuid(), Some(&*l.mig_uuid));
+    assert_eq!(
+        e.state().gpus[0].instances[0].mig_uuid(),
+        Some(&*l.mig_uuid)
+    );
     assert_eq!(created_instances(&e.dir).unwrap().len(), 1);
     let out = e.release(&l.id.to_string()).unwrap();
     assert_eq!(
@@ -122,10 +133,27 @@ fn release_by_mig_uuid_and_owner_check() {
     let mut e = env("h100-80gb");
     let l = e.alloc(&want("1g.10gb")).unwrap();
     let err = release(&mut e.sim, &e.dir, &e.config, &l.mig_uuid, Some(1001)).unwrap_err();
-    assert!(matches!(err, AllocError::NotYours { owner: 1000, caller: 1001, .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            AllocError::NotYours {
+                owner: 1000,
+                caller: 1001,
+                ..
+            }
+        ),
+        "{err}"
+    );
     assert_eq!(exit_code_of(&err), Some(crate::exit::PRIVILEGE));
     assert_eq!(e.leases().len(), 1, "nothing changed");
-    let out = release(&mut e.sim, &e.dir, &e.config, &l.mig_uuid.to_lowercase().replace("mig-", "MIG-"), Some(1000)).unwrap();
+    let out = release(
+        &mut e.sim,
+        &e.dir,
+        &e.config,
+        &l.mig_uuid.to_lowercase().replace("mig-", "MIG-"),
+        Some(1000),
+    )
+    .unwrap();
     assert!(matches!(out, ReleaseOutcome::Destroyed { .. }));
 }
 
@@ -163,13 +191,19 @@ fn busy_instance_is_neither_handed_out_nor_destroyed() {
     let t = Instant::now();
     let out = e.release(&l.id.to_string()).unwrap();
     assert!(matches!(out, ReleaseOutcome::Draining { .. }), "{out:?}");
-    assert!(t.elapsed() >= Duration::from_millis(700), "retried with backoff");
+    assert!(
+        t.elapsed() >= Duration::from_millis(700),
+        "retried with backoff"
+    );
     assert_eq!(e.leases()[0].state, LeaseState::Draining);
     // Draining is not handed out, even to the same profile.
     let other = e.alloc(&want("2g.20gb")).unwrap();
     assert_ne!(other.gi, l.gi);
     let report = e.gc();
-    assert!(report.notes.iter().any(|n| n.contains("still in use")), "{report:?}");
+    assert!(
+        report.notes.iter().any(|n| n.contains("still in use")),
+        "{report:?}"
+    );
     assert_eq!(e.instance_count(), 2);
     e.set_processes(0, l.gi, 0);
     let report = e.gc();
@@ -192,7 +226,11 @@ fn keep_leaves_the_instance_warm_and_reuse_keeps_it_migruns() {
     let out = e.release(&l.id.to_string()).unwrap();
     assert!(matches!(out, ReleaseOutcome::Kept { .. }), "{out:?}");
     assert_eq!(e.instance_count(), 1);
-    assert_eq!(created_instances(&e.dir).unwrap().len(), 1, "still recorded as migrun's");
+    assert_eq!(
+        created_instances(&e.dir).unwrap().len(),
+        1,
+        "still recorded as migrun's"
+    );
     // Reused without --keep: it is migrun's, so this release destroys it.
     let again = e.alloc(&want("1g.10gb")).unwrap();
     assert_eq!((again.gi, again.created), (l.gi, true));
@@ -205,7 +243,10 @@ fn keep_leaves_the_instance_warm_and_reuse_keeps_it_migruns() {
     // The config setting keeps every created instance.
     e.config.release = ReleasePolicy::Keep;
     let l = e.alloc(&want("1g.10gb")).unwrap();
-    assert!(matches!(e.release(&l.id.to_string()).unwrap(), ReleaseOutcome::Kept { .. }));
+    assert!(matches!(
+        e.release(&l.id.to_string()).unwrap(),
+        ReleaseOutcome::Kept { .. }
+    ));
     assert_eq!(e.instance_count(), 1);
 }
 
@@ -220,19 +261,32 @@ fn ci_failure_rolls_back_the_gi_and_says_so() {
         allocate(&mut f, &e.dir, &e.config, &want("3g.40gb"), &probe()).unwrap_err()
     };
     let msg = err.to_string();
-    assert!(msg.contains("creating the default compute instance in GI 1 (3g.40gb at placement"), "{msg}");
+    assert!(
+        msg.contains("creating the default compute instance in GI 1 (3g.40gb at placement"),
+        "{msg}"
+    );
     assert!(msg.contains("INSUFFICIENT_RESOURCES"), "{msg}");
-    assert!(msg.contains("the GPU instance was destroyed again, nothing is left behind"), "{msg}");
+    assert!(
+        msg.contains("the GPU instance was destroyed again, nothing is left behind"),
+        "{msg}"
+    );
     assert_eq!(exit_code_of(&err), Some(crate::exit::FAILED));
     assert_eq!(e.instance_count(), 0);
     assert!(e.leases().is_empty());
-    assert!(Registry::open(&e.dir).unwrap().intents().unwrap().is_empty());
+    assert!(Registry::open(&e.dir)
+        .unwrap()
+        .intents()
+        .unwrap()
+        .is_empty());
 
     // When the rollback fails too, the GI stays journaled and gc destroys it.
     let err = {
         let mut f = FaultInjector {
             inner: &mut e.sim,
-            faults: vec![(Op::CreateCi, Code::Unknown), (Op::DestroyGi, Code::Unknown)],
+            faults: vec![
+                (Op::CreateCi, Code::Unknown),
+                (Op::DestroyGi, Code::Unknown),
+            ],
         };
         allocate(&mut f, &e.dir, &e.config, &want("3g.40gb"), &probe()).unwrap_err()
     };
@@ -242,7 +296,11 @@ fn ci_failure_rolls_back_the_gi_and_says_so() {
     let report = e.gc();
     assert_eq!(report.repaired.len(), 1, "{report:?}");
     assert_eq!(e.instance_count(), 0);
-    assert!(Registry::open(&e.dir).unwrap().intents().unwrap().is_empty());
+    assert!(Registry::open(&e.dir)
+        .unwrap()
+        .intents()
+        .unwrap()
+        .is_empty());
 }
 
 #[test]
@@ -262,7 +320,10 @@ fn dead_and_reused_pids_are_stale() {
     let st = lease::process_start_time(me).unwrap();
     let reused = e
         .alloc(&AllocRequest {
-            holder: Holder::Process { pid: me, start_time: st + 7 },
+            holder: Holder::Process {
+                pid: me,
+                start_time: st + 7,
+            },
             ..want("1g.10gb")
         })
         .unwrap();
@@ -305,11 +366,26 @@ fn container_holders_follow_the_probe() {
     let r = gc(&mut e.sim, &e.dir, &e.config, &p).unwrap();
     assert_eq!(r.released.len(), 1, "{r:?}");
     assert!(p.1.get() >= 2, "the probe was asked");
-    assert_eq!(e.leases().iter().map(|l| l.id).collect::<Vec<_>>(), vec![a.id]);
+    assert_eq!(
+        e.leases().iter().map(|l| l.id).collect::<Vec<_>>(),
+        vec![a.id]
+    );
     // The engine says alive: kept; says gone: released.
-    gc(&mut e.sim, &e.dir, &e.config, &Probe(Some(true), Cell::new(0))).unwrap();
+    gc(
+        &mut e.sim,
+        &e.dir,
+        &e.config,
+        &Probe(Some(true), Cell::new(0)),
+    )
+    .unwrap();
     assert_eq!(e.leases().len(), 1);
-    gc(&mut e.sim, &e.dir, &e.config, &Probe(Some(false), Cell::new(0))).unwrap();
+    gc(
+        &mut e.sim,
+        &e.dir,
+        &e.config,
+        &Probe(Some(false), Cell::new(0)),
+    )
+    .unwrap();
     assert!(e.leases().is_empty());
     assert_eq!(e.instance_count(), 0);
     let _ = b;
@@ -341,9 +417,16 @@ fn leases_of_vanished_instances_are_dropped_not_destroyed() {
         })
         .unwrap();
     let r = e.gc();
-    assert!(matches!(r.released[..], [ReleaseOutcome::Gone { .. }]), "{r:?}");
+    assert!(
+        matches!(r.released[..], [ReleaseOutcome::Gone { .. }]),
+        "{r:?}"
+    );
     assert!(e.leases().is_empty());
-    assert_eq!(e.instance_count(), 1, "the admin's new instance is not migrun's to destroy");
+    assert_eq!(
+        e.instance_count(),
+        1,
+        "the admin's new instance is not migrun's to destroy"
+    );
     assert!(created_instances(&e.dir).unwrap().is_empty());
 }
 
@@ -377,7 +460,10 @@ fn config_gpus_and_allowed_profiles() {
     e.config.gpus = Some(vec![GpuRef::Index(2)]);
     assert_eq!(e.alloc(&want("7g.80gb")).unwrap().gpu_index, 2);
     let err = e.alloc(&want("7g.80gb")).unwrap_err();
-    assert!(matches!(err, AllocError::NoRoom(_)), "GPUs 0 and 1 are not migrun's: {err}");
+    assert!(
+        matches!(err, AllocError::NoRoom(_)),
+        "GPUs 0 and 1 are not migrun's: {err}"
+    );
     let err = e
         .alloc(&AllocRequest {
             gpu: Some("0".into()),
@@ -420,7 +506,10 @@ fn unknown_profile_and_mig_off_are_named() {
             ..want("1g.10gb")
         })
         .unwrap_err();
-    assert!(err.to_string().contains("MIG mode is disabled on GPU 0"), "{err}");
+    assert!(
+        err.to_string().contains("MIG mode is disabled on GPU 0"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -440,7 +529,11 @@ fn queue_is_first_come_first_served() {
         })
         .unwrap_err();
     assert!(err.to_string().contains("gave up after waiting"), "{err}");
-    assert_eq!(reg.tickets().unwrap().len(), 1, "the waiter's own ticket is gone");
+    assert_eq!(
+        reg.tickets().unwrap().len(),
+        1,
+        "the waiter's own ticket is gone"
+    );
     // A dead waiter's ticket is skipped.
     reg.remove_ticket(t.ticket).unwrap();
     let mut child = std::process::Command::new("true").spawn().unwrap();

@@ -20,7 +20,9 @@ impl Sim {
         // atomic write's fsync costs milliseconds, which would only slow the tests down.
         let shm = Path::new("/dev/shm");
         let tmp = if shm.is_dir() {
-            tempfile::Builder::new().prefix("migrun-test").tempdir_in(shm)
+            tempfile::Builder::new()
+                .prefix("migrun-test")
+                .tempdir_in(shm)
         } else {
             tempfile::tempdir()
         }
@@ -150,11 +152,17 @@ pub fn check_invariants(status: &Value, all_leased: bool) {
             "lease {} points at a missing instance {key:?}\n{status:#}",
             l["id"]
         );
-        assert!(leased.insert(key.clone()), "instance {key:?} is leased twice");
+        assert!(
+            leased.insert(key.clone()),
+            "instance {key:?} is leased twice"
+        );
     }
     if all_leased {
         for i in &insts {
-            assert!(leased.contains(i), "instance {i:?} has no lease\n{status:#}");
+            assert!(
+                leased.contains(i),
+                "instance {i:?} has no lease\n{status:#}"
+            );
         }
     }
 }
