@@ -245,6 +245,9 @@ impl GcReport {
     }
 }
 
+/// How often an allocation re-plans when the driver refuses a create because the placement was taken meanwhile.
+const CREATE_RETRIES: usize = 2;
+
 /// Backoff between destroy attempts of a busy instance in `release` (the lock is dropped while sleeping).
 const RELEASE_BACKOFF_MS: &[u64] = &[50, 100, 200, 400];
 
@@ -907,7 +910,7 @@ pub fn allocate(
             ahead = queue.ahead_locked()?;
             if ahead == 0 {
                 let mut report = GcReport::default();
-                let state = sweep(backend, &reg, config, probe, &mut report)?;
+                let mut state = sweep(backend, &reg, config, probe, &mut report)?;
                 if !report.is_empty() {
                     tracing::info!(?report, "reconciled before allocating");
                 }
@@ -917,12 +920,29 @@ pub fn allocate(
                 let leases = reg.leases()?;
                 let created = reg.created()?;
                 let preq = plan_request(&state, config, req, &created, &leases)?;
-                match plan::plan(&state, &leases, &preq) {
-                    Ok(p) => {
-                        let lease = apply(backend, &reg, &state, &p, req)?;
-                        queue.done();
-                        return Ok(lease);
+                let mut planned = plan::plan(&state, &leases, &preq);
+                // Someone outside migrun (an admin's nvidia-smi) may take the chosen placement between
+                // our snapshot and the create; the driver then says INSUFFICIENT_RESOURCES. Look again.
+                for retry in 0..=CREATE_RETRIES {
+                    let Ok(p) = &planned else { break };
+                    match apply(backend, &reg, &state, p, req) {
+                        Ok(lease) => {
+                            queue.done();
+                            return Ok(lease);
+                        }
+                        Err(AllocError::Gpu(e))
+                            if retry < CREATE_RETRIES
+                                && e.code() == Some(Code::InsufficientResources) =>
+                        {
+                            tracing::info!(error = %e, "placement taken under us; planning again");
+                            state = backend.snapshot()?;
+                            planned = plan::plan(&state, &leases, &preq);
+                        }
+                        Err(e) => return Err(e),
                     }
+                }
+                match planned {
+                    Ok(_) => unreachable!("a plan either applied or returned an error above"),
                     Err(nr) if !nr.can_wait() => return Err(unsatisfiable(&state, &preq, nr)),
                     Err(mut nr) => {
                         if !queue.waits() || queue.expired(started) {

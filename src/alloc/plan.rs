@@ -251,9 +251,23 @@ impl fmt::Display for Why {
                     "needs placement {}",
                     or_list(&starts)
                 )?;
-                for (i, (p, by)) in held.iter().enumerate() {
+                // Neighbouring placements held by the same instances are told once: `0 to 3 are held by …`.
+                let mut groups: Vec<(Vec<u32>, &Vec<Occupier>)> = Vec::new();
+                for (p, by) in held {
+                    match groups.last_mut() {
+                        Some((starts, prev)) if *prev == by => starts.push(p.start),
+                        _ => groups.push((vec![p.start], by)),
+                    }
+                }
+                for (i, (starts, by)) in groups.iter().enumerate() {
                     let sep = if i == 0 { "; " } else { ", " };
-                    write!(f, "{sep}{} is held by {}", p.start, and_list(by))?;
+                    let which = match starts.as_slice() {
+                        [one] => format!("{one} is"),
+                        [a, b] => format!("{a} and {b} are"),
+                        [a, .., b] => format!("{a} to {b} are"),
+                        [] => continue,
+                    };
+                    write!(f, "{sep}{which} held by {}", and_list(by))?;
                 }
                 Ok(())
             }
@@ -1123,7 +1137,10 @@ mod tests {
             "{e}"
         );
         assert!(
-            lines[2].contains("GPU 1") && lines[2].contains("7g.80gb (lease 2)"),
+            lines[2].starts_with("  GPU 1 (")
+                && lines[2].ends_with(
+                    "needs placement 0, 1, 2, 3, 4, 5 or 6; 0 to 6 are held by 7g.80gb (lease 2)"
+                ),
             "{e}"
         );
 

@@ -555,3 +555,86 @@ fn queue_is_first_come_first_served() {
     e.alloc(&want("1g.10gb")).unwrap();
     assert!(reg.tickets().unwrap().is_empty(), "dead ticket removed");
 }
+
+/// A backend where an "admin" grabs the chosen placement just before migrun's first create.
+struct Racer<'a> {
+    sim: &'a mut SimBackend,
+    raced: bool,
+}
+
+impl Backend for Racer<'_> {
+    fn gpus(&mut self) -> Result<Vec<crate::gpu::GpuInfo>, GpuError> {
+        self.sim.gpus()
+    }
+    fn profiles(&mut self, gpu: u32) -> Result<Vec<crate::gpu::GiProfile>, GpuError> {
+        self.sim.profiles(gpu)
+    }
+    fn instances(&mut self, gpu: u32) -> Result<Vec<GpuInstance>, GpuError> {
+        self.sim.instances(gpu)
+    }
+    fn create_gi(&mut self, gpu: u32, profile_id: u32, start: u32) -> Result<u32, GpuError> {
+        if !self.raced {
+            self.raced = true;
+            self.sim.create_gi(gpu, profile_id, start)?;
+        }
+        self.sim.create_gi(gpu, profile_id, start)
+    }
+    fn create_default_ci(
+        &mut self,
+        gpu: u32,
+        gi: u32,
+    ) -> Result<crate::gpu::ComputeInstance, GpuError> {
+        self.sim.create_default_ci(gpu, gi)
+    }
+    fn destroy_ci(&mut self, gpu: u32, gi: u32, ci: u32) -> Result<(), GpuError> {
+        self.sim.destroy_ci(gpu, gi, ci)
+    }
+    fn destroy_gi(&mut self, gpu: u32, gi: u32) -> Result<(), GpuError> {
+        self.sim.destroy_gi(gpu, gi)
+    }
+    fn set_mig_mode(&mut self, gpu: u32, enable: bool) -> Result<crate::gpu::MigMode, GpuError> {
+        self.sim.set_mig_mode(gpu, enable)
+    }
+    fn gpu_processes(&mut self, gpu: u32) -> Result<u32, GpuError> {
+        self.sim.gpu_processes(gpu)
+    }
+}
+
+#[test]
+fn a_placement_taken_meanwhile_is_planned_again() {
+    let mut e = env("h100-80gb:2");
+    let l = {
+        let mut r = Racer {
+            sim: &mut e.sim,
+            raced: false,
+        };
+        allocate(&mut r, &e.dir, &e.config, &want("3g.40gb"), &probe()).unwrap()
+    };
+    let state = e.state();
+    assert_eq!(
+        state.gpus[l.gpu_index as usize].instances.len(),
+        2,
+        "the admin's and migrun's"
+    );
+    assert!(lease_whole(&state, &l));
+    assert!(Registry::open(&e.dir)
+        .unwrap()
+        .intents()
+        .unwrap()
+        .is_empty());
+    // A create that keeps failing is reported, with nothing left behind.
+    let err = {
+        let mut f = FaultInjector {
+            inner: &mut e.sim,
+            faults: vec![(Op::CreateGi, Code::InsufficientResources)],
+        };
+        allocate(&mut f, &e.dir, &e.config, &want("1g.10gb"), &probe()).unwrap_err()
+    };
+    assert!(err.to_string().contains("INSUFFICIENT_RESOURCES"), "{err}");
+    assert!(Registry::open(&e.dir)
+        .unwrap()
+        .intents()
+        .unwrap()
+        .is_empty());
+    assert_eq!(e.leases().len(), 1);
+}
