@@ -10,6 +10,7 @@ use std::os::unix::process::ExitStatusExt;
 /// Must match `migrun::alloc::testhook::{ALLOC_STEPS, RELEASE_STEPS}` (checked below).
 const ALLOC_STEPS: &[&str] = migrun::alloc::testhook::ALLOC_STEPS;
 const RELEASE_STEPS: &[&str] = migrun::alloc::testhook::RELEASE_STEPS;
+const EVICT_STEPS: &[&str] = migrun::alloc::testhook::EVICT_STEPS;
 
 fn crash(sim: &Sim, step: &str, args: &[&str]) {
     let out = sim
@@ -106,6 +107,31 @@ fn killed_during_release_then_gc_finishes_it() {
             "after {step} the released instance is destroyed: {gc}"
         );
         assert_eq!(instances(&status).len(), 1);
+    }
+}
+
+#[test]
+fn killed_while_evicting_a_kept_instance_then_gc_finishes() {
+    for step in EVICT_STEPS {
+        let sim = Sim::new("h100-80gb");
+        std::fs::write(sim.config_path(), "release = \"keep\"\n").unwrap();
+        // A kept 7g.80gb fills the GPU; a 1g.10gb request must evict it first.
+        let (_, id) = sim.alloc(&["--profile", "7g.80gb"]);
+        sim.ok(&["release", &id.to_string()]);
+        assert_eq!(instances(&sim.status()).len(), 1);
+        crash(&sim, step, &["alloc", "--profile", "1g.10gb"]);
+        let gc = sim.ok(&["gc"]);
+        let status = sim.status();
+        check_invariants(&status, true);
+        assert!(instances(&status).is_empty(), "after {step}: {gc}");
+        assert!(
+            std::fs::read_dir(sim.state_dir().join("created"))
+                .unwrap()
+                .next()
+                .is_none(),
+            "no stale record after {step}"
+        );
+        sim.alloc(&["--profile", "1g.10gb"]);
     }
 }
 

@@ -867,6 +867,55 @@ pub fn apply(
     }
 }
 
+/// Destroy idle instances migrun kept warm, to make room. Each is journaled as an intent first (with
+/// its GI id and no lease), so a crash half-way leaves something gc finishes destroying.
+fn evict(
+    backend: &mut dyn Backend,
+    reg: &Registry,
+    state: &MigState,
+    victims: &[(u32, u32)],
+) -> Result<(), AllocError> {
+    let created = reg.created()?;
+    for &(gpu, gi) in victims {
+        let Some(g) = state.gpu(gpu) else { continue };
+        let Some(i) = g.instances.iter().find(|i| i.id == gi) else {
+            continue;
+        };
+        // Cross-check with the record before destroying: same profile, placement and MIG UUID.
+        let Some(r) = created
+            .iter()
+            .find(|r| r.gpu_uuid == g.info.uuid && r.gi == gi && record_matches(state, r))
+        else {
+            continue;
+        };
+        let intent = Intent {
+            lease: reg.next_lease_id()?,
+            gpu_index: gpu,
+            gpu_uuid: g.info.uuid.clone(),
+            profile_id: r.profile_id,
+            profile: r.profile.clone(),
+            placement: r.placement,
+            gi: Some(gi),
+            pid: std::process::id(),
+            created_at: lease::now(),
+        };
+        reg.write_intent(&intent)?;
+        crash_point("evict-after-intent");
+        match destroy(backend, g, i, false) {
+            Ok(()) => {
+                crash_point("evict-after-destroy");
+                reg.remove_created(&g.info.uuid, gi)?;
+                reg.remove_intent(intent.lease)?;
+                tracing::info!(gpu, gi, profile = %r.profile, "destroyed an idle kept instance to make room");
+            }
+            // Someone started using it since the snapshot: leave it (the plan then finds no room).
+            Err(DestroyError::Busy) => reg.remove_intent(intent.lease)?,
+            Err(DestroyError::Other(e)) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
 /// Best-effort undo of a half-made instance when recording it failed; whatever cannot be undone
 /// stays journaled in the intent, for gc.
 fn rollback(
@@ -921,6 +970,13 @@ pub fn allocate(
                 let created = reg.created()?;
                 let preq = plan_request(&state, config, req, &created, &leases)?;
                 let mut planned = plan::plan(&state, &leases, &preq);
+                if matches!(&planned, Err(nr) if nr.can_wait()) {
+                    if let Some(victims) = plan::evictions(&state, &leases, &preq) {
+                        evict(backend, &reg, &state, &victims)?;
+                        state = backend.snapshot()?;
+                        planned = plan::plan(&state, &leases, &preq);
+                    }
+                }
                 // Someone outside migrun (an admin's nvidia-smi) may take the chosen placement between
                 // our snapshot and the create; the driver then says INSUFFICIENT_RESOURCES. Look again.
                 for retry in 0..=CREATE_RETRIES {

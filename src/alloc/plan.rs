@@ -677,6 +677,59 @@ fn plan_min_mem(
     })
 }
 
+/// When nothing fits, would destroying idle instances migrun kept warm (`--keep`, `release = "keep"`)
+/// make room? Returns the (GPU index, GI id) to destroy, fewest first: those overlapping the placement
+/// the policy picks once they are gone, or every kept one on that GPU when a count limit needs it.
+/// Instances that are leased, busy or not migrun's are never candidates.
+pub fn evictions(state: &MigState, leases: &[Lease], req: &PlanRequest) -> Option<Vec<(u32, u32)>> {
+    let idle_kept = |g: &GpuState, i: &GpuInstance| {
+        i.processes == 0
+            && lease_of(leases, &g.info.uuid, i.id).is_none()
+            && req
+                .kept
+                .iter()
+                .any(|(u, gi)| *u == g.info.uuid && *gi == i.id)
+    };
+    let mut reduced = state.clone();
+    let mut any = false;
+    for g in &mut reduced.gpus {
+        let before = g.instances.len();
+        let gs = g.clone();
+        g.instances.retain(|i| !idle_kept(&gs, i));
+        any |= g.instances.len() != before;
+    }
+    if !any {
+        return None;
+    }
+    let sub = PlanRequest {
+        kept: Vec::new(),
+        ..req.clone()
+    };
+    let Ok(Plan::Create(c)) = plan(&reduced, leases, &sub) else {
+        return None;
+    };
+    let g = state.gpu(c.gpu)?;
+    let p = g.profile_by_id(c.profile_id)?;
+    let kept_here: Vec<&GpuInstance> = g.instances.iter().filter(|i| idle_kept(g, i)).collect();
+    let overlapping: Vec<&GpuInstance> = kept_here
+        .iter()
+        .copied()
+        .filter(|i| i.placement.overlaps(&c.placement))
+        .collect();
+    let rest: Vec<Occupant> = g
+        .instances
+        .iter()
+        .filter(|i| !overlapping.iter().any(|o| o.id == i.id))
+        .map(Occupant::from)
+        .collect();
+    let chosen = if rules::fits(&g.profiles, &rest, p, &c.placement) {
+        overlapping
+    } else {
+        kept_here
+    };
+    Some(chosen.iter().map(|i| (c.gpu, i.id)).collect())
+}
+
 /// Errors from parsing a `--min-mem` size.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("bad --min-mem {given:?}: {why}; give a number with a unit: 20g or 20gb (GB, 10^9 bytes, the unit of profile names), 20gib (GiB, 2^30), 20000m / 20000mb (MB), 19074mib (MiB)")]

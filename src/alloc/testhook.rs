@@ -29,6 +29,9 @@ pub const ALLOC_STEPS: &[&str] = &[
     "after-write-lease",
 ];
 
+/// Crash points of an allocation that first destroys idle kept instances to make room.
+pub const EVICT_STEPS: &[&str] = &["evict-after-intent", "evict-after-destroy"];
+
 /// Every crash point of a release that destroys an instance, in order.
 pub const RELEASE_STEPS: &[&str] = &[
     "release-after-mark-draining",

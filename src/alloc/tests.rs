@@ -638,3 +638,48 @@ fn a_placement_taken_meanwhile_is_planned_again() {
         .is_empty());
     assert_eq!(e.leases().len(), 1);
 }
+
+#[test]
+fn idle_kept_instances_make_room_but_leased_busy_and_foreign_ones_do_not() {
+    let mut e = env("h100-80gb");
+    e.config.release = ReleasePolicy::Keep;
+    // Seven 1g.10gb, kept warm after release, fill the GPU.
+    let ls: Vec<Lease> = (0..7).map(|_| e.alloc(&want("1g.10gb")).unwrap()).collect();
+    for l in &ls[..6] {
+        e.release(&l.id.to_string()).unwrap();
+    }
+    assert_eq!(e.instance_count(), 7);
+    // One kept instance is busy, one is still leased: neither may go.
+    let busy_gi = ls[5].gi;
+    e.set_processes(0, busy_gi, 1);
+    let before = e.state();
+    let big = e.alloc(&want("3g.40gb")).unwrap();
+    assert!(big.created);
+    // Exactly the idle kept instances under the new 3g.40gb are gone; the busy and the leased one stay.
+    let under: Vec<u32> = before.gpus[0]
+        .instances
+        .iter()
+        .filter(|i| i.placement.overlaps(&big.placement))
+        .map(|i| i.id)
+        .collect();
+    assert!(
+        !under.contains(&busy_gi) && !under.contains(&ls[6].gi),
+        "{under:?}"
+    );
+    assert!(!under.is_empty());
+    let gis: Vec<u32> = e.state().gpus[0].instances.iter().map(|i| i.id).collect();
+    assert!(gis.contains(&busy_gi) && gis.contains(&ls[6].gi), "{gis:?}");
+    assert_eq!(e.instance_count(), 7 - under.len() + 1);
+    assert_eq!(
+        created_instances(&e.dir).unwrap().len(),
+        7 - under.len() + 1
+    );
+    e.assert_consistent();
+    // A foreign instance is never evicted.
+    let mut e = env("h100-80gb");
+    e.foreign(0, 0);
+    assert!(matches!(
+        e.alloc(&want("1g.10gb")).unwrap_err(),
+        AllocError::NoRoom(_)
+    ));
+}
