@@ -7,7 +7,8 @@
 //! - `intents/<id>.json`: an [`Intent`] journaled before a GPU instance is created, removed once its lease is written;
 //! - `created/<gpu-uuid>-<gi>.json`: a [`CreatedRecord`] for every instance migrun created and has not destroyed
 //!   (leased or kept warm), so migrun only ever destroys what it made;
-//! - `queue/<ticket>.json` and `next-ticket`: the first-come-first-served wait queue ([`Ticket`]).
+//! - `queue/<ticket>.json` and `next-ticket`: the first-come-first-served wait queue ([`Ticket`]);
+//! - `generation`: bumped whenever room may have appeared, so waiters know when to look again.
 //!
 //! Every reader refuses a malformed record with an error naming the file, instead of guessing: a lease
 //! registry that cannot be read must stop allocation, or the same instance could be handed out twice.
@@ -223,6 +224,7 @@ const QUEUE: &str = "queue";
 const LOCK: &str = "alloc.lock";
 const NEXT_ID: &str = "next-id";
 const NEXT_TICKET: &str = "next-ticket";
+const GENERATION: &str = "generation";
 
 /// The registry of one state dir. Methods that change records expect the caller to hold [`Registry::lock`].
 #[derive(Debug, Clone)]
@@ -299,13 +301,33 @@ impl Registry {
         Ok(self.dir.write(rel, &json)?)
     }
 
-    fn remove(&self, rel: &str) -> Result<(), LeaseError> {
+    /// Remove a record; true when it existed.
+    fn remove(&self, rel: &str) -> Result<bool, LeaseError> {
         let path = self.dir.join(rel);
         match std::fs::remove_file(&path) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
             Err(err) => Err(StateDirError::Io { path, err }.into()),
         }
+    }
+
+    /// Remove a record whose end may have freed room (a lease, an intent, a created instance), and
+    /// tell waiters so by bumping the generation.
+    fn remove_and_bump(&self, rel: &str) -> Result<(), LeaseError> {
+        if self.remove(rel)? {
+            let next = self.generation()?.wrapping_add(1);
+            self.dir.write(GENERATION, format!("{next}\n").as_bytes())?;
+        }
+        Ok(())
+    }
+
+    /// A counter bumped (under the lock) whenever a lease, intent or created record goes away, so a
+    /// waiter re-plans right after a release instead of polling the GPU. Reading needs no lock.
+    pub fn generation(&self) -> Result<u64, LeaseError> {
+        Ok(match self.dir.read(GENERATION)? {
+            None => 0,
+            Some(b) => String::from_utf8_lossy(&b).trim().parse().unwrap_or(0),
+        })
     }
 
     /// Names of the `*.json` records in a sub-directory, sorted (temp files of atomic writes are skipped).
@@ -389,7 +411,7 @@ impl Registry {
     }
 
     pub fn remove_lease(&self, id: LeaseId) -> Result<(), LeaseError> {
-        self.remove(&Self::rel(LEASES, &format!("{id}.json")))
+        self.remove_and_bump(&Self::rel(LEASES, &format!("{id}.json")))
     }
 
     // ---- intents ----
@@ -406,7 +428,7 @@ impl Registry {
     }
 
     pub fn remove_intent(&self, lease: LeaseId) -> Result<(), LeaseError> {
-        self.remove(&Self::rel(INTENTS, &format!("{lease}.json")))
+        self.remove_and_bump(&Self::rel(INTENTS, &format!("{lease}.json")))
     }
 
     // ---- created-instance records ----
@@ -440,7 +462,7 @@ impl Registry {
     }
 
     pub fn remove_created(&self, gpu_uuid: &str, gi: u32) -> Result<(), LeaseError> {
-        self.remove(&Self::rel(CREATED, &CreatedRecord::file_name(gpu_uuid, gi)))
+        self.remove_and_bump(&Self::rel(CREATED, &CreatedRecord::file_name(gpu_uuid, gi)))
     }
 
     // ---- wait queue ----
@@ -470,6 +492,7 @@ impl Registry {
 
     pub fn remove_ticket(&self, ticket: u64) -> Result<(), LeaseError> {
         self.remove(&Self::rel(QUEUE, &format!("{ticket}.json")))
+            .map(|_| ())
     }
 
     /// Where a record of a sub-directory lives (for messages).

@@ -954,10 +954,11 @@ pub fn allocate(
     loop {
         // Peek without the lock; only the head of the queue (or a newcomer facing an empty queue) goes on.
         let mut ahead = queue.ahead()?;
-        if ahead == 0 || !queue.has_ticket() {
+        if (ahead == 0 && queue.due()) || !queue.has_ticket() {
             let _lock = reg.lock()?;
             ahead = queue.ahead_locked()?;
             if ahead == 0 {
+                queue.planning();
                 let mut report = GcReport::default();
                 let mut state = sweep(backend, &reg, config, probe, &mut report)?;
                 if !report.is_empty() {

@@ -10,9 +10,13 @@ use crate::lease::{LeaseError, Registry, Ticket};
 use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant};
 
-/// How often the head of the queue re-plans, and the others look at the queue.
+/// How often the head of the queue looks for a release, and the others at the queue.
 const HEAD_POLL: Duration = Duration::from_millis(100);
 const OTHER_POLL: Duration = Duration::from_millis(150);
+/// The head re-plans at once after a release (the registry's generation moved), and at least this
+/// often anyway, to notice what happens outside migrun's records (a holder dies, a job on a draining
+/// instance ends, an admin destroys an instance).
+const REPLAN_EVERY: Duration = Duration::from_secs(1);
 
 /// `m:ss` (or `h:mm:ss`) for the progress line and messages.
 pub fn clock(d: Duration) -> String {
@@ -31,6 +35,8 @@ pub(super) struct Queue<'a> {
     ticket: Option<Ticket>,
     /// Some when stderr is a terminal: the last line shown and when.
     shown: Option<(String, Instant)>,
+    /// The registry generation and time of the last plan this request made.
+    planned: Option<(u64, Instant)>,
     tty: bool,
 }
 
@@ -41,6 +47,7 @@ impl<'a> Queue<'a> {
             req,
             ticket: None,
             shown: None,
+            planned: None,
             tty: std::io::stderr().is_terminal(),
         }
     }
@@ -84,6 +91,22 @@ impl<'a> Queue<'a> {
             }
         }
         Ok(self.count_ahead(&tickets))
+    }
+
+    /// Is it worth planning again? Always the first time; then after a release or every [`REPLAN_EVERY`].
+    pub fn due(&self) -> bool {
+        match self.planned {
+            None => true,
+            Some((generation, at)) => {
+                at.elapsed() >= REPLAN_EVERY
+                    || self.reg.generation().map_or(true, |g| g != generation)
+            }
+        }
+    }
+
+    /// Note that a plan is being made now (call before reading the device, under the lock).
+    pub fn planning(&mut self) {
+        self.planned = Some((self.reg.generation().unwrap_or(0), Instant::now()));
     }
 
     /// Take a ticket if this request has none yet; the caller holds the lock.

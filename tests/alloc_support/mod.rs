@@ -9,28 +9,67 @@ use std::process::{Command, Output};
 pub const BIN: &str = env!("CARGO_BIN_EXE_migrun");
 
 /// One simulated machine with its own state dir and an empty config (so /etc/migrun never leaks in).
+/// It is reached either through `--simulate` (the simulator backend) or through the fake
+/// `libnvidia-ml.so` (the real NVML backend), see [`Sim::through`].
 pub struct Sim {
     pub tmp: tempfile::TempDir,
     pub spec: String,
+    /// Extra environment for every command (the fake NVML's variables); empty with `--simulate`.
+    pub env: Vec<(String, String)>,
+    /// The simulated machine's state file (sim.json in the state dir, or the fake NVML's file).
+    pub machine_file: PathBuf,
+    simulate: bool,
+    _guard: Option<Box<dyn std::any::Any + Send + Sync>>,
+}
+
+/// A temp dir on a tmpfs when there is one. The real state dir (/run/migrun) is a tmpfs; on a
+/// disk-backed /tmp every atomic write's fsync costs milliseconds, which only slows tests down.
+pub fn fast_tempdir() -> tempfile::TempDir {
+    let shm = Path::new("/dev/shm");
+    if shm.is_dir() {
+        tempfile::Builder::new()
+            .prefix("migrun-test")
+            .tempdir_in(shm)
+    } else {
+        tempfile::tempdir()
+    }
+    .expect("temp dir")
 }
 
 impl Sim {
+    /// A machine reached with `--simulate spec`.
     pub fn new(spec: &str) -> Sim {
-        // The real state dir (/run/migrun) is a tmpfs; so is /dev/shm. On a disk-backed /tmp every
-        // atomic write's fsync costs milliseconds, which would only slow the tests down.
-        let shm = Path::new("/dev/shm");
-        let tmp = if shm.is_dir() {
-            tempfile::Builder::new()
-                .prefix("migrun-test")
-                .tempdir_in(shm)
-        } else {
-            tempfile::tempdir()
+        let tmp = fast_tempdir();
+        std::fs::write(tmp.path().join("config.toml"), "").unwrap();
+        let machine_file = tmp.path().join("state").join("sim.json");
+        Sim {
+            tmp,
+            spec: spec.to_string(),
+            env: Vec::new(),
+            machine_file,
+            simulate: true,
+            _guard: None,
         }
-        .expect("temp dir");
+    }
+
+    /// A machine reached through another backend: `env` points migrun at it (e.g. the fake NVML's
+    /// MIGRUN_NVML_LIB, MIGRUN_FAKE_NVML, MIGRUN_FAKE_NVML_STATE), `machine_file` is its state
+    /// file, and `guard` keeps whatever owns it alive.
+    pub fn through(
+        spec: &str,
+        env: Vec<(String, String)>,
+        machine_file: PathBuf,
+        guard: Box<dyn std::any::Any + Send + Sync>,
+    ) -> Sim {
+        let tmp = fast_tempdir();
         std::fs::write(tmp.path().join("config.toml"), "").unwrap();
         Sim {
             tmp,
             spec: spec.to_string(),
+            env,
+            machine_file,
+            simulate: false,
+            _guard: Some(guard),
         }
     }
 
@@ -42,17 +81,45 @@ impl Sim {
         self.tmp.path().join("config.toml")
     }
 
+    /// Change the simulated machine directly, as an admin's nvidia-smi or a running job would.
+    pub fn update<R>(&self, f: impl FnOnce(&mut migrun::gpu::sim::SimMachine) -> R) -> R {
+        if self.simulate {
+            // The simulator keeps its machine in the state dir; make sure that exists (0700, checked).
+            migrun::statedir::StateDir::open(self.state_dir()).expect("state dir");
+        }
+        let spec: migrun::gpu::sim::SimSpec = self.spec.parse().unwrap();
+        migrun::gpu::sim::SimStore::new(&self.machine_file)
+            .update(&spec, f)
+            .expect("simulated machine")
+    }
+
+    /// An instance made outside migrun (lowest free placement, as the driver picks): (GI, MIG UUID).
+    pub fn create_foreign(&self, gpu: u32, profile_id: u32) -> (u32, String) {
+        self.update(|m| {
+            let gi = m.create_gi_anywhere(gpu, profile_id).unwrap();
+            (gi, m.create_default_ci(gpu, gi).unwrap().mig_uuid)
+        })
+    }
+
+    pub fn set_processes(&self, gpu: u32, gi: u32, count: u32) {
+        self.update(|m| m.set_processes(gpu, gi, count)).unwrap();
+    }
+
     /// `migrun <args>` against this machine.
     pub fn cmd(&self, args: &[&str]) -> Command {
         let mut c = Command::new(BIN);
         c.args(args)
             .env("MIGRUN_STATE_DIR", self.state_dir())
-            .env("MIGRUN_SIMULATE", &self.spec)
             .env("MIGRUN_CONFIG", self.config_path())
+            .env_remove("MIGRUN_SIMULATE")
             .env_remove("SUDO_UID")
             .env_remove("MIGRUN_TEST_CRASH_AT")
             .env_remove("MIGRUN_TEST_FAIL")
             .env_remove("MIGRUN_NVML_LIB");
+        if self.simulate {
+            c.env("MIGRUN_SIMULATE", &self.spec);
+        }
+        c.envs(self.env.iter().map(|(k, v)| (k, v)));
         c
     }
 
@@ -166,3 +233,4 @@ pub fn check_invariants(status: &Value, all_leased: bool) {
         }
     }
 }
+pub mod scenarios;
