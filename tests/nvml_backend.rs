@@ -24,14 +24,23 @@ fn listing_equals_the_simulator() {
     let m = fake.machine();
     assert_eq!(b.gpus().unwrap(), m.gpu_infos());
     for gpu in 0..3 {
-        assert_eq!(b.profiles(gpu).unwrap(), m.profiles(gpu).unwrap(), "GPU {gpu}");
+        assert_eq!(
+            b.profiles(gpu).unwrap(),
+            m.profiles(gpu).unwrap(),
+            "GPU {gpu}"
+        );
     }
     assert_eq!(b.instances(1).unwrap(), m.instances(1).unwrap());
     assert_eq!(b.instances(1).unwrap()[1].id, made);
     assert!(b.instances(0).unwrap().is_empty());
     assert!(b.instances(2).unwrap().is_empty(), "MIG off: no instances");
     // Remaining capacity is live: the 3g.40gb at 4 and the 1g at 0 leave no room for another 3g.
-    let three = b.profiles(1).unwrap().into_iter().find(|p| p.id == 9).unwrap();
+    let three = b
+        .profiles(1)
+        .unwrap()
+        .into_iter()
+        .find(|p| p.id == 9)
+        .unwrap();
     assert_eq!(three.remaining, 0);
     assert!(matches!(
         b.profiles(3),
@@ -54,8 +63,14 @@ fn create_at_a_placement_default_ci_uuid_and_destroy() {
     assert!(ci.mig_uuid.starts_with("MIG-"), "{}", ci.mig_uuid);
     // The UUID is the MIG device's, as the driver (here the simulator) reports it.
     let sim_ci = &fake.machine().gpus[0].instances[0].cis[0];
-    assert_eq!((ci.id, ci.mig_uuid.as_str()), (sim_ci.id, sim_ci.uuid.as_str()));
-    assert_eq!(b.instances(0).unwrap()[0].mig_uuid(), Some(ci.mig_uuid.as_str()));
+    assert_eq!(
+        (ci.id, ci.mig_uuid.as_str()),
+        (sim_ci.id, sim_ci.uuid.as_str())
+    );
+    assert_eq!(
+        b.instances(0).unwrap()[0].mig_uuid(),
+        Some(ci.mig_uuid.as_str())
+    );
     // A second default CI does not fit in the GI.
     assert_eq!(
         code_of(&b.create_default_ci(0, gi).unwrap_err()),
@@ -65,7 +80,10 @@ fn create_at_a_placement_default_ci_uuid_and_destroy() {
     // The GI still has a CI: NVML refuses with IN_USE, and the message says what to do.
     let e = b.destroy_gi(0, gi).unwrap_err();
     assert_eq!(code_of(&e), Code::InUse);
-    assert!(e.to_string().contains("destroy its compute instances"), "{e}");
+    assert!(
+        e.to_string().contains("destroy its compute instances"),
+        "{e}"
+    );
     b.destroy_ci(0, gi, ci.id).unwrap();
     b.destroy_gi(0, gi).unwrap();
     assert!(b.instances(0).unwrap().is_empty());
@@ -94,7 +112,10 @@ fn overlap_and_limits_are_insufficient_resources() {
     assert_eq!(code_of(&e), Code::InvalidArgument);
     assert!(e.to_string().contains("0:4, 4:4"), "{e}");
     let e = b.create_gi(0, 77, 0).unwrap_err();
-    assert!(e.to_string().contains("no GPU instance profile with ID 77"), "{e}");
+    assert!(
+        e.to_string().contains("no GPU instance profile with ID 77"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -155,7 +176,10 @@ fn mig_mode_change_is_pending_until_reset_and_processes_block_destroy() {
     fake.update(|m| m.set_processes(0, gi, 2).unwrap());
     assert_eq!(b.instances(0).unwrap()[0].processes, 2);
     assert_eq!(b.gpu_processes(0).unwrap(), 2);
-    assert_eq!(code_of(&b.destroy_ci(0, gi, ci.id).unwrap_err()), Code::InUse);
+    assert_eq!(
+        code_of(&b.destroy_ci(0, gi, ci.id).unwrap_err()),
+        Code::InUse
+    );
     fake.update(|m| m.set_processes(0, gi, 0).unwrap());
     b.destroy_ci(0, gi, ci.id).unwrap();
     b.destroy_gi(0, gi).unwrap();
@@ -304,9 +328,15 @@ fn init_failure_is_no_driver_and_sessions_are_reused() {
     assert_eq!(fake.calls("nvmlDeviceGetGpuInstanceProfileInfoV"), probes);
     // 17 NVML profile indices probed plus the first INVALID_ARGUMENT past them, per GPU.
     assert_eq!(probes, 2 * 18);
-    assert_eq!(fake.calls("nvmlDeviceGetGpuInstancePossiblePlacements_v2"), 2 * 7);
+    assert_eq!(
+        fake.calls("nvmlDeviceGetGpuInstancePossiblePlacements_v2"),
+        2 * 7
+    );
     // Remaining capacity is live: read on every snapshot.
-    assert_eq!(fake.calls("nvmlDeviceGetGpuInstanceRemainingCapacity"), 4 * 2 * 7);
+    assert_eq!(
+        fake.calls("nvmlDeviceGetGpuInstanceRemainingCapacity"),
+        4 * 2 * 7
+    );
     let m = fake.machine();
     assert_eq!(first.gpus[1].profiles, m.profiles(1).unwrap());
 }

@@ -23,7 +23,8 @@ use std::mem;
 use std::ptr;
 
 /// `NVML_STRUCT_VERSION(GpuInstanceProfileInfo, 2)` from nvml.h: the struct size with the version in the top byte.
-const PROFILE_INFO_V2: c_uint = mem::size_of::<nvmlGpuInstanceProfileInfo_v2_t>() as c_uint | (2 << 24);
+const PROFILE_INFO_V2: c_uint =
+    mem::size_of::<nvmlGpuInstanceProfileInfo_v2_t>() as c_uint | (2 << 24);
 
 /// A first guess at how many placements a profile has; real GPUs have at most 12 memory slices.
 const PLACEMENT_GUESS: usize = 16;

@@ -259,7 +259,7 @@ impl NvmlBackend {
         let mut best: Option<ffi::CiProfileInfo> = None;
         for idx in 0..NVML_COMPUTE_INSTANCE_PROFILE_COUNT {
             match gi.ci_profile_info(idx) {
-                Ok(p) if best.is_none_or(|b| p.slice_count > b.slice_count) => best = Some(p),
+                Ok(p) if best.map_or(true, |b| p.slice_count > b.slice_count) => best = Some(p),
                 Ok(_) | Err(NvmlError::NotSupported) | Err(NvmlError::InvalidArg) => {}
                 Err(e) => return Err(e),
             }
@@ -362,28 +362,29 @@ impl Backend for NvmlBackend {
         let op = "listing GPU instances";
         let table = self.profile_table(gpu)?;
         let mut gis = Vec::new();
-        {
-            let dev = device(&self.nvml, gpu)?;
-            for p in &table {
-                let found = match ffi::gpu_instances(&dev, p.id, p.instance_count) {
-                    Ok(found) => found,
-                    Err(NvmlError::NotSupported) => {
-                        // MIG off: no instances can exist (the trait promises an empty list).
-                        // MIG on: this profile simply cannot be listed.
-                        drop(dev);
-                        match self.mig_mode(gpu)? {
-                            Some(MigMode { current: true, .. }) => {
-                                return self.instances_skipping(gpu, p.id)
-                            }
-                            _ => return Ok(Vec::new()),
-                        }
+        let mut mig_checked = false;
+        for p in &table {
+            let found = {
+                let dev = device(&self.nvml, gpu)?;
+                ffi::gpu_instances(&dev, p.id, p.instance_count).and_then(|found| {
+                    found
+                        .iter()
+                        .map(|gi| gi.info())
+                        .collect::<Result<Vec<_>, _>>()
+                })
+            };
+            match found {
+                Ok(found) => gis.extend(found),
+                // NOT_SUPPORTED: MIG is off (then no instance can exist, and the trait promises
+                // an empty list), or with MIG on this one profile cannot be listed.
+                Err(NvmlError::NotSupported) if !mig_checked => {
+                    mig_checked = true;
+                    if !self.mig_mode(gpu)?.is_some_and(|m| m.current) {
+                        return Ok(Vec::new());
                     }
-                    Err(e) => return Err(nvml_err(op, gpu, e)),
-                };
-                for gi in found {
-                    let info = gi.info().map_err(|e| nvml_err(op, gpu, e))?;
-                    gis.push(info);
                 }
+                Err(NvmlError::NotSupported) => {}
+                Err(e) => return Err(nvml_err(op, gpu, e)),
             }
         }
         self.assemble(gpu, gis)
@@ -427,7 +428,7 @@ impl Backend for NvmlBackend {
                             let _ = gi.destroy();
                             Err(nvml_err("reading the new GPU instance", gpu, e))
                         }
-                    }
+                    };
                 }
                 Err(e) => e,
             }
@@ -529,28 +530,6 @@ impl Backend for NvmlBackend {
 }
 
 impl NvmlBackend {
-    /// `instances()` again, leaving out profiles NVML will not list (rare: MIG on, profile unlistable).
-    fn instances_skipping(&mut self, gpu: u32, skip: u32) -> Result<Vec<GpuInstance>, GpuError> {
-        let op = "listing GPU instances";
-        let table = self.profile_table(gpu)?;
-        let mut gis = Vec::new();
-        {
-            let dev = device(&self.nvml, gpu)?;
-            for p in table.iter().filter(|p| p.id != skip) {
-                match ffi::gpu_instances(&dev, p.id, p.instance_count) {
-                    Ok(found) => {
-                        for gi in found {
-                            gis.push(gi.info().map_err(|e| nvml_err(op, gpu, e))?);
-                        }
-                    }
-                    Err(NvmlError::NotSupported) => {}
-                    Err(e) => return Err(nvml_err(op, gpu, e)),
-                }
-            }
-        }
-        self.assemble(gpu, gis)
-    }
-
     /// Join GPU instances with their MIG devices (compute instances, UUIDs, processes).
     fn assemble(&mut self, gpu: u32, gis: Vec<ffi::GiInfo>) -> Result<Vec<GpuInstance>, GpuError> {
         let migs = if gis.is_empty() {
@@ -607,8 +586,14 @@ mod tests {
     #[test]
     fn nvml_errors_keep_their_codes() {
         assert_eq!(code_of(&NvmlError::InUse), Code::InUse);
-        assert_eq!(code_of(&NvmlError::InsufficientSize(None)), Code::InsufficientSize);
-        assert_eq!(code_of(&NvmlError::UnexpectedVariant(23)), Code::InsufficientResources);
+        assert_eq!(
+            code_of(&NvmlError::InsufficientSize(None)),
+            Code::InsufficientSize
+        );
+        assert_eq!(
+            code_of(&NvmlError::UnexpectedVariant(23)),
+            Code::InsufficientResources
+        );
         assert_eq!(code_of(&NvmlError::UnexpectedVariant(25)), Code::Unknown);
         assert_eq!(
             code_of(&NvmlError::FailedToLoadSymbol("x".into())),

@@ -21,7 +21,7 @@ impl Uses {
     fn contains(&self, n: u64) -> bool {
         match *self {
             Uses::Every => true,
-            Uses::Range(a, b) => n >= a && b.is_none_or(|b| n <= b),
+            Uses::Range(a, b) => n >= a && b.map_or(true, |b| n <= b),
         }
     }
 }
@@ -130,8 +130,8 @@ pub fn parse_rules(text: &str, known: &[&str]) -> Result<Vec<FailRule>, String> 
             .ok_or_else(|| format!("rule {part:?}: expected SYMBOL:CODE[:USES]"))
             .and_then(parse_code)
             .map_err(|e| format!("rule {part:?}: {e}"))?;
-        let uses = parse_uses(fields.next().unwrap_or("*"))
-            .map_err(|e| format!("rule {part:?}: {e}"))?;
+        let uses =
+            parse_uses(fields.next().unwrap_or("*")).map_err(|e| format!("rule {part:?}: {e}"))?;
         rules.push(FailRule { symbol, code, uses });
     }
     Ok(rules)
@@ -160,9 +160,9 @@ impl Config {
         let spec: SimSpec = spec_text
             .parse()
             .map_err(|e| format!("MIGRUN_FAKE_NVML: {e}"))?;
-        let state = env("MIGRUN_FAKE_NVML_STATE")
-            .map(PathBuf::from)
-            .ok_or("MIGRUN_FAKE_NVML_STATE is not set (the file that holds the simulated machine)")?;
+        let state = env("MIGRUN_FAKE_NVML_STATE").map(PathBuf::from).ok_or(
+            "MIGRUN_FAKE_NVML_STATE is not set (the file that holds the simulated machine)",
+        )?;
         let rules = match env("MIGRUN_FAKE_NVML_FAIL") {
             Some(t) => parse_rules(&t, known).map_err(|e| format!("MIGRUN_FAKE_NVML_FAIL: {e}"))?,
             None => Vec::new(),
@@ -175,7 +175,10 @@ impl Config {
                     .collect()
             })
             .unwrap_or_default();
-        if let Some(bad) = count.iter().find(|s| *s != "*" && !known.contains(&s.as_str())) {
+        if let Some(bad) = count
+            .iter()
+            .find(|s| *s != "*" && !known.contains(&s.as_str()))
+        {
             return Err(format!(
                 "MIGRUN_FAKE_NVML_COUNT: {bad:?} is not a symbol the fake library exports"
             ));
@@ -258,8 +261,11 @@ mod tests {
 
     #[test]
     fn rules_parse_codes_names_and_ranges() {
-        let r = parse_rules("nvmlA:23:1, nvmlB:IN_USE:2-3,nvmlA:NVML_ERROR_NOT_FOUND:5-", KNOWN)
-            .unwrap();
+        let r = parse_rules(
+            "nvmlA:23:1, nvmlB:IN_USE:2-3,nvmlA:NVML_ERROR_NOT_FOUND:5-",
+            KNOWN,
+        )
+        .unwrap();
         assert_eq!(r[0].code, 23);
         assert_eq!(r[0].uses, Uses::Range(1, Some(1)));
         assert_eq!(r[1].code, 19);

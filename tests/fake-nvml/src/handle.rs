@@ -113,6 +113,9 @@ mod tests {
         }
         assert_eq!(Handle::from_ptr::<u8>(std::ptr::null()), None);
         assert_eq!(Handle::from_ptr(0x1234usize as *const u8), None);
-        assert_eq!(Handle::from_ptr(((MAGIC << 48) | (9 << 40)) as usize as *const u8), None);
+        assert_eq!(
+            Handle::from_ptr(((MAGIC << 48) | (9 << 40)) as usize as *const u8),
+            None
+        );
     }
 }

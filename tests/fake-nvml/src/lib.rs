@@ -13,6 +13,8 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![allow(non_snake_case)]
 
+#[cfg(test)]
+mod abi_tests;
 mod config;
 mod handle;
 
@@ -245,7 +247,10 @@ impl Session {
 
 /// The CI profile index/ID with `slices` compute slices.
 fn ci_profile_for(slices: u32) -> Option<u32> {
-    CI_SLICES.iter().position(|s| *s == slices).map(|i| i as u32)
+    CI_SLICES
+        .iter()
+        .position(|s| *s == slices)
+        .map(|i| i as u32)
 }
 
 /// CI profiles a GI offers: the full-GI one and the common smaller ones (1, 2, 3, 4 slices).
@@ -955,14 +960,15 @@ pub unsafe extern "C" fn nvmlGpuInstanceGetInfo(
 ) -> Ret {
     call("nvmlGpuInstanceGetInfo", |s| {
         let (gpu, gi, p) = s.gi(gpuInstance)?;
-        let placement = s.machine(|m| {
-            m.gpus[gpu as usize]
-                .instances
-                .iter()
-                .find(|i| i.id == gi)
-                .map(|i| i.placement)
-        })?
-        .ok_or(INVALID_ARGUMENT)?;
+        let placement = s
+            .machine(|m| {
+                m.gpus[gpu as usize]
+                    .instances
+                    .iter()
+                    .find(|i| i.id == gi)
+                    .map(|i| i.placement)
+            })?
+            .ok_or(INVALID_ARGUMENT)?;
         let v = nvmlGpuInstanceInfo_t {
             device: Handle::device(gpu).to_ptr(),
             id: gi,
@@ -1222,8 +1228,13 @@ pub unsafe extern "C" fn nvmlDeviceGetMaxMigDeviceCount(
         let gpu = s.mig_device(device)?;
         // One full-GI CI per GI, so as many MIG devices as the most numerous profile allows.
         let max = s.machine(|m| {
-            s.model(m, gpu)
-                .map(|m| m.profiles.iter().map(|p| p.instance_count).max().unwrap_or(0))
+            s.model(m, gpu).map(|m| {
+                m.profiles
+                    .iter()
+                    .map(|p| p.instance_count)
+                    .max()
+                    .unwrap_or(0)
+            })
         })??;
         // SAFETY: caller contract above.
         unsafe { put(count, max) }
@@ -1253,7 +1264,13 @@ pub unsafe extern "C" fn nvmlDeviceGetMigDeviceHandleByIndex(
 pub unsafe extern "C" fn nvmlDeviceGetGpuInstanceId(device: nvmlDevice_t, id: *mut c_uint) -> Ret {
     call("nvmlDeviceGetGpuInstanceId", |s| {
         let h = Handle::from_ptr(device);
-        if matches!(h, Some(Handle { kind: Kind::Device, .. })) {
+        if matches!(
+            h,
+            Some(Handle {
+                kind: Kind::Device,
+                ..
+            })
+        ) {
             s.device(device)?;
             return Err(NOT_SUPPORTED);
         }
@@ -1272,7 +1289,13 @@ pub unsafe extern "C" fn nvmlDeviceGetComputeInstanceId(
 ) -> Ret {
     call("nvmlDeviceGetComputeInstanceId", |s| {
         let h = Handle::from_ptr(device);
-        if matches!(h, Some(Handle { kind: Kind::Device, .. })) {
+        if matches!(
+            h,
+            Some(Handle {
+                kind: Kind::Device,
+                ..
+            })
+        ) {
             s.device(device)?;
             return Err(NOT_SUPPORTED);
         }
@@ -1346,7 +1369,11 @@ fn processes(s: &Session, device: nvmlDevice_t) -> R<Vec<nvmlProcessInfo_t>> {
         if only_gi.is_none() {
             out.extend((0..g.gpu_processes).map(|k| proc(base + k, NO_INSTANCE, NO_INSTANCE)));
         }
-        for i in g.instances.iter().filter(|i| only_gi.is_none_or(|x| x == i.id)) {
+        for i in g
+            .instances
+            .iter()
+            .filter(|i| only_gi.map_or(true, |x| x == i.id))
+        {
             let ci = i.cis.first().map_or(NO_INSTANCE, |c| c.id);
             out.extend((0..i.processes).map(|k| proc(base + 100 * i.id + k, i.id, ci)));
         }
