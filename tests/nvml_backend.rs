@@ -185,6 +185,25 @@ fn mig_mode_change_is_pending_until_reset_and_processes_block_destroy() {
     b.destroy_gi(0, gi).unwrap();
 }
 
+#[test]
+fn processes_are_counted_from_the_whole_gpu_when_a_mig_device_cannot_list_them() {
+    // First use is the MIG device's own query: NOT_SUPPORTED sends the backend to the parent's list.
+    let fake = FakeNvml::new("h100-80gb:1")
+        .fail("nvmlDeviceGetComputeRunningProcesses_v3:NOT_SUPPORTED:1");
+    let gi = fake.update(|m| {
+        let gi = m.create_gi(0, 9, 0).unwrap();
+        m.create_default_ci(0, gi).unwrap();
+        m.create_gi(0, 9, 4).unwrap();
+        m.set_processes(0, gi, 2).unwrap();
+        gi
+    });
+    let mut b = fake.backend();
+    let inst = b.instances(0).unwrap();
+    assert_eq!(inst.iter().find(|i| i.id == gi).unwrap().processes, 2);
+    assert_eq!(inst.iter().map(|i| i.processes).sum::<u32>(), 2);
+    assert!(fake.calls("nvmlDeviceGetComputeRunningProcesses_v3") >= 2);
+}
+
 /// One injected failure: the rule, what it breaks, and the code that must come out.
 struct Case {
     rule: &'static str,

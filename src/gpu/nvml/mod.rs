@@ -223,6 +223,7 @@ impl NvmlBackend {
         let dev = device(&self.nvml, gpu)?;
         let max = dev.mig_device_count().map_err(|e| nvml_err(op, gpu, e))?;
         let mut out = Vec::new();
+        let mut parent_procs = None;
         for i in 0..max {
             let mig = match dev.mig_device_by_index(i) {
                 Ok(m) => m,
@@ -233,9 +234,22 @@ impl NvmlBackend {
             let gi = ffi::mig_gpu_instance_id(&mig).map_err(|e| nvml_err(op, gpu, e))?;
             let ci = ffi::mig_compute_instance_id(&mig).map_err(|e| nvml_err(op, gpu, e))?;
             let uuid = mig.uuid().map_err(|e| nvml_err(op, gpu, e))?;
-            let procs = mig
-                .running_compute_processes_count()
-                .map_err(|e| nvml_err("listing compute processes", gpu, e))?;
+            let procs = match mig.running_compute_processes_count() {
+                Ok(n) => n,
+                // A driver that cannot list per MIG device still lists the whole GPU, with each
+                // process's GPU-instance id: count those, never assume an instance is idle.
+                Err(NvmlError::NotSupported) => {
+                    let all = match &parent_procs {
+                        Some(all) => all,
+                        None => parent_procs.insert(
+                            dev.running_compute_processes()
+                                .map_err(|e| nvml_err("listing compute processes", gpu, e))?,
+                        ),
+                    };
+                    all.iter().filter(|p| p.gpu_instance_id == Some(gi)).count() as u32
+                }
+                Err(e) => return Err(nvml_err("listing compute processes", gpu, e)),
+            };
             out.push((gi, ci, uuid, procs));
         }
         Ok(out)
@@ -452,9 +466,16 @@ impl Backend for NvmlBackend {
                 .map(|p| p.slice_count);
             let ci_profile =
                 Self::default_ci_profile(&handle, slices).map_err(|e| nvml_err(op, gpu, e))?;
-            let ci = handle
-                .create_ci(ci_profile.id)
-                .map_err(|e| nvml_err(op, gpu, e))?;
+            let ci = handle.create_ci(ci_profile.id).map_err(|e| match e {
+                // NVML's INSUFFICIENT_RESOURCES here means the GI has no compute slices left.
+                NvmlError::UnexpectedVariant(23) => GpuError::Nvml {
+                    op: op.into(),
+                    gpu,
+                    code: Code::InsufficientResources,
+                    detail: format!("GPU instance {gi} has no free compute slices (it already holds a compute instance)"),
+                },
+                e => nvml_err(op, gpu, e),
+            })?;
             match ci.id() {
                 Ok(id) => id,
                 Err(e) => {
