@@ -1,0 +1,2 @@
+//! Helpers shared by the integration tests (`mod common;`): real container engines and the fake NVML library.
+pub mod fake_nvml;
