@@ -180,3 +180,21 @@ fn podman_runs_busybox_with_prestart_hook() {
     let state = fs::read_to_string(&hook_out).unwrap();
     assert!(state.contains("\"status\":\"creating\""), "{state}");
 }
+
+#[test]
+fn podman_uses_custom_runtime() {
+    let tmp = tempfile::tempdir().unwrap();
+    let log = tmp.path().join("shim.log");
+    let shim = logging_runc_shim(tmp.path(), &log);
+    let podman = engines::Podman::new().runtime(&shim);
+    let image = podman.busybox_image();
+    let out = engines::run_ok(podman.run_cmd().arg(&image).args(["echo", "via-shim"]));
+    assert_eq!(out, "via-shim\n");
+    let calls = fs::read_to_string(&log).unwrap();
+    assert!(
+        calls
+            .lines()
+            .any(|l| l.split_whitespace().any(|w| w == "create")),
+        "{calls}"
+    );
+}
