@@ -173,3 +173,142 @@ fn dry_run_names_each_injection_mode() {
         assert!(s.contains("plan: create 1g.10gb"), "{mode}: {s}");
     }
 }
+
+/// `migrun` with simulated GPUs in `state` (kept between calls).
+fn in_state(state: &std::path::Path, args: &[&str]) -> Output {
+    Command::new(MIGRUN)
+        .args(args)
+        .env("MIGRUN_SIMULATE", "h100-80gb:1")
+        .env("MIGRUN_STATE_DIR", state)
+        .env("MIGRUN_CONFIG", "/dev/null")
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn dry_run_plans_reuse_and_no_room_like_a_real_run() {
+    let t = tempfile::tempdir().unwrap();
+    let s = t.path().join("s");
+    let dry = [
+        "--inject",
+        "env",
+        "--dry-run",
+        "--docker",
+        "/bin/true",
+        "--rm",
+        "img",
+    ];
+    // A kept 1g.10gb is reused, and its UUID goes into the printed command.
+    let o = in_state(&s, &["alloc", "--profile", "1g.10gb", "--keep"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let uuid = stdout(&o).split_whitespace().next().unwrap().to_string();
+    let o = in_state(&s, &["release", "1"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let before = stdout(&in_state(&s, &["status", "--json"]));
+    let mut args = vec!["--profile", "1g.10gb"];
+    args.extend(dry);
+    let o = in_state(&s, &args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let so = stdout(&o);
+    assert!(so.contains("plan: reuse the free 1g.10gb"), "{so}");
+    assert!(
+        so.contains(&format!("NVIDIA_VISIBLE_DEVICES={uuid}")),
+        "{so}"
+    );
+    assert_eq!(
+        stdout(&in_state(&s, &["status", "--json"])),
+        before,
+        "dry run changed state"
+    );
+
+    // With no room left for a 3g.40gb, a dry run says so and exits 3, or says what --wait would do.
+    for p in ["3g.40gb", "3g.40gb"] {
+        let o = in_state(&s, &["alloc", "--profile", p]);
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
+    let mut args = vec!["--profile", "3g.40gb"];
+    args.extend(dry);
+    let o = in_state(&s, &args);
+    assert_eq!(o.status.code(), Some(3), "{}{}", stdout(&o), stderr(&o));
+    assert!(
+        stdout(&o).contains("plan: no room for 3g.40gb"),
+        "{}",
+        stdout(&o)
+    );
+    let mut args = vec!["--profile", "3g.40gb", "--wait=30"];
+    args.extend(dry);
+    let o = in_state(&s, &args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("would wait up to 30s"),
+        "{}",
+        stdout(&o)
+    );
+}
+
+#[test]
+fn slurm_prolog_and_epilog_give_a_job_its_own_slice() {
+    let t = tempfile::tempdir().unwrap();
+    let state = t.path().join("s");
+    let records = t.path().join("slurm");
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/slurm");
+    let script = |name: &str, job: &str, profile: Option<&str>| {
+        let mut c = Command::new("bash");
+        c.arg(dir.join(name))
+            .env("MIGRUN", MIGRUN)
+            .env("MIGRUN_SIMULATE", "h100-80gb:1")
+            .env("MIGRUN_STATE_DIR", &state)
+            .env("MIGRUN_CONFIG", "/dev/null")
+            .env("MIGRUN_SLURM_DIR", &records)
+            .env("SLURM_JOB_ID", job)
+            .env("SLURM_JOB_UID", "1000")
+            .env("PATH", "/usr/bin:/bin");
+        if let Some(p) = profile {
+            c.env("MIGRUN_SLURM_PROFILE", p);
+        }
+        c.output().unwrap()
+    };
+    let o = script("prolog.sh", "42", Some("3g.40gb"));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = script("prolog.sh", "43", None);
+    assert!(
+        o.status.success(),
+        "a job without a profile: {}",
+        stderr(&o)
+    );
+    assert!(!records.join("43").exists());
+
+    let rec = std::fs::read_to_string(records.join("42")).unwrap();
+    let uuid = rec.split_whitespace().next().unwrap().to_string();
+    assert!(uuid.starts_with("MIG-"), "{rec}");
+    let o = script("task-prolog.sh", "42", None);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains(&format!("export CUDA_VISIBLE_DEVICES={uuid}\n")),
+        "{}",
+        stdout(&o)
+    );
+    let status: serde_json::Value =
+        serde_json::from_slice(&in_state(&state, &["status", "--json"]).stdout).unwrap();
+    let leases = status["leases"].as_array().unwrap();
+    assert_eq!(leases.len(), 1, "{status:#}");
+    assert_eq!(leases[0]["mig_uuid"], uuid.as_str());
+    assert_eq!(leases[0]["uid"], 1000, "charged to the job's user");
+
+    for _ in 0..2 {
+        // The second run finds nothing to do: epilogs may run again after a slurmd restart.
+        let o = script("epilog.sh", "42", None);
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
+    assert!(!records.join("42").exists());
+    let status: serde_json::Value =
+        serde_json::from_slice(&in_state(&state, &["status", "--json"]).stdout).unwrap();
+    assert_eq!(status["leases"].as_array().unwrap().len(), 0, "{status:#}");
+    assert!(
+        status["gpus"][0]["instances"]
+            .as_array()
+            .unwrap()
+            .is_empty(),
+        "{status:#}"
+    );
+}

@@ -1,7 +1,7 @@
 //! Handlers for `alloc`, `release` and `gc`: turn flags into an [`AllocRequest`], call `alloc`, print the result (text or JSON, see docs/leases.md).
 
 use super::{Ctx, InputError};
-use crate::alloc::{self, testhook, AllocRequest, HolderProbe, NoEngineProbe, Want};
+use crate::alloc::{self, testhook, AllocRequest, HolderProbe, Want};
 use crate::cli::{AllocArgs, GcArgs, ReleaseArgs, RequestArgs};
 use crate::gpu::Backend;
 use crate::lease::{Holder, Lease};
@@ -11,10 +11,10 @@ use std::time::Duration;
 /// JSON schema version of `alloc`, `release` and `gc` output.
 pub const SCHEMA_VERSION: u32 = 1;
 
-/// The one place that decides how gc asks container engines whether a holder still exists.
-/// Until the engines supply their probe, containers are "unknown" and only a recorded init pid decides.
+/// The one place that decides how gc asks container engines whether a holder still exists: each container's own
+/// engine (`engine::EngineProbe`; an engine it does not know answers "unknown", and only a recorded init pid decides).
 pub(crate) fn holder_probe() -> Box<dyn HolderProbe> {
-    Box::new(NoEngineProbe)
+    Box::new(crate::engine::probe())
 }
 
 /// What `--profile` / `--min-mem` ask for.

@@ -7,76 +7,22 @@
 //!   slice that a running container still uses; gc frees it once `docker inspect` says the container is gone;
 //! - for `-d`: the container, and a detached `migrun __watch` releases it when `docker wait` returns.
 
-use super::{select_gpu, Ctx, InputError};
-use crate::alloc::{self, AllocRequest, ReleaseOutcome, Want};
-use crate::cli::{RequestArgs, RunArgs, WatchArgs};
+use super::alloc::{wait_of, want_of};
+use super::{Ctx, InputError};
+use crate::alloc::plan::{self, Plan};
+use crate::alloc::{self, AllocError, AllocRequest, Want};
+use crate::cli::{RunArgs, WatchArgs};
 use crate::engine::docker::{DockerCli, RunLine};
 use crate::engine::{self, docker};
 use crate::lease::{Holder, Lease};
-use crate::placement::{self, Policy};
-use crate::profile::ProfileSpec;
 use crate::statedir::StateDir;
 use anyhow::{Context, Result};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::str::FromStr;
 use std::time::Duration;
 
 /// How long a watcher keeps asking an unreachable docker daemon before it leaves the lease to gc.
 const WATCH_GIVE_UP: Duration = Duration::from_secs(600);
-
-/// `--min-mem` sizes: `20g`, `20gb`, `20GiB`, `20000m`, `20000MiB`; a bare number is refused (which unit?).
-pub fn parse_mem_mib(given: &str) -> Result<u64, InputError> {
-    let s = given.trim().to_ascii_lowercase();
-    let bad = || {
-        InputError::Other(format!(
-            "bad --min-mem {given:?}: expected a size with a unit, e.g. 20g or 20000m"
-        ))
-    };
-    let split = s.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
-    let n: u64 = s[..split].parse().map_err(|_| bad())?;
-    let mib = match &s[split..] {
-        "g" | "gb" | "gib" => n.checked_mul(1024).ok_or_else(bad)?,
-        "m" | "mb" | "mib" => n,
-        _ => return Err(bad()),
-    };
-    if mib == 0 {
-        return Err(bad());
-    }
-    Ok(mib)
-}
-
-/// What the request asks for.
-pub fn want_of(r: &RequestArgs) -> Result<Want> {
-    match (&r.profile, &r.min_mem) {
-        (Some(p), _) => Ok(Want::Profile(ProfileSpec::from_str(p)?)),
-        (None, Some(m)) => Ok(Want::MinMemMib(parse_mem_mib(m)?)),
-        (None, None) => Err(InputError::Other(
-            "the launcher needs --profile P (e.g. --profile 3g.40gb) or --min-mem SIZE before the docker options; see `migrun profiles`".into(),
-        )
-        .into()),
-    }
-}
-
-/// `--wait[=S]` as the allocator takes it: none, forever (`--wait` / `--wait=0`), or up to S seconds.
-pub fn wait_of(r: &RequestArgs) -> Option<Option<Duration>> {
-    r.wait.map(|s| (s > 0).then(|| Duration::from_secs(s)))
-}
-
-/// This process as a lease holder: pid and its start time (clock ticks since boot, /proc/<pid>/stat field 22),
-/// which tells a live migrun from a later process that reused the pid.
-pub fn this_process() -> Holder {
-    let pid = std::process::id();
-    let start_time = std::fs::read_to_string("/proc/self/stat")
-        .ok()
-        .and_then(|s| {
-            // The command name (field 2) may hold spaces and parentheses: count fields after the last ')'.
-            let rest = &s[s.rfind(')')? + 1..];
-            rest.split_whitespace().nth(19)?.parse().ok()
-        })
-        .unwrap_or(0);
-    Holder::Process { pid, start_time }
-}
 
 fn say(ctx: &Ctx, msg: impl AsRef<str>) {
     if ctx.global.verbose > 0 {
@@ -116,7 +62,7 @@ pub fn run(ctx: &Ctx, a: RunArgs) -> Result<i32> {
         ),
     );
     if a.dry_run {
-        return dry_run(ctx, &a, &line, mode, &cli, &want);
+        return dry_run(ctx, &a, &line, mode, &cli, want);
     }
 
     crate::caller::require_root(
@@ -129,8 +75,8 @@ pub fn run(ctx: &Ctx, a: RunArgs) -> Result<i32> {
         gpu: a.request.gpu.clone(),
         wait: wait_of(&a.request),
         keep: a.request.keep,
-        holder: this_process(),
-        uid: crate::caller::Caller::current().uid,
+        holder: Holder::this_process()?,
+        uid: alloc::caller_uid(),
     };
     let lease = {
         let mut backend = ctx.backend()?;
@@ -275,7 +221,7 @@ fn release(ctx: &Ctx, dir: &StateDir, lease: &Lease) -> bool {
     });
     match result {
         Ok(outcome) => {
-            say(ctx, describe(&outcome));
+            say(ctx, outcome.to_string());
             true
         }
         Err(e) => {
@@ -294,23 +240,6 @@ fn after_release(code: i32, released: bool) -> i32 {
         crate::exit::FAILED
     } else {
         code
-    }
-}
-
-fn describe(o: &ReleaseOutcome) -> String {
-    match o {
-        ReleaseOutcome::Destroyed { lease, mig_uuid } => {
-            format!("lease {lease} released; instance {mig_uuid} destroyed")
-        }
-        ReleaseOutcome::Kept {
-            lease,
-            mig_uuid,
-            why,
-        } => format!("lease {lease} released; instance {mig_uuid} kept ({why})"),
-        ReleaseOutcome::Draining { lease, mig_uuid } => format!(
-            "lease {lease} released; instance {mig_uuid} is still busy, gc destroys it once idle"
-        ),
-        ReleaseOutcome::NoLease => "no lease to release".into(),
     }
 }
 
@@ -389,89 +318,104 @@ pub fn watch(ctx: &Ctx, a: &WatchArgs) -> Result<i32> {
             eprintln!(
                 "{tag}: container exited{}; {}",
                 code.map(|c| format!(" with {c}")).unwrap_or_default(),
-                describe(&outcome)
+                outcome
             );
             Ok(0)
         }
     }
 }
 
-/// `--dry-run`: what would be allocated and the exact docker command; changes nothing.
+/// `--dry-run`: what would be allocated and the exact docker command; changes nothing (the allocator's pure planner
+/// on a snapshot and the recorded leases; no lock, no lease, no instance, no container).
 fn dry_run(
     ctx: &Ctx,
     a: &RunArgs,
     line: &RunLine,
     mode: crate::cli::InjectMode,
     cli: &DockerCli,
-    want: &Want,
+    want: Want,
 ) -> Result<i32> {
-    let mut backend = ctx.backend()?;
-    let state = backend.snapshot()?;
-    let infos: Vec<_> = state.gpus.iter().map(|g| g.info.clone()).collect();
-    let only: Option<Vec<u32>> = match &a.request.gpu {
-        Some(g) => Some(vec![select_gpu(g, &infos)?]),
-        None => None,
+    let dir = ctx.state_dir()?;
+    let state = ctx.backend()?.snapshot()?;
+    let leases = alloc::leases(&dir)?;
+    let created = alloc::created_instances(&dir)?;
+    let mut req = AllocRequest::new(want);
+    req.gpu = a.request.gpu.clone();
+    let preq = alloc::plan_request(&state, &ctx.config, &req, &created, &leases)?;
+    let keep = if a.request.keep {
+        "kept after the container ends (--keep)"
+    } else {
+        "destroyed after the container ends"
     };
-    let spec = match want {
-        Want::Profile(p) => *p,
-        Want::MinMemMib(mib) => smallest_plain_profile(&state, *mib).ok_or_else(|| {
-            InputError::Other(format!(
-                "no plain MIG profile has at least {mib} MiB on this machine; see `migrun profiles`"
-            ))
-        })?,
-    };
-    for g in &state.gpus {
-        if only.as_ref().map_or(true, |o| o.contains(&g.info.index)) && g.info.mig.is_some() {
-            // Resolve once, so an unknown profile is the same clear error as in a real run.
-            crate::profile::resolve(&spec, &g.profiles, &g.info.label(), &g.info.name)?;
-            break;
-        }
-    }
-    let choice = placement::choose(&state, &spec, only.as_deref(), Policy::Migrun);
-    let (plan, uuid) = match choice {
-        Some(c) => {
-            let g = state
+    let (plan, uuid, profile) = match plan::plan(&state, &leases, &preq) {
+        Ok(Plan::Reuse {
+            gpu,
+            gi,
+            mig_uuid,
+            profile,
+            placement,
+            ..
+        }) => (
+            format!(
+                "reuse the free {profile} instance GI {gi} at placement {placement} on {} ({mig_uuid}), kept after the container ends",
+                gpu_label(&state, gpu)
+            ),
+            mig_uuid,
+            profile,
+        ),
+        Ok(Plan::Create(c)) => {
+            let profile = state
                 .gpu(c.gpu)
-                .expect("choice names a GPU of the snapshot");
-            let name = g
-                .profile_by_id(c.profile_id)
-                .map_or(spec.to_string(), |p| p.short_name().to_string());
+                .and_then(|g| g.profile_by_id(c.profile_id))
+                .map_or(c.profile_id.to_string(), |p| p.short_name().to_string());
             (
                 format!(
-                    "create {name} (profile ID {}) on {} at placement {}{}",
+                    "create {profile} (profile ID {}) on {} at placement {}, {keep}",
                     c.profile_id,
-                    g.info.label(),
-                    c.placement,
-                    if a.request.keep {
-                        ", kept after the container ends (--keep)"
-                    } else {
-                        ", destroyed after the container ends"
-                    }
+                    gpu_label(&state, c.gpu),
+                    c.placement
                 ),
                 "<MIG-uuid-of-the-new-instance>".to_string(),
+                profile,
             )
         }
-        None => {
-            let wait = match wait_of(&a.request) {
-                None => {
-                    println!("plan: no room for {spec} now; a real run fails with exit code 3 (add --wait to queue)");
-                    return Ok(crate::exit::NO_ROOM);
+        Err(nr) if !nr.can_wait() => {
+            // Never satisfiable as asked: the same error a real run gives (a profile error names the valid ones).
+            if let Want::Profile(spec) = &preq.want {
+                for g in state.gpus.iter().filter(|g| g.info.mig.is_some()) {
+                    crate::profile::resolve(spec, &g.profiles, &g.info.label(), &g.info.name)?;
                 }
-                Some(None) => "wait until".to_string(),
-                Some(Some(d)) => format!("wait up to {}s until", d.as_secs()),
-            };
-            (
-                format!("no room for {spec} now; a real run would {wait} one frees up"),
-                "<MIG-uuid>".to_string(),
-            )
+            }
+            return Err(AllocError::Unsatisfiable(Box::new(nr)).into());
         }
+        Err(nr) => match wait_of(&a.request) {
+            None => {
+                println!("plan: {nr}");
+                println!("(a real run fails with exit code 3; --wait[=S] queues for room)");
+                return Ok(crate::exit::NO_ROOM);
+            }
+            Some(w) => (
+                format!(
+                    "{nr}; a real run would wait {} for room (first come, first served)",
+                    w.map_or("as long as it takes".to_string(), |d| format!(
+                        "up to {}s",
+                        d.as_secs()
+                    ))
+                ),
+                "<MIG-uuid>".to_string(),
+                match &preq.want {
+                    Want::Profile(p) => p.to_string(),
+                    Want::MinMemMib(m) => format!("{m}MiB"),
+                },
+            ),
+        },
     };
     let mut ours = Vec::new();
     if line.cidfile().is_none() {
         ours.push("--cidfile".to_string());
         ours.push("<temp-dir>/cid".to_string());
     }
-    ours.extend(docker::label_args("<lease-id>", &spec.to_string(), &uuid));
+    ours.extend(docker::label_args("<lease-id>", &profile, &uuid));
     ours.extend(docker::inject_args(mode, &uuid));
     let argv = line.argv(&ours);
     println!("plan: {plan}");
@@ -502,19 +446,10 @@ fn dry_run(
     Ok(0)
 }
 
-/// Smallest plain profile with at least `mib` MiB on any MIG-capable GPU (for `--min-mem` in a dry run).
-fn smallest_plain_profile(state: &crate::gpu::MigState, mib: u64) -> Option<ProfileSpec> {
+fn gpu_label(state: &crate::gpu::MigState, gpu: u32) -> String {
     state
-        .gpus
-        .iter()
-        .flat_map(|g| g.profiles.iter())
-        .filter(|p| p.memory_mib >= mib)
-        .filter_map(|p| {
-            let n = p.parsed_name()?;
-            (n.variant == crate::profile::Variant::Plain).then_some((p.memory_mib, n))
-        })
-        .min()
-        .map(|(_, n)| ProfileSpec::Name(n))
+        .gpu(gpu)
+        .map_or(format!("GPU {gpu}"), |g| g.info.label())
 }
 
 #[cfg(test)]
@@ -522,45 +457,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn memory_sizes() {
-        assert_eq!(parse_mem_mib("20g").unwrap(), 20480);
-        assert_eq!(parse_mem_mib("20GiB").unwrap(), 20480);
-        assert_eq!(parse_mem_mib("20000m").unwrap(), 20000);
-        for bad in ["20", "g", "", "0g", "20tb", "-1g", "1.5g"] {
-            assert!(parse_mem_mib(bad).is_err(), "{bad:?}");
-        }
-    }
-
-    #[test]
-    fn wait_forms() {
-        let r = |w| RequestArgs {
-            wait: w,
-            ..Default::default()
-        };
-        assert_eq!(wait_of(&r(None)), None);
-        assert_eq!(wait_of(&r(Some(0))), Some(None));
-        assert_eq!(wait_of(&r(Some(5))), Some(Some(Duration::from_secs(5))));
-    }
-
-    #[test]
-    fn this_process_has_a_start_time() {
-        match this_process() {
-            Holder::Process { pid, start_time } => {
-                assert_eq!(pid, std::process::id());
-                assert!(start_time > 0);
-            }
-            other => panic!("{other:?}"),
-        }
-    }
-
-    #[test]
-    fn a_request_needs_a_profile_or_a_size() {
-        let e = want_of(&RequestArgs::default()).unwrap_err().to_string();
-        assert!(e.contains("--profile"), "{e}");
-        assert!(want_of(&RequestArgs {
-            profile: Some("3g.40gb".into()),
-            ..Default::default()
-        })
-        .is_ok());
+    fn a_failed_release_never_looks_like_success() {
+        assert_eq!(after_release(0, true), 0);
+        assert_eq!(after_release(7, true), 7);
+        assert_eq!(after_release(0, false), crate::exit::FAILED);
+        // The container's own failure stays visible.
+        assert_eq!(after_release(125, false), 125);
     }
 }
