@@ -83,6 +83,9 @@ pub enum Command {
     Completions(CompletionsArgs),
     /// Print the man page (roff) to stdout
     Man,
+    /// Internal: wait for a detached (`-d`) container, then release its lease; started by the launcher
+    #[command(name = "__watch", hide = true)]
+    Watch(WatchArgs),
 }
 
 /// Names of every subcommand word, for [`normalize_args`].
@@ -102,6 +105,7 @@ pub const SUBCOMMANDS: &[&str] = &[
     "completions",
     "man",
     "help",
+    "__watch",
 ];
 
 /// How the MIG UUID reaches the container.
@@ -319,6 +323,20 @@ pub enum SimAction {
     },
 }
 
+/// The detached-container watcher's arguments (hidden; the launcher fills them in).
+#[derive(Debug, Args, Clone)]
+pub struct WatchArgs {
+    /// Lease to release when the container is gone
+    #[arg(long, value_name = "ID")]
+    pub lease: u64,
+    /// Container id (docker's full id)
+    #[arg(long, value_name = "ID")]
+    pub container: String,
+    /// The lease holder's engine string, naming the docker CLI and daemon (`docker|host=…|cli=…`)
+    #[arg(long, value_name = "TAG")]
+    pub engine: String,
+}
+
 #[derive(Debug, Args, Clone)]
 pub struct CompletionsArgs {
     /// Shell to generate completions for
@@ -364,7 +382,8 @@ pub fn normalize_args(args: Vec<OsString>) -> Vec<OsString> {
 /// Launcher flags of migrun that take a value (given as `--flag V` or `--flag=V`).
 const RUN_VALUE_FLAGS: &[&str] = &["--profile", "--min-mem", "--gpu", "--inject", "--docker"];
 /// Launcher flags of migrun without a value (`--wait` takes only `--wait=S`).
-const RUN_BOOL_FLAGS: &[&str] = &["--keep", "--dry-run", "--wait"];
+/// `--help` is migrun's here (`-h` is docker's `--hostname`).
+const RUN_BOOL_FLAGS: &[&str] = &["--keep", "--dry-run", "--wait", "--help"];
 
 /// Split the words after `run` into migrun's launcher flags and docker's part (options, IMAGE, CMD).
 /// migrun's flags must come first: the first word that is not one of them starts docker's part,

@@ -1,9 +1,467 @@
-//! Handler for the launcher (`migrun [run] ... IMAGE [CMD...]`).
+//! Handler for the launcher (`migrun [run] ... IMAGE [CMD...]`) and its hidden detached-container watcher (`__watch`):
+//! check docker's options, allocate, run docker, release on every path; docker specifics live in `engine::docker`.
+//!
+//! Who holds the lease, and when:
+//! - from allocation until docker writes the cidfile: this process (pid + start time), so a crash there is gc's;
+//! - from then on: the container (`Holder::Container`, engine `docker|…`), so a `kill -9` of migrun never frees a
+//!   slice that a running container still uses; gc frees it once `docker inspect` says the container is gone;
+//! - for `-d`: the container, and a detached `migrun __watch` releases it when `docker wait` returns.
 
-use super::{not_yet, Ctx};
-use crate::cli::RunArgs;
-use anyhow::Result;
+use super::alloc::{wait_of, want_of};
+use super::{Ctx, InputError};
+use crate::alloc::plan::{self, Plan};
+use crate::alloc::{self, AllocError, AllocRequest, Want};
+use crate::cli::{RunArgs, WatchArgs};
+use crate::engine::docker::{DockerCli, RunLine};
+use crate::engine::{self, docker};
+use crate::lease::{Holder, Lease};
+use crate::statedir::StateDir;
+use anyhow::{Context, Result};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
-pub fn run(_ctx: &Ctx, _a: RunArgs) -> Result<i32> {
-    not_yet("the docker launcher")
+/// How long a watcher keeps asking an unreachable docker daemon before it leaves the lease to gc.
+const WATCH_GIVE_UP: Duration = Duration::from_secs(600);
+
+fn say(ctx: &Ctx, msg: impl AsRef<str>) {
+    if ctx.global.verbose > 0 {
+        eprintln!("migrun: {}", msg.as_ref());
+    }
+}
+
+/// The launcher.
+pub fn run(ctx: &Ctx, a: RunArgs) -> Result<i32> {
+    // Everything that can be refused is refused before anything is allocated.
+    let line = RunLine::parse(&a.docker_args)?;
+    let cli = DockerCli::resolve(a.docker.as_deref().or(ctx.config.docker.as_deref()))?;
+    let (mode, why) = match (a.inject, ctx.config.inject) {
+        (Some(m), _) => (m, "chosen with --inject".to_string()),
+        (None, Some(m)) => (m, "set by `inject` in the config".to_string()),
+        (None, None) => {
+            let d = docker::detect(&cli)?;
+            (d.mode, format!("detected: {}", d.why))
+        }
+    };
+    line.check(mode, &|p| std::fs::read_to_string(p))?;
+    line.check_cidfile()?;
+    for w in line.warnings() {
+        eprintln!("migrun: warning: {w}");
+    }
+    let want = want_of(&a.request)?;
+    say(
+        ctx,
+        format!(
+            "device goes in with --inject {} ({why}); docker CLI {}{}",
+            docker::mode_name(mode),
+            cli.path.display(),
+            cli.host
+                .as_deref()
+                .map(|h| format!(", DOCKER_HOST={h}"))
+                .unwrap_or_default()
+        ),
+    );
+    if a.dry_run {
+        return dry_run(ctx, &a, &line, mode, &cli, want);
+    }
+
+    crate::caller::require_root(
+        "running a container on a MIG slice",
+        ctx.global.simulate.is_some(),
+    )?;
+    let dir = ctx.state_dir()?;
+    let req = AllocRequest {
+        want,
+        gpu: a.request.gpu.clone(),
+        wait: wait_of(&a.request),
+        keep: a.request.keep,
+        holder: Holder::this_process()?,
+        uid: alloc::caller_uid(),
+    };
+    let lease = {
+        let mut backend = ctx.backend()?;
+        alloc::allocate(&mut *backend, &dir, &ctx.config, &req, &engine::probe())?
+    };
+    say(
+        ctx,
+        format!(
+            "lease {}: {} on GPU {} ({}) at placement {}, {} ({})",
+            lease.id,
+            lease.profile,
+            lease.gpu_index,
+            lease.gpu_uuid,
+            lease.placement,
+            lease.mig_uuid,
+            if lease.created {
+                "created for this run"
+            } else {
+                "reused"
+            }
+        ),
+    );
+    run_with_lease(ctx, &cli, &line, mode, &lease, &dir)
+}
+
+/// Run docker for an allocated lease; every path ends released, or with the lease handed to the container.
+fn run_with_lease(
+    ctx: &Ctx,
+    cli: &DockerCli,
+    line: &RunLine,
+    mode: crate::cli::InjectMode,
+    lease: &Lease,
+    dir: &StateDir,
+) -> Result<i32> {
+    let tmp = tempfile::Builder::new().prefix("migrun-cid").tempdir();
+    let tmp = match tmp {
+        Ok(t) => t,
+        Err(e) => {
+            release(ctx, dir, lease);
+            return Err(e).context("creating a temp dir for docker's --cidfile");
+        }
+    };
+    let mut ours: Vec<String> = Vec::new();
+    let cidfile = match line.cidfile() {
+        Some(user) => PathBuf::from(user),
+        None => {
+            let p = tmp.path().join("cid");
+            ours.push("--cidfile".into());
+            ours.push(p.display().to_string());
+            p
+        }
+    };
+    ours.extend(docker::label_args(
+        &lease.id.to_string(),
+        &lease.profile,
+        &lease.mig_uuid,
+    ));
+    ours.extend(docker::inject_args(mode, &lease.mig_uuid));
+    let argv = line.argv(&ours);
+    say(
+        ctx,
+        format!("{} {}", cli.path.display(), docker::shell_line(&argv)),
+    );
+
+    let engine_tag = cli.engine_tag();
+    let mut on_container = |id: &str| {
+        let holder = Holder::Container {
+            id: id.to_string(),
+            engine: engine_tag.clone(),
+            pid: None,
+        };
+        match alloc::set_holder(dir, lease.id, holder) {
+            Ok(()) => say(ctx, format!("lease {} now held by container {id}", lease.id)),
+            Err(e) => eprintln!(
+                "migrun: warning: could not hand lease {} to container {id}: {e}; if migrun dies now, gc may free the slice while the container runs",
+                lease.id
+            ),
+        }
+    };
+    let (finished, _signals) = match docker::run_supervised(cli, &argv, &cidfile, &mut on_container)
+    {
+        Ok(x) => x,
+        Err(e) => {
+            release(ctx, dir, lease);
+            return Err(e.into());
+        }
+    };
+    if !finished.forwarded.is_empty() {
+        say(
+            ctx,
+            format!("forwarded signals {:?} to docker", finished.forwarded),
+        );
+    }
+    let code = finished.code;
+    let Some(id) = finished.container else {
+        // docker failed before creating a container (bad image, bad option): nothing holds the slice.
+        return Ok(after_release(code, release(ctx, dir, lease)));
+    };
+    match docker::container_alive(cli, &id) {
+        Some(false) => Ok(after_release(code, release(ctx, dir, lease))),
+        alive => {
+            // Detached (or docker itself died): the container keeps the slice; a watcher frees it when it ends.
+            if alive.is_none() {
+                eprintln!(
+                    "migrun: cannot ask docker whether container {id} still runs; lease {} stays with it (a watcher, or `migrun gc`, releases it once the container is gone)",
+                    lease.id
+                );
+            } else if !line.detach() {
+                eprintln!(
+                    "migrun: docker exited ({code}) but container {id} still runs; lease {} stays with it until it stops",
+                    lease.id
+                );
+            }
+            match spawn_watcher(ctx, lease, &id, &engine_tag) {
+                Ok(pid) => say(
+                    ctx,
+                    format!(
+                        "watcher {pid} releases lease {} when container {id} exits",
+                        lease.id
+                    ),
+                ),
+                Err(e) => eprintln!(
+                    "migrun: warning: cannot start the watcher for container {id}: {e:#}; run `migrun gc` after it exits to free lease {}",
+                    lease.id
+                ),
+            }
+            Ok(code)
+        }
+    }
+}
+
+/// Release a lease, reporting the outcome; `false` when the release failed (the lease stays for gc to retry).
+fn release(ctx: &Ctx, dir: &StateDir, lease: &Lease) -> bool {
+    let result = ctx.backend().and_then(|mut backend| {
+        Ok(alloc::release(
+            &mut *backend,
+            dir,
+            &ctx.config,
+            &lease.id.to_string(),
+            None,
+        )?)
+    });
+    match result {
+        Ok(outcome) => {
+            say(ctx, outcome.to_string());
+            true
+        }
+        Err(e) => {
+            eprintln!(
+                "migrun: releasing lease {} ({} {}) failed: {e:#}; `migrun gc` or `migrun release {}` retries",
+                lease.id, lease.profile, lease.mig_uuid, lease.id
+            );
+            false
+        }
+    }
+}
+
+/// The exit code: docker's (the container's), unless a clean run could not release its slice.
+fn after_release(code: i32, released: bool) -> i32 {
+    if !released && code == 0 {
+        crate::exit::FAILED
+    } else {
+        code
+    }
+}
+
+/// Start `migrun __watch` in its own session, logging to the state dir's log file.
+fn spawn_watcher(ctx: &Ctx, lease: &Lease, id: &str, engine_tag: &str) -> Result<u32> {
+    let exe = std::env::current_exe().context("finding migrun's own binary")?;
+    let mut c = Command::new(exe);
+    if let Some(s) = &ctx.global.simulate {
+        c.arg("--simulate").arg(s);
+    }
+    c.arg("--state-dir").arg(ctx.state_dir_path());
+    if let Some(cfg) = &ctx.global.config {
+        c.arg("--config").arg(cfg);
+    }
+    c.args([
+        "__watch",
+        "--lease",
+        &lease.id.to_string(),
+        "--container",
+        id,
+        "--engine",
+        engine_tag,
+    ]);
+    let log = log_path(ctx);
+    let stderr = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log)
+        .map(Stdio::from)
+        .unwrap_or_else(|_| Stdio::null());
+    let child = c
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(stderr)
+        .spawn()
+        .context("starting `migrun __watch`")?;
+    Ok(child.id())
+}
+
+/// Where the watcher writes (it has no terminal): the configured log file, else `<state-dir>/migrun.log`.
+fn log_path(ctx: &Ctx) -> PathBuf {
+    match &ctx.config.log {
+        crate::config::LogTarget::Path(p) => p.clone(),
+        _ => ctx.state_dir_path().join("migrun.log"),
+    }
+}
+
+/// `migrun __watch`: wait for a detached container to be gone for good, then release its lease.
+pub fn watch(ctx: &Ctx, a: &WatchArgs) -> Result<i32> {
+    // Leave the launcher's session, so a closing terminal cannot take the watcher with it. It fails only for a
+    // process-group leader, which a watcher started by the launcher is not.
+    let _ = nix::unistd::setsid();
+    let cli = DockerCli::from_engine_tag(&a.engine).ok_or_else(|| {
+        InputError::Other(format!(
+            "__watch --engine {:?} does not name a docker endpoint",
+            a.engine
+        ))
+    })?;
+    let dir = ctx.state_dir()?;
+    let tag = format!(
+        "migrun __watch: lease {} container {}",
+        a.lease, a.container
+    );
+    match docker::wait_gone(&cli, &a.container, WATCH_GIVE_UP) {
+        None => {
+            eprintln!(
+                "{tag}: docker did not answer for {}s; leaving the lease to `migrun gc`",
+                WATCH_GIVE_UP.as_secs()
+            );
+            Ok(crate::exit::FAILED)
+        }
+        Some(code) => {
+            let mut backend = ctx.backend()?;
+            let outcome = alloc::release_container(&mut *backend, &dir, &ctx.config, &a.container)
+                .with_context(|| format!("{tag}: release"))?;
+            eprintln!(
+                "{tag}: container exited{}; {}",
+                code.map(|c| format!(" with {c}")).unwrap_or_default(),
+                outcome
+            );
+            Ok(0)
+        }
+    }
+}
+
+/// `--dry-run`: what would be allocated and the exact docker command; changes nothing (the allocator's pure planner
+/// on a snapshot and the recorded leases; no lock, no lease, no instance, no container).
+fn dry_run(
+    ctx: &Ctx,
+    a: &RunArgs,
+    line: &RunLine,
+    mode: crate::cli::InjectMode,
+    cli: &DockerCli,
+    want: Want,
+) -> Result<i32> {
+    let dir = ctx.state_dir()?;
+    let state = ctx.backend()?.snapshot()?;
+    let leases = alloc::leases(&dir)?;
+    let created = alloc::created_instances(&dir)?;
+    let mut req = AllocRequest::new(want);
+    req.gpu = a.request.gpu.clone();
+    let preq = alloc::plan_request(&state, &ctx.config, &req, &created, &leases)?;
+    let keep = if a.request.keep {
+        "kept after the container ends (--keep)"
+    } else {
+        "destroyed after the container ends"
+    };
+    let (plan, uuid, profile) = match plan::plan(&state, &leases, &preq) {
+        Ok(Plan::Reuse {
+            gpu,
+            gi,
+            mig_uuid,
+            profile,
+            placement,
+            ..
+        }) => (
+            format!(
+                "reuse the free {profile} instance GI {gi} at placement {placement} on {} ({mig_uuid}), kept after the container ends",
+                gpu_label(&state, gpu)
+            ),
+            mig_uuid,
+            profile,
+        ),
+        Ok(Plan::Create(c)) => {
+            let profile = state
+                .gpu(c.gpu)
+                .and_then(|g| g.profile_by_id(c.profile_id))
+                .map_or(c.profile_id.to_string(), |p| p.short_name().to_string());
+            (
+                format!(
+                    "create {profile} (profile ID {}) on {} at placement {}, {keep}",
+                    c.profile_id,
+                    gpu_label(&state, c.gpu),
+                    c.placement
+                ),
+                "<MIG-uuid-of-the-new-instance>".to_string(),
+                profile,
+            )
+        }
+        Err(nr) if !nr.can_wait() => {
+            // Never satisfiable as asked: the same error a real run gives (a profile error names the valid ones).
+            if let Want::Profile(spec) = &preq.want {
+                for g in state.gpus.iter().filter(|g| g.info.mig.is_some()) {
+                    crate::profile::resolve(spec, &g.profiles, &g.info.label(), &g.info.name)?;
+                }
+            }
+            return Err(AllocError::Unsatisfiable(Box::new(nr)).into());
+        }
+        Err(nr) => match wait_of(&a.request) {
+            None => {
+                println!("plan: {nr}");
+                println!("(a real run fails with exit code 3; --wait[=S] queues for room)");
+                return Ok(crate::exit::NO_ROOM);
+            }
+            Some(w) => (
+                format!(
+                    "{nr}; a real run would wait {} for room (first come, first served)",
+                    w.map_or("as long as it takes".to_string(), |d| format!(
+                        "up to {}s",
+                        d.as_secs()
+                    ))
+                ),
+                "<MIG-uuid>".to_string(),
+                match &preq.want {
+                    Want::Profile(p) => p.to_string(),
+                    Want::MinMemMib(m) => format!("{m}MiB"),
+                },
+            ),
+        },
+    };
+    let mut ours = Vec::new();
+    if line.cidfile().is_none() {
+        ours.push("--cidfile".to_string());
+        ours.push("<temp-dir>/cid".to_string());
+    }
+    ours.extend(docker::label_args("<lease-id>", &profile, &uuid));
+    ours.extend(docker::inject_args(mode, &uuid));
+    let argv = line.argv(&ours);
+    println!("plan: {plan}");
+    println!(
+        "inject: {} (--inject {})",
+        match mode {
+            crate::cli::InjectMode::Gpus => "docker --gpus device=<MIG-uuid>",
+            crate::cli::InjectMode::NvidiaRuntime =>
+                "the nvidia runtime with NVIDIA_VISIBLE_DEVICES=<MIG-uuid>",
+            crate::cli::InjectMode::Cdi => "the CDI device nvidia.com/gpu=<MIG-uuid>",
+            crate::cli::InjectMode::Env => "NVIDIA_VISIBLE_DEVICES=<MIG-uuid> only",
+        },
+        docker::mode_name(mode)
+    );
+    println!(
+        "release: {}",
+        if line.detach() {
+            "a detached watcher (migrun __watch) releases the slice when the container exits"
+        } else {
+            "when the container exits, before migrun exits with its code"
+        }
+    );
+    println!(
+        "command: {} {}",
+        docker::shell_quote(&cli.path.display().to_string()),
+        docker::shell_line(&argv)
+    );
+    Ok(0)
+}
+
+fn gpu_label(state: &crate::gpu::MigState, gpu: u32) -> String {
+    state
+        .gpu(gpu)
+        .map_or(format!("GPU {gpu}"), |g| g.info.label())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_release_never_looks_like_success() {
+        assert_eq!(after_release(0, true), 0);
+        assert_eq!(after_release(7, true), 7);
+        assert_eq!(after_release(0, false), crate::exit::FAILED);
+        // The container's own failure stays visible.
+        assert_eq!(after_release(125, false), 125);
+    }
 }

@@ -143,6 +143,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Mig(a) => mig::mig(&ctx, &a),
         Command::Teardown(a) => mig::teardown(&ctx, &a),
         Command::Sim(a) => sim::sim(&ctx, &a),
+        Command::Watch(a) => launch::watch(&ctx, &a),
         Command::Completions(_) | Command::Man => unreachable!("handled above"),
     }
 }

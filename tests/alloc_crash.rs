@@ -1,0 +1,51 @@
+//! Crash safety on the simulator: a migrun process killed (SIGKILL) at every step of allocate, of
+//! release and of an eviction leaves nothing that `migrun gc` (or the next allocation) cannot repair;
+//! a failed create leaves no GPU instance behind. Uses the debug-build hooks MIGRUN_TEST_CRASH_AT and
+//! MIGRUN_TEST_FAIL (docs/leases.md). The same scenarios run through the fake NVML in tests/alloc_fake_nvml.rs.
+
+mod alloc_support;
+
+use alloc_support::{scenarios, Sim};
+
+fn h100() -> Sim {
+    Sim::new("h100-80gb")
+}
+
+#[test]
+fn every_step_names_a_crash_point() {
+    use migrun::alloc::testhook::{ALLOC_STEPS, EVICT_STEPS, RELEASE_STEPS};
+    assert_eq!(ALLOC_STEPS.len(), 6);
+    assert!(ALLOC_STEPS.contains(&"after-create-gi"));
+    assert_eq!(RELEASE_STEPS.len(), 4);
+    assert_eq!(EVICT_STEPS.len(), 2);
+}
+
+#[test]
+fn killed_during_allocate_then_gc_repairs() {
+    scenarios::killed_during_allocate(&h100, true);
+}
+
+#[test]
+fn killed_during_allocate_then_next_allocation_repairs() {
+    scenarios::killed_during_allocate(&h100, false);
+}
+
+#[test]
+fn killed_during_release_then_gc_finishes_it() {
+    scenarios::killed_during_release(&h100);
+}
+
+#[test]
+fn killed_while_evicting_a_kept_instance_then_gc_finishes() {
+    scenarios::killed_while_evicting(&h100);
+}
+
+#[test]
+fn injected_ci_failure_leaves_no_gi_and_says_what_happened() {
+    scenarios::ci_failure_leaves_nothing(&h100(), &scenarios::SIM_FAULTS);
+}
+
+#[test]
+fn foreign_instances_are_reused_never_destroyed_and_busy_ones_are_left_alone() {
+    scenarios::ownership(&h100());
+}
