@@ -281,7 +281,7 @@ impl GpuView {
     /// GPU high strand that slice and break the upper half, the only place a 3g can still go once
     /// small instances share the GPU. NVIDIA's guide shows the cost: `-cgi 19,19,14,9` fails when
     /// the driver puts the 1g instances high. The 2g profile is left to the cost function: the
-    /// sweep measured the rule 0.2-0.3 points worse when applied to it too (docs/placement.md).
+    /// sweep measured the rule about 0.2 points worse when applied to it too (docs/placement.md).
     fn fresh_gpu_rule(&self, k: usize, free: &mut Vec<Placement>) {
         let half = self.slots / 2;
         let size = free.first().map_or(0, |p| p.size);

@@ -299,19 +299,20 @@ pub fn render(report: &RunReport, json: bool) -> String {
     );
     let _ = writeln!(
         s,
-        "{:<14} {:>9} {:>9} {:>10} {:>10} {:>16}",
-        "policy", "requests", "accepted", "count-acc", "slice-acc", "frag-rejections"
+        "{:<14} {:>9} {:>9} {:>10} {:>10} {:>16} {:>11}",
+        "policy", "requests", "accepted", "count-acc", "slice-acc", "frag-rejections", "us/choose"
     );
     for p in &report.policies {
         let _ = writeln!(
             s,
-            "{:<14} {:>9} {:>9} {:>10} {:>10} {:>16}",
+            "{:<14} {:>9} {:>9} {:>10} {:>10} {:>16} {:>11}",
             p.policy,
             p.requests,
             p.accepted,
             pct(p.acceptance),
             pct(p.slice_acceptance),
-            p.fragmentation_rejections
+            p.fragmentation_rejections,
+            p.choose_us.map_or("-".to_string(), |us| format!("{us:.1}"))
         );
     }
     let _ = writeln!(s, "accepted per profile (accepted/requests):");

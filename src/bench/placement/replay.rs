@@ -34,6 +34,8 @@ pub struct Stats {
     pub slice_acceptance: f64,
     /// Rejections while the machine had at least as many free memory slices as the request needed.
     pub fragmentation_rejections: u64,
+    /// Mean wall time of one `placement::choose` call in microseconds (policies only; the oracle has none).
+    pub choose_us: Option<f64>,
     pub per_profile: Vec<KindStats>,
 }
 
@@ -119,6 +121,7 @@ pub fn replay(
     let mut state = initial.clone();
     let mut departures: BinaryHeap<Departure> = BinaryHeap::new();
     let mut next_id: u32 = 1;
+    let mut choose_time = std::time::Duration::ZERO;
     for (n, a) in stream.iter().enumerate() {
         while let Some(Reverse((t, _, gpu, id))) = departures.peek().copied() {
             if f64::from_bits(t) > a.t {
@@ -136,7 +139,9 @@ pub fn replay(
         }
         let kind = &kinds[a.kind];
         let free = free_slices(&state);
+        let started = std::time::Instant::now();
         let choice = placement::choose(&state, &kind.spec, None, policy);
+        choose_time += started.elapsed();
         if let Some(c) = choice {
             let gi = state
                 .gpus
@@ -174,5 +179,6 @@ pub fn replay(
         }
     }
     stats.finish();
+    stats.choose_us = Some(choose_time.as_secs_f64() * 1e6 / stream.len().max(1) as f64);
     Ok(stats)
 }
