@@ -7,11 +7,13 @@ const AFTER_HELP: &str = "\
 Examples:
   placement-bench --gpus h100-80gb:8 --mix uniform --load 0.9 --seed 1 --arrivals 4000
   placement-bench --gpus h100-80gb:8 --trace examples/traces/sample.jsonl --json
-  placement-bench --gpus h100-80gb:8 --sweep --seeds 50 --arrivals 4000   # scripts/placement-sweep.sh
+  placement-bench --gpus h100-80gb:8 --sweep --seeds 50 --arrivals 4000
+  (scripts/placement-sweep.sh runs the documented sweep)
 
-Policies compared on the same stream: migrun (placement::choose, Policy::Migrun), first-fit
-(lowest free placement on the lowest-index GPU) and oracle (free repacking of every running
-instance; an exact bound computed by enumeration, reported only).";
+Compared on the same stream: migrun (placement::choose, Policy::Migrun), first-fit (lowest free
+placement on the lowest-index GPU), oracle (free repacking of every running instance; exact,
+reported only) and repack-in-gpu (free rearrangement inside each GPU only; a reference).
+See docs/benchmarks.md.";
 
 /// Replay MIG request streams through migrun's placement policy and compare it with first-fit and a repacking oracle.
 #[derive(Debug, Parser)]
