@@ -8,6 +8,7 @@
 
 pub mod alloc;
 pub mod bench;
+pub mod caller;
 pub mod cli;
 pub mod commands;
 pub mod config;
@@ -15,6 +16,7 @@ pub mod engine;
 pub mod exit;
 pub mod gpu;
 pub mod lease;
+pub mod migmode;
 pub mod placement;
 pub mod profile;
 pub mod statedir;
