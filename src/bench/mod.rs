@@ -1,0 +1,3 @@
+//! Benchmark programs' logic (the `src/bin/*-bench.rs` binaries stay thin); it must not be used by the product's commands.
+
+pub mod placement;
