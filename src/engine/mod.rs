@@ -5,6 +5,15 @@ pub mod oci;
 pub mod runtime;
 
 /// Exit codes for this module's errors (see `exit`).
-pub fn exit_code_of(_e: &(dyn std::error::Error + 'static)) -> Option<i32> {
-    None
+pub fn exit_code_of(e: &(dyn std::error::Error + 'static)) -> Option<i32> {
+    oci::exit_code_of(e).or_else(|| runtime::exit_code_of(e))
+}
+
+/// Tells gc whether a container holding a lease still exists, by asking its engine.
+pub struct HookProbe;
+
+impl crate::alloc::HolderProbe for HookProbe {
+    fn container_alive(&self, id: &str, engine: &str) -> Option<bool> {
+        oci::container_alive(id, engine)
+    }
 }
