@@ -1,11 +1,23 @@
-//! The lease registry in the state dir: lock, intent journal, atomic lease records, holder liveness data; it must not call NVML.
+//! The lease registry in the state dir: lock, intent journal, atomic lease records, created-instance records, the wait queue and holder liveness; it must not call NVML.
 //!
-//! Layout (all files 0600 inside the 0700 state dir, written atomically):
-//! `alloc.lock` (serialises every allocation and release), `leases/<id>.json`, `intents/<id>.json`,
-//! `next-id`.
+//! Layout (all files 0600 inside the 0700 state dir, each written atomically; see docs/leases.md):
+//! - `alloc.lock`: one lock serialises every allocation, release and gc;
+//! - `next-id`: the next lease id;
+//! - `leases/<id>.json`: one [`Lease`] per lease;
+//! - `intents/<id>.json`: an [`Intent`] journaled before a GPU instance is created, removed once its lease is written;
+//! - `created/<gpu-uuid>-<gi>.json`: a [`CreatedRecord`] for every instance migrun created and has not destroyed
+//!   (leased or kept warm), so migrun only ever destroys what it made;
+//! - `queue/<ticket>.json` and `next-ticket`: the first-come-first-served wait queue ([`Ticket`]).
+//!
+//! Every reader refuses a malformed record with an error naming the file, instead of guessing: a lease
+//! registry that cannot be read must stop allocation, or the same instance could be handed out twice.
 
 use crate::gpu::Placement;
+use crate::statedir::{Lock, StateDir, StateDirError};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 /// A lease id (small integers, printed as `lease 7`).
 pub type LeaseId = u64;
@@ -29,12 +41,38 @@ pub enum Holder {
     Manual,
 }
 
+impl Holder {
+    /// A process holder for `pid`, with its start time read now from `/proc`.
+    pub fn process(pid: u32) -> Result<Holder, LeaseError> {
+        let start_time = process_start_time(pid).ok_or(LeaseError::NoSuchProcess { pid })?;
+        Ok(Holder::Process { pid, start_time })
+    }
+
+    /// The calling process as a holder.
+    pub fn this_process() -> Result<Holder, LeaseError> {
+        Holder::process(std::process::id())
+    }
+}
+
+impl std::fmt::Display for Holder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Holder::Process { pid, .. } => write!(f, "pid {pid}"),
+            Holder::Container { id, engine, .. } => {
+                let short: String = id.chars().take(12).collect();
+                write!(f, "{engine} container {short}")
+            }
+            Holder::Manual => f.write_str("manual"),
+        }
+    }
+}
+
 /// The life stage of a lease.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum LeaseState {
     Active,
-    /// Released, but the instance was busy (IN_USE); gc finishes destroying it.
+    /// Released, but the instance is not destroyed yet (busy, or a release was interrupted); gc finishes destroying it.
     Draining,
 }
 
@@ -65,7 +103,461 @@ pub struct Lease {
     pub updated_at: u64,
 }
 
+/// An allocation in flight (`intents/<lease>.json`): written before the GPU instance is created, so a
+/// crash between "created" and "recorded" leaves a trail gc can follow back to the instance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Intent {
+    /// The lease this allocation will become.
+    pub lease: LeaseId,
+    pub gpu_index: u32,
+    pub gpu_uuid: String,
+    pub profile_id: u32,
+    pub profile: String,
+    pub placement: Placement,
+    /// The GI id, journaled as soon as the driver returned it.
+    pub gi: Option<u32>,
+    pub pid: u32,
+    pub created_at: u64,
+}
+
+/// An instance migrun created and has not destroyed (`created/<gpu-uuid>-<gi>.json`). It outlives
+/// the lease when the instance is kept warm, so teardown and reuse can tell migrun's instances from an
+/// admin's. Before any destroy it is cross-checked against the device (profile, placement, MIG UUID).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreatedRecord {
+    pub gpu_index: u32,
+    pub gpu_uuid: String,
+    pub gi: u32,
+    pub profile_id: u32,
+    pub profile: String,
+    pub placement: Placement,
+    pub mig_uuid: String,
+    pub created_at: u64,
+}
+
+impl CreatedRecord {
+    fn file_name(gpu_uuid: &str, gi: u32) -> String {
+        format!("{gpu_uuid}-{gi}.json")
+    }
+}
+
+/// A place in the wait queue (`queue/<ticket>.json`); only the lowest live ticket may allocate.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Ticket {
+    pub ticket: u64,
+    /// The waiting process; a ticket whose process is gone is skipped and removed.
+    pub pid: u32,
+    pub start_time: u64,
+    /// What it waits for, for `migrun status` (`3g.40gb`, `--min-mem 20g`).
+    pub want: String,
+    pub uid: u32,
+    pub created_at: u64,
+}
+
+/// Errors of the lease registry.
+#[derive(Debug, thiserror::Error)]
+pub enum LeaseError {
+    #[error(transparent)]
+    StateDir(#[from] StateDirError),
+    #[error("{path} is not a valid migrun record ({why}); nothing was changed. Inspect it: if its instance is gone, remove the file and run `migrun gc`")]
+    Malformed { path: PathBuf, why: String },
+    #[error("no lease {target}; `migrun status` lists the leases (by lease id or MIG UUID)")]
+    Unknown { target: String },
+    #[error("process {pid} does not exist; --holder-pid must name a running process")]
+    NoSuchProcess { pid: u32 },
+}
+
 /// Exit codes for this module's errors (see `exit`).
-pub fn exit_code_of(_e: &(dyn std::error::Error + 'static)) -> Option<i32> {
-    None
+pub fn exit_code_of(e: &(dyn std::error::Error + 'static)) -> Option<i32> {
+    use crate::exit::ExitCodeOf;
+    e.downcast_ref::<LeaseError>().map(|e| match e {
+        LeaseError::StateDir(s) => s.exit_code(),
+        LeaseError::Malformed { .. } | LeaseError::Unknown { .. } => crate::exit::USAGE,
+        LeaseError::NoSuchProcess { .. } => crate::exit::USAGE,
+    })
+}
+
+/// Seconds since the Unix epoch.
+pub fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Field 22 of `/proc/<pid>/stat` (start time in clock ticks since boot), or `None` when the process
+/// is gone or a zombie: a zombie's work is over even before its parent reaps it.
+pub fn process_start_time(pid: u32) -> Option<u64> {
+    if pid == 0 {
+        return None;
+    }
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    parse_stat(&stat)
+}
+
+/// Parse a `/proc/<pid>/stat` line. The command name (field 2) may hold spaces and parentheses, so
+/// fields are counted from the last `)`.
+fn parse_stat(stat: &str) -> Option<u64> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace();
+    let state = fields.next()?; // field 3
+    if state == "Z" || state == "X" {
+        return None;
+    }
+    // Fields 4..=21 are skipped; field 22 is the start time.
+    fields.nth(18)?.parse().ok()
+}
+
+/// True while `pid` runs and is the same process (same start time) as when recorded.
+pub fn process_alive(pid: u32, start_time: u64) -> bool {
+    process_start_time(pid) == Some(start_time)
+}
+
+const LEASES: &str = "leases";
+const INTENTS: &str = "intents";
+const CREATED: &str = "created";
+const QUEUE: &str = "queue";
+const LOCK: &str = "alloc.lock";
+const NEXT_ID: &str = "next-id";
+const NEXT_TICKET: &str = "next-ticket";
+
+/// The registry of one state dir. Methods that change records expect the caller to hold [`Registry::lock`].
+#[derive(Debug, Clone)]
+pub struct Registry {
+    dir: StateDir,
+}
+
+impl Registry {
+    /// Open the registry, creating its sub-directories (0700) when missing.
+    pub fn open(dir: &StateDir) -> Result<Registry, LeaseError> {
+        for sub in [LEASES, INTENTS, CREATED, QUEUE] {
+            dir.subdir(sub)?;
+        }
+        Ok(Registry { dir: dir.clone() })
+    }
+
+    pub fn dir(&self) -> &StateDir {
+        &self.dir
+    }
+
+    /// Take the allocation lock (blocks until free; the kernel drops it if the holder dies).
+    pub fn lock(&self) -> Result<Lock, LeaseError> {
+        Ok(self.dir.lock(LOCK)?)
+    }
+
+    fn read_counter(&self, name: &str) -> Result<u64, LeaseError> {
+        match self.dir.read(name)? {
+            None => Ok(1),
+            Some(b) => {
+                let text = String::from_utf8_lossy(&b);
+                text.trim()
+                    .parse::<u64>()
+                    .ok()
+                    .filter(|n| *n >= 1)
+                    .ok_or_else(|| LeaseError::Malformed {
+                        path: self.dir.join(name),
+                        why: format!("expected a positive number, found {:?}", text.trim()),
+                    })
+            }
+        }
+    }
+
+    /// Take the next number of a counter file (under the lock).
+    fn take_counter(&self, name: &str) -> Result<u64, LeaseError> {
+        let n = self.read_counter(name)?;
+        self.dir.write(name, format!("{}\n", n + 1).as_bytes())?;
+        Ok(n)
+    }
+
+    /// Reserve a new lease id (under the lock). Ids are never reused within one state dir.
+    pub fn next_lease_id(&self) -> Result<LeaseId, LeaseError> {
+        self.take_counter(NEXT_ID)
+    }
+
+    fn rel(sub: &str, name: &str) -> String {
+        format!("{sub}/{name}")
+    }
+
+    fn read_json<T: DeserializeOwned>(&self, rel: &str) -> Result<Option<T>, LeaseError> {
+        let Some(bytes) = self.dir.read(rel)? else {
+            return Ok(None);
+        };
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| LeaseError::Malformed {
+                path: self.dir.join(rel),
+                why: e.to_string(),
+            })
+    }
+
+    fn write_json<T: Serialize>(&self, rel: &str, value: &T) -> Result<(), LeaseError> {
+        let mut json = serde_json::to_vec_pretty(value).expect("records serialise");
+        json.push(b'\n');
+        Ok(self.dir.write(rel, &json)?)
+    }
+
+    fn remove(&self, rel: &str) -> Result<(), LeaseError> {
+        let path = self.dir.join(rel);
+        match std::fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(StateDirError::Io { path, source }.into()),
+        }
+    }
+
+    /// Names of the `*.json` records in a sub-directory, sorted (temp files of atomic writes are skipped).
+    fn list(&self, sub: &str) -> Result<Vec<String>, LeaseError> {
+        let path = self.dir.join(sub);
+        let rd = match std::fs::read_dir(&path) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(source) => return Err(StateDirError::Io { path, source }.into()),
+        };
+        let mut names = Vec::new();
+        for entry in rd {
+            let entry = entry.map_err(|source| StateDirError::Io {
+                path: path.clone(),
+                source,
+            })?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.ends_with(".json") && !name.starts_with('.') {
+                names.push(name);
+            }
+        }
+        names.sort();
+        Ok(names)
+    }
+
+    /// Records named `<number>.json`, checked against the number inside, sorted by number.
+    fn numbered<T: DeserializeOwned>(
+        &self,
+        sub: &str,
+        id_of: impl Fn(&T) -> u64,
+    ) -> Result<Vec<T>, LeaseError> {
+        let mut out = Vec::new();
+        for name in self.list(sub)? {
+            let rel = Self::rel(sub, &name);
+            let malformed = |why: String| LeaseError::Malformed {
+                path: self.dir.join(&rel),
+                why,
+            };
+            let stem = name.trim_end_matches(".json");
+            let n: u64 = stem
+                .parse()
+                .map_err(|_| malformed("the file name is not <number>.json".into()))?;
+            let Some(rec) = self.read_json::<T>(&rel)? else {
+                continue; // removed between listing and reading
+            };
+            if id_of(&rec) != n {
+                return Err(malformed(format!(
+                    "it records number {}, but its file name says {n}",
+                    id_of(&rec)
+                )));
+            }
+            out.push((n, rec));
+        }
+        out.sort_by_key(|(n, _)| *n);
+        Ok(out.into_iter().map(|(_, r)| r).collect())
+    }
+
+    // ---- leases ----
+
+    /// Every lease, by id. A malformed lease file is an error naming it.
+    pub fn leases(&self) -> Result<Vec<Lease>, LeaseError> {
+        self.numbered(LEASES, |l: &Lease| l.id)
+    }
+
+    pub fn lease(&self, id: LeaseId) -> Result<Option<Lease>, LeaseError> {
+        let rel = Self::rel(LEASES, &format!("{id}.json"));
+        let lease: Option<Lease> = self.read_json(&rel)?;
+        if let Some(l) = &lease {
+            if l.id != id {
+                return Err(LeaseError::Malformed {
+                    path: self.dir.join(&rel),
+                    why: format!("it records lease {}, not {id}", l.id),
+                });
+            }
+        }
+        Ok(lease)
+    }
+
+    pub fn write_lease(&self, lease: &Lease) -> Result<(), LeaseError> {
+        self.write_json(&Self::rel(LEASES, &format!("{}.json", lease.id)), lease)
+    }
+
+    pub fn remove_lease(&self, id: LeaseId) -> Result<(), LeaseError> {
+        self.remove(&Self::rel(LEASES, &format!("{id}.json")))
+    }
+
+    // ---- intents ----
+
+    pub fn intents(&self) -> Result<Vec<Intent>, LeaseError> {
+        self.numbered(INTENTS, |i: &Intent| i.lease)
+    }
+
+    pub fn write_intent(&self, intent: &Intent) -> Result<(), LeaseError> {
+        self.write_json(
+            &Self::rel(INTENTS, &format!("{}.json", intent.lease)),
+            intent,
+        )
+    }
+
+    pub fn remove_intent(&self, lease: LeaseId) -> Result<(), LeaseError> {
+        self.remove(&Self::rel(INTENTS, &format!("{lease}.json")))
+    }
+
+    // ---- created-instance records ----
+
+    pub fn created(&self) -> Result<Vec<CreatedRecord>, LeaseError> {
+        let mut out = Vec::new();
+        for name in self.list(CREATED)? {
+            let rel = Self::rel(CREATED, &name);
+            let Some(rec) = self.read_json::<CreatedRecord>(&rel)? else {
+                continue;
+            };
+            if CreatedRecord::file_name(&rec.gpu_uuid, rec.gi) != name {
+                return Err(LeaseError::Malformed {
+                    path: self.dir.join(&rel),
+                    why: format!(
+                        "it records GI {} on {}, which does not match its file name",
+                        rec.gi, rec.gpu_uuid
+                    ),
+                });
+            }
+            out.push(rec);
+        }
+        Ok(out)
+    }
+
+    pub fn write_created(&self, rec: &CreatedRecord) -> Result<(), LeaseError> {
+        self.write_json(
+            &Self::rel(CREATED, &CreatedRecord::file_name(&rec.gpu_uuid, rec.gi)),
+            rec,
+        )
+    }
+
+    pub fn remove_created(&self, gpu_uuid: &str, gi: u32) -> Result<(), LeaseError> {
+        self.remove(&Self::rel(CREATED, &CreatedRecord::file_name(gpu_uuid, gi)))
+    }
+
+    // ---- wait queue ----
+
+    /// Take a ticket at the end of the queue (under the lock).
+    pub fn take_ticket(&self, want: &str, uid: u32) -> Result<Ticket, LeaseError> {
+        let pid = std::process::id();
+        let ticket = Ticket {
+            ticket: self.take_counter(NEXT_TICKET)?,
+            pid,
+            start_time: process_start_time(pid).unwrap_or(0),
+            want: want.to_string(),
+            uid,
+            created_at: now(),
+        };
+        self.write_json(
+            &Self::rel(QUEUE, &format!("{}.json", ticket.ticket)),
+            &ticket,
+        )?;
+        Ok(ticket)
+    }
+
+    /// Every ticket in queue order, live or not.
+    pub fn tickets(&self) -> Result<Vec<Ticket>, LeaseError> {
+        self.numbered(QUEUE, |t: &Ticket| t.ticket)
+    }
+
+    pub fn remove_ticket(&self, ticket: u64) -> Result<(), LeaseError> {
+        self.remove(&Self::rel(QUEUE, &format!("{ticket}.json")))
+    }
+
+    /// Where a record of a sub-directory lives (for messages).
+    pub fn path_of(&self, rel: &str) -> PathBuf {
+        self.dir.join(rel)
+    }
+
+    pub fn root(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Ticket {
+    /// The waiting process still runs.
+    pub fn alive(&self) -> bool {
+        process_alive(self.pid, self.start_time)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_parsing_survives_odd_command_names() {
+        let line = "4242 (a) b (c)) S 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 987654 19 20";
+        assert_eq!(parse_stat(line), Some(987654));
+        let zombie = "4242 (x) Z 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 987654 19";
+        assert_eq!(parse_stat(zombie), None);
+        assert_eq!(parse_stat("garbage"), None);
+    }
+
+    #[test]
+    fn own_process_is_alive_and_a_changed_start_time_is_not() {
+        let me = std::process::id();
+        let st = process_start_time(me).expect("own start time");
+        assert!(process_alive(me, st));
+        assert!(!process_alive(me, st + 1), "pid reuse must be detected");
+        assert!(matches!(
+            Holder::process(u32::MAX - 1),
+            Err(LeaseError::NoSuchProcess { .. })
+        ));
+    }
+
+    fn lease(id: LeaseId) -> Lease {
+        Lease {
+            id,
+            holder: Holder::Manual,
+            uid: 0,
+            gpu_index: 0,
+            gpu_uuid: "GPU-x".into(),
+            gi: 1,
+            ci: 0,
+            profile_id: 19,
+            profile: "1g.10gb".into(),
+            placement: Placement { start: 0, size: 1 },
+            mig_uuid: "MIG-x".into(),
+            created: true,
+            keep: false,
+            state: LeaseState::Active,
+            created_at: 1,
+            updated_at: 1,
+        }
+    }
+
+    #[test]
+    fn records_round_trip_and_malformed_files_are_named() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = StateDir::open(t.path().join("s")).unwrap();
+        let reg = Registry::open(&dir).unwrap();
+        assert_eq!(reg.next_lease_id().unwrap(), 1);
+        assert_eq!(reg.next_lease_id().unwrap(), 2);
+        reg.write_lease(&lease(2)).unwrap();
+        reg.write_lease(&lease(10)).unwrap();
+        let ids: Vec<_> = reg.leases().unwrap().iter().map(|l| l.id).collect();
+        assert_eq!(ids, vec![2, 10]);
+        reg.remove_lease(2).unwrap();
+        reg.remove_lease(2).unwrap();
+        assert!(reg.lease(2).unwrap().is_none());
+
+        std::fs::write(dir.join("leases/11.json"), "{not json").unwrap();
+        let e = reg.leases().unwrap_err();
+        assert!(e.to_string().contains("leases/11.json"), "{e}");
+        std::fs::remove_file(dir.join("leases/11.json")).unwrap();
+
+        let mut l = lease(12);
+        l.id = 13;
+        reg.write_json("leases/12.json", &l).unwrap();
+        assert!(matches!(reg.leases(), Err(LeaseError::Malformed { .. })));
+    }
 }

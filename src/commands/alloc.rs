@@ -1,15 +1,159 @@
-//! Handlers for `alloc`, `release` and `gc`.
+//! Handlers for `alloc`, `release` and `gc`: turn flags into an [`AllocRequest`], call `alloc`, print the result (text or JSON, see docs/leases.md).
 
-use super::{not_yet, Ctx};
-use crate::cli::{AllocArgs, GcArgs, ReleaseArgs};
+use super::{Ctx, InputError};
+use crate::alloc::{self, testhook, AllocRequest, HolderProbe, NoEngineProbe, Want};
+use crate::cli::{AllocArgs, GcArgs, ReleaseArgs, RequestArgs};
+use crate::gpu::Backend;
+use crate::lease::{Holder, Lease};
 use anyhow::Result;
+use std::time::Duration;
 
-pub fn alloc(_ctx: &Ctx, _a: &AllocArgs) -> Result<i32> {
-    not_yet("migrun alloc")
+/// JSON schema version of `alloc`, `release` and `gc` output.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// The one place that decides how gc asks container engines whether a holder still exists.
+/// Until the engines supply their probe, containers are "unknown" and only a recorded init pid decides.
+pub(crate) fn holder_probe() -> Box<dyn HolderProbe> {
+    Box::new(NoEngineProbe)
 }
-pub fn release(_ctx: &Ctx, _a: &ReleaseArgs) -> Result<i32> {
-    not_yet("migrun release")
+
+/// What `--profile` / `--min-mem` ask for.
+pub(crate) fn want_of(r: &RequestArgs) -> Result<Want> {
+    match (&r.profile, &r.min_mem) {
+        (Some(p), None) => Ok(Want::Profile(p.parse()?)),
+        (None, Some(m)) => Ok(Want::MinMemMib(alloc::parse_size_mib(m)?)),
+        (Some(_), Some(_)) => Err(InputError::Other(
+            "give either --profile or --min-mem, not both".into(),
+        )
+        .into()),
+        (None, None) => Err(InputError::Other(
+            "say what to allocate: --profile P (e.g. 3g.40gb, see `migrun profiles`) or --min-mem SIZE (e.g. 20g)".into(),
+        )
+        .into()),
+    }
 }
-pub fn gc(_ctx: &Ctx, _a: &GcArgs) -> Result<i32> {
-    not_yet("migrun gc")
+
+/// `--wait` (no value, or 0) waits forever; `--wait=S` up to S seconds; no flag: fail at once.
+pub(crate) fn wait_of(r: &RequestArgs) -> Option<Option<Duration>> {
+    r.wait.map(|s| (s > 0).then(|| Duration::from_secs(s)))
+}
+
+/// Run `f` on the backend, behind the fault injector when a debug build's test hook asks for it.
+fn with_backend<R>(ctx: &Ctx, f: impl FnOnce(&mut dyn Backend) -> Result<R>) -> Result<R> {
+    let mut backend = ctx.backend()?;
+    let faults = testhook::faults_from_env().map_err(InputError::Other)?;
+    if faults.is_empty() {
+        return f(&mut *backend);
+    }
+    let mut faulty = testhook::FaultInjector {
+        inner: &mut *backend,
+        faults,
+    };
+    f(&mut faulty)
+}
+
+fn lease_json(l: &Lease) -> serde_json::Value {
+    serde_json::json!({
+        "schema": SCHEMA_VERSION,
+        "lease": l.id,
+        "mig_uuid": l.mig_uuid,
+        "gpu": l.gpu_index,
+        "gpu_uuid": l.gpu_uuid,
+        "gi": l.gi,
+        "ci": l.ci,
+        "profile": l.profile,
+        "profile_id": l.profile_id,
+        "placement": l.placement,
+        "created": l.created,
+        "holder": l.holder,
+        "uid": l.uid,
+    })
+}
+
+pub fn alloc(ctx: &Ctx, a: &AllocArgs) -> Result<i32> {
+    let want = want_of(&a.request)?;
+    let holder = match a.holder_pid {
+        Some(pid) => Holder::process(pid)?,
+        None => Holder::Manual,
+    };
+    let req = AllocRequest {
+        want,
+        gpu: a.request.gpu.clone(),
+        wait: wait_of(&a.request),
+        keep: a.request.keep,
+        holder,
+        uid: alloc::caller_uid(),
+    };
+    let dir = ctx.state_dir()?;
+    let probe = holder_probe();
+    let lease = with_backend(ctx, |b| {
+        Ok(alloc::allocate(b, &dir, &ctx.config, &req, &*probe)?)
+    })?;
+    if ctx.global.verbose > 0 {
+        eprintln!(
+            "migrun: lease {} = {} {} at {} (GI {}) on GPU {} ({}){}",
+            lease.id,
+            if lease.created { "new" } else { "existing" },
+            lease.profile,
+            lease.placement,
+            lease.gi,
+            lease.gpu_index,
+            lease.gpu_uuid,
+            if lease.holder == Holder::Manual {
+                "; release it with `migrun release ".to_string() + &lease.id.to_string() + "`"
+            } else {
+                format!("; held by {}", lease.holder)
+            }
+        );
+    }
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&lease_json(&lease))?);
+    } else {
+        println!("{} lease {}", lease.mig_uuid, lease.id);
+    }
+    Ok(0)
+}
+
+pub fn release(ctx: &Ctx, a: &ReleaseArgs) -> Result<i32> {
+    let dir = ctx.state_dir()?;
+    let out = with_backend(ctx, |b| {
+        Ok(alloc::release(
+            b,
+            &dir,
+            &ctx.config,
+            &a.target,
+            alloc::sudo_uid(),
+        )?)
+    })?;
+    if a.json {
+        let doc = serde_json::json!({ "schema": SCHEMA_VERSION, "outcome": out });
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+    } else {
+        println!("{out}");
+    }
+    Ok(0)
+}
+
+pub fn gc(ctx: &Ctx, a: &GcArgs) -> Result<i32> {
+    let dir = ctx.state_dir()?;
+    let probe = holder_probe();
+    let report = with_backend(ctx, |b| Ok(alloc::gc(b, &dir, &ctx.config, &*probe)?))?;
+    if a.json {
+        let doc = serde_json::json!({ "schema": SCHEMA_VERSION, "report": report });
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+        return Ok(0);
+    }
+    for o in &report.released {
+        println!("{o}");
+    }
+    for r in &report.repaired {
+        println!("repaired: {r}");
+    }
+    for n in &report.notes {
+        println!("{n}");
+    }
+    if report.released.is_empty() && report.repaired.is_empty() && report.notes.is_empty() {
+        println!("nothing to do: every lease has a live holder and every instance migrun made is accounted for");
+    }
+    Ok(0)
 }

@@ -1,10 +1,13 @@
-//! Handlers for the read-only commands `profiles`, `placements` and `status`, and their text/JSON rendering (schema: docs/json.md).
+//! Handlers for the read-only commands `profiles`, `placements` and `status` (with lease owners), and their text/JSON rendering (schema: docs/json.md).
 
 use super::{select_gpu, Ctx};
+use crate::alloc::plan::{self, Owner};
 use crate::cli::ListArgs;
 use crate::gpu::{Backend, GiProfile, GpuInfo, GpuState, MigMode, Placement};
+use crate::lease::{CreatedRecord, Lease, LeaseState, Ticket};
 use anyhow::Result;
 use serde::Serialize;
+use std::time::Duration;
 
 /// JSON schema version of every read-only command's output.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -205,44 +208,76 @@ pub fn placements(ctx: &Ctx, a: &ListArgs) -> Result<i32> {
     Ok(0)
 }
 
-/// The slot map of one GPU, e.g. `|3g.40gb        |1g |1g |.. |.. |`: one 3-character cell per memory slice,
-/// an instance spanning its slices, free slices as `..`.
+/// The slot map of one GPU (kept here for callers; the rendering lives in [`GpuState::slot_map`]).
 pub fn slot_map(g: &GpuState) -> String {
-    const CELL: usize = 3;
-    let slots = g.slots();
-    let mut out = String::from("|");
-    let mut s = 0;
-    let mut insts: Vec<_> = g.instances.iter().collect();
-    insts.sort_by_key(|i| i.placement.start);
-    while s < slots {
-        if let Some(i) = insts.iter().find(|i| i.placement.start == s) {
-            let width = i.placement.size as usize * (CELL + 1) - 1;
-            let name = g
-                .profile_by_id(i.profile_id)
-                .map_or(format!("id{}", i.profile_id), |p| {
-                    p.short_name().to_string()
-                });
-            let name = if name.len() > width {
-                name.split('.').next().unwrap_or("").to_string()
-            } else {
-                name
-            };
-            out.push_str(&format!("{name:<width$}|"));
-            s += i.placement.size;
-        } else {
-            out.push_str(&format!("{:<CELL$}|", ".."));
-            s += 1;
-        }
-    }
-    out
+    g.slot_map()
 }
 
-/// `migrun status`: GPUs, MIG mode, instances and a slot map.
+/// What the lease registry says, for status; `Err` holds why it could not be read (status still shows the GPUs).
+struct RegistryView {
+    leases: Vec<Lease>,
+    created: Vec<CreatedRecord>,
+    waiting: Vec<Ticket>,
+}
+
+fn registry_view(ctx: &Ctx) -> Result<RegistryView, String> {
+    let dir = ctx.state_dir().map_err(|e| format!("{e:#}"))?;
+    let err = |e: crate::alloc::AllocError| e.to_string();
+    Ok(RegistryView {
+        leases: crate::alloc::leases(&dir).map_err(err)?,
+        created: crate::alloc::created_instances(&dir).map_err(err)?,
+        waiting: crate::alloc::waiting(&dir).map_err(err)?,
+    })
+}
+
+impl RegistryView {
+    fn kept(&self) -> Vec<(String, u32)> {
+        self.created
+            .iter()
+            .filter(|r| {
+                !self
+                    .leases
+                    .iter()
+                    .any(|l| l.gpu_uuid == r.gpu_uuid && l.gi == r.gi)
+            })
+            .map(|r| (r.gpu_uuid.clone(), r.gi))
+            .collect()
+    }
+}
+
+/// The owner column: `lease 7 (pid 1234)`, `lease 7 draining`, `free (migrun's, kept warm)`, `not migrun's`.
+fn owner_text(owner: &Owner, leases: &[Lease]) -> String {
+    match owner {
+        Owner::Lease { id, draining } => {
+            let holder = leases
+                .iter()
+                .find(|l| l.id == *id)
+                .map_or(String::new(), |l| format!(" ({}, uid {})", l.holder, l.uid));
+            if *draining {
+                format!("lease {id} draining{holder}")
+            } else {
+                format!("lease {id}{holder}")
+            }
+        }
+        Owner::Kept => "free (migrun's, kept warm)".into(),
+        Owner::Foreign { .. } => "not migrun's".into(),
+    }
+}
+
+/// `migrun status`: GPUs, MIG mode, instances with their owners, a slot map, leases and waiters.
 pub fn status(ctx: &Ctx, a: &ListArgs) -> Result<i32> {
     let mut backend = ctx.backend()?;
     let gpus = selected(&mut *backend, a.gpu.as_deref(), true)?;
+    let view = registry_view(ctx);
+    let (leases, kept): (&[Lease], Vec<(String, u32)>) = match &view {
+        Ok(v) => (&v.leases, v.kept()),
+        Err(_) => (&[], Vec::new()),
+    };
+    let owner_of = |g: &GpuState, i: &crate::gpu::GpuInstance| -> Option<Owner> {
+        view.as_ref().ok().map(|_| plan::owner(g, i, leases, &kept))
+    };
     if a.json {
-        let doc = serde_json::json!({
+        let mut doc = serde_json::json!({
             "schema": SCHEMA_VERSION,
             "gpus": gpus.iter().map(|g| serde_json::json!({
                 "index": g.info.index,
@@ -261,9 +296,17 @@ pub fn status(ctx: &Ctx, a: &ListArgs) -> Result<i32> {
                     "ci": i.compute_instances.first().map(|c| c.id),
                     "mig_uuid": i.mig_uuid(),
                     "processes": i.processes,
+                    "owner": owner_of(g, i),
                 })).collect::<Vec<_>>(),
             })).collect::<Vec<_>>(),
         });
+        match &view {
+            Ok(v) => {
+                doc["leases"] = serde_json::to_value(&v.leases)?;
+                doc["waiting"] = serde_json::to_value(&v.waiting)?;
+            }
+            Err(e) => doc["leases_error"] = serde_json::Value::String(e.clone()),
+        }
         println!("{}", serde_json::to_string_pretty(&doc)?);
         return Ok(0);
     }
@@ -293,24 +336,70 @@ pub fn status(ctx: &Ctx, a: &ListArgs) -> Result<i32> {
                 );
             }
         }
-        for i in &g.instances {
+        let mut insts: Vec<_> = g.instances.iter().collect();
+        insts.sort_by_key(|i| i.placement.start);
+        for i in insts {
             let name = g
                 .profile_by_id(i.profile_id)
                 .map_or(format!("profile {}", i.profile_id), |p| {
                     p.short_name().to_string()
                 });
+            let owner = owner_of(g, i).map_or("owner unknown".into(), |o| owner_text(&o, leases));
             println!(
-                "  GI {:>2}  {:<12} at {:<5} {}{}",
+                "  GI {:>2}  {:<12} at {:<5} {:<40}  {}{}",
                 i.id,
                 name,
                 i.placement.to_string(),
                 i.mig_uuid().unwrap_or("(no compute instance)"),
+                owner,
                 if i.processes > 0 {
                     format!("  busy: {} process(es)", i.processes)
                 } else {
                     String::new()
                 }
             );
+        }
+    }
+    match &view {
+        Err(e) => println!("leases: unknown ({e})"),
+        Ok(v) => {
+            let now = crate::lease::now();
+            if v.leases.is_empty() {
+                println!("no leases");
+            } else {
+                println!("leases:");
+                for l in &v.leases {
+                    println!(
+                        "  {:>4}  GPU {} GI {:<2} {:<12} {}  {}, uid {}, {}{}{}",
+                        l.id,
+                        l.gpu_index,
+                        l.gi,
+                        l.profile,
+                        l.mig_uuid,
+                        l.holder,
+                        l.uid,
+                        if l.created { "created" } else { "found" },
+                        if l.keep { ", keep" } else { "" },
+                        match l.state {
+                            LeaseState::Active => format!(
+                                ", for {}",
+                                crate::alloc::clock(Duration::from_secs(
+                                    now.saturating_sub(l.created_at)
+                                ))
+                            ),
+                            LeaseState::Draining => ", draining".to_string(),
+                        }
+                    );
+                }
+            }
+            if !v.waiting.is_empty() {
+                let wants: Vec<String> = v
+                    .waiting
+                    .iter()
+                    .map(|t| format!("{} (pid {})", t.want, t.pid))
+                    .collect();
+                println!("waiting: {}", wants.join(", "));
+            }
         }
     }
     Ok(0)

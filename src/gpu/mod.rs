@@ -186,6 +186,41 @@ impl GpuState {
     }
 }
 
+impl GpuState {
+    /// The slot map, e.g. `|3g.40gb        |1g |1g |.. |.. |`: one 3-character cell per memory slice,
+    /// an instance spanning its slices, free slices as `..`. Shared by `migrun status` and the
+    /// allocator's no-room explanations.
+    pub fn slot_map(&self) -> String {
+        const CELL: usize = 3;
+        let slots = self.slots();
+        let mut out = String::from("|");
+        let mut s = 0;
+        let mut insts: Vec<_> = self.instances.iter().collect();
+        insts.sort_by_key(|i| i.placement.start);
+        while s < slots {
+            if let Some(i) = insts.iter().find(|i| i.placement.start == s) {
+                let width = i.placement.size as usize * (CELL + 1) - 1;
+                let name = self
+                    .profile_by_id(i.profile_id)
+                    .map_or(format!("id{}", i.profile_id), |p| {
+                        p.short_name().to_string()
+                    });
+                let name = if name.len() > width {
+                    name.split('.').next().unwrap_or("").to_string()
+                } else {
+                    name
+                };
+                out.push_str(&format!("{name:<width$}|"));
+                s += i.placement.size;
+            } else {
+                out.push_str(&format!("{:<CELL$}|", ".."));
+                s += 1;
+            }
+        }
+        out
+    }
+}
+
 /// A snapshot of every GPU: the input of the pure placement policy.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MigState {

@@ -1,0 +1,1 @@
+//! In-process tests of allocate/release/gc over the simulator.
