@@ -310,9 +310,9 @@ pub enum SimAction {
         /// GPU index
         #[arg(long)]
         gpu: u32,
-        /// GPU-instance id
+        /// GPU-instance id (omit for processes on the whole GPU, as with MIG off)
         #[arg(long)]
-        gi: u32,
+        gi: Option<u32>,
         /// Number of processes
         #[arg(long)]
         count: u32,

@@ -120,6 +120,17 @@ impl Config {
         })
     }
 
+    /// May migrun manage this GPU? (`gpus` unset = every GPU.)
+    pub fn manages(&self, index: u32, uuid: &str) -> bool {
+        match &self.gpus {
+            None => true,
+            Some(list) => list.iter().any(|g| match g {
+                GpuRef::Index(i) => *i == index,
+                GpuRef::Uuid(u) => u.eq_ignore_ascii_case(uuid),
+            }),
+        }
+    }
+
     /// Parse TOML text; the error is one line naming the offending key.
     pub fn parse(text: &str) -> Result<Config, String> {
         toml::from_str(text).map_err(|e| e.message().trim().replace('\n', " "))

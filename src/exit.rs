@@ -78,4 +78,6 @@ static EXTRA: &[Mapper] = &[
     crate::alloc::exit_code_of,
     crate::config::exit_code_of,
     crate::engine::exit_code_of,
+    crate::migmode::exit_code_of,
+    crate::caller::exit_code_of,
 ];

@@ -7,6 +7,7 @@
 //! `engine::runtime` shim) runs the container -> `alloc::release` gives it back.
 
 pub mod alloc;
+pub mod caller;
 pub mod cli;
 pub mod commands;
 pub mod config;
@@ -14,6 +15,7 @@ pub mod engine;
 pub mod exit;
 pub mod gpu;
 pub mod lease;
+pub mod migmode;
 pub mod placement;
 pub mod profile;
 pub mod statedir;

@@ -22,20 +22,17 @@ pub enum StateDirError {
     WrongOwner { path: PathBuf, owner: u32, me: u32 },
     #[error("state dir {path} is writable by group or others (mode {mode:o}); fix with `chmod 700 {path}`")]
     TooOpen { path: PathBuf, mode: u32 },
-    #[error("cannot use state dir {path}: {source}; choose a writable --state-dir (MIGRUN_STATE_DIR) or run as root for {default}", default = DEFAULT_STATE_DIR)]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    // The io error is part of the message and deliberately not a `#[source]`, so `{:#}` prints it once.
+    #[error("cannot use state dir {path}: {err}; choose a writable --state-dir (MIGRUN_STATE_DIR) or run as root for {default}", default = DEFAULT_STATE_DIR)]
+    Io { path: PathBuf, err: std::io::Error },
     #[error("{path} is a symlink or not a regular file; migrun refuses to follow it (remove it)")]
     UnsafeFile { path: PathBuf },
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StateDirError + '_ {
-    move |source| StateDirError::Io {
+    move |err| StateDirError::Io {
         path: path.to_path_buf(),
-        source,
+        err,
     }
 }
 

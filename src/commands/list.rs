@@ -324,11 +324,10 @@ pub fn status(ctx: &Ctx, a: &ListArgs) -> Result<i32> {
             slot_map(g)
         );
         if let Some(m) = g.info.mig {
-            if m.change_pending() {
-                println!(
-                    "  MIG mode change pending: reset the GPU with nothing running on it (`sudo nvidia-smi -r -i {}`), or reboot",
-                    g.info.index
-                );
+            if let Some(step) =
+                crate::migmode::next_step(g.info.index, m, ctx.global.simulate.as_deref())
+            {
+                println!("  MIG mode change pending: {step}");
             } else if !m.current {
                 println!(
                     "  MIG is disabled: `sudo migrun mig enable --gpu {}` then reset the GPU",

@@ -1,12 +1,84 @@
 //! Handlers for `mig enable|disable` and `teardown`.
 
-use super::{not_yet, Ctx};
-use crate::cli::{MigArgs, TeardownArgs};
+use super::{not_yet, select_gpu, Ctx, InputError};
+use crate::cli::{GpuSelect, MigAction, MigArgs, TeardownArgs};
+use crate::gpu::GpuInfo;
+use crate::migmode::{self, ModeReport};
 use anyhow::Result;
 
-pub fn mig(_ctx: &Ctx, _a: &MigArgs) -> Result<i32> {
-    not_yet("migrun mig")
+/// The GPUs a `--gpu N | --all` selection names; `--all` means every GPU the policy lets migrun manage.
+pub(super) fn targets(ctx: &Ctx, gpus: &[GpuInfo], sel_gpu: Option<&str>) -> Result<Vec<GpuInfo>> {
+    match sel_gpu {
+        Some(g) => {
+            let i = select_gpu(g, gpus)?;
+            let info = gpus
+                .iter()
+                .find(|x| x.index == i)
+                .cloned()
+                .expect("selected");
+            if !ctx.config.manages(info.index, &info.uuid) {
+                return Err(InputError::Other(format!(
+                    "{} is not managed by migrun (see `gpus` in the config file); refusing to touch it",
+                    info.label()
+                ))
+                .into());
+            }
+            Ok(vec![info])
+        }
+        None => Ok(gpus
+            .iter()
+            .filter(|g| ctx.config.manages(g.index, &g.uuid))
+            .cloned()
+            .collect()),
+    }
 }
+
+pub fn mig(ctx: &Ctx, a: &MigArgs) -> Result<i32> {
+    let (enable, sel): (bool, &GpuSelect) = match &a.action {
+        MigAction::Enable(s) => (true, s),
+        MigAction::Disable(s) => (false, s),
+    };
+    let mut backend = ctx.backend()?;
+    let gpus = backend.gpus()?;
+    let targets = targets(ctx, &gpus, sel.gpu.as_deref())?;
+    let leases = crate::alloc::leases(&ctx.state_dir()?)?;
+    let simulated = ctx.global.simulate.clone();
+    let mut reports: Vec<ModeReport> = Vec::new();
+    let mut first_err = None;
+    for info in &targets {
+        match migmode::set_mode(&mut *backend, info, enable, &leases, simulated.as_deref()) {
+            Ok(r) => reports.push(r),
+            // With --all, report every GPU before failing; a single GPU fails at once.
+            Err(e) if sel.all => {
+                eprintln!("migrun: {e}");
+                first_err.get_or_insert(e);
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    if sel.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({ "schema": 1, "gpus": reports }))?
+        );
+    } else {
+        for r in &reports {
+            let what = if r.changed { "requested" } else { "unchanged" };
+            println!(
+                "GPU {} ({}): MIG mode {} ({what})",
+                r.index, r.uuid, r.mig_mode
+            );
+            if let Some(step) = &r.next_step {
+                println!("  pending: {step}");
+            }
+        }
+    }
+    match first_err {
+        Some(e) => Err(e.into()),
+        None => Ok(0),
+    }
+}
+
 pub fn teardown(_ctx: &Ctx, _a: &TeardownArgs) -> Result<i32> {
     not_yet("migrun teardown")
 }

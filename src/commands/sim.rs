@@ -2,25 +2,50 @@
 
 use super::{Ctx, InputError};
 use crate::cli::{SimAction, SimArgs};
+use crate::gpu::sim::{SimStore, SIM_FILE};
 use crate::gpu::Backend;
 use crate::profile::{self, ProfileSpec};
 use anyhow::Result;
 
 pub fn sim(ctx: &Ctx, a: &SimArgs) -> Result<i32> {
+    if let SimAction::Reset = a.action {
+        // Reset must work when the stored machine differs from --simulate: that is what it is for.
+        ctx.sim_spec()?
+            .ok_or_else(|| InputError::Other("`migrun sim reset` needs --simulate SPEC".into()))?;
+        let dir = ctx.state_dir()?;
+        let leases = crate::alloc::leases(&dir)?;
+        if !leases.is_empty() {
+            return Err(InputError::Other(format!(
+                "{} lease(s) exist in {}; release them first (`migrun release ID`, see `migrun status`)",
+                leases.len(),
+                dir.path().display()
+            ))
+            .into());
+        }
+        SimStore::new(dir.join(SIM_FILE)).reset()?;
+        println!("simulated machine in {} forgotten", dir.path().display());
+        return Ok(0);
+    }
     let mut sim = ctx.sim_backend()?;
     match &a.action {
-        SimAction::Reset => {
-            sim.store().reset()?;
-            println!(
-                "simulated machine in {} forgotten",
-                ctx.state_dir_path().display()
-            );
-        }
+        SimAction::Reset => unreachable!("handled above"),
         SimAction::ResetGpu { gpu } => {
             let gpu = *gpu;
             let count = sim.gpus()?.len() as u32;
             if gpu >= count {
                 return Err(crate::gpu::GpuError::NoSuchGpu { index: gpu, count }.into());
+            }
+            // A real reset fails while anything uses the GPU; migrun's own leases count as use.
+            let held: Vec<u64> = crate::alloc::leases(&ctx.state_dir()?)?
+                .iter()
+                .filter(|l| l.gpu_index == gpu)
+                .map(|l| l.id)
+                .collect();
+            if !held.is_empty() {
+                return Err(InputError::Other(format!(
+                    "cannot reset GPU {gpu}: migrun leases {held:?} are on it; release them first"
+                ))
+                .into());
             }
             let mode = sim.with_machine(|m| m.reset_gpu(gpu))?.map_err(|code| {
                 crate::gpu::GpuError::Nvml {
@@ -60,12 +85,16 @@ pub fn sim(ctx: &Ctx, a: &SimArgs) -> Result<i32> {
         }
         SimAction::SetProcesses { gpu, gi, count } => {
             let (gpu, gi, count) = (*gpu, *gi, *count);
-            sim.with_machine(|m| m.set_processes(gpu, gi, count))?
-                .map_err(|_| {
-                    InputError::Other(format!(
-                        "GPU {gpu} has no GPU instance {gi}; see `migrun status`"
-                    ))
-                })?;
+            sim.with_machine(|m| match gi {
+                Some(gi) => m.set_processes(gpu, gi, count),
+                None => m.set_gpu_processes(gpu, count),
+            })?
+            .map_err(|_| {
+                InputError::Other(format!(
+                    "GPU {gpu} has no GPU instance {}; see `migrun status`",
+                    gi.map_or("(none given)".into(), |g| g.to_string())
+                ))
+            })?;
         }
     }
     Ok(0)

@@ -32,8 +32,15 @@ pub struct SimSpec {
 pub enum SpecError {
     #[error("bad --simulate spec {spec:?}: {why}; the form is MODEL[:COUNT][:mig-off] joined by commas, e.g. h100-80gb:8 or a100-40gb:2,h100-80gb:1:mig-off")]
     Syntax { spec: String, why: String },
+    // Not `#[from]`: the model error is the whole message, so it must not repeat as a source in `{:#}`.
     #[error("bad --simulate spec: {0}")]
-    Model(#[from] ModelError),
+    Model(ModelError),
+}
+
+impl From<ModelError> for SpecError {
+    fn from(e: ModelError) -> Self {
+        SpecError::Model(e)
+    }
 }
 
 /// Most GPUs one simulated machine may have (NVML indices are small; 64 covers any real host).
@@ -406,6 +413,12 @@ impl SimMachine {
             .find(|i| i.id == gi)
             .ok_or(Code::NotFound)?;
         inst.processes = count;
+        Ok(())
+    }
+
+    /// Pretend `count` compute processes run on the whole GPU (outside any MIG instance).
+    pub fn set_gpu_processes(&mut self, gpu: u32, count: u32) -> Result<(), Code> {
+        self.gpu_mut(gpu)?.gpu_processes = count;
         Ok(())
     }
 

@@ -46,10 +46,11 @@ impl SimStore {
         f: impl FnOnce(&mut SimMachine) -> R,
     ) -> Result<R, GpuError> {
         let _lock = statedir::lock_file(&self.lock).map_err(|e| GpuError::Sim(e.to_string()))?;
-        let mut machine = self.load(spec)?;
+        let (mut machine, fresh) = self.load(spec)?;
         let before = machine.clone();
         let out = f(&mut machine);
-        if machine != before {
+        // A fresh machine is written at once, so the state dir is bound to this spec from its first use.
+        if fresh || machine != before {
             let json = serde_json::to_vec_pretty(&machine).expect("simulator state serialises");
             statedir::write_atomic(&self.path, &json, 0o600)
                 .map_err(|e| GpuError::Sim(e.to_string()))?;
@@ -57,11 +58,12 @@ impl SimStore {
         Ok(out)
     }
 
-    fn load(&self, spec: &SimSpec) -> Result<SimMachine, GpuError> {
+    /// The stored machine, or a new one from `spec` (then `true`).
+    fn load(&self, spec: &SimSpec) -> Result<(SimMachine, bool), GpuError> {
         let Some(bytes) =
             statedir::read_nofollow(&self.path).map_err(|e| GpuError::Sim(e.to_string()))?
         else {
-            return Ok(SimMachine::new(spec));
+            return Ok((SimMachine::new(spec), true));
         };
         let machine: SimMachine = serde_json::from_slice(&bytes).map_err(|e| {
             GpuError::Sim(format!(
@@ -78,7 +80,7 @@ impl SimStore {
                 spec
             )));
         }
-        Ok(machine)
+        Ok((machine, false))
     }
 
     /// Forget the simulated machine (the next call starts fresh).

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# The whole test suite, as documented in README.md: `sudo bash scripts/test.sh` (root is needed:
+# the integration tests start private dockerd/containerd/podman/runc instances; see
+# tests/common/engines.rs). Stops at the first failing step with a non-zero exit status.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n==> %s\n' "$*" >&2; }
+
+step "setup: install missing Debian packages (no daemons started)"
+bash scripts/setup-test-host.sh
+
+step "cargo fmt --all -- --check"
+cargo fmt --all -- --check
+
+step "cargo clippy --workspace --all-targets -- -D warnings"
+cargo clippy --workspace --all-targets -- -D warnings
+
+step "cargo build --workspace --all-targets"
+cargo build --workspace --all-targets
+
+step "cargo test --workspace -- --test-threads=2"
+cargo test --workspace -- --test-threads=2
+
+# ---------------------------------------------------------------------------------------------
+# LATER STEPS GO HERE (appended by others): benchmark smoke runs, fuzz/property runs, ...
+# Each must exit non-zero on failure (set -e stops the script). Keep them below this line.
+# ---------------------------------------------------------------------------------------------
+
+step "all test steps passed"
