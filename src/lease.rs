@@ -304,7 +304,7 @@ impl Registry {
         match std::fs::remove_file(&path) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(source) => Err(StateDirError::Io { path, source }.into()),
+            Err(err) => Err(StateDirError::Io { path, err }.into()),
         }
     }
 
@@ -314,13 +314,13 @@ impl Registry {
         let rd = match std::fs::read_dir(&path) {
             Ok(rd) => rd,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(source) => return Err(StateDirError::Io { path, source }.into()),
+            Err(err) => return Err(StateDirError::Io { path, err }.into()),
         };
         let mut names = Vec::new();
         for entry in rd {
-            let entry = entry.map_err(|source| StateDirError::Io {
+            let entry = entry.map_err(|err| StateDirError::Io {
                 path: path.clone(),
-                source,
+                err,
             })?;
             let name = entry.file_name().to_string_lossy().into_owned();
             if name.ends_with(".json") && !name.starts_with('.') {

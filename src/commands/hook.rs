@@ -13,7 +13,7 @@ use crate::config::LogTarget;
 use crate::engine::oci::{self, LeaseOps, OpsError, Outcome, Request};
 use crate::engine::runtime;
 use crate::gpu::Backend;
-use crate::lease::{Holder, Lease, LeaseId};
+use crate::lease::{Holder, Lease, LeaseId, LeaseState};
 use crate::statedir::StateDir;
 use anyhow::Result;
 use std::fs::{File, OpenOptions};
@@ -100,10 +100,8 @@ impl LeaseOps for CtxOps<'_> {
     }
 
     fn lease_of_container(&mut self, id: &str) -> Result<Option<Lease>, OpsError> {
-        self.find(|l| {
-            l.state == crate::lease::LeaseState::Active
-                && matches!(&l.holder, Holder::Container { id: c, .. } if c == id)
-        })
+        let dir = self.dir()?.clone();
+        Ok(alloc::lease_of_container(&dir, id)?.filter(|l| l.state == LeaseState::Active))
     }
 
     fn set_holder(&mut self, id: LeaseId, holder: Holder) -> Result<(), OpsError> {
@@ -310,11 +308,12 @@ fn read_stdin() -> Result<Vec<u8>, HookError> {
 }
 
 /// The container id in a state JSON, for the log line (best effort).
-fn id_hint(input: &[u8]) -> String {
+fn id_hint(input: &[u8]) -> Option<String> {
     serde_json::from_slice::<serde_json::Value>(input)
-        .ok()
-        .and_then(|v| v.get("id").and_then(|i| i.as_str()).map(str::to_string))
-        .unwrap_or_default()
+        .ok()?
+        .get("id")?
+        .as_str()
+        .map(str::to_string)
 }
 
 fn log_outcome(o: &Outcome) {
@@ -331,10 +330,12 @@ pub fn hook(ctx: &Ctx, a: &HookArgs) -> Result<i32> {
     init_logging(ctx);
     let stage = stage_name(a.stage);
     let input = read_stdin()?;
-    let span = match a.stage {
-        HookStage::Precreate => tracing::info_span!("hook", stage),
-        _ => tracing::info_span!("hook", stage, id = %id_hint(&input)),
-    };
+    let span = tracing::info_span!("hook", stage, id = tracing::field::Empty);
+    if a.stage != HookStage::Precreate {
+        if let Some(id) = id_hint(&input) {
+            span.record("id", id.as_str());
+        }
+    }
     let _enter = span.enter();
     let result = guarded(ctx, stage, || {
         let mut ops = CtxOps::new(ctx);
@@ -344,7 +345,7 @@ pub fn hook(ctx: &Ctx, a: &HookArgs) -> Result<i32> {
                 let ppid = nix::unistd::getppid().as_raw() as u32;
                 let holder = Holder::Process {
                     pid: ppid,
-                    start_time: oci::proc_start_time(ppid).unwrap_or(0),
+                    start_time: crate::lease::process_start_time(ppid).unwrap_or(0),
                 };
                 let mut stdout = std::io::stdout().lock();
                 oci::precreate(&input, &mut ops, holder, &mut |b| {

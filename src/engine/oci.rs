@@ -735,14 +735,6 @@ pub fn engine_from_annotations(a: &HashMap<String, String>) -> &'static str {
     }
 }
 
-/// Start time (clock ticks since boot, field 22 of /proc/PID/stat) of a process; guards holders against pid reuse.
-pub fn proc_start_time(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name (field 2) may contain spaces and parentheses: fields resume after the last ')'.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    rest.split_whitespace().nth(19)?.parse().ok()
-}
-
 // ---------------------------------------------------------------------------------------------
 // Hook flows
 // ---------------------------------------------------------------------------------------------
@@ -803,7 +795,7 @@ impl fmt::Display for Outcome {
             Outcome::Adopted { lease, mig_uuid } => {
                 write!(f, "lease {lease} ({mig_uuid}) now held by the container")
             }
-            Outcome::Released(r) => write!(f, "{r:?}"),
+            Outcome::Released(r) => write!(f, "{r}"),
         }
     }
 }
@@ -894,7 +886,7 @@ fn container_holder(state: &HookState, engine: &str) -> Holder {
     Holder::Container {
         id: state.id.clone(),
         engine: engine.to_string(),
-        pid: state.pid.and_then(|p| proc_start_time(p).map(|t| (p, t))),
+        pid: state.pid.and_then(|p| crate::lease::process_start_time(p).map(|t| (p, t))),
     }
 }
 
@@ -1150,53 +1142,32 @@ pub fn shim_create(
 // ---------------------------------------------------------------------------------------------
 
 /// Does runc (or a runc under an engine) still keep state for container `id` under `root`?
-fn runc_state_exists(root: &Path, id: &str) -> Option<bool> {
-    if !root.is_dir() {
-        return None;
-    }
-    Some(root.join(id).join("state.json").exists())
+fn runc_state_exists(root: &Path, id: &str) -> bool {
+    root.join(id).join("state.json").is_file()
 }
 
-/// Is the container still known to its engine? `None` when migrun cannot tell (gc then keeps the lease).
+/// Is the container still known to its engine? `None` when migrun cannot tell.
 ///
-/// Cheap file checks where the engine keeps runc state at a known place; podman is asked directly.
-/// Docker's arm belongs to the launcher (`engine::docker`).
+/// Only cheap, positive evidence is given: runc's state for the container in the default runtime
+/// roots. Absence proves nothing (the engine may use another `--root`, as test engines and
+/// rootless setups do), so then the answer is `None` and gc falls back to the container's init pid,
+/// which prestart records for every hook-made lease. Nothing is spawned: gc runs this for every
+/// container lease on every allocation. Docker's arm belongs to the launcher (`engine::docker`).
 pub fn container_alive(id: &str, engine: &str) -> Option<bool> {
     // Ids become path components below: never let one walk out of the runtime root.
     if id.is_empty() || id.contains('/') || id == "." || id == ".." {
         return None;
     }
-    match engine {
-        "runc" => runc_state_exists(Path::new("/run/runc"), id),
-        "containerd" => {
-            // /run/containerd/runc/<namespace>/<id>
-            let base = Path::new("/run/containerd/runc");
-            let namespaces = std::fs::read_dir(base).ok()?;
-            let mut any = false;
-            for ns in namespaces.flatten() {
-                any = true;
-                if runc_state_exists(&ns.path(), id) == Some(true) {
-                    return Some(true);
-                }
-            }
-            any.then_some(false)
-        }
-        "podman" => {
-            let status = std::process::Command::new("podman")
-                .args(["container", "exists", id])
-                .stdin(std::process::Stdio::null())
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .status()
-                .ok()?;
-            match status.code() {
-                Some(0) => Some(true),
-                Some(1) => Some(false),
-                _ => None,
-            }
-        }
-        _ => None,
-    }
+    let found = match engine {
+        // podman and CRI-O run runc with its default root.
+        "runc" | "podman" | "cri-o" => runc_state_exists(Path::new("/run/runc"), id),
+        // /run/containerd/runc/<namespace>/<id>
+        "containerd" => std::fs::read_dir("/run/containerd/runc")
+            .map(|nss| nss.flatten().any(|ns| runc_state_exists(&ns.path(), id)))
+            .unwrap_or(false),
+        _ => false,
+    };
+    found.then_some(true)
 }
 
 #[cfg(test)]
@@ -1484,14 +1455,6 @@ mod tests {
             "containerd"
         );
         assert_eq!(engine_from_annotations(&HashMap::new()), "runc");
-    }
-
-    #[test]
-    fn proc_start_time_reads_this_process() {
-        let me = std::process::id();
-        assert!(proc_start_time(me).is_some());
-        assert_eq!(proc_start_time(me), proc_start_time(me));
-        assert_eq!(proc_start_time(u32::MAX), None);
     }
 
     /// Lease operations over a Vec, counting what was done.
