@@ -366,11 +366,27 @@ pub fn hook(ctx: &Ctx, a: &HookArgs) -> Result<i32> {
             log_outcome(&o);
             Ok(0)
         }
-        Err(e) => {
-            tracing::error!("{e:#}");
-            Err(e)
-        }
+        Err(e) => Ok(fail_line(&e)),
     }
+}
+
+/// An error chain as one line: messages that carry a slot map or hints on further lines are joined,
+/// because runtimes show (at most) one line of a hook's stderr.
+pub fn flatten(e: &anyhow::Error) -> String {
+    format!("{e:#}")
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// Report a failed hook or shim: the same one line in the log and on stderr; returns the exit code.
+fn fail_line(e: &anyhow::Error) -> i32 {
+    let line = flatten(e);
+    tracing::error!("{line}");
+    eprintln!("migrun: {line}");
+    crate::exit::code_for(e)
 }
 
 /// The env the shim writes into the hooks it adds: runc runs hooks with nothing else.
@@ -404,43 +420,48 @@ fn hook_env(ctx: &Ctx, engine: &str) -> Vec<(String, String)> {
 /// `migrun runtime ARGS` / `migrun-runtime ARGS`: the runc-compatible shim. Returns only on failure.
 pub fn runtime(ctx: &Ctx, a: RuntimeArgs) -> Result<i32> {
     let inv = runtime::parse_invocation(&a.args);
+    // Every failure goes to stderr, the engine's runtime log (`--log`) and migrun's log.
     let fail = |e: anyhow::Error| {
-        runtime::write_runtime_log(&inv, &format!("migrun: {e:#}"));
-        e
-    };
-    let self_exe = std::env::current_exe()
-        .map_err(|e| fail(anyhow::anyhow!("cannot find the migrun binary: {e}")))?;
-    let next = runtime::next_runtime(&ctx.config, std::env::var_os("PATH").as_deref(), &self_exe)
-        .map_err(|e| fail(e.into()))?;
-    if inv.creates() {
         init_logging(ctx);
-        if let Some(id) = inv.id.clone() {
-            let bundle = match &inv.bundle {
-                Some(b) if b.is_absolute() => b.clone(),
-                Some(b) => std::env::current_dir().unwrap_or_default().join(b),
-                None => std::env::current_dir().unwrap_or_default(),
-            };
-            let engine = runtime::engine_of(inv.root.as_deref());
-            let span = tracing::info_span!("runtime", id = %id, engine);
-            let _enter = span.enter();
-            let hooks = oci::ShimHooks {
-                bin: self_exe.clone(),
-                env: hook_env(ctx, engine),
-                timeout_s: Some(ctx.config.hook_timeout_s),
-            };
-            let out = guarded(ctx, "runtime create", || {
-                let mut ops = CtxOps::new(ctx);
-                Ok(oci::shim_create(&bundle, &id, engine, &mut ops, &hooks)?)
-            });
-            match out {
-                Ok(o) => log_outcome(&o),
-                Err(e) => {
-                    tracing::error!("{e:#}");
-                    return Err(fail(e));
-                }
-            }
+        runtime::write_runtime_log(&inv, &format!("migrun: {}", flatten(&e)));
+        Ok(fail_line(&e))
+    };
+    let self_exe = match std::env::current_exe() {
+        Ok(p) => p,
+        Err(e) => return fail(anyhow::anyhow!("cannot find the migrun binary: {e}")),
+    };
+    let next = match runtime::next_runtime(
+        &ctx.config,
+        std::env::var_os("PATH").as_deref(),
+        &self_exe,
+    ) {
+        Ok(p) => p,
+        Err(e) => return fail(e.into()),
+    };
+    // Without an id runc itself reports the usage error.
+    if let (true, Some(id)) = (inv.creates(), inv.id.clone()) {
+        init_logging(ctx);
+        let bundle = match &inv.bundle {
+            Some(b) if b.is_absolute() => b.clone(),
+            Some(b) => std::env::current_dir().unwrap_or_default().join(b),
+            None => std::env::current_dir().unwrap_or_default(),
+        };
+        let engine = runtime::engine_of(inv.root.as_deref());
+        let span = tracing::info_span!("runtime", id = %id, engine);
+        let _enter = span.enter();
+        let hooks = oci::ShimHooks {
+            bin: self_exe.clone(),
+            env: hook_env(ctx, engine),
+            timeout_s: Some(ctx.config.hook_timeout_s),
+        };
+        let out = guarded(ctx, "runtime create", || {
+            let mut ops = CtxOps::new(ctx);
+            Ok(oci::shim_create(&bundle, &id, engine, &mut ops, &hooks)?)
+        });
+        match out {
+            Ok(o) => log_outcome(&o),
+            Err(e) => return fail(e),
         }
-        // Without an id runc itself reports the usage error.
     }
-    Err(fail(runtime::exec_runtime(&next, &a.args).into()))
+    fail(runtime::exec_runtime(&next, &a.args).into())
 }
