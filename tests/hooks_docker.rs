@@ -17,7 +17,10 @@ use std::time::{Duration, Instant};
 fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
     let t0 = Instant::now();
     while !f() {
-        assert!(t0.elapsed() < Duration::from_secs(30), "timed out waiting for {what}");
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "timed out waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -41,11 +44,22 @@ fn docker_containers_get_a_slice_through_the_shim_and_give_it_back() {
     let out = run_ok(
         docker
             .run_cmd()
-            .args(["--runtime", "migrun", "-e", "MIGRUN_PROFILE=1g.10gb", "-e", "NVIDIA_VISIBLE_DEVICES=all"])
+            .args([
+                "--runtime",
+                "migrun",
+                "-e",
+                "MIGRUN_PROFILE=1g.10gb",
+                "-e",
+                "NVIDIA_VISIBLE_DEVICES=all",
+            ])
             .arg(&image)
             .args(["sh", "-c", "echo $NVIDIA_VISIBLE_DEVICES"]),
     );
-    assert!(out.trim().starts_with("MIG-"), "{out:?}\nlog:\n{}", sim.log());
+    assert!(
+        out.trim().starts_with("MIG-"),
+        "{out:?}\nlog:\n{}",
+        sim.log()
+    );
     wait_for("the --rm release", || sim.leases().is_empty());
     assert!(sim.instances().is_empty());
     assert!(sim.log().contains(out.trim()), "{}", sim.log());
@@ -56,7 +70,16 @@ fn docker_containers_get_a_slice_through_the_shim_and_give_it_back() {
     let id = run_ok(
         docker
             .docker_cmd()
-            .args(["run", "-d", "--pull", "never", "--name", &name, "--runtime", "migrun"])
+            .args([
+                "run",
+                "-d",
+                "--pull",
+                "never",
+                "--name",
+                &name,
+                "--runtime",
+                "migrun",
+            ])
             .args(["-e", "MIGRUN_PROFILE=1g.10gb"])
             .arg(&image)
             .args(["sleep", "600"]),
@@ -68,14 +91,24 @@ fn docker_containers_get_a_slice_through_the_shim_and_give_it_back() {
     match &leases[0].holder {
         Holder::Container { id: c, engine, pid } => {
             assert_eq!((c.as_str(), engine.as_str()), (id.as_str(), "docker"));
-            assert!(pid.is_some(), "the shim's prestart hook recorded the init pid");
+            assert!(
+                pid.is_some(),
+                "the shim's prestart hook recorded the init pid"
+            );
         }
         h => panic!("holder {h:?}"),
     }
     // `docker exec` gets docker's stored env, not the shim's rewrite: look at the init process.
-    let env = run_ok(docker.docker_cmd().args(["exec", &name, "sh", "-c", "tr '\\0' '\\n' < /proc/1/environ"]));
+    let env = run_ok(docker.docker_cmd().args([
+        "exec",
+        &name,
+        "sh",
+        "-c",
+        "tr '\\0' '\\n' < /proc/1/environ",
+    ]));
     assert!(
-        env.lines().any(|l| l == format!("NVIDIA_VISIBLE_DEVICES={}", leases[0].mig_uuid)),
+        env.lines()
+            .any(|l| l == format!("NVIDIA_VISIBLE_DEVICES={}", leases[0].mig_uuid)),
         "{env}"
     );
     run_ok(docker.docker_cmd().args(["stop", "-t", "0", &name]));
@@ -86,13 +119,31 @@ fn docker_containers_get_a_slice_through_the_shim_and_give_it_back() {
 
     // A container that asks for nothing runs as usual through the shim, touching no state.
     let before = sim.log();
-    let out = run_ok(docker.run_cmd().args(["--runtime", "migrun"]).arg(&image).args(["echo", "plain"]));
+    let out = run_ok(
+        docker
+            .run_cmd()
+            .args(["--runtime", "migrun"])
+            .arg(&image)
+            .args(["echo", "plain"]),
+    );
     assert_eq!(out.trim(), "plain");
-    assert_eq!(sim.log(), before, "nothing logged for a container that asks for nothing");
+    assert_eq!(
+        sim.log(),
+        before,
+        "nothing logged for a container that asks for nothing"
+    );
 
     // No room: docker run fails with migrun's message, and the container never starts.
-    let out = sim.migrun().args(["alloc", "--profile", "7g.80gb"]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = sim
+        .migrun()
+        .args(["alloc", "--profile", "7g.80gb"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let out = docker
         .run_cmd()
         .args(["--runtime", "migrun", "-e", "MIGRUN_PROFILE=1g.10gb"])

@@ -27,11 +27,21 @@ fn hooks_dir(sim: &Sim) -> PathBuf {
         }
         let mut v: Value = serde_json::from_slice(&fs::read(&p).unwrap()).unwrap();
         assert_eq!(v["version"], "1.0.0");
-        assert_eq!(v["hook"]["path"], "/usr/bin/migrun", "{p:?}: the packaged path");
-        assert!(v["when"]["annotations"]["^migrun\\.profile$"].is_string(), "{p:?}: filtered on migrun.profile");
+        assert_eq!(
+            v["hook"]["path"], "/usr/bin/migrun",
+            "{p:?}: the packaged path"
+        );
+        assert!(
+            v["when"]["annotations"]["^migrun\\.profile$"].is_string(),
+            "{p:?}: filtered on migrun.profile"
+        );
         v["hook"]["path"] = Value::String(migrun_bin().display().to_string());
         v["hook"]["env"] = serde_json::json!(sim.env_strings());
-        fs::write(dir.join(p.file_name().unwrap()), serde_json::to_vec_pretty(&v).unwrap()).unwrap();
+        fs::write(
+            dir.join(p.file_name().unwrap()),
+            serde_json::to_vec_pretty(&v).unwrap(),
+        )
+        .unwrap();
         n += 1;
     }
     assert_eq!(n, 3, "precreate, prestart and poststop");
@@ -41,7 +51,10 @@ fn hooks_dir(sim: &Sim) -> PathBuf {
 fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
     let t0 = Instant::now();
     while !f() {
-        assert!(t0.elapsed() < Duration::from_secs(30), "timed out waiting for {what}");
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "timed out waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -56,17 +69,29 @@ fn an_annotated_container_sees_its_slice_and_gives_it_back() {
     let out = run_ok(
         podman
             .run_cmd()
-            .args(["--annotation", "migrun.profile=1g.10gb", "-e", "NVIDIA_VISIBLE_DEVICES=all"])
+            .args([
+                "--annotation",
+                "migrun.profile=1g.10gb",
+                "-e",
+                "NVIDIA_VISIBLE_DEVICES=all",
+            ])
             .arg(&image)
             .args(["sh", "-c", "echo $NVIDIA_VISIBLE_DEVICES $MIGRUN_LEASE"]),
     );
     let words: Vec<&str> = out.split_whitespace().collect();
     assert_eq!(words.len(), 2, "{out:?}\nlog:\n{}", sim.log());
     assert!(words[0].starts_with("MIG-"), "{out:?}");
-    assert!(sim.leases().is_empty(), "released after exit; log:\n{}", sim.log());
+    assert!(
+        sim.leases().is_empty(),
+        "released after exit; log:\n{}",
+        sim.log()
+    );
     assert!(sim.instances().is_empty());
     let log = sim.log();
-    assert!(log.contains(&format!("allocated lease {}", words[1])), "{log}");
+    assert!(
+        log.contains(&format!("allocated lease {}", words[1])),
+        "{log}"
+    );
     assert!(log.contains(words[0]) && log.contains("destroyed"), "{log}");
 
     // Detached: the lease moves from podman to the container (id, pid) and ends with it.
@@ -74,7 +99,16 @@ fn an_annotated_container_sees_its_slice_and_gives_it_back() {
     let id = run_ok(
         podman
             .podman_cmd()
-            .args(["run", "-d", "--pull", "never", "--network", "none", "--name", &name])
+            .args([
+                "run",
+                "-d",
+                "--pull",
+                "never",
+                "--network",
+                "none",
+                "--name",
+                &name,
+            ])
             .args(common::engines::PODMAN_ULIMITS)
             .args(["--annotation", "migrun.profile=1g.10gb"])
             .arg(&image)
@@ -92,9 +126,16 @@ fn an_annotated_container_sees_its_slice_and_gives_it_back() {
         h => panic!("holder {h:?}"),
     }
     // `podman exec` gets podman's stored env, not the precreate one: look at the init process.
-    let env = run_ok(podman.podman_cmd().args(["exec", &name, "sh", "-c", "tr '\\0' '\\n' < /proc/1/environ"]));
+    let env = run_ok(podman.podman_cmd().args([
+        "exec",
+        &name,
+        "sh",
+        "-c",
+        "tr '\\0' '\\n' < /proc/1/environ",
+    ]));
     assert!(
-        env.lines().any(|l| l == format!("NVIDIA_VISIBLE_DEVICES={}", leases[0].mig_uuid)),
+        env.lines()
+            .any(|l| l == format!("NVIDIA_VISIBLE_DEVICES={}", leases[0].mig_uuid)),
         "{env}"
     );
     run_ok(podman.podman_cmd().args(["rm", "-f", "-t", "0", &name]));
@@ -107,12 +148,13 @@ fn a_container_without_the_annotation_never_runs_migrun() {
     let sim = Sim::new("h100-80gb:1");
     let podman = Podman::new().hooks_dir(hooks_dir(&sim));
     let image = podman.busybox_image();
-    let out = run_ok(
-        podman
-            .run_cmd()
-            .arg(&image)
-            .args(["sh", "-c", "echo [$NVIDIA_VISIBLE_DEVICES]"]),
-    );
+    let out =
+        run_ok(
+            podman
+                .run_cmd()
+                .arg(&image)
+                .args(["sh", "-c", "echo [$NVIDIA_VISIBLE_DEVICES]"]),
+        );
     assert_eq!(out.trim(), "[]");
     assert!(!sim.state_dir().exists(), "no hook ran");
 }
@@ -122,8 +164,16 @@ fn no_room_fails_the_start_with_migrun_s_message() {
     let sim = Sim::new("h100-80gb:1");
     let podman = Podman::new().hooks_dir(hooks_dir(&sim));
     let image = podman.busybox_image();
-    let out = sim.migrun().args(["alloc", "--profile", "7g.80gb"]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = sim
+        .migrun()
+        .args(["alloc", "--profile", "7g.80gb"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let out = podman
         .run_cmd()
         .args(["--annotation", "migrun.profile=1g.10gb"])
@@ -135,9 +185,15 @@ fn no_room_fails_the_start_with_migrun_s_message() {
     assert!(!String::from_utf8_lossy(&out.stdout).contains("must not run"));
     // podman shows only the hook's exit status; migrun's one line is in its log.
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("precreate hook") && err.contains("exit status 3"), "{err}");
+    assert!(
+        err.contains("precreate hook") && err.contains("exit status 3"),
+        "{err}"
+    );
     let last = sim.log().lines().last().unwrap_or_default().to_string();
-    assert!(last.contains("ERROR") && last.contains("no room for 1g.10gb"), "{last}");
+    assert!(
+        last.contains("ERROR") && last.contains("no room for 1g.10gb"),
+        "{last}"
+    );
     assert_eq!(sim.leases().len(), 1, "only the blocking lease");
     assert_eq!(sim.instances().len(), 1);
 }

@@ -37,7 +37,12 @@ fn wait_stopped(runc: &Runc, id: &str) {
 }
 
 /// A busybox bundle with migrun's prestart hook, then the NVIDIA stand-in, and migrun's poststop.
-fn hooked_bundle(sim: &Sim, dir: &Path, record: &Path, f: impl FnOnce(&mut serde_json::Value)) -> std::path::PathBuf {
+fn hooked_bundle(
+    sim: &Sim,
+    dir: &Path,
+    record: &Path,
+    f: impl FnOnce(&mut serde_json::Value),
+) -> std::path::PathBuf {
     let bundle = busybox_bundle(&dir.join("bundle"), &["sh", "-c", "exit 0"]);
     let standin = nvidia_hook_standin(dir, record);
     patch_bundle_config(&bundle, |s| {
@@ -59,11 +64,19 @@ fn the_nvidia_hook_sees_the_leased_slice_and_delete_releases_it() {
     let bundle = hooked_bundle(&sim, t.path(), &record, |s| {
         s["annotations"] = json!({"migrun.profile": "1g.10gb"});
         // A device request the container brought is replaced, not kept.
-        s["process"]["env"].as_array_mut().unwrap().push(json!("NVIDIA_VISIBLE_DEVICES=all"));
+        s["process"]["env"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!("NVIDIA_VISIBLE_DEVICES=all"));
     });
     let id = unique_name("hooks-runc");
     // runc runs prestart hooks at create.
-    quiet(runc.cmd().args(["create", "--bundle"]).arg(&bundle).arg(&id));
+    quiet(
+        runc.cmd()
+            .args(["create", "--bundle"])
+            .arg(&bundle)
+            .arg(&id),
+    );
 
     let leases = sim.leases();
     assert_eq!(leases.len(), 1, "{leases:?}\nlog:\n{}", sim.log());
@@ -76,9 +89,13 @@ fn the_nvidia_hook_sees_the_leased_slice_and_delete_releases_it() {
         }
         h => panic!("holder {h:?}"),
     }
-    assert_eq!(fs::read_to_string(&record).unwrap().trim(), l.mig_uuid, "the NVIDIA hook read the leased UUID");
+    assert_eq!(
+        fs::read_to_string(&record).unwrap().trim(),
+        l.mig_uuid,
+        "the NVIDIA hook read the leased UUID"
+    );
     let cfg = read_json(&bundle.join("config.json"));
-    assert_eq!(nvd_of(&cfg), [l.mig_uuid.clone()]);
+    assert_eq!(nvd_of(&cfg), std::slice::from_ref(&l.mig_uuid));
     assert_eq!(cfg["annotations"]["migrun.lease"], l.id.to_string());
     assert_eq!(sim.instances().len(), 1);
 
@@ -86,14 +103,25 @@ fn the_nvidia_hook_sees_the_leased_slice_and_delete_releases_it() {
     wait_stopped(&runc, &id);
     // poststop runs at delete.
     quiet(runc.cmd().args(["delete", &id]));
-    assert!(sim.leases().is_empty(), "released at delete; log:\n{}", sim.log());
-    assert!(sim.instances().is_empty(), "the instance migrun created is gone");
+    assert!(
+        sim.leases().is_empty(),
+        "released at delete; log:\n{}",
+        sim.log()
+    );
+    assert!(
+        sim.instances().is_empty(),
+        "the instance migrun created is gone"
+    );
     assert!(sim.log().contains("destroyed"), "{}", sim.log());
 
     // poststop again (or for a container without a lease) is fine.
     let state = json!({"ociVersion": "1.0.2", "id": id, "status": "stopped", "bundle": bundle});
     let out = sim.run_hook("poststop", state.to_string().as_bytes());
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
@@ -105,9 +133,20 @@ fn a_container_that_asks_for_nothing_is_untouched_and_costs_no_state() {
     let bundle = hooked_bundle(&sim, t.path(), &record, |_| {});
     let before = fs::read(bundle.join("config.json")).unwrap();
     run_ok(&mut runc.run_cmd(&bundle, &unique_name("hooks-plain")));
-    assert_eq!(fs::read(bundle.join("config.json")).unwrap(), before, "config.json byte-identical");
-    assert_eq!(fs::read_to_string(&record).unwrap(), "", "no device for the NVIDIA hook");
-    assert!(!sim.state_dir().exists(), "neither hook opened the state dir");
+    assert_eq!(
+        fs::read(bundle.join("config.json")).unwrap(),
+        before,
+        "config.json byte-identical"
+    );
+    assert_eq!(
+        fs::read_to_string(&record).unwrap(),
+        "",
+        "no device for the NVIDIA hook"
+    );
+    assert!(
+        !sim.state_dir().exists(),
+        "neither hook opened the state dir"
+    );
 }
 
 #[test]
@@ -127,5 +166,9 @@ fn a_container_that_brings_its_own_gpu_request_without_asking_migrun_gets_none()
     assert_eq!(nvd_of(&cfg), ["void"]);
     assert!(!cfg.to_string().contains("NVIDIA_MIG_CONFIG_DEVICES"));
     assert!(sim.leases().is_empty());
-    assert!(sim.log().contains("NVIDIA device variables"), "{}", sim.log());
+    assert!(
+        sim.log().contains("NVIDIA device variables"),
+        "{}",
+        sim.log()
+    );
 }

@@ -430,14 +430,11 @@ pub fn runtime(ctx: &Ctx, a: RuntimeArgs) -> Result<i32> {
         Ok(p) => p,
         Err(e) => return fail(anyhow::anyhow!("cannot find the migrun binary: {e}")),
     };
-    let next = match runtime::next_runtime(
-        &ctx.config,
-        std::env::var_os("PATH").as_deref(),
-        &self_exe,
-    ) {
-        Ok(p) => p,
-        Err(e) => return fail(e.into()),
-    };
+    let next =
+        match runtime::next_runtime(&ctx.config, std::env::var_os("PATH").as_deref(), &self_exe) {
+            Ok(p) => p,
+            Err(e) => return fail(e.into()),
+        };
     // Without an id runc itself reports the usage error.
     if let (true, Some(id)) = (inv.creates(), inv.id.clone()) {
         init_logging(ctx);

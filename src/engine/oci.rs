@@ -886,7 +886,9 @@ fn container_holder(state: &HookState, engine: &str) -> Holder {
     Holder::Container {
         id: state.id.clone(),
         engine: engine.to_string(),
-        pid: state.pid.and_then(|p| crate::lease::process_start_time(p).map(|t| (p, t))),
+        pid: state
+            .pid
+            .and_then(|p| crate::lease::process_start_time(p).map(|t| (p, t))),
     }
 }
 

@@ -112,10 +112,7 @@ impl Sim {
             .collect();
         write_exec(
             &wrapper,
-            &format!(
-                "#!/bin/sh\n{exports}exec '{}' \"$@\"\n",
-                link.display()
-            ),
+            &format!("#!/bin/sh\n{exports}exec '{}' \"$@\"\n", link.display()),
         );
         wrapper
     }
