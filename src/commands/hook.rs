@@ -462,3 +462,43 @@ pub fn runtime(ctx: &Ctx, a: RuntimeArgs) -> Result<i32> {
     }
     fail(runtime::exec_runtime(&next, &a.args).into())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failures_are_one_line_and_keep_their_exit_code() {
+        let e = anyhow::Error::new(crate::profile::ProfileError::Empty)
+            .context("no room for 1g.10gb on GPU 0\n  GPU 0 |7g.80gb      |\n  (use --wait)");
+        let line = flatten(&e);
+        assert!(!line.contains('\n'), "{line}");
+        assert!(
+            line.starts_with(
+                "no room for 1g.10gb on GPU 0; GPU 0 |7g.80gb |; (use --wait): empty profile name"
+            ),
+            "{line}"
+        );
+        assert_eq!(crate::exit::code_for(&e), crate::exit::USAGE);
+    }
+
+    #[test]
+    fn the_shim_passes_migrun_settings_and_the_engine_to_its_hooks() {
+        let ctx = Ctx {
+            global: crate::cli::GlobalArgs {
+                simulate: Some("h100-80gb:2".into()),
+                state_dir: Some("/srv/migrun".into()),
+                ..Default::default()
+            },
+            config: crate::config::Config::default(),
+        };
+        let env = hook_env(&ctx, "docker");
+        assert!(env.contains(&("MIGRUN_SIMULATE".into(), "h100-80gb:2".into())));
+        assert!(env.contains(&("MIGRUN_STATE_DIR".into(), "/srv/migrun".into())));
+        assert_eq!(env.last(), Some(&("MIGRUN_ENGINE".into(), "docker".into())));
+        assert!(
+            !env.iter().any(|(k, _)| k == "MIGRUN_CONFIG"),
+            "only what was set"
+        );
+    }
+}
