@@ -91,7 +91,7 @@ impl LeaseOps for CtxOps<'_> {
             dir,
             &config,
             &areq,
-            &crate::engine::HookProbe,
+            &crate::engine::probe(),
         )?)
     }
 
