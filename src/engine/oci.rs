@@ -1442,6 +1442,16 @@ mod tests {
     }
 
     #[test]
+    fn liveness_is_only_ever_positive_evidence() {
+        // No runc state for this id anywhere: unknown (the init pid decides), never "gone".
+        for e in ["runc", "podman", "cri-o", "containerd", "rkt"] {
+            assert_eq!(container_alive("migrun-no-such-container", e), None);
+        }
+        assert_eq!(container_alive("../etc", "runc"), None);
+        assert_eq!(container_alive("", "runc"), None);
+    }
+
+    #[test]
     fn engines_are_told_apart_by_annotations() {
         let a = |k: &str, v: &str| HashMap::from([(k.to_string(), v.to_string())]);
         assert_eq!(
