@@ -7,7 +7,8 @@ use std::process::ExitCode;
 fn main() -> ExitCode {
     let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
     if migrun::engine::runtime::invoked_as_shim(args.first()) {
-        args.insert(1, "runtime".into());
+        // `--` keeps runc's own flags (`-v`, `--help`) away from migrun's global ones.
+        args.splice(1..1, ["runtime".into(), "--".into()]);
     }
     let cli = match migrun::cli::parse(args) {
         Ok(cli) => cli,

@@ -1,12 +1,504 @@
-//! Handlers for `hook` and `runtime`.
+//! Handlers for `hook` and `runtime`: stdin/stdout, logging, the timeout and the panic guard around the flows in `engine::oci`; no spec logic here.
+//!
+//! Runtimes swallow a hook's stderr and discard its stdout (except precreate's), so every hook and
+//! the shim log through `tracing` to a file under the state dir (or journald, or a path: Config.log).
+//! The log file is opened on the first event only, so a container that asks for nothing never
+//! touches the state dir. Errors still go to stderr as one line (main prints them) for the engines
+//! that do show it.
 
-use super::{not_yet, Ctx};
-use crate::cli::{HookArgs, RuntimeArgs};
+use super::Ctx;
+use crate::alloc::{self, AllocRequest, ReleaseOutcome, Want};
+use crate::cli::{HookArgs, HookStage, RuntimeArgs};
+use crate::config::LogTarget;
+use crate::engine::oci::{self, LeaseOps, OpsError, Outcome, Request};
+use crate::engine::runtime;
+use crate::gpu::Backend;
+use crate::lease::{Holder, Lease, LeaseId, LeaseState};
+use crate::statedir::StateDir;
 use anyhow::Result;
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::PathBuf;
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
 
-pub fn hook(_ctx: &Ctx, _a: &HookArgs) -> Result<i32> {
-    not_yet("migrun hook")
+/// Most bytes a hook reads from stdin (a config.json is a few KiB; this only stops a runaway pipe).
+const MAX_INPUT: u64 = 16 << 20;
+
+/// Errors of the hook wiring itself.
+#[derive(Debug, thiserror::Error)]
+pub enum HookError {
+    #[error("migrun hook {stage} timed out after {secs} s (hook_timeout_s in the migrun config); the container was not started")]
+    Timeout { stage: String, secs: u64 },
+    #[error("internal error in migrun hook {stage}: {message}; this is a bug, please report it with the log")]
+    Panic { stage: String, message: String },
+    #[error("cannot read stdin: {0}")]
+    Stdin(#[source] std::io::Error),
 }
-pub fn runtime(_ctx: &Ctx, _a: RuntimeArgs) -> Result<i32> {
-    not_yet("migrun runtime")
+
+// ---------------------------------------------------------------------------------------------
+// Lease operations over the real state dir and backend, opened on first use
+// ---------------------------------------------------------------------------------------------
+
+struct CtxOps<'a> {
+    ctx: &'a Ctx,
+    opened: Option<(StateDir, Box<dyn Backend>)>,
+}
+
+impl<'a> CtxOps<'a> {
+    fn new(ctx: &'a Ctx) -> Self {
+        CtxOps { ctx, opened: None }
+    }
+
+    fn dir(&mut self) -> Result<&StateDir, OpsError> {
+        Ok(&self.open()?.0)
+    }
+
+    fn open(&mut self) -> Result<&mut (StateDir, Box<dyn Backend>), OpsError> {
+        if self.opened.is_none() {
+            let dir = self.ctx.state_dir().map_err(into_ops)?;
+            let backend = self.ctx.backend().map_err(into_ops)?;
+            self.opened = Some((dir, backend));
+        }
+        Ok(self.opened.as_mut().expect("just opened"))
+    }
+
+    fn find(&mut self, f: impl Fn(&Lease) -> bool) -> Result<Option<Lease>, OpsError> {
+        let dir = self.dir()?.clone();
+        Ok(alloc::leases(&dir)?.into_iter().find(|l| f(l)))
+    }
+}
+
+fn into_ops(e: anyhow::Error) -> OpsError {
+    e.into()
+}
+
+impl LeaseOps for CtxOps<'_> {
+    fn allocate(&mut self, req: &Request, holder: Holder) -> Result<Lease, OpsError> {
+        let config = self.ctx.config.clone();
+        let (dir, backend) = self.open()?;
+        let areq = AllocRequest {
+            want: Want::Profile(req.profile),
+            gpu: req.gpu.clone(),
+            wait: None,
+            keep: false,
+            holder,
+            uid: nix::unistd::getuid().as_raw(),
+        };
+        Ok(alloc::allocate(
+            backend.as_mut(),
+            dir,
+            &config,
+            &areq,
+            &crate::engine::probe(),
+        )?)
+    }
+
+    fn lease(&mut self, id: LeaseId) -> Result<Option<Lease>, OpsError> {
+        self.find(|l| l.id == id)
+    }
+
+    fn lease_of_container(&mut self, id: &str) -> Result<Option<Lease>, OpsError> {
+        let dir = self.dir()?.clone();
+        Ok(alloc::lease_of_container(&dir, id)?.filter(|l| l.state == LeaseState::Active))
+    }
+
+    fn set_holder(&mut self, id: LeaseId, holder: Holder) -> Result<(), OpsError> {
+        let dir = self.dir()?.clone();
+        Ok(alloc::set_holder(&dir, id, holder)?)
+    }
+
+    fn release(&mut self, id: LeaseId) -> Result<ReleaseOutcome, OpsError> {
+        let config = self.ctx.config.clone();
+        let (dir, backend) = self.open()?;
+        Ok(alloc::release(
+            backend.as_mut(),
+            dir,
+            &config,
+            &id.to_string(),
+            None,
+        )?)
+    }
+
+    fn release_container(&mut self, id: &str) -> Result<ReleaseOutcome, OpsError> {
+        let config = self.ctx.config.clone();
+        let (dir, backend) = self.open()?;
+        Ok(alloc::release_container(
+            backend.as_mut(),
+            dir,
+            &config,
+            id,
+        )?)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Logging
+// ---------------------------------------------------------------------------------------------
+
+/// The log file, opened (append, 0600, no symlink) on the first event.
+struct LazyFile {
+    path: PathBuf,
+    /// The state dir to create first when the log lives there.
+    state_dir: Option<PathBuf>,
+    file: OnceLock<Option<Mutex<File>>>,
+}
+
+impl LazyFile {
+    fn get(&self) -> Option<&Mutex<File>> {
+        self.file
+            .get_or_init(|| {
+                if let Some(d) = &self.state_dir {
+                    // Creates the dir 0700 if missing and refuses an unsafe one.
+                    StateDir::open(d).ok()?;
+                }
+                OpenOptions::new()
+                    .append(true)
+                    .create(true)
+                    .mode(0o600)
+                    .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+                    .open(&self.path)
+                    .ok()
+                    .map(Mutex::new)
+            })
+            .as_ref()
+    }
+}
+
+struct LogWriter(&'static LazyFile);
+
+impl Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self.0.get() {
+            Some(f) => f.lock().unwrap_or_else(|p| p.into_inner()).write(buf),
+            // Nowhere to log: stderr, which the runtime may show.
+            None => std::io::stderr().write(buf),
+        }
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+static LOG_FILE: OnceLock<LazyFile> = OnceLock::new();
+
+/// Where the log goes for this context (for messages).
+pub fn log_path(ctx: &Ctx) -> PathBuf {
+    match &ctx.config.log {
+        LogTarget::Path(p) => p.clone(),
+        LogTarget::File | LogTarget::Journald => ctx.state_dir_path().join("migrun.log"),
+    }
+}
+
+/// Install the hook/shim logger once (cheap: nothing is opened until the first event).
+fn init_logging(ctx: &Ctx) {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let default = match ctx.global.verbose {
+        0 => "info",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("MIGRUN_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let journald = match ctx.config.log {
+        LogTarget::Journald => tracing_journald::layer()
+            .ok()
+            .map(|l| l.with_syslog_identifier("migrun".into())),
+        _ => None,
+    };
+    let file = if journald.is_none() {
+        let lazy = LOG_FILE.get_or_init(|| LazyFile {
+            path: log_path(ctx),
+            state_dir: match ctx.config.log {
+                LogTarget::Path(_) => None,
+                _ => Some(ctx.state_dir_path()),
+            },
+            file: OnceLock::new(),
+        });
+        Some(
+            tracing_subscriber::fmt::layer()
+                .with_ansi(false)
+                .with_target(false)
+                .with_writer(move || LogWriter(lazy)),
+        )
+    } else {
+        None
+    };
+    let _ = tracing_subscriber::registry()
+        .with(filter)
+        .with(journald)
+        .with(file)
+        .try_init();
+    // A panic is logged (the runtime would swallow stderr) and then turned into an error below.
+    std::panic::set_hook(Box::new(|info| {
+        tracing::error!("panic: {info}");
+    }));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Timeout and panic guard
+// ---------------------------------------------------------------------------------------------
+
+fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into())
+}
+
+/// Run `f` on a worker thread, catching panics and enforcing `hook_timeout_s` (0 = none).
+///
+/// On timeout the process exits at once with a one-line error: a hook that hangs must fail the
+/// container rather than start it without its slice. Anything half-done is safe by construction:
+/// config.json is replaced atomically, an allocation interrupted mid-way is repaired by gc from its
+/// intent journal, and a lease already made is held by the container id (poststop or gc frees it).
+fn guarded<T: Send>(ctx: &Ctx, stage: &str, f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
+    let secs = ctx.config.hook_timeout_s;
+    std::thread::scope(|s| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let span = tracing::Span::current();
+        s.spawn(move || {
+            let _enter = span.enter();
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+            let _ = tx.send(r);
+        });
+        let got = if secs == 0 {
+            rx.recv().map_err(|_| ())
+        } else {
+            rx.recv_timeout(Duration::from_secs(secs)).map_err(|_| ())
+        };
+        match got {
+            Ok(Ok(r)) => r,
+            Ok(Err(p)) => Err(HookError::Panic {
+                stage: stage.into(),
+                message: panic_message(p.as_ref()),
+            }
+            .into()),
+            Err(()) => {
+                let e = HookError::Timeout {
+                    stage: stage.into(),
+                    secs,
+                };
+                tracing::error!("{e}");
+                eprintln!("migrun: {e}");
+                std::process::exit(crate::exit::FAILED);
+            }
+        }
+    })
+}
+
+fn stage_name(s: HookStage) -> &'static str {
+    match s {
+        HookStage::Precreate => "precreate",
+        HookStage::Prestart => "prestart",
+        HookStage::CreateRuntime => "createRuntime",
+        HookStage::Poststop => "poststop",
+    }
+}
+
+fn read_stdin() -> Result<Vec<u8>, HookError> {
+    let mut buf = Vec::new();
+    std::io::stdin()
+        .lock()
+        .take(MAX_INPUT)
+        .read_to_end(&mut buf)
+        .map_err(HookError::Stdin)?;
+    Ok(buf)
+}
+
+/// The container id in a state JSON, for the log line (best effort).
+fn id_hint(input: &[u8]) -> Option<String> {
+    serde_json::from_slice::<serde_json::Value>(input)
+        .ok()?
+        .get("id")?
+        .as_str()
+        .map(str::to_string)
+}
+
+fn log_outcome(o: &Outcome) {
+    match o {
+        Outcome::PassThrough | Outcome::Released(ReleaseOutcome::NoLease) => {
+            tracing::debug!("{o}")
+        }
+        _ => tracing::info!("{o}"),
+    }
+}
+
+/// `migrun hook <stage>`: the state (or, for precreate, the config) JSON comes on stdin.
+pub fn hook(ctx: &Ctx, a: &HookArgs) -> Result<i32> {
+    init_logging(ctx);
+    let stage = stage_name(a.stage);
+    let input = read_stdin()?;
+    let span = tracing::info_span!("hook", stage, id = tracing::field::Empty);
+    if a.stage != HookStage::Precreate {
+        if let Some(id) = id_hint(&input) {
+            span.record("id", id.as_str());
+        }
+    }
+    let _enter = span.enter();
+    let result = guarded(ctx, stage, || {
+        let mut ops = CtxOps::new(ctx);
+        let out = match a.stage {
+            HookStage::Precreate => {
+                // No container yet: the engine process (our parent) holds the lease until prestart.
+                let ppid = nix::unistd::getppid().as_raw() as u32;
+                let holder = Holder::Process {
+                    pid: ppid,
+                    start_time: crate::lease::process_start_time(ppid).unwrap_or(0),
+                };
+                let mut stdout = std::io::stdout().lock();
+                oci::precreate(&input, &mut ops, holder, &mut |b| {
+                    stdout.write_all(b)?;
+                    stdout.flush()
+                })?
+            }
+            HookStage::Prestart | HookStage::CreateRuntime => {
+                let engine = std::env::var(oci::ENV_ENGINE).ok();
+                oci::prestart(&input, &mut ops, engine.as_deref())?
+            }
+            HookStage::Poststop => oci::poststop(&input, &mut ops)?,
+        };
+        Ok(out)
+    });
+    match result {
+        Ok(o) => {
+            log_outcome(&o);
+            Ok(0)
+        }
+        Err(e) => Ok(fail_line(&e)),
+    }
+}
+
+/// An error chain as one line: messages that carry a slot map or hints on further lines are joined,
+/// because runtimes show (at most) one line of a hook's stderr.
+pub fn flatten(e: &anyhow::Error) -> String {
+    format!("{e:#}")
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// Report a failed hook or shim: the same one line in the log and on stderr; returns the exit code.
+fn fail_line(e: &anyhow::Error) -> i32 {
+    let line = flatten(e);
+    tracing::error!("{line}");
+    eprintln!("migrun: {line}");
+    crate::exit::code_for(e)
+}
+
+/// The env the shim writes into the hooks it adds: runc runs hooks with nothing else.
+fn hook_env(ctx: &Ctx, engine: &str) -> Vec<(String, String)> {
+    let mut env = Vec::new();
+    let mut put = |k: &str, v: Option<String>| {
+        if let Some(v) = v {
+            env.push((k.to_string(), v));
+        }
+    };
+    put("MIGRUN_SIMULATE", ctx.global.simulate.clone());
+    put(
+        "MIGRUN_STATE_DIR",
+        ctx.global
+            .state_dir
+            .as_ref()
+            .map(|p| p.display().to_string()),
+    );
+    put(
+        "MIGRUN_CONFIG",
+        ctx.global.config.as_ref().map(|p| p.display().to_string()),
+    );
+    for k in ["MIGRUN_NVML_LIB", "MIGRUN_LOG"] {
+        put(k, std::env::var(k).ok());
+    }
+    debug_assert!(env.iter().all(|(k, _)| oci::PASS_ENV.contains(&k.as_str())));
+    env.push((oci::ENV_ENGINE.to_string(), engine.to_string()));
+    env
+}
+
+/// `migrun runtime ARGS` / `migrun-runtime ARGS`: the runc-compatible shim. Returns only on failure.
+pub fn runtime(ctx: &Ctx, a: RuntimeArgs) -> Result<i32> {
+    let inv = runtime::parse_invocation(&a.args);
+    // Every failure goes to stderr, the engine's runtime log (`--log`) and migrun's log.
+    let fail = |e: anyhow::Error| {
+        init_logging(ctx);
+        runtime::write_runtime_log(&inv, &format!("migrun: {}", flatten(&e)));
+        Ok(fail_line(&e))
+    };
+    let self_exe = match std::env::current_exe() {
+        Ok(p) => p,
+        Err(e) => return fail(anyhow::anyhow!("cannot find the migrun binary: {e}")),
+    };
+    let next =
+        match runtime::next_runtime(&ctx.config, std::env::var_os("PATH").as_deref(), &self_exe) {
+            Ok(p) => p,
+            Err(e) => return fail(e.into()),
+        };
+    // Without an id runc itself reports the usage error.
+    if let (true, Some(id)) = (inv.creates(), inv.id.clone()) {
+        init_logging(ctx);
+        let bundle = match &inv.bundle {
+            Some(b) if b.is_absolute() => b.clone(),
+            Some(b) => std::env::current_dir().unwrap_or_default().join(b),
+            None => std::env::current_dir().unwrap_or_default(),
+        };
+        let engine = runtime::engine_of(inv.root.as_deref());
+        let span = tracing::info_span!("runtime", id = %id, engine);
+        let _enter = span.enter();
+        let hooks = oci::ShimHooks {
+            bin: self_exe.clone(),
+            env: hook_env(ctx, engine),
+            timeout_s: Some(ctx.config.hook_timeout_s),
+        };
+        let out = guarded(ctx, "runtime create", || {
+            let mut ops = CtxOps::new(ctx);
+            Ok(oci::shim_create(&bundle, &id, engine, &mut ops, &hooks)?)
+        });
+        match out {
+            Ok(o) => log_outcome(&o),
+            Err(e) => return fail(e),
+        }
+    }
+    fail(runtime::exec_runtime(&next, &a.args).into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failures_are_one_line_and_keep_their_exit_code() {
+        let e = anyhow::Error::new(crate::profile::ProfileError::Empty)
+            .context("no room for 1g.10gb on GPU 0\n  GPU 0 |7g.80gb      |\n  (use --wait)");
+        let line = flatten(&e);
+        assert!(!line.contains('\n'), "{line}");
+        assert!(
+            line.starts_with(
+                "no room for 1g.10gb on GPU 0; GPU 0 |7g.80gb |; (use --wait): empty profile name"
+            ),
+            "{line}"
+        );
+        assert_eq!(crate::exit::code_for(&e), crate::exit::USAGE);
+    }
+
+    #[test]
+    fn the_shim_passes_migrun_settings_and_the_engine_to_its_hooks() {
+        let ctx = Ctx {
+            global: crate::cli::GlobalArgs {
+                simulate: Some("h100-80gb:2".into()),
+                state_dir: Some("/srv/migrun".into()),
+                ..Default::default()
+            },
+            config: crate::config::Config::default(),
+        };
+        let env = hook_env(&ctx, "docker");
+        assert!(env.contains(&("MIGRUN_SIMULATE".into(), "h100-80gb:2".into())));
+        assert!(env.contains(&("MIGRUN_STATE_DIR".into(), "/srv/migrun".into())));
+        assert_eq!(env.last(), Some(&("MIGRUN_ENGINE".into(), "docker".into())));
+        assert!(
+            !env.iter().any(|(k, _)| k == "MIGRUN_CONFIG"),
+            "only what was set"
+        );
+    }
 }

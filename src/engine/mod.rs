@@ -28,6 +28,9 @@ impl HolderProbe for EngineProbe {
     fn container_alive(&self, id: &str, engine: &str) -> Option<bool> {
         match engine_family(engine) {
             "docker" => docker::DockerProbe.container_alive(id, engine),
+            family @ ("runc" | "podman" | "cri-o" | "containerd") => {
+                oci::container_alive(id, family)
+            }
             _ => None,
         }
     }
@@ -37,6 +40,8 @@ impl HolderProbe for EngineProbe {
 pub fn exit_code_of(e: &(dyn std::error::Error + 'static)) -> Option<i32> {
     e.downcast_ref::<docker::DockerError>()
         .map(docker::DockerError::exit_code)
+        .or_else(|| oci::exit_code_of(e))
+        .or_else(|| runtime::exit_code_of(e))
 }
 
 #[cfg(test)]

@@ -1,11 +1,454 @@
 //! The runc-compatible shim: rewrite the bundle on `create`, exec the next runtime; it must not change other subcommands.
+//!
+//! dockerd and containerd call a runtime with runc's CLI: global flags first (`--root`, `--log`,
+//! `--log-format`, `--systemd-cgroup`, …), then the subcommand and its flags, then the container id.
+//! The shim parses just enough to find the subcommand, the bundle and the id. For `create` (and
+//! `run`) it lets [`crate::engine::oci::shim_create`] give the container its slice, then `execv`s the
+//! next runtime with the arguments exactly as they came, so pid, exit status, stdio and signals are
+//! the runtime's own. Every other subcommand (`start`, `delete`, `state`, `features`, `--version` …)
+//! is handed over untouched.
 
-use std::ffi::OsString;
-use std::path::Path;
+use crate::config::Config;
+use std::ffi::{CString, OsStr, OsString};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
 
 /// True when the binary was started as `migrun-runtime` (argv[0] switch).
 pub fn invoked_as_shim(argv0: Option<&OsString>) -> bool {
     argv0
         .and_then(|a| Path::new(a).file_name().map(|f| f.to_owned()))
         .is_some_and(|f| f == "migrun-runtime")
+}
+
+/// Errors of the shim itself (finding and starting the next runtime).
+#[derive(Debug, thiserror::Error)]
+pub enum ShimError {
+    #[error("no runtime to hand the container to: {looked}; install runc (or the NVIDIA container toolkit), or set `runtime = \"/path/to/runc\"` in /etc/migrun/config.toml")]
+    NoRuntime { looked: String },
+    #[error(
+        "configured runtime {path} is not an executable file; fix `runtime` in the migrun config"
+    )]
+    BadRuntime { path: PathBuf },
+    #[error("configured runtime {path} is migrun itself; point `runtime` at runc or nvidia-container-runtime")]
+    RuntimeIsSelf { path: PathBuf },
+    #[error("cannot exec {path}: {errno}")]
+    Exec { path: PathBuf, errno: nix::Error },
+    #[error("bad runtime arguments: {0}")]
+    Args(String),
+}
+
+/// Exit codes for this module's errors.
+pub fn exit_code_of(e: &(dyn std::error::Error + 'static)) -> Option<i32> {
+    match e.downcast_ref::<ShimError>()? {
+        ShimError::Args(_) | ShimError::BadRuntime { .. } | ShimError::RuntimeIsSelf { .. } => {
+            Some(crate::exit::USAGE)
+        }
+        ShimError::NoRuntime { .. } | ShimError::Exec { .. } => Some(crate::exit::FAILED),
+    }
+}
+
+/// runc's global flags that take a value (urfave/cli accepts `--f v`, `--f=v`, `-f v`).
+const GLOBAL_VALUE_FLAGS: &[&str] = &["log", "log-format", "root", "criu", "rootless"];
+/// `create`/`run` flags that take a value; every other flag is a switch.
+const CREATE_VALUE_FLAGS: &[&str] = &[
+    "bundle",
+    "b",
+    "console-socket",
+    "pid-file",
+    "preserve-fds",
+    "pidfd-socket",
+];
+
+/// What the shim needs to know about one runtime invocation.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Invocation {
+    /// The subcommand (`create`, `start`, `features` …); `None` for `--version`, `--help` or nothing.
+    pub subcommand: Option<String>,
+    /// `--root` (where the runtime keeps container state; tells the engine apart).
+    pub root: Option<PathBuf>,
+    /// `--log` and `--log-format`: where the engine reads a failed runtime's error from.
+    pub log: Option<PathBuf>,
+    pub log_format: Option<String>,
+    /// For `create`/`run`: `--bundle` (default: the current directory) and the container id.
+    pub bundle: Option<PathBuf>,
+    pub id: Option<String>,
+}
+
+impl Invocation {
+    /// Does this call create a container (so the bundle must get its slice first)?
+    pub fn creates(&self) -> bool {
+        matches!(self.subcommand.as_deref(), Some("create" | "run"))
+    }
+}
+
+/// Split `--name=value` / `-name` into (name, inline value).
+fn flag_name(arg: &str) -> Option<(&str, Option<&str>)> {
+    let body = arg.strip_prefix("--").or_else(|| arg.strip_prefix('-'))?;
+    if body.is_empty() {
+        return None;
+    }
+    Some(match body.split_once('=') {
+        Some((n, v)) => (n, Some(v)),
+        None => (body, None),
+    })
+}
+
+/// Parse runc's argv (without argv[0]) just far enough: global flags, subcommand, and for
+/// `create`/`run` the bundle and the id. Nothing is rejected: what the shim does not understand,
+/// the runtime will.
+pub fn parse_invocation(args: &[OsString]) -> Invocation {
+    let mut inv = Invocation::default();
+    let mut i = 0;
+    while i < args.len() {
+        let a = args[i].to_string_lossy();
+        if a == "--" {
+            i += 1;
+            break;
+        }
+        let Some((name, inline)) = flag_name(&a) else {
+            break;
+        };
+        let mut value = inline.map(str::to_string);
+        if GLOBAL_VALUE_FLAGS.contains(&name) && value.is_none() {
+            value = args.get(i + 1).map(|v| v.to_string_lossy().into_owned());
+            i += 1;
+        }
+        match name {
+            "root" => inv.root = value.map(PathBuf::from),
+            "log" => inv.log = value.map(PathBuf::from),
+            "log-format" => inv.log_format = value,
+            _ => {}
+        }
+        i += 1;
+    }
+    let Some(sub) = args.get(i) else {
+        return inv;
+    };
+    inv.subcommand = Some(sub.to_string_lossy().into_owned());
+    i += 1;
+    if !inv.creates() {
+        return inv;
+    }
+    let mut positionals = Vec::new();
+    while i < args.len() {
+        let a = args[i].to_string_lossy();
+        if a == "--" {
+            positionals.extend(
+                args[i + 1..]
+                    .iter()
+                    .map(|v| v.to_string_lossy().into_owned()),
+            );
+            break;
+        }
+        match flag_name(&a) {
+            Some((name, inline)) if positionals.is_empty() => {
+                let mut value = inline.map(str::to_string);
+                if CREATE_VALUE_FLAGS.contains(&name) && value.is_none() {
+                    value = args.get(i + 1).map(|v| v.to_string_lossy().into_owned());
+                    i += 1;
+                }
+                if matches!(name, "bundle" | "b") {
+                    inv.bundle = value.map(PathBuf::from);
+                }
+            }
+            _ => positionals.push(a.into_owned()),
+        }
+        i += 1;
+    }
+    inv.id = positionals.into_iter().next();
+    inv
+}
+
+/// Which engine calls us, from the runtime root it uses (for the lease's holder record).
+pub fn engine_of(root: Option<&Path>) -> &'static str {
+    let Some(root) = root else {
+        return "runc";
+    };
+    let s = root.to_string_lossy();
+    if s.contains("/docker/") || s.ends_with("/moby") {
+        "docker"
+    } else if s.contains("/containerd/") || s.contains("k8s.io") {
+        "containerd"
+    } else if s.contains("crio") || s.contains("cri-o") {
+        "cri-o"
+    } else {
+        "runc"
+    }
+}
+
+fn is_executable(p: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+fn same_file(a: &Path, b: &Path) -> bool {
+    match (a.canonicalize(), b.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    }
+}
+
+/// Directories searched after `$PATH`: engines often start runtimes with a minimal environment.
+const FALLBACK_DIRS: &[&str] = &[
+    "/usr/local/sbin",
+    "/usr/local/bin",
+    "/usr/sbin",
+    "/usr/bin",
+    "/sbin",
+    "/bin",
+];
+
+/// The runtime to exec: `config.runtime`, else nvidia-container-runtime, else runc (never migrun itself).
+pub fn next_runtime(
+    config: &Config,
+    path_env: Option<&OsStr>,
+    self_exe: &Path,
+) -> Result<PathBuf, ShimError> {
+    if let Some(p) = &config.runtime {
+        if !is_executable(p) {
+            return Err(ShimError::BadRuntime { path: p.clone() });
+        }
+        if same_file(p, self_exe) {
+            return Err(ShimError::RuntimeIsSelf { path: p.clone() });
+        }
+        return Ok(p.clone());
+    }
+    let mut dirs: Vec<PathBuf> = path_env
+        .map(|p| std::env::split_paths(p).collect())
+        .unwrap_or_default();
+    dirs.extend(FALLBACK_DIRS.iter().map(PathBuf::from));
+    for name in ["nvidia-container-runtime", "runc"] {
+        for d in &dirs {
+            let c = d.join(name);
+            if is_executable(&c) && !same_file(&c, self_exe) {
+                return Ok(c);
+            }
+        }
+    }
+    Err(ShimError::NoRuntime {
+        looked: format!(
+            "neither nvidia-container-runtime nor runc in $PATH or {}",
+            FALLBACK_DIRS.join(":")
+        ),
+    })
+}
+
+/// Replace this process with `runtime`, passing `args` (without argv[0]) unchanged. Returns only on failure.
+pub fn exec_runtime(runtime: &Path, args: &[OsString]) -> ShimError {
+    let to_c = |s: &OsStr| CString::new(s.as_bytes());
+    let Ok(path) = to_c(runtime.as_os_str()) else {
+        return ShimError::Args(format!("runtime path {runtime:?} holds a NUL byte"));
+    };
+    let mut argv = vec![path.clone()];
+    for a in args {
+        match to_c(a) {
+            Ok(c) => argv.push(c),
+            Err(_) => return ShimError::Args(format!("argument {a:?} holds a NUL byte")),
+        }
+    }
+    match nix::unistd::execv(&path, &argv) {
+        Ok(never) => match never {},
+        Err(errno) => ShimError::Exec {
+            path: runtime.to_path_buf(),
+            errno,
+        },
+    }
+}
+
+/// Days since 1970-01-01 to a civil date (Howard Hinnant's algorithm), for RFC 3339 log times.
+fn civil(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
+/// Now as RFC 3339 UTC (`2024-05-01T12:00:00.123456789Z`), the format runc writes into its log.
+pub fn rfc3339_now() -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let secs = now.as_secs() as i64;
+    let (y, m, d) = civil(secs.div_euclid(86_400));
+    let s = secs.rem_euclid(86_400);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:09}Z",
+        s / 3600,
+        s / 60 % 60,
+        s % 60,
+        now.subsec_nanos()
+    )
+}
+
+/// Append an error to the runtime log the engine gave (`--log`), in runc's format: containerd and
+/// dockerd read a failed runtime's message from there, not from its stderr.
+pub fn write_runtime_log(inv: &Invocation, msg: &str) {
+    let Some(log) = &inv.log else {
+        return;
+    };
+    let line = if inv.log_format.as_deref() == Some("json") {
+        let mut v = serde_json::Map::new();
+        v.insert("level".into(), "error".into());
+        v.insert("msg".into(), msg.into());
+        v.insert("time".into(), rfc3339_now().into());
+        format!("{}\n", serde_json::Value::Object(v))
+    } else {
+        format!(
+            "time=\"{}\" level=error msg={:?}\n",
+            rfc3339_now(),
+            msg.replace('\n', " ")
+        )
+    };
+    use std::io::Write;
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(log)
+    {
+        let _ = f.write_all(line.as_bytes());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(s: &str) -> Vec<OsString> {
+        s.split_whitespace().map(OsString::from).collect()
+    }
+
+    #[test]
+    fn finds_subcommand_bundle_and_id_after_global_flags() {
+        // As containerd's runc shim calls it for docker.
+        let inv = parse_invocation(&args(
+            "--root /var/run/docker/runtime-runc/moby --log /run/x/log.json --log-format json --systemd-cgroup create --bundle /run/b --pid-file /run/b/init.pid --console-socket /tmp/s abc123",
+        ));
+        assert_eq!(inv.subcommand.as_deref(), Some("create"));
+        assert_eq!(
+            inv.root.as_deref(),
+            Some(Path::new("/var/run/docker/runtime-runc/moby"))
+        );
+        assert_eq!(inv.log.as_deref(), Some(Path::new("/run/x/log.json")));
+        assert_eq!(inv.log_format.as_deref(), Some("json"));
+        assert_eq!(inv.bundle.as_deref(), Some(Path::new("/run/b")));
+        assert_eq!(inv.id.as_deref(), Some("abc123"));
+        assert!(inv.creates());
+        assert_eq!(engine_of(inv.root.as_deref()), "docker");
+    }
+
+    #[test]
+    fn equals_forms_short_flags_and_switches() {
+        let inv = parse_invocation(&args(
+            "--root=/run/containerd/runc/default -debug run -b=/b --no-pivot --detach --preserve-fds 2 ctr1",
+        ));
+        assert_eq!(inv.subcommand.as_deref(), Some("run"));
+        assert_eq!(inv.bundle.as_deref(), Some(Path::new("/b")));
+        assert_eq!(inv.id.as_deref(), Some("ctr1"));
+        assert_eq!(engine_of(inv.root.as_deref()), "containerd");
+
+        let inv = parse_invocation(&args("create x"));
+        assert_eq!(
+            inv.bundle, None,
+            "default is the cwd, resolved by the caller"
+        );
+        assert_eq!(inv.id.as_deref(), Some("x"));
+    }
+
+    #[test]
+    fn other_subcommands_and_version_are_not_creates() {
+        for a in [
+            "features",
+            "--root /r start abc",
+            "delete --force abc",
+            "state abc",
+            "--version",
+            "-v",
+            "",
+        ] {
+            let inv = parse_invocation(&args(a));
+            assert!(!inv.creates(), "{a}");
+            assert_eq!(inv.bundle, None);
+        }
+        assert_eq!(parse_invocation(&args("--version")).subcommand, None);
+        assert_eq!(
+            parse_invocation(&args("--root /r start abc"))
+                .subcommand
+                .as_deref(),
+            Some("start")
+        );
+    }
+
+    #[test]
+    fn next_runtime_prefers_config_then_nvidia_then_runc_and_never_itself() {
+        let t = tempfile::tempdir().unwrap();
+        let me = t.path().join("migrun");
+        std::fs::write(&me, "#!/bin/sh\n").unwrap();
+        let mk = |name: &str| {
+            use std::os::unix::fs::PermissionsExt;
+            let p = t.path().join(name);
+            std::fs::write(&p, "#!/bin/sh\n").unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+            p
+        };
+        let runc = mk("runc");
+        let path = t.path().as_os_str();
+        let cfg = Config::default();
+        assert_eq!(next_runtime(&cfg, Some(path), &me).unwrap(), runc);
+        // An nvidia-container-runtime that is really migrun (a symlink) is skipped.
+        std::os::unix::fs::symlink(&me, t.path().join("nvidia-container-runtime")).unwrap();
+        assert_eq!(next_runtime(&cfg, Some(path), &me).unwrap(), runc);
+        std::fs::remove_file(t.path().join("nvidia-container-runtime")).unwrap();
+        let nv = mk("nvidia-container-runtime");
+        assert_eq!(next_runtime(&cfg, Some(path), &me).unwrap(), nv);
+        let custom = mk("my-runc");
+        let cfg = Config {
+            runtime: Some(custom.clone()),
+            ..Config::default()
+        };
+        assert_eq!(next_runtime(&cfg, Some(path), &me).unwrap(), custom);
+        let cfg = Config {
+            runtime: Some(t.path().join("missing")),
+            ..Config::default()
+        };
+        assert!(matches!(
+            next_runtime(&cfg, Some(path), &me),
+            Err(ShimError::BadRuntime { .. })
+        ));
+        let cfg = Config {
+            runtime: Some(me.clone()),
+            ..Config::default()
+        };
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&me, std::fs::Permissions::from_mode(0o755)).unwrap();
+        assert!(matches!(
+            next_runtime(&cfg, Some(path), &me),
+            Err(ShimError::RuntimeIsSelf { .. })
+        ));
+    }
+
+    #[test]
+    fn runtime_log_lines_are_what_containerd_parses() {
+        let t = tempfile::tempdir().unwrap();
+        let log = t.path().join("log.json");
+        let inv = Invocation {
+            log: Some(log.clone()),
+            log_format: Some("json".into()),
+            ..Invocation::default()
+        };
+        write_runtime_log(&inv, "migrun: no room for 7g.80gb");
+        let line = std::fs::read_to_string(&log).unwrap();
+        let v: serde_json::Value = serde_json::from_str(line.trim()).unwrap();
+        assert_eq!(v["level"], "error");
+        assert_eq!(v["msg"], "migrun: no room for 7g.80gb");
+        let t = v["time"].as_str().unwrap();
+        assert!(t.len() == 30 && t.ends_with('Z') && &t[4..5] == "-", "{t}");
+        assert_eq!(civil(0), (1970, 1, 1));
+        assert_eq!(civil(19_723), (2024, 1, 1));
+        assert_eq!(civil(19_782), (2024, 2, 29));
+    }
 }

@@ -1,0 +1,174 @@
+//! migrun's OCI prestart/poststop hooks under real runc: the NVIDIA hook that runs after migrun's
+//! sees the leased MIG device, `runc delete` releases it, and containers that ask for nothing pass
+//! through byte for byte. Needs root, runc and busybox-static (scripts/setup-test-host.sh); fails otherwise.
+
+mod common;
+mod hooks_common;
+
+use common::engines::{busybox_bundle, patch_bundle_config, run_ok, unique_name, Runc};
+use hooks_common::*;
+use migrun::lease::Holder;
+use serde_json::json;
+use std::fs;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+fn quiet(cmd: &mut std::process::Command) {
+    let st = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .status()
+        .unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(st.success(), "{cmd:?} failed: {st}");
+}
+
+fn wait_stopped(runc: &Runc, id: &str) {
+    let t0 = Instant::now();
+    loop {
+        let out = runc.cmd().args(["state", id]).output().unwrap();
+        if String::from_utf8_lossy(&out.stdout).contains("\"stopped\"") {
+            return;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(20), "{id} never stopped");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A busybox bundle with migrun's prestart hook, then the NVIDIA stand-in, and migrun's poststop.
+fn hooked_bundle(
+    sim: &Sim,
+    dir: &Path,
+    record: &Path,
+    f: impl FnOnce(&mut serde_json::Value),
+) -> std::path::PathBuf {
+    let bundle = busybox_bundle(&dir.join("bundle"), &["sh", "-c", "exit 0"]);
+    let standin = nvidia_hook_standin(dir, record);
+    patch_bundle_config(&bundle, |s| {
+        s["hooks"] = json!({
+            "prestart": [sim.hook("prestart"), standin],
+            "poststop": [sim.hook("poststop")],
+        });
+        f(s);
+    });
+    bundle
+}
+
+#[test]
+fn the_nvidia_hook_sees_the_leased_slice_and_delete_releases_it() {
+    let sim = Sim::new("h100-80gb:1");
+    let runc = Runc::new();
+    let t = tempfile::tempdir().unwrap();
+    let record = t.path().join("nvidia-saw");
+    let bundle = hooked_bundle(&sim, t.path(), &record, |s| {
+        s["annotations"] = json!({"migrun.profile": "1g.10gb"});
+        // A device request the container brought is replaced, not kept.
+        s["process"]["env"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!("NVIDIA_VISIBLE_DEVICES=all"));
+    });
+    let id = unique_name("hooks-runc");
+    // runc runs prestart hooks at create.
+    quiet(
+        runc.cmd()
+            .args(["create", "--bundle"])
+            .arg(&bundle)
+            .arg(&id),
+    );
+
+    let leases = sim.leases();
+    assert_eq!(leases.len(), 1, "{leases:?}\nlog:\n{}", sim.log());
+    let l = &leases[0];
+    assert_eq!(l.profile, "1g.10gb");
+    match &l.holder {
+        Holder::Container { id: c, engine, pid } => {
+            assert_eq!((c.as_str(), engine.as_str()), (id.as_str(), "runc"));
+            assert!(pid.is_some(), "prestart records the init pid");
+        }
+        h => panic!("holder {h:?}"),
+    }
+    assert_eq!(
+        fs::read_to_string(&record).unwrap().trim(),
+        l.mig_uuid,
+        "the NVIDIA hook read the leased UUID"
+    );
+    let cfg = read_json(&bundle.join("config.json"));
+    assert_eq!(nvd_of(&cfg), std::slice::from_ref(&l.mig_uuid));
+    assert_eq!(cfg["annotations"]["migrun.lease"], l.id.to_string());
+    assert_eq!(sim.instances().len(), 1);
+
+    quiet(runc.cmd().args(["start", &id]));
+    wait_stopped(&runc, &id);
+    // poststop runs at delete.
+    quiet(runc.cmd().args(["delete", &id]));
+    assert!(
+        sim.leases().is_empty(),
+        "released at delete; log:\n{}",
+        sim.log()
+    );
+    assert!(
+        sim.instances().is_empty(),
+        "the instance migrun created is gone"
+    );
+    assert!(sim.log().contains("destroyed"), "{}", sim.log());
+
+    // poststop again (or for a container without a lease) is fine.
+    let state = json!({"ociVersion": "1.0.2", "id": id, "status": "stopped", "bundle": bundle});
+    let out = sim.run_hook("poststop", state.to_string().as_bytes());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn a_container_that_asks_for_nothing_is_untouched_and_costs_no_state() {
+    let sim = Sim::new("h100-80gb:1");
+    let runc = Runc::new();
+    let t = tempfile::tempdir().unwrap();
+    let record = t.path().join("nvidia-saw");
+    let bundle = hooked_bundle(&sim, t.path(), &record, |_| {});
+    let before = fs::read(bundle.join("config.json")).unwrap();
+    run_ok(&mut runc.run_cmd(&bundle, &unique_name("hooks-plain")));
+    assert_eq!(
+        fs::read(bundle.join("config.json")).unwrap(),
+        before,
+        "config.json byte-identical"
+    );
+    assert_eq!(
+        fs::read_to_string(&record).unwrap(),
+        "",
+        "no device for the NVIDIA hook"
+    );
+    assert!(
+        !sim.state_dir().exists(),
+        "neither hook opened the state dir"
+    );
+}
+
+#[test]
+fn a_container_that_brings_its_own_gpu_request_without_asking_migrun_gets_none() {
+    let sim = Sim::new("h100-80gb:1");
+    let runc = Runc::new();
+    let t = tempfile::tempdir().unwrap();
+    let record = t.path().join("nvidia-saw");
+    let bundle = hooked_bundle(&sim, t.path(), &record, |s| {
+        let env = s["process"]["env"].as_array_mut().unwrap();
+        env.push(json!("NVIDIA_VISIBLE_DEVICES=all"));
+        env.push(json!("NVIDIA_MIG_CONFIG_DEVICES=all"));
+    });
+    run_ok(&mut runc.run_cmd(&bundle, &unique_name("hooks-guard")));
+    assert_eq!(fs::read_to_string(&record).unwrap().trim(), "void");
+    let cfg = read_json(&bundle.join("config.json"));
+    assert_eq!(nvd_of(&cfg), ["void"]);
+    assert!(!cfg.to_string().contains("NVIDIA_MIG_CONFIG_DEVICES"));
+    assert!(sim.leases().is_empty());
+    assert!(
+        sim.log().contains("NVIDIA device variables"),
+        "{}",
+        sim.log()
+    );
+}

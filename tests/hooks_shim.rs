@@ -1,0 +1,342 @@
+//! The runtime shim called directly, the way dockerd's and containerd's runc shim call a runtime,
+//! with a recording stand-in as the next runtime (Config.runtime): arguments pass through exactly,
+//! the process is exec'd (same pid, same exit code), a `create` that asks gets its slice and the
+//! hooks that give it back, and a failed `create` never reaches the runtime.
+
+mod common;
+mod hooks_common;
+
+use hooks_common::*;
+use migrun::lease::Holder;
+use serde_json::{json, Value};
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+struct Shim {
+    sim: Sim,
+    link: PathBuf,
+    config: PathBuf,
+    record: PathBuf,
+}
+
+impl Shim {
+    /// `migrun-runtime` whose next runtime records its pid, its args and the bundle's config.json, then exits 7.
+    fn new() -> Shim {
+        let sim = Sim::new("h100-80gb:1");
+        let dir = sim.tmp.path().join("shim");
+        fs::create_dir_all(&dir).unwrap();
+        let link = dir.join("migrun-runtime");
+        std::os::unix::fs::symlink(migrun_bin(), &link).unwrap();
+        let record = dir.join("record");
+        let recorder = dir.join("fake-runc");
+        write_exec(
+            &recorder,
+            &format!(
+                "#!/bin/sh\nr='{r}'\necho $$ > \"$r.pid\"\nfor a in \"$@\"; do echo \"$a\"; done > \"$r.args\"\n\
+                 while [ $# -gt 0 ]; do [ \"$1\" = --bundle ] && cp \"$2/config.json\" \"$r.config\"; shift; done\nexit 7\n",
+                r = record.display()
+            ),
+        );
+        let config = dir.join("config.toml");
+        fs::write(&config, format!("runtime = \"{}\"\n", recorder.display())).unwrap();
+        Shim {
+            sim,
+            link,
+            config,
+            record,
+        }
+    }
+
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(&self.link);
+        c.env_clear()
+            .envs(self.sim.env())
+            .env("MIGRUN_CONFIG", &self.config)
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .args(args);
+        c
+    }
+
+    fn recorded(&self, what: &str) -> Option<Vec<u8>> {
+        fs::read(format!("{}.{what}", self.record.display())).ok()
+    }
+}
+
+fn bundle(dir: &Path, spec: &Value) -> (PathBuf, Vec<u8>) {
+    let b = dir.join("bundle");
+    fs::create_dir_all(&b).unwrap();
+    let bytes = serde_json::to_vec_pretty(spec).unwrap();
+    fs::write(b.join("config.json"), &bytes).unwrap();
+    (b, bytes)
+}
+
+fn config(extra: Value) -> Value {
+    let mut v = json!({
+        "ociVersion": "1.0.2",
+        "x-top": {"keep": [1, {"me": true}]},
+        "process": {"args": ["sh"], "env": ["PATH=/bin"], "cwd": "/", "x-proc": 1},
+        "root": {"path": "rootfs"},
+        "linux": {"x-linux": "y"}
+    });
+    if let (Some(v), Some(e)) = (v.as_object_mut(), extra.as_object()) {
+        for (k, x) in e {
+            v.insert(k.clone(), x.clone());
+        }
+    }
+    v
+}
+
+fn create_args<'a>(b: &'a str, root: &'a str, log: &'a str, id: &'a str) -> Vec<&'a str> {
+    vec![
+        "--root",
+        root,
+        "--log",
+        log,
+        "--log-format",
+        "json",
+        "--systemd-cgroup",
+        "create",
+        "--bundle",
+        b,
+        "--pid-file",
+        "/dev/null",
+        "--console-socket",
+        "/tmp/none.sock",
+        id,
+    ]
+}
+
+#[test]
+fn a_create_that_asks_for_nothing_is_exec_d_unchanged() {
+    let s = Shim::new();
+    let (b, before) = bundle(s.sim.tmp.path(), &config(json!({})));
+    let args = create_args(
+        b.to_str().unwrap(),
+        "/run/containerd/runc/ns",
+        "/dev/null",
+        "c1",
+    );
+    let mut child = s.cmd(&args).spawn().unwrap();
+    let pid = child.id();
+    let st = child.wait().unwrap();
+    assert_eq!(st.code(), Some(7), "the runtime's own exit code");
+    let rec_pid: u32 = String::from_utf8(s.recorded("pid").unwrap())
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(
+        rec_pid, pid,
+        "exec, not fork: the runtime has the shim's pid"
+    );
+    let rec_args = String::from_utf8(s.recorded("args").unwrap()).unwrap();
+    assert_eq!(
+        rec_args.lines().collect::<Vec<_>>(),
+        args,
+        "arguments unchanged"
+    );
+    assert_eq!(
+        s.recorded("config").unwrap(),
+        before,
+        "config.json byte-identical"
+    );
+    assert_eq!(fs::read(b.join("config.json")).unwrap(), before);
+    assert!(
+        !s.sim.state_dir().exists(),
+        "no state dir for a container that asks for nothing"
+    );
+}
+
+#[test]
+fn every_other_subcommand_passes_through_to_runc() {
+    let s = Shim::new();
+    for args in [
+        &["--root", "/x", "start", "c1"][..],
+        &["delete", "--force", "c1"],
+        &["features"],
+        &["--version"],
+        &["-v"],
+    ] {
+        s.cmd(args).status().unwrap();
+        let rec = String::from_utf8(s.recorded("args").unwrap()).unwrap();
+        assert_eq!(rec.lines().collect::<Vec<_>>(), args);
+    }
+    // With real runc as the next runtime, `features` answers exactly what runc answers.
+    let runc = common::engines::require("runc");
+    let no_config = s.sim.tmp.path().join("none.toml");
+    fs::write(&no_config, "").unwrap();
+    let ours = s
+        .cmd(&["features"])
+        .env("MIGRUN_CONFIG", &no_config)
+        .output()
+        .unwrap();
+    let theirs = Command::new(runc).arg("features").output().unwrap();
+    assert!(ours.status.success());
+    assert_eq!(ours.stdout, theirs.stdout);
+    assert!(!s.sim.state_dir().exists());
+}
+
+#[test]
+fn a_create_that_asks_gets_its_slice_hooks_and_marker() {
+    let s = Shim::new();
+    let spec = config(json!({"annotations": {"migrun.lease": "99"}}));
+    let mut spec = spec;
+    spec["process"]["env"] = json!([
+        "PATH=/bin",
+        "MIGRUN_PROFILE=1g.10gb",
+        "NVIDIA_VISIBLE_DEVICES=all"
+    ]);
+    let (b, _) = bundle(s.sim.tmp.path(), &spec);
+    let args = create_args(
+        b.to_str().unwrap(),
+        "/run/containerd/runc/ns",
+        "/dev/null",
+        "c2",
+    );
+    assert_eq!(s.cmd(&args).status().unwrap().code(), Some(7));
+
+    let leases = s.sim.leases();
+    assert_eq!(leases.len(), 1, "log:\n{}", s.sim.log());
+    let l = &leases[0];
+    assert!(
+        matches!(&l.holder, Holder::Container { id, engine, pid: None } if id == "c2" && engine == "containerd")
+    );
+    let seen: Value = serde_json::from_slice(&s.recorded("config").unwrap()).unwrap();
+    assert_eq!(
+        nvd_of(&seen),
+        std::slice::from_ref(&l.mig_uuid),
+        "the runtime got the rewritten config"
+    );
+    assert_eq!(
+        seen["annotations"]["migrun.lease"],
+        l.id.to_string(),
+        "the forged marker was replaced"
+    );
+    assert_eq!(seen["x-top"], spec["x-top"]);
+    assert_eq!(seen["process"]["x-proc"], 1);
+    assert_eq!(seen["linux"]["x-linux"], "y");
+    for stage in ["prestart", "poststop"] {
+        let hooks = seen["hooks"][stage].as_array().unwrap();
+        assert_eq!(hooks.len(), 1, "{stage}: one migrun hook");
+        assert_eq!(hooks[0]["args"], json!(["migrun", "hook", stage]));
+        assert_eq!(
+            hooks[0]["path"],
+            json!(fs::canonicalize(migrun_bin()).unwrap())
+        );
+        let env: Vec<&str> = hooks[0]["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e.as_str().unwrap())
+            .collect();
+        for want in s.sim.env_strings() {
+            assert!(
+                env.contains(&want.as_str()),
+                "{stage} hook env {env:?} lacks {want}"
+            );
+        }
+        assert!(env.contains(&"MIGRUN_ENGINE=containerd"));
+    }
+    // A retried create does not allocate twice.
+    assert_eq!(s.cmd(&args).status().unwrap().code(), Some(7));
+    assert_eq!(s.sim.leases().len(), 1);
+
+    // What runc would do with those hooks: prestart records the pid, poststop releases.
+    let hook_env = |stage: &str| -> Vec<(String, String)> {
+        seen["hooks"][stage][0]["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                let (k, v) = e.as_str().unwrap().split_once('=').unwrap();
+                (k.to_string(), v.to_string())
+            })
+            .collect()
+    };
+    let state = json!({"ociVersion": "1.0.2", "id": "c2", "status": "creating", "pid": std::process::id(), "bundle": b});
+    let out = run_with_stdin(
+        Command::new(migrun_bin())
+            .env_clear()
+            .envs(hook_env("prestart"))
+            .args(["hook", "prestart"]),
+        state.to_string().as_bytes(),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        matches!(&s.sim.leases()[0].holder, Holder::Container { pid: Some((p, _)), .. } if *p == std::process::id())
+    );
+    let out = run_with_stdin(
+        Command::new(migrun_bin())
+            .env_clear()
+            .envs(hook_env("poststop"))
+            .args(["hook", "poststop"]),
+        state.to_string().as_bytes(),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(s.sim.leases().is_empty());
+    assert!(s.sim.instances().is_empty());
+}
+
+#[test]
+fn a_failed_create_never_reaches_the_runtime_and_tells_the_engine_why() {
+    let s = Shim::new();
+    let out = s
+        .sim
+        .migrun()
+        .args(["alloc", "--profile", "7g.80gb"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut spec = config(json!({}));
+    spec["process"]["env"] = json!(["MIGRUN_PROFILE=1g.10gb"]);
+    let (b, before) = bundle(s.sim.tmp.path(), &spec);
+    let log = s.sim.tmp.path().join("runtime-log.json");
+    let args = create_args(
+        b.to_str().unwrap(),
+        "/var/run/docker/runtime-runc/moby",
+        log.to_str().unwrap(),
+        "c3",
+    );
+    let out = s.cmd(&args).output().unwrap();
+    assert_eq!(out.status.code(), Some(3), "no room");
+    let line = one_line(&out.stderr);
+    assert!(line.contains("no room for 1g.10gb"), "{line}");
+    assert!(s.recorded("args").is_none(), "the runtime never ran");
+    assert_eq!(fs::read(b.join("config.json")).unwrap(), before);
+    assert_eq!(s.sim.leases().len(), 1, "only the blocking lease");
+    // containerd reads the last error from the runtime log.
+    let entry: Value =
+        serde_json::from_str(fs::read_to_string(&log).unwrap().lines().last().unwrap()).unwrap();
+    assert_eq!(entry["level"], "error");
+    assert_eq!(entry["msg"].as_str().unwrap(), line);
+    assert!(s.sim.log().contains("no room for 1g.10gb"));
+
+    // A bad bundle is bad input (2), and also never reaches the runtime.
+    let args = create_args(
+        "/nonexistent/bundle",
+        "/run/runc",
+        log.to_str().unwrap(),
+        "c4",
+    );
+    let out = s.cmd(&args).output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(s.recorded("args").is_none());
+}
