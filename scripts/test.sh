@@ -27,4 +27,8 @@ cargo test --workspace -- --test-threads=2
 # Each must exit non-zero on failure (set -e stops the script). Keep them below this line.
 # ---------------------------------------------------------------------------------------------
 
+step "benchmark smoke: placement-bench (sweep and trace replay; not a timed test)"
+cargo run --quiet --bin placement-bench -- --gpus h100-80gb:8 --sweep --seeds 3 --arrivals 500 --loads 0.9
+cargo run --quiet --bin placement-bench -- --gpus h100-80gb:2 --trace examples/traces/sample.jsonl --json >/dev/null
+
 step "all test steps passed"
