@@ -11,10 +11,12 @@
 //! described in docs/leases.md.
 
 pub mod plan;
+mod teardown;
 pub mod testhook;
 mod wait;
 
 pub use plan::{parse_size_mib, plan, NoRoom, Owner, Plan, PlanRequest, SizeError};
+pub use teardown::{teardown, TeardownOptions, TeardownReport, TornItem};
 pub use wait::clock;
 
 use crate::config::{Config, GpuRef, ReleasePolicy};

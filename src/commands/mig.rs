@@ -1,6 +1,6 @@
 //! Handlers for `mig enable|disable` and `teardown`.
 
-use super::{not_yet, select_gpu, Ctx, InputError};
+use super::{select_gpu, Ctx, InputError};
 use crate::cli::{GpuSelect, MigAction, MigArgs, TeardownArgs};
 use crate::gpu::GpuInfo;
 use crate::migmode::{self, ModeReport};
@@ -79,6 +79,60 @@ pub fn mig(ctx: &Ctx, a: &MigArgs) -> Result<i32> {
     }
 }
 
-pub fn teardown(_ctx: &Ctx, _a: &TeardownArgs) -> Result<i32> {
-    not_yet("migrun teardown")
+pub fn teardown(ctx: &Ctx, a: &TeardownArgs) -> Result<i32> {
+    let mut backend = ctx.backend()?;
+    let gpus = backend.gpus()?;
+    let targets: Vec<u32> = targets(ctx, &gpus, a.gpu.as_deref())?
+        .iter()
+        .map(|g| g.index)
+        .collect();
+    let dir = ctx.state_dir()?;
+    let report = crate::alloc::teardown(
+        &mut *backend,
+        &dir,
+        &ctx.config,
+        &crate::engine::probe(),
+        &targets,
+        crate::alloc::TeardownOptions {
+            force: a.force,
+            include_foreign: a.include_foreign,
+        },
+    )?;
+    if a.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({ "schema": 1, "teardown": report }))?
+        );
+        return Ok(0);
+    }
+    if let Some(gc) = &report.gc {
+        for r in &gc.released {
+            println!("released first: {r}");
+        }
+    }
+    for d in &report.destroyed {
+        println!(
+            "destroyed GPU {} GI {} {} {}",
+            d.gpu,
+            d.gi,
+            d.profile,
+            d.mig_uuid.as_deref().unwrap_or("")
+        );
+    }
+    for l in &report.left {
+        println!(
+            "left      GPU {} GI {} {} {}: {}",
+            l.gpu,
+            l.gi,
+            l.profile,
+            l.mig_uuid.as_deref().unwrap_or(""),
+            l.why
+        );
+    }
+    println!(
+        "teardown: {} destroyed, {} left",
+        report.destroyed.len(),
+        report.left.len()
+    );
+    Ok(0)
 }

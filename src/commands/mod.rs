@@ -147,8 +147,3 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Completions(_) | Command::Man => unreachable!("handled above"),
     }
 }
-
-/// Placeholder for handlers whose issue has not landed yet: a clear error, never a panic.
-fn not_yet(what: &str) -> Result<i32> {
-    Err(InputError::Other(format!("{what} is not implemented yet")).into())
-}
