@@ -39,3 +39,11 @@ echo "== migrun --inject env --profile 3g.40gb --rm migrun-demo/busybox sh -c 'e
   sh -c 'echo "inside the container: NVIDIA_VISIBLE_DEVICES=$NVIDIA_VISIBLE_DEVICES"'
 echo "== the simulated GPU after (the slice was released)"
 "$MIGRUN" status
+
+echo "== detached: migrun --inject env --profile 1g.10gb -d migrun-demo/busybox sleep 60"
+cid=$("$MIGRUN" --inject env --profile 1g.10gb -d --pull never migrun-demo/busybox sleep 60)
+"$MIGRUN" status
+echo "== docker stop: the watcher migrun left behind releases the slice"
+docker stop -t 1 "$cid" >/dev/null
+for _ in $(seq 40); do "$MIGRUN" status | grep -q '^no leases' && break; sleep 0.25; done
+"$MIGRUN" status

@@ -61,7 +61,9 @@ impl std::fmt::Display for Holder {
             Holder::Process { pid, .. } => write!(f, "pid {pid}"),
             Holder::Container { id, engine, .. } => {
                 let short: String = id.chars().take(12).collect();
-                write!(f, "{engine} container {short}")
+                // The engine string may carry the endpoint (`docker|host=…`); people need only the engine.
+                let family = engine.split('|').next().unwrap_or(engine);
+                write!(f, "{family} container {short}")
             }
             Holder::Manual => f.write_str("manual"),
         }
