@@ -663,7 +663,21 @@ pub fn shim(t: &RuncTarget, m: &Machine, pairs: usize, warmup: usize) -> Result<
         ));
     }
     m.expect("after the shim runs", 0, 0)?;
-    Ok(vec![p.row("shim: no profile asked", m.backend.name())])
+    // The floor any exec'd helper pays: starting the migrun binary at all (`--version` parses
+    // its flags and exits), against starting runc the same way.
+    let floor = run_pairs(
+        pairs,
+        warmup,
+        || timed(m.migrun().arg("--version")),
+        || timed(m.command(&t.runc).arg("--version")),
+    )?;
+    Ok(vec![
+        p.row("shim: no profile asked", m.backend.name()),
+        floor.row(
+            "process start: `migrun --version` vs `runc --version`",
+            m.backend.name(),
+        ),
+    ])
 }
 
 // ---------------------------------------------------------------------------------------------
