@@ -131,7 +131,8 @@ impl Args {
 
     /// Checks the numbers and resolves the migrun binary and the fake library.
     pub fn resolve(&self) -> Result<(PathBuf, Option<PathBuf>)> {
-        if self.pairs == 0 || self.loops == 0 || !(self.duration > 0.0) {
+        if self.pairs == 0 || self.loops == 0 || !self.duration.is_finite() || self.duration <= 0.0
+        {
             return Err(OverheadError::Input(
                 "--pairs, --loops and --duration must be positive".into(),
             ));
