@@ -31,4 +31,9 @@ step "benchmark smoke: placement-bench (sweep and trace replay; not a timed test
 cargo run --quiet --bin placement-bench -- --gpus h100-80gb:8 --sweep --seeds 3 --arrivals 500 --loads 0.9
 cargo run --quiet --bin placement-bench -- --gpus h100-80gb:2 --trace examples/traces/sample.jsonl --json >/dev/null
 
+step "benchmark smoke: overhead-bench (docker launcher, runc hooks, shim, alloc contention; not a timed test)"
+cargo build --quiet --bins
+cargo build --quiet -p fake-nvml
+cargo run --quiet --bin overhead-bench -- all --smoke
+
 step "all test steps passed"
