@@ -33,7 +33,9 @@ fn doc_rows() -> Vec<Row> {
             Row {
                 id: cells[0].to_string(),
                 message: m[1..m.len() - 1].to_string(),
-                exit: cells[4].parse().unwrap_or_else(|_| panic!("exit code in {l:?}")),
+                exit: cells[4]
+                    .parse()
+                    .unwrap_or_else(|_| panic!("exit code in {l:?}")),
             }
         })
         .collect()
@@ -79,7 +81,14 @@ fn bundle(sim: &Sim, config: &str) -> String {
 fn case(id: &str, sim: &Sim) -> Option<Case> {
     let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
     let launcher = |extra: &[&str]| {
-        let mut v = s(&["--profile", "1g.10gb", "--inject", "env", "--docker", "/bin/true"]);
+        let mut v = s(&[
+            "--profile",
+            "1g.10gb",
+            "--inject",
+            "env",
+            "--docker",
+            "/bin/true",
+        ]);
         v.extend(s(extra));
         v
     };
@@ -99,9 +108,17 @@ fn case(id: &str, sim: &Sim) -> Option<Case> {
             s(&["alloc", "--profile", "1g.10gb", "--min-mem", "10g"]),
         ),
         "cli-nothing-asked" => c("", init, s(&["alloc"])),
-        "cli-bad-gpu" => c("", init, s(&["alloc", "--profile", "1g.10gb", "--gpu", "7"])),
+        "cli-bad-gpu" => c(
+            "",
+            init,
+            s(&["alloc", "--profile", "1g.10gb", "--gpu", "7"]),
+        ),
         "cli-bad-size" => c("", init, s(&["alloc", "--min-mem", "lots"])),
-        "cli-bad-wait" => c("", init, s(&["alloc", "--profile", "1g.10gb", "--wait=abc"])),
+        "cli-bad-wait" => c(
+            "",
+            init,
+            s(&["alloc", "--profile", "1g.10gb", "--wait=abc"]),
+        ),
         "cli-unknown-lease" => c("", init, s(&["release", "99"])),
         "cli-bad-simulate" => c("", init, s(&["--simulate", "nosuch", "status"])),
         "cli-too-big" => c("", init, s(&["alloc", "--min-mem", "200g"])),
@@ -125,7 +142,11 @@ fn case(id: &str, sim: &Sim) -> Option<Case> {
         ),
         "policy-gpu" => {
             let _ = sim;
-            c("gpus = [1]", init, s(&["alloc", "--profile", "1g.10gb", "--gpu", "0"]))
+            c(
+                "gpus = [1]",
+                init,
+                s(&["alloc", "--profile", "1g.10gb", "--gpu", "0"]),
+            )
         }
         "policy-per-user" => Case {
             env: vec![("SUDO_UID", "1000".into())],
@@ -250,7 +271,13 @@ fn snapshot(dir: &Path, out: &mut BTreeMap<PathBuf, Vec<u8>>) {
         let p = e.path();
         let ft = e.file_type().unwrap();
         if ft.is_symlink() {
-            out.insert(p.clone(), std::fs::read_link(&p).unwrap().into_os_string().into_encoded_bytes());
+            out.insert(
+                p.clone(),
+                std::fs::read_link(&p)
+                    .unwrap()
+                    .into_os_string()
+                    .into_encoded_bytes(),
+            );
         } else if ft.is_dir() {
             snapshot(&p, out);
         } else if !p.to_string_lossy().ends_with(".lock") && !p.ends_with("migrun.log") {
@@ -267,8 +294,12 @@ fn every_documented_bad_input_fails_cleanly_and_leaves_nothing() {
     for row in &rows {
         assert!(seen.insert(row.id.clone()), "duplicate row {}", row.id);
         let sim = Sim::new("h100-80gb:2");
-        let c = case(&row.id, &sim)
-            .unwrap_or_else(|| panic!("docs/bad-inputs.md row {} has no case in tests/bad_inputs.rs", row.id));
+        let c = case(&row.id, &sim).unwrap_or_else(|| {
+            panic!(
+                "docs/bad-inputs.md row {} has no case in tests/bad_inputs.rs",
+                row.id
+            )
+        });
         std::fs::write(sim.config_path(), c.config).unwrap();
         (c.setup)(&sim);
         let mut before = BTreeMap::new();
@@ -305,20 +336,58 @@ fn every_documented_bad_input_fails_cleanly_and_leaves_nothing() {
     }
     // Every case in the table is documented (a case without a row is dead weight or an undocumented input).
     let known = [
-        "cli-unknown-profile", "cli-bad-profile", "cli-profile-and-min-mem", "cli-nothing-asked", "cli-bad-gpu",
-        "cli-bad-size", "cli-bad-wait", "cli-unknown-lease", "cli-bad-simulate", "cli-too-big", "cfg-unknown-key",
-        "cfg-bad-type", "cfg-bad-release", "cfg-missing-file", "cfg-bad-allowed-profile", "policy-profile",
-        "policy-gpu", "policy-per-user", "policy-total", "who-not-yours", "dir-symlink", "dir-world-writable",
-        "dir-wrong-owner", "dir-not-a-dir", "lease-symlink", "lease-garbage", "hook-empty-stdin", "hook-bad-json",
-        "hook-bad-stage", "shim-no-bundle", "shim-bad-profile", "shim-bad-config", "docker-visible-devices",
-        "docker-mig-config", "docker-mig-monitor", "docker-gpus", "docker-cdi-device", "docker-no-image",
+        "cli-unknown-profile",
+        "cli-bad-profile",
+        "cli-profile-and-min-mem",
+        "cli-nothing-asked",
+        "cli-bad-gpu",
+        "cli-bad-size",
+        "cli-bad-wait",
+        "cli-unknown-lease",
+        "cli-bad-simulate",
+        "cli-too-big",
+        "cfg-unknown-key",
+        "cfg-bad-type",
+        "cfg-bad-release",
+        "cfg-missing-file",
+        "cfg-bad-allowed-profile",
+        "policy-profile",
+        "policy-gpu",
+        "policy-per-user",
+        "policy-total",
+        "who-not-yours",
+        "dir-symlink",
+        "dir-world-writable",
+        "dir-wrong-owner",
+        "dir-not-a-dir",
+        "lease-symlink",
+        "lease-garbage",
+        "hook-empty-stdin",
+        "hook-bad-json",
+        "hook-bad-stage",
+        "shim-no-bundle",
+        "shim-bad-profile",
+        "shim-bad-config",
+        "docker-visible-devices",
+        "docker-mig-config",
+        "docker-mig-monitor",
+        "docker-gpus",
+        "docker-cdi-device",
+        "docker-no-image",
         "docker-bad-cli",
     ];
     let sim = Sim::new("h100-80gb");
     for id in known {
         assert!(case(id, &sim).is_some(), "{id} listed but has no case");
-        assert!(seen.contains(id), "tests/bad_inputs.rs case {id} has no row in docs/bad-inputs.md");
+        assert!(
+            seen.contains(id),
+            "tests/bad_inputs.rs case {id} has no row in docs/bad-inputs.md"
+        );
     }
-    assert_eq!(seen.len(), known.len(), "rows without a case were caught above");
+    assert_eq!(
+        seen.len(),
+        known.len(),
+        "rows without a case were caught above"
+    );
     let _ = BIN;
 }

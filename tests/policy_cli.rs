@@ -38,8 +38,15 @@ fn refused(o: &Output, code: i32, needle: &str) {
 
 #[test]
 fn sudo_user_is_recorded_limited_and_may_release_only_their_own() {
-    let sim = with_config("h100-80gb:1", "max_leases_per_user = 1\nmax_leases_total = 2\n");
-    let a = run_as(&sim, Some("1000"), &["alloc", "--profile", "1g.10gb", "--json"]);
+    let sim = with_config(
+        "h100-80gb:1",
+        "max_leases_per_user = 1\nmax_leases_total = 2\n",
+    );
+    let a = run_as(
+        &sim,
+        Some("1000"),
+        &["alloc", "--profile", "1g.10gb", "--json"],
+    );
     assert!(a.status.success(), "{}", err_of(&a));
     let a: serde_json::Value = serde_json::from_slice(&a.stdout).unwrap();
     assert_eq!(a["uid"], 1000, "the invoking user, not root, is charged");
@@ -82,10 +89,17 @@ fn sudo_user_is_recorded_limited_and_may_release_only_their_own() {
 fn limits_count_leases_freed_by_gc_as_free() {
     // A dead holder's lease does not count against the limit: the sweep under the lock frees it first.
     let sim = with_config("h100-80gb:1", "max_leases_total = 1\n");
-    let mut child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+    let mut child = std::process::Command::new("sleep")
+        .arg("30")
+        .spawn()
+        .unwrap();
     let pid = child.id().to_string();
     sim.alloc(&["--profile", "1g.10gb", "--holder-pid", &pid]);
-    refused(&sim.run(&["alloc", "--profile", "1g.10gb"]), 2, "max_leases_total");
+    refused(
+        &sim.run(&["alloc", "--profile", "1g.10gb"]),
+        2,
+        "max_leases_total",
+    );
     child.kill().unwrap();
     child.wait().unwrap();
     sim.alloc(&["--profile", "1g.10gb"]);
@@ -150,7 +164,14 @@ fn unmanaged_gpus_and_profiles_are_refused_and_never_touched() {
 #[test]
 fn crafted_lease_claiming_created_cannot_destroy_a_foreign_instance() {
     let sim = Sim::new("h100-80gb:1");
-    let out = sim.ok(&["sim", "create-foreign", "--gpu", "0", "--profile", "3g.40gb"]);
+    let out = sim.ok(&[
+        "sim",
+        "create-foreign",
+        "--gpu",
+        "0",
+        "--profile",
+        "3g.40gb",
+    ]);
     let foreign = out.split_whitespace().last().unwrap().to_string();
     assert!(foreign.starts_with("MIG-"), "{out}");
     // migrun leases it (reuse of an unleased instance: created = false) ...
@@ -158,8 +179,7 @@ fn crafted_lease_claiming_created_cannot_destroy_a_foreign_instance() {
     assert_eq!(uuid, foreign);
     // ... and someone rewrites the lease to claim migrun created it.
     let path = sim.state_dir().join(format!("leases/{id}.json"));
-    let mut l: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    let mut l: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
     assert_eq!(l["created"], false);
     l["created"] = true.into();
     std::fs::write(&path, serde_json::to_vec(&l).unwrap()).unwrap();
@@ -182,7 +202,10 @@ fn lease_file_symlink_is_refused() {
     std::fs::rename(&path, &real).unwrap();
     std::os::unix::fs::symlink(&real, &path).unwrap();
     refused(&sim.run(&["release", "1"]), 2, "is a symlink");
-    assert!(std::fs::symlink_metadata(&path).unwrap().file_type().is_symlink());
+    assert!(std::fs::symlink_metadata(&path)
+        .unwrap()
+        .file_type()
+        .is_symlink());
 }
 
 fn state_dir_refused(prepare: impl FnOnce(&Path), needle: &str) {
@@ -235,7 +258,13 @@ fn unknown_config_key_is_named() {
     assert!(err_of(&o).contains("docs/config.md"));
     // An explicit --config that does not exist is an error too; the default path may be absent.
     let o = std::process::Command::new(BIN)
-        .args(["--simulate", "h100-80gb", "--config", "/nonexistent/migrun.toml", "status"])
+        .args([
+            "--simulate",
+            "h100-80gb",
+            "--config",
+            "/nonexistent/migrun.toml",
+            "status",
+        ])
         .env("MIGRUN_STATE_DIR", sim.state_dir())
         .output()
         .unwrap();

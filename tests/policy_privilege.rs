@@ -45,7 +45,13 @@ fn names_both_ways(o: &Output, what: &str) {
     let e = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(4), "{what}: {e}");
     assert_eq!(e.trim_end().lines().count(), 1, "{what}: one line: {e:?}");
-    for needle in ["needs root", "sudoers", "runtime shim", "docs/security.md", "uid 65534"] {
+    for needle in [
+        "needs root",
+        "sudoers",
+        "runtime shim",
+        "docs/security.md",
+        "uid 65534",
+    ] {
         assert!(e.contains(needle), "{what}: {e:?} lacks {needle:?}");
     }
 }
@@ -58,7 +64,15 @@ fn a_non_root_caller_is_told_what_needs_privilege_and_the_two_ways() {
         &["release", "1"],
         &["gc"],
         &["mig", "enable", "--gpu", "0"],
-        &["--profile", "1g.10gb", "--inject", "env", "--docker", "/bin/true", "img"],
+        &[
+            "--profile",
+            "1g.10gb",
+            "--inject",
+            "env",
+            "--docker",
+            "/bin/true",
+            "img",
+        ],
     ] {
         let o = as_nobody(&fake, args);
         names_both_ways(&o, &format!("{args:?}"));
