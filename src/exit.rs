@@ -6,11 +6,12 @@ use crate::gpu::GpuError;
 pub const OK: i32 = 0;
 /// The operation failed (driver error, engine error, I/O).
 pub const FAILED: i32 = 1;
-/// Bad input or usage: unknown profile, bad spec, bad GPU index, unusable state dir, bad config.
+/// Bad input or usage: unknown profile, bad spec, bad GPU index, unusable state dir, bad config,
+/// and a request the config's policy refuses (the message names the config key).
 pub const USAGE: i32 = 2;
 /// No room for the profile right now (retry later, or use --wait).
 pub const NO_ROOM: i32 = 3;
-/// The operation needs privilege migrun does not have.
+/// The operation needs privilege migrun does not have (not root, NVML NO_PERMISSION, another user's lease).
 pub const PRIVILEGE: i32 = 4;
 
 /// Errors that know their exit code.

@@ -148,6 +148,13 @@ pub enum AllocError {
         owner: u32,
         caller: u32,
     },
+    /// A config limit on concurrent leases is reached (exit 2, a policy refusal).
+    #[error("refused by policy: {rule} = {limit} in the config, and {held}; release one first (`migrun release ID`, see `migrun status`) or ask the admin to raise {rule}")]
+    LimitReached {
+        rule: &'static str,
+        limit: u32,
+        held: String,
+    },
     #[error("{0} is not implemented yet")]
     NotYet(&'static str),
 }
@@ -182,6 +189,7 @@ pub fn exit_code_of(e: &(dyn std::error::Error + 'static)) -> Option<i32> {
         | AllocError::BadGpu { .. }
         | AllocError::NotManaged { .. }
         | AllocError::BadConfig { .. }
+        | AllocError::LimitReached { .. }
         | AllocError::NoGpus => exit::USAGE,
         AllocError::NotYours { .. } => exit::PRIVILEGE,
         AllocError::CreateCi(_) | AllocError::NotYet(_) => exit::FAILED,
@@ -318,6 +326,17 @@ fn forget(state: &mut MigState, gpu_uuid: &str, gi: u32) {
     }
 }
 
+/// Does a created/ record (migrun's own create) name exactly the instance this lease names?
+fn recorded_as_ours(reg: &Registry, l: &Lease) -> Result<bool, AllocError> {
+    Ok(reg.created()?.iter().any(|r| {
+        r.gpu_uuid == l.gpu_uuid
+            && r.gi == l.gi
+            && r.profile_id == l.profile_id
+            && r.placement == l.placement
+            && r.mig_uuid == l.mig_uuid
+    }))
+}
+
 /// Why a destroy did not happen.
 enum DestroyError {
     /// The instance runs processes (or the driver says IN_USE): never destroy it now.
@@ -387,7 +406,14 @@ fn finish(
     mut l: Lease,
 ) -> Result<ReleaseOutcome, AllocError> {
     let mig_uuid = l.mig_uuid.clone();
-    if !l.created || (keeps(&l, config) && l.state == LeaseState::Active) {
+    // A lease file alone never licenses a destroy: the created/ record, written only by migrun's own
+    // create, must name the same instance (GI, profile, placement, MIG UUID). A crafted or stale lease
+    // claiming `created` for someone else's instance is dropped and the instance left alone.
+    let ours = l.created && (lease_instance(state, &l).is_none() || recorded_as_ours(reg, &l)?);
+    if l.created && !ours {
+        tracing::warn!(lease = l.id, mig = %l.mig_uuid, "lease claims created=true but no created/ record matches; not destroying");
+    }
+    if !ours || (keeps(&l, config) && l.state == LeaseState::Active) {
         let whole = lease_whole(state, &l);
         reg.remove_lease(l.id)?;
         if !whole {
@@ -396,8 +422,10 @@ fn finish(
                 mig_uuid,
             });
         }
-        let why = if l.created {
+        let why = if ours {
             "kept warm for reuse (--keep or config release = \"keep\")"
+        } else if l.created {
+            "the lease says migrun created it, but no created/ record matches the instance, so migrun leaves it alone"
         } else {
             "migrun did not create it"
         };
@@ -970,6 +998,9 @@ pub fn allocate(
                     return Err(AllocError::NoGpus);
                 }
                 let leases = reg.leases()?;
+                // Checked under the lock, after the sweep freed dead holders' leases, so two
+                // concurrent requests cannot both take the last allowed lease.
+                check_limits(config, &leases, req.uid)?;
                 let created = reg.created()?;
                 let preq = plan_request(&state, config, req, &created, &leases)?;
                 let mut planned = plan::plan(&state, &leases, &preq);
@@ -1031,6 +1062,44 @@ pub fn allocate(
         }
         queue.pause(started, ahead);
     }
+}
+
+/// The config's `max_leases_per_user` and `max_leases_total`, against the leases that exist now.
+pub fn check_limits(config: &Config, leases: &[Lease], uid: u32) -> Result<(), AllocError> {
+    let ids = |ls: Vec<&Lease>| {
+        ls.iter()
+            .map(|l| l.id.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    if let Some(limit) = config.max_leases_total {
+        if leases.len() as u64 >= u64::from(limit) {
+            return Err(AllocError::LimitReached {
+                rule: "max_leases_total",
+                limit,
+                held: format!(
+                    "{} lease(s) exist (leases {})",
+                    leases.len(),
+                    ids(leases.iter().collect())
+                ),
+            });
+        }
+    }
+    if let Some(limit) = config.max_leases_per_user {
+        let mine: Vec<&Lease> = leases.iter().filter(|l| l.uid == uid).collect();
+        if mine.len() as u64 >= u64::from(limit) {
+            return Err(AllocError::LimitReached {
+                rule: "max_leases_per_user",
+                limit,
+                held: format!(
+                    "uid {uid} holds {} lease(s) (leases {})",
+                    mine.len(),
+                    ids(mine)
+                ),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Find a lease by id (`7`) or MIG UUID.

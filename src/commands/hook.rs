@@ -57,6 +57,12 @@ impl<'a> CtxOps<'a> {
 
     fn open(&mut self) -> Result<&mut (StateDir, Box<dyn Backend>), OpsError> {
         if self.opened.is_none() {
+            // Runtimes run hooks as root; a rootless engine reaching here gets the privilege guidance, not an NVML error.
+            crate::caller::require_root(
+                "a hook's MIG allocation or release",
+                self.ctx.global.simulate.is_some(),
+            )
+            .map_err(|e| into_ops(e.into()))?;
             let dir = self.ctx.state_dir().map_err(into_ops)?;
             let backend = self.ctx.backend().map_err(into_ops)?;
             self.opened = Some((dir, backend));

@@ -130,6 +130,19 @@ pub fn run(cli: Cli) -> Result<i32> {
         _ => {}
     }
     let ctx = Ctx::new(global)?;
+    // Commands that change GPUs or leases need root on real GPUs; say so before touching anything
+    // (the launcher, the hooks and the shim check at their own first mutating step).
+    let mutating = match &command {
+        Command::Alloc(_) => Some("`migrun alloc`"),
+        Command::Release(_) => Some("`migrun release`"),
+        Command::Gc(_) => Some("`migrun gc`"),
+        Command::Mig(_) => Some("`migrun mig`"),
+        Command::Teardown(_) => Some("`migrun teardown`"),
+        _ => None,
+    };
+    if let Some(what) = mutating {
+        crate::caller::require_root(what, ctx.global.simulate.is_some())?;
+    }
     match command {
         Command::Run(a) => launch::run(&ctx, a),
         Command::Profiles(a) => list::profiles(&ctx, &a),

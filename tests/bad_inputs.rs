@@ -1,0 +1,393 @@
+//! Runs every row of docs/bad-inputs.md through the binary: the message, the exit code, and that nothing changed
+//! (no lease, no instance, no file); the doc and this table must name the same rows. It must not need a GPU or docker.
+
+mod alloc_support;
+
+use alloc_support::{Sim, BIN};
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+/// One row of docs/bad-inputs.md.
+struct Row {
+    id: String,
+    message: String,
+    exit: i32,
+}
+
+fn doc_rows() -> Vec<Row> {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/bad-inputs.md"))
+        .expect("docs/bad-inputs.md");
+    doc.lines()
+        .filter(|l| l.starts_with("| ") && !l.starts_with("| Id ") && !l.starts_with("|--"))
+        .map(|l| {
+            let cells: Vec<&str> = l.trim_matches('|').split(" | ").map(str::trim).collect();
+            assert_eq!(cells.len(), 6, "row {l:?} needs 6 cells");
+            let m = cells[3];
+            assert!(
+                m.starts_with('`') && m.ends_with('`'),
+                "message cell in backticks: {l:?}"
+            );
+            Row {
+                id: cells[0].to_string(),
+                message: m[1..m.len() - 1].to_string(),
+                exit: cells[4]
+                    .parse()
+                    .unwrap_or_else(|_| panic!("exit code in {l:?}")),
+            }
+        })
+        .collect()
+}
+
+/// How to reproduce a row: the config, a setup step, then the command (args, extra env, stdin).
+struct Case {
+    config: &'static str,
+    setup: fn(&Sim),
+    args: Vec<String>,
+    env: Vec<(&'static str, String)>,
+    stdin: Vec<u8>,
+}
+
+fn none(_: &Sim) {}
+
+/// Make the simulated machine and the state dir exist, so the snapshot compares a real state.
+fn init(sim: &Sim) {
+    sim.ok(&["status"]);
+}
+
+fn one_lease_of_uid_1000(sim: &Sim) {
+    let o = sim
+        .cmd(&["alloc", "--profile", "1g.10gb"])
+        .env("SUDO_UID", "1000")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+fn fresh_dir(p: &Path, mode: u32) {
+    std::fs::create_dir(p).unwrap();
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+fn bundle(sim: &Sim, config: &str) -> String {
+    let b = sim.tmp.path().join("bundle");
+    std::fs::create_dir_all(&b).unwrap();
+    std::fs::write(b.join("config.json"), config).unwrap();
+    b.display().to_string()
+}
+
+fn case(id: &str, sim: &Sim) -> Option<Case> {
+    let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+    let launcher = |extra: &[&str]| {
+        let mut v = s(&[
+            "--profile",
+            "1g.10gb",
+            "--inject",
+            "env",
+            "--docker",
+            "/bin/true",
+        ]);
+        v.extend(s(extra));
+        v
+    };
+    let c = |config, setup: fn(&Sim), args: Vec<String>| Case {
+        config,
+        setup,
+        args,
+        env: vec![],
+        stdin: vec![],
+    };
+    Some(match id {
+        "cli-unknown-profile" => c("", init, s(&["alloc", "--profile", "9g.99gb"])),
+        "cli-bad-profile" => c("", init, s(&["alloc", "--profile", "banana"])),
+        "cli-profile-and-min-mem" => c(
+            "",
+            init,
+            s(&["alloc", "--profile", "1g.10gb", "--min-mem", "10g"]),
+        ),
+        "cli-nothing-asked" => c("", init, s(&["alloc"])),
+        "cli-bad-gpu" => c(
+            "",
+            init,
+            s(&["alloc", "--profile", "1g.10gb", "--gpu", "7"]),
+        ),
+        "cli-bad-size" => c("", init, s(&["alloc", "--min-mem", "lots"])),
+        "cli-bad-wait" => c(
+            "",
+            init,
+            s(&["alloc", "--profile", "1g.10gb", "--wait=abc"]),
+        ),
+        "cli-unknown-lease" => c("", init, s(&["release", "99"])),
+        "cli-bad-simulate" => c("", init, s(&["--simulate", "nosuch", "status"])),
+        "cli-too-big" => c("", init, s(&["alloc", "--min-mem", "200g"])),
+        "cfg-unknown-key" => c("max_leases_totl = 3", none, s(&["status"])),
+        "cfg-bad-type" => c("max_leases_total = \"many\"", none, s(&["status"])),
+        "cfg-bad-release" => c("release = \"recycle\"", none, s(&["status"])),
+        "cfg-missing-file" => c(
+            "",
+            init,
+            s(&["--config", "/nonexistent/migrun.toml", "status"]),
+        ),
+        "cfg-bad-allowed-profile" => c(
+            "allowed_profiles = [\"banana\"]",
+            init,
+            s(&["alloc", "--profile", "1g.10gb"]),
+        ),
+        "policy-profile" => c(
+            "allowed_profiles = [\"1g.10gb\"]",
+            init,
+            s(&["alloc", "--profile", "2g.20gb"]),
+        ),
+        "policy-gpu" => {
+            let _ = sim;
+            c(
+                "gpus = [1]",
+                init,
+                s(&["alloc", "--profile", "1g.10gb", "--gpu", "0"]),
+            )
+        }
+        "policy-per-user" => Case {
+            env: vec![("SUDO_UID", "1000".into())],
+            ..c(
+                "max_leases_per_user = 1",
+                one_lease_of_uid_1000,
+                s(&["alloc", "--profile", "1g.10gb"]),
+            )
+        },
+        "policy-total" => c(
+            "max_leases_total = 1",
+            one_lease_of_uid_1000,
+            s(&["alloc", "--profile", "1g.10gb"]),
+        ),
+        "who-not-yours" => Case {
+            env: vec![("SUDO_UID", "1001".into())],
+            ..c("", one_lease_of_uid_1000, s(&["release", "1"]))
+        },
+        "dir-symlink" => c(
+            "",
+            |sim| {
+                let real = sim.tmp.path().join("real");
+                fresh_dir(&real, 0o700);
+                std::os::unix::fs::symlink(&real, sim.state_dir()).unwrap();
+            },
+            s(&["alloc", "--profile", "1g.10gb"]),
+        ),
+        "dir-world-writable" => c(
+            "",
+            |sim| fresh_dir(&sim.state_dir(), 0o777),
+            s(&["alloc", "--profile", "1g.10gb"]),
+        ),
+        "dir-wrong-owner" => c(
+            "",
+            |sim| {
+                fresh_dir(&sim.state_dir(), 0o700);
+                std::os::unix::fs::chown(sim.state_dir(), Some(65534), Some(65534)).unwrap();
+            },
+            s(&["alloc", "--profile", "1g.10gb"]),
+        ),
+        "dir-not-a-dir" => c(
+            "",
+            |sim| std::fs::write(sim.state_dir(), "x").unwrap(),
+            s(&["alloc", "--profile", "1g.10gb"]),
+        ),
+        "lease-symlink" => c(
+            "",
+            |sim| {
+                one_lease_of_uid_1000(sim);
+                let p = sim.state_dir().join("leases/1.json");
+                let copy = sim.tmp.path().join("copy.json");
+                std::fs::copy(&p, &copy).unwrap();
+                std::fs::remove_file(&p).unwrap();
+                std::os::unix::fs::symlink(&copy, &p).unwrap();
+            },
+            s(&["release", "1"]),
+        ),
+        "lease-garbage" => c(
+            "",
+            |sim| {
+                one_lease_of_uid_1000(sim);
+                std::fs::write(sim.state_dir().join("leases/1.json"), "{\"id\":").unwrap();
+            },
+            s(&["release", "1"]),
+        ),
+        "hook-empty-stdin" => c("", init, s(&["hook", "prestart"])),
+        "hook-bad-json" => Case {
+            stdin: b"{\"id\": ".to_vec(),
+            ..c("", init, s(&["hook", "prestart"]))
+        },
+        "hook-bad-stage" => c("", init, s(&["hook", "bogus"])),
+        "shim-no-bundle" => c(
+            "",
+            init,
+            s(&["runtime", "create", "--bundle", "/nonexistent", "cid"]),
+        ),
+        "shim-bad-profile" => {
+            let b = bundle(sim, r#"{"process": {"env": ["MIGRUN_PROFILE=banana"]}}"#);
+            c("", init, s(&["runtime", "create", "--bundle", &b, "cid"]))
+        }
+        "shim-bad-config" => {
+            let b = bundle(sim, r#"{"process":"#);
+            c("", init, s(&["runtime", "create", "--bundle", &b, "cid"]))
+        }
+        "docker-visible-devices" => c(
+            "",
+            init,
+            launcher(&["-e", "NVIDIA_VISIBLE_DEVICES=all", "img"]),
+        ),
+        "docker-mig-config" => c(
+            "",
+            init,
+            launcher(&["-e", "NVIDIA_MIG_CONFIG_DEVICES=all", "img"]),
+        ),
+        "docker-mig-monitor" => c(
+            "",
+            init,
+            launcher(&["--env", "NVIDIA_MIG_MONITOR_DEVICES=all", "img"]),
+        ),
+        "docker-gpus" => c("", init, launcher(&["--gpus", "all", "img"])),
+        "docker-cdi-device" => c(
+            "",
+            init,
+            launcher(&["--device", "nvidia.com/gpu=all", "img"]),
+        ),
+        "docker-no-image" => c("", init, s(&["--profile", "1g.10gb"])),
+        "docker-bad-cli" => c(
+            "",
+            init,
+            s(&["--profile", "1g.10gb", "--docker", "/nonexistent", "img"]),
+        ),
+        _ => return None,
+    })
+}
+
+/// Every ordinary file under `dir` (symlinks as their target path), except lock files.
+fn snapshot(dir: &Path, out: &mut BTreeMap<PathBuf, Vec<u8>>) {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let p = e.path();
+        let ft = e.file_type().unwrap();
+        if ft.is_symlink() {
+            out.insert(
+                p.clone(),
+                std::fs::read_link(&p)
+                    .unwrap()
+                    .into_os_string()
+                    .into_encoded_bytes(),
+            );
+        } else if ft.is_dir() {
+            snapshot(&p, out);
+        } else if !p.to_string_lossy().ends_with(".lock") && !p.ends_with("migrun.log") {
+            out.insert(p.clone(), std::fs::read(&p).unwrap_or_default());
+        }
+    }
+}
+
+#[test]
+fn every_documented_bad_input_fails_cleanly_and_leaves_nothing() {
+    let rows = doc_rows();
+    assert!(rows.len() >= 30, "docs/bad-inputs.md lost its table?");
+    let mut seen = BTreeSet::new();
+    for row in &rows {
+        assert!(seen.insert(row.id.clone()), "duplicate row {}", row.id);
+        let sim = Sim::new("h100-80gb:2");
+        let c = case(&row.id, &sim).unwrap_or_else(|| {
+            panic!(
+                "docs/bad-inputs.md row {} has no case in tests/bad_inputs.rs",
+                row.id
+            )
+        });
+        std::fs::write(sim.config_path(), c.config).unwrap();
+        (c.setup)(&sim);
+        let mut before = BTreeMap::new();
+        snapshot(sim.tmp.path(), &mut before);
+
+        let mut cmd = sim.cmd(&c.args.iter().map(String::as_str).collect::<Vec<_>>());
+        cmd.envs(c.env.iter().map(|(k, v)| (*k, v)))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("run migrun");
+        child.stdin.take().unwrap().write_all(&c.stdin).unwrap();
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(row.exit), "{}: {err}", row.id);
+        assert!(
+            err.contains(&row.message),
+            "{}: stderr {err:?} lacks the documented {:?}",
+            row.id,
+            row.message
+        );
+
+        let mut after = BTreeMap::new();
+        snapshot(sim.tmp.path(), &mut after);
+        assert_eq!(
+            before.keys().collect::<Vec<_>>(),
+            after.keys().collect::<Vec<_>>(),
+            "{}: files created or removed",
+            row.id
+        );
+        for (p, b) in &before {
+            assert!(after[p] == *b, "{}: {} changed", row.id, p.display());
+        }
+    }
+    // Every case in the table is documented (a case without a row is dead weight or an undocumented input).
+    let known = [
+        "cli-unknown-profile",
+        "cli-bad-profile",
+        "cli-profile-and-min-mem",
+        "cli-nothing-asked",
+        "cli-bad-gpu",
+        "cli-bad-size",
+        "cli-bad-wait",
+        "cli-unknown-lease",
+        "cli-bad-simulate",
+        "cli-too-big",
+        "cfg-unknown-key",
+        "cfg-bad-type",
+        "cfg-bad-release",
+        "cfg-missing-file",
+        "cfg-bad-allowed-profile",
+        "policy-profile",
+        "policy-gpu",
+        "policy-per-user",
+        "policy-total",
+        "who-not-yours",
+        "dir-symlink",
+        "dir-world-writable",
+        "dir-wrong-owner",
+        "dir-not-a-dir",
+        "lease-symlink",
+        "lease-garbage",
+        "hook-empty-stdin",
+        "hook-bad-json",
+        "hook-bad-stage",
+        "shim-no-bundle",
+        "shim-bad-profile",
+        "shim-bad-config",
+        "docker-visible-devices",
+        "docker-mig-config",
+        "docker-mig-monitor",
+        "docker-gpus",
+        "docker-cdi-device",
+        "docker-no-image",
+        "docker-bad-cli",
+    ];
+    let sim = Sim::new("h100-80gb");
+    for id in known {
+        assert!(case(id, &sim).is_some(), "{id} listed but has no case");
+        assert!(
+            seen.contains(id),
+            "tests/bad_inputs.rs case {id} has no row in docs/bad-inputs.md"
+        );
+    }
+    assert_eq!(
+        seen.len(),
+        known.len(),
+        "rows without a case were caught above"
+    );
+    let _ = BIN;
+}
