@@ -31,4 +31,7 @@ step "benchmark smoke: placement-bench (sweep and trace replay; not a timed test
 cargo run --quiet --bin placement-bench -- --gpus h100-80gb:8 --sweep --seeds 3 --arrivals 500 --loads 0.9
 cargo run --quiet --bin placement-bench -- --gpus h100-80gb:2 --trace examples/traces/sample.jsonl --json >/dev/null
 
+step "fuzz smoke: every cargo-fuzz target for 10 s from its seed corpus (fails on a crash)"
+bash scripts/fuzz-smoke.sh 10
+
 step "all test steps passed"
