@@ -19,7 +19,11 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(again, cfg, "{written}");
         }
         Err(msg) => {
-            assert!(!msg.trim().is_empty(), "empty error for {text:?}");
+            assert!(
+                !msg.trim().is_empty(),
+                "empty error for {text:?}; toml said: {:?}",
+                toml::from_str::<Config>(text).map(|_| ()).unwrap_err().to_string()
+            );
             assert!(
                 !msg.contains(['\n', '\r']),
                 "error for {text:?} is not one line: {msg:?}"
