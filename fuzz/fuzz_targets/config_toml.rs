@@ -22,7 +22,10 @@ fuzz_target!(|data: &[u8]| {
             assert!(
                 !msg.trim().is_empty(),
                 "empty error for {text:?}; toml said: {:?}",
-                toml::from_str::<Config>(text).map(|_| ()).unwrap_err().to_string()
+                toml::from_str::<Config>(text)
+                    .map(|_| ())
+                    .unwrap_err()
+                    .to_string()
             );
             assert!(
                 !msg.contains(['\n', '\r']),
