@@ -1468,6 +1468,17 @@ mod tests {
         assert!(!e.contains(['\n', '\r']), "{e:?}");
     }
 
+    /// Found by fuzz/fuzz_targets/spec_rewrite.rs: without serde_json's `float_roundtrip` a float
+    /// in an unknown field was read 1 ULP off, so a rewritten config.json changed it.
+    #[test]
+    fn rewritten_config_keeps_floats_exact() {
+        let path = Path::new("config.json");
+        let spec = parse_config(br#"{"x-vendor": 8.88e25}"#, path).unwrap();
+        assert_eq!(spec["x-vendor"].as_f64(), Some(8.88e25));
+        let again = parse_config(&serde_json::to_vec(&spec).unwrap(), path).unwrap();
+        assert_eq!(again, spec);
+    }
+
     #[test]
     fn liveness_is_only_ever_positive_evidence() {
         // No runc state for this id anywhere: unknown (the init pid decides), never "gone".
