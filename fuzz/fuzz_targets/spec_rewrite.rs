@@ -174,7 +174,7 @@ fn check_managed(out: &Value, flow: Flow, lease: &Lease, hooks: &[Box<dyn SpecMo
             assert!(marker.is_none(), "forged lease annotation kept");
         }
         Flow::Lease | Flow::Shim => {
-            assert_eq!(values(NVIDIA_VISIBLE_DEVICES), [lease.mig_uuid.clone()]);
+            assert_eq!(values(NVIDIA_VISIBLE_DEVICES), [lease.mig_uuid.as_str()]);
             assert_eq!(values(ENV_LEASE), [lease.id.to_string()]);
             assert_eq!(marker, Some(&Value::String(lease.id.to_string())));
         }
