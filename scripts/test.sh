@@ -36,4 +36,7 @@ cargo build --quiet --bins
 cargo build --quiet -p fake-nvml
 cargo run --quiet --bin overhead-bench -- all --smoke
 
+step "fuzz smoke: every cargo-fuzz target for 10 s from its seed corpus (fails on a crash)"
+bash scripts/fuzz-smoke.sh 10
+
 step "all test steps passed"

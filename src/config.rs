@@ -133,7 +133,25 @@ impl Config {
 
     /// Parse TOML text; the error is one line naming the offending key.
     pub fn parse(text: &str) -> Result<Config, String> {
-        toml::from_str(text).map_err(|e| e.message().trim().replace('\n', " "))
+        toml::from_str(text).map_err(|e| {
+            let msg = e.message().trim();
+            let msg = if msg.is_empty() {
+                // toml gives no message for some syntax errors (a control character in a comment);
+                // its report's first line still says where, and the span says what.
+                let at = e.to_string().lines().next().unwrap_or_default().to_string();
+                match e
+                    .span()
+                    .and_then(|s| text.get(s.start..).and_then(|t| t.chars().next()))
+                {
+                    Some(c) => format!("{at}: unexpected character {c:?}"),
+                    None => format!("{at}: syntax error"),
+                }
+            } else {
+                msg.to_string()
+            };
+            // Keys and values are quoted raw; a newline or carriage return would split the one-line error.
+            msg.replace(['\n', '\r'], " ")
+        })
     }
 }
 
@@ -154,5 +172,19 @@ mod tests {
             Config::parse("gpus = [0, \"GPU-abc\"]\nrelease = \"keep\"\ninject = \"env\"").unwrap();
         assert_eq!(c.release, ReleasePolicy::Keep);
         assert_eq!(c.gpus.unwrap()[1], GpuRef::Uuid("GPU-abc".into()));
+    }
+
+    /// Found by fuzz/fuzz_targets/config_toml.rs: toml's message was empty (control character in a
+    /// comment) or carried a raw carriage return (quoted key), so the CLI error was blank or broken.
+    #[test]
+    fn errors_are_one_nonempty_line() {
+        let e = Config::parse("# policy\u{e}file\nrelease = \"keep\"").unwrap_err();
+        assert!(e.contains("line 1, column 9"), "{e}");
+        assert!(e.contains("'\\u{e}'"), "{e}");
+        let e = Config::parse("\"a\\rb\" = 1").unwrap_err();
+        assert!(
+            !e.contains(['\n', '\r']) && e.contains("unknown field"),
+            "{e:?}"
+        );
     }
 }

@@ -679,6 +679,20 @@ pub fn parse_config(bytes: &[u8], path: &Path) -> Result<Value, OciError> {
     Ok(spec)
 }
 
+/// `s` with control characters escaped: serde quotes input strings raw into its messages, and a
+/// newline there would split the one-line error a hook logs.
+fn one_line(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
 /// The state a runtime hands a hook (runtime-spec), checked for what migrun needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HookState {
@@ -696,7 +710,10 @@ pub fn parse_state(bytes: &[u8], stage: &'static str) -> Result<HookState, OciEr
             stage,
         });
     }
-    let bad = |reason: String| OciError::BadState { stage, reason };
+    let bad = |reason: String| OciError::BadState {
+        stage,
+        reason: one_line(&reason),
+    };
     let state: oci_spec::runtime::State =
         serde_json::from_slice(bytes).map_err(|e| bad(e.to_string()))?;
     if state.id().is_empty() {
@@ -1439,6 +1456,27 @@ mod tests {
             assert!(e.contains(what), "{e}");
             assert!(!e.contains('\n'));
         }
+    }
+
+    /// Found by fuzz/fuzz_targets/oci_state.rs: serde_json quoted an unknown `status` raw, so a
+    /// newline or carriage return in it split the hook's one-line error.
+    #[test]
+    fn state_errors_quoting_input_stay_one_line() {
+        let state = br#"{"id":"x","status":"a\nb\rc","bundle":"/b"}"#;
+        let e = parse_state(state, "prestart").unwrap_err().to_string();
+        assert!(e.contains(r"unknown variant `a\nb\rc`"), "{e}");
+        assert!(!e.contains(['\n', '\r']), "{e:?}");
+    }
+
+    /// Found by fuzz/fuzz_targets/spec_rewrite.rs: without serde_json's `float_roundtrip` a float
+    /// in an unknown field was read 1 ULP off, so a rewritten config.json changed it.
+    #[test]
+    fn rewritten_config_keeps_floats_exact() {
+        let path = Path::new("config.json");
+        let spec = parse_config(br#"{"x-vendor": 8.88e25}"#, path).unwrap();
+        assert_eq!(spec["x-vendor"].as_f64(), Some(8.88e25));
+        let again = parse_config(&serde_json::to_vec(&spec).unwrap(), path).unwrap();
+        assert_eq!(again, spec);
     }
 
     #[test]

@@ -56,6 +56,8 @@ impl FromStr for SimSpec {
         let mut entries = Vec::new();
         for group in spec.split(',') {
             let group = group.trim();
+            // Quoted in errors: escaped, so a control character cannot break the one-line message.
+            let shown = group.escape_debug();
             if group.is_empty() {
                 return Err(syntax("empty model entry".into()));
             }
@@ -73,12 +75,12 @@ impl FromStr for SimSpec {
                             .parse()
                             .map_err(|_| syntax(format!("GPU count {n:?} is too large")))?;
                         if count == 0 {
-                            return Err(syntax(format!("{group}: GPU count must be at least 1")));
+                            return Err(syntax(format!("{shown}: GPU count must be at least 1")));
                         }
                     }
                     other => {
                         return Err(syntax(format!(
-                            "{group}: unexpected {other:?} (expected a GPU count or mig-off)"
+                            "{shown}: unexpected {other:?} (expected a GPU count or mig-off)"
                         )))
                     }
                 }
@@ -582,6 +584,21 @@ mod tests {
         m.destroy_gi(0, gi).unwrap();
         m.set_mig_mode(0, false).unwrap();
         assert!(!m.reset_gpu(0).unwrap().current);
+    }
+
+    /// Found by fuzz/fuzz_targets/simspec.rs: the bad group was quoted raw, so a newline in
+    /// `--simulate` split the one-line error.
+    #[test]
+    fn spec_errors_stay_one_line() {
+        for bad in ["a100-40gb:x\ny", "h100-80gb:0\r", "h100-80gb:::\n"] {
+            let e = bad.parse::<SimSpec>().unwrap_err().to_string();
+            assert!(!e.contains(['\n', '\r']), "{e:?}");
+        }
+        let e = "h100-80gb:0".parse::<SimSpec>().unwrap_err().to_string();
+        assert!(
+            e.contains("h100-80gb:0: GPU count must be at least 1"),
+            "{e}"
+        );
     }
 
     #[test]
