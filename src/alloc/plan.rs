@@ -295,6 +295,19 @@ impl fmt::Display for Why {
 
 impl fmt::Display for NoRoom {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // A policy refusal is not a matter of room: one line naming the rule, no slot maps.
+        if let Some(Why::NotAllowed { profile }) = self.gpus.first().map(|g| &g.why) {
+            if self
+                .gpus
+                .iter()
+                .all(|g| matches!(g.why, Why::NotAllowed { .. }))
+            {
+                return write!(
+                    f,
+                    "refused by policy: {profile} is not in the config's allowed_profiles; ask for an allowed profile (docs/config.md)"
+                );
+            }
+        }
         let suggestion = match self.fits_now.first() {
             Some((gpu, p)) if self.gpus.len() > 1 => format!("{p} fits now on GPU {gpu}"),
             Some((_, p)) => format!("{p} fits now"),
