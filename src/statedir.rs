@@ -84,12 +84,13 @@ impl StateDir {
         if mode & 0o022 != 0 {
             return Err(StateDirError::TooOpen { path, mode });
         }
-        // Prove we can write here now, so a read-only dir is a clear error up front and not half-way through a change.
-        let probe = tempfile::Builder::new()
-            .prefix(".probe")
-            .tempfile_in(&path)
-            .map_err(io_err(&path))?;
-        drop(probe);
+        // Check we can write here now, so a read-only dir is a clear error up front and not half-way through a
+        // change. access(2) answers without creating a file (this runs on every command, hooks included).
+        nix::unistd::access(
+            &path,
+            nix::unistd::AccessFlags::W_OK | nix::unistd::AccessFlags::X_OK,
+        )
+        .map_err(|errno| io_err(&path)(std::io::Error::from_raw_os_error(errno as i32)))?;
         Ok(StateDir { path })
     }
 

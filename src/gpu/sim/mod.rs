@@ -9,7 +9,10 @@ pub mod models;
 
 pub use machine::{SimMachine, SimSpec, SpecError};
 
-use super::{Backend, Code, ComputeInstance, GiProfile, GpuError, GpuInfo, GpuInstance, MigMode};
+use super::{
+    Backend, Code, ComputeInstance, GiProfile, GpuError, GpuInfo, GpuInstance, GpuState, MigMode,
+    MigState,
+};
 use crate::statedir::{self, StateDir};
 use std::path::{Path, PathBuf};
 
@@ -197,11 +200,70 @@ impl Backend for SimBackend {
     fn gpu_processes(&mut self, gpu: u32) -> Result<u32, GpuError> {
         self.op("listing compute processes", gpu, |m| m.gpu_processes(gpu))
     }
+
+    /// One locked read of the state file for the whole machine, instead of the default's one per GPU and call:
+    /// every allocation and hook takes a snapshot, and it must also be consistent across GPUs.
+    fn snapshot(&mut self) -> Result<MigState, GpuError> {
+        self.store.update(&self.spec, |m| {
+            let mut gpus = Vec::new();
+            for info in m.gpu_infos() {
+                let i = info.index;
+                let fail = |code| GpuError::nvml("reading the simulated GPU", i, code);
+                let (profiles, instances) = match info.mig {
+                    None => (Vec::new(), Vec::new()),
+                    Some(mode) => (
+                        m.profiles(i).map_err(fail)?,
+                        if mode.current {
+                            m.instances(i).map_err(fail)?
+                        } else {
+                            Vec::new()
+                        },
+                    ),
+                };
+                gpus.push(GpuState {
+                    info,
+                    profiles,
+                    instances,
+                });
+            }
+            Ok(MigState { gpus })
+        })?
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The trait's per-call snapshot, for comparing with the one-read override.
+    fn per_call_snapshot(b: &mut SimBackend) -> MigState {
+        let mut gpus = Vec::new();
+        for info in b.gpus().unwrap() {
+            let profiles = b.profiles(info.index).unwrap();
+            let instances = if info.mig.is_some_and(|m| m.current) {
+                b.instances(info.index).unwrap()
+            } else {
+                Vec::new()
+            };
+            gpus.push(GpuState {
+                info,
+                profiles,
+                instances,
+            });
+        }
+        MigState { gpus }
+    }
+
+    #[test]
+    fn one_read_snapshot_equals_the_per_call_one() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = StateDir::open(t.path().join("s")).unwrap();
+        let mut b =
+            SimBackend::open(&dir, "h100-80gb:2,a30-24gb:1:mig-off".parse().unwrap()).unwrap();
+        b.create_gi(1, 9, 4).unwrap();
+        b.create_default_ci(1, 1).unwrap();
+        assert_eq!(b.snapshot().unwrap(), per_call_snapshot(&mut b));
+    }
 
     #[test]
     fn state_is_shared_through_the_file_and_spec_mismatch_is_refused() {
