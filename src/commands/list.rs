@@ -20,6 +20,8 @@ pub fn display_order(profiles: &[GiProfile]) -> Vec<&GiProfile> {
 }
 
 /// The GPUs a listing covers (`--gpu` narrows it), with their profiles read from the backend.
+/// Not `Backend::snapshot`: `profiles`/`placements` must not list instances, which needs root on a real host
+/// while reading profiles does not.
 fn selected(
     backend: &mut dyn Backend,
     gpu: Option<&str>,
