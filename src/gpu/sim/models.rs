@@ -6,7 +6,9 @@
 //! carried as `None` and printed as `?`.
 
 use crate::gpu::{GiProfile, Placement};
+use serde_json::value::RawValue;
 use serde_json::Value;
+use std::borrow::Cow;
 use std::sync::OnceLock;
 
 /// The profile tables, exactly as shared with the rest of the project.
@@ -142,37 +144,60 @@ pub fn simulatable_keys() -> Vec<&'static str> {
         .collect()
 }
 
-fn table() -> &'static Value {
-    static TABLE: OnceLock<Value> = OnceLock::new();
+/// The table, parsed only as far as every lookup needs: column names and, per model group, its name and its
+/// rows left as raw JSON. Every simulator command and hook loads one model, so parsing the whole file into a
+/// `Value` (notes, sources and all nine models) was half of a hook's CPU time; a model's rows are parsed on use.
+#[derive(serde::Deserialize)]
+struct Table<'a> {
+    #[serde(borrow)]
+    columns: Vec<Cow<'a, str>>,
+    #[serde(borrow)]
+    gpus: Vec<Group<'a>>,
+}
+
+#[derive(serde::Deserialize)]
+struct Group<'a> {
+    #[serde(borrow)]
+    model: Cow<'a, str>,
+    #[serde(borrow)]
+    rows: Option<&'a RawValue>,
+}
+
+fn table() -> &'static Table<'static> {
+    static TABLE: OnceLock<Table<'static>> = OnceLock::new();
     TABLE.get_or_init(|| {
         serde_json::from_str(PROFILE_TABLE_JSON).expect("data/mig-profiles.json is valid JSON")
     })
 }
 
 fn column_index(name: &str) -> usize {
-    table()["columns"]
-        .as_array()
-        .and_then(|cols| cols.iter().position(|c| c.as_str() == Some(name)))
+    table()
+        .columns
+        .iter()
+        .position(|c| c == name)
         .unwrap_or_else(|| panic!("mig-profiles.json has no column {name}"))
 }
 
+/// A row's cell; a short row reads as `null` (unknown), like a missing value.
+fn cell(row: &[Value], i: usize) -> &Value {
+    row.get(i).unwrap_or(&Value::Null)
+}
+
 fn load(name: &ModelName) -> Result<Model, ModelError> {
-    let group = table()["gpus"]
-        .as_array()
-        .and_then(|gs| {
-            gs.iter().find(|g| {
-                g["model"]
-                    .as_str()
-                    .is_some_and(|m| m.starts_with(name.table_prefix))
-            })
-        })
+    let group = table()
+        .gpus
+        .iter()
+        .find(|g| g.model.starts_with(name.table_prefix))
         .ok_or_else(|| ModelError::Unknown {
             given: name.key.into(),
         })?;
-    let rows = group["rows"].as_array().cloned().unwrap_or_default();
+    let rows: Vec<Vec<Value>> = group
+        .rows
+        .map(|r| serde_json::from_str(r.get()).expect("mig-profiles.json rows are arrays"))
+        .unwrap_or_default();
     let mut profiles = Vec::new();
     for row in &rows {
-        let profile_name = row[column_index("name")]
+        let profile_name = cell(row, column_index("name"))
             .as_str()
             .unwrap_or("?")
             .to_string();
@@ -182,13 +207,13 @@ fn load(name: &ModelName) -> Result<Model, ModelError> {
             field,
         };
         let req = |field: &'static str| -> Result<u64, ModelError> {
-            row[column_index(field)]
+            cell(row, column_index(field))
                 .as_u64()
                 .ok_or_else(|| incomplete(field))
         };
-        let opt = |field: &str| row[column_index(field)].as_u64().map(|v| v as u32);
+        let opt = |field: &str| cell(row, column_index(field)).as_u64().map(|v| v as u32);
         let size = req("placement_size")? as u32;
-        let starts = row[column_index("placement_starts")]
+        let starts = cell(row, column_index("placement_starts"))
             .as_array()
             .ok_or_else(|| incomplete("placement_starts"))?;
         let placements = starts
@@ -236,11 +261,14 @@ fn load(name: &ModelName) -> Result<Model, ModelError> {
 /// Look a model up by its simulator name (`h100-80gb`).
 pub fn model(key: &str) -> Result<Model, ModelError> {
     let key_lc = key.trim().to_ascii_lowercase();
-    let name = MODEL_NAMES
+    let i = MODEL_NAMES
         .iter()
-        .find(|m| m.key == key_lc)
+        .position(|m| m.key == key_lc)
         .ok_or_else(|| ModelError::Unknown { given: key.into() })?;
-    load(name)
+    // Loaded once per process: a snapshot of an 8-GPU machine asks for the model of every GPU several times.
+    static LOADED: OnceLock<Vec<OnceLock<Result<Model, ModelError>>>> = OnceLock::new();
+    let loaded = LOADED.get_or_init(|| MODEL_NAMES.iter().map(|_| OnceLock::new()).collect());
+    loaded[i].get_or_init(|| load(&MODEL_NAMES[i])).clone()
 }
 
 #[cfg(test)]
