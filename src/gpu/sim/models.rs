@@ -6,9 +6,7 @@
 //! carried as `None` and printed as `?`.
 
 use crate::gpu::{GiProfile, Placement};
-use serde_json::value::RawValue;
 use serde_json::Value;
-use std::borrow::Cow;
 use std::sync::OnceLock;
 
 /// The profile tables, exactly as shared with the rest of the project.
@@ -144,37 +142,17 @@ pub fn simulatable_keys() -> Vec<&'static str> {
         .collect()
 }
 
-/// The table, parsed only as far as every lookup needs: column names and, per model group, its name and its
-/// rows left as raw JSON. Every simulator command and hook loads one model, so parsing the whole file into a
-/// `Value` (notes, sources and all nine models) was half of a hook's CPU time; a model's rows are parsed on use.
-#[derive(serde::Deserialize)]
-struct Table<'a> {
-    #[serde(borrow)]
-    columns: Vec<Cow<'a, str>>,
-    #[serde(borrow)]
-    gpus: Vec<Group<'a>>,
-}
-
-#[derive(serde::Deserialize)]
-struct Group<'a> {
-    #[serde(borrow)]
-    model: Cow<'a, str>,
-    #[serde(borrow)]
-    rows: Option<&'a RawValue>,
-}
-
-fn table() -> &'static Table<'static> {
-    static TABLE: OnceLock<Table<'static>> = OnceLock::new();
-    TABLE.get_or_init(|| {
-        serde_json::from_str(PROFILE_TABLE_JSON).expect("data/mig-profiles.json is valid JSON")
-    })
+/// The table split per model at build time (build.rs): column names, and each group's rows as raw JSON. Every
+/// simulator command and hook loads one model, and parsing the whole file (notes, sources, nine models) was a
+/// third of a hook's CPU time; now only the needed model's rows are parsed.
+mod split {
+    include!(concat!(env!("OUT_DIR"), "/model_tables.rs"));
 }
 
 fn column_index(name: &str) -> usize {
-    table()
-        .columns
+    split::COLUMNS
         .iter()
-        .position(|c| c == name)
+        .position(|c| *c == name)
         .unwrap_or_else(|| panic!("mig-profiles.json has no column {name}"))
 }
 
@@ -184,16 +162,14 @@ fn cell(row: &[Value], i: usize) -> &Value {
 }
 
 fn load(name: &ModelName) -> Result<Model, ModelError> {
-    let group = table()
-        .gpus
+    let (_, rows) = split::GROUPS
         .iter()
-        .find(|g| g.model.starts_with(name.table_prefix))
+        .find(|(model, _)| model.starts_with(name.table_prefix))
         .ok_or_else(|| ModelError::Unknown {
             given: name.key.into(),
         })?;
-    let rows: Vec<Vec<Value>> = group
-        .rows
-        .map(|r| serde_json::from_str(r.get()).expect("mig-profiles.json rows are arrays"))
+    let rows: Vec<Vec<Value>> = serde_json::from_str::<Option<Vec<Vec<Value>>>>(rows)
+        .expect("build.rs wrote the rows as JSON")
         .unwrap_or_default();
     let mut profiles = Vec::new();
     for row in &rows {
@@ -274,6 +250,25 @@ pub fn model(key: &str) -> Result<Model, ModelError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_build_time_split_holds_the_table_unchanged() {
+        let table: Value = serde_json::from_str(PROFILE_TABLE_JSON).unwrap();
+        let columns: Vec<&str> = table["columns"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c.as_str().unwrap())
+            .collect();
+        assert_eq!(columns, split::COLUMNS);
+        let groups = table["gpus"].as_array().unwrap();
+        assert_eq!(groups.len(), split::GROUPS.len());
+        for (g, (model, rows)) in groups.iter().zip(split::GROUPS) {
+            assert_eq!(g["model"].as_str(), Some(*model));
+            let rows: Value = serde_json::from_str(rows).unwrap();
+            assert_eq!(rows, g["rows"], "{model}");
+        }
+    }
 
     #[test]
     fn every_required_model_loads_with_real_ids() {
