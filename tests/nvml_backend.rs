@@ -351,11 +351,44 @@ fn init_failure_is_no_driver_and_sessions_are_reused() {
         fake.calls("nvmlDeviceGetGpuInstancePossiblePlacements_v2"),
         2 * 7
     );
-    // Remaining capacity is live: read on every snapshot.
-    assert_eq!(
-        fake.calls("nvmlDeviceGetGpuInstanceRemainingCapacity"),
-        4 * 2 * 7
-    );
+    // The snapshot derives remaining capacity from the instances (the placement rules) instead of asking NVML
+    // once per profile; `profiles()` still asks.
+    assert_eq!(fake.calls("nvmlDeviceGetGpuInstanceRemainingCapacity"), 0);
     let m = fake.machine();
     assert_eq!(first.gpus[1].profiles, m.profiles(1).unwrap());
+    b.profiles(0).unwrap();
+    assert_eq!(fake.calls("nvmlDeviceGetGpuInstanceRemainingCapacity"), 7);
+}
+
+#[test]
+fn the_snapshot_equals_the_per_call_listing_with_live_remaining_capacity() {
+    // Instances of several shapes on two H100s, one with a +me profile, and a GPU with MIG off.
+    let fake = FakeNvml::new("h100-80gb:2,a30-24gb:1:mig-off");
+    let mut b = fake.backend();
+    let steps: &[&[(u32, u32, u32)]] = &[
+        &[],
+        &[(1, 9, 4)],
+        &[(0, 19, 0), (0, 19, 1), (0, 14, 2)],
+        &[(0, 20, 6), (1, 5, 0)],
+    ];
+    for step in steps {
+        for &(gpu, profile, start) in *step {
+            let gi = b.create_gi(gpu, profile, start).unwrap();
+            b.create_default_ci(gpu, gi).unwrap();
+        }
+        let snap = b.snapshot().unwrap();
+        let gpus = b.gpus().unwrap();
+        assert_eq!(snap.gpus.len(), gpus.len());
+        for (g, info) in snap.gpus.iter().zip(gpus) {
+            assert_eq!(g.info, info);
+            // What NVML answers, profile by profile (remaining capacity included).
+            assert_eq!(
+                g.profiles,
+                b.profiles(info.index).unwrap(),
+                "GPU {} after {step:?}",
+                info.index
+            );
+            assert_eq!(g.instances, b.instances(info.index).unwrap());
+        }
+    }
 }
