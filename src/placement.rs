@@ -7,7 +7,7 @@
 //! request that fits somewhere.
 
 use crate::gpu::rules::{self, Occupant};
-use crate::gpu::{GiProfile, GpuState, MigState, Placement};
+use crate::gpu::{GiProfile, GpuInstance, GpuState, MigState, Placement};
 use crate::profile::{self, ProfileSpec, Variant};
 
 /// Which placement policy to use.
@@ -73,13 +73,13 @@ pub fn choose(
 /// Cost of one memory slice that no profile can use any more (it stays dead until a neighbour leaves).
 const DEAD_SLICE_COST: f64 = 4.0;
 
-/// Weight of the drain term, as a fraction of the whole-GPU weight (slots², 64 on an 8-slice GPU).
+/// Weight of the release-delay term, as a fraction of a block's size² weight.
 ///
-/// Adding an instance to a GPU that holds k instances delays the moment that GPU becomes empty
-/// again: with lifetimes of one distribution and no memory, the last of k instances leaves after
-/// H_k = 1 + 1/2 + … + 1/k mean lifetimes, so one more costs 1/(k+1) of a lifetime. The sweep put
-/// the weight at 10 on an H100 (5 and 40 were worse; docs/placement.md).
-const DRAIN_WEIGHT: f64 = 10.0 / 64.0;
+/// A block of a large shape (the whole GPU, a half) that already holds k instances comes free
+/// when the last of them leaves; with lifetimes of one distribution and no memory that takes
+/// H_k = 1 + 1/2 + … + 1/k mean lifetimes, so one more instance inside it delays it by 1/(k+1).
+/// The sweep put the weight at 0.2 (0.12 and 0.16 were no better; docs/placement.md).
+const RELEASE_DELAY_WEIGHT: f64 = 0.2;
 
 /// migrun's policy (docs/placement.md): the feasible (GPU, placement) that destroys the least
 /// future capacity, weighted by size and by how scarce that capacity is machine-wide.
@@ -140,13 +140,7 @@ fn migrun(state: &MigState, spec: &ProfileSpec, gpus: Option<&[u32]>) -> Option<
         if free.is_empty() {
             continue;
         }
-        // Drain term: an instance on a GPU already in use delays the GPU's return to empty.
-        let drain = if view.occ == 0 {
-            0.0
-        } else {
-            let slots = view.slots as f64;
-            DRAIN_WEIGHT * slots * slots / (g.instances.len() as f64 + 1.0)
-        };
+        let busy = view.busy_blocks(&g.instances);
         // Two-ended packing: instances of at least half a GPU fill from the highest index, smaller
         // ones from the lowest, so equal-cost choices do not mix the two on the same GPUs.
         let from_top = free[0].size * 2 >= view.slots;
@@ -168,7 +162,12 @@ fn migrun(state: &MigState, spec: &ProfileSpec, gpus: Option<&[u32]>) -> Option<
             let after_fill = view.fillable(occ_after, &after_flags, Some(req));
             let dead = before_fill.saturating_sub(after_fill + placement.size);
             cost += DEAD_SLICE_COST * dead as f64;
-            cost += drain;
+            let span = span_mask(&placement);
+            cost += busy
+                .iter()
+                .filter(|(block, _)| block & span != 0)
+                .map(|(_, delay)| delay)
+                .sum::<f64>();
             let choice = Choice {
                 gpu: g.info.index,
                 profile_id: g.profiles[req].id,
@@ -322,6 +321,27 @@ impl GpuView {
         if free.iter().any(|p| p.end() <= half) {
             free.retain(|p| p.end() <= half);
         }
+    }
+
+    /// The occupied blocks of the large shapes (at least half the GPU: the whole GPU, the halves)
+    /// with what one more instance inside each costs: it delays the block's release
+    /// (`RELEASE_DELAY_WEIGHT`). For the whole GPU this prefers GPUs holding more instances, so
+    /// GPUs with one or two left can empty for a full-GPU profile; for a half it prefers halves
+    /// already crowded, so a half with one small instance left can come free for a 4g or a 3g.
+    fn busy_blocks(&self, instances: &[GpuInstance]) -> Vec<(u64, f64)> {
+        let masks: Vec<u64> = instances.iter().map(|i| span_mask(&i.placement)).collect();
+        let mut out = Vec::new();
+        for shape in self.shapes.iter().filter(|s| s.size * 2 >= self.slots) {
+            let weight = RELEASE_DELAY_WEIGHT * (shape.size as f64).powi(2);
+            for p in &shape.placements {
+                let block = span_mask(p);
+                let k = masks.iter().filter(|m| *m & block != 0).count();
+                if k > 0 {
+                    out.push((block, weight / (k as f64 + 1.0)));
+                }
+            }
+        }
+        out
     }
 
     /// `rules::can_create` for profile `k`, with one more instance of `extra` counted.
@@ -555,8 +575,8 @@ mod tests {
                 "3g.40gb",
                 Some((1, 4)),
             ),
-            // Drain: same capacity lost on GPU 0 (one instance) and GPU 1 (three); GPU 1 takes it,
-            // so GPU 0 can empty after one lifetime.
+            // Release delay, whole GPU: same capacity lost on GPU 0 (one instance) and GPU 1
+            // (three); GPU 1 takes it, so GPU 0 can empty when its one instance leaves.
             (
                 "h100-80gb:2",
                 &[
@@ -567,6 +587,15 @@ mod tests {
                 ],
                 "1g.20gb",
                 Some((1, 6)),
+            ),
+            // Release delay, halves: the lower half holds one instance and comes free for a 4g
+            // when it leaves; the 1g joins the upper half, which holds two (without the half
+            // term it would take 2).
+            (
+                "h100-80gb",
+                &[(0, "2g.20gb", 0), (0, "1g.10gb", 4), (0, "1g.10gb", 5)],
+                "1g.10gb",
+                Some((0, 6)),
             ),
             // Small instances go to a GPU already in use rather than break an empty one (best fit).
             ("h100-80gb:2", &[(1, "3g.40gb", 4)], "1g.10gb", Some((1, 0))),
