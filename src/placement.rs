@@ -141,9 +141,6 @@ fn migrun(state: &MigState, spec: &ProfileSpec, gpus: Option<&[u32]>) -> Option<
             continue;
         }
         let busy = view.busy_blocks(&g.instances);
-        // Two-ended packing: instances of at least half a GPU fill from the highest index, smaller
-        // ones from the lowest, so equal-cost choices do not mix the two on the same GPUs.
-        let from_top = free[0].size * 2 >= view.slots;
         let before = view.capacity(view.occ, &view.flags, None);
         let before_fill = view.fillable(view.occ, &view.flags, None);
         let after_flags = view.flags.with(&view.profs[req]);
@@ -173,12 +170,8 @@ fn migrun(state: &MigState, spec: &ProfileSpec, gpus: Option<&[u32]>) -> Option<
                 profile_id: g.profiles[req].id,
                 placement,
             };
-            // Strictly cheaper wins; on equal cost the lower start on one GPU, and across GPUs
-            // the lower index for small instances and the higher index for large ones.
-            let better = best.as_ref().map_or(true, |(c, b)| {
-                cost < *c - 1e-9 || (from_top && cost < *c + 1e-9 && b.gpu != choice.gpu)
-            });
-            if better {
+            // Strictly cheaper only, so ties keep the lower GPU and the lower start.
+            if best.as_ref().map_or(true, |(c, _)| cost < *c - 1e-9) {
                 best = Some((cost, choice));
             }
         }
@@ -562,19 +555,9 @@ mod tests {
             Option<(u32, u32)>,
         );
         let rows: &[Row] = &[
-            // Two-ended packing: on equal cost, instances of half a GPU or more go to the highest
-            // GPU, smaller ones to the lowest. A 3g takes the upper half and keeps [0,4) for a 4g.
-            ("h100-80gb:8", &[], "3g.40gb", Some((7, 4))),
-            ("h100-80gb:8", &[], "4g.40gb", Some((7, 0))),
-            ("h100-80gb:8", &[], "7g.80gb", Some((7, 0))),
-            ("h100-80gb:8", &[], "2g.20gb", Some((0, 4))),
-            ("h100-80gb:8", &[], "1g.10gb", Some((0, 0))),
-            (
-                "h100-80gb:3",
-                &[(0, "4g.40gb", 0), (1, "4g.40gb", 0)],
-                "3g.40gb",
-                Some((1, 4)),
-            ),
+            // Ties go to the lowest GPU; a 3g takes the upper half and keeps [0,4) for a 4g.
+            ("h100-80gb:8", &[], "3g.40gb", Some((0, 4))),
+            ("h100-80gb:8", &[], "7g.80gb", Some((0, 0))),
             // Release delay, whole GPU: same capacity lost on GPU 0 (one instance) and GPU 1
             // (three); GPU 1 takes it, so GPU 0 can empty when its one instance leaves.
             (
