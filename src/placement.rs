@@ -1,7 +1,8 @@
 //! Pure placement policy: (snapshot, request) -> choice, plus the first-fit baseline; it must not do I/O.
 //!
 //! docs/placement.md explains the policy and why. In short, [`Policy::Migrun`] scores every feasible
-//! (GPU, placement) by the future capacity it would destroy on that GPU and takes the cheapest.
+//! (GPU, placement) by the future capacity it would destroy on that GPU, plus how much it would delay
+//! occupied large blocks (the whole GPU, a half) from coming free, and takes the cheapest.
 //! Feasibility always comes from [`candidates`] (the shared `gpu::rules`), so the policy can only
 //! *rank* what the driver would accept: it never plans an illegal instance and never refuses a
 //! request that fits somewhere.
@@ -82,7 +83,8 @@ const DEAD_SLICE_COST: f64 = 4.0;
 const RELEASE_DELAY_WEIGHT: f64 = 0.2;
 
 /// migrun's policy (docs/placement.md): the feasible (GPU, placement) that destroys the least
-/// future capacity, weighted by size and by how scarce that capacity is machine-wide.
+/// future capacity, weighted by size and by how scarce that capacity is machine-wide, and delays
+/// the release of occupied large blocks the least.
 fn migrun(state: &MigState, spec: &ProfileSpec, gpus: Option<&[u32]>) -> Option<Choice> {
     let views: Vec<Option<GpuView>> = state
         .gpus
