@@ -211,6 +211,71 @@ fn container_gets_the_leased_uuid_and_the_slice_is_released() {
 }
 
 #[test]
+fn the_end_of_the_container_is_read_from_the_daemon_socket_only_when_it_is_the_clis() {
+    let w = World::new();
+    // DOCKER_HOST names the daemon's socket: migrun asks it directly once it has seen the container there.
+    let out = engines::run_output(
+        w.migrun()
+            .args([
+                "-v",
+                "--profile",
+                "1g.10gb",
+                "--inject",
+                "env",
+                "--pull",
+                "never",
+            ])
+            .args(["--rm", &w.image, "true"]),
+    );
+    assert!(out.status.success(), "{}", show(&out));
+    let err = text(&out.stderr);
+    assert!(err.contains("docker's API socket knows container"), "{err}");
+    w.assert_clean("after a run judged over the socket");
+
+    // A wrapper CLI that talks to the daemon by itself (as a context or a shim would): the socket migrun would
+    // guess (the default one, or none) never saw the container, so migrun asks the CLI, and still releases.
+    let bin = w.tmp.path().join("wrapper");
+    std::fs::create_dir(&bin).unwrap();
+    let wrapper = bin.join("docker");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nexec {} -H {} \"$@\"\n",
+            engines::docker_cli().display(),
+            w.docker.host()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &wrapper,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let mut c = w.migrun();
+    c.env_remove("DOCKER_HOST")
+        .env("MIGRUN_DOCKER", &wrapper)
+        .args([
+            "-v",
+            "--profile",
+            "1g.10gb",
+            "--inject",
+            "env",
+            "--pull",
+            "never",
+        ])
+        .args(["--rm", &w.image, "sh", "-c", "exit 3"]);
+    let out = engines::run_output(&mut c);
+    assert_eq!(out.status.code(), Some(3), "{}", show(&out));
+    let err = text(&out.stderr);
+    assert!(
+        !err.contains("docker's API socket knows container"),
+        "{err}"
+    );
+    assert!(err.contains("released"), "{err}");
+    w.assert_clean("after a run judged through the CLI");
+}
+
+#[test]
 fn exit_code_of_the_container_is_migruns() {
     let w = World::new();
     let out =

@@ -159,6 +159,28 @@ fn unmanaged_gpus_and_profiles_are_refused_and_never_touched() {
         .filter_map(|i| i.2)
         .collect();
     assert_eq!(left, vec![foreign]);
+    // status says which GPUs migrun manages, in text and JSON.
+    let text = sim.ok(&["status"]);
+    let marked: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("not managed by migrun"))
+        .collect();
+    assert_eq!(marked.len(), 1, "{text}");
+    let gpu0 = text.find("GPU 0 ").unwrap();
+    let gpu1 = text.find("GPU 1 ").unwrap();
+    let note = text.find("not managed by migrun").unwrap();
+    assert!(
+        gpu0 < note && note < gpu1,
+        "the note belongs to GPU 0: {text}"
+    );
+    let s = sim.status();
+    let managed: Vec<bool> = s["gpus"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g["managed"].as_bool().unwrap())
+        .collect();
+    assert_eq!(managed, vec![false, true]);
 }
 
 #[test]

@@ -493,15 +493,38 @@ pub fn sweep(
     probe: &dyn HolderProbe,
     report: &mut GcReport,
 ) -> Result<MigState, AllocError> {
-    let mut state = backend.snapshot()?;
-    let mut leases = reg.leases()?;
+    Ok(sweep_records(backend, reg, config, probe, report)?.state)
+}
 
-    for intent in reg.intents()? {
-        repair_intent(backend, reg, &mut state, &leases, &intent, report)?;
+/// What a sweep leaves: the device state and the registry's records, as they are after it.
+pub struct Swept {
+    pub state: MigState,
+    pub leases: Vec<Lease>,
+    pub created: Vec<CreatedRecord>,
+}
+
+/// [`sweep`], also returning the leases and created-instance records it read, so the caller (under the same
+/// lock) does not read every lease file again: on a busy host that is one file per running container, and the
+/// allocation runs in every container's start.
+pub fn sweep_records(
+    backend: &mut dyn Backend,
+    reg: &Registry,
+    config: &Config,
+    probe: &dyn HolderProbe,
+    report: &mut GcReport,
+) -> Result<Swept, AllocError> {
+    let mut state = backend.snapshot()?;
+    let first = reg.leases()?;
+    let intents = reg.intents()?;
+    // Any repair or release below rewrites lease files; then they are read again.
+    let mut changed = !intents.is_empty();
+
+    for intent in intents {
+        repair_intent(backend, reg, &mut state, &first, &intent, report)?;
     }
 
-    for l in std::mem::take(&mut leases) {
-        let whole = lease_whole(&state, &l);
+    for l in first.iter() {
+        let whole = lease_whole(&state, l);
         let outcome = match l.state {
             LeaseState::Active if !whole => {
                 // Never destroy here: a changed instance is not the one we leased.
@@ -520,6 +543,7 @@ pub fn sweep(
             }
             LeaseState::Draining => Some(finish(backend, reg, config, &mut state, l.clone())?),
         };
+        changed |= outcome.is_some();
         match outcome {
             Some(ReleaseOutcome::Draining { lease, mig_uuid }) => {
                 report.notes.push(format!(
@@ -534,7 +558,8 @@ pub fn sweep(
         }
     }
 
-    let leases = reg.leases()?;
+    let leases = if changed { reg.leases()? } else { first };
+    let mut created = Vec::new();
     for r in reg.created()? {
         let leased = leases
             .iter()
@@ -545,9 +570,15 @@ pub fn sweep(
                 "forgot GI {} on {}: the instance migrun kept is gone",
                 r.gi, r.gpu_uuid
             ));
+        } else {
+            created.push(r);
         }
     }
-    Ok(state)
+    Ok(Swept {
+        state,
+        leases,
+        created,
+    })
 }
 
 fn repair_intent(
@@ -891,7 +922,7 @@ pub fn apply(
                 return Err(e.into());
             }
             crash_point("after-write-lease");
-            reg.remove_intent(id)?;
+            reg.complete_intent(id)?;
             Ok(lease)
         }
     }
@@ -990,18 +1021,20 @@ pub fn allocate(
             if ahead == 0 {
                 queue.planning();
                 let mut report = GcReport::default();
-                let mut state = sweep(backend, &reg, config, probe, &mut report)?;
+                let Swept {
+                    mut state,
+                    leases,
+                    created,
+                } = sweep_records(backend, &reg, config, probe, &mut report)?;
                 if !report.is_empty() {
                     tracing::info!(?report, "reconciled before allocating");
                 }
                 if state.gpus.is_empty() {
                     return Err(AllocError::NoGpus);
                 }
-                let leases = reg.leases()?;
                 // Checked under the lock, after the sweep freed dead holders' leases, so two
                 // concurrent requests cannot both take the last allowed lease.
                 check_limits(config, &leases, req.uid)?;
-                let created = reg.created()?;
                 let preq = plan_request(&state, config, req, &created, &leases)?;
                 let mut planned = plan::plan(&state, &leases, &preq);
                 if matches!(&planned, Err(nr) if nr.can_wait()) {

@@ -629,6 +629,22 @@ pub fn runc_hooks(t: &RuncTarget, m: &Machine, pairs: usize, warmup: usize) -> R
         };
         rows.push(p.row(case, m.backend.name()));
     }
+    // The floor under both rows: runc running two hooks that only start migrun and exit (`migrun --version`),
+    // i.e. runc's own cost of running a hook plus one migrun process start per hook, with no migrun work at all.
+    let floor = Bundle::new(t, m.dir(), "bundle-hooks-floor", |s| {
+        let start_only = serde_json::json!({"path": m.migrun, "args": ["migrun", "--version"]});
+        s["hooks"] = serde_json::json!({"prestart": [start_only], "poststop": [start_only]});
+    })?;
+    let p = run_pairs(
+        pairs,
+        warmup,
+        || floor.run(m, &t.runc, &t.root),
+        || plain.run(m, &t.runc, &t.root),
+    )?;
+    rows.push(p.row(
+        "floor: runc + two hooks that only start migrun (`migrun --version`)",
+        m.backend.name(),
+    ));
     Ok(rows)
 }
 

@@ -253,45 +253,49 @@ fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
         .unwrap_or_else(|| "unknown panic".into())
 }
 
-/// Run `f` on a worker thread, catching panics and enforcing `hook_timeout_s` (0 = none).
+/// Run `f` on this thread, catching panics, while a watchdog thread enforces `hook_timeout_s` (0 = none).
 ///
 /// On timeout the process exits at once with a one-line error: a hook that hangs must fail the
 /// container rather than start it without its slice. Anything half-done is safe by construction:
 /// config.json is replaced atomically, an allocation interrupted mid-way is repaired by gc from its
 /// intent journal, and a lease already made is held by the container id (poststop or gc frees it).
-fn guarded<T: Send>(ctx: &Ctx, stage: &str, f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
+///
+/// The work stays on the calling thread and the watchdog only sleeps: the caller never waits for a
+/// new thread to be scheduled, which on a busy host costs more than the hook's own work.
+fn guarded<T>(ctx: &Ctx, stage: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
     let secs = ctx.config.hook_timeout_s;
-    std::thread::scope(|s| {
-        let (tx, rx) = std::sync::mpsc::channel();
+    let (done, watched) = std::sync::mpsc::channel::<()>();
+    if secs > 0 {
+        let stage = stage.to_string();
         let span = tracing::Span::current();
-        s.spawn(move || {
-            let _enter = span.enter();
-            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
-            let _ = tx.send(r);
-        });
-        let got = if secs == 0 {
-            rx.recv().map_err(|_| ())
-        } else {
-            rx.recv_timeout(Duration::from_secs(secs)).map_err(|_| ())
-        };
-        match got {
-            Ok(Ok(r)) => r,
-            Ok(Err(p)) => Err(HookError::Panic {
-                stage: stage.into(),
-                message: panic_message(p.as_ref()),
-            }
-            .into()),
-            Err(()) => {
-                let e = HookError::Timeout {
-                    stage: stage.into(),
-                    secs,
-                };
-                tracing::error!("{e}");
-                eprintln!("migrun: {e}");
-                std::process::exit(crate::exit::FAILED);
-            }
+        let spawned = std::thread::Builder::new()
+            .name("migrun-watchdog".into())
+            .spawn(move || {
+                if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                    watched.recv_timeout(Duration::from_secs(secs))
+                {
+                    let _enter = span.enter();
+                    let e = HookError::Timeout { stage, secs };
+                    tracing::error!("{e}");
+                    eprintln!("migrun: {e}");
+                    std::process::exit(crate::exit::FAILED);
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::warn!("cannot start the hook watchdog ({e}); running without hook_timeout_s");
         }
-    })
+    }
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    // The watchdog stands down (its receiver sees the sender dropped); an exit racing it is harmless.
+    drop(done);
+    match r {
+        Ok(r) => r,
+        Err(p) => Err(HookError::Panic {
+            stage: stage.into(),
+            message: panic_message(p.as_ref()),
+        }
+        .into()),
+    }
 }
 
 fn stage_name(s: HookStage) -> &'static str {
@@ -443,12 +447,15 @@ pub fn runtime(ctx: &Ctx, a: RuntimeArgs) -> Result<i32> {
         };
     // Without an id runc itself reports the usage error.
     if let (true, Some(id)) = (inv.creates(), inv.id.clone()) {
-        init_logging(ctx);
         let bundle = match &inv.bundle {
             Some(b) if b.is_absolute() => b.clone(),
             Some(b) => std::env::current_dir().unwrap_or_default().join(b),
             None => std::env::current_dir().unwrap_or_default(),
         };
+        if oci::shim_passes_through(&bundle) {
+            return fail(runtime::exec_runtime(&next, &a.args).into());
+        }
+        init_logging(ctx);
         let engine = runtime::engine_of(inv.root.as_deref());
         let span = tracing::info_span!("runtime", id = %id, engine);
         let _enter = span.enter();

@@ -13,6 +13,7 @@ use crate::alloc::plan::{self, Plan};
 use crate::alloc::{self, AllocError, AllocRequest, Want};
 use crate::cli::{RunArgs, WatchArgs};
 use crate::engine::docker::{DockerCli, RunLine};
+use crate::engine::docker_api::DaemonLink;
 use crate::engine::{self, docker};
 use crate::lease::{Holder, Lease};
 use crate::statedir::StateDir;
@@ -142,6 +143,9 @@ fn run_with_lease(
     );
 
     let engine_tag = cli.engine_tag();
+    // The daemon's socket answers "is it still running?" after docker exits in ~1 ms instead of a 20+ ms
+    // `docker inspect`, but only once it has shown that it holds this container (engine::docker_api).
+    let mut link = DaemonLink::new(cli.host.as_deref());
     let mut on_container = |id: &str| {
         let holder = Holder::Container {
             id: id.to_string(),
@@ -154,6 +158,9 @@ fn run_with_lease(
                 "migrun: warning: could not hand lease {} to container {id}: {e}; if migrun dies now, gc may free the slice while the container runs",
                 lease.id
             ),
+        }
+        if link.confirm(id) {
+            say(ctx, format!("docker's API socket knows container {id}"));
         }
     };
     let (finished, _signals) = match docker::run_supervised(cli, &argv, &cidfile, &mut on_container)
@@ -175,7 +182,10 @@ fn run_with_lease(
         // docker failed before creating a container (bad image, bad option): nothing holds the slice.
         return Ok(after_release(code, release(ctx, dir, lease)));
     };
-    match docker::container_alive(cli, &id) {
+    let alive = link
+        .alive(&id, docker::state_alive)
+        .or_else(|| docker::container_alive(cli, &id));
+    match alive {
         Some(false) => Ok(after_release(code, release(ctx, dir, lease))),
         alive => {
             // Detached (or docker itself died): the container keeps the slice; a watcher frees it when it ends.

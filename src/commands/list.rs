@@ -295,6 +295,7 @@ pub fn status(ctx: &Ctx, a: &ListArgs) -> Result<i32> {
                 "memory_mib": g.info.memory_mib,
                 "mig_capable": g.info.mig.is_some(),
                 "mig_mode": g.info.mig,
+                "managed": ctx.config.manages(g.info.index, &g.info.uuid),
                 "slots": g.slots(),
                 "slot_map": slot_map(g),
                 "instances": g.instances.iter().map(|i| serde_json::json!({
@@ -332,6 +333,9 @@ pub fn status(ctx: &Ctx, a: &ListArgs) -> Result<i32> {
             mode,
             slot_map(g)
         );
+        if !ctx.config.manages(g.info.index, &g.info.uuid) {
+            println!("  not managed by migrun: outside the config's `gpus` list; migrun never allocates here");
+        }
         if let Some(m) = g.info.mig {
             if let Some(step) =
                 crate::migmode::next_step(g.info.index, m, ctx.global.simulate.as_deref())

@@ -5,6 +5,7 @@
 //! an engine nobody knows answers "unknown", so gc keeps that lease rather than guess.
 
 pub mod docker;
+pub mod docker_api;
 pub mod oci;
 pub mod runtime;
 

@@ -15,6 +15,7 @@ use super::{
 };
 use crate::statedir::{self, StateDir};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 /// File name of the simulator state inside the state dir.
 pub const SIM_FILE: &str = "sim.json";
@@ -24,6 +25,31 @@ pub const SIM_FILE: &str = "sim.json";
 pub struct SimStore {
     path: PathBuf,
     lock: PathBuf,
+    /// The machine as last read or written by this process, with the identity of the file it came from.
+    cache: Arc<Mutex<Option<(FileId, SimMachine)>>>,
+}
+
+/// Which version of the state file a cached machine is: every write is a rename of a new file, so a new
+/// version always has a new inode; size and mtime guard against a hand edit in place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileId {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime_ns: i128,
+}
+
+impl FileId {
+    fn of(path: &Path) -> Option<FileId> {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::symlink_metadata(path).ok()?;
+        Some(FileId {
+            dev: m.dev(),
+            ino: m.ino(),
+            size: m.size(),
+            mtime_ns: i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec()),
+        })
+    }
 }
 
 impl SimStore {
@@ -34,7 +60,13 @@ impl SimStore {
         SimStore {
             path,
             lock: lock.into(),
+            cache: Arc::default(),
         }
+    }
+
+    fn cached(&self) -> MutexGuard<'_, Option<(FileId, SimMachine)>> {
+        // The cache is plain data and always whole; a panic elsewhere cannot leave it half-written.
+        self.cache.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     pub fn path(&self) -> &Path {
@@ -55,14 +87,34 @@ impl SimStore {
         // A fresh machine is written at once, so the state dir is bound to this spec from its first use.
         if fresh || machine != before {
             let json = serde_json::to_vec_pretty(&machine).expect("simulator state serialises");
+            *self.cached() = None;
             statedir::write_atomic(&self.path, &json, 0o600)
                 .map_err(|e| GpuError::Sim(e.to_string()))?;
+            if let Some(id) = FileId::of(&self.path) {
+                *self.cached() = Some((id, machine));
+            }
         }
         Ok(out)
     }
 
-    /// The stored machine, or a new one from `spec` (then `true`).
+    /// The stored machine, or a new one from `spec` (then `true`). Called under the lock, so no writer can replace
+    /// the file between the look at its identity and the read: a machine cached for the same file is reused, which
+    /// spares the fake NVML library a JSON parse on every NVML call of a process.
     fn load(&self, spec: &SimSpec) -> Result<(SimMachine, bool), GpuError> {
+        let id = FileId::of(&self.path);
+        if let (Some(id), Some((cid, machine))) = (id, self.cached().as_ref()) {
+            if *cid == id && &machine.spec == spec {
+                return Ok((machine.clone(), false));
+            }
+        }
+        let loaded = self.load_file(spec)?;
+        if let (Some(id), (machine, false)) = (id, &loaded) {
+            *self.cached() = Some((id, machine.clone()));
+        }
+        Ok(loaded)
+    }
+
+    fn load_file(&self, spec: &SimSpec) -> Result<(SimMachine, bool), GpuError> {
         let Some(bytes) =
             statedir::read_nofollow(&self.path).map_err(|e| GpuError::Sim(e.to_string()))?
         else {
@@ -89,6 +141,7 @@ impl SimStore {
     /// Forget the simulated machine (the next call starts fresh).
     pub fn reset(&self) -> Result<(), GpuError> {
         let _lock = statedir::lock_file(&self.lock).map_err(|e| GpuError::Sim(e.to_string()))?;
+        *self.cached() = None;
         match std::fs::remove_file(&self.path) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
@@ -252,6 +305,41 @@ mod tests {
             });
         }
         MigState { gpus }
+    }
+
+    #[test]
+    fn a_cached_machine_never_hides_another_processs_write() {
+        // Two stores on one file stand for two processes: each keeps its own cache.
+        let t = tempfile::tempdir().unwrap();
+        let path = t.path().join("sim.json");
+        let spec: SimSpec = "h100-80gb:1".parse().unwrap();
+        let a = SimStore::new(&path);
+        let b = SimStore::new(&path);
+        let gi = a.update(&spec, |m| m.create_gi(0, 9, 4)).unwrap().unwrap();
+        // b reads the file, then a's cache must notice b's destroy, and b's cache a's next create.
+        assert_eq!(
+            b.update(&spec, |m| m.instances(0).unwrap().len()).unwrap(),
+            1
+        );
+        b.update(&spec, |m| m.destroy_gi(0, gi)).unwrap().unwrap();
+        assert_eq!(
+            a.update(&spec, |m| m.instances(0).unwrap().len()).unwrap(),
+            0
+        );
+        a.update(&spec, |m| m.create_gi(0, 19, 0)).unwrap().unwrap();
+        assert_eq!(
+            b.update(&spec, |m| m.instances(0).unwrap().len()).unwrap(),
+            1
+        );
+        // A file removed behind the cache's back is a fresh machine, not the cached one.
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(
+            a.update(&spec, |m| m.instances(0).unwrap().len()).unwrap(),
+            0
+        );
+        // A different spec is still refused when the cache holds the machine.
+        let other: SimSpec = "h100-80gb:2".parse().unwrap();
+        assert!(a.update(&other, |_| ()).is_err());
     }
 
     #[test]

@@ -142,37 +142,38 @@ pub fn simulatable_keys() -> Vec<&'static str> {
         .collect()
 }
 
-fn table() -> &'static Value {
-    static TABLE: OnceLock<Value> = OnceLock::new();
-    TABLE.get_or_init(|| {
-        serde_json::from_str(PROFILE_TABLE_JSON).expect("data/mig-profiles.json is valid JSON")
-    })
+/// The table split per model at build time (build.rs): column names, and each group's rows as raw JSON. Every
+/// simulator command and hook loads one model, and parsing the whole file (notes, sources, nine models) was a
+/// third of a hook's CPU time; now only the needed model's rows are parsed.
+mod split {
+    include!(concat!(env!("OUT_DIR"), "/model_tables.rs"));
 }
 
 fn column_index(name: &str) -> usize {
-    table()["columns"]
-        .as_array()
-        .and_then(|cols| cols.iter().position(|c| c.as_str() == Some(name)))
+    split::COLUMNS
+        .iter()
+        .position(|c| *c == name)
         .unwrap_or_else(|| panic!("mig-profiles.json has no column {name}"))
 }
 
+/// A row's cell; a short row reads as `null` (unknown), like a missing value.
+fn cell(row: &[Value], i: usize) -> &Value {
+    row.get(i).unwrap_or(&Value::Null)
+}
+
 fn load(name: &ModelName) -> Result<Model, ModelError> {
-    let group = table()["gpus"]
-        .as_array()
-        .and_then(|gs| {
-            gs.iter().find(|g| {
-                g["model"]
-                    .as_str()
-                    .is_some_and(|m| m.starts_with(name.table_prefix))
-            })
-        })
+    let (_, rows) = split::GROUPS
+        .iter()
+        .find(|(model, _)| model.starts_with(name.table_prefix))
         .ok_or_else(|| ModelError::Unknown {
             given: name.key.into(),
         })?;
-    let rows = group["rows"].as_array().cloned().unwrap_or_default();
+    let rows: Vec<Vec<Value>> = serde_json::from_str::<Option<Vec<Vec<Value>>>>(rows)
+        .expect("build.rs wrote the rows as JSON")
+        .unwrap_or_default();
     let mut profiles = Vec::new();
     for row in &rows {
-        let profile_name = row[column_index("name")]
+        let profile_name = cell(row, column_index("name"))
             .as_str()
             .unwrap_or("?")
             .to_string();
@@ -182,13 +183,13 @@ fn load(name: &ModelName) -> Result<Model, ModelError> {
             field,
         };
         let req = |field: &'static str| -> Result<u64, ModelError> {
-            row[column_index(field)]
+            cell(row, column_index(field))
                 .as_u64()
                 .ok_or_else(|| incomplete(field))
         };
-        let opt = |field: &str| row[column_index(field)].as_u64().map(|v| v as u32);
+        let opt = |field: &str| cell(row, column_index(field)).as_u64().map(|v| v as u32);
         let size = req("placement_size")? as u32;
-        let starts = row[column_index("placement_starts")]
+        let starts = cell(row, column_index("placement_starts"))
             .as_array()
             .ok_or_else(|| incomplete("placement_starts"))?;
         let placements = starts
@@ -236,16 +237,38 @@ fn load(name: &ModelName) -> Result<Model, ModelError> {
 /// Look a model up by its simulator name (`h100-80gb`).
 pub fn model(key: &str) -> Result<Model, ModelError> {
     let key_lc = key.trim().to_ascii_lowercase();
-    let name = MODEL_NAMES
+    let i = MODEL_NAMES
         .iter()
-        .find(|m| m.key == key_lc)
+        .position(|m| m.key == key_lc)
         .ok_or_else(|| ModelError::Unknown { given: key.into() })?;
-    load(name)
+    // Loaded once per process: a snapshot of an 8-GPU machine asks for the model of every GPU several times.
+    static LOADED: OnceLock<Vec<OnceLock<Result<Model, ModelError>>>> = OnceLock::new();
+    let loaded = LOADED.get_or_init(|| MODEL_NAMES.iter().map(|_| OnceLock::new()).collect());
+    loaded[i].get_or_init(|| load(&MODEL_NAMES[i])).clone()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_build_time_split_holds_the_table_unchanged() {
+        let table: Value = serde_json::from_str(PROFILE_TABLE_JSON).unwrap();
+        let columns: Vec<&str> = table["columns"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c.as_str().unwrap())
+            .collect();
+        assert_eq!(columns, split::COLUMNS);
+        let groups = table["gpus"].as_array().unwrap();
+        assert_eq!(groups.len(), split::GROUPS.len());
+        for (g, (model, rows)) in groups.iter().zip(split::GROUPS) {
+            assert_eq!(g["model"].as_str(), Some(*model));
+            let rows: Value = serde_json::from_str(rows).unwrap();
+            assert_eq!(rows, g["rows"], "{model}");
+        }
+    }
 
     #[test]
     fn every_required_model_loads_with_real_ids() {
