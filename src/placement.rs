@@ -1,13 +1,14 @@
 //! Pure placement policy: (snapshot, request) -> choice, plus the first-fit baseline; it must not do I/O.
 //!
 //! docs/placement.md explains the policy and why. In short, [`Policy::Migrun`] scores every feasible
-//! (GPU, placement) by the future capacity it would destroy on that GPU and takes the cheapest.
+//! (GPU, placement) by the future capacity it would destroy on that GPU, plus how much it would delay
+//! occupied large blocks (the whole GPU, a half) from coming free, and takes the cheapest.
 //! Feasibility always comes from [`candidates`] (the shared `gpu::rules`), so the policy can only
 //! *rank* what the driver would accept: it never plans an illegal instance and never refuses a
 //! request that fits somewhere.
 
 use crate::gpu::rules::{self, Occupant};
-use crate::gpu::{GiProfile, GpuState, MigState, Placement};
+use crate::gpu::{GiProfile, GpuInstance, GpuState, MigState, Placement};
 use crate::profile::{self, ProfileSpec, Variant};
 
 /// Which placement policy to use.
@@ -73,8 +74,17 @@ pub fn choose(
 /// Cost of one memory slice that no profile can use any more (it stays dead until a neighbour leaves).
 const DEAD_SLICE_COST: f64 = 4.0;
 
+/// Weight of the release-delay term, as a fraction of a block's size² weight.
+///
+/// A block of a large shape (the whole GPU, a half) that already holds k instances comes free
+/// when the last of them leaves; with lifetimes of one distribution and no memory that takes
+/// H_k = 1 + 1/2 + … + 1/k mean lifetimes, so one more instance inside it delays it by 1/(k+1).
+/// The sweep put the weight at 0.2 (0.12 and 0.16 were no better; docs/placement.md).
+const RELEASE_DELAY_WEIGHT: f64 = 0.2;
+
 /// migrun's policy (docs/placement.md): the feasible (GPU, placement) that destroys the least
-/// future capacity, weighted by size and by how scarce that capacity is machine-wide.
+/// future capacity, weighted by size and by how scarce that capacity is machine-wide, and delays
+/// the release of occupied large blocks the least.
 fn migrun(state: &MigState, spec: &ProfileSpec, gpus: Option<&[u32]>) -> Option<Choice> {
     let views: Vec<Option<GpuView>> = state
         .gpus
@@ -132,6 +142,7 @@ fn migrun(state: &MigState, spec: &ProfileSpec, gpus: Option<&[u32]>) -> Option<
         if free.is_empty() {
             continue;
         }
+        let busy = view.busy_blocks(&g.instances);
         let before = view.capacity(view.occ, &view.flags, None);
         let before_fill = view.fillable(view.occ, &view.flags, None);
         let after_flags = view.flags.with(&view.profs[req]);
@@ -150,6 +161,12 @@ fn migrun(state: &MigState, spec: &ProfileSpec, gpus: Option<&[u32]>) -> Option<
             let after_fill = view.fillable(occ_after, &after_flags, Some(req));
             let dead = before_fill.saturating_sub(after_fill + placement.size);
             cost += DEAD_SLICE_COST * dead as f64;
+            let span = span_mask(&placement);
+            cost += busy
+                .iter()
+                .filter(|(block, _)| block & span != 0)
+                .map(|(_, delay)| delay)
+                .sum::<f64>();
             let choice = Choice {
                 gpu: g.info.index,
                 profile_id: g.profiles[req].id,
@@ -299,6 +316,27 @@ impl GpuView {
         if free.iter().any(|p| p.end() <= half) {
             free.retain(|p| p.end() <= half);
         }
+    }
+
+    /// The occupied blocks of the large shapes (at least half the GPU: the whole GPU, the halves)
+    /// with what one more instance inside each costs: it delays the block's release
+    /// (`RELEASE_DELAY_WEIGHT`). For the whole GPU this prefers GPUs holding more instances, so
+    /// GPUs with one or two left can empty for a full-GPU profile; for a half it prefers halves
+    /// already crowded, so a half with one small instance left can come free for a 4g or a 3g.
+    fn busy_blocks(&self, instances: &[GpuInstance]) -> Vec<(u64, f64)> {
+        let masks: Vec<u64> = instances.iter().map(|i| span_mask(&i.placement)).collect();
+        let mut out = Vec::new();
+        for shape in self.shapes.iter().filter(|s| s.size * 2 >= self.slots) {
+            let weight = RELEASE_DELAY_WEIGHT * (shape.size as f64).powi(2);
+            for p in &shape.placements {
+                let block = span_mask(p);
+                let k = masks.iter().filter(|m| *m & block != 0).count();
+                if k > 0 {
+                    out.push((block, weight / (k as f64 + 1.0)));
+                }
+            }
+        }
+        out
     }
 
     /// `rules::can_create` for profile `k`, with one more instance of `extra` counted.
@@ -522,6 +560,28 @@ mod tests {
             // Ties go to the lowest GPU; a 3g takes the upper half and keeps [0,4) for a 4g.
             ("h100-80gb:8", &[], "3g.40gb", Some((0, 4))),
             ("h100-80gb:8", &[], "7g.80gb", Some((0, 0))),
+            // Release delay, whole GPU: same capacity lost on GPU 0 (one instance) and GPU 1
+            // (three); GPU 1 takes it, so GPU 0 can empty when its one instance leaves.
+            (
+                "h100-80gb:2",
+                &[
+                    (0, "4g.40gb", 0),
+                    (1, "2g.20gb", 0),
+                    (1, "1g.10gb", 2),
+                    (1, "1g.10gb", 3),
+                ],
+                "1g.20gb",
+                Some((1, 6)),
+            ),
+            // Release delay, halves: the lower half holds one instance and comes free for a 4g
+            // when it leaves; the 1g joins the upper half, which holds two (without the half
+            // term it would take 2).
+            (
+                "h100-80gb",
+                &[(0, "2g.20gb", 0), (0, "1g.10gb", 4), (0, "1g.10gb", 5)],
+                "1g.10gb",
+                Some((0, 6)),
+            ),
             // Small instances go to a GPU already in use rather than break an empty one (best fit).
             ("h100-80gb:2", &[(1, "3g.40gb", 4)], "1g.10gb", Some((1, 0))),
             ("h100-80gb:2", &[(0, "7g.80gb", 0)], "2g.20gb", Some((1, 4))),
