@@ -392,3 +392,53 @@ fn the_snapshot_equals_the_per_call_listing_with_live_remaining_capacity() {
         }
     }
 }
+
+#[test]
+fn profile_tables_are_kept_between_sessions_for_the_same_driver_only() {
+    let fake = FakeNvml::new("h100-80gb:2").count("nvmlDeviceGetGpuInstanceProfileInfoV");
+    let t = tempfile::tempdir().unwrap();
+    let dir = migrun::statedir::StateDir::open(t.path().join("state")).unwrap();
+    let first = {
+        let mut b = fake.backend();
+        b.keep_tables_in(dir.clone());
+        b.snapshot().unwrap()
+    };
+    let probed = fake.calls("nvmlDeviceGetGpuInstanceProfileInfoV");
+    assert_eq!(
+        probed,
+        2 * 18,
+        "the first session probes every profile index"
+    );
+    let kept: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.starts_with("nvml-profiles-GPU-"))
+        .collect();
+    assert_eq!(kept.len(), 2, "{kept:?}");
+
+    // A new session (a new process, in production) reads the kept tables: no probing, the same answers.
+    {
+        let mut b = fake.backend();
+        b.keep_tables_in(dir.clone());
+        assert_eq!(b.snapshot().unwrap(), first);
+    }
+    assert_eq!(fake.calls("nvmlDeviceGetGpuInstanceProfileInfoV"), probed);
+
+    // Another driver version, a malformed file: that GPU is probed again (and its table rewritten).
+    let path = dir.path().join(&kept[0]);
+    let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    v["driver"] = "1.2.3".into();
+    std::fs::write(&path, serde_json::to_vec(&v).unwrap()).unwrap();
+    std::fs::write(dir.path().join(&kept[1]), b"{not json").unwrap();
+    {
+        let mut b = fake.backend();
+        b.keep_tables_in(dir.clone());
+        assert_eq!(b.snapshot().unwrap(), first);
+    }
+    assert_eq!(
+        fake.calls("nvmlDeviceGetGpuInstanceProfileInfoV"),
+        2 * probed
+    );
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    assert_ne!(v["driver"], "1.2.3", "rewritten for the running driver");
+}

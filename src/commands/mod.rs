@@ -65,7 +65,12 @@ impl Ctx {
             let dir = self.state_dir()?;
             return Ok(Box::new(SimBackend::open(&dir, spec)?));
         }
-        Ok(Box::new(NvmlBackend::open_default()?))
+        let mut backend = NvmlBackend::open_default()?;
+        // Profile tables are kept in the state dir when this caller may use it (root); others probe.
+        if let Ok(dir) = self.state_dir() {
+            backend.keep_tables_in(dir);
+        }
+        Ok(Box::new(backend))
     }
 
     /// The simulator backend, refusing without `--simulate` (for `migrun sim ...`).

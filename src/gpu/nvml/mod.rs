@@ -18,11 +18,13 @@ use super::{
     Backend, Code, ComputeInstance, GiProfile, GpuError, GpuInfo, GpuInstance, GpuState, MigMode,
     MigState, Placement,
 };
+use crate::statedir::StateDir;
 use nvml_wrapper::error::NvmlError;
 use nvml_wrapper::{Device, Nvml};
 use nvml_wrapper_sys::bindings::{
     NVML_COMPUTE_INSTANCE_PROFILE_COUNT, NVML_GPU_INSTANCE_PROFILE_COUNT,
 };
+use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
 /// Library loaded when MIGRUN_NVML_LIB is not set.
@@ -54,6 +56,18 @@ pub struct NvmlBackend {
     nvml: Nvml,
     count: Option<u32>,
     cache: Vec<Option<GpuCache>>,
+    /// Where profile tables are kept between processes (see [`NvmlBackend::keep_tables_in`]).
+    tables: Option<StateDir>,
+    /// The driver version, read once (the key of the kept tables).
+    driver: Option<String>,
+}
+
+/// A GPU's profile table as kept in the state dir, valid for one driver version.
+#[derive(Serialize, Deserialize)]
+struct KeptTable {
+    driver: String,
+    uuid: String,
+    profiles: Vec<GiProfile>,
 }
 
 impl NvmlBackend {
@@ -79,7 +93,60 @@ impl NvmlBackend {
             nvml,
             count: None,
             cache: Vec::new(),
+            tables: None,
+            driver: None,
         })
+    }
+
+    /// Keep each GPU's profile table in `dir` between processes. Probing the table is one
+    /// `nvmlDeviceGetGpuInstanceProfileInfo` per NVML profile index (0.5 ms each on the lent H100: about
+    /// 9 ms per GPU), and every hook and allocation is a new process. The table cannot change while the same
+    /// driver runs the same GPU, so a kept table is used only when its GPU UUID and driver version match; any
+    /// doubt (unreadable, malformed, another driver) means probing again. Writing is best effort: a caller
+    /// without a writable state dir just probes.
+    pub fn keep_tables_in(&mut self, dir: StateDir) {
+        self.tables = Some(dir);
+    }
+
+    fn driver_version(&mut self) -> Option<String> {
+        if self.driver.is_none() {
+            self.driver = self.nvml.sys_driver_version().ok();
+        }
+        self.driver.clone()
+    }
+
+    /// `nvml-profiles-<GPU UUID>.json`, or `None` for a UUID that is not a plain file name.
+    fn kept_name(uuid: &str) -> Option<String> {
+        (!uuid.is_empty() && uuid.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'))
+            .then(|| format!("nvml-profiles-{uuid}.json"))
+    }
+
+    fn kept_table(&mut self, gpu: u32) -> Option<Vec<GiProfile>> {
+        let uuid = self.cached(gpu).uuid.clone();
+        let name = Self::kept_name(&uuid)?;
+        let driver = self.driver_version()?;
+        let bytes = self.tables.as_ref()?.read(&name).ok()??;
+        let kept: KeptTable = serde_json::from_slice(&bytes).ok()?;
+        (kept.driver == driver && kept.uuid == uuid && !kept.profiles.is_empty())
+            .then_some(kept.profiles)
+    }
+
+    fn keep_table(&mut self, gpu: u32, profiles: &[GiProfile]) {
+        let uuid = self.cached(gpu).uuid.clone();
+        let (Some(name), Some(driver)) = (Self::kept_name(&uuid), self.driver_version()) else {
+            return;
+        };
+        let Some(dir) = &self.tables else { return };
+        let kept = KeptTable {
+            driver,
+            uuid,
+            profiles: profiles.to_vec(),
+        };
+        if let Ok(json) = serde_json::to_vec_pretty(&kept) {
+            if let Err(e) = dir.write(&name, &json) {
+                tracing::debug!("cannot keep the profile table of GPU {gpu}: {e}");
+            }
+        }
     }
 
     /// The number of GPUs, read once.
@@ -136,6 +203,13 @@ impl NvmlBackend {
         if let Some(p) = &self.cached(gpu).profiles {
             return Ok(p.clone());
         }
+        if let Some(table) = self.kept_table(gpu) {
+            self.cache[gpu as usize]
+                .as_mut()
+                .expect("filled by ensure()")
+                .profiles = Some(table.clone());
+            return Ok(table);
+        }
         let dev = device(&self.nvml, gpu)?;
         let op = "reading GPU instance profiles";
         let mut table = Vec::new();
@@ -179,6 +253,7 @@ impl NvmlBackend {
             }
             return Ok(table);
         }
+        self.keep_table(gpu, &table);
         self.cache[gpu as usize]
             .as_mut()
             .expect("filled by ensure()")
