@@ -214,19 +214,14 @@ fn container_gets_the_leased_uuid_and_the_slice_is_released() {
 fn the_end_of_the_container_is_read_from_the_daemon_socket_only_when_it_is_the_clis() {
     let w = World::new();
     // DOCKER_HOST names the daemon's socket: migrun asks it directly once it has seen the container there.
-    let out = engines::run_output(
-        w.migrun()
-            .args([
-                "-v",
-                "--profile",
-                "1g.10gb",
-                "--inject",
-                "env",
-                "--pull",
-                "never",
-            ])
-            .args(["--rm", &w.image, "true"]),
-    );
+    // `migrun -v --profile 1g.10gb --inject env --pull never --rm IMAGE CMD…`, verbose so it says how it judged.
+    let verbose_run = |c: &mut Command, cmd: &[&str]| {
+        c.args(["-v", "--profile", "1g.10gb", "--inject", "env"])
+            .args(["--pull", "never", "--rm", &w.image])
+            .args(cmd);
+        engines::run_output(c)
+    };
+    let out = verbose_run(&mut w.migrun(), &["true"]);
     assert!(out.status.success(), "{}", show(&out));
     let err = text(&out.stderr);
     assert!(err.contains("docker's API socket knows container"), "{err}");
@@ -252,19 +247,8 @@ fn the_end_of_the_container_is_read_from_the_daemon_socket_only_when_it_is_the_c
     )
     .unwrap();
     let mut c = w.migrun();
-    c.env_remove("DOCKER_HOST")
-        .env("MIGRUN_DOCKER", &wrapper)
-        .args([
-            "-v",
-            "--profile",
-            "1g.10gb",
-            "--inject",
-            "env",
-            "--pull",
-            "never",
-        ])
-        .args(["--rm", &w.image, "sh", "-c", "exit 3"]);
-    let out = engines::run_output(&mut c);
+    c.env_remove("DOCKER_HOST").env("MIGRUN_DOCKER", &wrapper);
+    let out = verbose_run(&mut c, &["sh", "-c", "exit 3"]);
     assert_eq!(out.status.code(), Some(3), "{}", show(&out));
     let err = text(&out.stderr);
     assert!(

@@ -595,6 +595,15 @@ fn hook(m: &Machine, stage: &str, extra_env: &[String]) -> serde_json::Value {
 pub fn runc_hooks(t: &RuncTarget, m: &Machine, pairs: usize, warmup: usize) -> Result<Vec<String>> {
     let plain = Bundle::new(t, m.dir(), "bundle-plain", |_| {})?;
     let keep_cfg = m.config("keep.toml", "release = \"keep\"\n")?;
+    // `runc run` of `bundle` paired against the same run of the plain bundle.
+    let against_plain = |bundle: &Bundle| {
+        run_pairs(
+            pairs,
+            warmup,
+            || bundle.run(m, &t.runc, &t.root),
+            || plain.run(m, &t.runc, &t.root),
+        )
+    };
     let mut rows = Vec::new();
     for keep in [false, true] {
         let extra = if keep {
@@ -614,12 +623,7 @@ pub fn runc_hooks(t: &RuncTarget, m: &Machine, pairs: usize, warmup: usize) -> R
                 "poststop": [hook(m, "poststop", &extra)],
             });
         })?;
-        let p = run_pairs(
-            pairs,
-            warmup,
-            || hooked.run(m, &t.runc, &t.root),
-            || plain.run(m, &t.runc, &t.root),
-        )?;
+        let p = against_plain(&hooked)?;
         let case = if keep {
             m.expect("after the runc hook reuse runs", 0, 1)?;
             "runc + hooks: reuse a free 1g.10gb (release = keep)"
@@ -635,12 +639,7 @@ pub fn runc_hooks(t: &RuncTarget, m: &Machine, pairs: usize, warmup: usize) -> R
         let start_only = serde_json::json!({"path": m.migrun, "args": ["migrun", "--version"]});
         s["hooks"] = serde_json::json!({"prestart": [start_only], "poststop": [start_only]});
     })?;
-    let p = run_pairs(
-        pairs,
-        warmup,
-        || floor.run(m, &t.runc, &t.root),
-        || plain.run(m, &t.runc, &t.root),
-    )?;
+    let p = against_plain(&floor)?;
     rows.push(p.row(
         "floor: runc + two hooks that only start migrun (`migrun --version`)",
         m.backend.name(),

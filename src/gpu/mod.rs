@@ -378,6 +378,18 @@ pub trait Backend {
     /// Compute processes running anywhere on the GPU (used to refuse MIG mode changes).
     fn gpu_processes(&mut self, gpu: u32) -> Result<u32, GpuError>;
 
+    /// The profiles of `gpu` as [`Backend::snapshot`] reports them, given the instances it has just listed. By
+    /// default [`Backend::profiles`]; a backend whose remaining-capacity query is slow may derive `remaining` from
+    /// `instances` instead (the NVML backend does).
+    fn snapshot_profiles(
+        &mut self,
+        gpu: u32,
+        instances: &[GpuInstance],
+    ) -> Result<Vec<GiProfile>, GpuError> {
+        let _ = instances;
+        self.profiles(gpu)
+    }
+
     /// A plain-data snapshot of every GPU.
     fn snapshot(&mut self) -> Result<MigState, GpuError> {
         let mut gpus = Vec::new();
@@ -385,13 +397,12 @@ pub trait Backend {
             let (profiles, instances) = match info.mig {
                 None => (Vec::new(), Vec::new()),
                 Some(mode) => {
-                    let profiles = self.profiles(info.index)?;
                     let instances = if mode.current {
                         self.instances(info.index)?
                     } else {
                         Vec::new()
                     };
-                    (profiles, instances)
+                    (self.snapshot_profiles(info.index, &instances)?, instances)
                 }
             };
             gpus.push(GpuState {

@@ -15,8 +15,7 @@ mod ffi;
 
 use super::rules::{self, Occupant};
 use super::{
-    Backend, Code, ComputeInstance, GiProfile, GpuError, GpuInfo, GpuInstance, GpuState, MigMode,
-    MigState, Placement,
+    Backend, Code, ComputeInstance, GiProfile, GpuError, GpuInfo, GpuInstance, MigMode, Placement,
 };
 use crate::statedir::StateDir;
 use nvml_wrapper::error::NvmlError;
@@ -449,38 +448,23 @@ impl Backend for NvmlBackend {
         Ok(table)
     }
 
-    /// The allocator's snapshot: the per-call form, minus NVML's remaining-capacity queries. On the lent H100
-    /// `nvmlDeviceGetGpuInstanceRemainingCapacity` took 0.7 ms per profile (16 profiles: 11 ms per GPU, in every
-    /// hook); the snapshot computes the same number from the instances it has just read, with the placement
-    /// rules the simulator and the placement policy share (`gpu::rules::remaining`). The allocator does not read
+    /// The snapshot's profiles: the per-call form, minus NVML's remaining-capacity queries. On the lent H100
+    /// `nvmlDeviceGetGpuInstanceRemainingCapacity` took about 0.2 ms per profile, in every allocation and hook;
+    /// the snapshot computes the same number from the instances it has just read, with the placement rules the
+    /// simulator and the placement policy share (`gpu::rules::remaining`). The allocator does not read
     /// `remaining`; `profiles()`, which `migrun profiles` prints, still asks NVML.
-    fn snapshot(&mut self) -> Result<MigState, GpuError> {
-        let mut gpus = Vec::new();
-        for info in self.gpus()? {
-            let (profiles, instances) = match info.mig {
-                None => (Vec::new(), Vec::new()),
-                Some(mode) => {
-                    let mut profiles = self.profile_table(info.index)?;
-                    let instances = if mode.current {
-                        self.instances(info.index)?
-                    } else {
-                        Vec::new()
-                    };
-                    let occupants: Vec<Occupant> = instances.iter().map(Occupant::from).collect();
-                    let table = profiles.clone();
-                    for p in &mut profiles {
-                        p.remaining = rules::remaining(&table, &occupants, p);
-                    }
-                    (profiles, instances)
-                }
-            };
-            gpus.push(GpuState {
-                info,
-                profiles,
-                instances,
-            });
+    fn snapshot_profiles(
+        &mut self,
+        gpu: u32,
+        instances: &[GpuInstance],
+    ) -> Result<Vec<GiProfile>, GpuError> {
+        let mut profiles = self.profile_table(gpu)?;
+        let occupants: Vec<Occupant> = instances.iter().map(Occupant::from).collect();
+        let table = profiles.clone();
+        for p in &mut profiles {
+            p.remaining = rules::remaining(&table, &occupants, p);
         }
-        Ok(MigState { gpus })
+        Ok(profiles)
     }
 
     fn instances(&mut self, gpu: u32) -> Result<Vec<GpuInstance>, GpuError> {
