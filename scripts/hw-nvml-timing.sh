@@ -26,13 +26,10 @@ def tm(name, f, n=20):
         ts.append((time.perf_counter() - t) * 1000)
     ts.sort()
     print("%-40s median %.3f ms" % (name, ts[len(ts) // 2]))
-tm("nvmlInit (again, same process)", lambda: (pynvml.nvmlShutdown(), pynvml.nvmlInit()))
-h = pynvml.nvmlDeviceGetHandleByIndex(0)
 tm("DeviceGetCount", pynvml.nvmlDeviceGetCount)
 tm("DeviceGetUUID", lambda: pynvml.nvmlDeviceGetUUID(h))
 tm("DeviceGetMigMode", lambda: pynvml.nvmlDeviceGetMigMode(h))
 tm("GetGpuInstanceProfileInfo(index 0)", lambda: pynvml.nvmlDeviceGetGpuInstanceProfileInfo(h, 0))
-tm("GetGpuInstancePossiblePlacements", lambda: pynvml.nvmlDeviceGetGpuInstancePossiblePlacements(h, info.id))
 tm("GetGpuInstanceRemainingCapacity", lambda: pynvml.nvmlDeviceGetGpuInstanceRemainingCapacity(h, info.id))
 tm("DeviceGetComputeRunningProcesses", lambda: pynvml.nvmlDeviceGetComputeRunningProcesses(h))
 PY
