@@ -52,7 +52,14 @@ pub struct GlobalArgs {
     pub verbose: u8,
 }
 
+// `defer`: a subcommand's flags are built only when that subcommand is parsed. A hook or the shim
+// is a fresh process per container start, and building every subcommand's flags was a third of a
+// hook's instructions (docs/benchmarks.md, "start-up overhead"). Help, completions and the man
+// page build the whole tree as before. `mig` and `sim` are nested subcommand variants (built
+// eagerly), so the `help` subcommand and completions still know `mig enable`. Because deferred flags are added after the subcommand's own
+// about, the `Args` structs below carry plain comments, not doc comments, which would replace it.
 #[derive(Debug, Subcommand)]
+#[command(defer = true)]
 pub enum Command {
     /// Run a container on a MIG slice (the default when no command word is given)
     Run(RunArgs),
@@ -74,11 +81,13 @@ pub enum Command {
     #[command(disable_help_flag = true)]
     Runtime(RuntimeArgs),
     /// Enable or disable MIG mode on GPUs (never resets the GPU itself)
-    Mig(MigArgs),
+    #[command(subcommand)]
+    Mig(MigAction),
     /// Destroy every unleased instance migrun created (clean slate before stopping a VM)
     Teardown(TeardownArgs),
     /// Simulator controls for tests and demos (needs --simulate)
-    Sim(SimArgs),
+    #[command(subcommand)]
+    Sim(SimAction),
     /// Print shell completions
     Completions(CompletionsArgs),
     /// Print the man page (roff) to stdout
@@ -122,7 +131,7 @@ pub enum InjectMode {
     Env,
 }
 
-/// What to ask for: a profile or an amount of memory.
+// What to ask for: a profile or an amount of memory.
 #[derive(Debug, Args, Clone, Default)]
 pub struct RequestArgs {
     /// MIG profile: ID (9), name (3g.40gb), full name ("MIG 3g.40gb") or variant (1g.10gb+me)
@@ -142,7 +151,7 @@ pub struct RequestArgs {
     pub keep: bool,
 }
 
-/// The launcher: migrun's own flags, then docker's options, image and command.
+// The launcher: migrun's own flags, then docker's options, image and command.
 #[derive(Debug, Args, Clone, Default)]
 pub struct RunArgs {
     #[command(flatten)]
@@ -167,7 +176,7 @@ pub struct RunArgs {
     pub docker_args: Vec<String>,
 }
 
-/// Options of the read-only listing commands.
+// Options of the read-only listing commands.
 #[derive(Debug, Args, Clone, Default)]
 pub struct ListArgs {
     /// Only this GPU (NVML index)
@@ -234,12 +243,6 @@ pub struct RuntimeArgs {
     pub args: Vec<OsString>,
 }
 
-#[derive(Debug, Args, Clone)]
-pub struct MigArgs {
-    #[command(subcommand)]
-    pub action: MigAction,
-}
-
 #[derive(Debug, Subcommand, Clone)]
 pub enum MigAction {
     /// Request MIG mode on (takes effect after a GPU reset or reboot)
@@ -285,12 +288,6 @@ pub struct TeardownArgs {
     pub json: bool,
 }
 
-#[derive(Debug, Args, Clone)]
-pub struct SimArgs {
-    #[command(subcommand)]
-    pub action: SimAction,
-}
-
 #[derive(Debug, Subcommand, Clone)]
 pub enum SimAction {
     /// Forget the simulated machine in this state dir (refused while leases exist)
@@ -323,7 +320,7 @@ pub enum SimAction {
     },
 }
 
-/// The detached-container watcher's arguments (hidden; the launcher fills them in).
+// The detached-container watcher's arguments (hidden; the launcher fills them in).
 #[derive(Debug, Args, Clone)]
 pub struct WatchArgs {
     /// Lease to release when the container is gone
@@ -456,6 +453,33 @@ mod tests {
 
     fn argv(s: &str) -> Vec<OsString> {
         s.split_whitespace().map(OsString::from).collect()
+    }
+
+    #[test]
+    fn deferred_subcommands_keep_their_about_and_nested_commands() {
+        let mut cmd = Cli::command();
+        cmd.build();
+        let about = |name: &str| {
+            let sub = cmd.find_subcommand(name).unwrap();
+            sub.get_about().map(|a| a.to_string()).unwrap_or_default()
+        };
+        // Each subcommand's about is its variant's doc, never the doc of the struct holding its flags.
+        assert!(about("run").starts_with("Run a container on a MIG slice"));
+        assert!(about("profiles").starts_with("List GPU-instance profiles"));
+        assert!(about("status").starts_with("Show GPUs, MIG mode"));
+        assert!(about("alloc").starts_with("Allocate a MIG instance"));
+        assert!(about("__watch").starts_with("Internal: wait for a detached"));
+        // `migrun help mig enable` (and completions of it) need the nested commands at build time.
+        let help = cmd.find_subcommand("help").unwrap();
+        for (parent, child) in [("mig", "enable"), ("mig", "disable"), ("sim", "reset")] {
+            let p = help.find_subcommand(parent).unwrap();
+            assert!(p.find_subcommand(child).is_some(), "help {parent} {child}");
+        }
+        // A deferred subcommand still gets its flags when it is the one parsed.
+        let cli = parse(argv("migrun hook prestart")).unwrap();
+        assert!(matches!(cli.command, Command::Hook(_)));
+        let e = parse(argv("migrun alloc --bogus")).unwrap_err();
+        assert_eq!(e.kind(), clap::error::ErrorKind::UnknownArgument);
     }
 
     #[test]

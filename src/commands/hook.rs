@@ -446,15 +446,8 @@ pub fn runtime(ctx: &Ctx, a: RuntimeArgs) -> Result<i32> {
             Err(e) => return fail(e.into()),
         };
     // Without an id runc itself reports the usage error.
-    if let (true, Some(id)) = (inv.creates(), inv.id.clone()) {
-        let bundle = match &inv.bundle {
-            Some(b) if b.is_absolute() => b.clone(),
-            Some(b) => std::env::current_dir().unwrap_or_default().join(b),
-            None => std::env::current_dir().unwrap_or_default(),
-        };
-        if oci::shim_passes_through(&bundle) {
-            return fail(runtime::exec_runtime(&next, &a.args).into());
-        }
+    if let (false, Some(id)) = (inv.hands_over_untouched(), inv.id.clone()) {
+        let bundle = inv.bundle_dir();
         init_logging(ctx);
         let engine = runtime::engine_of(inv.root.as_deref());
         let span = tracing::info_span!("runtime", id = %id, engine);

@@ -1,7 +1,7 @@
 //! Handlers for `mig enable|disable` and `teardown`.
 
 use super::{select_gpu, Ctx, InputError};
-use crate::cli::{GpuSelect, MigAction, MigArgs, TeardownArgs};
+use crate::cli::{GpuSelect, MigAction, TeardownArgs};
 use crate::gpu::GpuInfo;
 use crate::migmode::{self, ModeReport};
 use anyhow::Result;
@@ -33,8 +33,8 @@ pub(super) fn targets(ctx: &Ctx, gpus: &[GpuInfo], sel_gpu: Option<&str>) -> Res
     }
 }
 
-pub fn mig(ctx: &Ctx, a: &MigArgs) -> Result<i32> {
-    let (enable, sel): (bool, &GpuSelect) = match &a.action {
+pub fn mig(ctx: &Ctx, action: &MigAction) -> Result<i32> {
+    let (enable, sel): (bool, &GpuSelect) = match action {
         MigAction::Enable(s) => (true, s),
         MigAction::Disable(s) => (false, s),
     };

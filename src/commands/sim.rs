@@ -1,14 +1,14 @@
 //! Handlers for `migrun sim ...`, the simulator controls used by tests and demos.
 
 use super::{Ctx, InputError};
-use crate::cli::{SimAction, SimArgs};
+use crate::cli::SimAction;
 use crate::gpu::sim::{SimStore, SIM_FILE};
 use crate::gpu::Backend;
 use crate::profile::{self, ProfileSpec};
 use anyhow::Result;
 
-pub fn sim(ctx: &Ctx, a: &SimArgs) -> Result<i32> {
-    if let SimAction::Reset = a.action {
+pub fn sim(ctx: &Ctx, action: &SimAction) -> Result<i32> {
+    if let SimAction::Reset = action {
         // Reset must work when the stored machine differs from --simulate: that is what it is for.
         ctx.sim_spec()?
             .ok_or_else(|| InputError::Other("`migrun sim reset` needs --simulate SPEC".into()))?;
@@ -27,7 +27,7 @@ pub fn sim(ctx: &Ctx, a: &SimArgs) -> Result<i32> {
         return Ok(0);
     }
     let mut sim = ctx.sim_backend()?;
-    match &a.action {
+    match action {
         SimAction::Reset => unreachable!("handled above"),
         SimAction::ResetGpu { gpu } => {
             let gpu = *gpu;

@@ -79,6 +79,53 @@ impl Invocation {
     pub fn creates(&self) -> bool {
         matches!(self.subcommand.as_deref(), Some("create" | "run"))
     }
+
+    /// The bundle directory as an absolute path (`--bundle` relative to the current directory,
+    /// or the current directory itself, as runc reads it).
+    pub fn bundle_dir(&self) -> PathBuf {
+        match &self.bundle {
+            Some(b) if b.is_absolute() => b.clone(),
+            Some(b) => std::env::current_dir().unwrap_or_default().join(b),
+            None => std::env::current_dir().unwrap_or_default(),
+        }
+    }
+
+    /// Can this call go to the next runtime untouched? True for every subcommand but
+    /// `create`/`run`, for a `create` without an id (runc reports that usage error itself), and
+    /// for a bundle that asks for no slice and needs no guard ([`crate::engine::oci::shim_passes_through`]).
+    pub fn hands_over_untouched(&self) -> bool {
+        !self.creates()
+            || self.id.is_none()
+            || crate::engine::oci::shim_passes_through(&self.bundle_dir())
+    }
+}
+
+/// The shim's fast path, taken before migrun parses its own command line: when the call needs
+/// nothing from migrun ([`Invocation::hands_over_untouched`]) and the next runtime resolves,
+/// `execv` it with `args` (without argv[0]) exactly as they came. Returns only when it did not
+/// hand over, and then the full shim (`migrun runtime`) decides and reports every error itself.
+///
+/// Why: most runtime calls on a host (`start`, `state`, `delete`, `kill`, and the `create` of every
+/// container that asks for nothing) need nothing from migrun, and each is a fresh process, so the
+/// cost of building migrun's whole command line and context for them is pure overhead
+/// (docs/benchmarks.md, "start-up overhead"). Any doubt (unreadable config, no runtime found, a
+/// failed exec) falls back, so both paths decide alike.
+pub fn hand_over_untouched(args: &[OsString]) {
+    if !parse_invocation(args).hands_over_untouched() {
+        return;
+    }
+    // The same config the full shim reads: `MIGRUN_CONFIG` (as `--config`'s env) or the default file.
+    let explicit = std::env::var_os("MIGRUN_CONFIG").map(PathBuf::from);
+    let Ok(config) = Config::load(explicit.as_deref()) else {
+        return;
+    };
+    let Ok(self_exe) = std::env::current_exe() else {
+        return;
+    };
+    if let Ok(next) = next_runtime(&config, std::env::var_os("PATH").as_deref(), &self_exe) {
+        // Returns only if the exec failed; the full shim then reports it with the runtime log.
+        let _ = exec_runtime(&next, args);
+    }
 }
 
 /// Split `--name=value` / `-name` into (name, inline value).
@@ -320,6 +367,43 @@ mod tests {
 
     fn args(s: &str) -> Vec<OsString> {
         s.split_whitespace().map(OsString::from).collect()
+    }
+
+    #[test]
+    fn only_a_create_of_a_bundle_that_asks_goes_past_the_fast_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = dir.path().display().to_string();
+        let write = |v: serde_json::Value| {
+            std::fs::write(dir.path().join("config.json"), v.to_string()).unwrap()
+        };
+        write(serde_json::json!({"process": {"env": ["PATH=/bin"]}}));
+        for (call, untouched) in [
+            (format!("--root /r create --bundle {b} c1"), true),
+            (format!("--root /r run -b {b} c1"), true),
+            (format!("--root /r create --bundle {b}"), true),
+            ("--root /r start c1".to_string(), true),
+            ("--root /r delete --force c1".to_string(), true),
+            ("--version".to_string(), true),
+        ] {
+            assert_eq!(
+                parse_invocation(&args(&call)).hands_over_untouched(),
+                untouched,
+                "{call}"
+            );
+        }
+        write(serde_json::json!({"annotations": {"migrun.profile": "1g.10gb"}}));
+        let create = parse_invocation(&args(&format!("--root /r create --bundle {b} c1")));
+        assert!(
+            !create.hands_over_untouched(),
+            "a bundle that asks for a slice"
+        );
+        assert!(parse_invocation(&args("--root /r start c1")).hands_over_untouched());
+        // A bundle the shim cannot read is the full shim's to report, never handed over silently.
+        std::fs::write(dir.path().join("config.json"), "{not json").unwrap();
+        assert!(!create.hands_over_untouched());
+        // An NVIDIA_VISIBLE_DEVICES grant needs the guard even without a profile.
+        write(serde_json::json!({"process": {"env": ["NVIDIA_VISIBLE_DEVICES=all"]}}));
+        assert!(!create.hands_over_untouched());
     }
 
     #[test]
