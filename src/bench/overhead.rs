@@ -200,6 +200,24 @@ pub fn median(xs: &[f64]) -> f64 {
     quantile(xs, 0.5)
 }
 
+/// A distribution-free 95% confidence interval for the median: the order statistics
+/// `x(j+1)` and `x(n-j)` with `j = floor((n - 1.96 sqrt(n)) / 2)` (the normal approximation to the
+/// binomial count of samples below the median). It needs no assumption about the shape of this
+/// VM's timing noise, which is skewed and heavy-tailed. `None` below 6 samples, where no such
+/// interval reaches 95%.
+pub fn median_ci95(xs: &[f64]) -> Option<(f64, f64)> {
+    let n = xs.len();
+    if n < 6 {
+        return None;
+    }
+    let mut v = xs.to_vec();
+    v.sort_by(f64::total_cmp);
+    let j = ((n as f64 - 1.96 * (n as f64).sqrt()) / 2.0)
+        .floor()
+        .max(0.0) as usize;
+    Some((v[j], v[n - 1 - j]))
+}
+
 /// Paired wall times in milliseconds: `migrun[i]` and `base[i]` ran back to back.
 #[derive(Debug, Default, Clone)]
 pub struct Paired {
@@ -225,14 +243,20 @@ impl Paired {
     }
 
     /// One markdown table row: case, backend, pairs, median base, median migrun, added (difference
-    /// of medians), median of paired differences, ratio of medians, median of paired ratios.
+    /// of medians), median of paired differences with its 95% interval, ratio of medians, median of
+    /// paired ratios.
     pub fn row(&self, case: &str, backend: &str) -> String {
         let (mb, mm) = (median(&self.base), median(&self.migrun));
+        let diffs = self.diffs();
+        let ci = match median_ci95(&diffs) {
+            Some((lo, hi)) => format!("{lo:+.2} to {hi:+.2}"),
+            None => "n/a".into(),
+        };
         format!(
-            "| {case} | {backend} | {} | {mb:.2} | {mm:.2} | {:+.2} | {:+.2} | {:.3} | {:.3} |",
+            "| {case} | {backend} | {} | {mb:.2} | {mm:.2} | {:+.2} | {:+.2} | {ci} | {:.3} | {:.3} |",
             self.migrun.len(),
             mm - mb,
-            median(&self.diffs()),
+            median(&diffs),
             mm / mb,
             median(&self.ratios()),
         )
@@ -240,7 +264,7 @@ impl Paired {
 }
 
 /// Header of [`Paired::row`] tables.
-pub const PAIRED_HEADER: &str = "| case | backend | pairs | baseline median (ms) | migrun median (ms) | added: diff. of medians (ms) | added: median paired diff. (ms) | ratio of medians | median paired ratio |\n|---|---|---|---|---|---|---|---|---|";
+pub const PAIRED_HEADER: &str = "| case | backend | pairs | baseline median (ms) | migrun median (ms) | added: diff. of medians (ms) | added: median paired diff. (ms) | its 95% interval (ms) | ratio of medians | median paired ratio |\n|---|---|---|---|---|---|---|---|---|---|";
 
 /// Runs `warmup` unmeasured then `pairs` measured pairs, alternating which side goes first.
 pub fn run_pairs(
@@ -590,6 +614,16 @@ fn hook(m: &Machine, stage: &str, extra_env: &[String]) -> serde_json::Value {
     })
 }
 
+/// `name` on `$PATH` (hooks need an absolute path).
+fn find_on_path(name: &str) -> Result<PathBuf> {
+    std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+        .ok_or_else(|| OverheadError::Input(format!("`{name}` not found on $PATH (coreutils)")))
+}
+
 /// runc hooks: a bundle annotated `migrun.profile=1g.10gb` with migrun's prestart+poststop hooks
 /// against the same bundle without hooks; create+destroy, then reuse (`release = "keep"`).
 pub fn runc_hooks(t: &RuncTarget, m: &Machine, pairs: usize, warmup: usize) -> Result<Vec<String>> {
@@ -642,6 +676,18 @@ pub fn runc_hooks(t: &RuncTarget, m: &Machine, pairs: usize, warmup: usize) -> R
     let p = against_plain(&floor)?;
     rows.push(p.row(
         "floor: runc + two hooks that only start migrun (`migrun --version`)",
+        m.backend.name(),
+    ));
+    // Under that: what runc charges for running any two hooks, with the cheapest program there is.
+    // The difference between the two floor rows is the cost of starting migrun instead of `true`.
+    let true_bin = find_on_path("true")?;
+    let any_hook = Bundle::new(t, m.dir(), "bundle-hooks-true", |s| {
+        let start_only = serde_json::json!({"path": true_bin, "args": ["true"]});
+        s["hooks"] = serde_json::json!({"prestart": [start_only], "poststop": [start_only]});
+    })?;
+    let p = against_plain(&any_hook)?;
+    rows.push(p.row(
+        "floor: runc + two hooks running `true` (any hook program)",
         m.backend.name(),
     ));
     Ok(rows)
@@ -823,6 +869,26 @@ mod tests {
     }
 
     #[test]
+    fn the_median_interval_takes_order_statistics_around_the_middle() {
+        // n = 200: j = floor((200 - 1.96 * 14.14) / 2) = 86, so x(87) and x(114) (1-based).
+        let xs: Vec<f64> = (1..=200).rev().map(f64::from).collect();
+        assert_eq!(median_ci95(&xs), Some((87.0, 114.0)));
+        // n = 30: j = floor((30 - 10.74) / 2) = 9, so x(10) and x(21).
+        let xs: Vec<f64> = (1..=30).map(f64::from).collect();
+        assert_eq!(median_ci95(&xs), Some((10.0, 21.0)));
+        assert_eq!(median_ci95(&[1.0, 2.0, 3.0]), None);
+        let p = Paired {
+            migrun: vec![2.0; 3],
+            base: vec![1.0; 3],
+        };
+        assert!(
+            p.row("c", "sim").contains("| +1.00 | n/a |"),
+            "{}",
+            p.row("c", "sim")
+        );
+    }
+
+    #[test]
     fn pairs_alternate_and_skip_warmup() {
         let order = std::cell::RefCell::new(Vec::new());
         let n = std::cell::Cell::new(0u64);
@@ -845,6 +911,6 @@ mod tests {
         assert!((median(&p.ratios()) - 1.2).abs() < 1e-12);
         assert!(p
             .row("c", "sim")
-            .starts_with("| c | sim | 3 | 10.00 | 12.00 | +2.00 | +2.00 | 1.200 | 1.200 |"));
+            .starts_with("| c | sim | 3 | 10.00 | 12.00 | +2.00 | +2.00 | n/a | 1.200 | 1.200 |"));
     }
 }
