@@ -667,29 +667,29 @@ pub fn runc_hooks(t: &RuncTarget, m: &Machine, pairs: usize, warmup: usize) -> R
         };
         rows.push(p.row(case, m.backend.name()));
     }
-    // The floor under both rows: runc running two hooks that only start migrun and exit (`migrun --version`),
-    // i.e. runc's own cost of running a hook plus one migrun process start per hook, with no migrun work at all.
-    let floor = Bundle::new(t, m.dir(), "bundle-hooks-floor", |s| {
-        let start_only = serde_json::json!({"path": m.migrun, "args": ["migrun", "--version"]});
-        s["hooks"] = serde_json::json!({"prestart": [start_only], "poststop": [start_only]});
-    })?;
-    let p = against_plain(&floor)?;
-    rows.push(p.row(
-        "floor: runc + two hooks that only start migrun (`migrun --version`)",
-        m.backend.name(),
-    ));
-    // Under that: what runc charges for running any two hooks, with the cheapest program there is.
-    // The difference between the two floor rows is the cost of starting migrun instead of `true`.
+    // Two floors under both rows. `migrun --version` as both hooks: runc's own cost of running a
+    // hook plus one migrun process start per hook, with no migrun work at all. `true` as both
+    // hooks: what runc charges for any hook program; the difference is starting migrun instead.
     let true_bin = find_on_path("true")?;
-    let any_hook = Bundle::new(t, m.dir(), "bundle-hooks-true", |s| {
-        let start_only = serde_json::json!({"path": true_bin, "args": ["true"]});
-        s["hooks"] = serde_json::json!({"prestart": [start_only], "poststop": [start_only]});
-    })?;
-    let p = against_plain(&any_hook)?;
-    rows.push(p.row(
-        "floor: runc + two hooks running `true` (any hook program)",
-        m.backend.name(),
-    ));
+    let floors = [
+        (
+            "bundle-hooks-floor",
+            serde_json::json!({"path": m.migrun, "args": ["migrun", "--version"]}),
+            "floor: runc + two hooks that only start migrun (`migrun --version`)",
+        ),
+        (
+            "bundle-hooks-true",
+            serde_json::json!({"path": true_bin, "args": ["true"]}),
+            "floor: runc + two hooks running `true` (any hook program)",
+        ),
+    ];
+    for (name, start_only, case) in floors {
+        let floor = Bundle::new(t, m.dir(), name, |s| {
+            s["hooks"] =
+                serde_json::json!({"prestart": [start_only.clone()], "poststop": [start_only]});
+        })?;
+        rows.push(against_plain(&floor)?.row(case, m.backend.name()));
+    }
     Ok(rows)
 }
 
