@@ -92,6 +92,18 @@ pub fn free_placements(
         .collect()
 }
 
+/// Set every profile's `remaining` from the instances that exist now ([`remaining`] over the table itself):
+/// what the driver's per-profile query would answer, for the simulator, a snapshot and the benchmark alike.
+pub fn fill_remaining(profiles: &mut [GiProfile], existing: &[Occupant]) {
+    let left: Vec<u32> = profiles
+        .iter()
+        .map(|p| remaining(profiles, existing, p))
+        .collect();
+    for (p, r) in profiles.iter_mut().zip(left) {
+        p.remaining = r;
+    }
+}
+
 /// nvmlDeviceGetGpuInstanceRemainingCapacity: how many more of `profile` fit now.
 pub fn remaining(profiles: &[GiProfile], existing: &[Occupant], profile: &GiProfile) -> u32 {
     if !can_create(profiles, existing, profile) {

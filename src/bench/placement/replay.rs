@@ -95,14 +95,7 @@ fn free_slices(state: &MigState) -> u64 {
 fn refresh_remaining(state: &mut MigState, gpu: usize) {
     let g = &mut state.gpus[gpu];
     let occ: Vec<Occupant> = g.instances.iter().map(Occupant::from).collect();
-    let remaining: Vec<u32> = g
-        .profiles
-        .iter()
-        .map(|p| rules::remaining(&g.profiles, &occ, p))
-        .collect();
-    for (p, r) in g.profiles.iter_mut().zip(remaining) {
-        p.remaining = r;
-    }
+    rules::fill_remaining(&mut g.profiles, &occ);
 }
 
 /// Replay `stream` through `policy` starting from `initial`; the first `warmup` arrivals are not counted.

@@ -460,10 +460,7 @@ impl Backend for NvmlBackend {
     ) -> Result<Vec<GiProfile>, GpuError> {
         let mut profiles = self.profile_table(gpu)?;
         let occupants: Vec<Occupant> = instances.iter().map(Occupant::from).collect();
-        let table = profiles.clone();
-        for p in &mut profiles {
-            p.remaining = rules::remaining(&table, &occupants, p);
-        }
+        rules::fill_remaining(&mut profiles, &occupants);
         Ok(profiles)
     }
 

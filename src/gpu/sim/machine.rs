@@ -233,15 +233,9 @@ impl SimMachine {
     pub fn profiles(&self, gpu: u32) -> Result<Vec<GiProfile>, Code> {
         let g = self.gpu(gpu)?;
         let model = self.model(gpu)?;
-        Ok(model
-            .profiles
-            .iter()
-            .map(|p| {
-                let mut p = p.clone();
-                p.remaining = rules::remaining(&model.profiles, &occupants(g), &p);
-                p
-            })
-            .collect())
+        let mut profiles = model.profiles.clone();
+        rules::fill_remaining(&mut profiles, &occupants(g));
+        Ok(profiles)
     }
 
     pub fn instances(&self, gpu: u32) -> Result<Vec<GpuInstance>, Code> {
