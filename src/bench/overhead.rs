@@ -614,16 +614,6 @@ fn hook(m: &Machine, stage: &str, extra_env: &[String]) -> serde_json::Value {
     })
 }
 
-/// `name` on `$PATH` (hooks need an absolute path).
-fn find_on_path(name: &str) -> Result<PathBuf> {
-    std::env::var_os("PATH")
-        .iter()
-        .flat_map(std::env::split_paths)
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
-        .ok_or_else(|| OverheadError::Input(format!("`{name}` not found on $PATH (coreutils)")))
-}
-
 /// runc hooks: a bundle annotated `migrun.profile=1g.10gb` with migrun's prestart+poststop hooks
 /// against the same bundle without hooks; create+destroy, then reuse (`release = "keep"`).
 pub fn runc_hooks(t: &RuncTarget, m: &Machine, pairs: usize, warmup: usize) -> Result<Vec<String>> {
@@ -670,7 +660,12 @@ pub fn runc_hooks(t: &RuncTarget, m: &Machine, pairs: usize, warmup: usize) -> R
     // Two floors under both rows. `migrun --version` as both hooks: runc's own cost of running a
     // hook plus one migrun process start per hook, with no migrun work at all. `true` as both
     // hooks: what runc charges for any hook program; the difference is starting migrun instead.
-    let true_bin = find_on_path("true")?;
+    // Hooks need an absolute path.
+    let true_bin = crate::engine::docker::find_executable(
+        "true".as_ref(),
+        std::env::var_os("PATH").as_deref(),
+    )
+    .ok_or_else(|| OverheadError::Input("`true` not found on $PATH (coreutils)".into()))?;
     let floors = [
         (
             "bundle-hooks-floor",
