@@ -114,16 +114,21 @@ impl NvmlBackend {
         self.driver.clone()
     }
 
-    /// `nvml-profiles-<GPU UUID>.json`, or `None` for a UUID that is not a plain file name.
-    fn kept_name(uuid: &str) -> Option<String> {
-        (!uuid.is_empty() && uuid.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'))
-            .then(|| format!("nvml-profiles-{uuid}.json"))
+    /// Where GPU `gpu`'s table is kept and what identifies it: (`nvml-profiles-<GPU UUID>.json`, UUID, driver
+    /// version). `None` when tables are not kept, the driver version is unknown, or the UUID is not a plain file
+    /// name.
+    fn kept_key(&mut self, gpu: u32) -> Option<(String, String, String)> {
+        self.tables.as_ref()?;
+        let uuid = self.cached(gpu).uuid.clone();
+        if uuid.is_empty() || !uuid.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+            return None;
+        }
+        let driver = self.driver_version()?;
+        Some((format!("nvml-profiles-{uuid}.json"), uuid, driver))
     }
 
     fn kept_table(&mut self, gpu: u32) -> Option<Vec<GiProfile>> {
-        let uuid = self.cached(gpu).uuid.clone();
-        let name = Self::kept_name(&uuid)?;
-        let driver = self.driver_version()?;
+        let (name, uuid, driver) = self.kept_key(gpu)?;
         let bytes = self.tables.as_ref()?.read(&name).ok()??;
         let kept: KeptTable = serde_json::from_slice(&bytes).ok()?;
         (kept.driver == driver && kept.uuid == uuid && !kept.profiles.is_empty())
@@ -131,11 +136,10 @@ impl NvmlBackend {
     }
 
     fn keep_table(&mut self, gpu: u32, profiles: &[GiProfile]) {
-        let uuid = self.cached(gpu).uuid.clone();
-        let (Some(name), Some(driver)) = (Self::kept_name(&uuid), self.driver_version()) else {
+        let (Some((name, uuid, driver)), Some(dir)) = (self.kept_key(gpu), self.tables.as_ref())
+        else {
             return;
         };
-        let Some(dir) = &self.tables else { return };
         let kept = KeptTable {
             driver,
             uuid,
@@ -451,8 +455,8 @@ impl Backend for NvmlBackend {
     /// The snapshot's profiles: the per-call form, minus NVML's remaining-capacity queries. On the lent H100
     /// `nvmlDeviceGetGpuInstanceRemainingCapacity` took about 0.2 ms per profile, in every allocation and hook;
     /// the snapshot computes the same number from the instances it has just read, with the placement rules the
-    /// simulator and the placement policy share (`gpu::rules::remaining`). The allocator does not read
-    /// `remaining`; `profiles()`, which `migrun profiles` prints, still asks NVML.
+    /// simulator and the placement policy share (`gpu::rules::fill_remaining`), so the snapshot reads as the
+    /// driver would answer. `profiles()`, which `migrun profiles` prints, still asks NVML.
     fn snapshot_profiles(
         &mut self,
         gpu: u32,
