@@ -445,8 +445,10 @@ pub fn runtime(ctx: &Ctx, a: RuntimeArgs) -> Result<i32> {
             Ok(p) => p,
             Err(e) => return fail(e.into()),
         };
-    // Without an id runc itself reports the usage error.
-    if let (false, Some(id)) = (inv.hands_over_untouched(), inv.id.clone()) {
+    // Without an id runc itself reports the usage error. A bundle that asks for nothing was normally
+    // handed over before migrun parsed its command line (`runtime::hand_over_untouched`, for
+    // `migrun-runtime`); here `shim_create` reads config.json once and answers `PassThrough` for it.
+    if let (true, Some(id)) = (inv.creates(), inv.id.clone()) {
         let bundle = inv.bundle_dir();
         init_logging(ctx);
         let engine = runtime::engine_of(inv.root.as_deref());

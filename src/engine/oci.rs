@@ -1113,10 +1113,10 @@ pub struct ShimHooks {
     pub timeout_s: Option<u64>,
 }
 
-/// True when the shim can hand the bundle to runc untouched: its config asks for no slice and needs no guard.
-/// Checked before anything else is set up (logging, the worker thread, the state dir), because most containers on
-/// a host ask for nothing and the shim's cost for them is pure overhead. Any doubt (unreadable or malformed config,
-/// a malformed request) answers `false`, and [`shim_create`] then reports it.
+/// True when the shim can hand the bundle to runc untouched: its config asks for no slice and needs no guard
+/// (what [`shim_create`] would answer with `Outcome::PassThrough`). The shim's fast path asks this before migrun
+/// parses its command line, because most containers on a host ask for nothing. Any doubt (unreadable or
+/// malformed config, a malformed request) answers `false`, and [`shim_create`] then reports it.
 pub fn shim_passes_through(bundle: &Path) -> bool {
     BundleConfig::load(bundle)
         .is_ok_and(|cfg| matches!(request_of(&cfg.spec), Ok(None)) && !needs_guard(&cfg.spec))
