@@ -64,7 +64,7 @@ impl<'a> CtxOps<'a> {
             )
             .map_err(|e| into_ops(e.into()))?;
             let dir = self.ctx.state_dir().map_err(into_ops)?;
-            let backend = self.ctx.backend().map_err(into_ops)?;
+            let backend = self.ctx.backend_in(&dir).map_err(into_ops)?;
             self.opened = Some((dir, backend));
         }
         Ok(self.opened.as_mut().expect("just opened"))

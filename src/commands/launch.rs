@@ -80,7 +80,7 @@ pub fn run(ctx: &Ctx, a: RunArgs) -> Result<i32> {
         uid: alloc::caller_uid(),
     };
     let lease = {
-        let mut backend = ctx.backend()?;
+        let mut backend = ctx.backend_in(&dir)?;
         alloc::allocate(&mut *backend, &dir, &ctx.config, &req, &engine::probe())?
     };
     say(
@@ -220,7 +220,7 @@ fn run_with_lease(
 
 /// Release a lease, reporting the outcome; `false` when the release failed (the lease stays for gc to retry).
 fn release(ctx: &Ctx, dir: &StateDir, lease: &Lease) -> bool {
-    let result = ctx.backend().and_then(|mut backend| {
+    let result = ctx.backend_in(dir).and_then(|mut backend| {
         Ok(alloc::release(
             &mut *backend,
             dir,
@@ -322,7 +322,7 @@ pub fn watch(ctx: &Ctx, a: &WatchArgs) -> Result<i32> {
             Ok(crate::exit::FAILED)
         }
         Some(code) => {
-            let mut backend = ctx.backend()?;
+            let mut backend = ctx.backend_in(&dir)?;
             let outcome = alloc::release_container(&mut *backend, &dir, &ctx.config, &a.container)
                 .with_context(|| format!("{tag}: release"))?;
             eprintln!(

@@ -61,15 +61,23 @@ impl Ctx {
 
     /// The hardware backend: the simulator only when asked for, the driver otherwise.
     pub fn backend(&self) -> Result<Box<dyn Backend>> {
+        match self.state_dir() {
+            Ok(dir) => self.backend_in(&dir),
+            Err(e) if self.sim_spec()?.is_some() => Err(e),
+            // Without a usable state dir (not root) the driver backend probes profile tables itself.
+            Err(_) => Ok(Box::new(NvmlBackend::open_default()?)),
+        }
+    }
+
+    /// [`Ctx::backend`] over a state dir the caller has already opened (hooks, the launcher and the
+    /// allocator need it anyway), so it is not opened and checked a second time.
+    pub fn backend_in(&self, dir: &StateDir) -> Result<Box<dyn Backend>> {
         if let Some(spec) = self.sim_spec()? {
-            let dir = self.state_dir()?;
-            return Ok(Box::new(SimBackend::open(&dir, spec)?));
+            return Ok(Box::new(SimBackend::open(dir, spec)?));
         }
         let mut backend = NvmlBackend::open_default()?;
-        // Profile tables are kept in the state dir when this caller may use it (root); others probe.
-        if let Ok(dir) = self.state_dir() {
-            backend.keep_tables_in(dir);
-        }
+        // Profile tables are kept in the state dir between processes (see `keep_tables_in`).
+        backend.keep_tables_in(dir.clone());
         Ok(Box::new(backend))
     }
 
