@@ -19,13 +19,26 @@ Examples:
 Exit codes: 0 ok; 1 operation failed; 2 bad input or usage; 3 no room for the profile;
 4 needs privilege. The launcher exits with the container's own code (125-127 for docker's failures).";
 
+// The launcher's synopsis, shared by `--help`, the man page and (by a test) the README, so that
+// none of them can lose a flag the others have. A macro, because `concat!` takes no consts.
+macro_rules! launcher_synopsis {
+    () => {
+        "migrun [GLOBAL OPTIONS] [--profile P | --min-mem SIZE] [--gpu N] [--wait[=S]] [--keep] [--inject MODE] [--dry-run] [--docker PATH] [docker run options] IMAGE [CMD...]"
+    };
+}
+pub const LAUNCHER_SYNOPSIS: &str = launcher_synopsis!();
+const USAGE: &str = concat!(
+    launcher_synopsis!(),
+    "\n       migrun [GLOBAL OPTIONS] <COMMAND>"
+);
+
 /// migrun: give a container a MIG slice of an NVIDIA GPU, and give it back when the container ends.
 #[derive(Debug, Parser)]
 #[command(
     name = "migrun",
     version,
     about,
-    override_usage = "migrun [GLOBAL OPTIONS] [--profile P] [--gpu N] [--wait[=S]] [--keep] [--inject MODE] [--dry-run] [docker run options] IMAGE [CMD...]\n       migrun [GLOBAL OPTIONS] <COMMAND>",
+    override_usage = USAGE,
     after_help = AFTER_HELP
 )]
 pub struct Cli {
@@ -41,7 +54,7 @@ pub struct GlobalArgs {
     /// Use simulated GPUs instead of the driver: MODEL[:COUNT][:mig-off],... e.g. h100-80gb:8
     #[arg(long, global = true, env = "MIGRUN_SIMULATE", value_name = "SPEC")]
     pub simulate: Option<String>,
-    /// Directory for leases, locks and simulator state (default /run/migrun)
+    /// Directory for leases, locks and simulator state (default /run/migrun; with --simulate, one per spec)
     #[arg(long, global = true, env = "MIGRUN_STATE_DIR", value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
     /// Policy file (default /etc/migrun/config.toml; missing default file = built-in defaults)
@@ -420,9 +433,104 @@ pub fn split_launcher_args(words: &[OsString]) -> (Vec<OsString>, Vec<OsString>)
     (ours, words[i..].to_vec())
 }
 
+/// Why a command line was refused: clap's own errors, and the near misses migrun answers itself.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error(transparent)]
+    Clap(#[from] clap::Error),
+    #[error("'{given}' is not a migrun command; did you mean '{nearest}'? (to run an image named {given}: migrun run {given})")]
+    NotACommand { given: String, nearest: String },
+    #[error("'{given}' after {flags} is read as the IMAGE to run; a command's flags go after its name: migrun {given} {flags} (to run an image named {given}: migrun run {flags} {given})")]
+    CommandAfterLauncherFlags { given: String, flags: String },
+    #[error("unknown option '{given}'; did you mean '{nearest}'? (migrun's own flags come first, docker run's options after them)")]
+    NearMissFlag { given: String, nearest: String },
+}
+
+impl CliError {
+    /// Usage errors exit 2; clap's help and version output exit 0.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            CliError::Clap(e) if !e.use_stderr() => crate::exit::OK,
+            _ => crate::exit::USAGE,
+        }
+    }
+}
+
+/// The command a mistyped first word was meant to be: one edit away for short names, two for
+/// names of six letters or more. Names of three letters or fewer (`gc`, `man`, `sim`) are never
+/// guessed, since images such as `gcc` or `rum` sit one edit from them; neither is anything that
+/// looks like an image reference (`/`, `:`, `.`, `@`).
+pub fn nearest_command(word: &str) -> Option<&'static str> {
+    if word.contains(['/', ':', '.', '@']) || word.starts_with('-') {
+        return None;
+    }
+    SUBCOMMANDS
+        .iter()
+        .filter(|c| c.len() > 3 && !c.starts_with("__"))
+        .map(|c| (*c, strsim::osa_distance(word, c)))
+        .filter(|(c, d)| *d > 0 && *d <= if c.len() >= 6 { 2 } else { 1 })
+        .min_by_key(|(_, d)| *d)
+        .map(|(c, _)| c)
+}
+
+/// The launcher flag a near-miss `--word` was meant to be, unless docker itself knows the word.
+fn nearest_launcher_flag(word: &str) -> Option<&'static str> {
+    let name = word.split_once('=').map_or(word, |(n, _)| n);
+    let bare = name.strip_prefix("--")?;
+    if crate::engine::docker::is_docker_option(bare) {
+        return None;
+    }
+    RUN_VALUE_FLAGS
+        .iter()
+        .chain(RUN_BOOL_FLAGS)
+        .filter(|f| **f != "--help")
+        .map(|f| (*f, strsim::osa_distance(name, f)))
+        .filter(|(_, d)| *d > 0 && *d <= 2)
+        .min_by_key(|(_, d)| *d)
+        .map(|(f, _)| f)
+}
+
+/// Refuse near misses that would otherwise become an image name or an unknown docker option.
+/// Only an implicit launcher (no `run` word typed) is checked: `migrun run statsu` means the image.
+fn check_launcher_words(ours: &[OsString], docker: &[OsString]) -> Result<(), CliError> {
+    let Some(first) = docker.first().map(|w| w.to_string_lossy().into_owned()) else {
+        return Ok(());
+    };
+    if let Some(nearest) = nearest_launcher_flag(&first) {
+        return Err(CliError::NearMissFlag {
+            given: first
+                .split_once('=')
+                .map_or(&*first, |(n, _)| n)
+                .to_string(),
+            nearest: nearest.to_string(),
+        });
+    }
+    if ours.is_empty() {
+        if let Some(nearest) = nearest_command(&first) {
+            return Err(CliError::NotACommand {
+                given: first,
+                nearest: nearest.to_string(),
+            });
+        }
+    } else if SUBCOMMANDS.contains(&first.as_str()) && docker.len() == 1 {
+        // `migrun --gpu 3 profiles`: a command word after launcher flags, nothing after it.
+        return Err(CliError::CommandAfterLauncherFlags {
+            given: first,
+            flags: ours
+                .iter()
+                .map(|w| w.to_string_lossy().into_owned())
+                .collect::<Vec<_>>()
+                .join(" "),
+        });
+    }
+    Ok(())
+}
+
 /// Parse a full argv (argv[0] included) the way `main` does.
-pub fn parse(args: Vec<OsString>) -> Result<Cli, clap::Error> {
+pub fn parse(args: Vec<OsString>) -> Result<Cli, CliError> {
+    let typed = args.len();
     let args = normalize_args(args);
+    let implicit_run = args.len() != typed;
     // Find `run` and split its words so docker's options never reach clap's flag parser.
     let run_at = args.iter().position(|a| a == "run");
     let Some(run_at) = run_at.filter(|&p| {
@@ -430,20 +538,36 @@ pub fn parse(args: Vec<OsString>) -> Result<Cli, clap::Error> {
             .iter()
             .all(|a| !SUBCOMMANDS.contains(&&*a.to_string_lossy()))
     }) else {
-        return Cli::try_parse_from(args);
+        return Ok(Cli::try_parse_from(args)?);
     };
     let (ours, docker) = split_launcher_args(&args[run_at + 1..]);
     if ours.iter().any(|a| a == "-h" || a == "--help") || docker.is_empty() {
         let mut argv = args[..=run_at].to_vec();
         argv.extend(ours);
         argv.extend(docker);
-        return Cli::try_parse_from(argv);
+        return Ok(Cli::try_parse_from(argv)?);
+    }
+    if implicit_run {
+        check_launcher_words(&ours, &docker)?;
+    } else if let Some(nearest) = docker
+        .first()
+        .and_then(|w| nearest_launcher_flag(&w.to_string_lossy()))
+    {
+        // `migrun run --proflie ...`: the explicit form gets the same flag suggestion.
+        let first = docker[0].to_string_lossy();
+        return Err(CliError::NearMissFlag {
+            given: first
+                .split_once('=')
+                .map_or(&*first, |(n, _)| n)
+                .to_string(),
+            nearest: nearest.to_string(),
+        });
     }
     let mut argv = args[..=run_at].to_vec();
     argv.extend(ours);
     argv.push("--".into());
     argv.extend(docker);
-    Cli::try_parse_from(argv)
+    Ok(Cli::try_parse_from(argv)?)
 }
 
 #[cfg(test)]
@@ -453,6 +577,39 @@ mod tests {
 
     fn argv(s: &str) -> Vec<OsString> {
         s.split_whitespace().map(OsString::from).collect()
+    }
+
+    #[test]
+    fn near_misses_of_commands_and_flags_are_named() {
+        // (argv, the message, or None when the words must reach the launcher untouched)
+        let table: &[(&str, Option<&str>)] = &[
+            ("migrun statsu", Some("'statsu' is not a migrun command; did you mean 'status'? (to run an image named statsu: migrun run statsu)")),
+            ("migrun profile", Some("'profile' is not a migrun command; did you mean 'profiles'? (to run an image named profile: migrun run profile)")),
+            ("migrun placement", Some("'placement' is not a migrun command; did you mean 'placements'? (to run an image named placement: migrun run placement)")),
+            ("migrun teardwon", Some("'teardwon' is not a migrun command; did you mean 'teardown'? (to run an image named teardwon: migrun run teardwon)")),
+            ("migrun --gpu 3 profiles", Some("'profiles' after --gpu 3 is read as the IMAGE to run; a command's flags go after its name: migrun profiles --gpu 3 (to run an image named profiles: migrun run --gpu 3 profiles)")),
+            ("migrun --proflie 3g.40gb busybox", Some("unknown option '--proflie'; did you mean '--profile'? (migrun's own flags come first, docker run's options after them)")),
+            ("migrun --profile 1g.10gb --dryrun busybox", Some("unknown option '--dryrun'; did you mean '--dry-run'? (migrun's own flags come first, docker run's options after them)")),
+            ("migrun run --injet=env busybox", Some("unknown option '--injet'; did you mean '--inject'? (migrun's own flags come first, docker run's options after them)")),
+            // Real images and docker's own options are never "corrected".
+            ("migrun run statsu", None),
+            ("migrun gcc", None),
+            ("migrun busybox", None),
+            ("migrun stats:latest", None),
+            ("migrun --profile 1g.10gb --pid host busybox", None),
+            ("migrun --profile 1g.10gb --gpus all busybox", None),
+            ("migrun --profile 1g.10gb statsu", None),
+        ];
+        for (line, want) in table {
+            match (parse(argv(line)), want) {
+                (Err(e), Some(msg)) => {
+                    assert_eq!(e.to_string(), *msg, "{line}");
+                    assert_eq!(e.exit_code(), crate::exit::USAGE, "{line}");
+                }
+                (Ok(cli), None) => assert!(matches!(cli.command, Command::Run(_)), "{line}"),
+                (r, _) => panic!("{line}: {r:?}"),
+            }
+        }
     }
 
     #[test]
@@ -478,7 +635,9 @@ mod tests {
         // A deferred subcommand still gets its flags when it is the one parsed.
         let cli = parse(argv("migrun hook prestart")).unwrap();
         assert!(matches!(cli.command, Command::Hook(_)));
-        let e = parse(argv("migrun alloc --bogus")).unwrap_err();
+        let Err(CliError::Clap(e)) = parse(argv("migrun alloc --bogus")) else {
+            panic!("clap refuses an unknown flag of a subcommand");
+        };
         assert_eq!(e.kind(), clap::error::ErrorKind::UnknownArgument);
     }
 

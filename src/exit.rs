@@ -19,6 +19,12 @@ pub trait ExitCodeOf {
     fn exit_code(&self) -> i32;
 }
 
+impl ExitCodeOf for crate::out::OutError {
+    fn exit_code(&self) -> i32 {
+        crate::out::OutError::exit_code(self)
+    }
+}
+
 impl ExitCodeOf for GpuError {
     fn exit_code(&self) -> i32 {
         match self {
@@ -55,6 +61,7 @@ pub fn code_for(err: &anyhow::Error) -> i32 {
             )*};
         }
         try_type!(
+            crate::out::OutError,
             GpuError,
             crate::profile::ProfileError,
             crate::gpu::sim::SpecError,

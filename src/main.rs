@@ -14,20 +14,33 @@ fn main() -> ExitCode {
     }
     let cli = match migrun::cli::parse(args) {
         Ok(cli) => cli,
-        Err(e) => {
+        Err(migrun::cli::CliError::Clap(e)) => {
             let code = if e.use_stderr() {
                 migrun::exit::USAGE
             } else {
                 0
             };
-            let _ = e.print();
+            // clap writes help and errors itself; a closed pipe ends like every other command's.
+            if let Err(io) = e.print() {
+                if io.kind() == std::io::ErrorKind::BrokenPipe {
+                    return ExitCode::from(migrun::out::CLOSED_PIPE_EXIT as u8);
+                }
+            }
             return ExitCode::from(code as u8);
+        }
+        Err(e) => {
+            migrun::errln!("migrun: {e}");
+            return ExitCode::from(e.exit_code() as u8);
         }
     };
     match migrun::run(cli) {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
+        // A reader that went away gets no message: there is no one left to read it.
+        Err(err) if migrun::out::closed_pipe_in(&err) => {
+            ExitCode::from(migrun::out::CLOSED_PIPE_EXIT as u8)
+        }
         Err(err) => {
-            eprintln!("migrun: {err:#}");
+            migrun::errln!("migrun: {err:#}");
             ExitCode::from(migrun::exit::code_for(&err) as u8)
         }
     }

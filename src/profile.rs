@@ -83,8 +83,11 @@ impl fmt::Display for ProfileSpec {
 pub enum ProfileError {
     #[error("empty profile name: give a profile such as 3g.40gb, MIG 3g.40gb or its ID (see `migrun profiles`)")]
     Empty,
-    #[error("bad profile {given:?}: expected a profile ID (9), a name (3g.40gb), a full name (MIG 3g.40gb) or a variant (1g.10gb+me, +gfx, -me, +me.all); see `migrun profiles`")]
-    Syntax { given: String },
+    #[error("bad profile {given:?}: expected a profile ID (9), a name (3g.40gb), a full name (MIG 3g.40gb) or a variant (1g.10gb+me, +gfx, -me, +me.all){}", match .nearest { Some(n) => format!("; did you mean {n}? (see `migrun profiles`)"), None => "; see `migrun profiles`".to_string() })]
+    Syntax {
+        given: String,
+        nearest: Option<ProfileName>,
+    },
     #[error("compute-instance profile {given:?} is not yet supported: migrun creates the default compute instance; ask for the GPU-instance profile {gi} instead")]
     ComputeInstanceProfile { given: String, gi: String },
     #[error("profile {given} does not exist on {gpu} ({model}); valid profiles there: {valid}{}", match .nearest { Some(n) => format!("; did you mean {n}?"), None => String::new() })]
@@ -95,6 +98,40 @@ pub enum ProfileError {
         valid: String,
         nearest: Option<String>,
     },
+}
+
+/// The well-formed name a malformed one was probably meant to be: its two numbers as slices and
+/// gigabytes, with a variant suffix it ends in (`3g.40g`, `3g40gb`, `3g-40gb`, `3.40gb` all mean
+/// `3g.40gb`). Only a small edit away counts, so random words get no guess. Whether the GPU has
+/// that profile is for [`resolve`] to say, with its own nearest match.
+fn repair_name(body: &str) -> Option<ProfileName> {
+    let variants = [
+        ("+me.all", Variant::MeAll),
+        ("+gfx", Variant::Gfx),
+        ("+me", Variant::Me),
+        ("-me", Variant::NoMe),
+    ];
+    let (stem, variant) = variants
+        .iter()
+        .find_map(|(suffix, v)| body.strip_suffix(suffix).map(|stem| (stem, *v)))
+        .unwrap_or((body, Variant::Plain));
+    let numbers: Vec<u32> = stem
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|n| !n.is_empty())
+        .map(|n| n.parse().ok())
+        .collect::<Option<_>>()?;
+    let [slices, mem_gb] = numbers[..] else {
+        return None;
+    };
+    if slices == 0 || mem_gb == 0 {
+        return None;
+    }
+    let name = ProfileName {
+        slices,
+        mem_gb,
+        variant,
+    };
+    (strsim::osa_distance(body, &name.to_string()) <= 3).then_some(name)
 }
 
 fn parse_name(s: &str) -> Option<ProfileName> {
@@ -125,7 +162,10 @@ impl FromStr for ProfileName {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match ProfileSpec::from_str(s)? {
             ProfileSpec::Name(n) => Ok(n),
-            ProfileSpec::Id(_) => Err(ProfileError::Syntax { given: s.into() }),
+            ProfileSpec::Id(_) => Err(ProfileError::Syntax {
+                given: s.into(),
+                nearest: None,
+            }),
         }
     }
 }
@@ -143,6 +183,7 @@ impl FromStr for ProfileSpec {
                 .map(ProfileSpec::Id)
                 .map_err(|_| ProfileError::Syntax {
                     given: input.into(),
+                    nearest: None,
                 });
         }
         let lower = s.to_ascii_lowercase();
@@ -163,6 +204,7 @@ impl FromStr for ProfileSpec {
             .map(ProfileSpec::Name)
             .ok_or_else(|| ProfileError::Syntax {
                 given: input.into(),
+                nearest: repair_name(body),
             })
     }
 }
@@ -223,6 +265,35 @@ pub fn resolve<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn near_miss_names_get_the_well_formed_name() {
+        let table: &[(&str, Option<&str>)] = &[
+            ("3g.40g", Some("3g.40gb")),
+            ("3g40gb", Some("3g.40gb")),
+            ("3g-40gb", Some("3g.40gb")),
+            ("3.40gb", Some("3g.40gb")),
+            ("MIG 3g40gb", Some("3g.40gb")),
+            ("1g.10g+me", Some("1g.10gb+me")),
+            ("1g10gb-me", Some("1g.10gb-me")),
+            ("banana", None),
+            ("40gb", None),
+            ("a1b2c3d4e5f6", None),
+        ];
+        for (given, want) in table {
+            match ProfileSpec::from_str(given) {
+                Err(ProfileError::Syntax { nearest, .. }) => {
+                    assert_eq!(nearest.map(|n| n.to_string()).as_deref(), *want, "{given}");
+                }
+                other => panic!("{given}: {other:?}"),
+            }
+        }
+        let e = ProfileSpec::from_str("3g.40g").unwrap_err().to_string();
+        assert!(
+            e.ends_with("; did you mean 3g.40gb? (see `migrun profiles`)"),
+            "{e}"
+        );
+    }
 
     #[test]
     fn parses_every_accepted_form() {

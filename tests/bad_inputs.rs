@@ -54,7 +54,7 @@ fn none(_: &Sim) {}
 
 /// Make the simulated machine and the state dir exist, so the snapshot compares a real state.
 fn init(sim: &Sim) {
-    sim.ok(&["status"]);
+    sim.ok(&["gc"]);
 }
 
 fn one_lease_of_uid_1000(sim: &Sim) {

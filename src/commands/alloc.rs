@@ -90,7 +90,7 @@ pub fn alloc(ctx: &Ctx, a: &AllocArgs) -> Result<i32> {
         Ok(alloc::allocate(b, &dir, &ctx.config, &req, &*probe)?)
     })?;
     if ctx.global.verbose > 0 {
-        eprintln!(
+        crate::errln!(
             "migrun: lease {} = {} {} at {} (GI {}) on GPU {} ({}){}",
             lease.id,
             if lease.created { "new" } else { "existing" },
@@ -107,9 +107,9 @@ pub fn alloc(ctx: &Ctx, a: &AllocArgs) -> Result<i32> {
         );
     }
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&lease_json(&lease))?);
+        crate::outln!("{}", serde_json::to_string_pretty(&lease_json(&lease))?);
     } else {
-        println!("{} lease {}", lease.mig_uuid, lease.id);
+        crate::outln!("{} lease {}", lease.mig_uuid, lease.id);
     }
     Ok(0)
 }
@@ -127,9 +127,9 @@ pub fn release(ctx: &Ctx, a: &ReleaseArgs) -> Result<i32> {
     })?;
     if a.json {
         let doc = serde_json::json!({ "schema": SCHEMA_VERSION, "outcome": out });
-        println!("{}", serde_json::to_string_pretty(&doc)?);
+        crate::outln!("{}", serde_json::to_string_pretty(&doc)?);
     } else {
-        println!("{out}");
+        crate::outln!("{out}");
     }
     Ok(0)
 }
@@ -140,20 +140,20 @@ pub fn gc(ctx: &Ctx, a: &GcArgs) -> Result<i32> {
     let report = with_backend(ctx, |b| Ok(alloc::gc(b, &dir, &ctx.config, &*probe)?))?;
     if a.json {
         let doc = serde_json::json!({ "schema": SCHEMA_VERSION, "report": report });
-        println!("{}", serde_json::to_string_pretty(&doc)?);
+        crate::outln!("{}", serde_json::to_string_pretty(&doc)?);
         return Ok(0);
     }
     for o in &report.released {
-        println!("{o}");
+        crate::outln!("{o}");
     }
     for r in &report.repaired {
-        println!("repaired: {r}");
+        crate::outln!("repaired: {r}");
     }
     for n in &report.notes {
-        println!("{n}");
+        crate::outln!("{n}");
     }
     if report.released.is_empty() && report.repaired.is_empty() && report.notes.is_empty() {
-        println!("nothing to do: every lease has a live holder and every instance migrun made is accounted for");
+        crate::outln!("nothing to do: every lease has a live holder and every instance migrun made is accounted for");
     }
     Ok(0)
 }

@@ -14,7 +14,7 @@ use crate::engine::oci::{self, LeaseOps, OpsError, Outcome, Request};
 use crate::engine::runtime;
 use crate::gpu::Backend;
 use crate::lease::{Holder, Lease, LeaseId, LeaseState};
-use crate::statedir::StateDir;
+use crate::statedir::{StateDir, DEFAULT_STATE_DIR};
 use anyhow::Result;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
@@ -193,7 +193,10 @@ static LOG_FILE: OnceLock<LazyFile> = OnceLock::new();
 pub fn log_path(ctx: &Ctx) -> PathBuf {
     match &ctx.config.log {
         LogTarget::Path(p) => p.clone(),
-        LogTarget::File | LogTarget::Journald => ctx.state_dir_path().join("migrun.log"),
+        LogTarget::File | LogTarget::Journald => ctx
+            .state_dir_path()
+            .unwrap_or_else(|_| DEFAULT_STATE_DIR.into())
+            .join("migrun.log"),
     }
 }
 
@@ -218,7 +221,10 @@ fn init_logging(ctx: &Ctx) {
             path: log_path(ctx),
             state_dir: match ctx.config.log {
                 LogTarget::Path(_) => None,
-                _ => Some(ctx.state_dir_path()),
+                _ => Some(
+                    ctx.state_dir_path()
+                        .unwrap_or_else(|_| DEFAULT_STATE_DIR.into()),
+                ),
             },
             file: OnceLock::new(),
         });
@@ -277,7 +283,7 @@ fn guarded<T>(ctx: &Ctx, stage: &str, f: impl FnOnce() -> Result<T>) -> Result<T
                     let _enter = span.enter();
                     let e = HookError::Timeout { stage, secs };
                     tracing::error!("{e}");
-                    eprintln!("migrun: {e}");
+                    crate::errln!("migrun: {e}");
                     std::process::exit(crate::exit::FAILED);
                 }
             });
@@ -395,7 +401,7 @@ pub fn flatten(e: &anyhow::Error) -> String {
 fn fail_line(e: &anyhow::Error) -> i32 {
     let line = flatten(e);
     tracing::error!("{line}");
-    eprintln!("migrun: {line}");
+    crate::errln!("migrun: {line}");
     crate::exit::code_for(e)
 }
 

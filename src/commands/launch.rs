@@ -11,12 +11,12 @@ use super::alloc::{wait_of, want_of};
 use super::{Ctx, InputError};
 use crate::alloc::plan::{self, Plan};
 use crate::alloc::{self, AllocError, AllocRequest, Want};
-use crate::cli::{RunArgs, WatchArgs};
+use crate::cli::{InjectMode, RunArgs, WatchArgs};
 use crate::engine::docker::{DockerCli, RunLine};
 use crate::engine::docker_api::DaemonLink;
 use crate::engine::{self, docker};
 use crate::lease::{Holder, Lease};
-use crate::statedir::StateDir;
+use crate::statedir::{StateDir, DEFAULT_STATE_DIR};
 use anyhow::{Context, Result};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -27,7 +27,7 @@ const WATCH_GIVE_UP: Duration = Duration::from_secs(600);
 
 fn say(ctx: &Ctx, msg: impl AsRef<str>) {
     if ctx.global.verbose > 0 {
-        eprintln!("migrun: {}", msg.as_ref());
+        crate::errln!("migrun: {}", msg.as_ref());
     }
 }
 
@@ -35,19 +35,15 @@ fn say(ctx: &Ctx, msg: impl AsRef<str>) {
 pub fn run(ctx: &Ctx, a: RunArgs) -> Result<i32> {
     // Everything that can be refused is refused before anything is allocated.
     let line = RunLine::parse(&a.docker_args)?;
+    if a.dry_run {
+        return dry_run(ctx, &a, &line);
+    }
     let cli = DockerCli::resolve(a.docker.as_deref().or(ctx.config.docker.as_deref()))?;
-    let (mode, why) = match (a.inject, ctx.config.inject) {
-        (Some(m), _) => (m, "chosen with --inject".to_string()),
-        (None, Some(m)) => (m, "set by `inject` in the config".to_string()),
-        (None, None) => {
-            let d = docker::detect(&cli)?;
-            (d.mode, format!("detected: {}", d.why))
-        }
-    };
+    let (mode, why) = injection(ctx, &a, &cli)?;
     line.check(mode, &|p| std::fs::read_to_string(p))?;
     line.check_cidfile()?;
     for w in line.warnings() {
-        eprintln!("migrun: warning: {w}");
+        crate::errln!("migrun: warning: {w}");
     }
     let want = want_of(&a.request)?;
     say(
@@ -62,9 +58,6 @@ pub fn run(ctx: &Ctx, a: RunArgs) -> Result<i32> {
                 .unwrap_or_default()
         ),
     );
-    if a.dry_run {
-        return dry_run(ctx, &a, &line, mode, &cli, want);
-    }
 
     crate::caller::require_root(
         "running a container on a MIG slice",
@@ -101,6 +94,22 @@ pub fn run(ctx: &Ctx, a: RunArgs) -> Result<i32> {
         ),
     );
     run_with_lease(ctx, &cli, &line, mode, &lease, &dir)
+}
+
+/// How the device reaches the container, and why: `--inject`, the config, or what detection found.
+fn injection(
+    ctx: &Ctx,
+    a: &RunArgs,
+    cli: &DockerCli,
+) -> Result<(InjectMode, String), docker::DockerError> {
+    Ok(match (a.inject, ctx.config.inject) {
+        (Some(m), _) => (m, "chosen with --inject".to_string()),
+        (None, Some(m)) => (m, "set by `inject` in the config".to_string()),
+        (None, None) => {
+            let d = docker::detect(cli)?;
+            (d.mode, format!("detected: {}", d.why))
+        }
+    })
 }
 
 /// Run docker for an allocated lease; every path ends released, or with the lease handed to the container.
@@ -154,7 +163,7 @@ fn run_with_lease(
         };
         match alloc::set_holder(dir, lease.id, holder) {
             Ok(()) => say(ctx, format!("lease {} now held by container {id}", lease.id)),
-            Err(e) => eprintln!(
+            Err(e) => crate::errln!(
                 "migrun: warning: could not hand lease {} to container {id}: {e}; if migrun dies now, gc may free the slice while the container runs",
                 lease.id
             ),
@@ -190,12 +199,12 @@ fn run_with_lease(
         alive => {
             // Detached (or docker itself died): the container keeps the slice; a watcher frees it when it ends.
             if alive.is_none() {
-                eprintln!(
+                crate::errln!(
                     "migrun: cannot ask docker whether container {id} still runs; lease {} stays with it (a watcher, or `migrun gc`, releases it once the container is gone)",
                     lease.id
                 );
             } else if !line.detach() {
-                eprintln!(
+                crate::errln!(
                     "migrun: docker exited ({code}) but container {id} still runs; lease {} stays with it until it stops",
                     lease.id
                 );
@@ -208,7 +217,7 @@ fn run_with_lease(
                         lease.id
                     ),
                 ),
-                Err(e) => eprintln!(
+                Err(e) => crate::errln!(
                     "migrun: warning: cannot start the watcher for container {id}: {e:#}; run `migrun gc` after it exits to free lease {}",
                     lease.id
                 ),
@@ -235,7 +244,7 @@ fn release(ctx: &Ctx, dir: &StateDir, lease: &Lease) -> bool {
             true
         }
         Err(e) => {
-            eprintln!(
+            crate::errln!(
                 "migrun: releasing lease {} ({} {}) failed: {e:#}; `migrun gc` or `migrun release {}` retries",
                 lease.id, lease.profile, lease.mig_uuid, lease.id
             );
@@ -260,7 +269,7 @@ fn spawn_watcher(ctx: &Ctx, lease: &Lease, id: &str, engine_tag: &str) -> Result
     if let Some(s) = &ctx.global.simulate {
         c.arg("--simulate").arg(s);
     }
-    c.arg("--state-dir").arg(ctx.state_dir_path());
+    c.arg("--state-dir").arg(ctx.state_dir_path()?);
     if let Some(cfg) = &ctx.global.config {
         c.arg("--config").arg(cfg);
     }
@@ -293,7 +302,10 @@ fn spawn_watcher(ctx: &Ctx, lease: &Lease, id: &str, engine_tag: &str) -> Result
 fn log_path(ctx: &Ctx) -> PathBuf {
     match &ctx.config.log {
         crate::config::LogTarget::Path(p) => p.clone(),
-        _ => ctx.state_dir_path().join("migrun.log"),
+        _ => ctx
+            .state_dir_path()
+            .unwrap_or_else(|_| DEFAULT_STATE_DIR.into())
+            .join("migrun.log"),
     }
 }
 
@@ -315,7 +327,7 @@ pub fn watch(ctx: &Ctx, a: &WatchArgs) -> Result<i32> {
     );
     match docker::wait_gone(&cli, &a.container, WATCH_GIVE_UP) {
         None => {
-            eprintln!(
+            crate::errln!(
                 "{tag}: docker did not answer for {}s; leaving the lease to `migrun gc`",
                 WATCH_GIVE_UP.as_secs()
             );
@@ -325,7 +337,7 @@ pub fn watch(ctx: &Ctx, a: &WatchArgs) -> Result<i32> {
             let mut backend = ctx.backend_in(&dir)?;
             let outcome = alloc::release_container(&mut *backend, &dir, &ctx.config, &a.container)
                 .with_context(|| format!("{tag}: release"))?;
-            eprintln!(
+            crate::errln!(
                 "{tag}: container exited{}; {}",
                 code.map(|c| format!(" with {c}")).unwrap_or_default(),
                 outcome
@@ -337,18 +349,29 @@ pub fn watch(ctx: &Ctx, a: &WatchArgs) -> Result<i32> {
 
 /// `--dry-run`: what would be allocated and the exact docker command; changes nothing (the allocator's pure planner
 /// on a snapshot and the recorded leases; no lock, no lease, no instance, no container).
-fn dry_run(
-    ctx: &Ctx,
-    a: &RunArgs,
-    line: &RunLine,
-    mode: crate::cli::InjectMode,
-    cli: &DockerCli,
-    want: Want,
-) -> Result<i32> {
-    let dir = ctx.state_dir()?;
-    let state = ctx.backend()?.snapshot()?;
-    let leases = alloc::leases(&dir)?;
-    let created = alloc::created_instances(&dir)?;
+fn dry_run(ctx: &Ctx, a: &RunArgs, line: &RunLine) -> Result<i32> {
+    // A missing docker CLI or toolkit does not hide the plan: it is reported with it, and the
+    // exit status is what a real run would give.
+    let cli = DockerCli::resolve(a.docker.as_deref().or(ctx.config.docker.as_deref()));
+    let injection = match &cli {
+        Ok(c) => injection(ctx, a, c),
+        Err(e) => Err(docker::DockerError::NoCli(e.to_string())),
+    };
+    // Without a mode, check what every mode refuses (the env-only mode adds no exception).
+    let check_mode = injection.as_ref().map_or(InjectMode::Env, |(m, _)| *m);
+    line.check(check_mode, &|p| std::fs::read_to_string(p))?;
+    line.check_cidfile()?;
+    for w in line.warnings() {
+        crate::errln!("migrun: warning: {w}");
+    }
+    let want = want_of(&a.request)?;
+    // Read-only: nothing is created, not even the state dir.
+    let dir = ctx.existing_state_dir()?;
+    let state = ctx.read_backend()?.snapshot()?;
+    let (leases, created) = match &dir {
+        Some(d) => (alloc::leases(d)?, alloc::created_instances(d)?),
+        None => (Vec::new(), Vec::new()),
+    };
     let mut req = AllocRequest::new(want);
     req.gpu = a.request.gpu.clone();
     let preq = alloc::plan_request(&state, &ctx.config, &req, &created, &leases)?;
@@ -400,8 +423,8 @@ fn dry_run(
         }
         Err(nr) => match wait_of(&a.request) {
             None => {
-                println!("plan: {nr}");
-                println!("(a real run fails with exit code 3; --wait[=S] queues for room)");
+                crate::outln!("plan: {nr}");
+                crate::outln!("(a real run fails with exit code 3; --wait[=S] queues for room)");
                 return Ok(crate::exit::NO_ROOM);
             }
             Some(w) => (
@@ -426,21 +449,26 @@ fn dry_run(
         ours.push("<temp-dir>/cid".to_string());
     }
     ours.extend(docker::label_args("<lease-id>", &profile, &uuid));
-    ours.extend(docker::inject_args(mode, &uuid));
+    if let Ok((mode, _)) = &injection {
+        ours.extend(docker::inject_args(*mode, &uuid));
+    }
     let argv = line.argv(&ours);
-    println!("plan: {plan}");
-    println!(
-        "inject: {} (--inject {})",
-        match mode {
-            crate::cli::InjectMode::Gpus => "docker --gpus device=<MIG-uuid>",
-            crate::cli::InjectMode::NvidiaRuntime =>
-                "the nvidia runtime with NVIDIA_VISIBLE_DEVICES=<MIG-uuid>",
-            crate::cli::InjectMode::Cdi => "the CDI device nvidia.com/gpu=<MIG-uuid>",
-            crate::cli::InjectMode::Env => "NVIDIA_VISIBLE_DEVICES=<MIG-uuid> only",
-        },
-        docker::mode_name(mode)
-    );
-    println!(
+    crate::outln!("plan: {plan}");
+    match &injection {
+        Ok((mode, why)) => crate::outln!(
+            "inject: {} (--inject {}, {why})",
+            match mode {
+                InjectMode::Gpus => "docker --gpus device=<MIG-uuid>",
+                InjectMode::NvidiaRuntime =>
+                    "the nvidia runtime with NVIDIA_VISIBLE_DEVICES=<MIG-uuid>",
+                InjectMode::Cdi => "the CDI device nvidia.com/gpu=<MIG-uuid>",
+                InjectMode::Env => "NVIDIA_VISIBLE_DEVICES=<MIG-uuid> only",
+            },
+            docker::mode_name(*mode)
+        ),
+        Err(e) => crate::outln!("inject: none found; a real run stops here: {e}"),
+    }
+    crate::outln!(
         "release: {}",
         if line.detach() {
             "a detached watcher (migrun __watch) releases the slice when the container exits"
@@ -448,12 +476,15 @@ fn dry_run(
             "when the container exits, before migrun exits with its code"
         }
     );
-    println!(
-        "command: {} {}",
-        docker::shell_quote(&cli.path.display().to_string()),
-        docker::shell_line(&argv)
-    );
-    Ok(0)
+    let docker_path = match &cli {
+        Ok(c) => docker::shell_quote(&c.path.display().to_string()),
+        Err(_) => "docker".to_string(),
+    };
+    crate::outln!("command: {docker_path} {}", docker::shell_line(&argv));
+    match injection {
+        Ok(_) => Ok(0),
+        Err(e) => Ok(crate::exit::code_for(&e.into())),
+    }
 }
 
 fn gpu_label(state: &crate::gpu::MigState, gpu: u32) -> String {

@@ -115,7 +115,7 @@ fn unknown_or(v: Option<u32>) -> String {
 
 /// `migrun profiles`: the data of `nvidia-smi mig -lgip`.
 pub fn profiles(ctx: &Ctx, a: &ListArgs) -> Result<i32> {
-    let mut backend = ctx.backend()?;
+    let mut backend = ctx.read_backend()?;
     let gpus = selected(&mut *backend, a.gpu.as_deref(), false)?;
     if a.json {
         let doc = serde_json::json!({
@@ -129,20 +129,31 @@ pub fn profiles(ctx: &Ctx, a: &ListArgs) -> Result<i32> {
                 profiles: display_order(&g.profiles).into_iter().map(JsonProfile::from).collect(),
             }).collect::<Vec<_>>(),
         });
-        println!("{}", serde_json::to_string_pretty(&doc)?);
+        crate::outln!("{}", serde_json::to_string_pretty(&doc)?);
         return Ok(0);
     }
-    println!(
+    crate::outln!(
         "{:>3}  {:<18} {:>3}  {:>10}  {:>9}  {:>4} {:>3} {:>3} {:>3} {:>3} {:>4} {:>3}",
-        "GPU", "Name", "ID", "Free/Total", "Mem GiB", "SM", "CE", "DEC", "ENC", "JPG", "OFA", "P2P"
+        "GPU",
+        "Name",
+        "ID",
+        "Free/Total",
+        "Mem GiB",
+        "SM",
+        "CE",
+        "DEC",
+        "ENC",
+        "JPG",
+        "OFA",
+        "P2P"
     );
     for g in &gpus {
         if g.info.mig.is_none() {
-            println!("{:>3}  {} is not MIG-capable", g.info.index, g.info.name);
+            crate::outln!("{:>3}  {} is not MIG-capable", g.info.index, g.info.name);
             continue;
         }
         for p in display_order(&g.profiles) {
-            println!(
+            crate::outln!(
                 "{:>3}  {:<18} {:>3}  {:>10}  {:>9.2}  {:>4} {:>3} {:>3} {:>3} {:>3} {:>4} {:>3}",
                 g.info.index,
                 p.name,
@@ -180,7 +191,7 @@ pub fn placement_line(gpu: u32, p: &GiProfile) -> String {
 
 /// `migrun placements`: the data of `nvidia-smi mig -lgipp`.
 pub fn placements(ctx: &Ctx, a: &ListArgs) -> Result<i32> {
-    let mut backend = ctx.backend()?;
+    let mut backend = ctx.read_backend()?;
     let gpus = selected(&mut *backend, a.gpu.as_deref(), false)?;
     if a.json {
         let doc = serde_json::json!({
@@ -196,15 +207,15 @@ pub fn placements(ctx: &Ctx, a: &ListArgs) -> Result<i32> {
                 })).collect::<Vec<_>>(),
             })).collect::<Vec<_>>(),
         });
-        println!("{}", serde_json::to_string_pretty(&doc)?);
+        crate::outln!("{}", serde_json::to_string_pretty(&doc)?);
         return Ok(0);
     }
     for g in &gpus {
         if g.info.mig.is_none() {
-            println!("GPU {:>2} is not MIG-capable", g.info.index);
+            crate::outln!("GPU {:>2} is not MIG-capable", g.info.index);
         }
         for p in display_order(&g.profiles) {
-            println!("{}", placement_line(g.info.index, p));
+            crate::outln!("{}", placement_line(g.info.index, p));
         }
     }
     Ok(0)
@@ -216,6 +227,7 @@ pub fn slot_map(g: &GpuState) -> String {
 }
 
 /// What the lease registry says, for status; `Err` holds why it could not be read (status still shows the GPUs).
+#[derive(Default)]
 struct RegistryView {
     leases: Vec<Lease>,
     created: Vec<CreatedRecord>,
@@ -223,7 +235,10 @@ struct RegistryView {
 }
 
 fn registry_view(ctx: &Ctx) -> Result<RegistryView, String> {
-    let dir = ctx.state_dir().map_err(|e| format!("{e:#}"))?;
+    // No state dir yet means nothing was ever leased here; looking does not create one.
+    let Some(dir) = ctx.existing_state_dir().map_err(|e| format!("{e:#}"))? else {
+        return Ok(RegistryView::default());
+    };
     let err = |e: crate::alloc::AllocError| e.to_string();
     Ok(RegistryView {
         leases: crate::alloc::leases(&dir).map_err(err)?,
@@ -271,11 +286,12 @@ pub fn status(ctx: &Ctx, a: &ListArgs) -> Result<i32> {
     // Hold the allocation lock while reading the device and the registry, so the two agree
     // (no allocation or release lands between them). Without a usable state dir there are no leases to lock.
     let _lock = ctx
-        .state_dir()
+        .existing_state_dir()
         .ok()
+        .flatten()
         .and_then(|d| crate::lease::Registry::open(&d).ok())
         .and_then(|r| r.lock().ok());
-    let mut backend = ctx.backend()?;
+    let mut backend = ctx.read_backend()?;
     let gpus = selected(&mut *backend, a.gpu.as_deref(), true)?;
     let view = registry_view(ctx);
     let (leases, kept): (&[Lease], Vec<(String, u32)>) = match &view {
@@ -317,7 +333,7 @@ pub fn status(ctx: &Ctx, a: &ListArgs) -> Result<i32> {
             }
             Err(e) => doc["leases_error"] = serde_json::Value::String(e.clone()),
         }
-        println!("{}", serde_json::to_string_pretty(&doc)?);
+        crate::outln!("{}", serde_json::to_string_pretty(&doc)?);
         return Ok(0);
     }
     for g in &gpus {
@@ -325,7 +341,7 @@ pub fn status(ctx: &Ctx, a: &ListArgs) -> Result<i32> {
             None => "not MIG-capable".to_string(),
             Some(m) => format!("MIG {m}"),
         };
-        println!(
+        crate::outln!(
             "GPU {} {}  {}  {}  {}",
             g.info.index,
             g.info.name,
@@ -334,15 +350,15 @@ pub fn status(ctx: &Ctx, a: &ListArgs) -> Result<i32> {
             slot_map(g)
         );
         if !ctx.config.manages(g.info.index, &g.info.uuid) {
-            println!("  not managed by migrun: outside the config's `gpus` list; migrun never allocates here");
+            crate::outln!("  not managed by migrun: outside the config's `gpus` list; migrun never allocates here");
         }
         if let Some(m) = g.info.mig {
             if let Some(step) =
                 crate::migmode::next_step(g.info.index, m, ctx.global.simulate.as_deref())
             {
-                println!("  MIG mode change pending: {step}");
+                crate::outln!("  MIG mode change pending: {step}");
             } else if !m.current {
-                println!(
+                crate::outln!(
                     "  MIG is disabled: `sudo migrun mig enable --gpu {}` then reset the GPU",
                     g.info.index
                 );
@@ -357,7 +373,7 @@ pub fn status(ctx: &Ctx, a: &ListArgs) -> Result<i32> {
                     p.short_name().to_string()
                 });
             let owner = owner_of(g, i).map_or("owner unknown".into(), |o| owner_text(&o, leases));
-            println!(
+            crate::outln!(
                 "  GI {:>2}  {:<12} at {:<5} {:<40}  {}{}",
                 i.id,
                 name,
@@ -373,15 +389,15 @@ pub fn status(ctx: &Ctx, a: &ListArgs) -> Result<i32> {
         }
     }
     match &view {
-        Err(e) => println!("leases: unknown ({e})"),
+        Err(e) => crate::outln!("leases: unknown ({e})"),
         Ok(v) => {
             let now = crate::lease::now();
             if v.leases.is_empty() {
-                println!("no leases");
+                crate::outln!("no leases");
             } else {
-                println!("leases:");
+                crate::outln!("leases:");
                 for l in &v.leases {
-                    println!(
+                    crate::outln!(
                         "  {:>4}  GPU {} GI {:<2} {:<12} {}  {}, uid {}, {}{}{}",
                         l.id,
                         l.gpu_index,
@@ -410,7 +426,7 @@ pub fn status(ctx: &Ctx, a: &ListArgs) -> Result<i32> {
                     .iter()
                     .map(|t| format!("{} (pid {})", t.want, t.pid))
                     .collect();
-                println!("waiting: {}", wants.join(", "));
+                crate::outln!("waiting: {}", wants.join(", "));
             }
         }
     }

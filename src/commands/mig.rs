@@ -50,26 +50,28 @@ pub fn mig(ctx: &Ctx, action: &MigAction) -> Result<i32> {
             Ok(r) => reports.push(r),
             // With --all, report every GPU before failing; a single GPU fails at once.
             Err(e) if sel.all => {
-                eprintln!("migrun: {e}");
+                crate::errln!("migrun: {e}");
                 first_err.get_or_insert(e);
             }
             Err(e) => return Err(e.into()),
         }
     }
     if sel.json {
-        println!(
+        crate::outln!(
             "{}",
             serde_json::to_string_pretty(&serde_json::json!({ "schema": 1, "gpus": reports }))?
         );
     } else {
         for r in &reports {
             let what = if r.changed { "requested" } else { "unchanged" };
-            println!(
+            crate::outln!(
                 "GPU {} ({}): MIG mode {} ({what})",
-                r.index, r.uuid, r.mig_mode
+                r.index,
+                r.uuid,
+                r.mig_mode
             );
             if let Some(step) = &r.next_step {
-                println!("  pending: {step}");
+                crate::outln!("  pending: {step}");
             }
         }
     }
@@ -99,7 +101,7 @@ pub fn teardown(ctx: &Ctx, a: &TeardownArgs) -> Result<i32> {
         },
     )?;
     if a.json {
-        println!(
+        crate::outln!(
             "{}",
             serde_json::to_string_pretty(&serde_json::json!({ "schema": 1, "teardown": report }))?
         );
@@ -107,11 +109,11 @@ pub fn teardown(ctx: &Ctx, a: &TeardownArgs) -> Result<i32> {
     }
     if let Some(gc) = &report.gc {
         for r in &gc.released {
-            println!("released first: {r}");
+            crate::outln!("released first: {r}");
         }
     }
     for d in &report.destroyed {
-        println!(
+        crate::outln!(
             "destroyed GPU {} GI {} {} {}",
             d.gpu,
             d.gi,
@@ -120,7 +122,7 @@ pub fn teardown(ctx: &Ctx, a: &TeardownArgs) -> Result<i32> {
         );
     }
     for l in &report.left {
-        println!(
+        crate::outln!(
             "left      GPU {} GI {} {} {}: {}",
             l.gpu,
             l.gi,
@@ -129,7 +131,7 @@ pub fn teardown(ctx: &Ctx, a: &TeardownArgs) -> Result<i32> {
             l.why
         );
     }
-    println!(
+    crate::outln!(
         "teardown: {} destroyed, {} left",
         report.destroyed.len(),
         report.left.len()

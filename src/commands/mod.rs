@@ -39,16 +39,44 @@ impl Ctx {
         Ok(Ctx { global, config })
     }
 
-    pub fn state_dir_path(&self) -> PathBuf {
-        self.global
-            .state_dir
-            .clone()
-            .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR))
+    /// `--state-dir` when given; otherwise `/run/migrun` for real GPUs, and for `--simulate` a
+    /// directory of that spec's own ([`default_sim_dir`]), so trying a second model just works and
+    /// a simulated machine never shares records with the real one.
+    pub fn state_dir_path(&self) -> Result<PathBuf> {
+        if let Some(d) = &self.global.state_dir {
+            return Ok(d.clone());
+        }
+        match self.sim_spec()? {
+            Some(spec) => Ok(default_sim_dir(&spec, nix::unistd::geteuid().as_raw())?),
+            None => Ok(PathBuf::from(DEFAULT_STATE_DIR)),
+        }
     }
 
-    /// Open (and check) the state dir.
+    /// Open (and check) the state dir, creating it when missing.
     pub fn state_dir(&self) -> Result<StateDir> {
-        Ok(StateDir::open(self.state_dir_path())?)
+        Ok(StateDir::open(self.state_dir_path()?)?)
+    }
+
+    /// The state dir for a read-only command: checked when it exists, `None` when it does not.
+    /// Nothing is created: looking must leave no trace (`migrun status` on a host without a
+    /// driver used to create `/run/migrun` before failing).
+    pub fn existing_state_dir(&self) -> Result<Option<StateDir>> {
+        let path = self.state_dir_path()?;
+        match std::fs::symlink_metadata(&path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            _ => Ok(Some(StateDir::open(path)?)),
+        }
+    }
+
+    /// The backend for a read-only command ([`Ctx::existing_state_dir`]): a simulated machine
+    /// is read from the state dir when one was saved there, else shown fresh from the spec and
+    /// not saved; the driver backend reads profile tables from NVML and keeps no copy.
+    pub fn read_backend(&self) -> Result<Box<dyn Backend>> {
+        if let Some(spec) = self.sim_spec()? {
+            let path = self.state_dir_path()?;
+            return Ok(Box::new(SimBackend::open_read_only(&path, spec)?));
+        }
+        Ok(Box::new(NvmlBackend::open_default()?))
     }
 
     /// The parsed `--simulate` spec, if any.
@@ -92,6 +120,35 @@ impl Ctx {
     }
 }
 
+/// Where a simulated machine lives when no `--state-dir` is given: one directory per canonical
+/// spec (`h100-80gb` and `h100-80gb:1` share one), under `/run/migrun-sim` for root and under the
+/// user's runtime dir otherwise (`$XDG_RUNTIME_DIR`, else `/tmp/migrun-UID`; the state dir's
+/// owner and mode checks refuse one another user planted there).
+pub fn default_sim_dir(spec: &SimSpec, euid: u32) -> Result<PathBuf, InputError> {
+    let canonical = spec.to_string();
+    let slug: String = canonical
+        .chars()
+        .map(|c| match c {
+            'a'..='z' | 'A'..='Z' | '0'..='9' | '.' | '-' => c,
+            _ => '_',
+        })
+        .collect();
+    if slug.len() > 200 {
+        return Err(InputError::Other(format!(
+            "--simulate spec {canonical} is too long to name its default state dir; pass --state-dir DIR"
+        )));
+    }
+    let base = if euid == 0 {
+        PathBuf::from("/run/migrun-sim")
+    } else {
+        match std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from) {
+            Some(d) if d.is_absolute() && d.is_dir() => d.join("migrun-sim"),
+            _ => PathBuf::from(format!("/tmp/migrun-{euid}")).join("sim"),
+        }
+    };
+    Ok(base.join(slug))
+}
+
 /// Resolve a `--gpu` value (index or GPU-UUID) against the machine's GPUs.
 pub fn select_gpu(given: &str, gpus: &[GpuInfo]) -> Result<u32, InputError> {
     let t = given.trim();
@@ -125,19 +182,18 @@ pub fn run(cli: Cli) -> Result<i32> {
     let Cli { global, command } = cli;
     // Generated documentation needs no config, state or GPU.
     match &command {
+        // Both are rendered into memory first: clap_complete panics when its writer fails, and
+        // a closed pipe must end quietly (crate::out).
         Command::Completions(a) => {
-            clap_complete::generate(
-                a.shell,
-                &mut Cli::command(),
-                "migrun",
-                &mut std::io::stdout(),
-            );
+            let mut buf = Vec::new();
+            clap_complete::generate(a.shell, &mut Cli::command(), "migrun", &mut buf);
+            crate::out::write_bytes(&buf)?;
             return Ok(0);
         }
         Command::Man => {
-            clap_mangen::Man::new(Cli::command())
-                .render(&mut std::io::stdout())
-                .context("writing the man page")?;
+            let mut buf = Vec::new();
+            crate::man::render(&mut buf).context("rendering the man page")?;
+            crate::out::write_bytes(&buf)?;
             return Ok(0);
         }
         _ => {}

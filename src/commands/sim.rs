@@ -23,7 +23,7 @@ pub fn sim(ctx: &Ctx, action: &SimAction) -> Result<i32> {
             .into());
         }
         SimStore::new(dir.join(SIM_FILE)).reset()?;
-        println!("simulated machine in {} forgotten", dir.path().display());
+        crate::outln!("simulated machine in {} forgotten", dir.path().display());
         return Ok(0);
     }
     let mut sim = ctx.sim_backend()?;
@@ -57,7 +57,7 @@ pub fn sim(ctx: &Ctx, action: &SimAction) -> Result<i32> {
                             .into(),
                 }
             })?;
-            println!("GPU {gpu} reset: MIG mode {mode}");
+            crate::outln!("GPU {gpu} reset: MIG mode {mode}");
         }
         SimAction::CreateForeign { gpu, profile } => {
             let gpus = sim.gpus()?;
@@ -81,7 +81,7 @@ pub fn sim(ctx: &Ctx, action: &SimAction) -> Result<i32> {
             let (gi, ci) = out.map_err(|code| {
                 crate::gpu::GpuError::nvml("creating a foreign instance", gpu, code)
             })?;
-            println!("GPU {gpu} GI {gi} {} {}", p.short_name(), ci.mig_uuid);
+            crate::outln!("GPU {gpu} GI {gi} {} {}", p.short_name(), ci.mig_uuid);
         }
         SimAction::SetProcesses { gpu, gi, count } => {
             let (gpu, gi, count) = (*gpu, *gi, *count);

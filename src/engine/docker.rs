@@ -40,7 +40,7 @@ pub const DOCKER_FAILED: i32 = 125;
 pub enum DockerError {
     #[error("docker option {option} needs a value; write `{option} VALUE` before the IMAGE")]
     MissingValue { option: String },
-    #[error("migrun does not know the docker run option {option}, so it cannot tell where IMAGE starts; write it as {option}=VALUE (or {option}=true for a switch), or put migrun's flags first and check the spelling against `docker run --help`")]
+    #[error("unknown docker run option {option}: migrun cannot tell where IMAGE starts; write it as {option}=VALUE (or {option}=true for a switch), or put migrun's flags first and check the spelling against `docker run --help`")]
     UnknownOption { option: String },
     #[error("no IMAGE given: usage is `migrun --profile P [docker run options] IMAGE [CMD...]`")]
     NoImage,
@@ -232,6 +232,14 @@ fn canonical(long: &str) -> &str {
         .iter()
         .find(|(a, _)| *a == long)
         .map_or(long, |(_, c)| c)
+}
+
+/// Is `--name` (without dashes) one of docker run's long options? The command line uses it so a
+/// near miss of migrun's own flags is suggested only when docker would not take it (`--pid` is
+/// docker's, `--proflie` is nobody's).
+pub fn is_docker_option(name: &str) -> bool {
+    let c = canonical(name);
+    VALUE_OPTIONS.contains(&c) || BOOL_OPTIONS.contains(&c)
 }
 
 /// pflag's boolean spellings (Go's strconv.ParseBool).

@@ -27,6 +27,9 @@ pub struct SimStore {
     lock: PathBuf,
     /// The machine as last read or written by this process, with the identity of the file it came from.
     cache: Arc<Mutex<Option<(FileId, SimMachine)>>>,
+    /// A store for read-only commands: never writes the machine, and never creates the state file
+    /// or its lock (a missing file reads as a fresh machine from the spec).
+    read_only: bool,
 }
 
 /// Which version of the state file a cached machine is: every write is a rename of a new file, so a new
@@ -61,6 +64,15 @@ impl SimStore {
             path,
             lock: lock.into(),
             cache: Arc::default(),
+            read_only: false,
+        }
+    }
+
+    /// A store that only reads (see the `read_only` field).
+    pub fn new_read_only(path: impl Into<PathBuf>) -> SimStore {
+        SimStore {
+            read_only: true,
+            ..SimStore::new(path)
         }
     }
 
@@ -80,6 +92,9 @@ impl SimStore {
         spec: &SimSpec,
         f: impl FnOnce(&mut SimMachine) -> R,
     ) -> Result<R, GpuError> {
+        if self.read_only {
+            return self.read(spec, f);
+        }
         let _lock = statedir::lock_file(&self.lock).map_err(|e| GpuError::Sim(e.to_string()))?;
         let (mut machine, fresh) = self.load(spec)?;
         let before = machine.clone();
@@ -93,6 +108,25 @@ impl SimStore {
             if let Some(id) = FileId::of(&self.path) {
                 *self.cached() = Some((id, machine));
             }
+        }
+        Ok(out)
+    }
+
+    /// [`SimStore::update`] for a read-only store: the lock is taken only when the file exists
+    /// (so the reader never sees a half-made machine), and a change is refused, not saved.
+    fn read<R>(&self, spec: &SimSpec, f: impl FnOnce(&mut SimMachine) -> R) -> Result<R, GpuError> {
+        let _lock = if self.path.exists() {
+            Some(statedir::lock_file(&self.lock).map_err(|e| GpuError::Sim(e.to_string()))?)
+        } else {
+            None
+        };
+        let (mut machine, _) = self.load(spec)?;
+        let before = machine.clone();
+        let out = f(&mut machine);
+        if machine != before {
+            return Err(GpuError::Sim(
+                "a read-only command tried to change the simulated machine; this is a bug in migrun, please report it".into(),
+            ));
         }
         Ok(out)
     }
@@ -167,6 +201,18 @@ impl SimBackend {
             spec,
         };
         // Load once so that a mismatching or corrupt state file is reported before anything else.
+        backend.store.update(&backend.spec, |_| ())?;
+        Ok(backend)
+    }
+
+    /// Simulate `spec` for a read-only command: from `dir`'s saved machine when there is one,
+    /// else a fresh machine that is never saved.
+    /// `state_dir` may not exist yet: then its machine file does not either, and reads as fresh.
+    pub fn open_read_only(state_dir: &Path, spec: SimSpec) -> Result<SimBackend, GpuError> {
+        let backend = SimBackend {
+            store: SimStore::new_read_only(state_dir.join(SIM_FILE)),
+            spec,
+        };
         backend.store.update(&backend.spec, |_| ())?;
         Ok(backend)
     }
