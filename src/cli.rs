@@ -207,6 +207,9 @@ pub struct AllocArgs {
     /// Tie the lease to this process (released when it dies); default: a manual lease with no holder
     #[arg(long, value_name = "PID")]
     pub holder_pid: Option<u32>,
+    /// Charge the lease to this user (per-user limits, who may release it); root only, for Slurm prologs and JupyterHub spawners
+    #[arg(long, value_name = "UID")]
+    pub for_uid: Option<u32>,
     /// Machine-readable output
     #[arg(long)]
     pub json: bool,

@@ -59,8 +59,7 @@ fn init(sim: &Sim) {
 
 fn one_lease_of_uid_1000(sim: &Sim) {
     let o = sim
-        .cmd(&["alloc", "--profile", "1g.10gb"])
-        .env("SUDO_UID", "1000")
+        .cmd(&["alloc", "--profile", "1g.10gb", "--for-uid", "1000"])
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
@@ -159,22 +158,37 @@ fn case(id: &str, sim: &Sim) -> Option<Case> {
                 s(&["alloc", "--profile", "1g.10gb", "--gpu", "0"]),
             )
         }
-        "policy-per-user" => Case {
-            env: vec![("SUDO_UID", "1000".into())],
-            ..c(
-                "max_leases_per_user = 1",
-                one_lease_of_uid_1000,
-                s(&["alloc", "--profile", "1g.10gb"]),
-            )
-        },
+        "policy-per-user" => c(
+            "max_leases_per_user = 1",
+            one_lease_of_uid_1000,
+            s(&["alloc", "--profile", "1g.10gb", "--for-uid", "1000"]),
+        ),
         "policy-total" => c(
             "max_leases_total = 1",
             one_lease_of_uid_1000,
             s(&["alloc", "--profile", "1g.10gb"]),
         ),
-        "who-not-yours" => Case {
+        "sudo-state-dir" => Case {
             env: vec![("SUDO_UID", "1001".into())],
             ..c("", one_lease_of_uid_1000, s(&["release", "1"]))
+        },
+        "sudo-hook" => Case {
+            env: vec![("SUDO_UID", "1001".into())],
+            stdin: br#"{"ociVersion":"1.0.2","id":"x","status":"stopped","bundle":"/tmp"}"#
+                .to_vec(),
+            ..c("", one_lease_of_uid_1000, s(&["hook", "poststop"]))
+        },
+        "sudo-teardown" => Case {
+            env: vec![("SUDO_UID", "1001".into())],
+            ..c(
+                "",
+                one_lease_of_uid_1000,
+                s(&["teardown", "--gpu", "0", "--include-foreign"]),
+            )
+        },
+        "sudo-mig" => Case {
+            env: vec![("SUDO_UID", "1001".into())],
+            ..c("", init, s(&["mig", "disable", "--all"]))
         },
         "dir-symlink" => c(
             "",
@@ -373,7 +387,10 @@ fn every_documented_bad_input_fails_cleanly_and_leaves_nothing() {
         "policy-gpu",
         "policy-per-user",
         "policy-total",
-        "who-not-yours",
+        "sudo-state-dir",
+        "sudo-hook",
+        "sudo-teardown",
+        "sudo-mig",
         "dir-symlink",
         "dir-world-writable",
         "dir-wrong-owner",

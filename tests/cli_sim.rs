@@ -347,15 +347,16 @@ fn bad_input_is_one_line_and_exit_2() {
     );
     assert_bad_input(
         {
+            // A command that needs the state dir (read-only ones never create it).
             let mut c = migrun("h100-80gb", Path::new("/proc/migrun-state"));
-            c.arg("status");
+            c.args(["alloc", "--profile", "1g.10gb"]);
             c
         },
         "cannot use state dir /proc/migrun-state",
     );
     // A state dir that simulates another machine is refused, with the way out.
     let s = t.path().join("s2");
-    migrun("h100-80gb:2", &s).arg("status").assert().success();
+    migrun("h100-80gb:2", &s).arg("gc").assert().success();
     assert_bad_input(
         {
             let mut c = migrun("a100-40gb", &s);

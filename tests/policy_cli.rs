@@ -14,14 +14,6 @@ fn with_config(spec: &str, toml: &str) -> Sim {
     sim
 }
 
-fn run_as(sim: &Sim, sudo_uid: Option<&str>, args: &[&str]) -> Output {
-    let mut c = sim.cmd(args);
-    if let Some(u) = sudo_uid {
-        c.env("SUDO_UID", u);
-    }
-    c.output().unwrap()
-}
-
 fn err_of(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).to_string()
 }
@@ -37,52 +29,93 @@ fn refused(o: &Output, code: i32, needle: &str) {
 }
 
 #[test]
-fn sudo_user_is_recorded_limited_and_may_release_only_their_own() {
+fn per_user_limits_count_the_user_charged() {
     let sim = with_config(
         "h100-80gb:1",
         "max_leases_per_user = 1\nmax_leases_total = 2\n",
     );
-    let a = run_as(
-        &sim,
-        Some("1000"),
-        &["alloc", "--profile", "1g.10gb", "--json"],
-    );
+    let a = sim.run(&[
+        "alloc",
+        "--profile",
+        "1g.10gb",
+        "--for-uid",
+        "1000",
+        "--json",
+    ]);
     assert!(a.status.success(), "{}", err_of(&a));
     let a: serde_json::Value = serde_json::from_slice(&a.stdout).unwrap();
-    assert_eq!(a["uid"], 1000, "the invoking user, not root, is charged");
+    assert_eq!(a["uid"], 1000, "the user named, not root, is charged");
 
     // Per user: uid 1000 already holds one.
-    let o = run_as(&sim, Some("1000"), &["alloc", "--profile", "1g.10gb"]);
+    let o = sim.run(&["alloc", "--profile", "1g.10gb", "--for-uid", "1000"]);
     refused(&o, 2, "max_leases_per_user = 1");
     assert!(err_of(&o).contains("uid 1000 holds 1 lease(s) (leases 1)"));
 
     // Another user still may; then the total is reached for everyone, root included.
-    let b = run_as(&sim, Some("1001"), &["alloc", "--profile", "1g.10gb"]);
+    let b = sim.run(&["alloc", "--profile", "1g.10gb", "--for-uid", "1001"]);
     assert!(b.status.success(), "{}", err_of(&b));
     refused(
-        &run_as(&sim, Some("1002"), &["alloc", "--profile", "1g.10gb"]),
+        &sim.run(&["alloc", "--profile", "1g.10gb", "--for-uid", "1002"]),
         2,
         "max_leases_total = 2",
     );
     refused(
-        &run_as(&sim, None, &["alloc", "--profile", "1g.10gb"]),
+        &sim.run(&["alloc", "--profile", "1g.10gb"]),
         2,
         "max_leases_total = 2",
     );
     assert_eq!(leases(&sim.status()).len(), 2, "refusals leave nothing");
     assert_eq!(instances(&sim.status()).len(), 2);
+}
 
+/// Under sudo no --state-dir or --config is taken (src/commands/delegation.rs), so this runs on the
+/// spec's default state dir, with a spec no other test uses.
+#[test]
+fn sudo_user_is_recorded_and_may_release_only_their_own() {
+    let spec = "h100-96gb:1";
+    let euid = nix::unistd::geteuid().as_raw();
+    let dir = migrun::commands::default_sim_dir(&spec.parse().unwrap(), euid).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    let as_user = |uid: Option<&str>, args: &[&str]| {
+        let mut c = std::process::Command::new(BIN);
+        c.arg("--simulate")
+            .arg(spec)
+            .args(args)
+            .env_remove("MIGRUN_SIMULATE")
+            .env_remove("MIGRUN_STATE_DIR")
+            .env_remove("MIGRUN_CONFIG")
+            .env_remove("SUDO_UID");
+        if let Some(u) = uid {
+            c.env("SUDO_UID", u);
+        }
+        c.output().unwrap()
+    };
+    for _ in 0..2 {
+        let a = as_user(Some("1000"), &["alloc", "--profile", "19", "--json"]);
+        assert!(a.status.success(), "{}", err_of(&a));
+        let a: serde_json::Value = serde_json::from_slice(&a.stdout).unwrap();
+        assert_eq!(a["uid"], 1000, "the invoking user, not root, is charged");
+    }
     // uid 1001 may not release uid 1000's lease; uid 1000 may; plain root may release any.
     refused(
-        &run_as(&sim, Some("1001"), &["release", "1"]),
+        &as_user(Some("1001"), &["release", "1"]),
         4,
         "lease 1 belongs to uid 1000, not to uid 1001",
     );
-    let o = run_as(&sim, Some("1000"), &["release", "1"]);
+    let o = as_user(Some("1000"), &["release", "1"]);
     assert!(o.status.success(), "{}", err_of(&o));
-    let o = run_as(&sim, None, &["release", "2"]);
+    let o = as_user(None, &["release", "2"]);
     assert!(o.status.success(), "{}", err_of(&o));
-    assert!(instances(&sim.status()).is_empty());
+    // A sudo user may not name another user to charge.
+    refused(
+        &as_user(
+            Some("1000"),
+            &["alloc", "--profile", "19", "--for-uid", "0"],
+        ),
+        4,
+        "--for-uid is not open to a user through sudo (uid 1000)",
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

@@ -82,7 +82,9 @@ pub fn alloc(ctx: &Ctx, a: &AllocArgs) -> Result<i32> {
         wait: wait_of(&a.request),
         keep: a.request.keep,
         holder,
-        uid: alloc::caller_uid(),
+        // Root allocating for someone (a Slurm prolog, a hub spawner) names them; the delegation
+        // check refuses --for-uid to a sudo user, who is always charged as themselves.
+        uid: a.for_uid.unwrap_or_else(alloc::caller_uid),
     };
     let dir = ctx.state_dir()?;
     let probe = holder_probe();

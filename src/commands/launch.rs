@@ -39,6 +39,16 @@ pub fn run(ctx: &Ctx, a: RunArgs) -> Result<i32> {
         return dry_run(ctx, &a, &line);
     }
     let cli = DockerCli::resolve(a.docker.as_deref().or(ctx.config.docker.as_deref()))?;
+    if crate::caller::Caller::current().via_sudo {
+        // Under sudo the CLI came from PATH, which sudoers may have let the user choose.
+        crate::caller::trusted_program(&cli.path).map_err(|why| {
+            crate::caller::PrivilegeError::NotDelegated {
+                what: format!("the docker CLI {}", cli.path.display()),
+                uid: crate::caller::Caller::current().uid,
+                why: format!("root would run it, and {why}"),
+            }
+        })?;
+    }
     let (mode, why) = injection(ctx, &a, &cli)?;
     line.check(mode, &|p| std::fs::read_to_string(p))?;
     line.check_cidfile()?;
@@ -453,6 +463,16 @@ fn dry_run(ctx: &Ctx, a: &RunArgs, line: &RunLine) -> Result<i32> {
         ours.extend(docker::inject_args(*mode, &uuid));
     }
     let argv = line.argv(&ours);
+    if let (Ok((mode, why)), Ok(c)) = (&injection, &cli) {
+        say(
+            ctx,
+            format!(
+                "device goes in with --inject {} ({why}); docker CLI {}",
+                docker::mode_name(*mode),
+                c.path.display()
+            ),
+        );
+    }
     crate::outln!("plan: {plan}");
     match &injection {
         Ok((mode, why)) => crate::outln!(

@@ -1,6 +1,7 @@
 //! Command handlers: turn parsed CLI args into library calls and print results; logic beyond wiring belongs in the rooms they call.
 
 mod alloc;
+pub mod delegation;
 mod hook;
 mod launch;
 mod list;
@@ -198,6 +199,16 @@ pub fn run(cli: Cli) -> Result<i32> {
         }
         _ => {}
     }
+    // Before the config is read: under sudo, a path the user names is refused, not opened as root.
+    let env: Vec<(String, String)> = std::env::vars_os()
+        .map(|(k, v)| {
+            (
+                k.to_string_lossy().into_owned(),
+                v.to_string_lossy().into_owned(),
+            )
+        })
+        .collect();
+    delegation::check(&crate::caller::Caller::current(), &global, &command, &env)?;
     let ctx = Ctx::new(global)?;
     // Commands that change GPUs or leases need root on real GPUs; say so before touching anything
     // (the launcher, the hooks and the shim check at their own first mutating step).

@@ -666,6 +666,10 @@ impl DockerCli {
             match p.split_once('=') {
                 Some(("host", h)) => cli.host = Some(h.to_string()),
                 Some(("cli", c)) => {
+                    // gc runs this as root, possibly long after the lease was written: a program
+                    // anyone but root could have placed or replaced is never run (then the
+                    // container's state is unknown and the lease is kept).
+                    crate::caller::trusted_program(Path::new(c)).ok()?;
                     cli.path = PathBuf::from(c);
                     cli.explicit = true;
                 }
