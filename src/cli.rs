@@ -357,6 +357,17 @@ pub struct CompletionsArgs {
     pub shell: clap_complete::Shell,
 }
 
+/// `-v` is both migrun's `--verbose` and docker's `--volume`. It is docker's when the word after
+/// it is a volume: an absolute path (`-v /data`) or `SRC:/DST` (`-v /data:/data`, `-v vol:/data`);
+/// an image name is never either, so `migrun -v IMAGE` stays verbose.
+fn is_docker_volume(flag: &str, next: Option<&OsString>) -> bool {
+    flag == "-v"
+        && next.is_some_and(|n| {
+            let n = n.to_string_lossy();
+            n.starts_with('/') || n.contains(":/")
+        })
+}
+
 /// True for flags of [`GlobalArgs`] that take a separate value.
 fn global_flag_takes_value(arg: &str) -> bool {
     matches!(arg, "--simulate" | "--state-dir" | "--config")
@@ -375,7 +386,7 @@ pub fn normalize_args(args: Vec<OsString>) -> Vec<OsString> {
         if a.starts_with("--simulate=")
             || a.starts_with("--state-dir=")
             || a.starts_with("--config=")
-            || a == "-v"
+            || (a == "-v" && !is_docker_volume(&a, args.get(i + 1)))
             || a == "-vv"
             || a == "--verbose"
         {
@@ -416,7 +427,9 @@ pub fn split_launcher_args(words: &[OsString]) -> (Vec<OsString>, Vec<OsString>)
                 }
             }
         } else if RUN_BOOL_FLAGS.contains(&name)
-            || (global_flag_takes_value(name) || matches!(name, "-v" | "-vv" | "--verbose"))
+            || (global_flag_takes_value(name)
+                || matches!(name, "-vv" | "--verbose")
+                || (name == "-v" && !is_docker_volume(name, words.get(i + 1))))
         {
             ours.push(words[i].clone());
             if global_flag_takes_value(name) && !w.contains('=') {
@@ -602,6 +615,7 @@ mod tests {
             ("migrun --profile 1g.10gb --pid host busybox", None),
             ("migrun --profile 1g.10gb --gpus all busybox", None),
             ("migrun --profile 1g.10gb statsu", None),
+            ("migrun -v --profile 1g.10gb busybox", None),
         ];
         for (line, want) in table {
             match (parse(argv(line)), want) {
@@ -612,6 +626,48 @@ mod tests {
                 (Ok(cli), None) => assert!(matches!(cli.command, Command::Run(_)), "{line}"),
                 (r, _) => panic!("{line}: {r:?}"),
             }
+        }
+    }
+
+    #[test]
+    fn dash_v_is_docker_volume_when_a_volume_follows() {
+        // (argv, migrun's verbosity, docker's words)
+        let table: &[(&str, u8, &str)] = &[
+            (
+                "migrun --profile 1g.10gb -v /data:/data busybox",
+                0,
+                "-v /data:/data busybox",
+            ),
+            (
+                "migrun -v /data:/data --profile 1g.10gb busybox",
+                0,
+                "-v /data:/data --profile 1g.10gb busybox",
+            ),
+            (
+                "migrun --profile 1g.10gb -v vol:/data busybox",
+                0,
+                "-v vol:/data busybox",
+            ),
+            (
+                "migrun --profile 1g.10gb -v /scratch busybox",
+                0,
+                "-v /scratch busybox",
+            ),
+            ("migrun --profile 1g.10gb -v busybox", 1, "busybox"),
+            ("migrun -v --profile 1g.10gb busybox", 1, "busybox"),
+            (
+                "migrun -vv --profile 1g.10gb -v /d:/d busybox",
+                2,
+                "-v /d:/d busybox",
+            ),
+        ];
+        for (line, verbose, docker) in table {
+            let cli = parse(argv(line)).unwrap_or_else(|e| panic!("{line}: {e}"));
+            let Command::Run(a) = cli.command else {
+                panic!("{line}: not the launcher")
+            };
+            assert_eq!(cli.global.verbose, *verbose, "{line}");
+            assert_eq!(a.docker_args.join(" "), *docker, "{line}");
         }
     }
 
