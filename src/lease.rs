@@ -158,6 +158,13 @@ pub struct Ticket {
     pub want: String,
     pub uid: u32,
     pub created_at: u64,
+    /// When the waiter gives up (unix seconds); `None` waits as long as it takes. A ticket past its
+    /// deadline holds nothing, even if its process hangs on.
+    #[serde(default)]
+    pub deadline: Option<u64>,
+    /// The GPU this waiter holds back for itself (`plan::reservation`); others may use the rest.
+    #[serde(default)]
+    pub reserved_gpu: Option<u32>,
 }
 
 /// Errors of the lease registry.
@@ -477,7 +484,13 @@ impl Registry {
     // ---- wait queue ----
 
     /// Take a ticket at the end of the queue (under the lock).
-    pub fn take_ticket(&self, want: &str, uid: u32) -> Result<Ticket, LeaseError> {
+    pub fn take_ticket(
+        &self,
+        want: &str,
+        uid: u32,
+        deadline: Option<u64>,
+        reserved_gpu: Option<u32>,
+    ) -> Result<Ticket, LeaseError> {
         let pid = std::process::id();
         let ticket = Ticket {
             ticket: self.take_counter(NEXT_TICKET)?,
@@ -486,12 +499,19 @@ impl Registry {
             want: want.to_string(),
             uid,
             created_at: now(),
+            deadline,
+            reserved_gpu,
         };
+        self.write_ticket(&ticket)?;
+        Ok(ticket)
+    }
+
+    /// Write (or rewrite, when its reservation moves) a ticket; the caller holds the lock.
+    pub fn write_ticket(&self, ticket: &Ticket) -> Result<(), LeaseError> {
         self.write_json(
             &Self::rel(QUEUE, &format!("{}.json", ticket.ticket)),
-            &ticket,
-        )?;
-        Ok(ticket)
+            ticket,
+        )
     }
 
     /// Every ticket in queue order, live or not.
@@ -519,6 +539,24 @@ impl Ticket {
     pub fn alive(&self) -> bool {
         process_alive(self.pid, self.start_time)
     }
+
+    /// Does this ticket still hold its place? Its process runs and is not stopped (a waiter
+    /// stopped with ^Z or SIGSTOP looks at nothing and must not hold GPUs back forever), and its
+    /// deadline, if any, has not passed.
+    pub fn holds(&self, now: u64) -> bool {
+        self.deadline.map_or(true, |d| now < d) && self.alive() && !process_stopped(self.pid)
+    }
+}
+
+/// Is `pid` stopped (state `T` or `t` in /proc/PID/stat)? Unknown counts as not stopped.
+pub fn process_stopped(pid: u32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // The state follows the command name, which is in parentheses and may contain anything.
+    stat.rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().next())
+        .is_some_and(|state| state == "T" || state == "t")
 }
 
 #[cfg(test)]

@@ -132,3 +132,48 @@ fn progress_line_on_a_terminal() {
     assert!(text.contains("no room for 3g.40gb"), "{text:?}");
     assert!(text.contains("waited 0:02"), "{text:?}");
 }
+
+/// A waiter holds back only the GPU it waits on (issue: one waiter used to block every start on the
+/// host), and a stopped waiter (^Z, SIGSTOP) holds nothing until it runs again.
+#[test]
+fn a_waiter_holds_back_one_gpu_and_a_stopped_one_nothing() {
+    let sim = Sim::new("h100-80gb:2");
+    let (_, a) = sim.alloc(&["--profile", "1g.10gb", "--gpu", "0"]);
+    let (_, b) = sim.alloc(&["--profile", "1g.10gb", "--gpu", "1"]);
+    let waiter = spawn(&sim, &["alloc", "--profile", "7g.80gb", "--wait=60"]);
+    await_tickets(&sim, 1);
+    // It holds GPU 0 (the lowest of two equally close): a 1g.10gb goes to GPU 1 at once.
+    let text = sim.ok(&["alloc", "--profile", "1g.10gb", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["gpu"], 1, "{text}");
+    // GPU 0 itself is the waiter's.
+    let o = sim.run(&["alloc", "--profile", "1g.10gb", "--gpu", "0"]);
+    assert_eq!(o.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("1 request(s) are waiting ahead"));
+    // Stopped, it holds nothing.
+    let pid = nix::unistd::Pid::from_raw(waiter.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    let t = Instant::now();
+    while !std::fs::read_to_string(format!("/proc/{}/stat", waiter.id()))
+        .unwrap()
+        .contains(") T ")
+    {
+        assert!(t.elapsed() < Duration::from_secs(5), "never stopped");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let (_, c) = sim.alloc(&["--profile", "1g.10gb", "--gpu", "0"]);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).unwrap();
+    // Once GPU 0 is empty the waiter gets it.
+    for l in [a, c] {
+        sim.ok(&["release", &l.to_string()]);
+    }
+    let out = waiter.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    sim.ok(&["release", &b.to_string()]);
+    check_invariants(&sim.status(), true);
+    await_tickets(&sim, 0);
+}

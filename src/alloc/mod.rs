@@ -1013,78 +1013,88 @@ pub fn allocate(
     let started = Instant::now();
     let mut queue = wait::Queue::new(&reg, req);
     loop {
-        // Peek without the lock; only the head of the queue (or a newcomer facing an empty queue) goes on.
+        // A waiter looks again after a release or every second; a newcomer looks at once.
         let mut ahead = queue.ahead()?;
-        if (ahead == 0 && queue.due()) || !queue.has_ticket() {
+        if queue.due() || !queue.has_ticket() {
             let _lock = reg.lock()?;
-            ahead = queue.ahead_locked()?;
-            if ahead == 0 {
-                queue.planning();
-                let mut report = GcReport::default();
-                let Swept {
-                    mut state,
-                    leases,
-                    created,
-                } = sweep_records(backend, &reg, config, probe, &mut report)?;
-                if !report.is_empty() {
-                    tracing::info!(?report, "reconciled before allocating");
+            let (held, n_ahead) = queue.held_ahead_locked()?;
+            ahead = n_ahead;
+            queue.planning();
+            let mut report = GcReport::default();
+            let Swept {
+                mut state,
+                leases,
+                created,
+            } = sweep_records(backend, &reg, config, probe, &mut report)?;
+            if !report.is_empty() {
+                tracing::info!(?report, "reconciled before allocating");
+            }
+            if state.gpus.is_empty() {
+                return Err(AllocError::NoGpus);
+            }
+            // Checked under the lock, after the sweep freed dead holders' leases, so two
+            // concurrent requests cannot both take the last allowed lease.
+            check_limits(config, &leases, req.uid)?;
+            let full = plan_request(&state, config, req, &created, &leases)?;
+            // What could never fit is said at once, whoever waits; what fits now, but only on
+            // GPUs that earlier waiters hold back, waits behind them.
+            let fits_ignoring_queue = match plan::plan(&state, &leases, &full) {
+                Err(nr) if !nr.can_wait() => return Err(unsatisfiable(&state, &full, nr)),
+                r => r.is_ok(),
+            };
+            let mut preq = full.clone();
+            if !held.is_empty() {
+                let mine: Vec<u32> = state
+                    .gpus
+                    .iter()
+                    .map(|g| g.info.index)
+                    .filter(|i| full.gpus.as_ref().map_or(true, |a| a.contains(i)))
+                    .filter(|i| !held.contains(i))
+                    .collect();
+                preq.gpus = Some(mine);
+            }
+            let mut planned = plan::plan(&state, &leases, &preq);
+            if matches!(&planned, Err(nr) if nr.can_wait()) {
+                if let Some(victims) = plan::evictions(&state, &leases, &preq) {
+                    evict(backend, &reg, &state, &victims)?;
+                    state = backend.snapshot()?;
+                    planned = plan::plan(&state, &leases, &preq);
                 }
-                if state.gpus.is_empty() {
-                    return Err(AllocError::NoGpus);
-                }
-                // Checked under the lock, after the sweep freed dead holders' leases, so two
-                // concurrent requests cannot both take the last allowed lease.
-                check_limits(config, &leases, req.uid)?;
-                let preq = plan_request(&state, config, req, &created, &leases)?;
-                let mut planned = plan::plan(&state, &leases, &preq);
-                if matches!(&planned, Err(nr) if nr.can_wait()) {
-                    if let Some(victims) = plan::evictions(&state, &leases, &preq) {
-                        evict(backend, &reg, &state, &victims)?;
+            }
+            // Someone outside migrun (an admin's nvidia-smi) may take the chosen placement between
+            // our snapshot and the create; the driver then says INSUFFICIENT_RESOURCES. Look again.
+            for retry in 0..=CREATE_RETRIES {
+                let Ok(p) = &planned else { break };
+                match apply(backend, &reg, &state, p, req) {
+                    Ok(lease) => {
+                        queue.done();
+                        return Ok(lease);
+                    }
+                    Err(AllocError::Gpu(e))
+                        if retry < CREATE_RETRIES
+                            && e.code() == Some(Code::InsufficientResources) =>
+                    {
+                        tracing::info!(error = %e, "placement taken under us; planning again");
                         state = backend.snapshot()?;
                         planned = plan::plan(&state, &leases, &preq);
                     }
+                    Err(e) => return Err(e),
                 }
-                // Someone outside migrun (an admin's nvidia-smi) may take the chosen placement between
-                // our snapshot and the create; the driver then says INSUFFICIENT_RESOURCES. Look again.
-                for retry in 0..=CREATE_RETRIES {
-                    let Ok(p) = &planned else { break };
-                    match apply(backend, &reg, &state, p, req) {
-                        Ok(lease) => {
-                            queue.done();
-                            return Ok(lease);
-                        }
-                        Err(AllocError::Gpu(e))
-                            if retry < CREATE_RETRIES
-                                && e.code() == Some(Code::InsufficientResources) =>
-                        {
-                            tracing::info!(error = %e, "placement taken under us; planning again");
-                            state = backend.snapshot()?;
-                            planned = plan::plan(&state, &leases, &preq);
-                        }
-                        Err(e) => return Err(e),
-                    }
-                }
-                match planned {
-                    Ok(_) => unreachable!("a plan either applied or returned an error above"),
-                    Err(nr) if !nr.can_wait() => return Err(unsatisfiable(&state, &preq, nr)),
-                    Err(mut nr) => {
-                        if !queue.waits() || queue.expired(started) {
-                            if queue.waits() {
-                                nr.note =
-                                    Some(format!("waited {}", wait::clock(started.elapsed())));
-                            }
-                            queue.done();
-                            return Err(AllocError::NoRoom(Box::new(nr)));
-                        }
-                    }
-                }
-            } else if !queue.waits() {
-                return Err(AllocError::Queued {
-                    ahead,
-                    waited: None,
-                });
             }
-            queue.enqueue()?;
+            let Err(mut nr) = planned else {
+                unreachable!("a plan either applied or returned an error above")
+            };
+            if !queue.waits() || queue.expired(started) {
+                let waited = queue.waits().then(|| wait::clock(started.elapsed()));
+                queue.done();
+                // Room exists, but only where earlier waiters are first in line.
+                if fits_ignoring_queue && ahead > 0 {
+                    return Err(AllocError::Queued { ahead, waited });
+                }
+                nr.note = waited.map(|w| format!("waited {w}"));
+                return Err(AllocError::NoRoom(Box::new(nr)));
+            }
+            queue.enqueue(started, plan::reservation(&state, &full, &held))?;
         }
         if queue.expired(started) {
             queue.done();
@@ -1272,12 +1282,13 @@ pub fn created_instances(dir: &StateDir) -> Result<Vec<CreatedRecord>, AllocErro
     Ok(Registry::open(dir)?.created()?)
 }
 
-/// Live tickets of the wait queue, in order (for status).
+/// Tickets of the wait queue that hold their place, in order (for status).
 pub fn waiting(dir: &StateDir) -> Result<Vec<lease::Ticket>, AllocError> {
+    let now = lease::now();
     Ok(Registry::open(dir)?
         .tickets()?
         .into_iter()
-        .filter(|t| t.alive())
+        .filter(|t| t.holds(now))
         .collect())
 }
 

@@ -377,6 +377,29 @@ fn considered<'a>(state: &'a MigState, req: &PlanRequest) -> Vec<&'a GpuState> {
         .collect()
 }
 
+/// The GPU a waiting request holds back for itself while it waits: of the GPUs it may use that no
+/// earlier waiter holds (`taken`), the usable one with the most memory slices free now, where it is
+/// closest to fitting (lowest index on a tie). Only that GPU is held back; requests that fit on
+/// the others go ahead of the waiter (docs/leases.md, "--wait"). `None`: every GPU it may use is
+/// held by someone earlier, so it holds nothing of its own yet.
+pub fn reservation(state: &MigState, req: &PlanRequest, taken: &[u32]) -> Option<u32> {
+    considered(state, req)
+        .into_iter()
+        .filter(|g| gpu_unusable(g).is_none() && !taken.contains(&g.info.index))
+        .filter(|g| match &req.want {
+            Want::Profile(spec) => g.profiles.iter().any(|p| profile::matches(spec, p)),
+            Want::MinMemMib(mib) => g.profiles.iter().any(|p| p.memory_mib >= *mib),
+        })
+        .max_by_key(|g| {
+            let used: u32 = g.instances.iter().map(|i| i.placement.size).sum();
+            (
+                g.slots().saturating_sub(used),
+                std::cmp::Reverse(g.info.index),
+            )
+        })
+        .map(|g| g.info.index)
+}
+
 /// Why a GPU cannot take any request at all (MIG off, not capable).
 fn gpu_unusable(g: &GpuState) -> Option<Why> {
     match g.info.mig {

@@ -517,7 +517,7 @@ fn queue_is_first_come_first_served() {
     let mut e = env("h100-80gb");
     let reg = Registry::open(&e.dir).unwrap();
     // A live waiter (this process) holds ticket 1: a newcomer without --wait is refused, even with room.
-    let t = reg.take_ticket("7g.80gb", 0).unwrap();
+    let t = reg.take_ticket("7g.80gb", 0, None, Some(0)).unwrap();
     let err = e.alloc(&want("1g.10gb")).unwrap_err();
     assert!(matches!(err, AllocError::Queued { ahead: 1, .. }), "{err}");
     assert_eq!(exit_code_of(&err), Some(crate::exit::NO_ROOM));
@@ -546,6 +546,8 @@ fn queue_is_first_come_first_served() {
         want: "7g.80gb".into(),
         uid: 0,
         created_at: 0,
+        deadline: None,
+        reserved_gpu: Some(0),
     };
     std::fs::write(
         e.dir.join("queue/50.json"),
@@ -554,6 +556,68 @@ fn queue_is_first_come_first_served() {
     .unwrap();
     e.alloc(&want("1g.10gb")).unwrap();
     assert!(reg.tickets().unwrap().is_empty(), "dead ticket removed");
+}
+
+#[test]
+fn a_waiter_holds_back_only_its_gpu_and_only_until_its_deadline() {
+    let mut e = env("h100-80gb:2");
+    let reg = Registry::open(&e.dir).unwrap();
+    // A live waiter (this process) holds GPU 0 back: a newcomer that fits goes to GPU 1.
+    let t = reg.take_ticket("7g.80gb", 0, None, Some(0)).unwrap();
+    let l = e.alloc(&want("1g.10gb")).unwrap();
+    assert_eq!(l.gpu_index, 1, "the free GPU, not the one held back");
+    // Asking for GPU 0 itself waits behind the waiter.
+    let err = e
+        .alloc(&AllocRequest {
+            gpu: Some("0".into()),
+            ..want("1g.10gb")
+        })
+        .unwrap_err();
+    assert!(matches!(err, AllocError::Queued { ahead: 1, .. }), "{err}");
+    // Past its deadline the same ticket holds nothing, though its process lives on.
+    reg.remove_ticket(t.ticket).unwrap();
+    let late = reg
+        .take_ticket("7g.80gb", 0, Some(lease::now() - 1), Some(0))
+        .unwrap();
+    let l = e
+        .alloc(&AllocRequest {
+            gpu: Some("0".into()),
+            ..want("1g.10gb")
+        })
+        .unwrap();
+    assert_eq!(l.gpu_index, 0);
+    reg.remove_ticket(late.ticket).unwrap();
+}
+
+#[test]
+fn the_reserved_gpu_is_where_the_waiter_is_closest_to_fitting() {
+    let mut e = env("h100-80gb:3");
+    e.alloc(&AllocRequest {
+        gpu: Some("0".into()),
+        ..want("3g.40gb")
+    })
+    .unwrap();
+    e.alloc(&AllocRequest {
+        gpu: Some("2".into()),
+        ..want("1g.10gb")
+    })
+    .unwrap();
+    let state = e.state();
+    let req = plan::PlanRequest::new(Want::Profile("7g.80gb".parse().unwrap()));
+    // (GPUs earlier waiters hold, the GPU this waiter holds back)
+    for (taken, expect) in [
+        (&[][..], Some(1)),
+        (&[1][..], Some(2)),
+        (&[1, 2][..], Some(0)),
+        (&[0, 1, 2][..], None),
+    ] {
+        assert_eq!(plan::reservation(&state, &req, taken), expect, "{taken:?}");
+    }
+    let only0 = plan::PlanRequest {
+        gpus: Some(vec![0]),
+        ..req.clone()
+    };
+    assert_eq!(plan::reservation(&state, &only0, &[]), Some(0));
 }
 
 /// A backend where an "admin" grabs the chosen placement just before migrun's first create.

@@ -1,9 +1,11 @@
 //! The first-come-first-served wait queue of `--wait`: tickets in the state dir, head-only allocation, the live progress line; it must not plan or touch the GPU.
 //!
-//! A waiter takes a ticket (`queue/<n>.json`, numbered under the allocation lock). Only the lowest
-//! live ticket may allocate, so a small request that arrives later cannot starve a large one that
-//! waits for a whole GPU. A ticket whose process died (pid gone, or reused with another start time)
-//! is skipped, and removed by whoever next holds the lock.
+//! A waiter takes a ticket (`queue/<n>.json`, numbered under the allocation lock) that holds back
+//! one GPU for it (`plan::reservation`: where it is closest to fitting), so a small request that
+//! arrives later cannot starve a large one that waits for a whole GPU. Requests that fit on GPUs no
+//! earlier waiter holds go ahead: fairness must not become a denial of service. A ticket holds
+//! nothing once its process died (pid gone, or reused with another start time), is stopped, or is
+//! past its deadline; a dead one is removed by whoever next holds the lock.
 
 use super::AllocRequest;
 use crate::lease::{LeaseError, Registry, Ticket};
@@ -69,28 +71,36 @@ impl<'a> Queue<'a> {
         }
     }
 
-    fn count_ahead(&self, tickets: &[Ticket]) -> usize {
+    /// Tickets ahead of this request that still hold their place (all of them before it has a
+    /// ticket), and the GPUs they hold back.
+    fn held_ahead(&self, tickets: &[Ticket]) -> (Vec<u32>, usize) {
         let mine = self.ticket.as_ref().map(|t| t.ticket);
-        tickets
+        let now = crate::lease::now();
+        let ahead: Vec<&Ticket> = tickets
             .iter()
-            .filter(|t| mine.map_or(true, |m| t.ticket < m) && t.alive())
-            .count()
+            .filter(|t| mine.map_or(true, |m| t.ticket < m) && t.holds(now))
+            .collect();
+        let mut gpus: Vec<u32> = ahead.iter().filter_map(|t| t.reserved_gpu).collect();
+        gpus.sort_unstable();
+        gpus.dedup();
+        (gpus, ahead.len())
     }
 
-    /// Live tickets ahead of this request (all of them before it has a ticket). Needs no lock.
+    /// How many wait ahead of this request (for the progress line). Needs no lock.
     pub fn ahead(&self) -> Result<usize, LeaseError> {
-        Ok(self.count_ahead(&self.reg.tickets()?))
+        Ok(self.held_ahead(&self.reg.tickets()?).1)
     }
 
-    /// Like [`Queue::ahead`], and removes dead tickets; the caller holds the lock.
-    pub fn ahead_locked(&self) -> Result<usize, LeaseError> {
+    /// The GPUs earlier waiters hold back and how many they are; removes dead tickets. The caller
+    /// holds the lock.
+    pub fn held_ahead_locked(&self) -> Result<(Vec<u32>, usize), LeaseError> {
         let tickets = self.reg.tickets()?;
         for t in &tickets {
             if !t.alive() {
                 self.reg.remove_ticket(t.ticket)?;
             }
         }
-        Ok(self.count_ahead(&tickets))
+        Ok(self.held_ahead(&tickets))
     }
 
     /// Is it worth planning again? Always the first time; then after a release or every [`REPLAN_EVERY`].
@@ -109,13 +119,30 @@ impl<'a> Queue<'a> {
         self.planned = Some((self.reg.generation().unwrap_or(0), Instant::now()));
     }
 
-    /// Take a ticket if this request has none yet; the caller holds the lock.
-    pub fn enqueue(&mut self) -> Result<(), LeaseError> {
-        if self.ticket.is_none() {
-            self.ticket = Some(
-                self.reg
-                    .take_ticket(&self.req.want.to_string(), self.req.uid)?,
-            );
+    /// Take a ticket holding back `gpu` if this request has none yet, or move its hold to `gpu`;
+    /// the caller holds the lock.
+    pub fn enqueue(&mut self, started: Instant, gpu: Option<u32>) -> Result<(), LeaseError> {
+        match &mut self.ticket {
+            None => {
+                // The deadline is written down, so a waiter that hangs past it holds nothing.
+                let deadline = match self.req.wait {
+                    Some(Some(limit)) => Some(
+                        crate::lease::now() + limit.saturating_sub(started.elapsed()).as_secs() + 1,
+                    ),
+                    _ => None,
+                };
+                self.ticket = Some(self.reg.take_ticket(
+                    &self.req.want.to_string(),
+                    self.req.uid,
+                    deadline,
+                    gpu,
+                )?);
+            }
+            Some(t) if t.reserved_gpu != gpu => {
+                t.reserved_gpu = gpu;
+                self.reg.write_ticket(t)?;
+            }
+            Some(_) => {}
         }
         Ok(())
     }
