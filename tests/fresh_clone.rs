@@ -1,4 +1,4 @@
-//! A fresh clone is self-contained: `git clone` of HEAD into an empty folder passes the real-capture comparisons, and no file in the repository refers to paths outside it (with a test that this check catches a planted line).
+//! First contact, proven in the suite: `git clone` of HEAD into an empty folder passes the real-capture comparisons, no file in the repository refers to paths outside it (with a test that this check catches a planted line), and the README's Prerequisites line matches the setup script and Cargo.toml.
 //!
 //! Both exist because the capture comparisons once read `../shared/...` beside the checkout: they
 //! passed on the machine they were written on and failed for anyone who cloned the repository.
@@ -248,4 +248,47 @@ fn the_outside_path_check_catches_a_planted_line() {
     );
     // Provenance prose in the fixtures README is allowed to name the original place.
     assert!(outside_refs("tests/fixtures/README.md", "from ../shared\n").is_empty());
+}
+
+/// README.md's Prerequisites line and the one scripts/setup-test-host.sh stops with are the same
+/// words, and both name Cargo.toml's rust-version: a bump of rust-version that forgets the README
+/// fails here instead of misleading the next person who sets up a machine.
+#[test]
+fn readme_prerequisites_match_the_setup_script_and_cargo_toml() {
+    let read = |rel: &str| {
+        std::fs::read_to_string(Path::new(REPO).join(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"))
+    };
+    let manifest = read("Cargo.toml");
+    let version = manifest
+        .lines()
+        .find_map(|l| l.strip_prefix("rust-version = \""))
+        .and_then(|l| l.strip_suffix('"'))
+        .expect("Cargo.toml has rust-version = \"X.Y\"");
+
+    // The script's line: `prereq="..."` with `$need` for the version and shell escapes.
+    let script = read("scripts/setup-test-host.sh");
+    let from_script = script
+        .lines()
+        .find_map(|l| l.strip_prefix("prereq=\""))
+        .and_then(|l| l.strip_suffix('"'))
+        .expect("scripts/setup-test-host.sh sets prereq=\"...\"")
+        .replace("$need", version)
+        .replace("\\\"", "\"")
+        .replace("\\$", "$");
+
+    // The README's line, as rendered text: no bold, no code spans, links as their text.
+    let readme = read("README.md");
+    let from_readme = readme
+        .lines()
+        .find(|l| l.starts_with("**Prerequisites:**"))
+        .expect("README.md has a line starting with **Prerequisites:**")
+        .replace("**", "")
+        .replace('`', "")
+        .replace("[rustup.rs](https://rustup.rs)", "rustup.rs");
+
+    assert_eq!(from_readme, from_script);
+    assert!(
+        from_readme.contains(&format!("Rust {version} or newer")),
+        "{from_readme}"
+    );
 }
