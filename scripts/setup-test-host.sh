@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Prepare a Debian 12 machine to run migrun's tests with real container engines.
+# Prepare a Debian 12 machine to build migrun and run its tests with real container engines.
 #
-# Run as root. Idempotent: it installs only the Debian packages that are missing (checked with
+# Run as root (`bash scripts/setup-test-host.sh`; `sudo bash ...` from a user with sudo). Idempotent: it installs only the Debian packages that are missing (checked with
 # `dpkg -s`) and runs `apt-get update` only when apt cannot find one of them. It downloads nothing
 # by hand, installs nothing from outside Debian, and starts no daemon: the tests start their own
 # private dockerd/containerd under /tmp and stop them again (tests/common/engines.rs).
@@ -16,12 +16,16 @@ set -euo pipefail
 #   uidmap                       newuidmap/newgidmap for podman
 #   curl                         manual HTTP checks against published ports
 #   tar, coreutils               image tarballs, sha256sum (essential, listed for completeness)
-PACKAGES=(runc containerd docker.io podman busybox-static iproute2 iptables uidmap curl tar coreutils)
+#   gcc, libc6-dev               the linker and C runtime rustc links with (and the `cc` crate); a
+#                                fresh Debian 12 lacks both, and rustup does not bring them
+#   git                          tests/fresh_clone.rs clones the repository
+PACKAGES=(runc containerd docker.io podman busybox-static iproute2 iptables uidmap curl tar coreutils
+  gcc libc6-dev git)
 
 log() { printf 'setup-test-host: %s\n' "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
 
-[ "$(id -u)" -eq 0 ] || die "run me as root (sudo bash scripts/setup-test-host.sh)"
+[ "$(id -u)" -eq 0 ] || die "run me as root: as root, bash scripts/setup-test-host.sh; as a user with sudo, sudo bash scripts/setup-test-host.sh"
 [ -r /etc/debian_version ] || die "this script supports Debian (12) only"
 
 installed() { [ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null || true)" = "install ok installed" ]; }
@@ -78,15 +82,42 @@ case "$busybox_ldd" in
   *) die "/bin/busybox is missing or not static: need package busybox-static ($busybox_ldd)" ;;
 esac
 
-# Rust: cargo must already be there (rustup or Debian's cargo); nothing is fetched from elsewhere.
+# Rust: cargo and rustc must already be there, at least Cargo.toml's rust-version. Nothing is fetched
+# from elsewhere: installing a toolchain is the user's step, and Debian 12's own cargo/rustc (1.63)
+# is older than rust-version, so the way is rustup (README.md, Prerequisites).
+manifest="$(dirname "${BASH_SOURCE[0]}")/../Cargo.toml"
+need=$(sed -n 's/^rust-version *= *"\([0-9.]*\)".*/\1/p' "$manifest" | head -n 1)
+[ -n "$need" ] || die "no rust-version in $manifest"
+# The same line as README.md's Prerequisites (tests/fresh_clone.rs checks the README's copy).
+prereq="Prerequisites: Rust $need or newer (rust-version in Cargo.toml; Debian 12's cargo 1.63 is too old) with rustfmt and clippy, from rustup.rs: curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal --component rustfmt,clippy && . \"\$HOME/.cargo/env\""
+
+# version_at_least HAVE NEED: numeric, field by field (1.100 > 1.85); a suffix such as -nightly is ignored.
+version_at_least() {
+  local -a have need
+  IFS=. read -r -a have <<<"${1%%-*}"
+  IFS=. read -r -a need <<<"${2%%-*}"
+  local i h n
+  for i in 0 1 2; do
+    h=${have[i]:-0} n=${need[i]:-0}
+    [[ $h =~ ^[0-9]+$ && $n =~ ^[0-9]+$ ]] || return 1
+    if ((10#$h > 10#$n)); then return 0; fi
+    if ((10#$h < 10#$n)); then return 1; fi
+  done
+  return 0
+}
+
 if ! command -v cargo >/dev/null; then
   for d in "${SUDO_USER:+$(getent passwd "$SUDO_USER" | cut -d: -f6)/.cargo/bin}" /root/.cargo/bin; do
     if [ -n "$d" ] && [ -x "$d/cargo" ]; then
-      die "cargo is in $d but not on PATH: run with PATH=\"$d:\$PATH\" (e.g. sudo env PATH=\"\$PATH\" bash scripts/test.sh)"
+      die "cargo is in $d but not on PATH: run . \"$(dirname "$d")/env\" first, or with PATH=\"$d:\$PATH\" (e.g. sudo env PATH=\"\$PATH\" bash scripts/test.sh)"
     fi
   done
-  die "cargo not found: install a Rust toolchain (Debian: apt-get install cargo, or rustup) first"
+  die "cargo not found. $prereq"
 fi
+for tool in cargo rustc; do
+  have=$("$tool" --version 2>/dev/null | cut -d' ' -f2)
+  version_at_least "$have" "$need" || die "$tool ${have:-(no version)} ($(command -v "$tool")) is older than $need. $prereq"
+done
 cargo fmt --version >/dev/null 2>&1 || die "rustfmt missing: rustup component add rustfmt"
 cargo clippy --version >/dev/null 2>&1 || die "clippy missing: rustup component add clippy"
 

@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# The whole test suite, as documented in README.md: `sudo bash scripts/test.sh` (root is needed:
-# the integration tests start private dockerd/containerd/podman/runc instances; see
-# tests/common/engines.rs). Stops at the first failing step with a non-zero exit status.
+# The whole test suite, as documented in README.md: `bash scripts/test.sh` as root (`sudo bash
+# scripts/test.sh` from a user with sudo). Root is needed: the integration tests start private
+# dockerd/containerd/podman/runc instances; see tests/common/engines.rs. tests/fresh_clone.rs (in the
+# cargo test step) clones HEAD into an empty folder and runs the real-capture comparisons there, and
+# fails when any file refers to paths outside the repository. Stops at the first failing step with a
+# non-zero exit status.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

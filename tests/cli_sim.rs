@@ -6,9 +6,11 @@ use migrun::profile::{self, ProfileSpec};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 
+/// A file of the real H100 capture, kept in the repository (tests/fixtures/README.md says where it
+/// came from) so that a fresh clone compares against it with nothing outside the checkout.
 fn fixture(name: &str) -> String {
     let p = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/fixtures/h100-80gb-hbm3")
+        .join("tests/fixtures/h100-80gb-hbm3")
         .join(name);
     std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("fixture {} missing: {e}", p.display()))
 }

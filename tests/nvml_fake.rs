@@ -8,18 +8,10 @@ use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-/// The real H100 capture: `../shared/fixtures` from the repo root (the main checkout), or from a
-/// parent of it (a worktree nested deeper under the same project dir).
+/// The real H100 capture, kept in the repository (tests/fixtures/README.md says where it came from)
+/// so that a fresh clone compares against it with nothing outside the checkout.
 fn fixture_dir() -> PathBuf {
-    let primary = Path::new(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../shared/fixtures/h100-80gb-hbm3"
-    ));
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .ancestors()
-        .map(|a| a.join("shared/fixtures/h100-80gb-hbm3"))
-        .find(|p| p.is_dir())
-        .unwrap_or_else(|| primary.to_path_buf())
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/h100-80gb-hbm3")
 }
 
 fn fixture(name: &str) -> String {

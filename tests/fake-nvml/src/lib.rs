@@ -47,7 +47,7 @@ const UNKNOWN: Ret = nvmlReturn_enum_NVML_ERROR_UNKNOWN;
 const NOT_AVAILABLE: c_uint = c_uint::MAX;
 /// nvmlProcessInfo_t's gpuInstanceId / computeInstanceId for a process outside MIG.
 const NO_INSTANCE: c_uint = 0xFFFF_FFFF;
-/// What nvmlSystemGetDriverVersion reports (the driver of the H100 capture in shared/fixtures).
+/// What nvmlSystemGetDriverVersion reports (the driver of the H100 capture in tests/fixtures).
 const DRIVER_VERSION: &str = "580.159.04";
 /// Product name of a GPU listed in MIGRUN_FAKE_NVML_NOMIG.
 const NOMIG_NAME: &str = "Fake non-MIG GPU";
