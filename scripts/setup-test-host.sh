@@ -19,7 +19,8 @@ set -euo pipefail
 #   gcc, libc6-dev               the linker and C runtime rustc links with (and the `cc` crate); a
 #                                fresh Debian 12 lacks both, and rustup does not bring them
 #   git                          tests/fresh_clone.rs clones the repository
-PACKAGES=(runc containerd docker.io podman busybox-static iproute2 iptables uidmap curl tar coreutils
+#   sudo                         tests/sudo_rule.rs runs migrun through a real sudoers rule
+PACKAGES=(sudo runc containerd docker.io podman busybox-static iproute2 iptables uidmap curl tar coreutils
   gcc libc6-dev git)
 
 log() { printf 'setup-test-host: %s\n' "$*" >&2; }
@@ -73,7 +74,7 @@ fi
 
 # Check what the tests need really is there (PATH may lack the sbin dirs under sudo -E etc.).
 export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
-for b in runc dockerd docker docker-proxy containerd containerd-shim-runc-v2 ctr podman conmon ip tar sha256sum; do
+for b in runc dockerd docker docker-proxy containerd containerd-shim-runc-v2 ctr podman conmon ip tar sha256sum sudo visudo runuser git; do
   command -v "$b" >/dev/null || die "$b not found after installing ${PACKAGES[*]}"
 done
 busybox_ldd=$(LC_ALL=C ldd /bin/busybox 2>&1 || true)

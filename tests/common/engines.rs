@@ -92,7 +92,7 @@ pub fn require_root() {
     let euid = unsafe { libc::geteuid() };
     assert!(
         euid == 0,
-        "container engine tests must run as root (euid is {euid}): use `sudo bash scripts/test.sh`"
+        "container engine tests must run as root (euid is {euid}): run `bash scripts/test.sh` as root, or `sudo bash scripts/test.sh`"
     );
 }
 
