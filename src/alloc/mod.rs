@@ -574,6 +574,8 @@ pub fn sweep_records(
             created.push(r);
         }
     }
+    // Records skipped as not migrun's (a field that cannot be, e.g. a path for a UUID) are reported, never used.
+    report.notes.extend(reg.take_skipped());
     Ok(Swept {
         state,
         leases,

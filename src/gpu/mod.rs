@@ -335,6 +335,10 @@ pub enum GpuError {
     },
     #[error("simulator state: {0}")]
     Sim(String),
+    /// Reading or writing the simulated machine's file failed mid-operation (a full or read-only file system):
+    /// the operation failed, the spec was fine.
+    #[error("simulator state: {0}")]
+    SimIo(String),
 }
 
 impl GpuError {

@@ -1,0 +1,279 @@
+//! Attacks on and faults of the state dir, each performed for real: planted and crafted records, FIFOs and huge
+//! files, open sub-directories, a symlink given with a trailing slash, a full or read-only file system. Needs root,
+//! no GPU.
+
+mod alloc_support;
+
+use alloc_support::{instances, Sim};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// Run `cmd`, killing it (and failing the test) if it takes longer than `limit`: a hang is the bug.
+fn run_within(mut cmd: Command, limit: Duration) -> Output {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "migrun hung for more than {limit:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
+fn chmod(p: &Path, mode: u32) {
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// An intent naming `gpu_uuid` and GI `gi`, as a crashed allocation of lease `lease` would have left it.
+fn intent_json(lease: u64, gpu_uuid: &str, gi: Option<u32>, start: u32, size: u32) -> String {
+    serde_json::json!({
+        "lease": lease, "gpu_index": 0, "gpu_uuid": gpu_uuid, "profile_id": 9, "profile": "3g.40gb",
+        "placement": {"start": start, "size": size}, "gi": gi, "pid": 1, "created_at": 1
+    })
+    .to_string()
+}
+
+fn gpu0_uuid(sim: &Sim) -> String {
+    sim.status()["gpus"][0]["uuid"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+// ---- (11) record fields as paths, sub-directories, trailing slash ----
+
+#[test]
+fn a_path_in_a_record_field_is_skipped_and_never_used() {
+    let sim = Sim::new("h100-80gb");
+    sim.ok(&["status"]);
+    // The file root's gc would have removed: created/<gpu_uuid>-<gi>.json with a gpu_uuid that climbs out.
+    let victim_dir = sim.tmp.path().join("victim");
+    std::fs::create_dir(&victim_dir).unwrap();
+    std::fs::write(victim_dir.join("db-1.json"), "precious").unwrap();
+    let intents = sim.state_dir().join("intents");
+    std::fs::write(
+        intents.join("5.json"),
+        intent_json(5, "../../victim/db", Some(1), 0, 4),
+    )
+    .unwrap();
+    chmod(&intents.join("5.json"), 0o600);
+    let out = sim.run(&["gc"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        std::fs::read_to_string(victim_dir.join("db-1.json")).unwrap(),
+        "precious"
+    );
+    let said = stdout(&out);
+    assert!(
+        said.contains("intents/5.json is not a record migrun wrote")
+            && said.contains("is not a GPU UUID"),
+        "{said}"
+    );
+    // Skipped, not used: allocation goes on around it.
+    sim.alloc(&["--profile", "1g.10gb"]);
+}
+
+#[test]
+fn an_open_intents_dir_is_refused_so_a_planted_intent_never_destroys() {
+    let sim = Sim::new("h100-80gb");
+    sim.ok(&["status"]);
+    // An admin's instance, and an intent (with its GI id) claiming it, planted by uid 65534 through a 0777
+    // intents/ inside a 0711 state dir.
+    let (gi, uuid) = sim.create_foreign(0, 9);
+    chmod(&sim.state_dir(), 0o711);
+    let intents = sim.state_dir().join("intents");
+    chmod(&intents, 0o777);
+    let planted = intents.join("9.json");
+    let gpu = gpu0_uuid(&sim);
+    let start = sim.status()["gpus"][0]["instances"][0]["placement"]["start"]
+        .as_u64()
+        .unwrap() as u32;
+    std::fs::write(&planted, intent_json(9, &gpu, Some(gi), start, 4)).unwrap();
+    std::os::unix::fs::chown(&planted, Some(65534), Some(65534)).unwrap();
+    let out = sim.run(&["gc"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("state sub-directory")
+            && stderr(&out).contains("intents is writable by group or others (mode 777)"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(instances(&sim.status())
+        .iter()
+        .any(|(_, _, u)| u.as_deref() == Some(&*uuid)));
+    // Closed again, the intent someone else wrote is still not believed.
+    chmod(&intents, 0o700);
+    let out = sim.run(&["gc"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("is owned by uid 65534"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(instances(&sim.status())
+        .iter()
+        .any(|(_, _, u)| u.as_deref() == Some(&*uuid)));
+}
+
+#[test]
+fn a_trailing_slash_does_not_let_a_symlinked_state_dir_through() {
+    let sim = Sim::new("h100-80gb");
+    let real = sim.tmp.path().join("real");
+    std::fs::create_dir(&real).unwrap();
+    chmod(&real, 0o700);
+    let link = sim.tmp.path().join("link");
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+    for given in ["link/", "link/.", "link//"] {
+        let out = sim
+            .cmd(&["alloc", "--profile", "1g.10gb"])
+            .env("MIGRUN_STATE_DIR", sim.tmp.path().join(given))
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{given}: {}", stderr(&out));
+        assert!(stderr(&out).contains("is a symlink"), "{}", stderr(&out));
+    }
+    assert!(std::fs::read_dir(&real).unwrap().next().is_none());
+}
+
+// ---- (12) FIFOs and huge files ----
+
+#[test]
+fn a_fifo_in_place_of_a_record_is_refused_without_hanging() {
+    let sim = Sim::new("h100-80gb");
+    let (_, id) = sim.alloc(&["--profile", "1g.10gb"]);
+    let p = sim.state_dir().join(format!("leases/{id}.json"));
+    std::fs::remove_file(&p).unwrap();
+    nix::unistd::mkfifo(&p, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    for args in [
+        vec!["gc"],
+        vec!["release", "1"],
+        vec!["alloc", "--profile", "1g.10gb"],
+    ] {
+        let out = run_within(sim.cmd(&args), Duration::from_secs(20));
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains("is a symlink or not a regular file"),
+            "{}",
+            stderr(&out)
+        );
+    }
+    // The lock is not held by anyone afterwards: once the FIFO is gone, migrun works.
+    std::fs::remove_file(&p).unwrap();
+    run_within(sim.cmd(&["gc"]), Duration::from_secs(20));
+    sim.alloc(&["--profile", "1g.10gb"]);
+}
+
+#[test]
+fn a_huge_record_is_refused_without_reading_it() {
+    let sim = Sim::new("h100-80gb");
+    let (_, id) = sim.alloc(&["--profile", "1g.10gb"]);
+    let p = sim.state_dir().join(format!("leases/{id}.json"));
+    // 1 GiB, sparse: reading it whole would cost a gigabyte of memory.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&p)
+        .unwrap()
+        .set_len(1 << 30)
+        .unwrap();
+    let out = run_within(sim.cmd(&["gc"]), Duration::from_secs(20));
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("is larger than the 1048576 bytes migrun reads"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+// ---- (14) a full or read-only file system ----
+
+/// A small tmpfs mounted for one test, unmounted when dropped.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(at: &Path, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(at).unwrap();
+        let ok = Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=700"),
+                "tmpfs",
+            ])
+            .arg(at)
+            .status()
+            .unwrap()
+            .success();
+        assert!(
+            ok,
+            "this test needs to mount a tmpfs (root with CAP_SYS_ADMIN)"
+        );
+        Tmpfs(at.to_path_buf())
+    }
+    fn remount(&self, opt: &str) {
+        let ok = Command::new("mount")
+            .args(["-o", &format!("remount,{opt}")])
+            .arg(&self.0)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok);
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_full_state_dir_mid_operation_fails_the_operation_and_names_the_file() {
+    let sim = Sim::new("h100-80gb");
+    let fs = Tmpfs::mount(&sim.state_dir(), "256k");
+    sim.ok(&["status"]);
+    // Fill it: the state dir opens and passes its checks, the first write fails.
+    let _ = std::fs::write(sim.state_dir().join("filler"), vec![0u8; 1 << 20]);
+    let out = sim.run(&["alloc", "--profile", "1g.10gb"]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("failed: No space left on device (os error 28)")
+            && err.contains(&sim.state_dir().display().to_string()),
+        "{err}"
+    );
+    assert!(!err.contains("choose a writable --state-dir"), "{err}");
+    std::fs::remove_file(sim.state_dir().join("filler")).unwrap();
+    sim.alloc(&["--profile", "1g.10gb"]);
+
+    // Read-only when migrun starts: that is the state dir being unusable (exit 2), as before.
+    fs.remount("ro");
+    let out = sim.run(&["alloc", "--profile", "1g.10gb"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("choose a writable --state-dir"),
+        "{}",
+        stderr(&out)
+    );
+}
