@@ -1,6 +1,6 @@
 //! Attacks on and faults of the state dir, each performed for real: planted and crafted records, FIFOs and huge
-//! files, open sub-directories, a symlink given with a trailing slash, a full or read-only file system. Needs root,
-//! no GPU.
+//! files, open sub-directories, a symlink given with a trailing slash, a full or read-only file system, an
+//! interrupted allocation next to an admin's instance. Needs root, no GPU.
 
 mod alloc_support;
 
@@ -276,4 +276,45 @@ fn a_full_state_dir_mid_operation_fails_the_operation_and_names_the_file() {
         "{}",
         stderr(&out)
     );
+}
+
+// ---- (4) an intent never licenses destroying someone else's instance ----
+
+#[test]
+fn an_intent_without_a_gi_never_destroys_an_instance_made_at_its_place() {
+    let sim = Sim::new("h100-80gb");
+    sim.ok(&["status"]);
+    alloc_support::scenarios::crash(&sim, "after-intent", &["alloc", "--profile", "3g.40gb"]);
+    let intent: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(sim.state_dir().join("intents/1.json")).unwrap())
+            .unwrap();
+    assert!(intent["gi"].is_null());
+    // The admin creates the same profile at the very placement the dead allocation had chosen.
+    let start = intent["placement"]["start"].as_u64().unwrap() as u32;
+    let profile = intent["profile_id"].as_u64().unwrap() as u32;
+    let admins = sim.update(|m| {
+        let gi = m.create_gi(0, profile, start).unwrap();
+        m.create_default_ci(0, gi).unwrap().mig_uuid
+    });
+    let gc = sim.ok(&["gc"]);
+    let status = sim.status();
+    assert!(
+        instances(&status)
+            .iter()
+            .any(|(_, _, u)| u.as_deref() == Some(&*admins)),
+        "gc destroyed the admin's instance: {gc}"
+    );
+    assert!(
+        gc.contains("migrun cannot tell, so it leaves it alone"),
+        "{gc}"
+    );
+    assert!(std::fs::read_dir(sim.state_dir().join("intents"))
+        .unwrap()
+        .next()
+        .is_none());
+    // It is a found instance now: handed out, never destroyed.
+    let json: serde_json::Value =
+        serde_json::from_str(&sim.ok(&["alloc", "--profile", "3g.40gb", "--json"])).unwrap();
+    assert_eq!(json["mig_uuid"], admins.as_str());
+    assert_eq!(json["created"], false);
 }

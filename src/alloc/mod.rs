@@ -591,24 +591,23 @@ fn repair_intent(
     intent: &Intent,
     report: &mut GcReport,
 ) -> Result<(), AllocError> {
-    let created = reg.created()?;
+    let leased =
+        |gpu_uuid: &str, gi: u32| leases.iter().any(|l| l.gpu_uuid == gpu_uuid && l.gi == gi);
+    let Some(gi) = intent.gi else {
+        return drop_unbound_intent(reg, state, intent, &leased, report);
+    };
+    // The intent licenses destroying only the instance its create returned: that GI id, with the profile
+    // and placement it was asked for.
     let found = gpu_by_uuid(state, &intent.gpu_uuid).and_then(|g| {
         let i = g.instances.iter().find(|i| {
-            i.profile_id == intent.profile_id
-                && i.placement == intent.placement
-                && intent.gi.map_or(true, |gi| gi == i.id)
+            i.id == gi && i.profile_id == intent.profile_id && i.placement == intent.placement
         })?;
         Some((g.clone(), i.clone()))
     });
     let Some((g, i)) = found else {
-        // The create never happened (or the instance is gone already).
-        if let Some(gi) = intent.gi {
-            if !leases
-                .iter()
-                .any(|l| l.gpu_uuid == intent.gpu_uuid && l.gi == gi)
-            {
-                reg.remove_created(&intent.gpu_uuid, gi)?;
-            }
+        // The instance is gone already (or was replaced: then it is not the one the intent made).
+        if !leased(&intent.gpu_uuid, gi) {
+            reg.remove_created(&intent.gpu_uuid, gi)?;
         }
         reg.remove_intent(intent.lease)?;
         report.notes.push(format!(
@@ -617,15 +616,8 @@ fn repair_intent(
         ));
         return Ok(());
     };
-    let leased = leases
-        .iter()
-        .any(|l| l.gpu_uuid == g.info.uuid && l.gi == i.id);
-    // Without a journaled GI id, an instance someone already accounts for (a lease, a kept record) is not ours to destroy.
-    let accounted = intent.gi.is_none()
-        && created
-            .iter()
-            .any(|r| r.gpu_uuid == g.info.uuid && r.gi == i.id);
-    if leased || accounted {
+    if leased(&g.info.uuid, i.id) {
+        // The allocation did finish: its lease stands for the instance.
         reg.remove_intent(intent.lease)?;
         return Ok(());
     }
@@ -647,6 +639,47 @@ fn repair_intent(
         }
         Err(DestroyError::Other(e)) => return Err(e.into()),
     }
+    Ok(())
+}
+
+/// An intent without a journaled GI id: the allocation died before the driver's create returned, or in
+/// the instant between that and the journal write. An instance of its profile at its placement may be
+/// the one it made, or one someone made there since (an admin's `nvidia-smi mig -cgi`); nothing on the
+/// device tells them apart, so the intent licenses no destroy. It is dropped, and a candidate instance
+/// is left alone and reported, for a person to judge.
+fn drop_unbound_intent(
+    reg: &Registry,
+    state: &MigState,
+    intent: &Intent,
+    leased: &dyn Fn(&str, u32) -> bool,
+    report: &mut GcReport,
+) -> Result<(), AllocError> {
+    let created = reg.created()?;
+    let candidate = gpu_by_uuid(state, &intent.gpu_uuid).and_then(|g| {
+        g.instances
+            .iter()
+            .find(|i| {
+                i.profile_id == intent.profile_id
+                    && i.placement == intent.placement
+                    && !leased(&g.info.uuid, i.id)
+                    && !created
+                        .iter()
+                        .any(|r| r.gpu_uuid == g.info.uuid && r.gi == i.id)
+            })
+            .map(|i| (g.info.index, i.id))
+    });
+    reg.remove_intent(intent.lease)?;
+    let head = format!(
+        "dropped the journal of an interrupted allocation (lease {}, {} at {} on GPU {})",
+        intent.lease, intent.profile, intent.placement, intent.gpu_index
+    );
+    report.notes.push(match candidate {
+        None => format!("{head}: no instance of it exists"),
+        Some((gpu, gi)) => format!(
+            "{head}: GI {gi} there may be what it left or someone else's, and migrun cannot tell, so it leaves it alone \
+             (if nobody uses it, remove it with `migrun teardown --gpu {gpu} --include-foreign` or nvidia-smi)"
+        ),
+    });
     Ok(())
 }
 
