@@ -1,10 +1,10 @@
 //! Attacks on and faults of the state dir, each performed for real: planted and crafted records, FIFOs and huge
 //! files, open sub-directories, a symlink given with a trailing slash, a full or read-only file system, an
-//! interrupted allocation next to an admin's instance. Needs root, no GPU.
+//! interrupted allocation next to an admin's instance, an unprintable allocation. Needs root, no GPU.
 
 mod alloc_support;
 
-use alloc_support::{instances, Sim};
+use alloc_support::{instances, leases, Sim};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -317,4 +317,52 @@ fn an_intent_without_a_gi_never_destroys_an_instance_made_at_its_place() {
         serde_json::from_str(&sim.ok(&["alloc", "--profile", "3g.40gb", "--json"])).unwrap();
     assert_eq!(json["mig_uuid"], admins.as_str());
     assert_eq!(json["created"], false);
+}
+
+// ---- (13) output that cannot be printed, non-ASCII targets ----
+
+#[test]
+fn an_allocation_nobody_could_read_is_given_back() {
+    for json in [false, true] {
+        let sim = Sim::new("h100-80gb");
+        sim.ok(&["status"]);
+        // stdout is a pipe whose reader is gone (`migrun alloc --json | true`, after `true` exited).
+        let (r, w) = nix::unistd::pipe().unwrap();
+        drop(r);
+        let mut args = vec!["alloc", "--profile", "1g.10gb"];
+        if json {
+            args.push("--json");
+        }
+        let out = sim
+            .cmd(&args)
+            .stdout(Stdio::from(w))
+            .stderr(Stdio::piped())
+            .output()
+            .unwrap();
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(
+            err.contains("was granted but printing it failed: Broken pipe")
+                && err.contains("the lease was released again, nothing is held"),
+            "{err}"
+        );
+        assert!(!err.contains("panicked"), "{err}");
+        let status = sim.status();
+        assert!(leases(&status).is_empty() && instances(&status).is_empty());
+    }
+}
+
+#[test]
+fn a_non_ascii_release_target_is_unknown_not_a_panic() {
+    let sim = Sim::new("h100-80gb");
+    sim.ok(&["status"]);
+    for target in ["MI€-x", "€", "MIG€-1"] {
+        let out = sim.run(&["release", target]);
+        assert_eq!(out.status.code(), Some(2), "{target}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains(&format!("no lease {target}")),
+            "{}",
+            stderr(&out)
+        );
+    }
 }

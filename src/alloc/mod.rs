@@ -157,6 +157,15 @@ pub enum AllocError {
     },
     #[error("{0} is not implemented yet")]
     NotYet(&'static str),
+    /// The lease was granted but could not be told to the caller (stdout closed or full), so nobody would
+    /// ever release it; it was released again (or says how to).
+    #[error("lease {lease} ({mig_uuid}) was granted but printing it failed: {err}; {}", match .undo { None => "the lease was released again, nothing is held".to_string(), Some(e) => format!("releasing it again failed too ({e}); release it with `migrun release {lease}`") })]
+    Unreported {
+        lease: LeaseId,
+        mig_uuid: String,
+        err: std::io::Error,
+        undo: Option<String>,
+    },
 }
 
 /// A failed compute-instance create, and what became of the GPU instance made just before it.
@@ -192,7 +201,9 @@ pub fn exit_code_of(e: &(dyn std::error::Error + 'static)) -> Option<i32> {
         | AllocError::LimitReached { .. }
         | AllocError::NoGpus => exit::USAGE,
         AllocError::NotYours { .. } => exit::PRIVILEGE,
-        AllocError::CreateCi(_) | AllocError::NotYet(_) => exit::FAILED,
+        AllocError::CreateCi(_) | AllocError::NotYet(_) | AllocError::Unreported { .. } => {
+            exit::FAILED
+        }
     })
 }
 
@@ -1175,7 +1186,8 @@ fn find_lease(reg: &Registry, target: &str) -> Result<Lease, AllocError> {
     let t = target.trim();
     let found = if let Ok(id) = t.parse::<LeaseId>() {
         reg.lease(id)?
-    } else if t.len() > 4 && t[..4].eq_ignore_ascii_case("MIG-") {
+    } else if t.len() > 4 && t.as_bytes()[..4].eq_ignore_ascii_case(b"MIG-") {
+        // Compared as bytes: the target is user input, and `MI€-x` has no char boundary at byte 4.
         reg.leases()?
             .into_iter()
             .find(|l| l.mig_uuid.eq_ignore_ascii_case(t))

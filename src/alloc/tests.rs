@@ -683,3 +683,12 @@ fn idle_kept_instances_make_room_but_leased_busy_and_foreign_ones_do_not() {
         AllocError::NoRoom(_)
     ));
 }
+
+#[test]
+fn a_release_target_that_is_not_ascii_is_unknown_not_a_panic() {
+    let mut e = env("h100-80gb:1");
+    for target in ["MI€-x", "€€€€€", "MIG€", "MIG-€"] {
+        let err = e.release(target).unwrap_err();
+        assert!(err.to_string().contains("no lease"), "{target}: {err}");
+    }
+}
