@@ -123,6 +123,13 @@ fn case(id: &str, sim: &Sim) -> Option<Case> {
         "cli-bad-simulate" => c("", init, s(&["--simulate", "nosuch", "status"])),
         "cli-too-big" => c("", init, s(&["alloc", "--min-mem", "200g"])),
         "cli-non-ascii-lease" => c("", init, s(&["release", "MI€-x"])),
+        "mig-disable-pending" => c(
+            "",
+            |sim| {
+                sim.ok(&["mig", "disable", "--gpu", "0"]);
+            },
+            s(&["alloc", "--profile", "1g.10gb", "--gpu", "0"]),
+        ),
         "cfg-unknown-key" => c("max_leases_totl = 3", none, s(&["status"])),
         "cfg-bad-type" => c("max_leases_total = \"many\"", none, s(&["status"])),
         "cfg-bad-release" => c("release = \"recycle\"", none, s(&["status"])),
@@ -409,6 +416,7 @@ fn every_documented_bad_input_fails_cleanly_and_leaves_nothing() {
         "cli-bad-simulate",
         "cli-too-big",
         "cli-non-ascii-lease",
+        "mig-disable-pending",
         "cfg-unknown-key",
         "cfg-bad-type",
         "cfg-bad-release",

@@ -1,6 +1,7 @@
 //! Attacks on and faults of the state dir, each performed for real: planted and crafted records, FIFOs and huge
 //! files, open sub-directories, a symlink given with a trailing slash, a full or read-only file system, an
-//! interrupted allocation next to an admin's instance, an unprintable allocation. Needs root, no GPU.
+//! interrupted allocation next to an admin's instance, an unprintable allocation, a MIG mode change racing an
+//! allocation. Needs root, no GPU.
 
 mod alloc_support;
 
@@ -365,4 +366,41 @@ fn a_non_ascii_release_target_is_unknown_not_a_panic() {
             stderr(&out)
         );
     }
+}
+
+// ---- (14) MIG mode changes and allocation ----
+
+#[test]
+fn mig_mode_changes_take_the_allocation_lock_and_a_pending_disable_refuses_allocation() {
+    let sim = Sim::new("h100-80gb:2");
+    sim.ok(&["status"]);
+    // While an allocation holds the lock, a mode change waits for it.
+    let lock = migrun::statedir::lock_file(&sim.state_dir().join("alloc.lock")).unwrap();
+    let mut child = sim
+        .cmd(&["mig", "disable", "--gpu", "0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(700));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "mig disable did not wait for the allocation lock"
+    );
+    drop(lock);
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("pending"), "{}", stdout(&out));
+
+    let out = sim.run(&["alloc", "--profile", "1g.10gb", "--gpu", "0"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("disabling MIG mode is pending on it"),
+        "{}",
+        stderr(&out)
+    );
+    // Without --gpu, the other GPU serves.
+    let json: serde_json::Value =
+        serde_json::from_str(&sim.ok(&["alloc", "--profile", "1g.10gb", "--json"])).unwrap();
+    assert_eq!(json["gpu"], 1);
 }
