@@ -224,6 +224,20 @@ fn case(id: &str, sim: &Sim) -> Option<Case> {
             },
             s(&["alloc", "--profile", "1g.10gb"]),
         ),
+        "dir-other-backend" => c(
+            "",
+            |sim| {
+                fresh_dir(&sim.state_dir(), 0o700);
+                let p = sim.state_dir().join("backend.json");
+                std::fs::write(
+                    &p,
+                    r#"{"schema": 1, "backend": "nvml", "gpus": ["GPU-0a1b"]}"#,
+                )
+                .unwrap();
+                std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o600)).unwrap();
+            },
+            s(&["alloc", "--profile", "1g.10gb"]),
+        ),
         "lease-fifo" => c(
             "",
             |sim| {
@@ -433,6 +447,7 @@ fn every_documented_bad_input_fails_cleanly_and_leaves_nothing() {
         "dir-not-a-dir",
         "dir-trailing-slash",
         "dir-open-subdir",
+        "dir-other-backend",
         "lease-symlink",
         "lease-garbage",
         "lease-fifo",

@@ -1,11 +1,13 @@
 //! Attacks on and faults of the state dir, each performed for real: planted and crafted records, FIFOs and huge
-//! files, open sub-directories, a symlink given with a trailing slash, a full or read-only file system, an
-//! interrupted allocation next to an admin's instance, an unprintable allocation, a MIG mode change racing an
-//! allocation. Needs root, no GPU.
+//! files, open sub-directories, a symlink given with a trailing slash, a full file system mid-operation, an
+//! interrupted allocation next to an admin's instance, an unprintable allocation, and state dirs used with the
+//! wrong machine or twice on the same GPUs (through the fake libnvidia-ml.so). Needs root, no GPU.
 
 mod alloc_support;
+mod common;
 
 use alloc_support::{instances, leases, Sim};
+use common::fake_nvml::FakeNvml;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -403,4 +405,138 @@ fn mig_mode_changes_take_the_allocation_lock_and_a_pending_disable_refuses_alloc
     let json: serde_json::Value =
         serde_json::from_str(&sim.ok(&["alloc", "--profile", "1g.10gb", "--json"])).unwrap();
     assert_eq!(json["gpu"], 1);
+}
+
+// ---- (5) a state dir is for one machine, and real GPUs for one state dir ----
+
+fn fake_cmd(fake: &FakeNvml, state: &Path) -> assert_cmd::Command {
+    let mut c = fake.command();
+    c.env("MIGRUN_STATE_DIR", state)
+        .env("MIGRUN_CONFIG", fake.dir().join("config.toml"));
+    c
+}
+
+fn fake_ok(fake: &FakeNvml, state: &Path, args: &[&str]) -> String {
+    let out = fake_cmd(fake, state).args(args).output().unwrap();
+    assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+    stdout(&out)
+}
+
+fn fake_fails(fake: &FakeNvml, state: &Path, args: &[&str]) -> String {
+    let out = fake_cmd(fake, state).args(args).output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+    stderr(&out)
+}
+
+fn new_fake(spec: &str) -> FakeNvml {
+    let f = FakeNvml::new(spec);
+    std::fs::write(f.dir().join("config.toml"), "").unwrap();
+    f
+}
+
+#[test]
+fn the_simulator_is_refused_on_a_state_dir_for_real_gpus() {
+    let fake = new_fake("h100-80gb:2");
+    let state = fake.state_dir();
+    fake_ok(&fake, &state, &["alloc", "--profile", "3g.40gb"]);
+    let before = std::fs::read(state.join("leases/1.json")).unwrap();
+    let out = Command::new(alloc_support::BIN)
+        .args(["--state-dir"])
+        .arg(&state)
+        .arg("gc")
+        .env("MIGRUN_SIMULATE", "h100-80gb:2")
+        .env("MIGRUN_CONFIG", fake.dir().join("config.toml"))
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("belongs to the NVIDIA driver (NVML: GPU-")
+            && err.contains("not to the simulator (--simulate h100-80gb:2)")
+            && err.contains("run migrun without --simulate"),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    // Nothing was touched: the lease stands, and no simulated machine was written there.
+    assert_eq!(std::fs::read(state.join("leases/1.json")).unwrap(), before);
+    assert!(!state.join("sim.json").exists());
+    fake_ok(&fake, &state, &["gc"]);
+    assert!(state.join("leases/1.json").exists());
+}
+
+#[test]
+fn real_gpus_are_refused_on_a_simulator_state_dir() {
+    let fake = new_fake("h100-80gb:2");
+    let state = fake.dir().join("sim-state");
+    let out = Command::new(alloc_support::BIN)
+        .args(["--simulate", "h100-80gb:2", "--state-dir"])
+        .arg(&state)
+        .args(["alloc", "--profile", "1g.10gb"])
+        .env("MIGRUN_CONFIG", fake.dir().join("config.toml"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let err = fake_fails(&fake, &state, &["gc"]);
+    assert!(
+        err.contains("belongs to the simulator (--simulate h100-80gb:2), not to the NVIDIA driver"),
+        "{err}"
+    );
+    assert!(fake.machine().gpus.iter().all(|g| g.instances.is_empty()));
+}
+
+#[test]
+fn a_second_state_dir_on_the_same_gpus_is_refused_until_the_first_is_gone() {
+    let fake = new_fake("h100-80gb:2");
+    let a = fake.dir().join("a");
+    let b = fake.dir().join("b");
+    fake_ok(&fake, &a, &["alloc", "--profile", "7g.80gb"]);
+    fake_ok(&fake, &a, &["alloc", "--profile", "7g.80gb"]);
+    // B would see two unleased, found instances and hand them out again; it is refused instead.
+    let err = fake_fails(&fake, &b, &["alloc", "--profile", "7g.80gb"]);
+    assert!(
+        err.contains(&format!("is managed through state dir {}", a.display()))
+            && err.contains("a second state dir would lease its MIG instances twice"),
+        "{err}"
+    );
+    fake_fails(&fake, &b, &["gc"]);
+    assert_eq!(
+        std::fs::read_dir(b.join("leases")).unwrap().count(),
+        0,
+        "nothing leased through B"
+    );
+    // Releasing through A works as before.
+    fake_ok(&fake, &a, &["release", "1"]);
+    fake_ok(&fake, &a, &["release", "2"]);
+    // Once A is gone, its claims are stale and B may take the GPUs.
+    std::fs::remove_dir_all(&a).unwrap();
+    fake_ok(&fake, &b, &["alloc", "--profile", "7g.80gb"]);
+}
+
+#[test]
+fn a_managed_gpu_that_nvml_no_longer_shows_stops_gc_instead_of_dropping_its_leases() {
+    let two = new_fake("h100-80gb:2");
+    let state = two.state_dir();
+    fake_ok(
+        &two,
+        &state,
+        &["alloc", "--profile", "7g.80gb", "--gpu", "1"],
+    );
+    // The same host seen with one GPU (GPU 0 has the same UUID; GPU 1 is hidden), claims in the same place.
+    let claims = two
+        .env()
+        .into_iter()
+        .find(|(k, _)| k == migrun::alloc::binding::CLAIMS_ENV)
+        .unwrap()
+        .1;
+    let one = new_fake("h100-80gb:1").with_var(migrun::alloc::binding::CLAIMS_ENV, &claims);
+    std::fs::write(one.dir().join("config.toml"), "").unwrap();
+    let err = fake_fails(&one, &state, &["gc"]);
+    assert!(
+        err.contains("which NVML does not show now")
+            && err.contains("migrun will not drop their leases"),
+        "{err}"
+    );
+    assert!(state.join("leases/1.json").exists());
+    fake_ok(&two, &state, &["gc"]);
+    assert!(state.join("leases/1.json").exists());
 }

@@ -10,6 +10,7 @@
 //! draining instances destroyed, and leases of vanished instances dropped. The on-disk protocol is
 //! described in docs/leases.md.
 
+pub mod binding;
 pub mod plan;
 mod teardown;
 pub mod testhook;
@@ -112,6 +113,9 @@ pub enum AllocError {
     Gpu(#[from] GpuError),
     #[error(transparent)]
     Lease(#[from] LeaseError),
+    /// The state dir is for another machine, or another state dir manages these GPUs.
+    #[error(transparent)]
+    Binding(#[from] binding::BindingError),
     #[error(transparent)]
     Profile(#[from] ProfileError),
     #[error(transparent)]
@@ -187,9 +191,13 @@ pub fn exit_code_of(e: &(dyn std::error::Error + 'static)) -> Option<i32> {
     if e.is::<SizeError>() {
         return Some(exit::USAGE);
     }
+    if let Some(b) = e.downcast_ref::<binding::BindingError>() {
+        return Some(binding::exit_code(b));
+    }
     let e = e.downcast_ref::<AllocError>()?;
     Some(match e {
         AllocError::Gpu(g) => g.exit_code(),
+        AllocError::Binding(b) => binding::exit_code(b),
         AllocError::Lease(l) => lease::exit_code_of(l).unwrap_or(exit::FAILED),
         AllocError::Profile(p) => p.exit_code(),
         AllocError::NoRoom(_) | AllocError::Queued { .. } => exit::NO_ROOM,
@@ -525,6 +533,8 @@ pub fn sweep_records(
     report: &mut GcReport,
 ) -> Result<Swept, AllocError> {
     let mut state = backend.snapshot()?;
+    // Before any record is acted on: the records must be about this machine's GPUs.
+    binding::bind(reg.dir(), &backend.kind(), &state, config)?;
     let first = reg.leases()?;
     let intents = reg.intents()?;
     // Any repair or release below rewrites lease files; then they are read again.
@@ -1229,6 +1239,7 @@ where
         };
         last = Some(l.clone());
         let mut state = backend.snapshot()?;
+        binding::bind(reg.dir(), &backend.kind(), &state, config)?;
         let outcome = finish(backend, &reg, config, &mut state, l)?;
         if !matches!(outcome, ReleaseOutcome::Draining { .. })
             || attempt == RELEASE_BACKOFF_MS.len()

@@ -563,6 +563,9 @@ struct Racer<'a> {
 }
 
 impl Backend for Racer<'_> {
+    fn kind(&self) -> crate::gpu::BackendKind {
+        self.sim.kind()
+    }
     fn gpus(&mut self) -> Result<Vec<crate::gpu::GpuInfo>, GpuError> {
         self.sim.gpus()
     }

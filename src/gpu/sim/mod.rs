@@ -212,6 +212,11 @@ impl SimBackend {
 }
 
 impl Backend for SimBackend {
+    fn kind(&self) -> super::BackendKind {
+        super::BackendKind::Simulator {
+            spec: self.spec.to_string(),
+        }
+    }
     fn gpus(&mut self) -> Result<Vec<GpuInfo>, GpuError> {
         self.store.update(&self.spec, |m| m.gpu_infos())
     }
