@@ -46,9 +46,20 @@ usage_errors!(
     crate::profile::ProfileError,
     crate::gpu::sim::SpecError,
     crate::gpu::sim::models::ModelError,
-    crate::statedir::StateDirError,
     crate::commands::InputError
 );
+
+impl ExitCodeOf for crate::statedir::StateDirError {
+    /// A state dir or file to fix is bad input; an I/O failure after the start (a full or read-only file
+    /// system) is the operation failing, not the caller's mistake.
+    fn exit_code(&self) -> i32 {
+        if self.is_io() {
+            FAILED
+        } else {
+            USAGE
+        }
+    }
+}
 
 /// The exit code for an error chain: the first error in the chain that knows its code decides.
 pub fn code_for(err: &anyhow::Error) -> i32 {

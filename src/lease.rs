@@ -14,10 +14,11 @@
 //! registry that cannot be read must stop allocation, or the same instance could be handed out twice.
 
 use crate::gpu::Placement;
-use crate::statedir::{Lock, StateDir, StateDirError};
+use crate::statedir::{self, Lock, StateDir, StateDirError};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// A lease id (small integers, printed as `lease 7`).
@@ -167,6 +168,102 @@ pub struct Ticket {
     pub reserved_gpu: Option<u32>,
 }
 
+/// A GPU UUID as NVML prints it (`GPU-` then hex digits and dashes). Record fields that become part of a
+/// file name (`created/<gpu-uuid>-<gi>.json`) must pass this, or a crafted `../../x` would point migrun's
+/// removes anywhere on the host.
+pub fn valid_gpu_uuid(s: &str) -> bool {
+    s.len() <= 96
+        && s.strip_prefix("GPU-").is_some_and(|rest| {
+            !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-')
+        })
+}
+
+/// A MIG device UUID: `MIG-<hex and dashes>`, or the older `MIG-GPU-<uuid>/<gi>/<ci>` form.
+pub fn valid_mig_uuid(s: &str) -> bool {
+    s.len() <= 128
+        && s.strip_prefix("MIG-").is_some_and(|rest| {
+            !rest.is_empty()
+                && rest
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'/')
+        })
+}
+
+/// Free text a record carries for people (a profile name, a container id): printed in messages, so no
+/// control characters (a crafted record must not rewrite the terminal) and of sane length.
+fn valid_text(s: &str, max: usize) -> bool {
+    s.len() <= max && !s.chars().any(char::is_control)
+}
+
+/// Field checks every record passes when read, beyond its JSON shape.
+trait Fields {
+    /// `Err(why)` names the first bad field.
+    fn check(&self) -> Result<(), String>;
+}
+
+fn check_gpu_uuid(v: &str) -> Result<(), String> {
+    if valid_gpu_uuid(v) {
+        Ok(())
+    } else {
+        Err(format!(
+            "gpu_uuid {v:?} is not a GPU UUID (GPU- and hex digits)"
+        ))
+    }
+}
+
+fn check_text(field: &str, v: &str, max: usize) -> Result<(), String> {
+    if valid_text(v, max) {
+        Ok(())
+    } else {
+        Err(format!(
+            "{field} {:?} has control characters or is longer than {max} bytes",
+            v.chars().take(40).collect::<String>()
+        ))
+    }
+}
+
+fn check_mig_uuid(v: &str) -> Result<(), String> {
+    if valid_mig_uuid(v) {
+        Ok(())
+    } else {
+        Err(format!("mig_uuid {v:?} is not a MIG UUID"))
+    }
+}
+
+impl Fields for Lease {
+    fn check(&self) -> Result<(), String> {
+        check_gpu_uuid(&self.gpu_uuid)?;
+        check_mig_uuid(&self.mig_uuid)?;
+        check_text("profile", &self.profile, 64)?;
+        if let Holder::Container { id, engine, .. } = &self.holder {
+            check_text("holder id", id, 256)?;
+            check_text("holder engine", engine, 4096)?;
+        }
+        Ok(())
+    }
+}
+
+impl Fields for Intent {
+    fn check(&self) -> Result<(), String> {
+        check_gpu_uuid(&self.gpu_uuid)?;
+        check_text("profile", &self.profile, 64)
+    }
+}
+
+impl Fields for CreatedRecord {
+    fn check(&self) -> Result<(), String> {
+        check_gpu_uuid(&self.gpu_uuid)?;
+        check_mig_uuid(&self.mig_uuid)?;
+        check_text("profile", &self.profile, 64)
+    }
+}
+
+impl Fields for Ticket {
+    fn check(&self) -> Result<(), String> {
+        check_text("want", &self.want, 256)
+    }
+}
+
 /// Errors of the lease registry.
 #[derive(Debug, thiserror::Error)]
 pub enum LeaseError {
@@ -174,6 +271,12 @@ pub enum LeaseError {
     StateDir(#[from] StateDirError),
     #[error("{path} is not a valid migrun record ({why}); nothing was changed. Inspect it: if its instance is gone, remove the file and run `migrun gc`")]
     Malformed { path: PathBuf, why: String },
+    /// A record whose JSON is fine but whose fields cannot be migrun's (a path in a UUID, control characters).
+    /// Listings skip it (it names no GPU, so it stands for no instance); a lookup by its id fails with this.
+    #[error(
+        "{path} is not a record migrun wrote ({why}); migrun ignores it. Inspect and remove it"
+    )]
+    BadField { path: PathBuf, why: String },
     #[error("no lease {target}; `migrun status` lists the leases (by lease id or MIG UUID)")]
     Unknown { target: String },
     #[error("process {pid} does not exist; --holder-pid must name a running process")]
@@ -185,7 +288,9 @@ pub fn exit_code_of(e: &(dyn std::error::Error + 'static)) -> Option<i32> {
     use crate::exit::ExitCodeOf;
     e.downcast_ref::<LeaseError>().map(|e| match e {
         LeaseError::StateDir(s) => s.exit_code(),
-        LeaseError::Malformed { .. } | LeaseError::Unknown { .. } => crate::exit::USAGE,
+        LeaseError::Malformed { .. } | LeaseError::BadField { .. } | LeaseError::Unknown { .. } => {
+            crate::exit::USAGE
+        }
         LeaseError::NoSuchProcess { .. } => crate::exit::USAGE,
     })
 }
@@ -239,6 +344,9 @@ const GENERATION: &str = "generation";
 #[derive(Debug, Clone)]
 pub struct Registry {
     dir: StateDir,
+    /// Records listings skipped because a field cannot be migrun's ([`LeaseError::BadField`]), as messages
+    /// for gc's report; shared by clones, drained by [`Registry::take_skipped`].
+    skipped: Arc<Mutex<Vec<String>>>,
 }
 
 impl Registry {
@@ -247,7 +355,33 @@ impl Registry {
         for sub in [LEASES, INTENTS, CREATED, QUEUE] {
             dir.subdir(sub)?;
         }
-        Ok(Registry { dir: dir.clone() })
+        Ok(Registry {
+            dir: dir.clone(),
+            skipped: Arc::default(),
+        })
+    }
+
+    /// What listings skipped since the last call (each once), for gc's report.
+    pub fn take_skipped(&self) -> Vec<String> {
+        let mut v = std::mem::take(&mut *self.skipped.lock().unwrap_or_else(|e| e.into_inner()));
+        v.dedup();
+        v
+    }
+
+    /// Skip a record a listing cannot use (say so in the log and in gc's report); other errors stand.
+    fn skip_bad<T>(&self, r: Result<Option<T>, LeaseError>) -> Result<Option<T>, LeaseError> {
+        match r {
+            Err(e @ LeaseError::BadField { .. }) => {
+                tracing::warn!("{e}");
+                let mut s = self.skipped.lock().unwrap_or_else(|e| e.into_inner());
+                let msg = e.to_string();
+                if !s.contains(&msg) {
+                    s.push(msg);
+                }
+                Ok(None)
+            }
+            other => other,
+        }
     }
 
     pub fn dir(&self) -> &StateDir {
@@ -292,16 +426,19 @@ impl Registry {
         format!("{sub}/{name}")
     }
 
-    fn read_json<T: DeserializeOwned>(&self, rel: &str) -> Result<Option<T>, LeaseError> {
+    fn read_json<T: DeserializeOwned + Fields>(&self, rel: &str) -> Result<Option<T>, LeaseError> {
         let Some(bytes) = self.dir.read(rel)? else {
             return Ok(None);
         };
-        serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|e| LeaseError::Malformed {
-                path: self.dir.join(rel),
-                why: e.to_string(),
-            })
+        let rec: T = serde_json::from_slice(&bytes).map_err(|e| LeaseError::Malformed {
+            path: self.dir.join(rel),
+            why: e.to_string(),
+        })?;
+        rec.check().map_err(|why| LeaseError::BadField {
+            path: self.dir.join(rel),
+            why,
+        })?;
+        Ok(Some(rec))
     }
 
     fn write_json<T: Serialize>(&self, rel: &str, value: &T) -> Result<(), LeaseError> {
@@ -312,12 +449,7 @@ impl Registry {
 
     /// Remove a record; true when it existed.
     fn remove(&self, rel: &str) -> Result<bool, LeaseError> {
-        let path = self.dir.join(rel);
-        match std::fs::remove_file(&path) {
-            Ok(()) => Ok(true),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
-            Err(err) => Err(StateDirError::Io { path, err }.into()),
-        }
+        Ok(statedir::remove(&self.dir.join(rel))?)
     }
 
     /// Remove a record whose end may have freed room (a lease, an intent, a created instance), and
@@ -341,29 +473,16 @@ impl Registry {
 
     /// Names of the `*.json` records in a sub-directory, sorted (temp files of atomic writes are skipped).
     fn list(&self, sub: &str) -> Result<Vec<String>, LeaseError> {
-        let path = self.dir.join(sub);
-        let rd = match std::fs::read_dir(&path) {
-            Ok(rd) => rd,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(err) => return Err(StateDirError::Io { path, err }.into()),
-        };
-        let mut names = Vec::new();
-        for entry in rd {
-            let entry = entry.map_err(|err| StateDirError::Io {
-                path: path.clone(),
-                err,
-            })?;
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if name.ends_with(".json") && !name.starts_with('.') {
-                names.push(name);
-            }
-        }
+        let mut names: Vec<String> = statedir::list_dir(&self.dir.join(sub))?
+            .into_iter()
+            .filter(|name| name.ends_with(".json") && !name.starts_with('.'))
+            .collect();
         names.sort();
         Ok(names)
     }
 
     /// Records named `<number>.json`, checked against the number inside, sorted by number.
-    fn numbered<T: DeserializeOwned>(
+    fn numbered<T: DeserializeOwned + Fields>(
         &self,
         sub: &str,
         id_of: impl Fn(&T) -> u64,
@@ -379,8 +498,9 @@ impl Registry {
             let n: u64 = stem
                 .parse()
                 .map_err(|_| malformed("the file name is not <number>.json".into()))?;
-            let Some(rec) = self.read_json::<T>(&rel)? else {
-                continue; // removed between listing and reading
+            // None: removed between listing and reading, or skipped as not migrun's.
+            let Some(rec) = self.skip_bad(self.read_json::<T>(&rel))? else {
+                continue;
             };
             if id_of(&rec) != n {
                 return Err(malformed(format!(
@@ -453,7 +573,7 @@ impl Registry {
         let mut out = Vec::new();
         for name in self.list(CREATED)? {
             let rel = Self::rel(CREATED, &name);
-            let Some(rec) = self.read_json::<CreatedRecord>(&rel)? else {
+            let Some(rec) = self.skip_bad(self.read_json::<CreatedRecord>(&rel))? else {
                 continue;
             };
             if CreatedRecord::file_name(&rec.gpu_uuid, rec.gi) != name {
@@ -471,14 +591,23 @@ impl Registry {
     }
 
     pub fn write_created(&self, rec: &CreatedRecord) -> Result<(), LeaseError> {
-        self.write_json(
-            &Self::rel(CREATED, &CreatedRecord::file_name(&rec.gpu_uuid, rec.gi)),
-            rec,
-        )
+        let name = self.created_name(&rec.gpu_uuid, rec.gi)?;
+        self.write_json(&Self::rel(CREATED, &name), rec)
     }
 
     pub fn remove_created(&self, gpu_uuid: &str, gi: u32) -> Result<(), LeaseError> {
-        self.remove_and_bump(&Self::rel(CREATED, &CreatedRecord::file_name(gpu_uuid, gi)))
+        let name = self.created_name(gpu_uuid, gi)?;
+        self.remove_and_bump(&Self::rel(CREATED, &name))
+    }
+
+    /// The file name of a created record; refuses a UUID that is not one, whoever passed it (records are
+    /// checked when read; this keeps any other path from turning a UUID into a path).
+    fn created_name(&self, gpu_uuid: &str, gi: u32) -> Result<String, LeaseError> {
+        check_gpu_uuid(gpu_uuid).map_err(|why| LeaseError::BadField {
+            path: self.dir.join(CREATED),
+            why,
+        })?;
+        Ok(CreatedRecord::file_name(gpu_uuid, gi))
     }
 
     // ---- wait queue ----
@@ -590,7 +719,7 @@ mod tests {
             holder: Holder::Manual,
             uid: 0,
             gpu_index: 0,
-            gpu_uuid: "GPU-x".into(),
+            gpu_uuid: "GPU-0a1b".into(),
             gi: 1,
             ci: 0,
             profile_id: 19,
@@ -629,5 +758,46 @@ mod tests {
         l.id = 13;
         reg.write_json("leases/12.json", &l).unwrap();
         assert!(matches!(reg.leases(), Err(LeaseError::Malformed { .. })));
+    }
+
+    #[test]
+    fn record_fields_that_become_paths_are_checked_and_bad_records_skipped() {
+        assert!(valid_gpu_uuid("GPU-0485b1a2-9c3d-5e4f-8a6b-7c8d9e0f1a2b"));
+        for bad in [
+            "GPU-",
+            "../../../root/x/db",
+            "GPU-../x",
+            "GPU-ab/cd",
+            "gpu-ab",
+            "GPU-ab\n",
+        ] {
+            assert!(!valid_gpu_uuid(bad), "{bad:?}");
+        }
+        assert!(valid_mig_uuid("MIG-GPU-0a1b/1/0") && valid_mig_uuid("MIG-0a1b-2c"));
+        assert!(!valid_mig_uuid("MIG-a b") && !valid_mig_uuid("GPU-0a"));
+
+        let t = tempfile::tempdir().unwrap();
+        let dir = StateDir::open(t.path().join("s")).unwrap();
+        let reg = Registry::open(&dir).unwrap();
+        reg.write_lease(&lease(1)).unwrap();
+        let mut bad = lease(2);
+        bad.gpu_uuid = "../../../victim/db".into();
+        reg.write_json("leases/2.json", &bad).unwrap();
+        let mut evil = lease(3);
+        evil.profile = "1g.10gb\u{1b}[2J".into();
+        reg.write_json("leases/3.json", &evil).unwrap();
+        // Listed: skipped and reported, never used.
+        let ids: Vec<_> = reg.leases().unwrap().iter().map(|l| l.id).collect();
+        assert_eq!(ids, vec![1]);
+        let skipped = reg.take_skipped();
+        assert_eq!(skipped.len(), 2, "{skipped:?}");
+        assert!(skipped[0].contains("leases/2.json") && skipped[0].contains("is not a GPU UUID"));
+        // Looked up: an error naming the file.
+        assert!(matches!(reg.lease(2), Err(LeaseError::BadField { .. })));
+        // And no caller can turn a UUID into a path.
+        assert!(matches!(
+            reg.remove_created("../../../victim/db", 1),
+            Err(LeaseError::BadField { .. })
+        ));
     }
 }

@@ -6,7 +6,7 @@ mod alloc_support;
 use alloc_support::{Sim, BIN};
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
@@ -132,6 +132,14 @@ fn case(id: &str, sim: &Sim) -> Option<Case> {
             init,
             s(&["--profile", "3g.40g", "--dry-run", "busybox", "true"]),
         ),
+        "cli-non-ascii-lease" => c("", init, s(&["release", "MI€-x"])),
+        "mig-disable-pending" => c(
+            "",
+            |sim| {
+                sim.ok(&["mig", "disable", "--gpu", "0"]);
+            },
+            s(&["alloc", "--profile", "1g.10gb", "--gpu", "0"]),
+        ),
         "cfg-unknown-key" => c("max_leases_totl = 3", none, s(&["status"])),
         "cfg-bad-type" => c("max_leases_total = \"many\"", none, s(&["status"])),
         "cfg-bad-release" => c("release = \"recycle\"", none, s(&["status"])),
@@ -216,6 +224,78 @@ fn case(id: &str, sim: &Sim) -> Option<Case> {
             "",
             |sim| std::fs::write(sim.state_dir(), "x").unwrap(),
             s(&["alloc", "--profile", "1g.10gb"]),
+        ),
+        "dir-trailing-slash" => Case {
+            env: vec![(
+                "MIGRUN_STATE_DIR",
+                format!("{}/link/", sim.tmp.path().display()),
+            )],
+            ..c(
+                "",
+                |sim| {
+                    let real = sim.tmp.path().join("real");
+                    fresh_dir(&real, 0o700);
+                    std::os::unix::fs::symlink(&real, sim.tmp.path().join("link")).unwrap();
+                },
+                s(&["alloc", "--profile", "1g.10gb"]),
+            )
+        },
+        "dir-open-subdir" => c(
+            "",
+            |sim| {
+                init(sim);
+                let p = sim.state_dir().join("intents");
+                std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o777)).unwrap();
+            },
+            s(&["alloc", "--profile", "1g.10gb"]),
+        ),
+        "dir-other-backend" => c(
+            "",
+            |sim| {
+                fresh_dir(&sim.state_dir(), 0o700);
+                let p = sim.state_dir().join("backend.json");
+                std::fs::write(
+                    &p,
+                    r#"{"schema": 1, "backend": "nvml", "gpus": ["GPU-0a1b"]}"#,
+                )
+                .unwrap();
+                std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o600)).unwrap();
+            },
+            s(&["alloc", "--profile", "1g.10gb"]),
+        ),
+        "lease-fifo" => c(
+            "",
+            |sim| {
+                one_lease_of_uid_1000(sim);
+                let p = sim.state_dir().join("leases/1.json");
+                std::fs::remove_file(&p).unwrap();
+                nix::unistd::mkfifo(&p, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+            },
+            s(&["release", "1"]),
+        ),
+        "lease-too-big" => c(
+            "",
+            |sim| {
+                one_lease_of_uid_1000(sim);
+                let f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(sim.state_dir().join("leases/1.json"))
+                    .unwrap();
+                f.set_len(2 << 20).unwrap();
+            },
+            s(&["release", "1"]),
+        ),
+        "lease-path-uuid" => c(
+            "",
+            |sim| {
+                one_lease_of_uid_1000(sim);
+                let p = sim.state_dir().join("leases/1.json");
+                let mut l: serde_json::Value =
+                    serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
+                l["gpu_uuid"] = "../../x".into();
+                std::fs::write(&p, l.to_string()).unwrap();
+            },
+            s(&["release", "1"]),
         ),
         "lease-symlink" => c(
             "",
@@ -305,6 +385,9 @@ fn snapshot(dir: &Path, out: &mut BTreeMap<PathBuf, Vec<u8>>) {
             );
         } else if ft.is_dir() {
             snapshot(&p, out);
+        } else if ft.is_fifo() {
+            // Reading a FIFO would wait for a writer; its presence is what counts.
+            out.insert(p.clone(), b"<fifo>".to_vec());
         } else if !p.to_string_lossy().ends_with(".lock") && !p.ends_with("migrun.log") {
             out.insert(p.clone(), std::fs::read(&p).unwrap_or_default());
         }
@@ -381,6 +464,8 @@ fn every_documented_bad_input_fails_cleanly_and_leaves_nothing() {
         "cli-profile-near-miss",
         "cli-profile-no-dot",
         "cli-dry-run-no-toolkit",
+        "cli-non-ascii-lease",
+        "mig-disable-pending",
         "cfg-unknown-key",
         "cfg-bad-type",
         "cfg-bad-release",
@@ -398,8 +483,14 @@ fn every_documented_bad_input_fails_cleanly_and_leaves_nothing() {
         "dir-world-writable",
         "dir-wrong-owner",
         "dir-not-a-dir",
+        "dir-trailing-slash",
+        "dir-open-subdir",
+        "dir-other-backend",
         "lease-symlink",
         "lease-garbage",
+        "lease-fifo",
+        "lease-too-big",
+        "lease-path-uuid",
         "hook-empty-stdin",
         "hook-bad-json",
         "hook-bad-stage",

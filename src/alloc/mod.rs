@@ -10,6 +10,7 @@
 //! draining instances destroyed, and leases of vanished instances dropped. The on-disk protocol is
 //! described in docs/leases.md.
 
+pub mod binding;
 pub mod plan;
 mod teardown;
 pub mod testhook;
@@ -112,6 +113,9 @@ pub enum AllocError {
     Gpu(#[from] GpuError),
     #[error(transparent)]
     Lease(#[from] LeaseError),
+    /// The state dir is for another machine, or another state dir manages these GPUs.
+    #[error(transparent)]
+    Binding(#[from] binding::BindingError),
     #[error(transparent)]
     Profile(#[from] ProfileError),
     #[error(transparent)]
@@ -157,6 +161,15 @@ pub enum AllocError {
     },
     #[error("{0} is not implemented yet")]
     NotYet(&'static str),
+    /// The lease was granted but could not be told to the caller (stdout closed or full), so nobody would
+    /// ever release it; it was released again (or says how to).
+    #[error("lease {lease} ({mig_uuid}) was granted but printing it failed: {err}; {}", match .undo { None => "the lease was released again, nothing is held".to_string(), Some(e) => format!("releasing it again failed too ({e}); release it with `migrun release {lease}`") })]
+    Unreported {
+        lease: LeaseId,
+        mig_uuid: String,
+        err: std::io::Error,
+        undo: Option<String>,
+    },
 }
 
 /// A failed compute-instance create, and what became of the GPU instance made just before it.
@@ -178,9 +191,13 @@ pub fn exit_code_of(e: &(dyn std::error::Error + 'static)) -> Option<i32> {
     if e.is::<SizeError>() {
         return Some(exit::USAGE);
     }
+    if let Some(b) = e.downcast_ref::<binding::BindingError>() {
+        return Some(binding::exit_code(b));
+    }
     let e = e.downcast_ref::<AllocError>()?;
     Some(match e {
         AllocError::Gpu(g) => g.exit_code(),
+        AllocError::Binding(b) => binding::exit_code(b),
         AllocError::Lease(l) => lease::exit_code_of(l).unwrap_or(exit::FAILED),
         AllocError::Profile(p) => p.exit_code(),
         AllocError::NoRoom(_) | AllocError::Queued { .. } => exit::NO_ROOM,
@@ -192,7 +209,9 @@ pub fn exit_code_of(e: &(dyn std::error::Error + 'static)) -> Option<i32> {
         | AllocError::LimitReached { .. }
         | AllocError::NoGpus => exit::USAGE,
         AllocError::NotYours { .. } => exit::PRIVILEGE,
-        AllocError::CreateCi(_) | AllocError::NotYet(_) => exit::FAILED,
+        AllocError::CreateCi(_) | AllocError::NotYet(_) | AllocError::Unreported { .. } => {
+            exit::FAILED
+        }
     })
 }
 
@@ -514,6 +533,8 @@ pub fn sweep_records(
     report: &mut GcReport,
 ) -> Result<Swept, AllocError> {
     let mut state = backend.snapshot()?;
+    // Before any record is acted on: the records must be about this machine's GPUs.
+    binding::bind(reg.dir(), &backend.kind(), &state, config)?;
     let first = reg.leases()?;
     let intents = reg.intents()?;
     // Any repair or release below rewrites lease files; then they are read again.
@@ -574,6 +595,8 @@ pub fn sweep_records(
             created.push(r);
         }
     }
+    // Records skipped as not migrun's (a field that cannot be, e.g. a path for a UUID) are reported, never used.
+    report.notes.extend(reg.take_skipped());
     Ok(Swept {
         state,
         leases,
@@ -589,24 +612,23 @@ fn repair_intent(
     intent: &Intent,
     report: &mut GcReport,
 ) -> Result<(), AllocError> {
-    let created = reg.created()?;
+    let leased =
+        |gpu_uuid: &str, gi: u32| leases.iter().any(|l| l.gpu_uuid == gpu_uuid && l.gi == gi);
+    let Some(gi) = intent.gi else {
+        return drop_unbound_intent(reg, state, intent, &leased, report);
+    };
+    // The intent licenses destroying only the instance its create returned: that GI id, with the profile
+    // and placement it was asked for.
     let found = gpu_by_uuid(state, &intent.gpu_uuid).and_then(|g| {
         let i = g.instances.iter().find(|i| {
-            i.profile_id == intent.profile_id
-                && i.placement == intent.placement
-                && intent.gi.map_or(true, |gi| gi == i.id)
+            i.id == gi && i.profile_id == intent.profile_id && i.placement == intent.placement
         })?;
         Some((g.clone(), i.clone()))
     });
     let Some((g, i)) = found else {
-        // The create never happened (or the instance is gone already).
-        if let Some(gi) = intent.gi {
-            if !leases
-                .iter()
-                .any(|l| l.gpu_uuid == intent.gpu_uuid && l.gi == gi)
-            {
-                reg.remove_created(&intent.gpu_uuid, gi)?;
-            }
+        // The instance is gone already (or was replaced: then it is not the one the intent made).
+        if !leased(&intent.gpu_uuid, gi) {
+            reg.remove_created(&intent.gpu_uuid, gi)?;
         }
         reg.remove_intent(intent.lease)?;
         report.notes.push(format!(
@@ -615,15 +637,8 @@ fn repair_intent(
         ));
         return Ok(());
     };
-    let leased = leases
-        .iter()
-        .any(|l| l.gpu_uuid == g.info.uuid && l.gi == i.id);
-    // Without a journaled GI id, an instance someone already accounts for (a lease, a kept record) is not ours to destroy.
-    let accounted = intent.gi.is_none()
-        && created
-            .iter()
-            .any(|r| r.gpu_uuid == g.info.uuid && r.gi == i.id);
-    if leased || accounted {
+    if leased(&g.info.uuid, i.id) {
+        // The allocation did finish: its lease stands for the instance.
         reg.remove_intent(intent.lease)?;
         return Ok(());
     }
@@ -645,6 +660,47 @@ fn repair_intent(
         }
         Err(DestroyError::Other(e)) => return Err(e.into()),
     }
+    Ok(())
+}
+
+/// An intent without a journaled GI id: the allocation died before the driver's create returned, or in
+/// the instant between that and the journal write. An instance of its profile at its placement may be
+/// the one it made, or one someone made there since (an admin's `nvidia-smi mig -cgi`); nothing on the
+/// device tells them apart, so the intent licenses no destroy. It is dropped, and a candidate instance
+/// is left alone and reported, for a person to judge.
+fn drop_unbound_intent(
+    reg: &Registry,
+    state: &MigState,
+    intent: &Intent,
+    leased: &dyn Fn(&str, u32) -> bool,
+    report: &mut GcReport,
+) -> Result<(), AllocError> {
+    let created = reg.created()?;
+    let candidate = gpu_by_uuid(state, &intent.gpu_uuid).and_then(|g| {
+        g.instances
+            .iter()
+            .find(|i| {
+                i.profile_id == intent.profile_id
+                    && i.placement == intent.placement
+                    && !leased(&g.info.uuid, i.id)
+                    && !created
+                        .iter()
+                        .any(|r| r.gpu_uuid == g.info.uuid && r.gi == i.id)
+            })
+            .map(|i| (g.info.index, i.id))
+    });
+    reg.remove_intent(intent.lease)?;
+    let head = format!(
+        "dropped the journal of an interrupted allocation (lease {}, {} at {} on GPU {})",
+        intent.lease, intent.profile, intent.placement, intent.gpu_index
+    );
+    report.notes.push(match candidate {
+        None => format!("{head}: no instance of it exists"),
+        Some((gpu, gi)) => format!(
+            "{head}: GI {gi} there may be what it left or someone else's, and migrun cannot tell, so it leaves it alone \
+             (if nobody uses it, remove it with `migrun teardown --gpu {gpu} --include-foreign` or nvidia-smi)"
+        ),
+    });
     Ok(())
 }
 
@@ -1150,7 +1206,8 @@ fn find_lease(reg: &Registry, target: &str) -> Result<Lease, AllocError> {
     let t = target.trim();
     let found = if let Ok(id) = t.parse::<LeaseId>() {
         reg.lease(id)?
-    } else if t.len() > 4 && t[..4].eq_ignore_ascii_case("MIG-") {
+    } else if t.len() > 4 && t.as_bytes()[..4].eq_ignore_ascii_case(b"MIG-") {
+        // Compared as bytes: the target is user input, and `MI€-x` has no char boundary at byte 4.
         reg.leases()?
             .into_iter()
             .find(|l| l.mig_uuid.eq_ignore_ascii_case(t))
@@ -1192,6 +1249,7 @@ where
         };
         last = Some(l.clone());
         let mut state = backend.snapshot()?;
+        binding::bind(reg.dir(), &backend.kind(), &state, config)?;
         let outcome = finish(backend, &reg, config, &mut state, l)?;
         if !matches!(outcome, ReleaseOutcome::Draining { .. })
             || attempt == RELEASE_BACKOFF_MS.len()

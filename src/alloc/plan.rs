@@ -136,6 +136,9 @@ impl fmt::Display for Occupier {
 pub enum Why {
     NotMigCapable,
     MigDisabled,
+    /// MIG is on, but disabling it is pending (applied by the next GPU reset): an instance made now would
+    /// be lost at that reset, and would block it.
+    MigDisablePending,
     /// The GPU model has no such profile.
     NoSuchProfile,
     /// The config's `allowed_profiles` excludes it.
@@ -236,6 +239,9 @@ impl fmt::Display for Why {
         match self {
             Why::NotMigCapable => f.write_str("not MIG-capable"),
             Why::MigDisabled => f.write_str("MIG mode is disabled (`migrun mig enable`)"),
+            Why::MigDisablePending => f.write_str(
+                "disabling MIG mode is pending on it (a GPU reset applies it; `migrun mig enable` cancels it)",
+            ),
             Why::NoSuchProfile => f.write_str("this GPU model has no such profile"),
             Why::NotAllowed { profile } => {
                 write!(f, "{profile} is not in the config's allowed_profiles")
@@ -405,6 +411,7 @@ fn gpu_unusable(g: &GpuState) -> Option<Why> {
     match g.info.mig {
         None => Some(Why::NotMigCapable),
         Some(m) if !m.current => Some(Why::MigDisabled),
+        Some(m) if !m.pending => Some(Why::MigDisablePending),
         Some(_) => None,
     }
 }

@@ -62,7 +62,9 @@ pub fn teardown(
         report.gc = Some(gc);
         state
     } else {
-        backend.snapshot()?
+        let state = backend.snapshot()?;
+        super::binding::bind(dir, &backend.kind(), &state, config)?;
+        state
     };
     let leases = reg.leases()?;
     let created = reg.created()?;

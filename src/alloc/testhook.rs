@@ -132,6 +132,9 @@ impl FaultInjector<'_> {
 }
 
 impl Backend for FaultInjector<'_> {
+    fn kind(&self) -> crate::gpu::BackendKind {
+        self.inner.kind()
+    }
     fn gpus(&mut self) -> Result<Vec<GpuInfo>, GpuError> {
         self.inner.gpus()
     }

@@ -627,6 +627,9 @@ struct Racer<'a> {
 }
 
 impl Backend for Racer<'_> {
+    fn kind(&self) -> crate::gpu::BackendKind {
+        self.sim.kind()
+    }
     fn gpus(&mut self) -> Result<Vec<crate::gpu::GpuInfo>, GpuError> {
         self.sim.gpus()
     }
@@ -746,4 +749,37 @@ fn idle_kept_instances_make_room_but_leased_busy_and_foreign_ones_do_not() {
         e.alloc(&want("1g.10gb")).unwrap_err(),
         AllocError::NoRoom(_)
     ));
+}
+
+#[test]
+fn a_pending_mig_disable_refuses_allocation() {
+    let mut e = env("h100-80gb:2");
+    // Pending until a GPU reset; an instance made now would block that reset and die with it.
+    e.sim.set_mig_mode(0, false).unwrap();
+    let err = e
+        .alloc(&AllocRequest {
+            gpu: Some("0".into()),
+            wait: Some(None),
+            ..want("1g.10gb")
+        })
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("disabling MIG mode is pending on it"),
+        "{err}"
+    );
+    assert_eq!(exit_code_of(&err), Some(crate::exit::USAGE));
+    // The other GPU is used instead when the request does not name one.
+    let l = e.alloc(&want("1g.10gb")).unwrap();
+    assert_eq!(l.gpu_index, 1);
+    assert!(e.state().gpus[0].instances.is_empty());
+}
+
+#[test]
+fn a_release_target_that_is_not_ascii_is_unknown_not_a_panic() {
+    let mut e = env("h100-80gb:1");
+    for target in ["MI€-x", "€€€€€", "MIG€", "MIG-€"] {
+        let err = e.release(target).unwrap_err();
+        assert!(err.to_string().contains("no lease"), "{target}: {err}");
+    }
 }

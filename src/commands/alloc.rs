@@ -6,6 +6,7 @@ use crate::cli::{AllocArgs, GcArgs, ReleaseArgs, RequestArgs};
 use crate::gpu::Backend;
 use crate::lease::{Holder, Lease};
 use anyhow::Result;
+use std::io::Write;
 use std::time::Duration;
 
 /// JSON schema version of `alloc`, `release` and `gc` output.
@@ -108,10 +109,32 @@ pub fn alloc(ctx: &Ctx, a: &AllocArgs) -> Result<i32> {
             }
         );
     }
-    if a.json {
-        crate::outln!("{}", serde_json::to_string_pretty(&lease_json(&lease))?);
+    let text = if a.json {
+        format!("{}\n", serde_json::to_string_pretty(&lease_json(&lease))?)
     } else {
-        crate::outln!("{} lease {}", lease.mig_uuid, lease.id);
+        format!("{} lease {}\n", lease.mig_uuid, lease.id)
+    };
+    let mut out = std::io::stdout().lock();
+    if let Err(err) = out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        // The caller never learnt the lease (`alloc --json | true`), so nobody would release it: roll it back.
+        let undo = with_backend(ctx, |b| {
+            Ok(alloc::release(
+                b,
+                &dir,
+                &ctx.config,
+                &lease.id.to_string(),
+                None,
+            )?)
+        })
+        .err()
+        .map(|e| format!("{e:#}"));
+        return Err(alloc::AllocError::Unreported {
+            lease: lease.id,
+            mig_uuid: lease.mig_uuid,
+            err,
+            undo,
+        }
+        .into());
     }
     Ok(0)
 }

@@ -38,10 +38,15 @@ pub fn mig(ctx: &Ctx, action: &MigAction) -> Result<i32> {
         MigAction::Enable(s) => (true, s),
         MigAction::Disable(s) => (false, s),
     };
-    let mut backend = ctx.backend()?;
+    let dir = ctx.state_dir()?;
+    let mut backend = ctx.backend_in(&dir)?;
+    // Under the allocation lock from the first look at the modes to the request: otherwise an allocation
+    // could create an instance (or take a lease) between the blocker check and the mode change.
+    let reg = crate::lease::Registry::open(&dir)?;
+    let _lock = reg.lock()?;
     let gpus = backend.gpus()?;
     let targets = targets(ctx, &gpus, sel.gpu.as_deref())?;
-    let leases = crate::alloc::leases(&ctx.state_dir()?)?;
+    let leases = reg.leases()?;
     let simulated = ctx.global.simulate.clone();
     let mut reports: Vec<ModeReport> = Vec::new();
     let mut first_err = None;

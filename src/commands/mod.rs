@@ -102,8 +102,11 @@ impl Ctx {
     /// allocator need it anyway), so it is not opened and checked a second time.
     pub fn backend_in(&self, dir: &StateDir) -> Result<Box<dyn Backend>> {
         if let Some(spec) = self.sim_spec()? {
+            // Refused before the simulator writes its machine into a state dir that is for another one.
+            crate::alloc::binding::check_kind(dir, &Self::sim_kind(&spec))?;
             return Ok(Box::new(SimBackend::open(dir, spec)?));
         }
+        crate::alloc::binding::check_kind(dir, &crate::gpu::BackendKind::Nvml)?;
         let mut backend = NvmlBackend::open_default()?;
         // Profile tables are kept in the state dir between processes (see `keep_tables_in`).
         backend.keep_tables_in(dir.clone());
@@ -117,7 +120,15 @@ impl Ctx {
                 "`migrun sim` needs --simulate SPEC (or MIGRUN_SIMULATE): it only controls simulated GPUs".into(),
             )
         })?;
-        Ok(SimBackend::open(&self.state_dir()?, spec)?)
+        let dir = self.state_dir()?;
+        crate::alloc::binding::check_kind(&dir, &Self::sim_kind(&spec))?;
+        Ok(SimBackend::open(&dir, spec)?)
+    }
+
+    fn sim_kind(spec: &SimSpec) -> crate::gpu::BackendKind {
+        crate::gpu::BackendKind::Simulator {
+            spec: spec.to_string(),
+        }
     }
 }
 

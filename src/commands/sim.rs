@@ -22,6 +22,9 @@ pub fn sim(ctx: &Ctx, action: &SimAction) -> Result<i32> {
             ))
             .into());
         }
+        // Refused on a state dir for real GPUs; otherwise the state dir was for that machine, and the next
+        // spec may bind it afresh.
+        crate::alloc::binding::forget_simulator(&dir)?;
         SimStore::new(dir.join(SIM_FILE)).reset()?;
         crate::outln!("simulated machine in {} forgotten", dir.path().display());
         return Ok(0);

@@ -335,6 +335,10 @@ pub enum GpuError {
     },
     #[error("simulator state: {0}")]
     Sim(String),
+    /// Reading or writing the simulated machine's file failed mid-operation (a full or read-only file system):
+    /// the operation failed, the spec was fine.
+    #[error("simulator state: {0}")]
+    SimIo(String),
 }
 
 impl GpuError {
@@ -357,8 +361,20 @@ impl GpuError {
     }
 }
 
+/// Which kind of machine a backend drives. A state dir records it at first use and refuses another
+/// (see `alloc::binding`): leases reconciled against the wrong machine would all look vanished.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BackendKind {
+    /// Simulated GPUs of this `--simulate` spec.
+    Simulator { spec: String },
+    /// The NVIDIA driver, through NVML.
+    Nvml,
+}
+
 /// The one hardware trait. All calls are by GPU index; handles never leave a backend.
 pub trait Backend {
+    /// What this backend drives.
+    fn kind(&self) -> BackendKind;
     /// Every GPU, in NVML index order.
     fn gpus(&mut self) -> Result<Vec<GpuInfo>, GpuError>;
     /// The GPU's GI profiles with placements and remaining capacity. Works with MIG mode off, as NVML does.

@@ -129,6 +129,12 @@ impl FakeNvml {
             "MIGRUN_FAKE_NVML_STATE".to_string(),
             state.display().to_string(),
         );
+        // Fake GPUs have the same UUIDs in every test: each machine claims its GPUs in its own place, not in
+        // the host's /run/migrun-gpus (debug builds honour this; see alloc::binding).
+        vars.insert(
+            migrun::alloc::binding::CLAIMS_ENV.to_string(),
+            dir.path().join("gpu-claims").display().to_string(),
+        );
         FakeNvml {
             dir,
             spec: parsed,

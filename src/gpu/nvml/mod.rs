@@ -424,6 +424,9 @@ fn one_line(s: &str) -> String {
 }
 
 impl Backend for NvmlBackend {
+    fn kind(&self) -> super::BackendKind {
+        super::BackendKind::Nvml
+    }
     fn gpus(&mut self) -> Result<Vec<GpuInfo>, GpuError> {
         let count = self.count()?;
         let mut out = Vec::with_capacity(count as usize);

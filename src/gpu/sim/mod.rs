@@ -17,6 +17,16 @@ use crate::statedir::{self, StateDir};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+/// A state-file error as the backend reports it: an I/O failure fails the operation (exit 1); an unsafe or
+/// unreadable file is the state dir to fix (exit 2).
+fn store_err(e: statedir::StateDirError) -> GpuError {
+    if e.is_io() {
+        GpuError::SimIo(e.to_string())
+    } else {
+        GpuError::Sim(e.to_string())
+    }
+}
+
 /// File name of the simulator state inside the state dir.
 pub const SIM_FILE: &str = "sim.json";
 
@@ -95,7 +105,7 @@ impl SimStore {
         if self.read_only {
             return self.read(spec, f);
         }
-        let _lock = statedir::lock_file(&self.lock).map_err(|e| GpuError::Sim(e.to_string()))?;
+        let _lock = statedir::lock_file(&self.lock).map_err(store_err)?;
         let (mut machine, fresh) = self.load(spec)?;
         let before = machine.clone();
         let out = f(&mut machine);
@@ -103,8 +113,7 @@ impl SimStore {
         if fresh || machine != before {
             let json = serde_json::to_vec_pretty(&machine).expect("simulator state serialises");
             *self.cached() = None;
-            statedir::write_atomic(&self.path, &json, 0o600)
-                .map_err(|e| GpuError::Sim(e.to_string()))?;
+            statedir::write_atomic(&self.path, &json, 0o600).map_err(store_err)?;
             if let Some(id) = FileId::of(&self.path) {
                 *self.cached() = Some((id, machine));
             }
@@ -116,7 +125,7 @@ impl SimStore {
     /// (so the reader never sees a half-made machine), and a change is refused, not saved.
     fn read<R>(&self, spec: &SimSpec, f: impl FnOnce(&mut SimMachine) -> R) -> Result<R, GpuError> {
         let _lock = if self.path.exists() {
-            Some(statedir::lock_file(&self.lock).map_err(|e| GpuError::Sim(e.to_string()))?)
+            Some(statedir::lock_file(&self.lock).map_err(store_err)?)
         } else {
             None
         };
@@ -149,9 +158,7 @@ impl SimStore {
     }
 
     fn load_file(&self, spec: &SimSpec) -> Result<(SimMachine, bool), GpuError> {
-        let Some(bytes) =
-            statedir::read_nofollow(&self.path).map_err(|e| GpuError::Sim(e.to_string()))?
-        else {
+        let Some(bytes) = statedir::read_nofollow(&self.path).map_err(store_err)? else {
             return Ok((SimMachine::new(spec), true));
         };
         let machine: SimMachine = serde_json::from_slice(&bytes).map_err(|e| {
@@ -174,7 +181,7 @@ impl SimStore {
 
     /// Forget the simulated machine (the next call starts fresh).
     pub fn reset(&self) -> Result<(), GpuError> {
-        let _lock = statedir::lock_file(&self.lock).map_err(|e| GpuError::Sim(e.to_string()))?;
+        let _lock = statedir::lock_file(&self.lock).map_err(store_err)?;
         *self.cached() = None;
         match std::fs::remove_file(&self.path) {
             Ok(()) => Ok(()),
@@ -251,6 +258,11 @@ impl SimBackend {
 }
 
 impl Backend for SimBackend {
+    fn kind(&self) -> super::BackendKind {
+        super::BackendKind::Simulator {
+            spec: self.spec.to_string(),
+        }
+    }
     fn gpus(&mut self) -> Result<Vec<GpuInfo>, GpuError> {
         self.store.update(&self.spec, |m| m.gpu_infos())
     }
