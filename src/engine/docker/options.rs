@@ -1,0 +1,602 @@
+//! `docker run`'s options as docker reads them: which take a value (so migrun finds IMAGE), the split of a command line
+//! into options, IMAGE and command, and the refusals of options that would let a container choose its own GPU.
+
+use super::{DockerError, DEVICE_ENV};
+use crate::cli::InjectMode;
+use std::path::{Path, PathBuf};
+
+/// docker run's options that take a value (docker 28 `docker run --help`, plus hidden and Windows-only ones,
+/// which docker still parses). Knowing them is how migrun finds the IMAGE: docker's parser (pflag) stops at
+/// the first word that is neither an option nor an option's value.
+const VALUE_OPTIONS: &[&str] = &[
+    "add-host",
+    "annotation",
+    "attach",
+    "blkio-weight",
+    "blkio-weight-device",
+    "cap-add",
+    "cap-drop",
+    "cgroup-parent",
+    "cgroupns",
+    "cidfile",
+    "cpu-count",
+    "cpu-percent",
+    "cpu-period",
+    "cpu-quota",
+    "cpu-rt-period",
+    "cpu-rt-runtime",
+    "cpu-shares",
+    "cpus",
+    "cpuset-cpus",
+    "cpuset-mems",
+    "credentialspec",
+    "detach-keys",
+    "device",
+    "device-cgroup-rule",
+    "device-read-bps",
+    "device-read-iops",
+    "device-write-bps",
+    "device-write-iops",
+    "dns",
+    "dns-option",
+    "dns-search",
+    "domainname",
+    "entrypoint",
+    "env",
+    "env-file",
+    "expose",
+    "gpus",
+    "group-add",
+    "health-cmd",
+    "health-interval",
+    "health-retries",
+    "health-start-interval",
+    "health-start-period",
+    "health-timeout",
+    "hostname",
+    "io-maxbandwidth",
+    "io-maxiops",
+    "ip",
+    "ip6",
+    "ipc",
+    "isolation",
+    "kernel-memory",
+    "label",
+    "label-file",
+    "link",
+    "link-local-ip",
+    "log-driver",
+    "log-opt",
+    "mac-address",
+    "memory",
+    "memory-reservation",
+    "memory-swap",
+    "memory-swappiness",
+    "mount",
+    "name",
+    "network",
+    "network-alias",
+    "oom-score-adj",
+    "pid",
+    "pids-limit",
+    "platform",
+    "publish",
+    "pull",
+    "restart",
+    "runtime",
+    "security-opt",
+    "shm-size",
+    "stop-signal",
+    "stop-timeout",
+    "storage-opt",
+    "sysctl",
+    "tmpfs",
+    "ulimit",
+    "user",
+    "userns",
+    "uts",
+    "volume",
+    "volume-driver",
+    "volumes-from",
+    "workdir",
+];
+
+/// docker run's switches (no value, or `--switch=false`).
+const BOOL_OPTIONS: &[&str] = &[
+    "detach",
+    "disable-content-trust",
+    "help",
+    "init",
+    "interactive",
+    "no-healthcheck",
+    "oom-kill-disable",
+    "privileged",
+    "publish-all",
+    "quiet",
+    "read-only",
+    "rm",
+    "sig-proxy",
+    "tty",
+    "use-api-socket",
+];
+
+/// Short forms.
+const SHORT_OPTIONS: &[(char, &str)] = &[
+    ('a', "attach"),
+    ('c', "cpu-shares"),
+    ('d', "detach"),
+    ('e', "env"),
+    ('h', "hostname"),
+    ('i', "interactive"),
+    ('l', "label"),
+    ('m', "memory"),
+    ('p', "publish"),
+    ('P', "publish-all"),
+    ('q', "quiet"),
+    ('t', "tty"),
+    ('u', "user"),
+    ('v', "volume"),
+    ('w', "workdir"),
+];
+
+/// Old spellings docker still accepts.
+const ALIASES: &[(&str, &str)] = &[
+    ("net", "network"),
+    ("net-alias", "network-alias"),
+    ("dns-opt", "dns-option"),
+];
+
+fn canonical(long: &str) -> &str {
+    ALIASES
+        .iter()
+        .find(|(a, _)| *a == long)
+        .map_or(long, |(_, c)| c)
+}
+
+/// pflag's boolean spellings (Go's strconv.ParseBool).
+fn parse_bool(v: &str) -> Option<bool> {
+    match v {
+        "1" | "t" | "T" | "true" | "TRUE" | "True" => Some(true),
+        "0" | "f" | "F" | "false" | "FALSE" | "False" => Some(false),
+        _ => None,
+    }
+}
+
+/// One docker option as given: canonical long name and its value (`None` for a bare switch).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DockerOpt {
+    pub name: String,
+    pub value: Option<String>,
+    /// How the user wrote it (for messages), e.g. `-e` or `--env`.
+    pub spelled: String,
+}
+
+/// A `docker run` line split the way docker splits it: options, IMAGE, command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunLine {
+    /// The option words exactly as given, before IMAGE (passed through unchanged).
+    pub words: Vec<String>,
+    /// The options those words hold.
+    pub opts: Vec<DockerOpt>,
+    pub image: String,
+    pub command: Vec<String>,
+    /// The user ended the options with `--`.
+    dashdash: bool,
+}
+
+impl RunLine {
+    /// Split docker's part of the command line (everything after migrun's own flags).
+    pub fn parse(args: &[String]) -> Result<RunLine, DockerError> {
+        let mut opts = Vec::new();
+        let mut i = 0;
+        let mut dashdash = false;
+        while i < args.len() {
+            let a = &args[i];
+            if a == "--" {
+                dashdash = true;
+                i += 1;
+                break;
+            }
+            if let Some(body) = a.strip_prefix("--") {
+                let (name, inline) = match body.split_once('=') {
+                    Some((n, v)) => (n, Some(v.to_string())),
+                    None => (body, None),
+                };
+                let name = canonical(name);
+                if BOOL_OPTIONS.contains(&name) {
+                    opts.push(DockerOpt {
+                        name: name.into(),
+                        value: inline,
+                        spelled: format!("--{name}"),
+                    });
+                } else if VALUE_OPTIONS.contains(&name) {
+                    let value = match inline {
+                        Some(v) => v,
+                        None => {
+                            i += 1;
+                            args.get(i)
+                                .cloned()
+                                .ok_or_else(|| DockerError::MissingValue { option: a.clone() })?
+                        }
+                    };
+                    opts.push(DockerOpt {
+                        name: name.into(),
+                        value: Some(value),
+                        spelled: format!("--{name}"),
+                    });
+                } else if let Some(v) = inline {
+                    // Unknown, but unambiguous: its value is attached. Pass it through for docker to judge.
+                    opts.push(DockerOpt {
+                        name: name.into(),
+                        value: Some(v),
+                        spelled: format!("--{name}"),
+                    });
+                } else {
+                    return Err(DockerError::UnknownOption { option: a.clone() });
+                }
+                i += 1;
+                continue;
+            }
+            if a.len() > 1 && a.starts_with('-') {
+                // A group of short options (`-it`, `-dp 80:80`, `-eX=1`): switches until one takes a value,
+                // which is the rest of the word or, when nothing is left, the next word (pflag's rules).
+                let chars: Vec<char> = a[1..].chars().collect();
+                let mut k = 0;
+                while k < chars.len() {
+                    let c = chars[k];
+                    let Some((_, long)) = SHORT_OPTIONS.iter().find(|(s, _)| *s == c) else {
+                        return Err(DockerError::UnknownOption {
+                            option: format!("-{c}"),
+                        });
+                    };
+                    let rest: String = chars[k + 1..].iter().collect();
+                    if BOOL_OPTIONS.contains(long) {
+                        if let Some(v) = rest.strip_prefix('=') {
+                            opts.push(DockerOpt {
+                                name: (*long).into(),
+                                value: Some(v.into()),
+                                spelled: format!("-{c}"),
+                            });
+                            break;
+                        }
+                        opts.push(DockerOpt {
+                            name: (*long).into(),
+                            value: None,
+                            spelled: format!("-{c}"),
+                        });
+                        k += 1;
+                        continue;
+                    }
+                    let value = if !rest.is_empty() {
+                        rest.strip_prefix('=').unwrap_or(&rest).to_string()
+                    } else {
+                        i += 1;
+                        args.get(i)
+                            .cloned()
+                            .ok_or_else(|| DockerError::MissingValue {
+                                option: format!("-{c}"),
+                            })?
+                    };
+                    opts.push(DockerOpt {
+                        name: (*long).into(),
+                        value: Some(value),
+                        spelled: format!("-{c}"),
+                    });
+                    break;
+                }
+                i += 1;
+                continue;
+            }
+            break;
+        }
+        let words_end = if dashdash { i - 1 } else { i };
+        let Some(image) = args.get(i).cloned() else {
+            return Err(DockerError::NoImage);
+        };
+        Ok(RunLine {
+            words: args[..words_end].to_vec(),
+            opts,
+            image,
+            command: args[i + 1..].to_vec(),
+            dashdash,
+        })
+    }
+
+    /// Values of every occurrence of option `name` (canonical long name).
+    pub fn values<'a>(&'a self, name: &str) -> impl Iterator<Item = &'a str> + 'a {
+        let name = name.to_string();
+        self.opts
+            .iter()
+            .filter(move |o| o.name == name)
+            .filter_map(|o| o.value.as_deref())
+    }
+
+    /// The last value of `name` (docker keeps the last one of a single-valued option).
+    pub fn last(&self, name: &str) -> Option<&str> {
+        self.values(name).last()
+    }
+
+    /// Is switch `name` on? A bare switch is on; `--name=false` turns it off again.
+    pub fn switch(&self, name: &str) -> bool {
+        self.opts.iter().rfind(|o| o.name == name).is_some_and(|o| {
+            o.value
+                .as_deref()
+                .map_or(true, |v| parse_bool(v) == Some(true))
+        })
+    }
+
+    /// `-d` / `--detach`.
+    pub fn detach(&self) -> bool {
+        self.switch("detach")
+    }
+
+    /// The user's own `--cidfile`, if any.
+    pub fn cidfile(&self) -> Option<&str> {
+        self.last("cidfile")
+    }
+
+    /// A user's `--cidfile` must not exist yet: docker refuses it, and its old content would name another container.
+    pub fn check_cidfile(&self) -> Result<(), DockerError> {
+        match self.cidfile() {
+            Some(p) if std::fs::symlink_metadata(p).is_ok() => {
+                Err(DockerError::CidfileExists(PathBuf::from(p)))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Refuse what would let the container pick its own GPU, and options that conflict with `mode`.
+    /// `read_file` reads `--env-file`s (a parameter so the check stays testable without files).
+    pub fn check(
+        &self,
+        mode: InjectMode,
+        read_file: &dyn Fn(&Path) -> std::io::Result<String>,
+    ) -> Result<(), DockerError> {
+        for o in &self.opts {
+            let v = o.value.as_deref().unwrap_or("");
+            match o.name.as_str() {
+                "help" => {
+                    return Err(DockerError::Help {
+                        option: o.spelled.clone(),
+                    })
+                }
+                "gpus" => {
+                    return Err(DockerError::DeviceChoice {
+                        given: format!("{} {v}", o.spelled),
+                    })
+                }
+                "env" => {
+                    if let Some(var) = device_env_name(v) {
+                        return Err(DockerError::DeviceChoice {
+                            given: format!("{} {var}", o.spelled),
+                        });
+                    }
+                }
+                "env-file" => {
+                    let text = read_file(Path::new(v)).map_err(|source| DockerError::EnvFile {
+                        path: v.into(),
+                        source,
+                    })?;
+                    for line in text.lines() {
+                        let line = line.trim_start_matches('\u{feff}').trim_start();
+                        if line.starts_with('#') {
+                            continue;
+                        }
+                        if let Some(var) = device_env_name(line) {
+                            return Err(DockerError::DeviceChoice {
+                                given: format!("{var} in --env-file {v}"),
+                            });
+                        }
+                    }
+                }
+                "device" if is_gpu_device(v) => {
+                    return Err(DockerError::DeviceChoice {
+                        given: format!("{} {v}", o.spelled),
+                    })
+                }
+                "runtime" if mode == InjectMode::NvidiaRuntime && v != "nvidia" => {
+                    return Err(DockerError::RuntimeConflict { given: v.into() })
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Warnings about options that weaken the isolation migrun sets up (shown, not refused).
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.switch("privileged") {
+            out.push("--privileged exposes every /dev/nvidia* node to the container, so it can reach GPUs beyond its slice".to_string());
+        }
+        out
+    }
+
+    /// `docker run` argv: the user's options unchanged, then migrun's (last, so they win), then IMAGE and CMD.
+    pub fn argv(&self, ours: &[String]) -> Vec<String> {
+        let mut v = Vec::with_capacity(self.words.len() + ours.len() + self.command.len() + 3);
+        v.push("run".to_string());
+        v.extend(self.words.iter().cloned());
+        v.extend(ours.iter().cloned());
+        if self.dashdash {
+            v.push("--".into());
+        }
+        v.push(self.image.clone());
+        v.extend(self.command.iter().cloned());
+        v
+    }
+}
+
+/// The device-choosing variable an `-e` value / env-file line sets, if any (`NAME=V`, or bare `NAME` which copies the host's).
+fn device_env_name(entry: &str) -> Option<&'static str> {
+    let name = entry.trim_start().split('=').next().unwrap_or("");
+    DEVICE_ENV.iter().copied().find(|v| *v == name)
+}
+
+/// `--device` values that pick an NVIDIA GPU: a CDI name of vendor nvidia.com, or an NVIDIA device node.
+fn is_gpu_device(v: &str) -> bool {
+    let host = v.split(':').next().unwrap_or("");
+    v.starts_with("nvidia.com/") || host.starts_with("/dev/nvidia")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn words(s: &str) -> Vec<String> {
+        s.split_whitespace().map(String::from).collect()
+    }
+
+    fn parse(s: &str) -> RunLine {
+        RunLine::parse(&words(s)).unwrap_or_else(|e| panic!("{s}: {e}"))
+    }
+
+    fn no_files(_: &Path) -> std::io::Result<String> {
+        Err(std::io::Error::from(std::io::ErrorKind::NotFound))
+    }
+
+    #[test]
+    fn finds_the_image_after_options_with_values() {
+        let table: &[(&str, &str, &[&str])] = &[
+            ("busybox", "busybox", &[]),
+            ("-it --rm busybox sh", "busybox", &["sh"]),
+            ("-e X=1 -v /a:/b --name n img", "img", &[]),
+            (
+                "--env=X=1 --shm-size 1g img -c true",
+                "img",
+                &["-c", "true"],
+            ),
+            ("-dp 8080:80 img", "img", &[]),
+            ("-itd img", "img", &[]),
+            ("-eX=1 img", "img", &[]),
+            ("-e=X=1 img", "img", &[]),
+            ("--rm=false --sig-proxy=false img", "img", &[]),
+            ("-d=true img", "img", &[]),
+            ("--net host --dns-opt x img", "img", &[]),
+            ("-h myhost -w /tmp img pwd", "img", &["pwd"]),
+            ("-e -it img", "img", &[]),
+            ("--rm -- img -it", "img", &["-it"]),
+            ("--new-thing=3 img", "img", &[]),
+            ("img --rm -e X", "img", &["--rm", "-e", "X"]),
+        ];
+        for (line, image, cmd) in table {
+            let r = parse(line);
+            assert_eq!(&r.image, image, "{line}");
+            assert_eq!(r.command, cmd.to_vec(), "{line}");
+            assert_eq!(r.argv(&[])[1..].join(" "), line.to_string(), "{line}");
+        }
+        assert!(parse("-itd img").detach());
+        assert!(!parse("-d=false img").detach());
+        assert!(parse("--detach img").detach());
+        assert!(!parse("-it img").detach());
+        assert_eq!(
+            parse("-e -it img").values("env").collect::<Vec<_>>(),
+            ["-it"]
+        );
+        assert_eq!(parse("--cidfile /x img").cidfile(), Some("/x"));
+        let d = tempfile::tempdir().unwrap();
+        let old = d.path().join("cid");
+        let line = parse(&format!("--cidfile {} img", old.display()));
+        assert!(line.check_cidfile().is_ok());
+        std::fs::write(&old, "0123456789ab").unwrap();
+        assert!(matches!(
+            line.check_cidfile(),
+            Err(DockerError::CidfileExists(_))
+        ));
+    }
+
+    #[test]
+    fn bad_lines_say_what_is_wrong() {
+        let err = |s: &str| RunLine::parse(&words(s)).unwrap_err().to_string();
+        assert!(err("--rm").contains("no IMAGE"));
+        assert!(err("").contains("no IMAGE"));
+        assert!(err("--name").contains("--name needs a value"));
+        assert!(err("-it -e").contains("-e needs a value"));
+        let e = err("--frobnicate img");
+        assert!(e.contains("--frobnicate=VALUE"), "{e}");
+        assert!(err("-Z img").contains("-Z"));
+    }
+
+    #[test]
+    fn refuses_every_way_of_choosing_a_gpu() {
+        let refused = [
+            "-e NVIDIA_VISIBLE_DEVICES=all img",
+            "--env NVIDIA_VISIBLE_DEVICES=0 img",
+            "--env=NVIDIA_VISIBLE_DEVICES img",
+            "-eNVIDIA_MIG_CONFIG_DEVICES=all img",
+            "-e NVIDIA_MIG_MONITOR_DEVICES=all img",
+            "--gpus all img",
+            "--gpus=device=0 img",
+            "--device nvidia.com/gpu=0 img",
+            "--device=nvidia.com/gpu=all img",
+            "--device nvidia.com/mig=0:1 img",
+            "--device /dev/nvidia0 img",
+            "--device /dev/nvidia-caps/nvidia-cap12:/dev/x img",
+        ];
+        for line in refused {
+            let e = parse(line).check(InjectMode::Env, &no_files).unwrap_err();
+            assert!(matches!(e, DockerError::DeviceChoice { .. }), "{line}: {e}");
+            assert_eq!(e.exit_code(), crate::exit::USAGE);
+            assert!(e.to_string().contains("cannot choose its own GPU"), "{e}");
+        }
+        let allowed = [
+            "-e CUDA_VISIBLE_DEVICES=0 img",
+            "-e NVIDIA_DRIVER_CAPABILITIES=all img",
+            "--device /dev/fuse img",
+            "img -e NVIDIA_VISIBLE_DEVICES=all",
+            "--runtime nvidia img",
+        ];
+        for line in allowed {
+            parse(line)
+                .check(InjectMode::Env, &no_files)
+                .unwrap_or_else(|e| panic!("{line}: {e}"));
+        }
+    }
+
+    #[test]
+    fn env_files_are_read_like_docker_reads_them() {
+        let files = |p: &Path| -> std::io::Result<String> {
+            match p.to_str().unwrap() {
+                "bad" => {
+                    Ok("# NVIDIA_VISIBLE_DEVICES=x\nA=1\n  NVIDIA_VISIBLE_DEVICES=all\n".into())
+                }
+                "bare" => Ok("\u{feff}NVIDIA_MIG_CONFIG_DEVICES\n".into()),
+                "ok" => Ok("# NVIDIA_VISIBLE_DEVICES=all\nA=NVIDIA_VISIBLE_DEVICES=1\n".into()),
+                _ => Err(std::io::Error::from(std::io::ErrorKind::NotFound)),
+            }
+        };
+        assert!(parse("--env-file ok img")
+            .check(InjectMode::Env, &files)
+            .is_ok());
+        for f in ["bad", "bare"] {
+            let e = parse(&format!("--env-file {f} img"))
+                .check(InjectMode::Env, &files)
+                .unwrap_err();
+            assert!(e.to_string().contains(&format!("--env-file {f}")), "{e}");
+        }
+        let e = parse("--env-file missing img")
+            .check(InjectMode::Env, &files)
+            .unwrap_err();
+        assert!(matches!(e, DockerError::EnvFile { .. }), "{e}");
+    }
+
+    #[test]
+    fn help_and_runtime_conflicts() {
+        let e = parse("-it --help img")
+            .check(InjectMode::Env, &no_files)
+            .unwrap_err();
+        assert!(matches!(e, DockerError::Help { .. }));
+        let e = parse("--runtime runc img")
+            .check(InjectMode::NvidiaRuntime, &no_files)
+            .unwrap_err();
+        assert!(matches!(e, DockerError::RuntimeConflict { .. }));
+        assert!(parse("--runtime nvidia img")
+            .check(InjectMode::NvidiaRuntime, &no_files)
+            .is_ok());
+        assert!(parse("--runtime runc img")
+            .check(InjectMode::Env, &no_files)
+            .is_ok());
+        assert_eq!(parse("--privileged img").warnings().len(), 1);
+        assert!(parse("--privileged=false img").warnings().is_empty());
+    }
+}
