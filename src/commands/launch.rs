@@ -44,11 +44,10 @@ pub fn run(ctx: &Ctx, a: RunArgs) -> Result<i32> {
             (d.mode, format!("detected: {}", d.why))
         }
     };
-    line.check(mode, &|p| std::fs::read_to_string(p))?;
+    line.check(mode, &|p| std::fs::read_to_string(p), &|c| {
+        docker::bind_sources(&cli, c)
+    })?;
     line.check_cidfile()?;
-    for w in line.warnings() {
-        eprintln!("migrun: warning: {w}");
-    }
     let want = want_of(&a.request)?;
     say(
         ctx,

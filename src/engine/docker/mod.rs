@@ -5,8 +5,9 @@
 //! The caller (commands::launch) owns the lease: this module hands it the container id through a callback as soon as
 //! docker writes the cidfile, and returns docker's exit code, so "release on every path" stays in one place.
 //!
-//! Files: `options` (docker run's options, IMAGE, the refusals), `toolkit` (choosing `--inject`), `supervise`
-//! (running docker); this file holds the errors, the injected options, the CLI and its endpoint, and liveness.
+//! Files: `options` (docker run's options and IMAGE), `check` (what is refused), `hostpath` (where a host path
+//! leads), `toolkit` (choosing `--inject`), `supervise` (running docker); this file holds the errors, the injected
+//! options, the CLI and its endpoint, and liveness.
 
 use crate::alloc::HolderProbe;
 use crate::cli::InjectMode;
@@ -47,6 +48,12 @@ pub enum DockerError {
     Help { option: String },
     #[error("refusing {given}: a container cannot choose its own GPU; migrun gives it the leased MIG device itself (drop the option and pick the slice with --profile / --gpu)")]
     DeviceChoice { given: String },
+    #[error("refusing {given}: {why}, so the container could reach GPUs beyond its slice; a container cannot choose its own GPU (drop the option: migrun gives the container its leased MIG device itself)")]
+    DeviceReach { given: String, why: String },
+    #[error("cannot read {given}: {why}; docker would not read it either, so fix the value (see `docker run --help`)")]
+    BadMount { given: String, why: String },
+    #[error("refusing --volumes-from {container}: cannot learn which host paths it mounts ({why}), and migrun must check them for NVIDIA device nodes; name an existing container or drop the option")]
+    VolumesFrom { container: String, why: String },
     #[error("cannot read --env-file {path}: {source}; fix the path (migrun checks env files for {vars})", vars = DEVICE_ENV.join(", "))]
     EnvFile {
         path: PathBuf,
@@ -81,6 +88,8 @@ impl DockerError {
     }
 }
 
+mod check;
+mod hostpath;
 mod options;
 mod supervise;
 mod toolkit;
@@ -274,6 +283,39 @@ pub fn container_alive(cli: &DockerCli, id: &str) -> Option<bool> {
     }
     let state: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
     Some(state_alive(&state))
+}
+
+/// The host paths container `id` bind-mounts (`docker inspect`'s `.Mounts` of type `bind`), for `--volumes-from`.
+pub fn bind_sources(cli: &DockerCli, id: &str) -> Result<Vec<String>, String> {
+    let out = cli
+        .command()
+        .args([
+            "inspect",
+            "--type",
+            "container",
+            "--format",
+            "{{json .Mounts}}",
+            id,
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", cli.path.display()))?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        return Err(err
+            .trim()
+            .lines()
+            .next()
+            .unwrap_or("docker inspect failed")
+            .to_string());
+    }
+    let mounts: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout)
+        .map_err(|e| format!("docker inspect answered something else than mounts: {e}"))?;
+    Ok(mounts
+        .iter()
+        .filter(|m| m.get("Type").and_then(|t| t.as_str()) == Some("bind"))
+        .filter_map(|m| m.get("Source").and_then(|s| s.as_str()).map(String::from))
+        .collect())
 }
 
 /// The liveness rule over docker's `.State` JSON.

@@ -1,9 +1,8 @@
-//! `docker run`'s options as docker reads them: which take a value (so migrun finds IMAGE), the split of a command line
-//! into options, IMAGE and command, and the refusals of options that would let a container choose its own GPU.
+//! `docker run`'s options as docker reads them: which take a value (so migrun finds IMAGE), and the split of a command
+//! line into options, IMAGE and command; what is refused is `check`'s business.
 
-use super::{DockerError, DEVICE_ENV};
-use crate::cli::InjectMode;
-use std::path::{Path, PathBuf};
+use super::DockerError;
+use std::path::PathBuf;
 
 /// docker run's options that take a value (docker 28 `docker run --help`, plus hidden and Windows-only ones,
 /// which docker still parses). Knowing them is how migrun finds the IMAGE: docker's parser (pflag) stops at
@@ -154,7 +153,7 @@ fn canonical(long: &str) -> &str {
 }
 
 /// pflag's boolean spellings (Go's strconv.ParseBool).
-fn parse_bool(v: &str) -> Option<bool> {
+pub(super) fn parse_bool(v: &str) -> Option<bool> {
     match v {
         "1" | "t" | "T" | "true" | "TRUE" | "True" => Some(true),
         "0" | "f" | "F" | "false" | "FALSE" | "False" => Some(false),
@@ -345,73 +344,6 @@ impl RunLine {
         }
     }
 
-    /// Refuse what would let the container pick its own GPU, and options that conflict with `mode`.
-    /// `read_file` reads `--env-file`s (a parameter so the check stays testable without files).
-    pub fn check(
-        &self,
-        mode: InjectMode,
-        read_file: &dyn Fn(&Path) -> std::io::Result<String>,
-    ) -> Result<(), DockerError> {
-        for o in &self.opts {
-            let v = o.value.as_deref().unwrap_or("");
-            match o.name.as_str() {
-                "help" => {
-                    return Err(DockerError::Help {
-                        option: o.spelled.clone(),
-                    })
-                }
-                "gpus" => {
-                    return Err(DockerError::DeviceChoice {
-                        given: format!("{} {v}", o.spelled),
-                    })
-                }
-                "env" => {
-                    if let Some(var) = device_env_name(v) {
-                        return Err(DockerError::DeviceChoice {
-                            given: format!("{} {var}", o.spelled),
-                        });
-                    }
-                }
-                "env-file" => {
-                    let text = read_file(Path::new(v)).map_err(|source| DockerError::EnvFile {
-                        path: v.into(),
-                        source,
-                    })?;
-                    for line in text.lines() {
-                        let line = line.trim_start_matches('\u{feff}').trim_start();
-                        if line.starts_with('#') {
-                            continue;
-                        }
-                        if let Some(var) = device_env_name(line) {
-                            return Err(DockerError::DeviceChoice {
-                                given: format!("{var} in --env-file {v}"),
-                            });
-                        }
-                    }
-                }
-                "device" if is_gpu_device(v) => {
-                    return Err(DockerError::DeviceChoice {
-                        given: format!("{} {v}", o.spelled),
-                    })
-                }
-                "runtime" if mode == InjectMode::NvidiaRuntime && v != "nvidia" => {
-                    return Err(DockerError::RuntimeConflict { given: v.into() })
-                }
-                _ => {}
-            }
-        }
-        Ok(())
-    }
-
-    /// Warnings about options that weaken the isolation migrun sets up (shown, not refused).
-    pub fn warnings(&self) -> Vec<String> {
-        let mut out = Vec::new();
-        if self.switch("privileged") {
-            out.push("--privileged exposes every /dev/nvidia* node to the container, so it can reach GPUs beyond its slice".to_string());
-        }
-        out
-    }
-
     /// `docker run` argv: the user's options unchanged, then migrun's (last, so they win), then IMAGE and CMD.
     pub fn argv(&self, ours: &[String]) -> Vec<String> {
         let mut v = Vec::with_capacity(self.words.len() + ours.len() + self.command.len() + 3);
@@ -427,18 +359,6 @@ impl RunLine {
     }
 }
 
-/// The device-choosing variable an `-e` value / env-file line sets, if any (`NAME=V`, or bare `NAME` which copies the host's).
-fn device_env_name(entry: &str) -> Option<&'static str> {
-    let name = entry.trim_start().split('=').next().unwrap_or("");
-    DEVICE_ENV.iter().copied().find(|v| *v == name)
-}
-
-/// `--device` values that pick an NVIDIA GPU: a CDI name of vendor nvidia.com, or an NVIDIA device node.
-fn is_gpu_device(v: &str) -> bool {
-    let host = v.split(':').next().unwrap_or("");
-    v.starts_with("nvidia.com/") || host.starts_with("/dev/nvidia")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -449,10 +369,6 @@ mod tests {
 
     fn parse(s: &str) -> RunLine {
         RunLine::parse(&words(s)).unwrap_or_else(|e| panic!("{s}: {e}"))
-    }
-
-    fn no_files(_: &Path) -> std::io::Result<String> {
-        Err(std::io::Error::from(std::io::ErrorKind::NotFound))
     }
 
     #[test]
@@ -515,88 +431,5 @@ mod tests {
         let e = err("--frobnicate img");
         assert!(e.contains("--frobnicate=VALUE"), "{e}");
         assert!(err("-Z img").contains("-Z"));
-    }
-
-    #[test]
-    fn refuses_every_way_of_choosing_a_gpu() {
-        let refused = [
-            "-e NVIDIA_VISIBLE_DEVICES=all img",
-            "--env NVIDIA_VISIBLE_DEVICES=0 img",
-            "--env=NVIDIA_VISIBLE_DEVICES img",
-            "-eNVIDIA_MIG_CONFIG_DEVICES=all img",
-            "-e NVIDIA_MIG_MONITOR_DEVICES=all img",
-            "--gpus all img",
-            "--gpus=device=0 img",
-            "--device nvidia.com/gpu=0 img",
-            "--device=nvidia.com/gpu=all img",
-            "--device nvidia.com/mig=0:1 img",
-            "--device /dev/nvidia0 img",
-            "--device /dev/nvidia-caps/nvidia-cap12:/dev/x img",
-        ];
-        for line in refused {
-            let e = parse(line).check(InjectMode::Env, &no_files).unwrap_err();
-            assert!(matches!(e, DockerError::DeviceChoice { .. }), "{line}: {e}");
-            assert_eq!(e.exit_code(), crate::exit::USAGE);
-            assert!(e.to_string().contains("cannot choose its own GPU"), "{e}");
-        }
-        let allowed = [
-            "-e CUDA_VISIBLE_DEVICES=0 img",
-            "-e NVIDIA_DRIVER_CAPABILITIES=all img",
-            "--device /dev/fuse img",
-            "img -e NVIDIA_VISIBLE_DEVICES=all",
-            "--runtime nvidia img",
-        ];
-        for line in allowed {
-            parse(line)
-                .check(InjectMode::Env, &no_files)
-                .unwrap_or_else(|e| panic!("{line}: {e}"));
-        }
-    }
-
-    #[test]
-    fn env_files_are_read_like_docker_reads_them() {
-        let files = |p: &Path| -> std::io::Result<String> {
-            match p.to_str().unwrap() {
-                "bad" => {
-                    Ok("# NVIDIA_VISIBLE_DEVICES=x\nA=1\n  NVIDIA_VISIBLE_DEVICES=all\n".into())
-                }
-                "bare" => Ok("\u{feff}NVIDIA_MIG_CONFIG_DEVICES\n".into()),
-                "ok" => Ok("# NVIDIA_VISIBLE_DEVICES=all\nA=NVIDIA_VISIBLE_DEVICES=1\n".into()),
-                _ => Err(std::io::Error::from(std::io::ErrorKind::NotFound)),
-            }
-        };
-        assert!(parse("--env-file ok img")
-            .check(InjectMode::Env, &files)
-            .is_ok());
-        for f in ["bad", "bare"] {
-            let e = parse(&format!("--env-file {f} img"))
-                .check(InjectMode::Env, &files)
-                .unwrap_err();
-            assert!(e.to_string().contains(&format!("--env-file {f}")), "{e}");
-        }
-        let e = parse("--env-file missing img")
-            .check(InjectMode::Env, &files)
-            .unwrap_err();
-        assert!(matches!(e, DockerError::EnvFile { .. }), "{e}");
-    }
-
-    #[test]
-    fn help_and_runtime_conflicts() {
-        let e = parse("-it --help img")
-            .check(InjectMode::Env, &no_files)
-            .unwrap_err();
-        assert!(matches!(e, DockerError::Help { .. }));
-        let e = parse("--runtime runc img")
-            .check(InjectMode::NvidiaRuntime, &no_files)
-            .unwrap_err();
-        assert!(matches!(e, DockerError::RuntimeConflict { .. }));
-        assert!(parse("--runtime nvidia img")
-            .check(InjectMode::NvidiaRuntime, &no_files)
-            .is_ok());
-        assert!(parse("--runtime runc img")
-            .check(InjectMode::Env, &no_files)
-            .is_ok());
-        assert_eq!(parse("--privileged img").warnings().len(), 1);
-        assert!(parse("--privileged=false img").warnings().is_empty());
     }
 }

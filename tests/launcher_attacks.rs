@@ -1,0 +1,151 @@
+//! Attacks on the docker launcher, each performed against the private dockerd on a simulated H100 with `--inject env`:
+//! device nodes smuggled past the option check (spelling, symlinks, `mknod` copies, bind mounts, `--volumes-from`,
+//! `--privileged`, `--device-cgroup-rule`). Needs root and the engines from scripts/setup-test-host.sh; fails (never
+//! skips) without them.
+
+mod common;
+mod launcher_support;
+
+use common::engines;
+use launcher_support::*;
+use std::time::Duration;
+
+/// Run the launcher with `opts` before `IMAGE true` and expect a one-line refusal naming `option`, with nothing held.
+fn assert_refused(w: &World, opts: &[&str], option: &str) {
+    let mut args = vec!["--rm"];
+    args.extend_from_slice(opts);
+    args.extend([w.image.as_str(), "true"]);
+    let out = engines::run_output(&mut w.launch("3g.40gb", &args));
+    assert_eq!(out.status.code(), Some(2), "{opts:?}: {}", show(&out));
+    let err = text(&out.stderr);
+    assert!(
+        err.starts_with(&format!("migrun: refusing {option}")),
+        "{opts:?}: {err}"
+    );
+    assert!(err.contains("cannot choose its own GPU"), "{opts:?}: {err}");
+    assert_eq!(err.trim().lines().count(), 1, "one-line error: {err}");
+    w.assert_clean(&format!("after refusing {opts:?}"));
+}
+
+#[test]
+fn device_nodes_cannot_be_smuggled_in_by_spelling_links_copies_or_mounts() {
+    let w = World::new();
+    let t = w.tmp.path();
+    // This host has no NVIDIA driver: the nodes these name do not exist, which the check must not need.
+    let dangling = t.join("x");
+    std::os::unix::fs::symlink("/dev/nvidia0", &dangling).unwrap();
+    let devlink = t.join("devlink");
+    std::os::unix::fs::symlink("/dev", &devlink).unwrap();
+    // A copy of /dev/nvidia0 made with mknod (a container with CAP_MKNOD can make one in a bind-mounted dir).
+    let copies = t.join("copies");
+    std::fs::create_dir(&copies).unwrap();
+    let copy = copies.join("gpu0");
+    nix::sys::stat::mknod(
+        &copy,
+        nix::sys::stat::SFlag::S_IFCHR,
+        nix::sys::stat::Mode::from_bits_truncate(0o600),
+        nix::sys::stat::makedev(195, 0),
+    )
+    .unwrap();
+    let (dangling, devlink, copies, copy) = (
+        dangling.display().to_string(),
+        devlink.display().to_string(),
+        copies.display().to_string(),
+        copy.display().to_string(),
+    );
+    let bind = |src: &str| format!("type=bind,src={src},dst=/x");
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (vec!["--device".into(), "/dev/./nvidia0".into()], "--device"),
+        (vec!["--device".into(), "//dev/nvidia0".into()], "--device"),
+        (vec!["--device=/dev/../dev/nvidia0".into()], "--device"),
+        (vec!["--device".into(), "/dev/".into()], "--device"),
+        (vec!["--device".into(), dangling.clone()], "--device"),
+        (
+            vec![
+                "--device".into(),
+                format!("{devlink}/nvidia-caps/nvidia-cap1"),
+            ],
+            "--device",
+        ),
+        (vec!["--device".into(), copy.clone()], "--device"),
+        (vec!["--device".into(), copies.clone()], "--device"),
+        (vec!["--mount".into(), bind("/dev/nvidia0")], "--mount"),
+        (
+            vec![
+                "--mount".into(),
+                "type=bind,source=/dev/nvidia0,target=/x".into(),
+            ],
+            "--mount",
+        ),
+        (vec!["--mount".into(), bind(&devlink)], "--mount"),
+        (vec!["--mount".into(), bind(&copy)], "--mount"),
+        (
+            vec![
+                "--mount".into(),
+                "type=volume,dst=/x,volume-opt=type=none,volume-opt=o=bind,volume-opt=device=/dev"
+                    .into(),
+            ],
+            "--mount",
+        ),
+        (vec!["-v".into(), "/dev:/dev".into()], "-v"),
+        (vec!["-v".into(), "/dev/nvidia-caps:/x".into()], "-v"),
+        (vec!["--volume".into(), "/:/host:ro".into()], "--volume"),
+        (
+            vec!["--volume".into(), format!("{dangling}:/dev/nvidia0")],
+            "--volume",
+        ),
+        (
+            vec!["--device-cgroup-rule".into(), "c 195:* rwm".into()],
+            "--device-cgroup-rule",
+        ),
+        (vec!["--privileged".into()], "--privileged"),
+    ];
+    for (opts, option) in &cases {
+        let opts: Vec<&str> = opts.iter().map(String::as_str).collect();
+        assert_refused(&w, &opts, option);
+    }
+
+    // --volumes-from takes another container's mounts: one that binds /dev is refused, one that does not is fine.
+    let name = engines::unique_name("migrun-devs");
+    engines::run_ok(w.docker().args([
+        "create",
+        "--name",
+        &name,
+        "-v",
+        "/dev:/hostdev",
+        &w.image,
+        "true",
+    ]));
+    assert_refused(&w, &["--volumes-from", &name], "--volumes-from");
+    engines::run_ok(w.docker().args(["rm", "-f", &name]));
+
+    // What the check must still let through runs, and the container gets what it asked for.
+    let data = t.join("data");
+    std::fs::create_dir(&data).unwrap();
+    std::fs::write(data.join("f"), "data\n").unwrap();
+    let volume = format!("{}:/data:ro", data.display());
+    let out = engines::run_output(&mut w.launch(
+        "3g.40gb",
+        &[
+            "--rm",
+            "--privileged=false",
+            "--device",
+            "/dev/null:/dev/mynull",
+            "-v",
+            &volume,
+            "--mount",
+            "type=tmpfs,dst=/scratch",
+            &w.image,
+            "sh",
+            "-c",
+            "test -c /dev/mynull && cat /data/f && echo $NVIDIA_VISIBLE_DEVICES",
+        ],
+    ));
+    assert!(out.status.success(), "{}", show(&out));
+    let so = text(&out.stdout);
+    assert!(so.starts_with("data\nMIG-"), "{so}");
+    wait_for("nothing held", Duration::from_secs(5), || {
+        w.leases().is_empty()
+    });
+    w.assert_clean("after the allowed run");
+}
