@@ -274,6 +274,24 @@ fn case(id: &str, sim: &Sim) -> Option<Case> {
                 "img",
             ]),
         ),
+        "docker-env-file-fifo" => {
+            let f = sim.tmp.path().join("fifo.env");
+            nix::unistd::mkfifo(&f, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+            c(
+                "",
+                init,
+                launcher(&["--env-file", &f.display().to_string(), "img"]),
+            )
+        }
+        "docker-env-file-cr" => {
+            let f = sim.tmp.path().join("cr.env");
+            std::fs::write(&f, "A=1\r\nNVIDIA_VISIBLE_DEVICES\r").unwrap();
+            c(
+                "",
+                init,
+                launcher(&["--env-file", &f.display().to_string(), "img"]),
+            )
+        }
         "docker-privileged" => c("", init, launcher(&["--privileged", "img"])),
         "docker-cgroup-rule" => c(
             "",
@@ -308,7 +326,11 @@ fn snapshot(dir: &Path, out: &mut BTreeMap<PathBuf, Vec<u8>>) {
             );
         } else if ft.is_dir() {
             snapshot(&p, out);
-        } else if !p.to_string_lossy().ends_with(".lock") && !p.ends_with("migrun.log") {
+        } else if ft.is_file()
+            && !p.to_string_lossy().ends_with(".lock")
+            && !p.ends_with("migrun.log")
+        {
+            // Only plain files: reading a FIFO a case set up would block.
             out.insert(p.clone(), std::fs::read(&p).unwrap_or_default());
         }
     }
@@ -408,6 +430,8 @@ fn every_documented_bad_input_fails_cleanly_and_leaves_nothing() {
         "docker-mount-caps",
         "docker-privileged",
         "docker-cgroup-rule",
+        "docker-env-file-fifo",
+        "docker-env-file-cr",
         "docker-no-image",
         "docker-bad-cli",
     ];

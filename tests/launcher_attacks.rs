@@ -149,3 +149,120 @@ fn device_nodes_cannot_be_smuggled_in_by_spelling_links_copies_or_mounts() {
     });
     w.assert_clean("after the allowed run");
 }
+
+/// A `--docker` wrapper that runs `before` (shell), then the real docker CLI with migrun's arguments.
+fn docker_wrapper(w: &World, name: &str, before: &str) -> std::path::PathBuf {
+    let path = w.tmp.path().join(name);
+    std::fs::write(
+        &path,
+        format!(
+            "#!/bin/sh\n{before}\nexec {} \"$@\"\n",
+            engines::docker_cli().display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    path
+}
+
+#[test]
+fn env_files_are_read_once_and_docker_gets_what_was_checked() {
+    let w = World::new();
+    let t = w.tmp.path();
+
+    // A FIFO that tells its first reader (the check) something harmless and its second (docker) the device
+    // variables. migrun must neither read it nor hang on it.
+    let fifo = t.join("fifo.env");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let mut writer = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(r#"printf 'A=1\n' > "$0"; printf 'NVIDIA_VISIBLE_DEVICES=all\nNVIDIA_MIG_CONFIG_DEVICES=all\n' > "$0""#)
+        .arg(&fifo)
+        .spawn()
+        .unwrap();
+    let fifo_s = fifo.display().to_string();
+    let mut child = w
+        .launch("3g.40gb", &["--rm", "--env-file", &fifo_s, &w.image, "env"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = wait_output(&mut child, Duration::from_secs(30));
+    writer.kill().unwrap();
+    writer.wait().unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", show(&out));
+    let err = text(&out.stderr);
+    assert!(
+        err.starts_with(&format!(
+            "migrun: refusing --env-file {fifo_s}: it is a FIFO, not a regular file"
+        )),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "one-line error: {err}");
+    w.assert_clean("after refusing a FIFO env file");
+
+    // A file rewritten after migrun checked it (here by the docker wrapper, just before the real CLI starts): docker
+    // reads migrun's private copy of what was checked, CRLF endings and all, never the file again.
+    let env = t.join("checked.env");
+    std::fs::write(&env, "A=1\r\nB=2\r\n").unwrap();
+    let env_s = env.display().to_string();
+    let rewrite = docker_wrapper(
+        &w,
+        "rewriting-docker",
+        &format!("printf 'NVIDIA_MIG_CONFIG_DEVICES=all\\nB=rewritten\\n' > {env_s}"),
+    );
+    let out = engines::run_output(
+        w.migrun()
+            .env("MIGRUN_DOCKER", &rewrite)
+            .args(["-v", "--profile", "3g.40gb", "--inject", "env"])
+            .args(["--pull", "never", "--rm", "--env-file", &env_s, &w.image])
+            .args([
+                "sh",
+                "-c",
+                r#"echo "A=$A B=$B M=${NVIDIA_MIG_CONFIG_DEVICES-unset}""#,
+            ]),
+    );
+    assert!(out.status.success(), "{}", show(&out));
+    assert_eq!(text(&out.stdout), "A=1 B=2 M=unset\n", "{}", show(&out));
+    assert_eq!(
+        std::fs::read_to_string(&env).unwrap(),
+        "NVIDIA_MIG_CONFIG_DEVICES=all\nB=rewritten\n",
+        "the wrapper did rewrite the file"
+    );
+    let err = text(&out.stderr);
+    let command = err
+        .lines()
+        .find(|l| l.contains(" run ") && l.contains("--env-file"))
+        .unwrap_or_else(|| panic!("no docker command in -v output: {err}"));
+    assert!(
+        !command.contains(&env_s) && command.contains("/env-file-1"),
+        "docker was handed the user's file: {command}"
+    );
+    w.assert_clean("after the rewritten env file");
+
+    // A bare name on a last line ending in CR: docker's CLI drops the CR and copies the variable from its own
+    // environment (shown here with the real CLI), so migrun must see the same name.
+    let cr = t.join("cr.env");
+    std::fs::write(&cr, "A=1\r\nNVIDIA_VISIBLE_DEVICES\r").unwrap();
+    let cr_s = cr.display().to_string();
+    let plain = engines::run_ok(
+        w.docker()
+            .env("NVIDIA_VISIBLE_DEVICES", "all")
+            .args(["run", "--rm", "--pull", "never", "--env-file", &cr_s])
+            .args([&w.image, "sh", "-c", "echo $NVIDIA_VISIBLE_DEVICES"]),
+    );
+    assert_eq!(plain.trim(), "all", "docker's own reading of the CR line");
+    let out = engines::run_output(
+        w.launch("3g.40gb", &["--rm", "--env-file", &cr_s, &w.image, "true"])
+            .env("NVIDIA_VISIBLE_DEVICES", "all"),
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", show(&out));
+    let err = text(&out.stderr);
+    assert!(
+        err.starts_with(&format!(
+            "migrun: refusing NVIDIA_VISIBLE_DEVICES in --env-file {cr_s} (line 2)"
+        )),
+        "{err}"
+    );
+    w.assert_clean("after refusing the CR line");
+}

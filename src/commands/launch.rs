@@ -12,7 +12,7 @@ use super::{Ctx, InputError};
 use crate::alloc::plan::{self, Plan};
 use crate::alloc::{self, AllocError, AllocRequest, Want};
 use crate::cli::{RunArgs, WatchArgs};
-use crate::engine::docker::{DockerCli, RunLine};
+use crate::engine::docker::{Checked, DockerCli, RunLine};
 use crate::engine::docker_api::DaemonLink;
 use crate::engine::{self, docker};
 use crate::lease::{Holder, Lease};
@@ -44,9 +44,8 @@ pub fn run(ctx: &Ctx, a: RunArgs) -> Result<i32> {
             (d.mode, format!("detected: {}", d.why))
         }
     };
-    line.check(mode, &|p| std::fs::read_to_string(p), &|c| {
-        docker::bind_sources(&cli, c)
-    })?;
+    // Env files are read here, once; docker gets the checked bytes (Checked::hand_over), never the files again.
+    let checked = line.check(mode, &|c| docker::bind_sources(&cli, c))?;
     line.check_cidfile()?;
     let want = want_of(&a.request)?;
     say(
@@ -99,7 +98,7 @@ pub fn run(ctx: &Ctx, a: RunArgs) -> Result<i32> {
             }
         ),
     );
-    run_with_lease(ctx, &cli, &line, mode, &lease, &dir)
+    run_with_lease(ctx, &cli, &line, &checked, mode, &lease, &dir)
 }
 
 /// Run docker for an allocated lease; every path ends released, or with the lease handed to the container.
@@ -107,6 +106,7 @@ fn run_with_lease(
     ctx: &Ctx,
     cli: &DockerCli,
     line: &RunLine,
+    checked: &Checked,
     mode: crate::cli::InjectMode,
     lease: &Lease,
     dir: &StateDir,
@@ -119,6 +119,15 @@ fn run_with_lease(
             return Err(e).context("creating a temp dir for docker's --cidfile");
         }
     };
+    // The temp dir is 0700 and root's: the checked env file copies live there while docker reads them.
+    let line = match checked.hand_over(line, tmp.path()) {
+        Ok(l) => l,
+        Err(e) => {
+            release(ctx, dir, lease);
+            return Err(e.into());
+        }
+    };
+    let line = &line;
     let mut ours: Vec<String> = Vec::new();
     let cidfile = match line.cidfile() {
         Some(user) => PathBuf::from(user),

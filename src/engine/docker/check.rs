@@ -5,25 +5,58 @@
 //! Host paths are judged by `hostpath` (text, symlinks, device numbers), never by their spelling alone: docker hands
 //! the daemon the string as written, and the kernel resolves it.
 
-use super::hostpath;
 use super::options::parse_bool;
+use super::{envfile, hostpath};
 use super::{DockerError, RunLine, DEVICE_ENV};
 use crate::cli::InjectMode;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 /// The bind-mount sources of a container `--volumes-from` names (a parameter, so the check runs without a daemon in
 /// unit tests); `Err` says why they could not be learnt.
 pub type BindsOf<'a> = &'a dyn Fn(&str) -> Result<Vec<String>, String>;
 
+/// What the check read that docker must get exactly as read: each `--env-file`'s bytes, by option index.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Checked {
+    env_files: Vec<(usize, Vec<u8>)>,
+}
+
+impl Checked {
+    /// `line` with every `--env-file` pointing at a private copy (0600, in `dir`, which must be private too) of the
+    /// bytes that were checked. Copies rather than `-e NAME=VALUE` options: values stay off docker's command line,
+    /// which every user can read in /proc, and docker parses the very bytes migrun parsed.
+    pub fn hand_over(&self, line: &RunLine, dir: &Path) -> Result<RunLine, DockerError> {
+        let mut line = line.clone();
+        for (n, (opt, bytes)) in self.env_files.iter().enumerate() {
+            let given = PathBuf::from(line.opts[*opt].value.clone().unwrap_or_default());
+            let copy = dir.join(format!("env-file-{}", n + 1));
+            let io = |source| DockerError::EnvFileCopy {
+                path: given.clone(),
+                source,
+            };
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&copy)
+                .and_then(|mut f| f.write_all(bytes))
+                .map_err(io)?;
+            line = line
+                .with_value(*opt, &copy.display().to_string())
+                .ok_or_else(|| io(std::io::Error::other("the option has no value to replace")))?;
+        }
+        Ok(line)
+    }
+}
+
 impl RunLine {
     /// Refuse what would let the container pick or reach a GPU itself, and options that conflict with `mode`.
-    /// `read_file` reads `--env-file`s; `binds_of` tells what another container mounts (`--volumes-from`).
-    pub fn check(
-        &self,
-        mode: InjectMode,
-        read_file: &dyn Fn(&Path) -> std::io::Result<String>,
-        binds_of: BindsOf,
-    ) -> Result<(), DockerError> {
+    /// Env files are read here, once; [`Checked::hand_over`] gives docker what was read. `binds_of` tells what
+    /// another container mounts (`--volumes-from`).
+    pub fn check(&self, mode: InjectMode, binds_of: BindsOf) -> Result<Checked, DockerError> {
+        let mut checked = Checked::default();
         let here = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
         let majors = hostpath::nvidia_majors();
         let reach = |given: String, path: &str, base: &Path, walk: bool| match hostpath::reach(
@@ -32,7 +65,7 @@ impl RunLine {
             Some(why) => Err(DockerError::DeviceReach { given, why }),
             None => Ok(()),
         };
-        for o in &self.opts {
+        for (index, o) in self.opts.iter().enumerate() {
             let v = o.value.as_deref().unwrap_or("");
             let given = || format!("{} {v}", o.spelled);
             match o.name.as_str() {
@@ -50,21 +83,21 @@ impl RunLine {
                     }
                 }
                 "env-file" => {
-                    let text = read_file(Path::new(v)).map_err(|source| DockerError::EnvFile {
-                        path: v.into(),
-                        source,
-                    })?;
-                    for line in text.lines() {
-                        let line = line.trim_start_matches('\u{feff}').trim_start();
-                        if line.starts_with('#') {
-                            continue;
-                        }
-                        if let Some(var) = device_env_name(line) {
+                    let bytes = envfile::read_once(Path::new(v))?;
+                    let entries =
+                        envfile::parse(&bytes).map_err(|(line, why)| DockerError::EnvFileLine {
+                            path: v.into(),
+                            line,
+                            why,
+                        })?;
+                    for e in entries {
+                        if let Some(var) = device_env_name(&e.name) {
                             return Err(DockerError::DeviceChoice {
-                                given: format!("{var} in --env-file {v}"),
+                                given: format!("{var} in --env-file {v} (line {})", e.line),
                             });
                         }
                     }
+                    checked.env_files.push((index, bytes));
                 }
                 "device" => {
                     if is_cdi_gpu(v) {
@@ -119,7 +152,7 @@ impl RunLine {
                 _ => {}
             }
         }
-        Ok(())
+        Ok(checked)
     }
 }
 
@@ -244,16 +277,12 @@ mod tests {
         RunLine::parse(&words).unwrap_or_else(|e| panic!("{s}: {e}"))
     }
 
-    fn no_files(_: &Path) -> std::io::Result<String> {
-        Err(std::io::Error::from(std::io::ErrorKind::NotFound))
-    }
-
     fn no_daemon(_: &str) -> Result<Vec<String>, String> {
         Err("no daemon in unit tests".into())
     }
 
-    fn check(line: &str) -> Result<(), DockerError> {
-        parse(line).check(InjectMode::Env, &no_files, &no_daemon)
+    fn check(line: &str) -> Result<Checked, DockerError> {
+        parse(line).check(InjectMode::Env, &no_daemon)
     }
 
     #[test]
@@ -350,7 +379,7 @@ mod tests {
                 _ => Err("No such container".into()),
             }
         };
-        let c = |l: &str| parse(l).check(InjectMode::Env, &no_files, &binds);
+        let c = |l: &str| parse(l).check(InjectMode::Env, &binds);
         let e = c("--volumes-from devs:ro img").unwrap_err();
         assert!(
             e.to_string()
@@ -377,32 +406,70 @@ mod tests {
     }
 
     #[test]
-    fn env_files_are_read_like_docker_reads_them() {
-        let files = |p: &Path| -> std::io::Result<String> {
-            match p.to_str().unwrap() {
-                "bad" => {
-                    Ok("# NVIDIA_VISIBLE_DEVICES=x\nA=1\n  NVIDIA_VISIBLE_DEVICES=all\n".into())
-                }
-                "bare" => Ok("\u{feff}NVIDIA_MIG_CONFIG_DEVICES\n".into()),
-                "ok" => Ok("# NVIDIA_VISIBLE_DEVICES=all\nA=NVIDIA_VISIBLE_DEVICES=1\n".into()),
-                _ => Err(std::io::Error::from(std::io::ErrorKind::NotFound)),
-            }
+    fn env_files_are_checked_once_and_docker_gets_what_was_checked() {
+        let d = tempfile::tempdir().unwrap();
+        let file = |name: &str, text: &[u8]| {
+            let p = d.path().join(name);
+            std::fs::write(&p, text).unwrap();
+            p.display().to_string()
         };
-        let c = |l: &str| parse(l).check(InjectMode::Env, &files, &no_daemon);
-        assert!(c("--env-file ok img").is_ok());
-        for f in ["bad", "bare"] {
-            let e = c(&format!("--env-file {f} img")).unwrap_err();
-            assert!(e.to_string().contains(&format!("--env-file {f}")), "{e}");
+        let bad = file(
+            "bad",
+            b"# NVIDIA_VISIBLE_DEVICES=x\nA=1\n  NVIDIA_VISIBLE_DEVICES=all\n",
+        );
+        let bare = file("bare", b"\xef\xbb\xbfNVIDIA_MIG_CONFIG_DEVICES\n");
+        let cr = file("cr", b"A=1\r\nNVIDIA_VISIBLE_DEVICES\r");
+        let ok = file(
+            "ok",
+            b"# NVIDIA_VISIBLE_DEVICES=all\r\nA=NVIDIA_VISIBLE_DEVICES=1\r\n",
+        );
+        for (f, line) in [(&bad, 3), (&bare, 1), (&cr, 2)] {
+            let e = check(&format!("--env-file {f} img")).unwrap_err();
+            assert!(
+                e.to_string()
+                    .contains(&format!("in --env-file {f} (line {line})")),
+                "{e}"
+            );
         }
-        let e = c("--env-file missing img").unwrap_err();
+        let e = check(&format!(
+            "--env-file {} img",
+            d.path().join("missing").display()
+        ))
+        .unwrap_err();
         assert!(matches!(e, DockerError::EnvFile { .. }), "{e}");
+        let e = check(&format!("--env-file={} img", file("blank", b"A B=1\n"))).unwrap_err();
+        assert!(matches!(e, DockerError::EnvFileLine { line: 1, .. }), "{e}");
+
+        // What docker gets: a private copy of the bytes that were checked, whatever the file says later.
+        let line = parse(&format!("--rm --env-file={ok} -e X=1 --env-file {ok} img"));
+        let checked = line.check(InjectMode::Env, &no_daemon).unwrap();
+        std::fs::write(&ok, "NVIDIA_VISIBLE_DEVICES=all\n").unwrap();
+        let private = tempfile::tempdir().unwrap();
+        let handed = checked.hand_over(&line, private.path()).unwrap();
+        let copies: Vec<&str> = handed.values("env-file").collect();
+        assert_eq!(copies.len(), 2);
+        for c in &copies {
+            assert!(c.starts_with(&private.path().display().to_string()), "{c}");
+            assert_eq!(
+                std::fs::read(c).unwrap(),
+                b"# NVIDIA_VISIBLE_DEVICES=all\r\nA=NVIDIA_VISIBLE_DEVICES=1\r\n"
+            );
+            let mode = std::fs::metadata(c).unwrap().permissions();
+            assert_eq!(
+                std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+                0o600
+            );
+        }
+        assert_eq!(handed.words[1], format!("--env-file={}", copies[0]));
+        assert_eq!(handed.words[5], copies[1]);
+        assert_eq!(handed.words[2..5], ["-e", "X=1", "--env-file"]);
     }
 
     #[test]
     fn help_and_runtime_conflicts() {
         let e = check("-it --help img").unwrap_err();
         assert!(matches!(e, DockerError::Help { .. }));
-        let c = |l: &str, mode| parse(l).check(mode, &no_files, &no_daemon);
+        let c = |l: &str, mode| parse(l).check(mode, &no_daemon);
         let e = c("--runtime runc img", InjectMode::NvidiaRuntime).unwrap_err();
         assert!(matches!(e, DockerError::RuntimeConflict { .. }));
         assert!(c("--runtime nvidia img", InjectMode::NvidiaRuntime).is_ok());

@@ -5,8 +5,8 @@
 //! The caller (commands::launch) owns the lease: this module hands it the container id through a callback as soon as
 //! docker writes the cidfile, and returns docker's exit code, so "release on every path" stays in one place.
 //!
-//! Files: `options` (docker run's options and IMAGE), `check` (what is refused), `hostpath` (where a host path
-//! leads), `toolkit` (choosing `--inject`), `supervise` (running docker); this file holds the errors, the injected
+//! Files: `options` (docker run's options and IMAGE), `check` (what is refused), `envfile` (env files read once, as
+//! docker reads them), `hostpath` (where a host path leads), `toolkit` (choosing `--inject`), `supervise` (running docker); this file holds the errors, the injected
 //! options, the CLI and its endpoint, and liveness.
 
 use crate::alloc::HolderProbe;
@@ -60,6 +60,24 @@ pub enum DockerError {
         #[source]
         source: std::io::Error,
     },
+    #[error("refusing --env-file {path}: it is {kind}, not a regular file; migrun reads an env file once and hands docker exactly what it checked, so give it a regular file")]
+    EnvFileKind { path: PathBuf, kind: &'static str },
+    #[error("refusing --env-file {path}: it holds {size} bytes, more than the {max} migrun reads; split it, or pass the variables with -e", max = envfile::MAX_BYTES)]
+    EnvFileTooBig { path: PathBuf, size: u64 },
+    #[error(
+        "--env-file {path} line {line}: {why}; docker refuses such a file too, so fix that line"
+    )]
+    EnvFileLine {
+        path: PathBuf,
+        line: usize,
+        why: String,
+    },
+    #[error("cannot hand docker the checked copy of --env-file {path}: {source}")]
+    EnvFileCopy {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("--runtime {given} conflicts with --inject nvidia-runtime, which runs the container with --runtime nvidia; drop --runtime or choose another --inject mode")]
     RuntimeConflict { given: String },
     #[error("no NVIDIA container toolkit found ({looked}); install nvidia-container-toolkit, choose a mode with --inject gpus|nvidia-runtime|cdi, or pass --inject env to only set NVIDIA_VISIBLE_DEVICES (plain runtimes, tests)")]
@@ -82,18 +100,22 @@ impl DockerError {
     /// Bad input and refusals are usage errors (2); failing to run docker is a failure (1).
     pub fn exit_code(&self) -> i32 {
         match self {
-            DockerError::Spawn { .. } | DockerError::Signals(_) => crate::exit::FAILED,
+            DockerError::Spawn { .. }
+            | DockerError::Signals(_)
+            | DockerError::EnvFileCopy { .. } => crate::exit::FAILED,
             _ => crate::exit::USAGE,
         }
     }
 }
 
 mod check;
+mod envfile;
 mod hostpath;
 mod options;
 mod supervise;
 mod toolkit;
 
+pub use check::Checked;
 pub use options::{DockerOpt, RunLine};
 pub use supervise::{
     exit_code, read_cidfile, run_supervised, should_forward, Finished, SignalGuard, FORWARDED,

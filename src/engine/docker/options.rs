@@ -168,6 +168,10 @@ pub struct DockerOpt {
     pub value: Option<String>,
     /// How the user wrote it (for messages), e.g. `-e` or `--env`.
     pub spelled: String,
+    /// The index in [`RunLine::words`] of the word that ends with the value (or holds the switch): a value is always
+    /// the tail of one word (`--env-file=F`, `-eX=1`, or the next word), which is how [`RunLine::with_value`]
+    /// replaces it.
+    pub word: usize,
 }
 
 /// A `docker run` line split the way docker splits it: options, IMAGE, command.
@@ -207,6 +211,7 @@ impl RunLine {
                         name: name.into(),
                         value: inline,
                         spelled: format!("--{name}"),
+                        word: i,
                     });
                 } else if VALUE_OPTIONS.contains(&name) {
                     let value = match inline {
@@ -222,6 +227,7 @@ impl RunLine {
                         name: name.into(),
                         value: Some(value),
                         spelled: format!("--{name}"),
+                        word: i,
                     });
                 } else if let Some(v) = inline {
                     // Unknown, but unambiguous: its value is attached. Pass it through for docker to judge.
@@ -229,6 +235,7 @@ impl RunLine {
                         name: name.into(),
                         value: Some(v),
                         spelled: format!("--{name}"),
+                        word: i,
                     });
                 } else {
                     return Err(DockerError::UnknownOption { option: a.clone() });
@@ -255,6 +262,7 @@ impl RunLine {
                                 name: (*long).into(),
                                 value: Some(v.into()),
                                 spelled: format!("-{c}"),
+                                word: i,
                             });
                             break;
                         }
@@ -262,6 +270,7 @@ impl RunLine {
                             name: (*long).into(),
                             value: None,
                             spelled: format!("-{c}"),
+                            word: i,
                         });
                         k += 1;
                         continue;
@@ -280,6 +289,7 @@ impl RunLine {
                         name: (*long).into(),
                         value: Some(value),
                         spelled: format!("-{c}"),
+                        word: i,
                     });
                     break;
                 }
@@ -342,6 +352,18 @@ impl RunLine {
             }
             _ => Ok(()),
         }
+    }
+
+    /// The same line with option `opt`'s value (an index into [`RunLine::opts`]) replaced by `value`, in the option
+    /// and in the word that holds it; `None` when `opt` has no value.
+    pub fn with_value(&self, opt: usize, value: &str) -> Option<RunLine> {
+        let mut line = self.clone();
+        let o = line.opts.get_mut(opt)?;
+        let old = o.value.replace(value.to_string())?;
+        let word = line.words.get_mut(o.word)?;
+        let head = word.strip_suffix(old.as_str())?.to_string();
+        *word = head + value;
+        Some(line)
     }
 
     /// `docker run` argv: the user's options unchanged, then migrun's (last, so they win), then IMAGE and CMD.
