@@ -1,7 +1,8 @@
 //! Attacks on the docker launcher, each performed against the private dockerd on a simulated H100 with `--inject env`:
 //! device nodes smuggled past the option check (spelling, symlinks, `mknod` copies, bind mounts, `--volumes-from`,
-//! `--privileged`, `--device-cgroup-rule`). Needs root and the engines from scripts/setup-test-host.sh; fails (never
-//! skips) without them.
+//! `--privileged`, `--device-cgroup-rule`), env files that change between the check and docker (a FIFO, a rewrite, a
+//! CR line), and a launcher killed before docker names its container (gc must not free the slice under it). Needs
+//! root and the engines from scripts/setup-test-host.sh; fails (never skips) without them.
 
 mod common;
 mod launcher_support;
@@ -265,4 +266,90 @@ fn env_files_are_read_once_and_docker_gets_what_was_checked() {
         "{err}"
     );
     w.assert_clean("after refusing the CR line");
+}
+
+#[test]
+fn a_launcher_killed_before_the_cidfile_leaves_the_slice_to_docker_and_its_container() {
+    let w = World::new();
+    // A docker CLI that takes its time before it reaches the daemon, as one pulling a large image does.
+    let slow = docker_wrapper(&w, "slow-docker", r#"case "$1" in run) sleep 5;; esac"#);
+    let name = engines::unique_name("migrun-slow");
+    let mut launcher = w
+        .migrun()
+        .env("MIGRUN_DOCKER", &slow)
+        .args(["--profile", "3g.40gb", "--inject", "env", "--pull", "never"])
+        .args(["--init", "--name", &name, &w.image, "sleep", "100"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // The lease names the docker client before docker may run (it waits behind migrun's gate until then).
+    wait_for(
+        "the lease records the docker client",
+        Duration::from_secs(30),
+        || {
+            w.leases().first().is_some_and(|l| {
+                l["holder"]["kind"] == "launcher" && l["holder"]["client"].is_array()
+            })
+        },
+    );
+    let lease = w.leases()[0].clone();
+    let client = lease["holder"]["client"][0].as_u64().unwrap() as i32;
+    assert_eq!(lease["holder"]["pid"], launcher.id());
+    launcher.kill().unwrap(); // SIGKILL: no release, no handover to the container
+    launcher.wait().unwrap();
+    assert_eq!(
+        w.container_state(&name),
+        None,
+        "the launcher was to die before docker created the container"
+    );
+
+    let gc = || {
+        let out = engines::run_output(w.migrun().arg("gc"));
+        assert!(out.status.success(), "{}", show(&out));
+    };
+    gc();
+    assert_eq!(
+        w.leases().len(),
+        1,
+        "gc freed the slice while the docker client still runs"
+    );
+
+    // docker goes on to start the container with the leased device.
+    wait_for("the container runs", Duration::from_secs(30), || {
+        w.container_state(&name).as_deref() == Some("running")
+    });
+    let seen =
+        engines::run_ok(
+            w.docker()
+                .args(["exec", &name, "printenv", "NVIDIA_VISIBLE_DEVICES"]),
+        );
+    assert_eq!(seen.trim(), lease["mig_uuid"].as_str().unwrap());
+    gc();
+    assert_eq!(w.leases().len(), 1, "gc freed a running container's slice");
+
+    // Without the docker client too, the container's migrun.launch label is what keeps the slice.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(client),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    wait_for("the docker client is gone", Duration::from_secs(10), || {
+        std::fs::read_to_string(format!("/proc/{client}/stat")).map_or(true, |s| {
+            s.rsplit(')')
+                .next()
+                .unwrap_or("")
+                .trim_start()
+                .starts_with('Z')
+        })
+    });
+    assert_eq!(w.container_state(&name).as_deref(), Some("running"));
+    gc();
+    let left = w.leases();
+    assert_eq!(left.len(), 1, "gc freed a running container's slice");
+    assert_eq!(left[0]["id"], lease["id"]);
+
+    engines::run_ok(w.docker().args(["rm", "-f", &name]));
+    gc();
+    w.assert_clean("after the container is removed and gc ran");
 }

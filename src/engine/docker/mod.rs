@@ -6,11 +6,13 @@
 //! docker writes the cidfile, and returns docker's exit code, so "release on every path" stays in one place.
 //!
 //! Files: `options` (docker run's options and IMAGE), `check` (what is refused), `envfile` (env files read once, as
-//! docker reads them), `hostpath` (where a host path leads), `toolkit` (choosing `--inject`), `supervise` (running docker); this file holds the errors, the injected
+//! docker reads them), `hostpath` (where a host path leads), `toolkit` (choosing `--inject`), `supervise` (running
+//! docker) and `gate` (docker held back until its pid is in the lease); this file holds the errors, the injected
 //! options, the CLI and its endpoint, and liveness.
 
 use crate::alloc::HolderProbe;
 use crate::cli::InjectMode;
+use crate::lease::LeaseId;
 use std::ffi::{OsStr, OsString};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -28,6 +30,9 @@ pub const DEVICE_ENV: &[&str] = &[
 pub const LABEL_LEASE: &str = "migrun.lease";
 pub const LABEL_PROFILE: &str = "migrun.profile";
 pub const LABEL_UUID: &str = "migrun.uuid";
+/// A random id per launch, recorded in the lease before docker runs: gc finds the container a killed launcher's docker
+/// went on to start by it (`migrun.lease` alone repeats across state dirs and after a reboot empties /run/migrun).
+pub const LABEL_LAUNCH: &str = "migrun.launch";
 
 /// Where CDI specs live (the CDI spec's standard directories).
 pub const CDI_DIRS: &[&str] = &["/etc/cdi", "/var/run/cdi"];
@@ -94,6 +99,8 @@ pub enum DockerError {
     CidfileExists(PathBuf),
     #[error("cannot set up signal forwarding for docker: {0}")]
     Signals(#[source] std::io::Error),
+    #[error("cannot record the docker client's pid in the lease before it runs ({0}), so docker was not started; check the state dir and try again")]
+    Hold(String),
 }
 
 impl DockerError {
@@ -102,6 +109,7 @@ impl DockerError {
         match self {
             DockerError::Spawn { .. }
             | DockerError::Signals(_)
+            | DockerError::Hold(_)
             | DockerError::EnvFileCopy { .. } => crate::exit::FAILED,
             _ => crate::exit::USAGE,
         }
@@ -110,6 +118,7 @@ impl DockerError {
 
 mod check;
 mod envfile;
+mod gate;
 mod hostpath;
 mod options;
 mod supervise;
@@ -145,6 +154,11 @@ pub fn label_args(lease: &str, profile: &str, mig_uuid: &str) -> Vec<String> {
         "--label".into(),
         format!("{LABEL_UUID}={mig_uuid}"),
     ]
+}
+
+/// The `--label` option naming the launch (see [`LABEL_LAUNCH`]).
+pub fn launch_label_args(launch: &str) -> Vec<String> {
+    vec!["--label".into(), format!("{LABEL_LAUNCH}={launch}")]
 }
 
 /// The kebab-case name of a mode, as `--inject` takes it.
@@ -224,7 +238,12 @@ impl DockerCli {
 
     /// A `docker` command aimed at this CLI's daemon.
     pub fn command(&self) -> Command {
-        let mut c = Command::new(&self.path);
+        self.command_of(&self.path)
+    }
+
+    /// `program` with the environment that aims this CLI at its daemon (for a program that execs the CLI).
+    pub fn command_of(&self, program: &Path) -> Command {
+        let mut c = Command::new(program);
         if let Some(h) = &self.host {
             c.env("DOCKER_HOST", h);
         }
@@ -359,6 +378,39 @@ impl HolderProbe for DockerProbe {
     fn container_alive(&self, id: &str, engine: &str) -> Option<bool> {
         container_alive(&DockerCli::from_engine_tag(engine)?, id)
     }
+
+    fn launched_alive(&self, lease: LeaseId, launch: &str, engine: &str) -> Option<bool> {
+        launched_alive(&DockerCli::from_engine_tag(engine)?, lease, launch)
+    }
+}
+
+/// Does the daemon hold a live container labelled `migrun.lease=<lease>` and `migrun.launch=<launch>` (one a launcher
+/// started but never recorded, because it was killed before docker wrote the cidfile)? Asks the endpoint recorded in
+/// the lease (`docker ps -a` with both labels, then each container's state); `None` when the daemon cannot be asked.
+pub fn launched_alive(cli: &DockerCli, lease: LeaseId, launch: &str) -> Option<bool> {
+    let out = cli
+        .command()
+        .args(["ps", "--all", "--quiet", "--no-trunc"])
+        .arg("--filter")
+        .arg(format!("label={LABEL_LEASE}={lease}"))
+        .arg("--filter")
+        .arg(format!("label={LABEL_LAUNCH}={launch}"))
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    let mut any_unknown = false;
+    for id in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+        match container_alive(cli, id) {
+            Some(true) => return Some(true),
+            Some(false) => {}
+            None => any_unknown = true,
+        }
+    }
+    (!any_unknown).then_some(false)
 }
 
 /// Block until the container is gone for good (`docker wait`, then a look at its state, since a restart policy

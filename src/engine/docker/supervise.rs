@@ -1,6 +1,7 @@
 //! Running the docker CLI for the launcher: terminal inherited, signals forwarded (never twice), the container id
 //! reported as soon as docker writes the cidfile; it neither allocates nor releases.
 
+use super::gate::Gate;
 use super::{DockerCli, DockerError};
 use signal_hook::iterator::exfiltrator::origin::WithOrigin;
 use signal_hook::iterator::SignalsInfo;
@@ -35,6 +36,8 @@ pub struct Finished {
     pub container: Option<String>,
     /// Signals forwarded to docker, for --verbose.
     pub forwarded: Vec<i32>,
+    /// Why docker, started without a gate, could not be bound to the lease (for a warning); `None` when it was.
+    pub unheld: Option<String>,
 }
 
 /// The exit code a shell would show for `status`.
@@ -55,24 +58,51 @@ pub fn read_cidfile(path: &Path) -> Option<String> {
 /// Run `docker <argv>` with the terminal inherited, forward signals to it, and report the container id through
 /// `on_container` as soon as `cidfile` holds it. Returns when docker exits. Signals stay caught until the caller
 /// drops the returned guard, so migrun cannot be interrupted between docker's exit and the release.
+///
+/// `on_spawn` gets the docker client's pid before docker may talk to the daemon (it waits behind a [`Gate`]), so the
+/// caller can bind the lease to it; if `on_spawn` fails, docker never runs and this returns [`DockerError::Hold`].
+/// Without a gate (no low descriptor free) docker starts at once and `on_spawn` follows right after; its error is
+/// then only reported in [`Finished::unheld`], since docker already runs.
 pub fn run_supervised(
     cli: &DockerCli,
     argv: &[String],
     cidfile: &Path,
+    on_spawn: &mut dyn FnMut(u32) -> Result<(), String>,
     on_container: &mut dyn FnMut(&str),
 ) -> Result<(Finished, SignalGuard), DockerError> {
     let mut wanted: Vec<i32> = FORWARDED.to_vec();
     wanted.push(signal_hook::consts::SIGCHLD);
     // Registered before the spawn: a signal or the child's exit can never slip in unnoticed.
     let mut signals = SignalsInfo::<WithOrigin>::new(&wanted).map_err(DockerError::Signals)?;
-    let mut child = cli
-        .command()
-        .args(argv)
-        .spawn()
-        .map_err(|source| DockerError::Spawn {
-            cli: cli.path.clone(),
-            source,
-        })?;
+    let mut gate = Gate::new();
+    let mut command = match &gate {
+        Some(g) => g.command(cli, argv),
+        None => {
+            let mut c = cli.command();
+            c.args(argv);
+            c
+        }
+    };
+    let spawned = command.spawn().map_err(|source| DockerError::Spawn {
+        cli: cli.path.clone(),
+        source,
+    });
+    if let Some(g) = gate.as_mut() {
+        g.started();
+    }
+    let mut child = spawned?;
+    let held = on_spawn(child.id());
+    let mut unheld = None;
+    match (gate, held) {
+        (Some(mut g), Ok(())) => g.open(),
+        (Some(g), Err(why)) => {
+            // Closing the gate unopened makes the shell exit without running docker.
+            drop(g);
+            let _ = child.wait();
+            return Err(DockerError::Hold(why));
+        }
+        (None, held) => unheld = held.err(),
+    }
     let pid = nix::unistd::Pid::from_raw(child.id() as i32);
     let mut container: Option<String> = None;
     let mut forwarded = Vec::new();
@@ -125,6 +155,7 @@ pub fn run_supervised(
             code: exit_code(status),
             container,
             forwarded,
+            unheld,
         },
         SignalGuard { _signals: signals },
     ))
