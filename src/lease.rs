@@ -39,6 +39,19 @@ pub enum Holder {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         pid: Option<(u32, u64)>,
     },
+    /// The docker launcher until docker writes the container's id: alive while the launcher runs, while the docker
+    /// client it started runs, or while the engine holds a live container labelled with this launch.
+    Launcher {
+        pid: u32,
+        start_time: u64,
+        /// The docker client (pid, start time), recorded before it may reach the daemon; `None` until it starts.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        client: Option<(u32, u64)>,
+        /// The docker endpoint, as for container holders (`docker|host=…|cli=…`).
+        engine: String,
+        /// The container's `migrun.launch` label, which tells this launch's container from any other.
+        launch: String,
+    },
     /// `migrun alloc` without `--holder-pid`: released only by `migrun release`.
     Manual,
 }
@@ -66,6 +79,7 @@ impl std::fmt::Display for Holder {
                 let family = engine.split('|').next().unwrap_or(engine);
                 write!(f, "{family} container {short}")
             }
+            Holder::Launcher { pid, .. } => write!(f, "launcher pid {pid}"),
             Holder::Manual => f.write_str("manual"),
         }
     }

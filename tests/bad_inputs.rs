@@ -357,6 +357,52 @@ fn case(id: &str, sim: &Sim) -> Option<Case> {
             init,
             launcher(&["--device", "nvidia.com/gpu=all", "img"]),
         ),
+        "docker-device-spelled" => c("", init, launcher(&["--device", "/dev/./nvidia0", "img"])),
+        "docker-device-dev" => c("", init, launcher(&["--device", "/dev/", "img"])),
+        "docker-device-symlink" => {
+            // Made before the first snapshot, so both snapshots hold it.
+            let link = sim.tmp.path().join("x");
+            std::os::unix::fs::symlink("/dev/nvidia0", &link).unwrap();
+            c(
+                "",
+                init,
+                launcher(&["--device", &link.display().to_string(), "img"]),
+            )
+        }
+        "docker-bind-dev" => c("", init, launcher(&["--rm", "-v", "/dev:/dev", "img"])),
+        "docker-mount-caps" => c(
+            "",
+            init,
+            launcher(&[
+                "--mount",
+                "type=bind,source=/dev/nvidia-caps,target=/x",
+                "img",
+            ]),
+        ),
+        "docker-env-file-fifo" => {
+            let f = sim.tmp.path().join("fifo.env");
+            nix::unistd::mkfifo(&f, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+            c(
+                "",
+                init,
+                launcher(&["--env-file", &f.display().to_string(), "img"]),
+            )
+        }
+        "docker-env-file-cr" => {
+            let f = sim.tmp.path().join("cr.env");
+            std::fs::write(&f, "A=1\r\nNVIDIA_VISIBLE_DEVICES\r").unwrap();
+            c(
+                "",
+                init,
+                launcher(&["--env-file", &f.display().to_string(), "img"]),
+            )
+        }
+        "docker-privileged" => c("", init, launcher(&["--privileged", "img"])),
+        "docker-cgroup-rule" => c(
+            "",
+            init,
+            launcher(&["--device-cgroup-rule", "c 195:* rwm", "img"]),
+        ),
         "docker-no-image" => c("", init, s(&["--profile", "1g.10gb"])),
         "docker-bad-cli" => c(
             "",
@@ -502,6 +548,15 @@ fn every_documented_bad_input_fails_cleanly_and_leaves_nothing() {
         "docker-mig-monitor",
         "docker-gpus",
         "docker-cdi-device",
+        "docker-device-spelled",
+        "docker-device-dev",
+        "docker-device-symlink",
+        "docker-bind-dev",
+        "docker-mount-caps",
+        "docker-privileged",
+        "docker-cgroup-rule",
+        "docker-env-file-fifo",
+        "docker-env-file-cr",
         "docker-no-image",
         "docker-bad-cli",
     ];

@@ -5,165 +5,15 @@
 //! without them.
 
 mod common;
+mod launcher_support;
 
-use common::engines::{self, PrivateDockerd};
+use common::engines;
 use common::fake_nvml::FakeNvml;
+use launcher_support::*;
 use serde_json::Value;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
-
-const MIGRUN: &str = env!("CARGO_BIN_EXE_migrun");
-
-/// Where the GPUs come from.
-enum Gpus {
-    /// `--simulate SPEC` (MIGRUN_SIMULATE).
-    Sim(&'static str),
-    /// migrun's NVML backend over the fake libnvidia-ml.
-    Fake(FakeNvml),
-}
-
-/// One test's world: a GPU machine with its own state dir, the shared private dockerd, the busybox image.
-struct World {
-    tmp: tempfile::TempDir,
-    docker: &'static PrivateDockerd,
-    image: String,
-    gpus: Gpus,
-}
-
-impl World {
-    /// One simulated H100 80GB.
-    fn new() -> World {
-        World::with(Gpus::Sim("h100-80gb:1"))
-    }
-
-    fn with(gpus: Gpus) -> World {
-        let docker = engines::shared_dockerd();
-        let image = engines::busybox_image(docker);
-        let tmp = tempfile::tempdir().unwrap();
-        std::fs::write(tmp.path().join("config.toml"), "").unwrap();
-        World {
-            tmp,
-            docker,
-            image,
-            gpus,
-        }
-    }
-
-    fn state(&self) -> PathBuf {
-        self.tmp.path().join("state")
-    }
-
-    /// The environment that aims migrun at this world: its GPUs, its state dir, the private daemon.
-    fn env(&self, c: &mut Command) {
-        match &self.gpus {
-            Gpus::Sim(spec) => {
-                c.env("MIGRUN_SIMULATE", spec);
-            }
-            Gpus::Fake(fake) => {
-                c.env_remove("MIGRUN_SIMULATE").envs(fake.env());
-            }
-        }
-        c.env("MIGRUN_STATE_DIR", self.state())
-            .env("MIGRUN_CONFIG", self.tmp.path().join("config.toml"))
-            .env("MIGRUN_DOCKER", engines::docker_cli())
-            .env("DOCKER_HOST", self.docker.host())
-            .env("DOCKER_CONFIG", self.docker.dir().join("cli-config"))
-            .env_remove("DOCKER_CONTEXT")
-            .stdin(Stdio::null());
-    }
-
-    fn migrun(&self) -> Command {
-        let mut c = Command::new(MIGRUN);
-        self.env(&mut c);
-        c
-    }
-
-    /// `migrun --profile P --inject env <docker args>` with `--pull never` first among docker's options.
-    fn launch(&self, profile: &str, docker_args: &[&str]) -> Command {
-        let mut c = self.migrun();
-        c.args(["--profile", profile, "--inject", "env", "--pull", "never"])
-            .args(docker_args);
-        c
-    }
-
-    fn status(&self) -> Value {
-        let out = engines::run_ok(self.migrun().args(["status", "--json"]));
-        serde_json::from_str(&out).unwrap_or_else(|e| panic!("status --json: {e}\n{out}"))
-    }
-
-    fn leases(&self) -> Vec<Value> {
-        self.status()["leases"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
-    }
-
-    fn instances(&self) -> Vec<Value> {
-        self.status()["gpus"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .flat_map(|g| g["instances"].as_array().cloned().unwrap_or_default())
-            .collect()
-    }
-
-    /// Nothing held, nothing left: no lease and no instance.
-    fn assert_clean(&self, why: &str) {
-        let s = self.status();
-        assert_eq!(
-            s["leases"].as_array().map_or(0, |l| l.len()),
-            0,
-            "{why}: leases left: {s:#}"
-        );
-        assert!(self.instances().is_empty(), "{why}: instances left: {s:#}");
-    }
-
-    fn docker(&self) -> Command {
-        self.docker.docker_cmd()
-    }
-
-    /// Containers this daemon has with `migrun.lease` labels and this world's state dir in a unique name.
-    fn container_state(&self, id: &str) -> Option<String> {
-        let out = engines::run_output(self.docker().args([
-            "inspect",
-            "--format",
-            "{{.State.Status}}",
-            id,
-        ]));
-        out.status
-            .success()
-            .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
-    }
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-fn show(out: &Output) -> String {
-    format!(
-        "status {}\n--- stdout ---\n{}\n--- stderr ---\n{}",
-        out.status,
-        text(&out.stdout),
-        text(&out.stderr)
-    )
-}
-
-fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !f() {
-        assert!(
-            start.elapsed() < timeout,
-            "timed out after {timeout:?}: {what}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-fn is_mig_uuid(s: &str) -> bool {
-    s.starts_with("MIG-") && s.len() > 20
-}
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 #[test]
 fn container_gets_the_leased_uuid_and_the_slice_is_released() {
@@ -310,34 +160,6 @@ fn sigterm_stops_the_container_and_releases() {
     assert_eq!(out.status.code(), Some(143), "{}", show(&out));
     assert_eq!(w.container_state(&name), None, "container still there");
     w.assert_clean("after SIGTERM");
-}
-
-fn wait_output(child: &mut Child, timeout: Duration) -> Output {
-    let start = Instant::now();
-    loop {
-        if child.try_wait().unwrap().is_some() {
-            break;
-        }
-        if start.elapsed() > timeout {
-            let _ = child.kill();
-            panic!("migrun did not exit within {timeout:?}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let mut stdout = Vec::new();
-    let mut stderr = Vec::new();
-    use std::io::Read;
-    if let Some(mut s) = child.stdout.take() {
-        s.read_to_end(&mut stdout).unwrap();
-    }
-    if let Some(mut s) = child.stderr.take() {
-        s.read_to_end(&mut stderr).unwrap();
-    }
-    Output {
-        status: child.wait().unwrap(),
-        stdout,
-        stderr,
-    }
 }
 
 #[test]

@@ -22,9 +22,9 @@ fi
 
 mkdir -p "$DIR"
 chmod 755 "$DIR"
-# Charge the lease to the job's user, so per-user limits in /etc/migrun/config.toml apply to them: migrun reads
-# SUDO_UID only when it runs as root, as here. No --holder-pid: the lease is the job's until epilog.sh releases it.
-if ! got=$(SUDO_UID="${SLURM_JOB_UID:-0}" "$MIGRUN" alloc --profile "$profile" --wait="$WAIT"); then
+# Charge the lease to the job's user, so per-user limits in /etc/migrun/config.toml apply to them (--for-uid is
+# for root callers such as this prolog). No --holder-pid: the lease is the job's until epilog.sh releases it.
+if ! got=$("$MIGRUN" alloc --profile "$profile" --for-uid "${SLURM_JOB_UID:-0}" --wait="$WAIT"); then
   echo "migrun prolog: job $job: no $profile slice within ${WAIT}s (see \`migrun status\`)" >&2
   exit 1
 fi

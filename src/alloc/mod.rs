@@ -80,6 +80,12 @@ impl AllocRequest {
 pub trait HolderProbe {
     /// `Some(true)` alive, `Some(false)` gone, `None` unknown (engine unreachable: keep the lease).
     fn container_alive(&self, id: &str, engine: &str) -> Option<bool>;
+
+    /// Does `engine` hold a live container labelled with lease `lease` and launch `launch` (a launcher's whose id was
+    /// never recorded)? `None` when it cannot be asked (keep the lease).
+    fn launched_alive(&self, _lease: LeaseId, _launch: &str, _engine: &str) -> Option<bool> {
+        None
+    }
 }
 
 /// A probe that knows no engine: every container is "unknown", so only its init pid (when recorded) decides.
@@ -400,7 +406,7 @@ fn destroy(
     Ok(())
 }
 
-fn holder_alive(h: &Holder, probe: &dyn HolderProbe) -> bool {
+fn holder_alive(lease_id: LeaseId, h: &Holder, probe: &dyn HolderProbe) -> bool {
     match h {
         Holder::Process { pid, start_time } => lease::process_alive(*pid, *start_time),
         // The engine's word wins; when it cannot be asked, a recorded init pid decides; else keep the lease.
@@ -408,6 +414,21 @@ fn holder_alive(h: &Holder, probe: &dyn HolderProbe) -> bool {
             Some(alive) => alive,
             None => pid.map_or(true, |(p, st)| lease::process_alive(p, st)),
         },
+        // Before docker wrote the container id, the launcher, the docker client it recorded before docker ran, or a
+        // container labelled with this launch may use the slice (a slow pull can outlive a killed launcher).
+        Holder::Launcher {
+            pid,
+            start_time,
+            client,
+            engine,
+            launch,
+        } => {
+            lease::process_alive(*pid, *start_time)
+                || client.is_some_and(|(p, st)| {
+                    lease::process_alive(p, st)
+                        || probe.launched_alive(lease_id, launch, engine) != Some(false)
+                })
+        }
         Holder::Manual => true,
     }
 }
@@ -555,7 +576,7 @@ pub fn sweep_records(
                     mig_uuid: l.mig_uuid.clone(),
                 })
             }
-            LeaseState::Active if holder_alive(&l.holder, probe) => None,
+            LeaseState::Active if holder_alive(l.id, &l.holder, probe) => None,
             LeaseState::Active => {
                 report
                     .notes

@@ -2,7 +2,10 @@
 //! check docker's options, allocate, run docker, release on every path; docker specifics live in `engine::docker`.
 //!
 //! Who holds the lease, and when:
-//! - from allocation until docker writes the cidfile: this process (pid + start time), so a crash there is gc's;
+//! - from allocation until docker writes the cidfile: the launcher (`Holder::Launcher`): this process, then also the
+//!   docker client, whose pid is recorded before it may reach the daemon (it waits behind `engine::docker`'s gate),
+//!   and the `migrun.launch` label it puts on the container. A `kill -9` of migrun in that window (a slow pull) leaves
+//!   the lease alive while the client runs or a container with that label lives; gc frees it after that;
 //! - from then on: the container (`Holder::Container`, engine `docker|…`), so a `kill -9` of migrun never frees a
 //!   slice that a running container still uses; gc frees it once `docker inspect` says the container is gone;
 //! - for `-d`: the container, and a detached `migrun __watch` releases it when `docker wait` returns.
@@ -15,10 +18,10 @@ use crate::cli::{InjectMode, RunArgs, WatchArgs};
 use crate::engine::docker::{DockerCli, RunLine};
 use crate::engine::docker_api::DaemonLink;
 use crate::engine::{self, docker};
-use crate::lease::{Holder, Lease};
+use crate::lease::{Holder, Lease, LeaseError};
 use crate::statedir::{StateDir, DEFAULT_STATE_DIR};
 use anyhow::{Context, Result};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -50,11 +53,9 @@ pub fn run(ctx: &Ctx, a: RunArgs) -> Result<i32> {
         })?;
     }
     let (mode, why) = injection(ctx, &a, &cli)?;
-    line.check(mode, &|p| std::fs::read_to_string(p))?;
+    // Env files are read here, once; docker gets the checked bytes (Checked::hand_over), never the files again.
+    let checked = line.check(mode, &|c| docker::bind_sources(&cli, c))?;
     line.check_cidfile()?;
-    for w in line.warnings() {
-        crate::errln!("migrun: warning: {w}");
-    }
     let want = want_of(&a.request)?;
     say(
         ctx,
@@ -74,12 +75,29 @@ pub fn run(ctx: &Ctx, a: RunArgs) -> Result<i32> {
         ctx.global.simulate.is_some(),
     )?;
     let dir = ctx.state_dir()?;
+    // Made before allocating, so a failure here leaves nothing to release. Root's and 0700: docker's cidfile and the
+    // checked copies of the env files (which docker reads instead of the user's files) live here while docker runs.
+    let tmp = tempfile::Builder::new()
+        .prefix("migrun-run")
+        .tempdir()
+        .context("creating a temp dir for docker's --cidfile and env files")?;
+    let line = checked.hand_over(&line, tmp.path())?;
+    let me = std::process::id();
+    let start_time =
+        crate::lease::process_start_time(me).ok_or(LeaseError::NoSuchProcess { pid: me })?;
+    let launcher = Launcher {
+        pid: me,
+        start_time,
+        engine: cli.engine_tag(),
+        launch: launch_id(me, start_time),
+        mode,
+    };
     let req = AllocRequest {
         want,
         gpu: a.request.gpu.clone(),
         wait: wait_of(&a.request),
         keep: a.request.keep,
-        holder: Holder::this_process()?,
+        holder: launcher.holder(None),
         uid: alloc::caller_uid(),
     };
     let lease = {
@@ -103,7 +121,47 @@ pub fn run(ctx: &Ctx, a: RunArgs) -> Result<i32> {
             }
         ),
     );
-    run_with_lease(ctx, &cli, &line, mode, &lease, &dir)
+    run_with_lease(ctx, &cli, &line, tmp.path(), &launcher, &lease, &dir)
+}
+
+/// This launch: what the lease records about it before the container has an id, and how the device goes in.
+struct Launcher {
+    pid: u32,
+    start_time: u64,
+    engine: String,
+    /// The `migrun.launch` label's value.
+    launch: String,
+    mode: crate::cli::InjectMode,
+}
+
+impl Launcher {
+    /// The lease holder, with the docker client (pid, start time) once it exists.
+    fn holder(&self, client: Option<(u32, u64)>) -> Holder {
+        Holder::Launcher {
+            pid: self.pid,
+            start_time: self.start_time,
+            client,
+            engine: self.engine.clone(),
+            launch: self.launch.clone(),
+        }
+    }
+}
+
+/// A label value no other launch shares: 128 random bits, or (without /dev/urandom) this process's pid, start time and
+/// the clock, which no other launch on this host shares either.
+fn launch_id(pid: u32, start_time: u64) -> String {
+    use std::io::Read;
+    let mut bytes = [0u8; 16];
+    let random = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes));
+    match random {
+        Ok(()) => bytes.iter().map(|b| format!("{b:02x}")).collect(),
+        Err(_) => {
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos());
+            format!("{pid}-{start_time}-{nanos}")
+        }
+    }
 }
 
 /// How the device reaches the container, and why: `--inject`, the config, or what detection found.
@@ -123,27 +181,21 @@ fn injection(
 }
 
 /// Run docker for an allocated lease; every path ends released, or with the lease handed to the container.
+/// `tmp` is the launch's private temp dir (docker's cidfile goes there).
 fn run_with_lease(
     ctx: &Ctx,
     cli: &DockerCli,
     line: &RunLine,
-    mode: crate::cli::InjectMode,
+    tmp: &Path,
+    launcher: &Launcher,
     lease: &Lease,
     dir: &StateDir,
 ) -> Result<i32> {
-    let tmp = tempfile::Builder::new().prefix("migrun-cid").tempdir();
-    let tmp = match tmp {
-        Ok(t) => t,
-        Err(e) => {
-            release(ctx, dir, lease);
-            return Err(e).context("creating a temp dir for docker's --cidfile");
-        }
-    };
     let mut ours: Vec<String> = Vec::new();
     let cidfile = match line.cidfile() {
         Some(user) => PathBuf::from(user),
         None => {
-            let p = tmp.path().join("cid");
+            let p = tmp.join("cid");
             ours.push("--cidfile".into());
             ours.push(p.display().to_string());
             p
@@ -154,7 +206,8 @@ fn run_with_lease(
         &lease.profile,
         &lease.mig_uuid,
     ));
-    ours.extend(docker::inject_args(mode, &lease.mig_uuid));
+    ours.extend(docker::launch_label_args(&launcher.launch));
+    ours.extend(docker::inject_args(launcher.mode, &lease.mig_uuid));
     let argv = line.argv(&ours);
     say(
         ctx,
@@ -182,8 +235,21 @@ fn run_with_lease(
             say(ctx, format!("docker's API socket knows container {id}"));
         }
     };
-    let (finished, _signals) = match docker::run_supervised(cli, &argv, &cidfile, &mut on_container)
-    {
+    // The docker client joins the lease's holder before it may reach the daemon: should migrun die before the
+    // cidfile appears, gc still sees a holder (the client, then the labelled container) and keeps the slice.
+    let mut on_spawn = |pid: u32| -> Result<(), String> {
+        let start = crate::lease::process_start_time(pid)
+            .ok_or_else(|| format!("docker's process {pid} is gone already"))?;
+        alloc::set_holder(dir, lease.id, launcher.holder(Some((pid, start))))
+            .map_err(|e| e.to_string())?;
+        say(
+            ctx,
+            format!("lease {} also held by docker client pid {pid}", lease.id),
+        );
+        Ok(())
+    };
+    let supervised = docker::run_supervised(cli, &argv, &cidfile, &mut on_spawn, &mut on_container);
+    let (finished, _signals) = match supervised {
         Ok(x) => x,
         Err(e) => {
             release(ctx, dir, lease);
@@ -194,6 +260,15 @@ fn run_with_lease(
         say(
             ctx,
             format!("forwarded signals {:?} to docker", finished.forwarded),
+        );
+    }
+    if let Some(why) = &finished.unheld {
+        say(
+            ctx,
+            format!(
+                "docker ran without being recorded in lease {}: {why}",
+                lease.id
+            ),
         );
     }
     let code = finished.code;
@@ -369,11 +444,13 @@ fn dry_run(ctx: &Ctx, a: &RunArgs, line: &RunLine) -> Result<i32> {
     };
     // Without a mode, check what every mode refuses (the env-only mode adds no exception).
     let check_mode = injection.as_ref().map_or(InjectMode::Env, |(m, _)| *m);
-    line.check(check_mode, &|p| std::fs::read_to_string(p))?;
+    let binds_of = |c: &str| match &cli {
+        Ok(docker) => docker::bind_sources(docker, c),
+        Err(e) => Err(e.to_string()),
+    };
+    // Checked as a real run checks (env files are read once here too), but nothing is handed over.
+    line.check(check_mode, &binds_of)?;
     line.check_cidfile()?;
-    for w in line.warnings() {
-        crate::errln!("migrun: warning: {w}");
-    }
     let want = want_of(&a.request)?;
     // Read-only: nothing is created, not even the state dir.
     let dir = ctx.existing_state_dir()?;
@@ -459,6 +536,7 @@ fn dry_run(ctx: &Ctx, a: &RunArgs, line: &RunLine) -> Result<i32> {
         ours.push("<temp-dir>/cid".to_string());
     }
     ours.extend(docker::label_args("<lease-id>", &profile, &uuid));
+    ours.extend(docker::launch_label_args("<launch-id>"));
     if let Ok((mode, _)) = &injection {
         ours.extend(docker::inject_args(*mode, &uuid));
     }

@@ -10,6 +10,7 @@ pub mod oci;
 pub mod runtime;
 
 use crate::alloc::HolderProbe;
+use crate::lease::LeaseId;
 
 /// The probe the alloc/gc commands hand to [`crate::alloc`]: asks each container's own engine whether it lives.
 #[derive(Debug, Clone, Copy, Default)]
@@ -32,6 +33,13 @@ impl HolderProbe for EngineProbe {
             family @ ("runc" | "podman" | "cri-o" | "containerd") => {
                 oci::container_alive(id, family)
             }
+            _ => None,
+        }
+    }
+
+    fn launched_alive(&self, lease: LeaseId, launch: &str, engine: &str) -> Option<bool> {
+        match engine_family(engine) {
+            "docker" => docker::DockerProbe.launched_alive(lease, launch, engine),
             _ => None,
         }
     }

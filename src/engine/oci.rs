@@ -922,6 +922,7 @@ fn marker_fits(l: &Lease, container: &str, engine: &str) -> Result<(), String> {
         Holder::Process { pid, .. } => Err(format!(
             "is held by process {pid}, and only podman's precreate hands a lease over this way"
         )),
+        Holder::Launcher { .. } => Err("is held by the docker launcher".into()),
         Holder::Manual => Err("is a manual lease (migrun alloc)".into()),
     }
 }
