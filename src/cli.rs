@@ -130,19 +130,8 @@ pub const SUBCOMMANDS: &[&str] = &[
     "__watch",
 ];
 
-/// How the MIG UUID reaches the container.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum InjectMode {
-    /// `--gpus device=MIG-…` (Docker with the NVIDIA container toolkit)
-    Gpus,
-    /// `--runtime nvidia -e NVIDIA_VISIBLE_DEVICES=MIG-…`
-    NvidiaRuntime,
-    /// `--device nvidia.com/gpu=MIG-…` (CDI)
-    Cdi,
-    /// only `-e NVIDIA_VISIBLE_DEVICES=MIG-…` (plain runtimes, tests)
-    Env,
-}
+// How the MIG UUID reaches the container: defined with the settings (config), used here for `--inject`.
+pub use crate::config::InjectMode;
 
 // What to ask for: a profile or an amount of memory.
 #[derive(Debug, Args, Clone, Default)]

@@ -3,9 +3,24 @@
 //! The schema is documented in docs/config.md. Unknown keys are an error that names the key, so a
 //! typo never silently turns a policy off.
 
-use crate::cli::InjectMode;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
+
+/// How the MIG UUID reaches the container.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum InjectMode {
+    /// `--gpus device=MIG-…` (Docker with the NVIDIA container toolkit)
+    Gpus,
+    /// `--runtime nvidia -e NVIDIA_VISIBLE_DEVICES=MIG-…`
+    NvidiaRuntime,
+    /// `--device nvidia.com/gpu=MIG-…` (CDI)
+    Cdi,
+    /// only `-e NVIDIA_VISIBLE_DEVICES=MIG-…` (plain runtimes, tests)
+    Env,
+}
 
 /// Default policy file; a missing default file means built-in defaults.
 pub const DEFAULT_CONFIG: &str = "/etc/migrun/config.toml";

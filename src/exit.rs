@@ -1,6 +1,7 @@
-//! Documented exit codes and the mapping from error types to them; it must not print anything.
-
-use crate::gpu::GpuError;
+//! The documented exit codes and the trait an error implements to name its own; a leaf, it names nothing of the crate and prints nothing.
+//!
+//! Each module maps its own errors (`impl ExitCodeOf` beside the error type); the walk down an
+//! error chain happens at the edge (`commands::exit_codes`), so no arrow points up from here.
 
 /// Success.
 pub const OK: i32 = 0;
@@ -18,85 +19,3 @@ pub const PRIVILEGE: i32 = 4;
 pub trait ExitCodeOf {
     fn exit_code(&self) -> i32;
 }
-
-impl ExitCodeOf for crate::out::OutError {
-    fn exit_code(&self) -> i32 {
-        crate::out::OutError::exit_code(self)
-    }
-}
-
-impl ExitCodeOf for GpuError {
-    fn exit_code(&self) -> i32 {
-        match self {
-            GpuError::NoSuchGpu { .. } | GpuError::Sim(_) => USAGE,
-            GpuError::NoPermission { .. } => PRIVILEGE,
-            _ => FAILED,
-        }
-    }
-}
-
-macro_rules! usage_errors {
-    ($($t:ty),*) => {$(
-        impl ExitCodeOf for $t {
-            fn exit_code(&self) -> i32 { USAGE }
-        }
-    )*};
-}
-usage_errors!(
-    crate::profile::ProfileError,
-    crate::gpu::sim::SpecError,
-    crate::gpu::sim::models::ModelError,
-    crate::commands::InputError
-);
-
-impl ExitCodeOf for crate::statedir::StateDirError {
-    /// A state dir or file to fix is bad input; an I/O failure after the start (a full or read-only file
-    /// system) is the operation failing, not the caller's mistake.
-    fn exit_code(&self) -> i32 {
-        if self.is_io() {
-            FAILED
-        } else {
-            USAGE
-        }
-    }
-}
-
-/// The exit code for an error chain: the first error in the chain that knows its code decides.
-pub fn code_for(err: &anyhow::Error) -> i32 {
-    for cause in err.chain() {
-        macro_rules! try_type {
-            ($($t:ty),*) => {$(
-                if let Some(e) = cause.downcast_ref::<$t>() {
-                    return e.exit_code();
-                }
-            )*};
-        }
-        try_type!(
-            crate::out::OutError,
-            GpuError,
-            crate::profile::ProfileError,
-            crate::gpu::sim::SpecError,
-            crate::gpu::sim::models::ModelError,
-            crate::statedir::StateDirError,
-            crate::commands::InputError
-        );
-        for hook in EXTRA.iter() {
-            if let Some(code) = hook(cause) {
-                return code;
-            }
-        }
-    }
-    FAILED
-}
-
-/// Per-module mappers for error types defined outside this file (lease, alloc, config, engines).
-/// Each returns `Some(code)` when it recognises the error.
-type Mapper = fn(&(dyn std::error::Error + 'static)) -> Option<i32>;
-static EXTRA: &[Mapper] = &[
-    crate::lease::exit_code_of,
-    crate::alloc::exit_code_of,
-    crate::config::exit_code_of,
-    crate::engine::exit_code_of,
-    crate::migmode::exit_code_of,
-    crate::caller::exit_code_of,
-];

@@ -41,7 +41,7 @@ fn main() -> ExitCode {
         }
         Err(err) => {
             migrun::errln!("migrun: {err:#}");
-            ExitCode::from(migrun::exit::code_for(&err) as u8)
+            ExitCode::from(migrun::commands::exit_code_for(&err) as u8)
         }
     }
 }

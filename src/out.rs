@@ -25,8 +25,8 @@ pub enum OutError {
     Io(io::Error),
 }
 
-impl OutError {
-    pub fn exit_code(&self) -> i32 {
+impl crate::exit::ExitCodeOf for OutError {
+    fn exit_code(&self) -> i32 {
         match self {
             OutError::ClosedPipe => CLOSED_PIPE_EXIT,
             OutError::Io(_) => crate::exit::FAILED,

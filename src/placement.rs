@@ -9,7 +9,7 @@
 
 use crate::gpu::rules::{self, Occupant};
 use crate::gpu::{GiProfile, GpuInstance, GpuState, MigState, Placement};
-use crate::profile::{self, ProfileSpec, Variant};
+use crate::profile::{ProfileSpec, Variant};
 
 /// Which placement policy to use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,7 +38,11 @@ fn usable(g: &GpuState, gpus: Option<&[u32]>) -> bool {
 pub fn candidates(state: &MigState, spec: &ProfileSpec, gpus: Option<&[u32]>) -> Vec<Choice> {
     let mut out = Vec::new();
     for g in state.gpus.iter().filter(|g| usable(g, gpus)) {
-        let Some(profile) = g.profiles.iter().find(|p| profile::matches(spec, p)) else {
+        let Some(profile) = g
+            .profiles
+            .iter()
+            .find(|p| crate::gpu::names::matches(spec, p))
+        else {
             continue;
         };
         let occ: Vec<Occupant> = g.instances.iter().map(Occupant::from).collect();
@@ -132,7 +136,11 @@ fn migrun(state: &MigState, spec: &ProfileSpec, gpus: Option<&[u32]>) -> Option<
         if !usable(g, gpus) {
             continue;
         }
-        let Some(req) = g.profiles.iter().position(|p| profile::matches(spec, p)) else {
+        let Some(req) = g
+            .profiles
+            .iter()
+            .position(|p| crate::gpu::names::matches(spec, p))
+        else {
             continue;
         };
         // Feasibility comes from the shared rules, never from the fast view.
@@ -454,7 +462,7 @@ mod tests {
         m.profiles(gpu)
             .unwrap()
             .iter()
-            .find(|p| profile::matches(&spec(name), p))
+            .find(|p| crate::gpu::names::matches(&spec(name), p))
             .unwrap_or_else(|| panic!("{name} not on GPU {gpu}"))
             .id
     }

@@ -1,9 +1,8 @@
-//! Profile names as a parsed type (`9`, `3g.40gb`, `MIG 3g.40gb`, `1g.10gb+me`), resolved per GPU; it must not know leases or hardware.
+//! Profile names as a parsed type (`9`, `3g.40gb`, `MIG 3g.40gb`, `1g.10gb+me`) and their errors; a leaf, it must not know leases or hardware (matching a name to a GPU's profiles is `gpu::names`).
 //!
 //! IDs and names belong to a GPU model (profile 14 is 2g.20gb on an H100 but 1g.6gb on an A30), so a
 //! request is only ever turned into a concrete profile against one GPU's own profile list.
 
-use crate::gpu::GiProfile;
 use std::fmt;
 use std::str::FromStr;
 
@@ -157,6 +156,12 @@ fn parse_name(s: &str) -> Option<ProfileName> {
     })
 }
 
+impl crate::exit::ExitCodeOf for ProfileError {
+    fn exit_code(&self) -> i32 {
+        crate::exit::USAGE
+    }
+}
+
 impl FromStr for ProfileName {
     type Err = ProfileError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
@@ -209,57 +214,10 @@ impl FromStr for ProfileSpec {
     }
 }
 
-impl GiProfile {
-    /// The structured name of a profile as the GPU reports it (`MIG 3g.40gb` -> 3g.40gb).
-    pub fn parsed_name(&self) -> Option<ProfileName> {
-        parse_name(&self.short_name().to_ascii_lowercase())
-    }
-}
-
-/// Does `spec` name `profile`? IDs compare as IDs, names structurally.
-pub fn matches(spec: &ProfileSpec, profile: &GiProfile) -> bool {
-    match spec {
-        ProfileSpec::Id(id) => profile.id == *id,
-        ProfileSpec::Name(n) => profile.parsed_name().as_ref() == Some(n),
-    }
-}
-
-/// Resolve a request against one GPU's profiles. `gpu` and `model` only feed the error message.
-pub fn resolve<'a>(
-    spec: &ProfileSpec,
-    profiles: &'a [GiProfile],
-    gpu: &str,
-    model: &str,
-) -> Result<&'a GiProfile, ProfileError> {
-    if let Some(p) = profiles.iter().find(|p| matches(spec, p)) {
-        return Ok(p);
-    }
-    let mut ordered: Vec<&GiProfile> = profiles.iter().collect();
-    ordered.sort_by_key(|p| (p.slice_count, p.memory_mib, p.nvml_index));
-    let names: Vec<String> = ordered
-        .iter()
-        .map(|p| format!("{} (ID {})", p.short_name(), p.id))
-        .collect();
-    let given = spec.to_string();
-    let nearest = match spec {
-        ProfileSpec::Id(_) => None,
-        ProfileSpec::Name(_) => profiles
-            .iter()
-            .map(|p| p.short_name().to_string())
-            .min_by_key(|n| strsim::damerau_levenshtein(n, &given))
-            .filter(|n| strsim::damerau_levenshtein(n, &given) <= given.len() / 2 + 1),
-    };
-    Err(ProfileError::Unknown {
-        given,
-        gpu: gpu.to_string(),
-        model: model.to_string(),
-        valid: if names.is_empty() {
-            "none (the GPU is not MIG-capable)".into()
-        } else {
-            names.join(", ")
-        },
-        nearest,
-    })
+/// The structured name of a profile name as a GPU reports it (`MIG 3g.40gb`, `3g.40gb`), or
+/// `None` for a name outside the grammar. The `gpu` room uses it to match requests to profiles.
+pub fn parse_reported(short_name: &str) -> Option<ProfileName> {
+    parse_name(&short_name.to_ascii_lowercase())
 }
 
 #[cfg(test)]

@@ -67,6 +67,18 @@ pub enum StateDirError {
     TooBig { path: PathBuf, limit: u64 },
 }
 
+impl crate::exit::ExitCodeOf for StateDirError {
+    /// A state dir or file to fix is bad input; an I/O failure after the start (a full or read-only file
+    /// system) is the operation failing, not the caller's mistake.
+    fn exit_code(&self) -> i32 {
+        if self.is_io() {
+            crate::exit::FAILED
+        } else {
+            crate::exit::USAGE
+        }
+    }
+}
+
 impl StateDirError {
     /// An I/O failure after the start is an operational failure; everything else here is a state dir or
     /// file to fix (see `exit`).

@@ -2,7 +2,7 @@
 
 use assert_cmd::Command;
 use migrun::gpu::sim::models;
-use migrun::profile::{self, ProfileSpec};
+use migrun::profile::ProfileSpec;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 
@@ -236,7 +236,8 @@ fn every_model_resolves_every_profile_by_id_and_name() {
             let short = p.short_name().to_string();
             for given in [p.id.to_string(), short.clone(), format!("MIG {short}")] {
                 let spec: ProfileSpec = given.parse().unwrap();
-                let got = profile::resolve(&spec, &m.profiles, "GPU 0", m.product).unwrap();
+                let got =
+                    migrun::gpu::names::resolve(&spec, &m.profiles, "GPU 0", m.product).unwrap();
                 assert_eq!(got.id, p.id, "{key}: {given}");
             }
         }
@@ -251,7 +252,7 @@ fn same_profile_three_ways_on_h100_and_refused_on_a30() {
     let ids: Vec<u32> = ["9", "3g.40gb", "MIG 3g.40gb"]
         .iter()
         .map(|s| {
-            profile::resolve(&s.parse().unwrap(), &h100.profiles, "GPU 0", h100.product)
+            migrun::gpu::names::resolve(&s.parse().unwrap(), &h100.profiles, "GPU 0", h100.product)
                 .unwrap()
                 .id
         })

@@ -840,7 +840,7 @@ fn unsatisfiable(state: &MigState, req: &PlanRequest, nr: NoRoom) -> AllocError 
     if nr.gpus.iter().all(|g| g.why == Why::NoSuchProfile) {
         if let (Want::Profile(spec), Some(g)) = (&req.want, state.gpu(nr.gpus[0].index)) {
             if let Err(e) =
-                crate::profile::resolve(spec, &g.profiles, &g.info.label(), &g.info.name)
+                crate::gpu::names::resolve(spec, &g.profiles, &g.info.label(), &g.info.name)
             {
                 return e.into();
             }

@@ -10,7 +10,7 @@ use crate::gpu::rules::{self, Occupant};
 use crate::gpu::{GiProfile, GpuInstance, GpuState, MigState, Placement};
 use crate::lease::{Lease, LeaseId, LeaseState};
 use crate::placement::{self, Choice, Policy};
-use crate::profile::{self, ProfileName, ProfileSpec, Variant};
+use crate::profile::{ProfileName, ProfileSpec, Variant};
 use serde::Serialize;
 use std::fmt;
 
@@ -366,9 +366,9 @@ impl fmt::Display for NoRoom {
 
 /// Is `p` allowed by the config's profile list?
 fn allowed(req: &PlanRequest, p: &GiProfile) -> bool {
-    req.allowed
-        .as_ref()
-        .map_or(true, |specs| specs.iter().any(|s| profile::matches(s, p)))
+    req.allowed.as_ref().map_or(true, |specs| {
+        specs.iter().any(|s| crate::gpu::names::matches(s, p))
+    })
 }
 
 fn considered<'a>(state: &'a MigState, req: &PlanRequest) -> Vec<&'a GpuState> {
@@ -393,7 +393,10 @@ pub fn reservation(state: &MigState, req: &PlanRequest, taken: &[u32]) -> Option
         .into_iter()
         .filter(|g| gpu_unusable(g).is_none() && !taken.contains(&g.info.index))
         .filter(|g| match &req.want {
-            Want::Profile(spec) => g.profiles.iter().any(|p| profile::matches(spec, p)),
+            Want::Profile(spec) => g
+                .profiles
+                .iter()
+                .any(|p| crate::gpu::names::matches(spec, p)),
             Want::MinMemMib(mib) => g.profiles.iter().any(|p| p.memory_mib >= *mib),
         })
         .max_by_key(|g| {
@@ -581,7 +584,11 @@ fn plan_profile(
             report.push(gpu_report(g, why));
             continue;
         }
-        let Some(p) = g.profiles.iter().find(|p| profile::matches(spec, p)) else {
+        let Some(p) = g
+            .profiles
+            .iter()
+            .find(|p| crate::gpu::names::matches(spec, p))
+        else {
             report.push(gpu_report(g, Why::NoSuchProfile));
             continue;
         };
@@ -906,7 +913,7 @@ mod tests {
                 let occ: Vec<Occupant> = g.instances.iter().map(Occupant::from).collect();
                 assert!(rules::fits(&g.profiles, &occ, p, &c.placement), "{c:?}");
                 if let Want::Profile(spec) = &req.want {
-                    assert!(profile::matches(spec, p));
+                    assert!(crate::gpu::names::matches(spec, p));
                 }
                 Outcome::Create(c.gpu, c.profile_id)
             }

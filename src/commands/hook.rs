@@ -402,7 +402,7 @@ fn fail_line(e: &anyhow::Error) -> i32 {
     let line = flatten(e);
     tracing::error!("{line}");
     crate::errln!("migrun: {line}");
-    crate::exit::code_for(e)
+    super::exit_code_for(e)
 }
 
 /// The env the shim writes into the hooks it adds: runc runs hooks with nothing else.
@@ -493,7 +493,7 @@ mod tests {
             ),
             "{line}"
         );
-        assert_eq!(crate::exit::code_for(&e), crate::exit::USAGE);
+        assert_eq!(crate::commands::exit_code_for(&e), crate::exit::USAGE);
     }
 
     #[test]

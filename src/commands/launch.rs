@@ -503,7 +503,7 @@ fn dry_run(ctx: &Ctx, a: &RunArgs, line: &RunLine) -> Result<i32> {
             // Never satisfiable as asked: the same error a real run gives (a profile error names the valid ones).
             if let Want::Profile(spec) = &preq.want {
                 for g in state.gpus.iter().filter(|g| g.info.mig.is_some()) {
-                    crate::profile::resolve(spec, &g.profiles, &g.info.label(), &g.info.name)?;
+                    crate::gpu::names::resolve(spec, &g.profiles, &g.info.label(), &g.info.name)?;
                 }
             }
             return Err(AllocError::Unsatisfiable(Box::new(nr)).into());
@@ -581,7 +581,7 @@ fn dry_run(ctx: &Ctx, a: &RunArgs, line: &RunLine) -> Result<i32> {
     crate::outln!("command: {docker_path} {}", docker::shell_line(&argv));
     match injection {
         Ok(_) => Ok(0),
-        Err(e) => Ok(crate::exit::code_for(&e.into())),
+        Err(e) => Ok(super::exit_code_for(&e.into())),
     }
 }
 

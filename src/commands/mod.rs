@@ -1,6 +1,8 @@
 //! Command handlers: turn parsed CLI args into library calls and print results; logic beyond wiring belongs in the rooms they call.
 
 mod alloc;
+mod exit_codes;
+pub use exit_codes::exit_code_for;
 pub mod delegation;
 mod hook;
 mod launch;
@@ -26,6 +28,12 @@ pub enum InputError {
     UnknownGpu { given: String, known: String },
     #[error("{0}")]
     Other(String),
+}
+
+impl crate::exit::ExitCodeOf for InputError {
+    fn exit_code(&self) -> i32 {
+        crate::exit::USAGE
+    }
 }
 
 /// Everything a handler needs: the global flags, the policy, and lazily the state dir and backend.

@@ -4,7 +4,7 @@ use super::{Ctx, InputError};
 use crate::cli::SimAction;
 use crate::gpu::sim::{SimStore, SIM_FILE};
 use crate::gpu::Backend;
-use crate::profile::{self, ProfileSpec};
+use crate::profile::ProfileSpec;
 use anyhow::Result;
 
 pub fn sim(ctx: &Ctx, action: &SimAction) -> Result<i32> {
@@ -74,7 +74,7 @@ pub fn sim(ctx: &Ctx, action: &SimAction) -> Result<i32> {
                 .clone();
             let spec: ProfileSpec = profile.parse()?;
             let profiles = sim.profiles(*gpu)?;
-            let p = profile::resolve(&spec, &profiles, &info.label(), &info.name)?;
+            let p = crate::gpu::names::resolve(&spec, &profiles, &info.label(), &info.name)?;
             let (id, gpu) = (p.id, *gpu);
             let out = sim.with_machine(|m| {
                 let gi = m.create_gi_anywhere(gpu, id)?;

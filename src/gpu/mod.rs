@@ -5,6 +5,7 @@
 //! profile tables) and [`nvml`] (the driver, through nvml-wrapper). Callers get plain serde data back,
 //! so the placement policy can work on a snapshot without touching hardware.
 
+pub mod names;
 pub mod nvml;
 pub mod rules;
 pub mod sim;
@@ -428,6 +429,17 @@ pub trait Backend {
             });
         }
         Ok(MigState { gpus })
+    }
+}
+
+impl crate::exit::ExitCodeOf for GpuError {
+    fn exit_code(&self) -> i32 {
+        use crate::exit::{FAILED, PRIVILEGE, USAGE};
+        match self {
+            GpuError::NoSuchGpu { .. } | GpuError::Sim(_) => USAGE,
+            GpuError::NoPermission { .. } => PRIVILEGE,
+            _ => FAILED,
+        }
     }
 }
 

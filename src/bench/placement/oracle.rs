@@ -12,7 +12,6 @@ use super::replay::Stats;
 use super::stream::{Arrival, Kind};
 use crate::gpu::rules::{self, Occupant};
 use crate::gpu::{GiProfile, GpuState, MigState, Placement};
-use crate::profile;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet};
 
@@ -49,7 +48,10 @@ pub struct Oracle {
 fn one_gpu_multisets(profiles: &[GiProfile], kinds: &[Kind]) -> HashSet<Counts> {
     let mut items: Vec<(usize, &GiProfile, Placement)> = Vec::new();
     for (k, kind) in kinds.iter().enumerate() {
-        if let Some(p) = profiles.iter().find(|p| profile::matches(&kind.spec, p)) {
+        if let Some(p) = profiles
+            .iter()
+            .find(|p| crate::gpu::names::matches(&kind.spec, p))
+        {
             items.extend(p.placements.iter().map(|pl| (k, p, *pl)));
         }
     }
@@ -132,7 +134,7 @@ impl Oracle {
                     .map(|k| {
                         g.profiles
                             .iter()
-                            .find(|p| profile::matches(&k.spec, p))
+                            .find(|p| crate::gpu::names::matches(&k.spec, p))
                             .map(|p| p.placement_size())
                     })
                     .collect();

@@ -2,7 +2,7 @@
 
 use super::BenchError;
 use crate::gpu::{GiProfile, MigState};
-use crate::profile::{self, ProfileSpec, Variant};
+use crate::profile::{ProfileSpec, Variant};
 use std::path::Path;
 use std::str::FromStr;
 
@@ -319,7 +319,7 @@ pub fn read_trace(path: &Path, state: &MigState) -> Result<(Vec<Kind>, Vec<Arriv
                     .gpus
                     .iter()
                     .filter(|g| g.info.mig.is_some_and(|m| m.current))
-                    .find_map(|g| g.profiles.iter().find(|p| profile::matches(&spec, p)))
+                    .find_map(|g| g.profiles.iter().find(|p| crate::gpu::names::matches(&spec, p)))
                     .ok_or_else(|| {
                         bad(
                             line,

@@ -8,7 +8,7 @@
 use super::options::parse_bool;
 use super::{envfile, hostpath};
 use super::{DockerError, RunLine, DEVICE_ENV};
-use crate::cli::InjectMode;
+use crate::config::InjectMode;
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};

@@ -11,7 +11,7 @@
 //! options, the CLI and its endpoint, and liveness.
 
 use crate::alloc::HolderProbe;
-use crate::cli::InjectMode;
+use crate::config::InjectMode;
 use crate::lease::LeaseId;
 use std::ffi::{OsStr, OsString};
 use std::os::unix::fs::PermissionsExt;

@@ -2,7 +2,7 @@
 //! a registered nvidia runtime, or a CDI spec; it only looks, it never changes docker's configuration.
 
 use super::{find_executable, DockerCli, DockerError, CDI_DIRS};
-use crate::cli::InjectMode;
+use crate::config::InjectMode;
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;

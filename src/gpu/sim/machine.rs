@@ -37,6 +37,12 @@ pub enum SpecError {
     Model(ModelError),
 }
 
+impl crate::exit::ExitCodeOf for SpecError {
+    fn exit_code(&self) -> i32 {
+        crate::exit::USAGE
+    }
+}
+
 impl From<ModelError> for SpecError {
     fn from(e: ModelError) -> Self {
         SpecError::Model(e)

@@ -128,6 +128,12 @@ pub enum ModelError {
     },
 }
 
+impl crate::exit::ExitCodeOf for ModelError {
+    fn exit_code(&self) -> i32 {
+        crate::exit::USAGE
+    }
+}
+
 /// Every model name the simulator recognises (including ones refused for missing data).
 pub fn model_keys() -> Vec<&'static str> {
     MODEL_NAMES.iter().map(|m| m.key).collect()
