@@ -6,6 +6,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 echo "machine: $(nproc) cores, $(lscpu | grep 'Model name' | sed 's/Model name: *//')"
-exec cargo run --quiet --release --bin placement-bench -- \
+exec cargo run --quiet --release -p migrun-bench --bin placement-bench -- \
     --gpus h100-80gb:8 --sweep --seeds 50 --arrivals 4000 \
     --loads 0.7,0.9,1.1 --mixes uniform,small-heavy "$@"

@@ -31,13 +31,13 @@ cargo test --workspace -- --test-threads=2
 # ---------------------------------------------------------------------------------------------
 
 step "benchmark smoke: placement-bench (sweep and trace replay; not a timed test)"
-cargo run --quiet --bin placement-bench -- --gpus h100-80gb:8 --sweep --seeds 3 --arrivals 500 --loads 0.9
-cargo run --quiet --bin placement-bench -- --gpus h100-80gb:2 --trace examples/traces/sample.jsonl --json >/dev/null
+cargo run --quiet -p migrun-bench --bin placement-bench -- --gpus h100-80gb:8 --sweep --seeds 3 --arrivals 500 --loads 0.9
+cargo run --quiet -p migrun-bench --bin placement-bench -- --gpus h100-80gb:2 --trace examples/traces/sample.jsonl --json >/dev/null
 
 step "benchmark smoke: overhead-bench (docker launcher, runc hooks, shim, alloc contention; not a timed test)"
-cargo build --quiet --bins
+cargo build --quiet --bin migrun
 cargo build --quiet -p fake-nvml
-cargo run --quiet --bin overhead-bench -- all --smoke
+cargo run --quiet -p migrun-bench --bin overhead-bench -- all --smoke
 
 step "fuzz smoke: every cargo-fuzz target for 10 s from its seed corpus (fails on a crash)"
 bash scripts/fuzz-smoke.sh 10

@@ -7,7 +7,6 @@
 //! `engine::runtime` shim) runs the container -> `alloc::release` gives it back.
 
 pub mod alloc;
-pub mod bench;
 pub mod caller;
 pub mod cli;
 pub mod commands;

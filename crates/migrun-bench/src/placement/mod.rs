@@ -14,9 +14,9 @@ pub mod sweep;
 
 pub use args::Args;
 
-use crate::gpu::sim::{SimMachine, SimSpec};
-use crate::gpu::{GpuState, MigState};
-use crate::placement::Policy;
+use migrun::gpu::sim::{SimMachine, SimSpec};
+use migrun::gpu::{GpuState, MigState};
+use migrun::placement::Policy;
 use replay::Stats;
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -33,11 +33,11 @@ pub enum BenchError {
 }
 
 impl BenchError {
-    /// Exit code (see `crate::exit`).
+    /// Exit code (see `migrun::exit`).
     pub fn exit_code(&self) -> i32 {
         match self {
-            BenchError::Input(_) => crate::exit::USAGE,
-            BenchError::Bug(_) => crate::exit::FAILED,
+            BenchError::Input(_) => migrun::exit::USAGE,
+            BenchError::Bug(_) => migrun::exit::FAILED,
         }
     }
 }
@@ -74,7 +74,7 @@ impl Config {
         let gpus: SimSpec = a
             .gpus
             .parse()
-            .map_err(|e: crate::gpu::sim::SpecError| BenchError::Input(format!("--gpus: {e}")))?;
+            .map_err(|e: migrun::gpu::sim::SpecError| BenchError::Input(format!("--gpus: {e}")))?;
         if a.arrivals == 0 {
             return Err(BenchError::Input(
                 "--arrivals must be at least 1".to_string(),
@@ -213,7 +213,7 @@ pub fn generated_kinds(state: &MigState) -> Result<Vec<Kind>, BenchError> {
         .map(|(k, c)| {
             k.clone().unwrap_or(Kind {
                 label: format!("{} (absent)", c.label()),
-                spec: crate::profile::ProfileSpec::Id(u32::MAX),
+                spec: migrun::profile::ProfileSpec::Id(u32::MAX),
                 slices: 0,
             })
         })
@@ -351,7 +351,7 @@ mod tests {
     }
 
     fn sample_trace() -> PathBuf {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/traces/sample.jsonl")
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples/traces/sample.jsonl")
     }
 
     fn h100(n: u32) -> MigState {
@@ -421,7 +421,7 @@ mod tests {
             f.write_all(text.as_bytes()).unwrap();
             let e = stream::read_trace(f.path(), &state).unwrap_err();
             assert!(e.to_string().contains(want), "{text:?}: {e}");
-            assert_eq!(e.exit_code(), crate::exit::USAGE);
+            assert_eq!(e.exit_code(), migrun::exit::USAGE);
         }
         let e = stream::read_trace(Path::new("/nonexistent/trace.jsonl"), &state).unwrap_err();
         assert!(e.to_string().contains("cannot read trace"), "{e}");
@@ -610,7 +610,7 @@ mod tests {
         ] {
             let e = config(line).unwrap_err();
             assert!(e.to_string().contains(want), "{line:?}: {e}");
-            assert_eq!(e.exit_code(), crate::exit::USAGE);
+            assert_eq!(e.exit_code(), migrun::exit::USAGE);
         }
         let e = run(&config("--gpus h100-80gb:1:mig-off --mix uniform --load 0.9").unwrap())
             .unwrap_err();

@@ -10,8 +10,8 @@
 
 use super::replay::Stats;
 use super::stream::{Arrival, Kind};
-use crate::gpu::rules::{self, Occupant};
-use crate::gpu::{GiProfile, GpuState, MigState, Placement};
+use migrun::gpu::rules::{self, Occupant};
+use migrun::gpu::{GiProfile, GpuState, MigState, Placement};
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet};
 
@@ -50,7 +50,7 @@ fn one_gpu_multisets(profiles: &[GiProfile], kinds: &[Kind]) -> HashSet<Counts> 
     for (k, kind) in kinds.iter().enumerate() {
         if let Some(p) = profiles
             .iter()
-            .find(|p| crate::gpu::names::matches(&kind.spec, p))
+            .find(|p| migrun::gpu::names::matches(&kind.spec, p))
         {
             items.extend(p.placements.iter().map(|pl| (k, p, *pl)));
         }
@@ -134,7 +134,7 @@ impl Oracle {
                     .map(|k| {
                         g.profiles
                             .iter()
-                            .find(|p| crate::gpu::names::matches(&k.spec, p))
+                            .find(|p| migrun::gpu::names::matches(&k.spec, p))
                             .map(|p| p.placement_size())
                     })
                     .collect();

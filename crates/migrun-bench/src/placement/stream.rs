@@ -1,8 +1,8 @@
 //! Request streams for the placement benchmark: request kinds resolved per GPU model, generated Poisson streams and JSON-lines traces; it must not place anything.
 
 use super::BenchError;
-use crate::gpu::{GiProfile, MigState};
-use crate::profile::{ProfileSpec, Variant};
+use migrun::gpu::{GiProfile, MigState};
+use migrun::profile::{ProfileSpec, Variant};
 use std::path::Path;
 use std::str::FromStr;
 
@@ -319,7 +319,7 @@ pub fn read_trace(path: &Path, state: &MigState) -> Result<(Vec<Kind>, Vec<Arriv
                     .gpus
                     .iter()
                     .filter(|g| g.info.mig.is_some_and(|m| m.current))
-                    .find_map(|g| g.profiles.iter().find(|p| crate::gpu::names::matches(&spec, p)))
+                    .find_map(|g| g.profiles.iter().find(|p| migrun::gpu::names::matches(&spec, p)))
                     .ok_or_else(|| {
                         bad(
                             line,

@@ -6,9 +6,9 @@
 
 use super::stream::{Arrival, Kind};
 use super::BenchError;
-use crate::gpu::rules::{self, Occupant};
-use crate::gpu::{GpuInstance, MigState};
-use crate::placement::{self, Policy};
+use migrun::gpu::rules::{self, Occupant};
+use migrun::gpu::{GpuInstance, MigState};
+use migrun::placement::{self, Policy};
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 

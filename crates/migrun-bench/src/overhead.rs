@@ -8,8 +8,8 @@
 //! the medians, and the median of the per-pair differences and ratios. Wall time is taken around the
 //! whole client process (spawn to exit), which is what a user waits for.
 
-use crate::statedir::StateDir;
 use clap::{Parser, Subcommand, ValueEnum};
+use migrun::statedir::StateDir;
 use std::fmt::Write as _;
 use std::fs;
 use std::os::unix::fs::symlink;
@@ -29,11 +29,11 @@ pub enum OverheadError {
 }
 
 impl OverheadError {
-    /// Exit code (see `crate::exit`).
+    /// Exit code (see `migrun::exit`).
     pub fn exit_code(&self) -> i32 {
         match self {
-            OverheadError::Input(_) => crate::exit::USAGE,
-            OverheadError::Failed(_) => crate::exit::FAILED,
+            OverheadError::Input(_) => migrun::exit::USAGE,
+            OverheadError::Failed(_) => migrun::exit::FAILED,
         }
     }
 }
@@ -149,7 +149,7 @@ impl Args {
         let migrun = self.migrun.clone().unwrap_or_else(|| here.join("migrun"));
         if !migrun.is_file() {
             return Err(OverheadError::Input(format!(
-                "migrun binary {} not found: build it (`cargo build --release --bins`) or pass --migrun PATH",
+                "migrun binary {} not found: build it (`cargo build --release --bin migrun`) or pass --migrun PATH",
                 migrun.display()
             )));
         }
@@ -420,7 +420,7 @@ impl Machine {
     /// Live leases.
     pub fn leases(&self) -> Result<usize> {
         let dir = StateDir::open(self.state_dir()).map_err(failed)?;
-        Ok(crate::alloc::leases(&dir).map_err(failed)?.len())
+        Ok(migrun::alloc::leases(&dir).map_err(failed)?.len())
     }
 
     /// GPU instances on all GPUs, from `migrun status --json`.
@@ -586,7 +586,7 @@ impl Bundle {
     }
 
     fn restore(&self) -> Result<()> {
-        crate::statedir::write_atomic(&self.dir.join("config.json"), &self.config, 0o644)
+        migrun::statedir::write_atomic(&self.dir.join("config.json"), &self.config, 0o644)
             .map_err(failed)
     }
 
@@ -661,7 +661,7 @@ pub fn runc_hooks(t: &RuncTarget, m: &Machine, pairs: usize, warmup: usize) -> R
     // hook plus one migrun process start per hook, with no migrun work at all. `true` as both
     // hooks: what runc charges for any hook program; the difference is starting migrun instead.
     // Hooks need an absolute path.
-    let true_bin = crate::engine::docker::find_executable(
+    let true_bin = migrun::engine::docker::find_executable(
         "true".as_ref(),
         std::env::var_os("PATH").as_deref(),
     )

@@ -1,7 +1,7 @@
-//! The `placement-bench` binary: parse flags, run the placement benchmark (`migrun::bench::placement`), print its tables or JSON.
+//! The `placement-bench` binary: parse flags, run the placement benchmark (`migrun_bench::placement`), print its tables or JSON.
 
 use clap::Parser;
-use migrun::bench::placement::{run, Args, Config};
+use migrun_bench::placement::{run, Args, Config};
 use std::process::ExitCode;
 
 fn main() -> ExitCode {

@@ -1,12 +1,12 @@
 //! The `overhead-bench` binary: starts a private dockerd and runc (the integration tests' engine harness,
-//! tests/common/engines.rs), then runs the start-up overhead benchmark (`migrun::bench::overhead`) and prints
+//! tests/common/engines.rs), then runs the start-up overhead benchmark (`migrun_bench::overhead`) and prints
 //! its tables; it must not touch the host's own engines or state.
 
-#[path = "../../tests/common/engines.rs"]
+#[path = "../../../../tests/common/engines.rs"]
 mod engines;
 
 use clap::Parser;
-use migrun::bench::overhead::{self as ov, Args, BackendKind, Machine, OverheadError, What};
+use migrun_bench::overhead::{self as ov, Args, BackendKind, Machine, OverheadError, What};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
