@@ -199,8 +199,17 @@ fn a_create_that_asks_gets_its_slice_hooks_and_marker() {
     let leases = s.sim.leases();
     assert_eq!(leases.len(), 1, "log:\n{}", s.sim.log());
     let l = &leases[0];
-    assert!(
-        matches!(&l.holder, Holder::Container { id, engine, pid: None } if id == "c2" && engine == "containerd")
+    // Bound to the id and the bundle the engine passed.
+    let Holder::Container { id, engine, pid } = &l.holder else {
+        panic!("{:?}", l.holder)
+    };
+    assert_eq!(
+        (id.as_str(), migrun::engine::engine_family(engine), *pid),
+        ("c2", "containerd", None)
+    );
+    assert_eq!(
+        migrun::engine::oci::binding::tag_bundle(engine),
+        Some(b.canonicalize().unwrap())
     );
     let seen: Value = serde_json::from_slice(&s.recorded("config").unwrap()).unwrap();
     assert_eq!(

@@ -4,7 +4,6 @@ use super::*;
 use crate::lease::Lease;
 use crate::profile::ProfileSpec;
 use serde_json::Value;
-use std::collections::HashMap;
 use std::os::unix::fs::PermissionsExt;
 
 /// Read-only view of the parts of a config migrun looks at.
@@ -149,7 +148,8 @@ pub fn lease_marker(spec: &Value) -> Result<Option<LeaseId>, OciError> {
 ///
 /// True when the config carries NVIDIA_VISIBLE_DEVICES (any value but `void`), a MIG management
 /// variable, or looks like a legacy CUDA image (CUDA_VERSION without NVIDIA_REQUIRE_CUDA), which the
-/// toolkit treats as "all GPUs" when NVIDIA_VISIBLE_DEVICES is unset. A forged lease marker also counts.
+/// toolkit treats as "all GPUs" when NVIDIA_VISIBLE_DEVICES is unset. A forged lease marker or
+/// hand-over token also counts.
 pub fn needs_guard(spec: &Value) -> bool {
     let nvd = env_lookup(spec, NVIDIA_VISIBLE_DEVICES);
     let nvd_grants = nvd.len() > 1 || nvd.first().is_some_and(|v| *v != NVIDIA_NO_DEVICES);
@@ -160,6 +160,12 @@ pub fn needs_guard(spec: &Value) -> bool {
         || NVIDIA_MIG_ENV.iter().any(|n| env_has(spec, n))
         || env_has(spec, ENV_LEASE)
         || annotation(spec, ANNOTATION_LEASE).is_some()
+        || annotation(spec, ANNOTATION_HANDOVER).is_some()
+}
+
+/// The hand-over token precreate wrote into this config, if any (see [`super::binding`]).
+pub fn handover_token(spec: &Value) -> Option<&str> {
+    annotation(spec, ANNOTATION_HANDOVER)
 }
 
 pub(crate) fn remove_markers() -> Vec<Box<dyn SpecModifier>> {
@@ -169,6 +175,9 @@ pub(crate) fn remove_markers() -> Vec<Box<dyn SpecModifier>> {
         }),
         Box::new(RemoveAnnotation {
             key: ANNOTATION_LEASE.into(),
+        }),
+        Box::new(RemoveAnnotation {
+            key: ANNOTATION_HANDOVER.into(),
         }),
     ]
 }
@@ -313,7 +322,6 @@ pub struct HookState {
     pub id: String,
     pub pid: Option<u32>,
     pub bundle: PathBuf,
-    pub annotations: HashMap<String, String>,
 }
 
 /// Parse the state JSON a runtime pipes to a hook.
@@ -347,23 +355,7 @@ pub fn parse_state(bytes: &[u8], stage: &'static str) -> Result<HookState, OciEr
         id: state.id().clone(),
         pid,
         bundle: state.bundle().clone(),
-        annotations: state.annotations().clone().unwrap_or_default(),
     })
-}
-
-/// Guess the engine from the annotations it puts on every container (for the holder record).
-pub fn engine_from_annotations(a: &HashMap<String, String>) -> &'static str {
-    if a.get("io.container.manager").map(String::as_str) == Some("libpod")
-        || a.keys().any(|k| k.starts_with("io.podman."))
-    {
-        "podman"
-    } else if a.keys().any(|k| k.starts_with("io.kubernetes.cri-o.")) {
-        "cri-o"
-    } else if a.keys().any(|k| k.starts_with("io.kubernetes.cri.")) {
-        "containerd"
-    } else {
-        "runc"
-    }
 }
 
 #[cfg(test)]
@@ -426,6 +418,14 @@ mod tests {
             &json!({"process": {"env": ["CUDA_VERSION=12.4", "NVIDIA_REQUIRE_CUDA=cuda>=12"]}})
         ));
         assert!(needs_guard(&json!({"annotations": {"migrun.lease": "1"}})));
+        let mut forged = json!({"annotations": {"migrun.handover": "00ff"}});
+        assert!(needs_guard(&forged));
+        apply_all(&mut forged, &guard_modifiers()).unwrap();
+        assert_eq!(
+            handover_token(&forged),
+            None,
+            "a token it brought is removed"
+        );
     }
 
     #[test]
@@ -479,23 +479,5 @@ mod tests {
         assert_eq!(spec["x-vendor"].as_f64(), Some(8.88e25));
         let again = parse_config(&serde_json::to_vec(&spec).unwrap(), path).unwrap();
         assert_eq!(again, spec);
-    }
-
-    #[test]
-    fn engines_are_told_apart_by_annotations() {
-        let a = |k: &str, v: &str| HashMap::from([(k.to_string(), v.to_string())]);
-        assert_eq!(
-            engine_from_annotations(&a("io.container.manager", "libpod")),
-            "podman"
-        );
-        assert_eq!(
-            engine_from_annotations(&a("io.kubernetes.cri-o.Name", "x")),
-            "cri-o"
-        );
-        assert_eq!(
-            engine_from_annotations(&a("io.kubernetes.cri.container-type", "x")),
-            "containerd"
-        );
-        assert_eq!(engine_from_annotations(&HashMap::new()), "runc");
     }
 }

@@ -1,10 +1,14 @@
-//! The hook flows (precreate, prestart, poststop) and the shim's create, over [`LeaseOps`].
+//! The hook flows (precreate, prestart, poststop) and the shim's create, over [`LeaseOps`]; each acts only on
+//! the lease bound to its own container ([`super::binding`]), never on one a config names.
 
+use super::binding::{self, Handover};
 use super::*;
 use crate::alloc::ReleaseOutcome;
-use crate::lease::{Holder, Lease};
-use serde_json::Value;
+use crate::lease::{Holder, Lease, LeaseState};
 use std::fmt;
+
+/// A condition on a lease that the lease store checks under its lock, right before it acts.
+pub type LeaseCheck<'a> = &'a dyn Fn(&Lease) -> bool;
 
 /// The lease operations a hook needs; the real one opens the state dir and the GPU backend lazily.
 pub trait LeaseOps {
@@ -12,13 +16,26 @@ pub trait LeaseOps {
     fn allocate(&mut self, req: &Request, holder: Holder) -> Result<Lease, OpsError>;
     /// One lease by id.
     fn lease(&mut self, id: LeaseId) -> Result<Option<Lease>, OpsError>;
-    /// The lease a container already holds (a retried `create`).
-    fn lease_of_container(&mut self, id: &str) -> Result<Option<Lease>, OpsError>;
-    fn set_holder(&mut self, id: LeaseId, holder: Holder) -> Result<(), OpsError>;
-    /// Release by lease id.
+    /// Every lease held by a container with this id, whatever its engine or bundle (the flows pick the
+    /// one bound to their bundle).
+    fn leases_of_container(&mut self, id: &str) -> Result<Vec<Lease>, OpsError>;
+    /// Give lease `id` to `to` if `check` holds for it under the lock; `false` (nothing changed) otherwise.
+    fn set_holder_if(
+        &mut self,
+        id: LeaseId,
+        check: LeaseCheck,
+        to: Holder,
+    ) -> Result<bool, OpsError>;
+    /// Release lease `id`, which this flow has just made (undo after a later step failed).
     fn release(&mut self, id: LeaseId) -> Result<ReleaseOutcome, OpsError>;
-    /// Release what container `id` holds (idempotent).
-    fn release_container(&mut self, id: &str) -> Result<ReleaseOutcome, OpsError>;
+    /// Release lease `id` only if `check` holds for it under the lock; `NoLease` otherwise.
+    fn release_if(&mut self, id: LeaseId, check: LeaseCheck) -> Result<ReleaseOutcome, OpsError>;
+    /// Record precreate's hand-over of a lease (kept out of the lease record, see [`super::binding`]).
+    fn record_handover(&mut self, h: &Handover) -> Result<(), OpsError>;
+    /// The hand-over recorded for a lease, if any.
+    fn handover(&mut self, lease: LeaseId) -> Result<Option<Handover>, OpsError>;
+    /// Forget a hand-over (taken, or its lease released).
+    fn drop_handover(&mut self, lease: LeaseId) -> Result<(), OpsError>;
 }
 
 /// What a hook did, for the log.
@@ -91,9 +108,10 @@ fn undo(ops: &mut dyn LeaseOps, lease: &Lease, err: OciError) -> OciError {
 
 /// podman's precreate stage: config JSON in, modified config out.
 ///
-/// The lease is held by `holder` (the engine process) until prestart hands it to the container;
-/// poststop finds it through the `migrun.lease` marker in the bundle's config.json, because podman's
-/// poststop state does not carry annotations added here.
+/// The lease is held by `holder` (the engine process, podman) until prestart hands it to the
+/// container. There is no container id yet, so precreate records a [`Handover`] with a fresh token
+/// and writes the token into the config it returns: only a prestart whose config.json carries it may
+/// take the lease over, and poststop of a container that failed before prestart may free it.
 pub fn precreate(
     input: &[u8],
     ops: &mut dyn LeaseOps,
@@ -122,25 +140,46 @@ pub fn precreate(
         emit(&serde_json::to_vec(&spec).expect("serializes")).map_err(OciError::Emit)?;
         return Ok(Outcome::Guarded);
     };
-    let lease = ops.allocate(&req, holder).map_err(lease_err(format!(
-        "cannot allocate {} ({})",
-        req.profile, req.source
-    )))?;
+    let lease = ops
+        .allocate(&req, holder.clone())
+        .map_err(lease_err(format!(
+            "cannot allocate {} ({})",
+            req.profile, req.source
+        )))?;
+    let handover = match binding::new_token() {
+        Ok(token) => Handover {
+            lease: lease.id,
+            token,
+            holder,
+            created_at: crate::lease::now(),
+        },
+        Err(e) => {
+            let err = lease_err("cannot make a hand-over token from /dev/urandom")(e.into());
+            return Err(undo(ops, &lease, err));
+        }
+    };
+    if let Err(e) = ops.record_handover(&handover) {
+        let err = lease_err(format!("cannot record the hand-over of lease {}", lease.id))(e);
+        return Err(undo(ops, &lease, err));
+    }
     let mut spec = spec;
     let mut mods = remove_markers();
     mods.extend(lease_modifiers(&lease));
-    if let Err(reason) = apply_all(&mut spec, &mods) {
-        return Err(undo(
-            ops,
-            &lease,
-            OciError::BadConfig {
-                path: path.into(),
-                reason,
-            },
-        ));
-    }
-    if let Err(e) = emit(&serde_json::to_vec(&spec).expect("serializes")) {
-        return Err(undo(ops, &lease, OciError::Emit(e)));
+    mods.push(Box::new(SetAnnotation {
+        key: ANNOTATION_HANDOVER.into(),
+        value: handover.token.clone(),
+    }));
+    let emitted = apply_all(&mut spec, &mods)
+        .map_err(|reason| OciError::BadConfig {
+            path: path.into(),
+            reason,
+        })
+        .and_then(|_| {
+            emit(&serde_json::to_vec(&spec).expect("serializes")).map_err(OciError::Emit)
+        });
+    if let Err(e) = emitted {
+        let _ = ops.drop_handover(lease.id);
+        return Err(undo(ops, &lease, e));
     }
     Ok(Outcome::Leased {
         lease: lease.id,
@@ -149,35 +188,13 @@ pub fn precreate(
     })
 }
 
-fn container_holder(state: &HookState, engine: &str) -> Holder {
-    Holder::Container {
-        id: state.id.clone(),
-        engine: engine.to_string(),
-        pid: state
-            .pid
-            .and_then(|p| crate::lease::process_start_time(p).map(|t| (p, t))),
-    }
-}
-
-/// May this container take over lease `l` named by a marker in its config?
-///
-/// Markers are written by migrun (precreate and the shim strip any the container brought), but a
-/// plain-runc or CRI-O config could still carry a forged one, so the lease must be this container's
-/// already, or be podman's precreate lease still held by the podman process.
-fn marker_fits(l: &Lease, container: &str, engine: &str) -> Result<(), String> {
-    match &l.holder {
-        Holder::Container { id, .. } if id == container => Ok(()),
-        Holder::Container { id, .. } => Err(format!("is held by container {id}")),
-        Holder::Process { .. } if engine == "podman" => Ok(()),
-        Holder::Process { pid, .. } => Err(format!(
-            "is held by process {pid}, and only podman's precreate hands a lease over this way"
-        )),
-        Holder::Manual => Err("is a manual lease (migrun alloc)".into()),
-    }
-}
-
 /// OCI prestart / createRuntime: allocate (or adopt the lease precreate or the shim made) and rewrite
 /// `<bundle>/config.json`, so that a later prestart hook (nvidia-container-runtime-hook) mounts that MIG device.
+///
+/// `engine` comes from the hook's own env (`MIGRUN_ENGINE`, set by the shim on the hooks it adds or by
+/// the admin in a hooks.d entry), never from the container's annotations, which the container chooses.
+/// Without it the holder is recorded as plain `runc` (CRI-O runs runc with runc's default root, so gc
+/// asks the same place).
 pub fn prestart(
     state_json: &[u8],
     ops: &mut dyn LeaseOps,
@@ -185,55 +202,19 @@ pub fn prestart(
 ) -> Result<Outcome, OciError> {
     let state = parse_state(state_json, "prestart")?;
     let cfg = BundleConfig::load(&state.bundle)?;
-    // runc copies the config's annotations into the state; look at both in case a runtime does not.
-    let engine = engine.unwrap_or_else(|| {
-        let mut a = state.annotations.clone();
-        if let Some(m) = cfg.spec.get("annotations").and_then(Value::as_object) {
-            for (k, v) in m {
-                a.entry(k.clone())
-                    .or_insert_with(|| v.as_str().unwrap_or("").to_string());
-            }
-        }
-        engine_from_annotations(&a)
-    });
+    let bundle = binding::canonical_bundle(&state.bundle);
     let req = request_of(&cfg.spec)?;
     let marker = lease_marker(&cfg.spec)?;
 
     if let (Some(id), Some(_)) = (marker, &req) {
-        // Made by precreate or the shim: check it, then hand it to the container (now we know its pid).
-        let stale = |reason: String| OciError::StaleMarker {
-            path: cfg.path.clone(),
-            lease: id,
-            reason,
-        };
-        let l = ops
-            .lease(id)
-            .map_err(lease_err(format!("cannot read lease {id}")))?
-            .ok_or_else(|| stale("does not exist (released or collected)".into()))?;
-        marker_fits(&l, &state.id, engine).map_err(stale)?;
-        if env_lookup(&cfg.spec, NVIDIA_VISIBLE_DEVICES) != [l.mig_uuid.as_str()] {
-            return Err(stale(format!(
-                "is {} but NVIDIA_VISIBLE_DEVICES does not name it",
-                l.mig_uuid
-            )));
-        }
-        let holder = container_holder(&state, engine);
-        if l.holder != holder {
-            ops.set_holder(id, holder).map_err(lease_err(format!(
-                "cannot hand lease {id} to container {}",
-                state.id
-            )))?;
-        }
-        return Ok(Outcome::Adopted {
-            lease: id,
-            mig_uuid: l.mig_uuid,
-        });
+        return adopt(ops, &cfg, &state, &bundle, id, engine);
     }
 
     let Some(req) = req else {
         return guard_bundle(&cfg);
     };
-    let (lease, reused) = obtain(ops, &req, &state.id, container_holder(&state, engine))?;
+    let holder = binding::container_holder(&state.id, engine.unwrap_or("runc"), &bundle, state.pid);
+    let (lease, reused) = obtain(ops, &req, &state.id, &bundle, holder)?;
     let mut mods = remove_markers();
     mods.extend(lease_modifiers(&lease));
     write_or_undo(ops, &cfg, &mods, &lease, reused)?;
@@ -244,18 +225,124 @@ pub fn prestart(
     })
 }
 
-/// The lease this container already holds (a retried create), or a new one.
+/// prestart of a config that names lease `id`: take it over only when migrun's own records say it is
+/// this container's, never because the config says so.
+///
+/// Two ways qualify. The shim made it for this very container (the lease is bound to this id and
+/// bundle): prestart records the init pid. Or podman's precreate made it: the config carries the
+/// token precreate recorded for the lease, and the lease is still held by the process precreate
+/// recorded; then the lease is bound to this container (compare-and-set under the lock, so a token
+/// is good once) and the hand-over record is dropped. Anything else refuses the start and changes
+/// nothing: a config can name any lease id and any (public) MIG UUID.
+fn adopt(
+    ops: &mut dyn LeaseOps,
+    cfg: &BundleConfig,
+    state: &HookState,
+    bundle: &Path,
+    id: LeaseId,
+    engine: Option<&str>,
+) -> Result<Outcome, OciError> {
+    let stale = |reason: String| OciError::StaleMarker {
+        path: cfg.path.clone(),
+        lease: id,
+        reason,
+    };
+    let l = ops
+        .lease(id)
+        .map_err(lease_err(format!("cannot read lease {id}")))?
+        .ok_or_else(|| stale("does not exist (released or collected)".into()))?;
+    if l.state != LeaseState::Active {
+        return Err(stale("is being released".into()));
+    }
+    // Checked once the lease is known to be this container's: for anyone else's, whose it is says more.
+    let names_device = || {
+        if env_lookup(&cfg.spec, NVIDIA_VISIBLE_DEVICES) == [l.mig_uuid.as_str()] {
+            Ok(())
+        } else {
+            Err(stale(format!(
+                "is {} but NVIDIA_VISIBLE_DEVICES does not name it",
+                l.mig_uuid
+            )))
+        }
+    };
+    let hand_to = |ops: &mut dyn LeaseOps, from: Holder, to: Holder| {
+        let check = move |x: &Lease| x.holder == from && x.state == LeaseState::Active;
+        ops.set_holder_if(id, &check, to).map_err(lease_err(format!(
+            "cannot hand lease {id} to container {}",
+            state.id
+        )))
+    };
+    let adopted = Outcome::Adopted {
+        lease: id,
+        mig_uuid: l.mig_uuid.clone(),
+    };
+
+    if binding::bound_to(&l, &state.id, bundle) {
+        let Holder::Container { engine: tag, .. } = &l.holder else {
+            unreachable!("bound_to holds only for container holders")
+        };
+        names_device()?;
+        let to = binding::container_holder(&state.id, tag, bundle, state.pid);
+        if l.holder == to || hand_to(ops, l.holder.clone(), to)? {
+            return Ok(adopted);
+        }
+        return Err(stale("changed hands while this container started".into()));
+    }
+
+    let reason = match (&l.holder, handover_token(&cfg.spec)) {
+        (Holder::Process { pid, .. }, Some(token)) => {
+            let record = ops
+                .handover(id)
+                .map_err(lease_err(format!("cannot read the hand-over of lease {id}")))?;
+            match record {
+                Some(h) if binding::tokens_equal(&h.token, token) && h.holder == l.holder => {
+                    names_device()?;
+                    let to = binding::container_holder(
+                        &state.id,
+                        engine.unwrap_or("podman"),
+                        bundle,
+                        state.pid,
+                    );
+                    if hand_to(ops, h.holder.clone(), to)? {
+                        if let Err(e) = ops.drop_handover(id) {
+                            tracing::warn!(lease = id, "cannot remove the used hand-over record: {e}");
+                        }
+                        return Ok(adopted);
+                    }
+                    "was handed over to another container already".to_string()
+                }
+                _ => format!(
+                    "is held by process {pid}, and the config's hand-over token is not the one migrun's precreate recorded for it"
+                ),
+            }
+        }
+        (Holder::Process { pid, .. }, None) => format!(
+            "is held by process {pid}, and the config carries no hand-over token from migrun's precreate"
+        ),
+        (Holder::Container { id: c, .. }, _) if *c == state.id => {
+            "is held by a container with this id but another bundle".to_string()
+        }
+        (Holder::Container { id: c, .. }, _) => format!("is held by container {c}"),
+        (Holder::Manual, _) => "is a manual lease (migrun alloc)".to_string(),
+    };
+    Err(stale(reason))
+}
+
+/// The lease bound to this container (a retried create or prestart), or a new one.
 fn obtain(
     ops: &mut dyn LeaseOps,
     req: &Request,
     container: &str,
+    bundle: &Path,
     holder: Holder,
 ) -> Result<(Lease, bool), OciError> {
     let existing = ops
-        .lease_of_container(container)
+        .leases_of_container(container)
         .map_err(lease_err(format!(
             "cannot read the leases of container {container}"
-        )))?;
+        )))?
+        .into_iter()
+        .find(|l| l.state == LeaseState::Active && binding::bound_to(l, container, bundle));
     if let Some(l) = existing {
         return Ok((l, true));
     }
@@ -298,6 +385,12 @@ fn guard_bundle(cfg: &BundleConfig) -> Result<Outcome, OciError> {
 
 /// OCI poststop: release this container's lease. Idempotent; a container that never had one is fine.
 ///
+/// This container's lease is the one bound to the id and bundle the runtime reports in the state
+/// JSON. The only other lease it may free is one precreate made for its config and never handed over
+/// (the container failed before prestart), proven by the hand-over token in its config.json. A lease
+/// its config merely names (`migrun.lease`, `MIGRUN_LEASE`) is left alone: runc runs poststop for a
+/// container prestart refused, too.
+///
 /// It looks at `<bundle>/config.json` first, so a container that asked for nothing costs no state-dir access.
 pub fn poststop(state_json: &[u8], ops: &mut dyn LeaseOps) -> Result<Outcome, OciError> {
     let state = parse_state(state_json, "poststop")?;
@@ -312,43 +405,53 @@ pub fn poststop(state_json: &[u8], ops: &mut dyn LeaseOps) -> Result<Outcome, Oc
         }
         Err(e) => return Err(e),
     };
-    let (marker, asked) = match &cfg {
+    let (marker, token, asked) = match &cfg {
         Some(c) => (
             lease_marker(&c.spec).ok().flatten(),
+            handover_token(&c.spec).map(str::to_string),
             // A malformed request still may have left a lease behind (timeout): look it up by id.
             !matches!(request_of(&c.spec), Ok(None)),
         ),
-        None => (None, true),
+        None => (None, None, true),
     };
     if marker.is_none() && !asked {
         return Ok(Outcome::PassThrough);
     }
-    let out = ops.release_container(&state.id).map_err(lease_err(format!(
-        "cannot release the lease of container {}",
-        state.id
-    )))?;
-    if out != ReleaseOutcome::NoLease {
-        return Ok(Outcome::Released(out));
-    }
-    // Allocated by precreate and never handed over (the container failed before prestart).
-    if let Some(id) = marker {
-        if let Some(l) = ops
-            .lease(id)
-            .map_err(lease_err(format!("cannot read lease {id}")))?
-        {
-            match &l.holder {
-                Holder::Process { .. } => {
-                    let out = ops
-                        .release(id)
-                        .map_err(lease_err(format!("cannot release lease {id}")))?;
-                    return Ok(Outcome::Released(out));
-                }
-                other => tracing::warn!(
-                    lease = id,
-                    "config.json names lease {id} but it is held by {other:?}; leaving it alone"
-                ),
-            }
+    let bundle = binding::canonical_bundle(&state.bundle);
+    let context = || format!("cannot release the lease of container {}", state.id);
+    let ours = ops
+        .leases_of_container(&state.id)
+        .map_err(lease_err(context()))?;
+    for l in ours
+        .iter()
+        .filter(|l| binding::bound_to(l, &state.id, &bundle))
+    {
+        let check = |x: &Lease| binding::bound_to(x, &state.id, &bundle);
+        let out = ops.release_if(l.id, &check).map_err(lease_err(context()))?;
+        if out != ReleaseOutcome::NoLease {
+            return Ok(Outcome::Released(out));
         }
+    }
+    if let (Some(id), Some(token)) = (marker, token) {
+        let record = ops.handover(id).map_err(lease_err(format!(
+            "cannot read the hand-over of lease {id}"
+        )))?;
+        if let Some(h) = record.filter(|h| binding::tokens_equal(&h.token, &token)) {
+            let check = |x: &Lease| x.holder == h.holder;
+            let out = ops
+                .release_if(id, &check)
+                .map_err(lease_err(format!("cannot release lease {id}")))?;
+            if let Err(e) = ops.drop_handover(id) {
+                tracing::warn!(lease = id, "cannot remove the hand-over record: {e}");
+            }
+            return Ok(Outcome::Released(out));
+        }
+    }
+    if let Some(id) = marker {
+        tracing::info!(
+            lease = id,
+            "config.json names lease {id}, which is not this container's; leaving it alone"
+        );
     }
     Ok(Outcome::Released(ReleaseOutcome::NoLease))
 }
@@ -374,6 +477,8 @@ pub fn shim_passes_through(bundle: &Path) -> bool {
 
 /// The shim's `create`: allocate for a container that asks, and rewrite its bundle (env, lease marker,
 /// a prestart hook that records the container's pid, a poststop hook that releases the slice).
+///
+/// The lease is bound to `container` and `bundle` as the engine passed them to the runtime.
 pub fn shim_create(
     bundle: &Path,
     container: &str,
@@ -385,12 +490,9 @@ pub fn shim_create(
     let Some(req) = request_of(&cfg.spec)? else {
         return guard_bundle(&cfg);
     };
-    let holder = Holder::Container {
-        id: container.to_string(),
-        engine: engine.to_string(),
-        pid: None,
-    };
-    let (lease, reused) = obtain(ops, &req, container, holder)?;
+    let bundle = binding::canonical_bundle(bundle);
+    let holder = binding::container_holder(container, engine, &bundle, None);
+    let (lease, reused) = obtain(ops, &req, container, &bundle, holder)?;
     let mut mods = remove_markers();
     mods.extend(lease_modifiers(&lease));
     mods.push(Box::new(AddHook::migrun(

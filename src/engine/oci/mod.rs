@@ -9,18 +9,21 @@
 //! caller opens them lazily, only once a container has actually asked for a slice. A container that
 //! asks for nothing costs one JSON parse.
 //!
-//! Parts: [`modifiers`] (config edits), [`config`] (what a config or a state asks for), [`flows`]
-//! (the hook stages and the shim's create); liveness for gc is here.
+//! Parts: [`modifiers`] (config edits), [`config`] (what a config or a state asks for), [`binding`]
+//! (what ties a lease to its container), [`flows`] (the hook stages and the shim's create); liveness
+//! for gc is here.
 
 use crate::lease::LeaseId;
 use std::path::{Path, PathBuf};
 
+pub mod binding;
 pub mod config;
 pub mod flows;
 pub mod modifiers;
 #[cfg(test)]
 mod test_support;
 
+pub use binding::ANNOTATION_HANDOVER;
 pub use config::*;
 pub use flows::*;
 pub use modifiers::*;

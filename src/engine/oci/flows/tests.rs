@@ -1,13 +1,16 @@
 //! Unit tests of the hook flows over a fake lease store: every path, markers, failures.
 
+use super::super::binding::{self, Handover};
 use super::super::test_support::*;
 use super::*;
-use serde_json::json;
+use serde_json::{json, Value};
+use std::path::PathBuf;
 
 /// Lease operations over a Vec, counting what was done.
 #[derive(Default)]
 struct FakeOps {
     leases: Vec<Lease>,
+    handovers: Vec<Handover>,
     next: LeaseId,
     fail_alloc: Option<&'static str>,
     allocations: u32,
@@ -28,24 +31,33 @@ impl LeaseOps for FakeOps {
     fn lease(&mut self, id: LeaseId) -> Result<Option<Lease>, OpsError> {
         Ok(self.leases.iter().find(|l| l.id == id).cloned())
     }
-    fn lease_of_container(&mut self, id: &str) -> Result<Option<Lease>, OpsError> {
+    fn leases_of_container(&mut self, id: &str) -> Result<Vec<Lease>, OpsError> {
         Ok(self
             .leases
             .iter()
-            .find(|l| matches!(&l.holder, Holder::Container { id: c, .. } if c == id))
-            .cloned())
+            .filter(|l| matches!(&l.holder, Holder::Container { id: c, .. } if c == id))
+            .cloned()
+            .collect())
     }
-    fn set_holder(&mut self, id: LeaseId, holder: Holder) -> Result<(), OpsError> {
-        let l = self
-            .leases
-            .iter_mut()
-            .find(|l| l.id == id)
-            .ok_or("no lease")?;
-        l.holder = holder;
-        Ok(())
+    fn set_holder_if(
+        &mut self,
+        id: LeaseId,
+        check: LeaseCheck,
+        to: Holder,
+    ) -> Result<bool, OpsError> {
+        match self.leases.iter_mut().find(|l| l.id == id && check(l)) {
+            Some(l) => {
+                l.holder = to;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
     }
     fn release(&mut self, id: LeaseId) -> Result<ReleaseOutcome, OpsError> {
-        let Some(at) = self.leases.iter().position(|l| l.id == id) else {
+        self.release_if(id, &|_| true)
+    }
+    fn release_if(&mut self, id: LeaseId, check: LeaseCheck) -> Result<ReleaseOutcome, OpsError> {
+        let Some(at) = self.leases.iter().position(|l| l.id == id && check(l)) else {
             return Ok(ReleaseOutcome::NoLease);
         };
         let l = self.leases.remove(at);
@@ -55,11 +67,17 @@ impl LeaseOps for FakeOps {
             mig_uuid: l.mig_uuid,
         })
     }
-    fn release_container(&mut self, id: &str) -> Result<ReleaseOutcome, OpsError> {
-        match self.lease_of_container(id)? {
-            Some(l) => self.release(l.id),
-            None => Ok(ReleaseOutcome::NoLease),
-        }
+    fn record_handover(&mut self, h: &Handover) -> Result<(), OpsError> {
+        self.handovers.retain(|x| x.lease != h.lease);
+        self.handovers.push(h.clone());
+        Ok(())
+    }
+    fn handover(&mut self, lease: LeaseId) -> Result<Option<Handover>, OpsError> {
+        Ok(self.handovers.iter().find(|h| h.lease == lease).cloned())
+    }
+    fn drop_handover(&mut self, lease: LeaseId) -> Result<(), OpsError> {
+        self.handovers.retain(|h| h.lease != lease);
+        Ok(())
     }
 }
 
@@ -105,7 +123,10 @@ fn prestart_then_poststop_for_runc() {
     let Holder::Container { id, engine, pid } = &ops.leases[0].holder else {
         panic!()
     };
-    assert_eq!((id.as_str(), engine.as_str()), ("c1", "runc"));
+    // Bound to the id and the bundle runc reported; the engine is never read from annotations.
+    let canonical = b.canonicalize().unwrap();
+    assert_eq!(id, "c1");
+    assert_eq!(*engine, binding::engine_tag("runc", &canonical));
     assert_eq!(pid.unwrap().0, std::process::id());
     // A retried prestart adopts instead of allocating twice.
     let bytes = std::fs::read(b.join("config.json")).unwrap();
@@ -235,8 +256,20 @@ fn shim_create_adds_hooks_and_markers_and_strips_forged_ones() {
     ));
 }
 
+fn run_precreate(ops: &mut FakeOps, spec: &Value, podman: &Holder) -> Value {
+    let mut out = Vec::new();
+    let input = serde_json::to_vec(spec).unwrap();
+    let o = precreate(&input, ops, podman.clone(), &mut |b| {
+        out.extend_from_slice(b);
+        Ok(())
+    })
+    .unwrap();
+    assert!(matches!(o, Outcome::Leased { .. }));
+    serde_json::from_slice(&out).unwrap()
+}
+
 #[test]
-fn precreate_marks_the_config_and_poststop_finds_the_lease() {
+fn precreate_hands_its_lease_over_only_with_its_token() {
     let mut ops = FakeOps::default();
     let podman = Holder::Process {
         pid: 1,
@@ -245,52 +278,89 @@ fn precreate_marks_the_config_and_poststop_finds_the_lease() {
     let mut spec = asking("1g.10gb");
     spec["annotations"]["io.container.manager"] = json!("libpod");
     spec["annotations"]["migrun.lease"] = json!("42");
-    let mut out = Vec::new();
-    let input = serde_json::to_vec(&spec).unwrap();
-    let o = precreate(&input, &mut ops, podman, &mut |b| {
-        out.extend_from_slice(b);
-        Ok(())
-    })
-    .unwrap();
-    assert!(matches!(o, Outcome::Leased { lease: 1, .. }));
-    let cfg: Value = serde_json::from_slice(&out).unwrap();
+    spec["annotations"]["migrun.handover"] = json!("forged");
+    let cfg = run_precreate(&mut ops, &spec, &podman);
     assert_eq!(
         lease_marker(&cfg).unwrap(),
         Some(1),
         "the forged 42 is gone"
     );
     assert_eq!(env_lookup(&cfg, NVIDIA_VISIBLE_DEVICES), ["MIG-1"]);
-    // The container failed before prestart: poststop still finds the lease through the marker.
+    let token = handover_token(&cfg).unwrap().to_string();
+    assert_ne!(token, "forged");
+    assert_eq!(ops.handovers.len(), 1);
+    assert_eq!(ops.handovers[0].token, token);
+    assert_eq!(ops.handovers[0].holder, podman);
+
+    // A config with the marker and the device but another token gets nothing, and changes nothing.
+    let mut wrong = cfg.clone();
+    wrong["annotations"]["migrun.handover"] = json!(binding::new_token().unwrap());
+    let (_tw, bw, bytes) = bundle(&wrong);
+    let e = prestart(&state("thief", &bw), &mut ops, Some("podman")).unwrap_err();
+    assert!(
+        e.to_string().contains("hand-over token is not the one"),
+        "{e}"
+    );
+    assert_eq!(std::fs::read(bw.join("config.json")).unwrap(), bytes);
+    assert_eq!(
+        poststop(&state("thief", &bw), &mut ops).unwrap(),
+        Outcome::Released(ReleaseOutcome::NoLease)
+    );
+    assert_eq!(ops.leases[0].holder, podman);
+
+    // The right token: the lease is bound to the container (id and bundle), the record dropped.
+    let (_t, b, _) = bundle(&cfg);
+    assert!(matches!(
+        prestart(&state("p1", &b), &mut ops, None).unwrap(),
+        Outcome::Adopted { lease: 1, .. }
+    ));
+    let canonical = b.canonicalize().unwrap();
+    assert!(binding::bound_to(&ops.leases[0], "p1", &canonical));
+    assert!(
+        matches!(&ops.leases[0].holder, Holder::Container { engine, pid: Some(_), .. } if crate::engine::engine_family(engine) == "podman")
+    );
+    assert!(ops.handovers.is_empty());
+    // The token is good once: a copy of the config in another container gets nothing.
+    let (_t3, b3, _) = bundle(&cfg);
+    let e = prestart(&state("p1-copy", &b3), &mut ops, None).unwrap_err();
+    assert!(matches!(e, OciError::StaleMarker { .. }), "{e}");
+    assert!(binding::bound_to(&ops.leases[0], "p1", &canonical));
+    // The container's own poststop releases it.
+    assert!(matches!(
+        poststop(&state("p1", &b), &mut ops).unwrap(),
+        Outcome::Released(ReleaseOutcome::Destroyed { lease: 1, .. })
+    ));
+}
+
+#[test]
+fn poststop_frees_a_precreate_lease_never_handed_over_only_with_its_token() {
+    let mut ops = FakeOps::default();
+    let podman = Holder::Process {
+        pid: 1,
+        start_time: 1,
+    };
+    let cfg = run_precreate(&mut ops, &asking("1g.10gb"), &podman);
+    // The same marker without the token (a container naming the lease) leaves it alone.
+    let mut forged = cfg.clone();
+    forged["annotations"]
+        .as_object_mut()
+        .unwrap()
+        .shift_remove("migrun.handover");
+    let (_tf, bf, _) = bundle(&forged);
+    let st = serde_json::to_vec(&json!({"id": "x", "status": "stopped", "bundle": bf})).unwrap();
+    assert_eq!(
+        poststop(&st, &mut ops).unwrap(),
+        Outcome::Released(ReleaseOutcome::NoLease)
+    );
+    assert_eq!(ops.leases.len(), 1);
+    // podman's own container failed before prestart: its config carries the token.
     let (_t, b, _) = bundle(&cfg);
     let st = serde_json::to_vec(&json!({"id": "p1", "status": "stopped", "bundle": b})).unwrap();
     assert!(matches!(
         poststop(&st, &mut ops).unwrap(),
         Outcome::Released(ReleaseOutcome::Destroyed { lease: 1, .. })
     ));
-    // Or prestart adopts it (podman).
-    let mut out = Vec::new();
-    precreate(
-        &input,
-        &mut ops,
-        Holder::Process {
-            pid: 1,
-            start_time: 1,
-        },
-        &mut |b| {
-            out.extend_from_slice(b);
-            Ok(())
-        },
-    )
-    .unwrap();
-    let (_t2, b2, _) = bundle(&serde_json::from_slice(&out).unwrap());
-    let st = state("p2", &b2);
-    assert!(matches!(
-        prestart(&st, &mut ops, None).unwrap(),
-        Outcome::Adopted { lease: 2, .. }
-    ));
-    assert!(
-        matches!(&ops.leases[0].holder, Holder::Container { id, engine, .. } if id == "p2" && engine == "podman")
-    );
+    assert!(ops.handovers.is_empty());
 }
 
 #[test]
@@ -303,49 +373,102 @@ fn a_failed_emit_releases_the_lease() {
     .unwrap_err();
     assert!(matches!(e, OciError::Emit(_)));
     assert!(ops.leases.is_empty());
+    assert!(ops.handovers.is_empty());
     assert_eq!(ops.releases, [1]);
 }
 
+/// A container decides its annotations and env: none of them, alone or together (the engine's
+/// `io.container.manager`, the victim's MIG UUID, a guessed token), takes or frees another's lease.
 #[test]
-fn forged_or_stale_markers_fail_the_start() {
+fn forged_markers_neither_take_nor_free_another_holders_lease() {
     let mut ops = FakeOps::default();
+    let (_tv, victim_bundle, _) = bundle(&asking("1g.10gb"));
+    let victim_bundle = victim_bundle.canonicalize().unwrap();
     ops.leases.push(lease(
         5,
         "MIG-5",
-        Holder::Container {
-            id: "other".into(),
-            engine: "docker".into(),
-            pid: None,
-        },
+        binding::container_holder("victim", "docker", &victim_bundle, None),
     ));
-    ops.leases.push(lease(
-        6,
-        "MIG-6",
-        Holder::Process {
-            pid: 1,
-            start_time: 1,
-        },
-    ));
-    for (marker, uuid) in [("5", "MIG-5"), ("6", "MIG-6"), ("77", "MIG-77")] {
-        let mut spec = asking("1g.10gb");
-        spec["annotations"]["migrun.lease"] = json!(marker);
-        spec["process"]["env"] = json!([format!("NVIDIA_VISIBLE_DEVICES={uuid}")]);
-        let (_t, b, bytes) = bundle(&spec);
-        let e = prestart(&state("me", &b), &mut ops, None).unwrap_err();
-        assert!(matches!(e, OciError::StaleMarker { .. }), "{e}");
-        assert_eq!(std::fs::read(b.join("config.json")).unwrap(), bytes);
+    let process = Holder::Process {
+        pid: 1,
+        start_time: 1,
+    };
+    ops.leases.push(lease(6, "MIG-6", process.clone()));
+    ops.leases.push(lease(7, "MIG-7", Holder::Manual));
+    ops.handovers.push(Handover {
+        lease: 6,
+        token: binding::new_token().unwrap(),
+        holder: process,
+        created_at: 0,
+    });
+    let before = ops.leases.clone();
+    for (marker, uuid) in [
+        ("5", "MIG-5"),
+        ("6", "MIG-6"),
+        ("7", "MIG-7"),
+        ("77", "MIG-77"),
+    ] {
+        for podman in [false, true] {
+            let mut spec = asking("1g.10gb");
+            spec["annotations"]["migrun.lease"] = json!(marker);
+            if podman {
+                spec["annotations"]["io.container.manager"] = json!("libpod");
+                spec["annotations"]["migrun.handover"] = json!(binding::new_token().unwrap());
+            }
+            spec["process"]["env"] = json!([
+                format!("NVIDIA_VISIBLE_DEVICES={uuid}"),
+                format!("MIGRUN_LEASE={marker}")
+            ]);
+            let (_t, b, bytes) = bundle(&spec);
+            // Even as "the victim": the same id in another bundle is another container.
+            for id in ["me", "victim"] {
+                let e = prestart(&state(id, &b), &mut ops, None).unwrap_err();
+                assert!(matches!(e, OciError::StaleMarker { .. }), "{e}");
+                assert!(!e.to_string().contains('\n'));
+                assert_eq!(std::fs::read(b.join("config.json")).unwrap(), bytes);
+                // runc runs poststop for the container prestart refused.
+                assert_eq!(
+                    poststop(&state(id, &b), &mut ops).unwrap(),
+                    Outcome::Released(ReleaseOutcome::NoLease),
+                    "{marker} {podman} {id}"
+                );
+            }
+        }
     }
     assert_eq!(ops.allocations, 0);
     assert!(ops.releases.is_empty());
-    // poststop of a container whose config names someone else's lease leaves it alone.
-    let mut spec = asking("1g.10gb");
-    spec["annotations"]["migrun.lease"] = json!("5");
-    let (_t, b, _) = bundle(&spec);
-    assert_eq!(
-        poststop(&state("me", &b), &mut ops).unwrap(),
-        Outcome::Released(ReleaseOutcome::NoLease)
-    );
-    assert_eq!(ops.leases.len(), 2);
+    assert_eq!(ops.leases, before);
+    assert_eq!(ops.handovers.len(), 1);
+}
+
+#[test]
+fn a_lease_is_reused_and_released_only_for_the_same_id_and_bundle() {
+    let mut ops = FakeOps::default();
+    let (_t1, b1, _) = bundle(&asking("1g.10gb"));
+    let (_t2, b2, _) = bundle(&asking("1g.10gb"));
+    assert!(matches!(
+        prestart(&state("c", &b1), &mut ops, None).unwrap(),
+        Outcome::Leased { lease: 1, .. }
+    ));
+    // Same id under another runtime root (another bundle): a lease of its own, not lease 1.
+    assert!(matches!(
+        prestart(&state("c", &b2), &mut ops, None).unwrap(),
+        Outcome::Leased {
+            lease: 2,
+            reused: false,
+            ..
+        }
+    ));
+    assert!(matches!(
+        poststop(&state("c", &b2), &mut ops).unwrap(),
+        Outcome::Released(ReleaseOutcome::Destroyed { lease: 2, .. })
+    ));
+    assert_eq!(ops.leases.len(), 1);
+    assert!(binding::bound_to(
+        &ops.leases[0],
+        "c",
+        &b1.canonicalize().unwrap()
+    ));
 }
 
 #[test]

@@ -7,15 +7,15 @@
 //! that do show it.
 
 use super::Ctx;
-use crate::alloc::{self, AllocRequest, ReleaseOutcome, Want};
+use crate::alloc::ReleaseOutcome;
 use crate::cli::{HookArgs, HookStage, RuntimeArgs};
 use crate::config::LogTarget;
-use crate::engine::oci::{self, LeaseOps, OpsError, Outcome, Request};
+use crate::engine::oci::{self, Outcome};
 use crate::engine::runtime;
-use crate::gpu::Backend;
-use crate::lease::{Holder, Lease, LeaseId, LeaseState};
+use crate::lease::Holder;
 use crate::statedir::{StateDir, DEFAULT_STATE_DIR};
 use anyhow::Result;
+use ops::CtxOps;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
@@ -26,6 +26,8 @@ use std::time::Duration;
 /// Most bytes a hook reads from stdin (a config.json is a few KiB; this only stops a runaway pipe).
 const MAX_INPUT: u64 = 16 << 20;
 
+mod ops;
+
 /// Errors of the hook wiring itself.
 #[derive(Debug, thiserror::Error)]
 pub enum HookError {
@@ -35,108 +37,6 @@ pub enum HookError {
     Panic { stage: String, message: String },
     #[error("cannot read stdin: {0}")]
     Stdin(#[source] std::io::Error),
-}
-
-// ---------------------------------------------------------------------------------------------
-// Lease operations over the real state dir and backend, opened on first use
-// ---------------------------------------------------------------------------------------------
-
-struct CtxOps<'a> {
-    ctx: &'a Ctx,
-    opened: Option<(StateDir, Box<dyn Backend>)>,
-}
-
-impl<'a> CtxOps<'a> {
-    fn new(ctx: &'a Ctx) -> Self {
-        CtxOps { ctx, opened: None }
-    }
-
-    fn dir(&mut self) -> Result<&StateDir, OpsError> {
-        Ok(&self.open()?.0)
-    }
-
-    fn open(&mut self) -> Result<&mut (StateDir, Box<dyn Backend>), OpsError> {
-        if self.opened.is_none() {
-            // Runtimes run hooks as root; a rootless engine reaching here gets the privilege guidance, not an NVML error.
-            crate::caller::require_root(
-                "a hook's MIG allocation or release",
-                self.ctx.global.simulate.is_some(),
-            )
-            .map_err(|e| into_ops(e.into()))?;
-            let dir = self.ctx.state_dir().map_err(into_ops)?;
-            let backend = self.ctx.backend_in(&dir).map_err(into_ops)?;
-            self.opened = Some((dir, backend));
-        }
-        Ok(self.opened.as_mut().expect("just opened"))
-    }
-
-    fn find(&mut self, f: impl Fn(&Lease) -> bool) -> Result<Option<Lease>, OpsError> {
-        let dir = self.dir()?.clone();
-        Ok(alloc::leases(&dir)?.into_iter().find(|l| f(l)))
-    }
-}
-
-fn into_ops(e: anyhow::Error) -> OpsError {
-    e.into()
-}
-
-impl LeaseOps for CtxOps<'_> {
-    fn allocate(&mut self, req: &Request, holder: Holder) -> Result<Lease, OpsError> {
-        let config = self.ctx.config.clone();
-        let (dir, backend) = self.open()?;
-        let areq = AllocRequest {
-            want: Want::Profile(req.profile),
-            gpu: req.gpu.clone(),
-            wait: None,
-            keep: false,
-            holder,
-            uid: nix::unistd::getuid().as_raw(),
-        };
-        Ok(alloc::allocate(
-            backend.as_mut(),
-            dir,
-            &config,
-            &areq,
-            &crate::engine::probe(),
-        )?)
-    }
-
-    fn lease(&mut self, id: LeaseId) -> Result<Option<Lease>, OpsError> {
-        self.find(|l| l.id == id)
-    }
-
-    fn lease_of_container(&mut self, id: &str) -> Result<Option<Lease>, OpsError> {
-        let dir = self.dir()?.clone();
-        Ok(alloc::lease_of_container(&dir, id)?.filter(|l| l.state == LeaseState::Active))
-    }
-
-    fn set_holder(&mut self, id: LeaseId, holder: Holder) -> Result<(), OpsError> {
-        let dir = self.dir()?.clone();
-        Ok(alloc::set_holder(&dir, id, holder)?)
-    }
-
-    fn release(&mut self, id: LeaseId) -> Result<ReleaseOutcome, OpsError> {
-        let config = self.ctx.config.clone();
-        let (dir, backend) = self.open()?;
-        Ok(alloc::release(
-            backend.as_mut(),
-            dir,
-            &config,
-            &id.to_string(),
-            None,
-        )?)
-    }
-
-    fn release_container(&mut self, id: &str) -> Result<ReleaseOutcome, OpsError> {
-        let config = self.ctx.config.clone();
-        let (dir, backend) = self.open()?;
-        Ok(alloc::release_container(
-            backend.as_mut(),
-            dir,
-            &config,
-            id,
-        )?)
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
