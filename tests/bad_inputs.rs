@@ -290,6 +290,14 @@ fn case(id: &str, sim: &Sim) -> Option<Case> {
                 )
             }
         }
+        "shim-unreadable-args" => {
+            let b = bundle(sim, r#"{"annotations": {"migrun.profile": "1g.10gb"}}"#);
+            c(
+                "",
+                init,
+                s(&["runtime", "create", "--no-pivot", "cid", "--bundle", &b]),
+            )
+        }
         "docker-visible-devices" => c(
             "",
             init,
@@ -436,6 +444,7 @@ fn every_documented_bad_input_fails_cleanly_and_leaves_nothing() {
         "shim-bad-config",
         "hook-foreign-lease",
         "hook-posing-as-podman",
+        "shim-unreadable-args",
         "docker-visible-devices",
         "docker-mig-config",
         "docker-mig-monitor",

@@ -342,6 +342,10 @@ pub fn runtime(ctx: &Ctx, a: RuntimeArgs) -> Result<i32> {
         runtime::write_runtime_log(&inv, &format!("migrun: {}", flatten(&e)));
         Ok(fail_line(&e))
     };
+    if let (true, Some(reason)) = (inv.creates(), inv.unreadable.clone()) {
+        let subcommand = inv.subcommand.clone().unwrap_or_default();
+        return fail(runtime::ShimError::Unreadable { subcommand, reason }.into());
+    }
     let self_exe = match std::env::current_exe() {
         Ok(p) => p,
         Err(e) => return fail(anyhow::anyhow!("cannot find the migrun binary: {e}")),
@@ -351,9 +355,9 @@ pub fn runtime(ctx: &Ctx, a: RuntimeArgs) -> Result<i32> {
             Ok(p) => p,
             Err(e) => return fail(e.into()),
         };
-    // Without an id runc itself reports the usage error. A bundle that asks for nothing was normally
-    // handed over before migrun parsed its command line (`runtime::hand_over_untouched`, for
-    // `migrun-runtime`); here `shim_create` reads config.json once and answers `PassThrough` for it.
+    // A bundle that asks for nothing was normally handed over before migrun parsed its command line
+    // (`runtime::hand_over_untouched`, for `migrun-runtime`); here `shim_create` reads config.json once
+    // and answers `PassThrough` for it.
     if let (true, Some(id)) = (inv.creates(), inv.id.clone()) {
         let bundle = inv.bundle_dir();
         init_logging(ctx);

@@ -2,11 +2,11 @@
 //!
 //! dockerd and containerd call a runtime with runc's CLI: global flags first (`--root`, `--log`,
 //! `--log-format`, `--systemd-cgroup`, …), then the subcommand and its flags, then the container id.
-//! The shim parses just enough to find the subcommand, the bundle and the id. For `create` (and
-//! `run`) it lets [`crate::engine::oci::shim_create`] give the container its slice, then `execv`s the
-//! next runtime with the arguments exactly as they came, so pid, exit status, stdio and signals are
-//! the runtime's own. Every other subcommand (`start`, `delete`, `state`, `features`, `--version` …)
-//! is handed over untouched.
+//! The shim reads them exactly as runc does ([`args`]). For `create` (and `run`) it lets
+//! [`crate::engine::oci::shim_create`] give the container its slice, then `execv`s the next runtime
+//! with the arguments exactly as they came, so pid, exit status, stdio and signals are the runtime's
+//! own. Every other subcommand (`start`, `delete`, `state`, `features`, `--version` …) is handed over
+//! untouched.
 
 use crate::config::Config;
 use std::ffi::{CString, OsStr, OsString};
@@ -35,70 +35,24 @@ pub enum ShimError {
     Exec { path: PathBuf, errno: nix::Error },
     #[error("bad runtime arguments: {0}")]
     Args(String),
+    #[error("cannot read runc's `{subcommand}` arguments: {reason}; migrun-runtime passes a create on only when it reads it exactly as runc does (see docs/hooks.md)")]
+    Unreadable { subcommand: String, reason: String },
 }
 
 /// Exit codes for this module's errors.
 pub fn exit_code_of(e: &(dyn std::error::Error + 'static)) -> Option<i32> {
     match e.downcast_ref::<ShimError>()? {
-        ShimError::Args(_) | ShimError::BadRuntime { .. } | ShimError::RuntimeIsSelf { .. } => {
-            Some(crate::exit::USAGE)
-        }
+        ShimError::Args(_)
+        | ShimError::Unreadable { .. }
+        | ShimError::BadRuntime { .. }
+        | ShimError::RuntimeIsSelf { .. } => Some(crate::exit::USAGE),
         ShimError::NoRuntime { .. } | ShimError::Exec { .. } => Some(crate::exit::FAILED),
     }
 }
 
-/// runc's global flags that take a value (urfave/cli accepts `--f v`, `--f=v`, `-f v`).
-const GLOBAL_VALUE_FLAGS: &[&str] = &["log", "log-format", "root", "criu", "rootless"];
-/// `create`/`run` flags that take a value; every other flag is a switch.
-const CREATE_VALUE_FLAGS: &[&str] = &[
-    "bundle",
-    "b",
-    "console-socket",
-    "pid-file",
-    "preserve-fds",
-    "pidfd-socket",
-];
+pub mod args;
 
-/// What the shim needs to know about one runtime invocation.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Invocation {
-    /// The subcommand (`create`, `start`, `features` …); `None` for `--version`, `--help` or nothing.
-    pub subcommand: Option<String>,
-    /// `--root` (where the runtime keeps container state; tells the engine apart).
-    pub root: Option<PathBuf>,
-    /// `--log` and `--log-format`: where the engine reads a failed runtime's error from.
-    pub log: Option<PathBuf>,
-    pub log_format: Option<String>,
-    /// For `create`/`run`: `--bundle` (default: the current directory) and the container id.
-    pub bundle: Option<PathBuf>,
-    pub id: Option<String>,
-}
-
-impl Invocation {
-    /// Does this call create a container (so the bundle must get its slice first)?
-    pub fn creates(&self) -> bool {
-        matches!(self.subcommand.as_deref(), Some("create" | "run"))
-    }
-
-    /// The bundle directory as an absolute path (`--bundle` relative to the current directory,
-    /// or the current directory itself, as runc reads it).
-    pub fn bundle_dir(&self) -> PathBuf {
-        match &self.bundle {
-            Some(b) if b.is_absolute() => b.clone(),
-            Some(b) => std::env::current_dir().unwrap_or_default().join(b),
-            None => std::env::current_dir().unwrap_or_default(),
-        }
-    }
-
-    /// Can this call go to the next runtime untouched? True for every subcommand but
-    /// `create`/`run`, for a `create` without an id (runc reports that usage error itself), and
-    /// for a bundle that asks for no slice and needs no guard ([`crate::engine::oci::shim_passes_through`]).
-    pub fn hands_over_untouched(&self) -> bool {
-        !self.creates()
-            || self.id.is_none()
-            || crate::engine::oci::shim_passes_through(&self.bundle_dir())
-    }
-}
+pub use args::{parse_invocation, Invocation};
 
 /// The shim's fast path, taken before migrun parses its own command line: when the call needs
 /// nothing from migrun ([`Invocation::hands_over_untouched`]) and the next runtime resolves,
@@ -126,84 +80,6 @@ pub fn hand_over_untouched(args: &[OsString]) {
         // Returns only if the exec failed; the full shim then reports it with the runtime log.
         let _ = exec_runtime(&next, args);
     }
-}
-
-/// Split `--name=value` / `-name` into (name, inline value).
-fn flag_name(arg: &str) -> Option<(&str, Option<&str>)> {
-    let body = arg.strip_prefix("--").or_else(|| arg.strip_prefix('-'))?;
-    if body.is_empty() {
-        return None;
-    }
-    Some(match body.split_once('=') {
-        Some((n, v)) => (n, Some(v)),
-        None => (body, None),
-    })
-}
-
-/// Parse runc's argv (without argv[0]) just far enough: global flags, subcommand, and for
-/// `create`/`run` the bundle and the id. Nothing is rejected: what the shim does not understand,
-/// the runtime will.
-pub fn parse_invocation(args: &[OsString]) -> Invocation {
-    let mut inv = Invocation::default();
-    let mut i = 0;
-    while i < args.len() {
-        let a = args[i].to_string_lossy();
-        if a == "--" {
-            i += 1;
-            break;
-        }
-        let Some((name, inline)) = flag_name(&a) else {
-            break;
-        };
-        let mut value = inline.map(str::to_string);
-        if GLOBAL_VALUE_FLAGS.contains(&name) && value.is_none() {
-            value = args.get(i + 1).map(|v| v.to_string_lossy().into_owned());
-            i += 1;
-        }
-        match name {
-            "root" => inv.root = value.map(PathBuf::from),
-            "log" => inv.log = value.map(PathBuf::from),
-            "log-format" => inv.log_format = value,
-            _ => {}
-        }
-        i += 1;
-    }
-    let Some(sub) = args.get(i) else {
-        return inv;
-    };
-    inv.subcommand = Some(sub.to_string_lossy().into_owned());
-    i += 1;
-    if !inv.creates() {
-        return inv;
-    }
-    let mut positionals = Vec::new();
-    while i < args.len() {
-        let a = args[i].to_string_lossy();
-        if a == "--" {
-            positionals.extend(
-                args[i + 1..]
-                    .iter()
-                    .map(|v| v.to_string_lossy().into_owned()),
-            );
-            break;
-        }
-        match flag_name(&a) {
-            Some((name, inline)) if positionals.is_empty() => {
-                let mut value = inline.map(str::to_string);
-                if CREATE_VALUE_FLAGS.contains(&name) && value.is_none() {
-                    value = args.get(i + 1).map(|v| v.to_string_lossy().into_owned());
-                    i += 1;
-                }
-                if matches!(name, "bundle" | "b") {
-                    inv.bundle = value.map(PathBuf::from);
-                }
-            }
-            _ => positionals.push(a.into_owned()),
-        }
-        i += 1;
-    }
-    inv.id = positionals.into_iter().next();
-    inv
 }
 
 /// Which engine calls us, from the runtime root it uses (for the lease's holder record).
@@ -380,7 +256,8 @@ mod tests {
         for (call, untouched) in [
             (format!("--root /r create --bundle {b} c1"), true),
             (format!("--root /r run -b {b} c1"), true),
-            (format!("--root /r create --bundle {b}"), true),
+            // No id: runc would refuse it, and so does the shim, never passing it on unexamined.
+            (format!("--root /r create --bundle {b}"), false),
             ("--root /r start c1".to_string(), true),
             ("--root /r delete --force c1".to_string(), true),
             ("--version".to_string(), true),
@@ -407,64 +284,17 @@ mod tests {
     }
 
     #[test]
-    fn finds_subcommand_bundle_and_id_after_global_flags() {
-        // As containerd's runc shim calls it for docker.
-        let inv = parse_invocation(&args(
-            "--root /var/run/docker/runtime-runc/moby --log /run/x/log.json --log-format json --systemd-cgroup create --bundle /run/b --pid-file /run/b/init.pid --console-socket /tmp/s abc123",
-        ));
-        assert_eq!(inv.subcommand.as_deref(), Some("create"));
-        assert_eq!(
-            inv.root.as_deref(),
-            Some(Path::new("/var/run/docker/runtime-runc/moby"))
-        );
-        assert_eq!(inv.log.as_deref(), Some(Path::new("/run/x/log.json")));
-        assert_eq!(inv.log_format.as_deref(), Some("json"));
-        assert_eq!(inv.bundle.as_deref(), Some(Path::new("/run/b")));
-        assert_eq!(inv.id.as_deref(), Some("abc123"));
-        assert!(inv.creates());
-        assert_eq!(engine_of(inv.root.as_deref()), "docker");
-    }
-
-    #[test]
-    fn equals_forms_short_flags_and_switches() {
-        let inv = parse_invocation(&args(
-            "--root=/run/containerd/runc/default -debug run -b=/b --no-pivot --detach --preserve-fds 2 ctr1",
-        ));
-        assert_eq!(inv.subcommand.as_deref(), Some("run"));
-        assert_eq!(inv.bundle.as_deref(), Some(Path::new("/b")));
-        assert_eq!(inv.id.as_deref(), Some("ctr1"));
-        assert_eq!(engine_of(inv.root.as_deref()), "containerd");
-
-        let inv = parse_invocation(&args("create x"));
-        assert_eq!(
-            inv.bundle, None,
-            "default is the cwd, resolved by the caller"
-        );
-        assert_eq!(inv.id.as_deref(), Some("x"));
-    }
-
-    #[test]
-    fn other_subcommands_and_version_are_not_creates() {
-        for a in [
-            "features",
-            "--root /r start abc",
-            "delete --force abc",
-            "state abc",
-            "--version",
-            "-v",
-            "",
+    fn the_engine_is_told_by_the_runtime_root_it_passes() {
+        for (root, engine) in [
+            ("/var/run/docker/runtime-runc/moby", "docker"),
+            ("/run/containerd/runc/default", "containerd"),
+            ("/run/containerd/runc/k8s.io", "containerd"),
+            ("/run/crio/runc", "cri-o"),
+            ("/run/runc", "runc"),
         ] {
-            let inv = parse_invocation(&args(a));
-            assert!(!inv.creates(), "{a}");
-            assert_eq!(inv.bundle, None);
+            assert_eq!(engine_of(Some(Path::new(root))), engine, "{root}");
         }
-        assert_eq!(parse_invocation(&args("--version")).subcommand, None);
-        assert_eq!(
-            parse_invocation(&args("--root /r start abc"))
-                .subcommand
-                .as_deref(),
-            Some("start")
-        );
+        assert_eq!(engine_of(None), "runc");
     }
 
     #[test]
