@@ -202,22 +202,35 @@ fn a_create_that_asks_gets_its_slice_hooks_and_marker() {
         "/dev/null",
         "c2",
     );
-    assert_eq!(s.cmd(&args).status().unwrap().code(), Some(7));
+    s.runtime_exits(0);
+    let mut child = s.cmd(&args).spawn().unwrap();
+    let shim_pid = child.id();
+    assert_eq!(child.wait().unwrap().code(), Some(0));
 
     let leases = s.sim.leases();
     assert_eq!(leases.len(), 1, "log:\n{}", s.sim.log());
     let l = &leases[0];
-    // Bound to the id and the bundle the engine passed.
+    // Bound to the id and the bundle the engine passed; until prestart, the waiting shim is its process.
     let Holder::Container { id, engine, pid } = &l.holder else {
         panic!("{:?}", l.holder)
     };
     assert_eq!(
-        (id.as_str(), migrun::engine::engine_family(engine), *pid),
-        ("c2", "containerd", None)
+        (id.as_str(), migrun::engine::engine_family(engine)),
+        ("c2", "containerd")
     );
     assert_eq!(
         migrun::engine::oci::binding::tag_bundle(engine),
         Some(b.canonicalize().unwrap())
+    );
+    assert_eq!(pid.map(|p| p.0), Some(shim_pid));
+    let rec_pid: u32 = String::from_utf8(s.recorded("pid").unwrap())
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert_ne!(
+        rec_pid, shim_pid,
+        "a create with a lease runs the runtime as a child"
     );
     let seen: Value = serde_json::from_slice(&s.recorded("config").unwrap()).unwrap();
     assert_eq!(
@@ -256,7 +269,7 @@ fn a_create_that_asks_gets_its_slice_hooks_and_marker() {
         assert!(env.contains(&"MIGRUN_ENGINE=containerd"));
     }
     // A retried create does not allocate twice.
-    assert_eq!(s.cmd(&args).status().unwrap().code(), Some(7));
+    assert_eq!(s.cmd(&args).status().unwrap().code(), Some(0));
     assert_eq!(s.sim.leases().len(), 1);
 
     // What runc would do with those hooks: prestart records the pid, poststop releases.
@@ -359,6 +372,31 @@ fn a_failed_create_never_reaches_the_runtime_and_tells_the_engine_why() {
 }
 
 #[test]
+fn a_runtime_that_fails_the_create_gets_the_lease_released_and_its_exit_code_passed_on() {
+    let s = Shim::new();
+    let mut spec = config(json!({}));
+    spec["process"]["env"] = json!(["MIGRUN_PROFILE=1g.10gb"]);
+    let (b, _) = bundle(s.sim.tmp.path(), &spec);
+    let args = create_args(b.to_str().unwrap(), "/run/runc", "/dev/null", "c5");
+    s.runtime_exits(1);
+    assert_eq!(s.cmd(&args).status().unwrap().code(), Some(1));
+    assert!(s.recorded("args").is_some(), "the runtime ran");
+    assert!(s.sim.leases().is_empty(), "log:\n{}", s.sim.log());
+    assert!(s.sim.instances().is_empty());
+    // A lease the create only reused (the container a first create made) is never released this way.
+    s.runtime_exits(0);
+    assert_eq!(s.cmd(&args).status().unwrap().code(), Some(0));
+    assert_eq!(s.sim.leases().len(), 1);
+    s.runtime_exits(1);
+    assert_eq!(s.cmd(&args).status().unwrap().code(), Some(1));
+    assert_eq!(
+        s.sim.leases().len(),
+        1,
+        "the first create's container keeps its slice"
+    );
+}
+
+#[test]
 fn the_shim_reads_the_bundle_runc_will_read_and_refuses_what_it_cannot_read() {
     let s = Shim::new();
     let mut asking = config(json!({}));
@@ -404,6 +442,8 @@ fn the_shim_reads_the_bundle_runc_will_read_and_refuses_what_it_cannot_read() {
         let rec = String::from_utf8(s.recorded("args").unwrap()).unwrap();
         assert_eq!(rec.lines().collect::<Vec<_>>(), form, "arguments unchanged");
     }
+    // (No prestart ran to record an init pid, so each lease above ends with its shim: gc takes it at the
+    // next allocation. That the config had a MIG device is what counts here.)
     let leases = s.sim.leases();
     // What runc would not read as a create of one container is refused, never handed over.
     fs::remove_file(format!("{}.args", s.record.display())).unwrap();

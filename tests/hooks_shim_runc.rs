@@ -1,6 +1,7 @@
-//! The runtime shim in front of real runc: `run ID --bundle B` gets its slice from B's config, as runc
-//! reads it; and the shim's reading of runc's arguments agrees with runc 1.1's own on every form in its
-//! table. Needs root, runc and busybox-static (scripts/setup-test-host.sh).
+//! The runtime shim in front of real runc: a create that runc fails before any hook runs (a relative
+//! `process.cwd`, a duplicate container id) leaves no lease and no instance; `run ID --bundle B` gets its
+//! slice from B's config, as runc reads it; and the shim's reading of runc's arguments agrees with runc
+//! 1.1's own on every form in its table. Needs root, runc and busybox-static (scripts/setup-test-host.sh).
 
 mod common;
 mod hooks_common;
@@ -70,6 +71,109 @@ impl ShimRunc {
 
 fn asking(s: &mut serde_json::Value) {
     s["annotations"] = json!({"migrun.profile": "1g.10gb"});
+}
+
+#[test]
+fn a_create_runc_fails_before_any_hook_leaves_no_lease() {
+    let s = ShimRunc::new();
+    let b = s.bundle("relcwd", &["true"], |c| {
+        asking(c);
+        c["process"]["cwd"] = json!("relative/dir");
+    });
+    let id = unique_name("shim-relcwd");
+    let (code, err) = s.run(&["create", "--bundle", b.to_str().unwrap(), &id], &b);
+    assert_eq!(code, Some(1), "runc's own exit code; {err}");
+    assert!(err.contains("absolute"), "runc says why: {err}");
+    assert!(s.sim.leases().is_empty(), "log:\n{}", s.sim.log());
+    assert!(s.sim.instances().is_empty(), "the instance is destroyed");
+    assert!(
+        s.sim.log().contains("giving lease 1 back"),
+        "{}",
+        s.sim.log()
+    );
+}
+
+#[test]
+fn a_duplicate_container_id_gets_nothing_and_takes_nothing_from_the_first() {
+    let s = ShimRunc::new();
+    // A container without a slice holds the id: runc refuses the second create before any hook.
+    let plain = s.bundle("plain", &["sleep", "600"], |_| {});
+    let taken = unique_name("shim-dup-plain");
+    let out = s
+        .runc
+        .cmd()
+        .args(["create", "--bundle", plain.to_str().unwrap(), &taken])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(out.success());
+    let asking_b = s.bundle("asking", &["true"], asking);
+    let (code, err) = s.run(
+        &["create", "--bundle", asking_b.to_str().unwrap(), &taken],
+        &asking_b,
+    );
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("exists"), "{err}");
+    assert!(s.sim.leases().is_empty(), "log:\n{}", s.sim.log());
+    assert!(s.sim.instances().is_empty(), "the instance is destroyed");
+
+    // A container with a slice holds the id.
+    let first = s.bundle("first", &["sleep", "600"], asking);
+    let id = unique_name("shim-dup");
+    let (code, err) = s.run(
+        &["create", "--bundle", first.to_str().unwrap(), &id],
+        &first,
+    );
+    assert_eq!(code, Some(0), "{err}\nlog:\n{}", s.sim.log());
+    let leases = s.sim.leases();
+    assert_eq!(leases.len(), 1);
+    assert!(
+        matches!(
+            &leases[0].holder,
+            migrun::lease::Holder::Container { pid: Some(_), .. }
+        ),
+        "prestart recorded the init pid: {:?}",
+        leases[0].holder
+    );
+    // Same id, another bundle: a lease of its own, given back when runc refuses.
+    let (code, err) = s.run(
+        &["create", "--bundle", asking_b.to_str().unwrap(), &id],
+        &asking_b,
+    );
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("exists"), "{err}");
+    assert_eq!(s.sim.leases(), leases, "only the first container's lease");
+    assert_eq!(s.sim.instances().len(), 1);
+    // Same id and the same bundle again: the lease is the first container's, and it keeps it.
+    let (code, err) = s.run(
+        &["create", "--bundle", first.to_str().unwrap(), &id],
+        &first,
+    );
+    assert_eq!(code, Some(1), "{err}");
+    assert_eq!(
+        s.sim.leases(),
+        leases,
+        "the running container keeps its slice"
+    );
+
+    // The first container's own end releases it (poststop at delete).
+    for c in [&id, &taken] {
+        let out = s
+            .runc
+            .cmd()
+            .args(["delete", "--force", c])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert!(s.sim.leases().is_empty(), "log:\n{}", s.sim.log());
+    assert!(s.sim.instances().is_empty());
 }
 
 #[test]

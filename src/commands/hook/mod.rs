@@ -12,7 +12,7 @@ use crate::cli::{HookArgs, HookStage, RuntimeArgs};
 use crate::config::LogTarget;
 use crate::engine::oci::{self, Outcome};
 use crate::engine::runtime;
-use crate::lease::Holder;
+use crate::lease::{Holder, LeaseId};
 use crate::statedir::{StateDir, DEFAULT_STATE_DIR};
 use anyhow::Result;
 use ops::CtxOps;
@@ -333,7 +333,9 @@ fn hook_env(ctx: &Ctx, engine: &str) -> Vec<(String, String)> {
     env
 }
 
-/// `migrun runtime ARGS` / `migrun-runtime ARGS`: the runc-compatible shim. Returns only on failure.
+/// `migrun runtime ARGS` / `migrun-runtime ARGS`: the runc-compatible shim.
+///
+/// Returns only on failure, or, for a create it made a lease for, with the runtime's exit code.
 pub fn runtime(ctx: &Ctx, a: RuntimeArgs) -> Result<i32> {
     let inv = runtime::parse_invocation(&a.args);
     // Every failure goes to stderr, the engine's runtime log (`--log`) and migrun's log.
@@ -371,14 +373,63 @@ pub fn runtime(ctx: &Ctx, a: RuntimeArgs) -> Result<i32> {
         };
         let out = guarded(ctx, "runtime create", || {
             let mut ops = CtxOps::new(ctx);
-            Ok(oci::shim_create(&bundle, &id, engine, &mut ops, &hooks)?)
+            Ok(oci::shim_create(
+                &bundle,
+                &id,
+                engine,
+                &mut ops,
+                &hooks,
+                Some(std::process::id()),
+            )?)
         });
         match out {
+            Ok(o @ Outcome::Leased { reused: false, .. }) => {
+                log_outcome(&o);
+                let Outcome::Leased { lease, .. } = o else {
+                    unreachable!()
+                };
+                return supervise_create(ctx, &next, &a.args, &id, &bundle, lease).or_else(&fail);
+            }
             Ok(o) => log_outcome(&o),
             Err(e) => return fail(e),
         }
     }
     fail(runtime::exec_runtime(&next, &a.args).into())
+}
+
+/// Run the runtime's create for a container that just got lease `lease`, and release the lease when
+/// the runtime fails or cannot be started (see [`runtime::supervise_runtime`] for why the shim waits
+/// instead of `execv`). Returns the runtime's exit code.
+fn supervise_create(
+    ctx: &Ctx,
+    next: &std::path::Path,
+    args: &[std::ffi::OsString],
+    id: &str,
+    bundle: &std::path::Path,
+    lease: LeaseId,
+) -> Result<i32> {
+    // The forwarded signals stay caught (`_caught`) until the lease is given back.
+    let (ran, _caught) = match runtime::supervise_runtime(next, args) {
+        Ok((code, caught)) => (Ok(code), Some(caught)),
+        Err(e) => (Err(e), None),
+    };
+    if !matches!(ran, Ok(0)) {
+        tracing::info!(
+            "{} did not create container {id} ({}); giving lease {lease} back",
+            next.display(),
+            match &ran {
+                Ok(code) => format!("exit {code}"),
+                Err(e) => e.to_string(),
+            }
+        );
+        let mut ops = CtxOps::new(ctx);
+        match oci::shim_create_failed(&mut ops, id, bundle, lease) {
+            Ok(o) => log_outcome(&o),
+            // The runtime's failure is what the engine must see; the lease is gc's now.
+            Err(e) => tracing::error!("{}", flatten(&e.into())),
+        }
+    }
+    Ok(ran?)
 }
 
 #[cfg(test)]

@@ -478,20 +478,24 @@ pub fn shim_passes_through(bundle: &Path) -> bool {
 /// The shim's `create`: allocate for a container that asks, and rewrite its bundle (env, lease marker,
 /// a prestart hook that records the container's pid, a poststop hook that releases the slice).
 ///
-/// The lease is bound to `container` and `bundle` as the engine passed them to the runtime.
+/// The lease is bound to `container` and `bundle` as the engine passed them to the runtime. `waiter` is
+/// the process that waits for the runtime's create (the shim itself): recorded as the holder's pid until
+/// prestart replaces it with the container's init, so that if the shim is killed and the create then
+/// fails, gc sees the holder gone instead of keeping the lease forever.
 pub fn shim_create(
     bundle: &Path,
     container: &str,
     engine: &str,
     ops: &mut dyn LeaseOps,
     hooks: &ShimHooks,
+    waiter: Option<u32>,
 ) -> Result<Outcome, OciError> {
     let cfg = BundleConfig::load(bundle)?;
     let Some(req) = request_of(&cfg.spec)? else {
         return guard_bundle(&cfg);
     };
     let bundle = binding::canonical_bundle(bundle);
-    let holder = binding::container_holder(container, engine, &bundle, None);
+    let holder = binding::container_holder(container, engine, &bundle, waiter);
     let (lease, reused) = obtain(ops, &req, container, &bundle, holder)?;
     let mut mods = remove_markers();
     mods.extend(lease_modifiers(&lease));
@@ -515,6 +519,26 @@ pub fn shim_create(
         mig_uuid: lease.mig_uuid,
         reused,
     })
+}
+
+/// The runtime's create failed after [`shim_create`] made `lease` for it: give the lease back.
+///
+/// runc can fail before it runs any hook (a relative `process.cwd`, a duplicate container id, a bad
+/// mount), and then no poststop ever runs. The lease is released only while it is still bound to this
+/// container; one reused from an earlier create (`reused`) belongs to the container that create made,
+/// which may be running (a duplicate id), so the caller passes only leases it made itself.
+pub fn shim_create_failed(
+    ops: &mut dyn LeaseOps,
+    container: &str,
+    bundle: &Path,
+    lease: LeaseId,
+) -> Result<Outcome, OciError> {
+    let bundle = binding::canonical_bundle(bundle);
+    let check = |l: &Lease| binding::bound_to(l, container, &bundle);
+    let out = ops.release_if(lease, &check).map_err(lease_err(format!(
+        "cannot release lease {lease} after the runtime failed to create container {container}"
+    )))?;
+    Ok(Outcome::Released(out))
 }
 
 #[cfg(test)]

@@ -1,12 +1,13 @@
-//! The runc-compatible shim: rewrite the bundle on `create`, exec the next runtime; it must not change other subcommands.
+//! The runc-compatible shim: rewrite the bundle on `create`, run or exec the next runtime; it must not change other subcommands.
 //!
 //! dockerd and containerd call a runtime with runc's CLI: global flags first (`--root`, `--log`,
 //! `--log-format`, `--systemd-cgroup`, …), then the subcommand and its flags, then the container id.
 //! The shim reads them exactly as runc does ([`args`]). For `create` (and `run`) it lets
-//! [`crate::engine::oci::shim_create`] give the container its slice, then `execv`s the next runtime
-//! with the arguments exactly as they came, so pid, exit status, stdio and signals are the runtime's
-//! own. Every other subcommand (`start`, `delete`, `state`, `features`, `--version` …) is handed over
-//! untouched.
+//! [`crate::engine::oci::shim_create`] give the container its slice, then runs the next runtime with
+//! the arguments exactly as they came: as a child it waits for when it made a lease (so that a create
+//! that fails before any hook runs gives the lease back, [`supervise_runtime`]), by `execv` otherwise,
+//! so pid, exit status, stdio and signals are the runtime's own. Every other subcommand (`start`,
+//! `delete`, `state`, `features`, `--version` …) is handed over untouched.
 
 use crate::config::Config;
 use std::ffi::{CString, OsStr, OsString};
@@ -37,6 +38,14 @@ pub enum ShimError {
     Args(String),
     #[error("cannot read runc's `{subcommand}` arguments: {reason}; migrun-runtime passes a create on only when it reads it exactly as runc does (see docs/hooks.md)")]
     Unreadable { subcommand: String, reason: String },
+    #[error("cannot start {path}: {source}")]
+    Spawn {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot catch signals to forward them to the runtime: {0}")]
+    Signals(#[source] std::io::Error),
 }
 
 /// Exit codes for this module's errors.
@@ -46,7 +55,10 @@ pub fn exit_code_of(e: &(dyn std::error::Error + 'static)) -> Option<i32> {
         | ShimError::Unreadable { .. }
         | ShimError::BadRuntime { .. }
         | ShimError::RuntimeIsSelf { .. } => Some(crate::exit::USAGE),
-        ShimError::NoRuntime { .. } | ShimError::Exec { .. } => Some(crate::exit::FAILED),
+        ShimError::NoRuntime { .. }
+        | ShimError::Exec { .. }
+        | ShimError::Spawn { .. }
+        | ShimError::Signals(_) => Some(crate::exit::FAILED),
     }
 }
 
@@ -177,6 +189,69 @@ pub fn exec_runtime(runtime: &Path, args: &[OsString]) -> ShimError {
         },
     }
 }
+
+/// Run `runtime` with `args` (without argv[0]) as a child with this process's stdio, environment and
+/// working directory, forward the signals an engine or a user sends, and return its exit code (128+N
+/// when it died of signal N).
+///
+/// Used for a `create`/`run` for which the shim made a lease, instead of `execv`: runc can fail before
+/// it runs any hook (a relative `process.cwd`, a duplicate container id), and then no poststop ever
+/// frees the lease, so the shim must see the exit status to give it back. The alternative, leaving the
+/// lease to gc and having gc ask `runc --root R state ID`, was not taken: during a create the container
+/// does not exist yet either (gc would have to guess a grace period), and a duplicate id makes the
+/// runtime answer for the *other* container. Waiting costs one process that lives as long as `runc
+/// create` (milliseconds; for a foreground `run`, as long as the container).
+///
+/// Signals that the kernel sent (a terminal's Ctrl-C, a hang-up) already reached runc in the same
+/// process group and are not sent twice. The signals stay caught until the returned guard is dropped,
+/// so the shim is not killed between the runtime's exit and the release.
+pub fn supervise_runtime(
+    runtime: &Path,
+    args: &[OsString],
+) -> Result<(i32, SignalsCaught), ShimError> {
+    use crate::engine::docker::{exit_code, should_forward, FORWARDED};
+    use signal_hook::iterator::exfiltrator::origin::WithOrigin;
+    use signal_hook::iterator::SignalsInfo;
+    let mut wanted: Vec<i32> = FORWARDED.to_vec();
+    wanted.extend([signal_hook::consts::SIGWINCH, signal_hook::consts::SIGCHLD]);
+    // Registered before the spawn, so neither a signal nor the child's exit slips by.
+    let mut signals = SignalsInfo::<WithOrigin>::new(&wanted).map_err(ShimError::Signals)?;
+    let mut child = std::process::Command::new(runtime)
+        .args(args)
+        .spawn()
+        .map_err(|source| ShimError::Spawn {
+            path: runtime.to_path_buf(),
+            source,
+        })?;
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) => {}
+            Err(source) => {
+                return Err(ShimError::Spawn {
+                    path: runtime.to_path_buf(),
+                    source,
+                })
+            }
+        }
+        for o in signals.wait() {
+            if o.signal != signal_hook::consts::SIGCHLD && should_forward(o.cause) {
+                // Not reaped before the try_wait above, so `pid` is still the runtime's.
+                if let Ok(sig) = nix::sys::signal::Signal::try_from(o.signal) {
+                    let _ = nix::sys::signal::kill(pid, sig);
+                }
+            }
+        }
+    };
+    Ok((exit_code(status), SignalsCaught(signals)))
+}
+
+/// Keeps the forwarded signals caught (so they do not kill the shim) while it is alive.
+pub struct SignalsCaught(
+    #[allow(dead_code)]
+    signal_hook::iterator::SignalsInfo<signal_hook::iterator::exfiltrator::origin::WithOrigin>,
+);
 
 /// Days since 1970-01-01 to a civil date (Howard Hinnant's algorithm), for RFC 3339 log times.
 fn civil(days: i64) -> (i64, u32, u32) {

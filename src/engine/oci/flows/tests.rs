@@ -171,7 +171,7 @@ fn no_request_passes_through_byte_identical_and_never_touches_leases() {
         timeout_s: None,
     };
     assert_eq!(
-        shim_create(&b, "c", "docker", &mut ops, &hooks).unwrap(),
+        shim_create(&b, "c", "docker", &mut ops, &hooks, None).unwrap(),
         Outcome::PassThrough
     );
     assert_eq!(std::fs::read(b.join("config.json")).unwrap(), bytes);
@@ -219,7 +219,15 @@ fn shim_create_adds_hooks_and_markers_and_strips_forged_ones() {
         env: vec![("MIGRUN_ENGINE".into(), "docker".into())],
         timeout_s: Some(30),
     };
-    let out = shim_create(&b, "ctr", "docker", &mut ops, &hooks).unwrap();
+    let out = shim_create(
+        &b,
+        "ctr",
+        "docker",
+        &mut ops,
+        &hooks,
+        Some(std::process::id()),
+    )
+    .unwrap();
     assert_eq!(
         out,
         Outcome::Leased {
@@ -235,7 +243,15 @@ fn shim_create_adds_hooks_and_markers_and_strips_forged_ones() {
     assert!(is_migrun_hook(&cfg["hooks"]["prestart"][0]));
     assert!(is_migrun_hook(&cfg["hooks"]["poststop"][0]));
     // A retried create finds the container's lease and leaves the file as it is.
-    let out = shim_create(&b, "ctr", "docker", &mut ops, &hooks).unwrap();
+    let out = shim_create(
+        &b,
+        "ctr",
+        "docker",
+        &mut ops,
+        &hooks,
+        Some(std::process::id()),
+    )
+    .unwrap();
     assert!(matches!(
         out,
         Outcome::Leased {
@@ -468,6 +484,15 @@ fn a_lease_is_reused_and_released_only_for_the_same_id_and_bundle() {
         &ops.leases[0],
         "c",
         &b1.canonicalize().unwrap()
+    ));
+    // The shim's undo after a failed create releases only what is still bound to that container.
+    assert_eq!(
+        shim_create_failed(&mut ops, "c", &b2, 1).unwrap(),
+        Outcome::Released(ReleaseOutcome::NoLease)
+    );
+    assert!(matches!(
+        shim_create_failed(&mut ops, "c", &b1, 1).unwrap(),
+        Outcome::Released(ReleaseOutcome::Destroyed { lease: 1, .. })
     ));
 }
 
