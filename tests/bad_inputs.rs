@@ -298,6 +298,30 @@ fn case(id: &str, sim: &Sim) -> Option<Case> {
                 s(&["runtime", "create", "--no-pivot", "cid", "--bundle", &b]),
             )
         }
+        "shim-log-symlink" => {
+            let log = sim.tmp.path().join("runtime.log").display().to_string();
+            c(
+                "",
+                |sim| {
+                    init(sim);
+                    let target = sim.tmp.path().join("root-owned.txt");
+                    std::fs::write(&target, "keep\n").unwrap();
+                    std::os::unix::fs::symlink(&target, sim.tmp.path().join("runtime.log"))
+                        .unwrap();
+                },
+                s(&[
+                    "runtime",
+                    "--log",
+                    &log,
+                    "--log-format",
+                    "text",
+                    "create",
+                    "--bundle",
+                    "/nonexistent",
+                    "cid",
+                ]),
+            )
+        }
         "docker-visible-devices" => c(
             "",
             init,
@@ -445,6 +469,7 @@ fn every_documented_bad_input_fails_cleanly_and_leaves_nothing() {
         "hook-foreign-lease",
         "hook-posing-as-podman",
         "shim-unreadable-args",
+        "shim-log-symlink",
         "docker-visible-devices",
         "docker-mig-config",
         "docker-mig-monitor",

@@ -16,9 +16,8 @@ use crate::lease::{Holder, LeaseId};
 use crate::statedir::{StateDir, DEFAULT_STATE_DIR};
 use anyhow::Result;
 use ops::CtxOps;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{Read, Write};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
@@ -43,7 +42,8 @@ pub enum HookError {
 // Logging
 // ---------------------------------------------------------------------------------------------
 
-/// The log file, opened (append, 0600, no symlink) on the first event.
+/// The log file, opened on the first event through [`runtime::open_log_file`] (append, 0600, no
+/// symlink, a regular file only: a FIFO or a device at the log path is not written to).
 struct LazyFile {
     path: PathBuf,
     /// The state dir to create first when the log lives there.
@@ -59,14 +59,7 @@ impl LazyFile {
                     // Creates the dir 0700 if missing and refuses an unsafe one.
                     StateDir::open(d).ok()?;
                 }
-                OpenOptions::new()
-                    .append(true)
-                    .create(true)
-                    .mode(0o600)
-                    .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-                    .open(&self.path)
-                    .ok()
-                    .map(Mutex::new)
+                runtime::open_log_file(&self.path).ok().map(Mutex::new)
             })
             .as_ref()
     }

@@ -253,6 +253,38 @@ pub struct SignalsCaught(
     signal_hook::iterator::SignalsInfo<signal_hook::iterator::exfiltrator::origin::WithOrigin>,
 );
 
+/// Open a log file for appending, as root, without being led anywhere: never through a symlink
+/// (`O_NOFOLLOW`), never a device, FIFO or socket (checked before opening, since opening one can block
+/// or have effects, and again on the open file), created 0600, closed on exec.
+///
+/// Both the engine's runtime log (`--log`, which whoever calls the shim chooses) and migrun's own log
+/// go through here.
+pub fn open_log_file(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let not_regular = || {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("{} is not a regular file", path.display()),
+        )
+    };
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if !m.file_type().is_file() => return Err(not_regular()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let f = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)?;
+    if !f.metadata()?.file_type().is_file() {
+        return Err(not_regular());
+    }
+    Ok(f)
+}
+
 /// Days since 1970-01-01 to a civil date (Howard Hinnant's algorithm), for RFC 3339 log times.
 fn civil(days: i64) -> (i64, u32, u32) {
     let z = days + 719_468;
@@ -303,12 +335,11 @@ pub fn write_runtime_log(inv: &Invocation, msg: &str) {
         )
     };
     use std::io::Write;
-    if let Ok(mut f) = std::fs::OpenOptions::new()
-        .append(true)
-        .create(true)
-        .open(log)
-    {
-        let _ = f.write_all(line.as_bytes());
+    match open_log_file(log) {
+        Ok(mut f) => {
+            let _ = f.write_all(line.as_bytes());
+        }
+        Err(e) => tracing::warn!("not writing the runtime log {}: {e}", log.display()),
     }
 }
 
@@ -418,6 +449,38 @@ mod tests {
             next_runtime(&cfg, Some(path), &me),
             Err(ShimError::RuntimeIsSelf { .. })
         ));
+    }
+
+    #[test]
+    fn log_files_are_regular_files_opened_without_following_links() {
+        use std::os::unix::fs::PermissionsExt;
+        let t = tempfile::tempdir().unwrap();
+        // A new file is created 0600.
+        let fresh = t.path().join("new.log");
+        open_log_file(&fresh).unwrap();
+        let mode = std::fs::metadata(&fresh).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        // A symlink (to an existing file or to a place to create) is refused; its target stays as it was.
+        let target = t.path().join("root-owned");
+        std::fs::write(&target, "keep\n").unwrap();
+        let link = t.path().join("link.log");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        let dangling = t.path().join("dangling.log");
+        std::os::unix::fs::symlink(t.path().join("created-through-link"), &dangling).unwrap();
+        // A FIFO with no reader (opening it for writing would block) and a device are refused too.
+        let fifo = t.path().join("fifo.log");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        for bad in [&link, &dangling, &fifo, Path::new("/dev/null"), t.path()] {
+            assert!(open_log_file(bad).is_err(), "{bad:?}");
+            let inv = Invocation {
+                log: Some(bad.to_path_buf()),
+                log_format: Some("text".into()),
+                ..Invocation::default()
+            };
+            write_runtime_log(&inv, "migrun: text the caller chose");
+        }
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "keep\n");
+        assert!(!t.path().join("created-through-link").exists());
     }
 
     #[test]
