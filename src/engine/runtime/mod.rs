@@ -5,8 +5,8 @@
 //! The shim reads them exactly as runc does ([`args`]). For `create` (and `run`) it lets
 //! [`crate::engine::oci::shim_create`] give the container its slice, then runs the next runtime with
 //! the arguments exactly as they came: as a child it waits for when it made a lease (so that a create
-//! that fails before any hook runs gives the lease back, [`supervise_runtime`]), by `execv` otherwise,
-//! so pid, exit status, stdio and signals are the runtime's own. Every other subcommand (`start`,
+//! that fails before any hook runs gives the lease back, [`supervise_runtime`]), else by `execv`, so
+//! pid, exit status, stdio and signals are the runtime's own. Every other subcommand (`start`,
 //! `delete`, `state`, `features`, `--version` …) is handed over untouched.
 
 use crate::config::Config;
