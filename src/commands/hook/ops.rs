@@ -5,7 +5,7 @@ use crate::alloc::{self, AllocRequest, ReleaseOutcome, Want};
 use crate::engine::oci::binding::Handover;
 use crate::engine::oci::{LeaseCheck, LeaseOps, OpsError, Request};
 use crate::gpu::Backend;
-use crate::lease::{Holder, Lease, LeaseId};
+use crate::lease::{Holder, Lease, LeaseId, Registry};
 use crate::statedir::StateDir;
 
 /// Sub-directory of the state dir holding precreate's hand-over records, `<lease>.json` each.
@@ -57,8 +57,15 @@ impl<'a> CtxOps<'a> {
 
     /// Remove hand-over records whose lease is gone or no longer held by the recorded process (its
     /// container took it, or gc released it): each is one small file a failed or killed podman left.
-    fn prune_handovers(dir: &StateDir, leases: &[Lease]) {
+    ///
+    /// Each lease is read after its record: a concurrent precreate writes its record only after its
+    /// lease, so a record seen here always finds its lease (a snapshot of the leases taken before
+    /// listing could miss it and remove a hand-over that is still to come).
+    fn prune_handovers(dir: &StateDir) {
         let Ok(rd) = std::fs::read_dir(dir.join(HANDOVER_DIR)) else {
+            return;
+        };
+        let Ok(reg) = Registry::open(dir) else {
             return;
         };
         for e in rd.flatten() {
@@ -74,10 +81,16 @@ impl<'a> CtxOps<'a> {
                 .ok()
                 .flatten()
                 .and_then(|b| serde_json::from_slice(&b).ok());
-            let live =
-                rec.is_some_and(|h| leases.iter().any(|l| l.id == id && l.holder == h.holder));
-            if !live {
-                let _ = std::fs::remove_file(e.path());
+            let Some(rec) = rec else {
+                continue;
+            };
+            match reg.lease(id) {
+                Ok(Some(l)) if l.holder == rec.holder => {}
+                Ok(_) => {
+                    let _ = std::fs::remove_file(e.path());
+                }
+                // Unreadable: leave it; a malformed lease stops allocation anyway.
+                Err(_) => {}
             }
         }
     }
@@ -163,9 +176,7 @@ impl LeaseOps for CtxOps<'_> {
         let mut json = serde_json::to_vec_pretty(h).expect("records serialise");
         json.push(b'\n');
         dir.write(&Self::handover_rel(h.lease), &json)?;
-        if let Ok(leases) = alloc::leases(&dir) {
-            Self::prune_handovers(&dir, &leases);
-        }
+        Self::prune_handovers(&dir);
         Ok(())
     }
 
@@ -197,5 +208,45 @@ impl LeaseOps for CtxOps<'_> {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(e.into()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::oci::test_support::lease;
+
+    #[test]
+    fn only_hand_overs_still_pending_are_kept() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = StateDir::open(t.path().join("s")).unwrap();
+        let reg = Registry::open(&dir).unwrap();
+        dir.subdir(HANDOVER_DIR).unwrap();
+        let podman = Holder::Process {
+            pid: 1,
+            start_time: 1,
+        };
+        let record = |id: LeaseId| {
+            let h = Handover {
+                lease: id,
+                token: "00".into(),
+                holder: podman.clone(),
+                created_at: 0,
+            };
+            dir.write(&CtxOps::handover_rel(id), &serde_json::to_vec(&h).unwrap())
+                .unwrap();
+        };
+        // 1: still podman's (pending); 2: taken by its container; 3: lease gone.
+        reg.write_lease(&lease(1, "MIG-1", podman.clone())).unwrap();
+        reg.write_lease(&lease(2, "MIG-2", Holder::Manual)).unwrap();
+        for id in [1, 2, 3] {
+            record(id);
+        }
+        CtxOps::prune_handovers(&dir);
+        let left: Vec<bool> = [1, 2, 3]
+            .iter()
+            .map(|&id| dir.join(&CtxOps::handover_rel(id)).exists())
+            .collect();
+        assert_eq!(left, [true, false, false]);
     }
 }

@@ -21,7 +21,7 @@ pub mod config;
 pub mod flows;
 pub mod modifiers;
 #[cfg(test)]
-mod test_support;
+pub(crate) mod test_support;
 
 pub use binding::ANNOTATION_HANDOVER;
 pub use config::*;
