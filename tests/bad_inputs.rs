@@ -77,6 +77,33 @@ fn bundle(sim: &Sim, config: &str) -> String {
     b.display().to_string()
 }
 
+/// The state JSON a runtime pipes to a hook.
+fn hook_state(id: &str, bundle: &str) -> Vec<u8> {
+    serde_json::json!({"ociVersion": "1.0.2", "id": id, "status": "creating", "pid": std::process::id(), "bundle": bundle})
+        .to_string()
+        .into_bytes()
+}
+
+/// Lease 1, held by this (live) test process, and a bundle whose config names it the way podman's
+/// precreate would, with a guessed hand-over token and the lease's MIG UUID.
+fn lease_of_a_live_process_named_by_a_forged_config(sim: &Sim) {
+    let (mig, lease) = sim.alloc(&[
+        "--profile",
+        "1g.10gb",
+        "--holder-pid",
+        &std::process::id().to_string(),
+    ]);
+    bundle(
+        sim,
+        &serde_json::json!({
+            "annotations": {"migrun.profile": "1g.10gb", "migrun.lease": lease.to_string(),
+                "io.container.manager": "libpod", "migrun.handover": "0123456789abcdef0123456789abcdef"},
+            "process": {"env": [format!("NVIDIA_VISIBLE_DEVICES={mig}"), format!("MIGRUN_LEASE={lease}")]}
+        })
+        .to_string(),
+    );
+}
+
 fn case(id: &str, sim: &Sim) -> Option<Case> {
     let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
     let launcher = |extra: &[&str]| {
@@ -336,6 +363,59 @@ fn case(id: &str, sim: &Sim) -> Option<Case> {
             let b = bundle(sim, r#"{"process":"#);
             c("", init, s(&["runtime", "create", "--bundle", &b, "cid"]))
         }
+        "hook-foreign-lease" => {
+            let b = bundle(
+                sim,
+                r#"{"annotations": {"migrun.profile": "1g.10gb", "migrun.lease": "1"}}"#,
+            );
+            Case {
+                stdin: hook_state("attacker", &b),
+                ..c("", one_lease_of_uid_1000, s(&["hook", "prestart"]))
+            }
+        }
+        "hook-posing-as-podman" => {
+            let b = sim.tmp.path().join("bundle").display().to_string();
+            Case {
+                stdin: hook_state("attacker", &b),
+                ..c(
+                    "",
+                    lease_of_a_live_process_named_by_a_forged_config,
+                    s(&["hook", "prestart"]),
+                )
+            }
+        }
+        "shim-unreadable-args" => {
+            let b = bundle(sim, r#"{"annotations": {"migrun.profile": "1g.10gb"}}"#);
+            c(
+                "",
+                init,
+                s(&["runtime", "create", "--no-pivot", "cid", "--bundle", &b]),
+            )
+        }
+        "shim-log-symlink" => {
+            let log = sim.tmp.path().join("runtime.log").display().to_string();
+            c(
+                "",
+                |sim| {
+                    init(sim);
+                    let target = sim.tmp.path().join("root-owned.txt");
+                    std::fs::write(&target, "keep\n").unwrap();
+                    std::os::unix::fs::symlink(&target, sim.tmp.path().join("runtime.log"))
+                        .unwrap();
+                },
+                s(&[
+                    "runtime",
+                    "--log",
+                    &log,
+                    "--log-format",
+                    "text",
+                    "create",
+                    "--bundle",
+                    "/nonexistent",
+                    "cid",
+                ]),
+            )
+        }
         "docker-visible-devices" => c(
             "",
             init,
@@ -543,6 +623,10 @@ fn every_documented_bad_input_fails_cleanly_and_leaves_nothing() {
         "shim-no-bundle",
         "shim-bad-profile",
         "shim-bad-config",
+        "hook-foreign-lease",
+        "hook-posing-as-podman",
+        "shim-unreadable-args",
+        "shim-log-symlink",
         "docker-visible-devices",
         "docker-mig-config",
         "docker-mig-monitor",

@@ -90,7 +90,14 @@ fn docker_containers_get_a_slice_through_the_shim_and_give_it_back() {
     assert_eq!(leases.len(), 1, "log:\n{}", sim.log());
     match &leases[0].holder {
         Holder::Container { id: c, engine, pid } => {
-            assert_eq!((c.as_str(), engine.as_str()), (id.as_str(), "docker"));
+            assert_eq!(
+                (c.as_str(), migrun::engine::engine_family(engine)),
+                (id.as_str(), "docker")
+            );
+            assert!(
+                migrun::engine::oci::binding::tag_bundle(engine).is_some(),
+                "bound to its bundle: {engine}"
+            );
             assert!(
                 pid.is_some(),
                 "the shim's prestart hook recorded the init pid"

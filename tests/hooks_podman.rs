@@ -120,7 +120,14 @@ fn an_annotated_container_sees_its_slice_and_gives_it_back() {
     assert_eq!(leases.len(), 1, "log:\n{}", sim.log());
     match &leases[0].holder {
         Holder::Container { id: c, engine, pid } => {
-            assert_eq!((c.as_str(), engine.as_str()), (id.as_str(), "podman"));
+            assert_eq!(
+                (c.as_str(), migrun::engine::engine_family(engine)),
+                (id.as_str(), "podman")
+            );
+            assert!(
+                migrun::engine::oci::binding::tag_bundle(engine).is_some(),
+                "bound to its bundle: {engine}"
+            );
             assert!(pid.is_some());
         }
         h => panic!("holder {h:?}"),
@@ -196,4 +203,61 @@ fn no_room_fails_the_start_with_migrun_s_message() {
     );
     assert_eq!(sim.leases().len(), 1, "only the blocking lease");
     assert_eq!(sim.instances().len(), 1);
+}
+
+#[test]
+fn a_podman_container_naming_another_holders_lease_gets_its_own_and_leaves_that_one_alone() {
+    let sim = Sim::new("h100-80gb:1");
+    let podman = Podman::new().hooks_dir(hooks_dir(&sim));
+    let image = podman.busybox_image();
+    // The victim: a lease held by a live process, as a Slurm job's or a hub's.
+    let mut holder = std::process::Command::new(common::engines::busybox_static())
+        .args(["sleep", "600"])
+        .spawn()
+        .unwrap();
+    let out = sim
+        .migrun()
+        .args(["alloc", "--profile", "1g.10gb", "--holder-pid"])
+        .arg(holder.id().to_string())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let victim = sim.leases().remove(0);
+    let out = run_ok(
+        podman
+            .run_cmd()
+            .args(["--annotation", "migrun.profile=1g.10gb"])
+            .args(["--annotation", &format!("migrun.lease={}", victim.id)])
+            .args([
+                "--annotation",
+                "migrun.handover=0123456789abcdef0123456789abcdef",
+            ])
+            .args(["-e", &format!("NVIDIA_VISIBLE_DEVICES={}", victim.mig_uuid)])
+            .args(["-e", &format!("MIGRUN_LEASE={}", victim.id)])
+            .arg(&image)
+            .args(["sh", "-c", "echo $NVIDIA_VISIBLE_DEVICES $MIGRUN_LEASE"]),
+    );
+    let words: Vec<&str> = out.split_whitespace().collect();
+    assert_eq!(words.len(), 2, "{out:?}\nlog:\n{}", sim.log());
+    assert_ne!(words[0], victim.mig_uuid, "a slice of its own");
+    assert_ne!(words[1], victim.id.to_string());
+    assert_eq!(
+        sim.leases(),
+        vec![victim.clone()],
+        "its own lease is gone after exit, the victim's is as it was; log:\n{}",
+        sim.log()
+    );
+    assert_eq!(sim.instances().len(), 1);
+    let handovers = sim.state_dir().join("handover");
+    assert_eq!(
+        fs::read_dir(&handovers).map(|d| d.count()).unwrap_or(0),
+        0,
+        "the used hand-over record is gone"
+    );
+    let _ = holder.kill();
+    let _ = holder.wait();
 }

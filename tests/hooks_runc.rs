@@ -7,6 +7,7 @@ mod hooks_common;
 
 use common::engines::{busybox_bundle, patch_bundle_config, run_ok, unique_name, Runc};
 use hooks_common::*;
+use migrun::engine::oci::binding::tag_bundle;
 use migrun::lease::Holder;
 use serde_json::json;
 use std::fs;
@@ -84,7 +85,12 @@ fn the_nvidia_hook_sees_the_leased_slice_and_delete_releases_it() {
     assert_eq!(l.profile, "1g.10gb");
     match &l.holder {
         Holder::Container { id: c, engine, pid } => {
-            assert_eq!((c.as_str(), engine.as_str()), (id.as_str(), "runc"));
+            // Bound to the id and the bundle runc reported.
+            assert_eq!(
+                (c.as_str(), migrun::engine::engine_family(engine)),
+                (id.as_str(), "runc")
+            );
+            assert_eq!(tag_bundle(engine), Some(bundle.canonicalize().unwrap()));
             assert!(pid.is_some(), "prestart records the init pid");
         }
         h => panic!("holder {h:?}"),

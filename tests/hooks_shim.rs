@@ -21,7 +21,8 @@ struct Shim {
 }
 
 impl Shim {
-    /// `migrun-runtime` whose next runtime records its pid, its args and the bundle's config.json, then exits 7.
+    /// `migrun-runtime` whose next runtime records its pid, its args and the bundle's config.json, then exits 7
+    /// (or the code in `<record>.exit`).
     fn new() -> Shim {
         let sim = Sim::new("h100-80gb:1");
         let dir = sim.tmp.path().join("shim");
@@ -34,7 +35,9 @@ impl Shim {
             &recorder,
             &format!(
                 "#!/bin/sh\nr='{r}'\necho $$ > \"$r.pid\"\nfor a in \"$@\"; do echo \"$a\"; done > \"$r.args\"\n\
-                 while [ $# -gt 0 ]; do [ \"$1\" = --bundle ] && cp \"$2/config.json\" \"$r.config\"; shift; done\nexit 7\n",
+                 while [ $# -gt 0 ]; do case \"$1\" in --bundle|-b) cp \"$2/config.json\" \"$r.config\";; \
+                 --bundle=*|-b=*) cp \"${{1#*=}}/config.json\" \"$r.config\";; esac; shift; done\n\
+                 code=7; [ -f \"$r.exit\" ] && code=$(cat \"$r.exit\"); exit $code\n",
                 r = record.display()
             ),
         );
@@ -56,6 +59,11 @@ impl Shim {
             .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
             .args(args);
         c
+    }
+
+    /// Make the next runtime exit with `code`.
+    fn runtime_exits(&self, code: i32) {
+        fs::write(format!("{}.exit", self.record.display()), code.to_string()).unwrap();
     }
 
     fn recorded(&self, what: &str) -> Option<Vec<u8>> {
@@ -194,13 +202,35 @@ fn a_create_that_asks_gets_its_slice_hooks_and_marker() {
         "/dev/null",
         "c2",
     );
-    assert_eq!(s.cmd(&args).status().unwrap().code(), Some(7));
+    s.runtime_exits(0);
+    let mut child = s.cmd(&args).spawn().unwrap();
+    let shim_pid = child.id();
+    assert_eq!(child.wait().unwrap().code(), Some(0));
 
     let leases = s.sim.leases();
     assert_eq!(leases.len(), 1, "log:\n{}", s.sim.log());
     let l = &leases[0];
-    assert!(
-        matches!(&l.holder, Holder::Container { id, engine, pid: None } if id == "c2" && engine == "containerd")
+    // Bound to the id and the bundle the engine passed; until prestart, the waiting shim is its process.
+    let Holder::Container { id, engine, pid } = &l.holder else {
+        panic!("{:?}", l.holder)
+    };
+    assert_eq!(
+        (id.as_str(), migrun::engine::engine_family(engine)),
+        ("c2", "containerd")
+    );
+    assert_eq!(
+        migrun::engine::oci::binding::tag_bundle(engine),
+        Some(b.canonicalize().unwrap())
+    );
+    assert_eq!(pid.map(|p| p.0), Some(shim_pid));
+    let rec_pid: u32 = String::from_utf8(s.recorded("pid").unwrap())
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert_ne!(
+        rec_pid, shim_pid,
+        "a create with a lease runs the runtime as a child"
     );
     let seen: Value = serde_json::from_slice(&s.recorded("config").unwrap()).unwrap();
     assert_eq!(
@@ -239,7 +269,7 @@ fn a_create_that_asks_gets_its_slice_hooks_and_marker() {
         assert!(env.contains(&"MIGRUN_ENGINE=containerd"));
     }
     // A retried create does not allocate twice.
-    assert_eq!(s.cmd(&args).status().unwrap().code(), Some(7));
+    assert_eq!(s.cmd(&args).status().unwrap().code(), Some(0));
     assert_eq!(s.sim.leases().len(), 1);
 
     // What runc would do with those hooks: prestart records the pid, poststop releases.
@@ -339,4 +369,96 @@ fn a_failed_create_never_reaches_the_runtime_and_tells_the_engine_why() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(s.recorded("args").is_none());
+}
+
+#[test]
+fn a_runtime_that_fails_the_create_gets_the_lease_released_and_its_exit_code_passed_on() {
+    let s = Shim::new();
+    let mut spec = config(json!({}));
+    spec["process"]["env"] = json!(["MIGRUN_PROFILE=1g.10gb"]);
+    let (b, _) = bundle(s.sim.tmp.path(), &spec);
+    let args = create_args(b.to_str().unwrap(), "/run/runc", "/dev/null", "c5");
+    s.runtime_exits(1);
+    assert_eq!(s.cmd(&args).status().unwrap().code(), Some(1));
+    assert!(s.recorded("args").is_some(), "the runtime ran");
+    assert!(s.sim.leases().is_empty(), "log:\n{}", s.sim.log());
+    assert!(s.sim.instances().is_empty());
+    // A lease the create only reused (the container a first create made) is never released this way.
+    s.runtime_exits(0);
+    assert_eq!(s.cmd(&args).status().unwrap().code(), Some(0));
+    assert_eq!(s.sim.leases().len(), 1);
+    s.runtime_exits(1);
+    assert_eq!(s.cmd(&args).status().unwrap().code(), Some(1));
+    assert_eq!(
+        s.sim.leases().len(),
+        1,
+        "the first create's container keeps its slice"
+    );
+}
+
+#[test]
+fn the_shim_reads_the_bundle_runc_will_read_and_refuses_what_it_cannot_read() {
+    let s = Shim::new();
+    let mut asking = config(json!({}));
+    asking["process"]["env"] = json!(["MIGRUN_PROFILE=1g.10gb", "NVIDIA_VISIBLE_DEVICES=all"]);
+    let (b, _) = bundle(s.sim.tmp.path(), &asking);
+    let b = b.to_str().unwrap().to_string();
+    // The current directory holds a config that asks for nothing: reading it would pass the call through.
+    let cwd = s.sim.tmp.path().join("cwd");
+    fs::create_dir_all(&cwd).unwrap();
+    fs::write(cwd.join("config.json"), config(json!({})).to_string()).unwrap();
+    s.runtime_exits(0);
+    for (n, form) in [
+        vec!["run", "ID", "--bundle", &b],
+        vec!["create", "ID", "-b", &b],
+        vec![
+            "--root",
+            "/run/runc",
+            "create",
+            "--pid-file",
+            "/dev/null",
+            "ID",
+            &format!("--bundle={b}"),
+        ],
+        vec!["run", "ID", "-d", "-b", &b],
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let id = format!("c{n}");
+        let form: Vec<&str> = form
+            .iter()
+            .map(|a| if *a == "ID" { id.as_str() } else { a })
+            .collect();
+        let out = s.cmd(&form).current_dir(&cwd).output().unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{form:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let seen: Value = serde_json::from_slice(&s.recorded("config").unwrap()).unwrap();
+        assert!(nvd_of(&seen)[0].starts_with("MIG-"), "{form:?}: {seen}");
+        let rec = String::from_utf8(s.recorded("args").unwrap()).unwrap();
+        assert_eq!(rec.lines().collect::<Vec<_>>(), form, "arguments unchanged");
+    }
+    // (No prestart ran to record an init pid, so each lease above ends with its shim: gc takes it at the
+    // next allocation. That the config had a MIG device is what counts here.)
+    let leases = s.sim.leases();
+    // What runc would not read as a create of one container is refused, never handed over.
+    fs::remove_file(format!("{}.args", s.record.display())).unwrap();
+    for form in [
+        vec!["create", "--frobnicate", "x", "-b", &b],
+        vec!["create", "--no-pivot", "x", "--bundle", &b],
+        vec!["create", "-b", &b, "--bundle", &b, "x"],
+        vec!["run", "x", "y", "-b", &b],
+        vec!["run", "-d", "x", "-b", &b],
+    ] {
+        let out = s.cmd(&form).current_dir(&cwd).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{form:?}");
+        let line = one_line(&out.stderr);
+        assert!(line.contains("cannot read runc's"), "{line}");
+        assert!(s.recorded("args").is_none(), "{form:?} reached the runtime");
+    }
+    assert_eq!(s.sim.leases(), leases, "nothing allocated for them");
 }

@@ -15,8 +15,8 @@
 
 use libfuzzer_sys::fuzz_target;
 use migrun::engine::oci::{
-    self, AddHook, HookPosition, RemoveAnnotation, RemoveEnv, SpecModifier, ANNOTATION_LEASE,
-    ENV_LEASE, NVIDIA_MIG_ENV, NVIDIA_NO_DEVICES, NVIDIA_VISIBLE_DEVICES,
+    self, AddHook, HookPosition, RemoveAnnotation, RemoveEnv, SpecModifier, ANNOTATION_HANDOVER,
+    ANNOTATION_LEASE, ENV_LEASE, NVIDIA_MIG_ENV, NVIDIA_NO_DEVICES, NVIDIA_VISIBLE_DEVICES,
 };
 use migrun::gpu::Placement;
 use migrun::lease::{Holder, Lease, LeaseState};
@@ -62,6 +62,9 @@ fn modifiers(flow: Flow, lease: &Lease) -> Vec<Box<dyn SpecModifier>> {
         }),
         Box::new(RemoveAnnotation {
             key: ANNOTATION_LEASE.into(),
+        }),
+        Box::new(RemoveAnnotation {
+            key: ANNOTATION_HANDOVER.into(),
         }),
     ];
     m.extend(oci::lease_modifiers(lease));
@@ -135,7 +138,7 @@ fn check_kept(inp: &Value, out: &Value, path: &mut Vec<String>, flow: Flow) {
                 let o = o.expect("process.env vanished");
                 assert_eq!(unmanaged_env(v), unmanaged_env(o), "unmanaged env changed");
             }
-            ["annotations", a] if *a == ANNOTATION_LEASE => {}
+            ["annotations", a] if *a == ANNOTATION_LEASE || *a == ANNOTATION_HANDOVER => {}
             ["hooks", "prestart" | "poststop"] if flow == Flow::Shim => {
                 if !v.is_null() {
                     let o = o.expect("hook stage vanished");
@@ -167,6 +170,10 @@ fn check_managed(out: &Value, flow: Flow, lease: &Lease, hooks: &[Box<dyn SpecMo
         assert!(values(n).is_empty(), "{n} left in env");
     }
     let marker = out.pointer(&format!("/annotations/{ANNOTATION_LEASE}"));
+    assert!(
+        out.pointer(&format!("/annotations/{ANNOTATION_HANDOVER}")).is_none(),
+        "a hand-over token the config brought is kept"
+    );
     match flow {
         Flow::Guard => {
             assert_eq!(values(NVIDIA_VISIBLE_DEVICES), [NVIDIA_NO_DEVICES]);

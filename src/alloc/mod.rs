@@ -1329,6 +1329,41 @@ pub fn release_container(
     Ok(release_with(backend, dir, config, pick)?.unwrap_or(ReleaseOutcome::NoLease))
 }
 
+/// Release lease `id` only if `holds` says, under the lock, that it is still the caller's (hooks and the
+/// shim free only the lease bound to their own container, never one that changed hands in between).
+/// `NoLease` when it is gone or `holds` says no.
+pub fn release_if(
+    backend: &mut dyn Backend,
+    dir: &StateDir,
+    config: &Config,
+    id: LeaseId,
+    holds: &dyn Fn(&Lease) -> bool,
+) -> Result<ReleaseOutcome, AllocError> {
+    let pick = |reg: &Registry| -> Result<Option<Lease>, AllocError> {
+        Ok(reg.lease(id)?.filter(|l| holds(l)))
+    };
+    Ok(release_with(backend, dir, config, pick)?.unwrap_or(ReleaseOutcome::NoLease))
+}
+
+/// Give lease `id` to `holder` if `holds` says, under the lock, that it may be (a hook's hand-over
+/// from precreate's process to the container: a compare-and-set, so it happens once). False when not.
+pub fn set_holder_if(
+    dir: &StateDir,
+    id: LeaseId,
+    holds: &dyn Fn(&Lease) -> bool,
+    holder: Holder,
+) -> Result<bool, AllocError> {
+    let reg = Registry::open(dir)?;
+    let _lock = reg.lock()?;
+    let Some(mut l) = reg.lease(id)?.filter(|l| holds(l)) else {
+        return Ok(false);
+    };
+    l.holder = holder;
+    l.updated_at = lease::now();
+    reg.write_lease(&l)?;
+    Ok(true)
+}
+
 /// The lease held by container `id`, if any (for hooks that must not allocate twice).
 pub fn lease_of_container(dir: &StateDir, container_id: &str) -> Result<Option<Lease>, AllocError> {
     let reg = Registry::open(dir)?;

@@ -7,24 +7,25 @@
 //! that do show it.
 
 use super::Ctx;
-use crate::alloc::{self, AllocRequest, ReleaseOutcome, Want};
+use crate::alloc::ReleaseOutcome;
 use crate::cli::{HookArgs, HookStage, RuntimeArgs};
 use crate::config::LogTarget;
-use crate::engine::oci::{self, LeaseOps, OpsError, Outcome, Request};
+use crate::engine::oci::{self, Outcome};
 use crate::engine::runtime;
-use crate::gpu::Backend;
-use crate::lease::{Holder, Lease, LeaseId, LeaseState};
+use crate::lease::{Holder, LeaseId};
 use crate::statedir::{StateDir, DEFAULT_STATE_DIR};
 use anyhow::Result;
-use std::fs::{File, OpenOptions};
+use ops::CtxOps;
+use std::fs::File;
 use std::io::{Read, Write};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 /// Most bytes a hook reads from stdin (a config.json is a few KiB; this only stops a runaway pipe).
 const MAX_INPUT: u64 = 16 << 20;
+
+mod ops;
 
 /// Errors of the hook wiring itself.
 #[derive(Debug, thiserror::Error)]
@@ -38,112 +39,11 @@ pub enum HookError {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Lease operations over the real state dir and backend, opened on first use
-// ---------------------------------------------------------------------------------------------
-
-struct CtxOps<'a> {
-    ctx: &'a Ctx,
-    opened: Option<(StateDir, Box<dyn Backend>)>,
-}
-
-impl<'a> CtxOps<'a> {
-    fn new(ctx: &'a Ctx) -> Self {
-        CtxOps { ctx, opened: None }
-    }
-
-    fn dir(&mut self) -> Result<&StateDir, OpsError> {
-        Ok(&self.open()?.0)
-    }
-
-    fn open(&mut self) -> Result<&mut (StateDir, Box<dyn Backend>), OpsError> {
-        if self.opened.is_none() {
-            // Runtimes run hooks as root; a rootless engine reaching here gets the privilege guidance, not an NVML error.
-            crate::caller::require_root(
-                "a hook's MIG allocation or release",
-                self.ctx.global.simulate.is_some(),
-            )
-            .map_err(|e| into_ops(e.into()))?;
-            let dir = self.ctx.state_dir().map_err(into_ops)?;
-            let backend = self.ctx.backend_in(&dir).map_err(into_ops)?;
-            self.opened = Some((dir, backend));
-        }
-        Ok(self.opened.as_mut().expect("just opened"))
-    }
-
-    fn find(&mut self, f: impl Fn(&Lease) -> bool) -> Result<Option<Lease>, OpsError> {
-        let dir = self.dir()?.clone();
-        Ok(alloc::leases(&dir)?.into_iter().find(|l| f(l)))
-    }
-}
-
-fn into_ops(e: anyhow::Error) -> OpsError {
-    e.into()
-}
-
-impl LeaseOps for CtxOps<'_> {
-    fn allocate(&mut self, req: &Request, holder: Holder) -> Result<Lease, OpsError> {
-        let config = self.ctx.config.clone();
-        let (dir, backend) = self.open()?;
-        let areq = AllocRequest {
-            want: Want::Profile(req.profile),
-            gpu: req.gpu.clone(),
-            wait: None,
-            keep: false,
-            holder,
-            uid: nix::unistd::getuid().as_raw(),
-        };
-        Ok(alloc::allocate(
-            backend.as_mut(),
-            dir,
-            &config,
-            &areq,
-            &crate::engine::probe(),
-        )?)
-    }
-
-    fn lease(&mut self, id: LeaseId) -> Result<Option<Lease>, OpsError> {
-        self.find(|l| l.id == id)
-    }
-
-    fn lease_of_container(&mut self, id: &str) -> Result<Option<Lease>, OpsError> {
-        let dir = self.dir()?.clone();
-        Ok(alloc::lease_of_container(&dir, id)?.filter(|l| l.state == LeaseState::Active))
-    }
-
-    fn set_holder(&mut self, id: LeaseId, holder: Holder) -> Result<(), OpsError> {
-        let dir = self.dir()?.clone();
-        Ok(alloc::set_holder(&dir, id, holder)?)
-    }
-
-    fn release(&mut self, id: LeaseId) -> Result<ReleaseOutcome, OpsError> {
-        let config = self.ctx.config.clone();
-        let (dir, backend) = self.open()?;
-        Ok(alloc::release(
-            backend.as_mut(),
-            dir,
-            &config,
-            &id.to_string(),
-            None,
-        )?)
-    }
-
-    fn release_container(&mut self, id: &str) -> Result<ReleaseOutcome, OpsError> {
-        let config = self.ctx.config.clone();
-        let (dir, backend) = self.open()?;
-        Ok(alloc::release_container(
-            backend.as_mut(),
-            dir,
-            &config,
-            id,
-        )?)
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
 // Logging
 // ---------------------------------------------------------------------------------------------
 
-/// The log file, opened (append, 0600, no symlink) on the first event.
+/// The log file, opened on the first event through [`runtime::open_log_file`] (append, 0600, no
+/// symlink, a regular file only: a FIFO or a device at the log path is not written to).
 struct LazyFile {
     path: PathBuf,
     /// The state dir to create first when the log lives there.
@@ -159,14 +59,7 @@ impl LazyFile {
                     // Creates the dir 0700 if missing and refuses an unsafe one.
                     StateDir::open(d).ok()?;
                 }
-                OpenOptions::new()
-                    .append(true)
-                    .create(true)
-                    .mode(0o600)
-                    .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-                    .open(&self.path)
-                    .ok()
-                    .map(Mutex::new)
+                runtime::open_log_file(&self.path).ok().map(Mutex::new)
             })
             .as_ref()
     }
@@ -433,7 +326,9 @@ fn hook_env(ctx: &Ctx, engine: &str) -> Vec<(String, String)> {
     env
 }
 
-/// `migrun runtime ARGS` / `migrun-runtime ARGS`: the runc-compatible shim. Returns only on failure.
+/// `migrun runtime ARGS` / `migrun-runtime ARGS`: the runc-compatible shim.
+///
+/// Returns only on failure, or, for a create it made a lease for, with the runtime's exit code.
 pub fn runtime(ctx: &Ctx, a: RuntimeArgs) -> Result<i32> {
     let inv = runtime::parse_invocation(&a.args);
     // Every failure goes to stderr, the engine's runtime log (`--log`) and migrun's log.
@@ -442,6 +337,10 @@ pub fn runtime(ctx: &Ctx, a: RuntimeArgs) -> Result<i32> {
         runtime::write_runtime_log(&inv, &format!("migrun: {}", flatten(&e)));
         Ok(fail_line(&e))
     };
+    if let (true, Some(reason)) = (inv.creates(), inv.unreadable.clone()) {
+        let subcommand = inv.subcommand.clone().unwrap_or_default();
+        return fail(runtime::ShimError::Unreadable { subcommand, reason }.into());
+    }
     let self_exe = match std::env::current_exe() {
         Ok(p) => p,
         Err(e) => return fail(anyhow::anyhow!("cannot find the migrun binary: {e}")),
@@ -451,9 +350,9 @@ pub fn runtime(ctx: &Ctx, a: RuntimeArgs) -> Result<i32> {
             Ok(p) => p,
             Err(e) => return fail(e.into()),
         };
-    // Without an id runc itself reports the usage error. A bundle that asks for nothing was normally
-    // handed over before migrun parsed its command line (`runtime::hand_over_untouched`, for
-    // `migrun-runtime`); here `shim_create` reads config.json once and answers `PassThrough` for it.
+    // A bundle that asks for nothing was normally handed over before migrun parsed its command line
+    // (`runtime::hand_over_untouched`, for `migrun-runtime`); here `shim_create` reads config.json once
+    // and answers `PassThrough` for it.
     if let (true, Some(id)) = (inv.creates(), inv.id.clone()) {
         let bundle = inv.bundle_dir();
         init_logging(ctx);
@@ -467,14 +366,63 @@ pub fn runtime(ctx: &Ctx, a: RuntimeArgs) -> Result<i32> {
         };
         let out = guarded(ctx, "runtime create", || {
             let mut ops = CtxOps::new(ctx);
-            Ok(oci::shim_create(&bundle, &id, engine, &mut ops, &hooks)?)
+            Ok(oci::shim_create(
+                &bundle,
+                &id,
+                engine,
+                &mut ops,
+                &hooks,
+                Some(std::process::id()),
+            )?)
         });
         match out {
+            Ok(o @ Outcome::Leased { reused: false, .. }) => {
+                log_outcome(&o);
+                let Outcome::Leased { lease, .. } = o else {
+                    unreachable!()
+                };
+                return supervise_create(ctx, &next, &a.args, &id, &bundle, lease).or_else(&fail);
+            }
             Ok(o) => log_outcome(&o),
             Err(e) => return fail(e),
         }
     }
     fail(runtime::exec_runtime(&next, &a.args).into())
+}
+
+/// Run the runtime's create for a container that just got lease `lease`, and release the lease when
+/// the runtime fails or cannot be started (see [`runtime::supervise_runtime`] for why the shim waits
+/// instead of `execv`). Returns the runtime's exit code.
+fn supervise_create(
+    ctx: &Ctx,
+    next: &std::path::Path,
+    args: &[std::ffi::OsString],
+    id: &str,
+    bundle: &std::path::Path,
+    lease: LeaseId,
+) -> Result<i32> {
+    // The forwarded signals stay caught (`_caught`) until the lease is given back.
+    let (ran, _caught) = match runtime::supervise_runtime(next, args) {
+        Ok((code, caught)) => (Ok(code), Some(caught)),
+        Err(e) => (Err(e), None),
+    };
+    if !matches!(ran, Ok(0)) {
+        tracing::info!(
+            "{} did not create container {id} ({}); giving lease {lease} back",
+            next.display(),
+            match &ran {
+                Ok(code) => format!("exit {code}"),
+                Err(e) => e.to_string(),
+            }
+        );
+        let mut ops = CtxOps::new(ctx);
+        match oci::shim_create_failed(&mut ops, id, bundle, lease) {
+            Ok(o) => log_outcome(&o),
+            // The runtime's failure is what the engine must see; the lease is gc's now.
+            Err(e) => tracing::error!("{}", flatten(&e.into())),
+        }
+    }
+    Ok(ran?)
 }
 
 #[cfg(test)]

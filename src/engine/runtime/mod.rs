@@ -1,12 +1,13 @@
-//! The runc-compatible shim: rewrite the bundle on `create`, exec the next runtime; it must not change other subcommands.
+//! The runc-compatible shim: rewrite the bundle on `create`, run or exec the next runtime; it must not change other subcommands.
 //!
 //! dockerd and containerd call a runtime with runc's CLI: global flags first (`--root`, `--log`,
 //! `--log-format`, `--systemd-cgroup`, …), then the subcommand and its flags, then the container id.
-//! The shim parses just enough to find the subcommand, the bundle and the id. For `create` (and
-//! `run`) it lets [`crate::engine::oci::shim_create`] give the container its slice, then `execv`s the
-//! next runtime with the arguments exactly as they came, so pid, exit status, stdio and signals are
-//! the runtime's own. Every other subcommand (`start`, `delete`, `state`, `features`, `--version` …)
-//! is handed over untouched.
+//! The shim reads them exactly as runc does ([`args`]). For `create` (and `run`) it lets
+//! [`crate::engine::oci::shim_create`] give the container its slice, then runs the next runtime with
+//! the arguments exactly as they came: as a child it waits for when it made a lease (so that a create
+//! that fails before any hook runs gives the lease back, [`supervise_runtime`]), else by `execv`, so
+//! pid, exit status, stdio and signals are the runtime's own. Every other subcommand (`start`,
+//! `delete`, `state`, `features`, `--version` …) is handed over untouched.
 
 use crate::config::Config;
 use std::ffi::{CString, OsStr, OsString};
@@ -35,70 +36,35 @@ pub enum ShimError {
     Exec { path: PathBuf, errno: nix::Error },
     #[error("bad runtime arguments: {0}")]
     Args(String),
+    #[error("cannot read runc's `{subcommand}` arguments: {reason}; migrun-runtime passes a create on only when it reads it exactly as runc does (see docs/hooks.md)")]
+    Unreadable { subcommand: String, reason: String },
+    #[error("cannot start {path}: {source}")]
+    Spawn {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot catch signals to forward them to the runtime: {0}")]
+    Signals(#[source] std::io::Error),
 }
 
 /// Exit codes for this module's errors.
 pub fn exit_code_of(e: &(dyn std::error::Error + 'static)) -> Option<i32> {
     match e.downcast_ref::<ShimError>()? {
-        ShimError::Args(_) | ShimError::BadRuntime { .. } | ShimError::RuntimeIsSelf { .. } => {
-            Some(crate::exit::USAGE)
-        }
-        ShimError::NoRuntime { .. } | ShimError::Exec { .. } => Some(crate::exit::FAILED),
+        ShimError::Args(_)
+        | ShimError::Unreadable { .. }
+        | ShimError::BadRuntime { .. }
+        | ShimError::RuntimeIsSelf { .. } => Some(crate::exit::USAGE),
+        ShimError::NoRuntime { .. }
+        | ShimError::Exec { .. }
+        | ShimError::Spawn { .. }
+        | ShimError::Signals(_) => Some(crate::exit::FAILED),
     }
 }
 
-/// runc's global flags that take a value (urfave/cli accepts `--f v`, `--f=v`, `-f v`).
-const GLOBAL_VALUE_FLAGS: &[&str] = &["log", "log-format", "root", "criu", "rootless"];
-/// `create`/`run` flags that take a value; every other flag is a switch.
-const CREATE_VALUE_FLAGS: &[&str] = &[
-    "bundle",
-    "b",
-    "console-socket",
-    "pid-file",
-    "preserve-fds",
-    "pidfd-socket",
-];
+pub mod args;
 
-/// What the shim needs to know about one runtime invocation.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Invocation {
-    /// The subcommand (`create`, `start`, `features` …); `None` for `--version`, `--help` or nothing.
-    pub subcommand: Option<String>,
-    /// `--root` (where the runtime keeps container state; tells the engine apart).
-    pub root: Option<PathBuf>,
-    /// `--log` and `--log-format`: where the engine reads a failed runtime's error from.
-    pub log: Option<PathBuf>,
-    pub log_format: Option<String>,
-    /// For `create`/`run`: `--bundle` (default: the current directory) and the container id.
-    pub bundle: Option<PathBuf>,
-    pub id: Option<String>,
-}
-
-impl Invocation {
-    /// Does this call create a container (so the bundle must get its slice first)?
-    pub fn creates(&self) -> bool {
-        matches!(self.subcommand.as_deref(), Some("create" | "run"))
-    }
-
-    /// The bundle directory as an absolute path (`--bundle` relative to the current directory,
-    /// or the current directory itself, as runc reads it).
-    pub fn bundle_dir(&self) -> PathBuf {
-        match &self.bundle {
-            Some(b) if b.is_absolute() => b.clone(),
-            Some(b) => std::env::current_dir().unwrap_or_default().join(b),
-            None => std::env::current_dir().unwrap_or_default(),
-        }
-    }
-
-    /// Can this call go to the next runtime untouched? True for every subcommand but
-    /// `create`/`run`, for a `create` without an id (runc reports that usage error itself), and
-    /// for a bundle that asks for no slice and needs no guard ([`crate::engine::oci::shim_passes_through`]).
-    pub fn hands_over_untouched(&self) -> bool {
-        !self.creates()
-            || self.id.is_none()
-            || crate::engine::oci::shim_passes_through(&self.bundle_dir())
-    }
-}
+pub use args::{parse_invocation, Invocation};
 
 /// The shim's fast path, taken before migrun parses its own command line: when the call needs
 /// nothing from migrun ([`Invocation::hands_over_untouched`]) and the next runtime resolves,
@@ -126,84 +92,6 @@ pub fn hand_over_untouched(args: &[OsString]) {
         // Returns only if the exec failed; the full shim then reports it with the runtime log.
         let _ = exec_runtime(&next, args);
     }
-}
-
-/// Split `--name=value` / `-name` into (name, inline value).
-fn flag_name(arg: &str) -> Option<(&str, Option<&str>)> {
-    let body = arg.strip_prefix("--").or_else(|| arg.strip_prefix('-'))?;
-    if body.is_empty() {
-        return None;
-    }
-    Some(match body.split_once('=') {
-        Some((n, v)) => (n, Some(v)),
-        None => (body, None),
-    })
-}
-
-/// Parse runc's argv (without argv[0]) just far enough: global flags, subcommand, and for
-/// `create`/`run` the bundle and the id. Nothing is rejected: what the shim does not understand,
-/// the runtime will.
-pub fn parse_invocation(args: &[OsString]) -> Invocation {
-    let mut inv = Invocation::default();
-    let mut i = 0;
-    while i < args.len() {
-        let a = args[i].to_string_lossy();
-        if a == "--" {
-            i += 1;
-            break;
-        }
-        let Some((name, inline)) = flag_name(&a) else {
-            break;
-        };
-        let mut value = inline.map(str::to_string);
-        if GLOBAL_VALUE_FLAGS.contains(&name) && value.is_none() {
-            value = args.get(i + 1).map(|v| v.to_string_lossy().into_owned());
-            i += 1;
-        }
-        match name {
-            "root" => inv.root = value.map(PathBuf::from),
-            "log" => inv.log = value.map(PathBuf::from),
-            "log-format" => inv.log_format = value,
-            _ => {}
-        }
-        i += 1;
-    }
-    let Some(sub) = args.get(i) else {
-        return inv;
-    };
-    inv.subcommand = Some(sub.to_string_lossy().into_owned());
-    i += 1;
-    if !inv.creates() {
-        return inv;
-    }
-    let mut positionals = Vec::new();
-    while i < args.len() {
-        let a = args[i].to_string_lossy();
-        if a == "--" {
-            positionals.extend(
-                args[i + 1..]
-                    .iter()
-                    .map(|v| v.to_string_lossy().into_owned()),
-            );
-            break;
-        }
-        match flag_name(&a) {
-            Some((name, inline)) if positionals.is_empty() => {
-                let mut value = inline.map(str::to_string);
-                if CREATE_VALUE_FLAGS.contains(&name) && value.is_none() {
-                    value = args.get(i + 1).map(|v| v.to_string_lossy().into_owned());
-                    i += 1;
-                }
-                if matches!(name, "bundle" | "b") {
-                    inv.bundle = value.map(PathBuf::from);
-                }
-            }
-            _ => positionals.push(a.into_owned()),
-        }
-        i += 1;
-    }
-    inv.id = positionals.into_iter().next();
-    inv
 }
 
 /// Which engine calls us, from the runtime root it uses (for the lease's holder record).
@@ -302,6 +190,101 @@ pub fn exec_runtime(runtime: &Path, args: &[OsString]) -> ShimError {
     }
 }
 
+/// Run `runtime` with `args` (without argv[0]) as a child with this process's stdio, environment and
+/// working directory, forward the signals an engine or a user sends, and return its exit code (128+N
+/// when it died of signal N).
+///
+/// Used for a `create`/`run` for which the shim made a lease, instead of `execv`: runc can fail before
+/// it runs any hook (a relative `process.cwd`, a duplicate container id), and then no poststop ever
+/// frees the lease, so the shim must see the exit status to give it back. The alternative, leaving the
+/// lease to gc and having gc ask `runc --root R state ID`, was not taken: during a create the container
+/// does not exist yet either (gc would have to guess a grace period), and a duplicate id makes the
+/// runtime answer for the *other* container. Waiting costs one process that lives as long as `runc
+/// create` (milliseconds; for a foreground `run`, as long as the container).
+///
+/// Signals that the kernel sent (a terminal's Ctrl-C, a hang-up) already reached runc in the same
+/// process group and are not sent twice. The signals stay caught until the returned guard is dropped,
+/// so the shim is not killed between the runtime's exit and the release.
+pub fn supervise_runtime(
+    runtime: &Path,
+    args: &[OsString],
+) -> Result<(i32, SignalsCaught), ShimError> {
+    use crate::engine::docker::{exit_code, should_forward, FORWARDED};
+    use signal_hook::iterator::exfiltrator::origin::WithOrigin;
+    use signal_hook::iterator::SignalsInfo;
+    let mut wanted: Vec<i32> = FORWARDED.to_vec();
+    wanted.extend([signal_hook::consts::SIGWINCH, signal_hook::consts::SIGCHLD]);
+    // Registered before the spawn, so neither a signal nor the child's exit slips by.
+    let mut signals = SignalsInfo::<WithOrigin>::new(&wanted).map_err(ShimError::Signals)?;
+    let mut child = std::process::Command::new(runtime)
+        .args(args)
+        .spawn()
+        .map_err(|source| ShimError::Spawn {
+            path: runtime.to_path_buf(),
+            source,
+        })?;
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) => {}
+            Err(source) => {
+                return Err(ShimError::Spawn {
+                    path: runtime.to_path_buf(),
+                    source,
+                })
+            }
+        }
+        for o in signals.wait() {
+            if o.signal != signal_hook::consts::SIGCHLD && should_forward(o.cause) {
+                // Not reaped before the try_wait above, so `pid` is still the runtime's.
+                if let Ok(sig) = nix::sys::signal::Signal::try_from(o.signal) {
+                    let _ = nix::sys::signal::kill(pid, sig);
+                }
+            }
+        }
+    };
+    Ok((exit_code(status), SignalsCaught(signals)))
+}
+
+/// Keeps the forwarded signals caught (so they do not kill the shim) while it is alive.
+pub struct SignalsCaught(
+    #[allow(dead_code)]
+    signal_hook::iterator::SignalsInfo<signal_hook::iterator::exfiltrator::origin::WithOrigin>,
+);
+
+/// Open a log file for appending, as root, without being led anywhere: never through a symlink
+/// (`O_NOFOLLOW`), never a device, FIFO or socket (checked before opening, since opening one can block
+/// or have effects, and again on the open file), created 0600, closed on exec.
+///
+/// Both the engine's runtime log (`--log`, which whoever calls the shim chooses) and migrun's own log
+/// go through here.
+pub fn open_log_file(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let not_regular = || {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("{} is not a regular file", path.display()),
+        )
+    };
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if !m.file_type().is_file() => return Err(not_regular()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let f = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)?;
+    if !f.metadata()?.file_type().is_file() {
+        return Err(not_regular());
+    }
+    Ok(f)
+}
+
 /// Days since 1970-01-01 to a civil date (Howard Hinnant's algorithm), for RFC 3339 log times.
 fn civil(days: i64) -> (i64, u32, u32) {
     let z = days + 719_468;
@@ -352,12 +335,11 @@ pub fn write_runtime_log(inv: &Invocation, msg: &str) {
         )
     };
     use std::io::Write;
-    if let Ok(mut f) = std::fs::OpenOptions::new()
-        .append(true)
-        .create(true)
-        .open(log)
-    {
-        let _ = f.write_all(line.as_bytes());
+    match open_log_file(log) {
+        Ok(mut f) => {
+            let _ = f.write_all(line.as_bytes());
+        }
+        Err(e) => tracing::warn!("not writing the runtime log {}: {e}", log.display()),
     }
 }
 
@@ -380,7 +362,8 @@ mod tests {
         for (call, untouched) in [
             (format!("--root /r create --bundle {b} c1"), true),
             (format!("--root /r run -b {b} c1"), true),
-            (format!("--root /r create --bundle {b}"), true),
+            // No id: runc would refuse it, and so does the shim, never passing it on unexamined.
+            (format!("--root /r create --bundle {b}"), false),
             ("--root /r start c1".to_string(), true),
             ("--root /r delete --force c1".to_string(), true),
             ("--version".to_string(), true),
@@ -407,64 +390,17 @@ mod tests {
     }
 
     #[test]
-    fn finds_subcommand_bundle_and_id_after_global_flags() {
-        // As containerd's runc shim calls it for docker.
-        let inv = parse_invocation(&args(
-            "--root /var/run/docker/runtime-runc/moby --log /run/x/log.json --log-format json --systemd-cgroup create --bundle /run/b --pid-file /run/b/init.pid --console-socket /tmp/s abc123",
-        ));
-        assert_eq!(inv.subcommand.as_deref(), Some("create"));
-        assert_eq!(
-            inv.root.as_deref(),
-            Some(Path::new("/var/run/docker/runtime-runc/moby"))
-        );
-        assert_eq!(inv.log.as_deref(), Some(Path::new("/run/x/log.json")));
-        assert_eq!(inv.log_format.as_deref(), Some("json"));
-        assert_eq!(inv.bundle.as_deref(), Some(Path::new("/run/b")));
-        assert_eq!(inv.id.as_deref(), Some("abc123"));
-        assert!(inv.creates());
-        assert_eq!(engine_of(inv.root.as_deref()), "docker");
-    }
-
-    #[test]
-    fn equals_forms_short_flags_and_switches() {
-        let inv = parse_invocation(&args(
-            "--root=/run/containerd/runc/default -debug run -b=/b --no-pivot --detach --preserve-fds 2 ctr1",
-        ));
-        assert_eq!(inv.subcommand.as_deref(), Some("run"));
-        assert_eq!(inv.bundle.as_deref(), Some(Path::new("/b")));
-        assert_eq!(inv.id.as_deref(), Some("ctr1"));
-        assert_eq!(engine_of(inv.root.as_deref()), "containerd");
-
-        let inv = parse_invocation(&args("create x"));
-        assert_eq!(
-            inv.bundle, None,
-            "default is the cwd, resolved by the caller"
-        );
-        assert_eq!(inv.id.as_deref(), Some("x"));
-    }
-
-    #[test]
-    fn other_subcommands_and_version_are_not_creates() {
-        for a in [
-            "features",
-            "--root /r start abc",
-            "delete --force abc",
-            "state abc",
-            "--version",
-            "-v",
-            "",
+    fn the_engine_is_told_by_the_runtime_root_it_passes() {
+        for (root, engine) in [
+            ("/var/run/docker/runtime-runc/moby", "docker"),
+            ("/run/containerd/runc/default", "containerd"),
+            ("/run/containerd/runc/k8s.io", "containerd"),
+            ("/run/crio/runc", "cri-o"),
+            ("/run/runc", "runc"),
         ] {
-            let inv = parse_invocation(&args(a));
-            assert!(!inv.creates(), "{a}");
-            assert_eq!(inv.bundle, None);
+            assert_eq!(engine_of(Some(Path::new(root))), engine, "{root}");
         }
-        assert_eq!(parse_invocation(&args("--version")).subcommand, None);
-        assert_eq!(
-            parse_invocation(&args("--root /r start abc"))
-                .subcommand
-                .as_deref(),
-            Some("start")
-        );
+        assert_eq!(engine_of(None), "runc");
     }
 
     #[test]
@@ -513,6 +449,38 @@ mod tests {
             next_runtime(&cfg, Some(path), &me),
             Err(ShimError::RuntimeIsSelf { .. })
         ));
+    }
+
+    #[test]
+    fn log_files_are_regular_files_opened_without_following_links() {
+        use std::os::unix::fs::PermissionsExt;
+        let t = tempfile::tempdir().unwrap();
+        // A new file is created 0600.
+        let fresh = t.path().join("new.log");
+        open_log_file(&fresh).unwrap();
+        let mode = std::fs::metadata(&fresh).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        // A symlink (to an existing file or to a place to create) is refused; its target stays as it was.
+        let target = t.path().join("root-owned");
+        std::fs::write(&target, "keep\n").unwrap();
+        let link = t.path().join("link.log");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        let dangling = t.path().join("dangling.log");
+        std::os::unix::fs::symlink(t.path().join("created-through-link"), &dangling).unwrap();
+        // A FIFO with no reader (opening it for writing would block) and a device are refused too.
+        let fifo = t.path().join("fifo.log");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        for bad in [&link, &dangling, &fifo, Path::new("/dev/null"), t.path()] {
+            assert!(open_log_file(bad).is_err(), "{bad:?}");
+            let inv = Invocation {
+                log: Some(bad.to_path_buf()),
+                log_format: Some("text".into()),
+                ..Invocation::default()
+            };
+            write_runtime_log(&inv, "migrun: text the caller chose");
+        }
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "keep\n");
+        assert!(!t.path().join("created-through-link").exists());
     }
 
     #[test]

@@ -1,0 +1,252 @@
+//! The hooks' and the shim's lease operations ([`LeaseOps`]) over the real state dir and GPU backend, opened on first use, and precreate's hand-over records.
+
+use super::Ctx;
+use crate::alloc::{self, AllocRequest, ReleaseOutcome, Want};
+use crate::engine::oci::binding::Handover;
+use crate::engine::oci::{LeaseCheck, LeaseOps, OpsError, Request};
+use crate::gpu::Backend;
+use crate::lease::{Holder, Lease, LeaseId, Registry};
+use crate::statedir::StateDir;
+
+/// Sub-directory of the state dir holding precreate's hand-over records, `<lease>.json` each.
+const HANDOVER_DIR: &str = "handover";
+
+/// Errors of the hand-over records (exit 1, the default: the container start fails; state-dir errors
+/// pass through as [`crate::statedir::StateDirError`] with their own codes).
+#[derive(Debug, thiserror::Error)]
+pub enum OpsRecordError {
+    #[error("{path} is not a valid migrun hand-over record ({why}); remove it (the lease stays with podman's process until gc)")]
+    Malformed {
+        path: std::path::PathBuf,
+        why: String,
+    },
+}
+
+pub(super) struct CtxOps<'a> {
+    ctx: &'a Ctx,
+    opened: Option<(StateDir, Box<dyn Backend>)>,
+}
+
+impl<'a> CtxOps<'a> {
+    pub(super) fn new(ctx: &'a Ctx) -> Self {
+        CtxOps { ctx, opened: None }
+    }
+
+    fn dir(&mut self) -> Result<&StateDir, OpsError> {
+        Ok(&self.open()?.0)
+    }
+
+    fn open(&mut self) -> Result<&mut (StateDir, Box<dyn Backend>), OpsError> {
+        if self.opened.is_none() {
+            // Runtimes run hooks as root; a rootless engine reaching here gets the privilege guidance, not an NVML error.
+            crate::caller::require_root(
+                "a hook's MIG allocation or release",
+                self.ctx.global.simulate.is_some(),
+            )
+            .map_err(|e| into_ops(e.into()))?;
+            let dir = self.ctx.state_dir().map_err(into_ops)?;
+            let backend = self.ctx.backend_in(&dir).map_err(into_ops)?;
+            self.opened = Some((dir, backend));
+        }
+        Ok(self.opened.as_mut().expect("just opened"))
+    }
+
+    fn handover_rel(lease: LeaseId) -> String {
+        format!("{HANDOVER_DIR}/{lease}.json")
+    }
+
+    /// Remove hand-over records whose lease is gone or no longer held by the recorded process (its
+    /// container took it, or gc released it): each is one small file a failed or killed podman left.
+    ///
+    /// Each lease is read after its record: a concurrent precreate writes its record only after its
+    /// lease, so a record seen here always finds its lease (a snapshot of the leases taken before
+    /// listing could miss it and remove a hand-over that is still to come).
+    fn prune_handovers(dir: &StateDir) {
+        let Ok(rd) = std::fs::read_dir(dir.join(HANDOVER_DIR)) else {
+            return;
+        };
+        let Ok(reg) = Registry::open(dir) else {
+            return;
+        };
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let Some(id) = name
+                .strip_suffix(".json")
+                .and_then(|n| n.parse::<LeaseId>().ok())
+            else {
+                continue;
+            };
+            let rec: Option<Handover> = dir
+                .read(&Self::handover_rel(id))
+                .ok()
+                .flatten()
+                .and_then(|b| serde_json::from_slice(&b).ok());
+            let Some(rec) = rec else {
+                continue;
+            };
+            match reg.lease(id) {
+                Ok(Some(l)) if l.holder == rec.holder => {}
+                Ok(_) => {
+                    let _ = std::fs::remove_file(e.path());
+                }
+                // Unreadable: leave it; a malformed lease stops allocation anyway.
+                Err(_) => {}
+            }
+        }
+    }
+}
+
+fn into_ops(e: anyhow::Error) -> OpsError {
+    e.into()
+}
+
+impl LeaseOps for CtxOps<'_> {
+    fn allocate(&mut self, req: &Request, holder: Holder) -> Result<Lease, OpsError> {
+        let config = self.ctx.config.clone();
+        let (dir, backend) = self.open()?;
+        // Charged to the uid the hook runs as (root): neither the engine nor the container tells who
+        // started the container in a way the container cannot choose (docs/security.md).
+        let areq = AllocRequest {
+            want: Want::Profile(req.profile),
+            gpu: req.gpu.clone(),
+            wait: None,
+            keep: false,
+            holder,
+            uid: nix::unistd::getuid().as_raw(),
+        };
+        Ok(alloc::allocate(
+            backend.as_mut(),
+            dir,
+            &config,
+            &areq,
+            &crate::engine::probe(),
+        )?)
+    }
+
+    fn lease(&mut self, id: LeaseId) -> Result<Option<Lease>, OpsError> {
+        let dir = self.dir()?.clone();
+        Ok(alloc::leases(&dir)?.into_iter().find(|l| l.id == id))
+    }
+
+    fn leases_of_container(&mut self, id: &str) -> Result<Vec<Lease>, OpsError> {
+        let dir = self.dir()?.clone();
+        Ok(alloc::leases(&dir)?
+            .into_iter()
+            .filter(|l| matches!(&l.holder, Holder::Container { id: c, .. } if c == id))
+            .collect())
+    }
+
+    fn set_holder_if(
+        &mut self,
+        id: LeaseId,
+        check: LeaseCheck,
+        to: Holder,
+    ) -> Result<bool, OpsError> {
+        let dir = self.dir()?.clone();
+        Ok(alloc::set_holder_if(&dir, id, check, to)?)
+    }
+
+    fn release(&mut self, id: LeaseId) -> Result<ReleaseOutcome, OpsError> {
+        let config = self.ctx.config.clone();
+        let (dir, backend) = self.open()?;
+        Ok(alloc::release(
+            backend.as_mut(),
+            dir,
+            &config,
+            &id.to_string(),
+            None,
+        )?)
+    }
+
+    fn release_if(&mut self, id: LeaseId, check: LeaseCheck) -> Result<ReleaseOutcome, OpsError> {
+        let config = self.ctx.config.clone();
+        let (dir, backend) = self.open()?;
+        Ok(alloc::release_if(
+            backend.as_mut(),
+            dir,
+            &config,
+            id,
+            check,
+        )?)
+    }
+
+    fn record_handover(&mut self, h: &Handover) -> Result<(), OpsError> {
+        let dir = self.dir()?.clone();
+        dir.subdir(HANDOVER_DIR)?;
+        let mut json = serde_json::to_vec_pretty(h).expect("records serialise");
+        json.push(b'\n');
+        dir.write(&Self::handover_rel(h.lease), &json)?;
+        Self::prune_handovers(&dir);
+        Ok(())
+    }
+
+    fn handover(&mut self, lease: LeaseId) -> Result<Option<Handover>, OpsError> {
+        let dir = self.dir()?.clone();
+        let rel = Self::handover_rel(lease);
+        let Some(bytes) = dir.read(&rel)? else {
+            return Ok(None);
+        };
+        let h: Handover =
+            serde_json::from_slice(&bytes).map_err(|e| OpsRecordError::Malformed {
+                path: dir.join(&rel),
+                why: e.to_string(),
+            })?;
+        if h.lease != lease {
+            return Err(OpsRecordError::Malformed {
+                path: dir.join(&rel),
+                why: format!("it records lease {}, not {lease}", h.lease),
+            }
+            .into());
+        }
+        Ok(Some(h))
+    }
+
+    fn drop_handover(&mut self, lease: LeaseId) -> Result<(), OpsError> {
+        let dir = self.dir()?.clone();
+        match std::fs::remove_file(dir.join(&Self::handover_rel(lease))) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::oci::test_support::lease;
+
+    #[test]
+    fn only_hand_overs_still_pending_are_kept() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = StateDir::open(t.path().join("s")).unwrap();
+        let reg = Registry::open(&dir).unwrap();
+        dir.subdir(HANDOVER_DIR).unwrap();
+        let podman = Holder::Process {
+            pid: 1,
+            start_time: 1,
+        };
+        let record = |id: LeaseId| {
+            let h = Handover {
+                lease: id,
+                token: "00".into(),
+                holder: podman.clone(),
+                created_at: 0,
+            };
+            dir.write(&CtxOps::handover_rel(id), &serde_json::to_vec(&h).unwrap())
+                .unwrap();
+        };
+        // 1: still podman's (pending); 2: taken by its container; 3: lease gone.
+        reg.write_lease(&lease(1, "MIG-1", podman.clone())).unwrap();
+        reg.write_lease(&lease(2, "MIG-2", Holder::Manual)).unwrap();
+        for id in [1, 2, 3] {
+            record(id);
+        }
+        CtxOps::prune_handovers(&dir);
+        let left: Vec<bool> = [1, 2, 3]
+            .iter()
+            .map(|&id| dir.join(&CtxOps::handover_rel(id)).exists())
+            .collect();
+        assert_eq!(left, [true, false, false]);
+    }
+}

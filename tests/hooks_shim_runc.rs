@@ -1,0 +1,286 @@
+//! The runtime shim in front of real runc: a create that runc fails before any hook runs (a relative
+//! `process.cwd`, a duplicate container id) leaves no lease and no instance; `run ID --bundle B` gets its
+//! slice from B's config, as runc reads it; and the shim's reading of runc's arguments agrees with runc
+//! 1.1's own on every form in its table. Needs root, runc and busybox-static (scripts/setup-test-host.sh).
+
+mod common;
+mod hooks_common;
+
+use common::engines::{busybox_bundle, patch_bundle_config, unique_name, Runc};
+use hooks_common::*;
+use migrun::engine::runtime::parse_invocation;
+use serde_json::json;
+use std::ffi::OsString;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+/// `migrun-runtime` with runc (the private root of `runc`) as its next runtime, on a simulated machine.
+struct ShimRunc {
+    sim: Sim,
+    runc: Runc,
+    link: PathBuf,
+    config: PathBuf,
+}
+
+impl ShimRunc {
+    fn new() -> ShimRunc {
+        let sim = Sim::new("h100-80gb:1");
+        let runc = Runc::new();
+        let dir = sim.tmp.path().join("shim");
+        fs::create_dir_all(&dir).unwrap();
+        let link = dir.join("migrun-runtime");
+        std::os::unix::fs::symlink(migrun_bin(), &link).unwrap();
+        let config = dir.join("config.toml");
+        fs::write(&config, format!("runtime = \"{}\"\n", runc.bin().display())).unwrap();
+        ShimRunc {
+            sim,
+            runc,
+            link,
+            config,
+        }
+    }
+
+    /// `migrun-runtime --root <private> ARGS`, stdin and stdout closed (a created container inherits
+    /// them), stderr to a file so waiting for the shim never waits for the container.
+    fn run(&self, args: &[&str], cwd: &Path) -> (Option<i32>, String) {
+        let err = tempfile::NamedTempFile::new().unwrap();
+        let status = Command::new(&self.link)
+            .env_clear()
+            .envs(self.sim.env())
+            .env("MIGRUN_CONFIG", &self.config)
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .arg("--root")
+            .arg(self.runc.root())
+            .args(args)
+            .current_dir(cwd)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(err.reopen().unwrap())
+            .status()
+            .unwrap();
+        (status.code(), fs::read_to_string(err.path()).unwrap())
+    }
+
+    fn bundle(&self, name: &str, args: &[&str], f: impl FnOnce(&mut serde_json::Value)) -> PathBuf {
+        let b = busybox_bundle(&self.sim.tmp.path().join(name), args);
+        patch_bundle_config(&b, f);
+        b
+    }
+}
+
+fn asking(s: &mut serde_json::Value) {
+    s["annotations"] = json!({"migrun.profile": "1g.10gb"});
+}
+
+#[test]
+fn a_create_runc_fails_before_any_hook_leaves_no_lease() {
+    let s = ShimRunc::new();
+    let b = s.bundle("relcwd", &["true"], |c| {
+        asking(c);
+        c["process"]["cwd"] = json!("relative/dir");
+    });
+    let id = unique_name("shim-relcwd");
+    let (code, err) = s.run(&["create", "--bundle", b.to_str().unwrap(), &id], &b);
+    assert_eq!(code, Some(1), "runc's own exit code; {err}");
+    assert!(err.contains("absolute"), "runc says why: {err}");
+    assert!(s.sim.leases().is_empty(), "log:\n{}", s.sim.log());
+    assert!(s.sim.instances().is_empty(), "the instance is destroyed");
+    assert!(
+        s.sim.log().contains("giving lease 1 back"),
+        "{}",
+        s.sim.log()
+    );
+}
+
+#[test]
+fn a_duplicate_container_id_gets_nothing_and_takes_nothing_from_the_first() {
+    let s = ShimRunc::new();
+    // A container without a slice holds the id: runc refuses the second create before any hook.
+    let plain = s.bundle("plain", &["sleep", "600"], |_| {});
+    let taken = unique_name("shim-dup-plain");
+    let out = s
+        .runc
+        .cmd()
+        .args(["create", "--bundle", plain.to_str().unwrap(), &taken])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(out.success());
+    let asking_b = s.bundle("asking", &["true"], asking);
+    let (code, err) = s.run(
+        &["create", "--bundle", asking_b.to_str().unwrap(), &taken],
+        &asking_b,
+    );
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("exists"), "{err}");
+    assert!(s.sim.leases().is_empty(), "log:\n{}", s.sim.log());
+    assert!(s.sim.instances().is_empty(), "the instance is destroyed");
+
+    // A container with a slice holds the id.
+    let first = s.bundle("first", &["sleep", "600"], asking);
+    let id = unique_name("shim-dup");
+    let (code, err) = s.run(
+        &["create", "--bundle", first.to_str().unwrap(), &id],
+        &first,
+    );
+    assert_eq!(code, Some(0), "{err}\nlog:\n{}", s.sim.log());
+    let leases = s.sim.leases();
+    assert_eq!(leases.len(), 1);
+    assert!(
+        matches!(
+            &leases[0].holder,
+            migrun::lease::Holder::Container { pid: Some(_), .. }
+        ),
+        "prestart recorded the init pid: {:?}",
+        leases[0].holder
+    );
+    // Same id, another bundle: a lease of its own, given back when runc refuses.
+    let (code, err) = s.run(
+        &["create", "--bundle", asking_b.to_str().unwrap(), &id],
+        &asking_b,
+    );
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("exists"), "{err}");
+    assert_eq!(s.sim.leases(), leases, "only the first container's lease");
+    assert_eq!(s.sim.instances().len(), 1);
+    // Same id and the same bundle again: the lease is the first container's, and it keeps it.
+    let (code, err) = s.run(
+        &["create", "--bundle", first.to_str().unwrap(), &id],
+        &first,
+    );
+    assert_eq!(code, Some(1), "{err}");
+    assert_eq!(
+        s.sim.leases(),
+        leases,
+        "the running container keeps its slice"
+    );
+
+    // The first container's own end releases it (poststop at delete).
+    for c in [&id, &taken] {
+        let out = s
+            .runc
+            .cmd()
+            .args(["delete", "--force", c])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert!(s.sim.leases().is_empty(), "log:\n{}", s.sim.log());
+    assert!(s.sim.instances().is_empty());
+}
+
+#[test]
+fn run_with_the_bundle_after_the_id_gets_the_slice_from_that_bundle() {
+    let s = ShimRunc::new();
+    let b = s.bundle(
+        "asking",
+        &["sh", "-c", "echo $NVIDIA_VISIBLE_DEVICES > /seen"],
+        |c| {
+            asking(c);
+            c["process"]["env"]
+                .as_array_mut()
+                .unwrap()
+                .push(json!("NVIDIA_VISIBLE_DEVICES=all"));
+        },
+    );
+    // The shim's current directory holds a bundle that asks for nothing; runc reads B.
+    let cwd = s.bundle("plain", &["true"], |_| {});
+    let id = unique_name("shim-run");
+    let (code, err) = s.run(&["run", &id, "--bundle", b.to_str().unwrap()], &cwd);
+    assert_eq!(code, Some(0), "{err}\nlog:\n{}", s.sim.log());
+    let seen = fs::read_to_string(b.join("rootfs/seen")).unwrap();
+    assert!(
+        seen.trim().starts_with("MIG-"),
+        "the container saw {seen:?}"
+    );
+    assert!(s.sim.log().contains(seen.trim()), "{}", s.sim.log());
+    // runc deleted the container after it exited: poststop gave the slice back.
+    assert!(s.sim.leases().is_empty(), "log:\n{}", s.sim.log());
+    assert!(s.sim.instances().is_empty());
+}
+
+/// runc's verdict on an argument list, run against a bundle path that does not exist: the bundle it
+/// would read (`chdir B` in its error), or `None` when it rejected the arguments.
+fn runc_reads(runc: &Runc, args: &[&str], cwd: &Path) -> Option<String> {
+    let out = Command::new(runc.bin())
+        .args(args)
+        .current_dir(cwd)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    if let Some(rest) = err.split("chdir ").nth(1) {
+        return Some(rest.split(':').next().unwrap().to_string());
+    }
+    assert!(
+        err.contains("Incorrect Usage") || err.contains("flag") || err.contains("argument"),
+        "{args:?}: unexpected runc answer {err:?}"
+    );
+    None
+}
+
+#[test]
+fn the_shim_reads_runcs_arguments_as_runc_does() {
+    let runc = Runc::new();
+    let root = runc.root();
+    let root = root.to_str().unwrap();
+    let cwd = tempfile::tempdir().unwrap();
+    let forms: &[&str] = &[
+        "create ID --bundle /nb",
+        "create --bundle /nb ID",
+        "create ID -b /nb",
+        "create ID --bundle=/nb",
+        "create -b=/nb ID",
+        "create -bundle /nb ID",
+        "create --no-pivot ID --bundle /nb",
+        "create ID --no-pivot --bundle /nb",
+        "create --pid-file /tmp/p ID --bundle /nb",
+        "create ID --pid-file - -b /nb",
+        "create ID -- --bundle /nb",
+        "create -b /nb -- ID",
+        "create --bundle /x ID --bundle /nb",
+        "create -b /x --bundle /nb ID",
+        "create ID X --bundle /nb",
+        "create ID --preserve-fds 0 -b /nb",
+        "create ID --preserve-fds x -b /nb",
+        "create ID --no-pivot=true -b /nb",
+        "create --no-new-keyring ID -b=/nb",
+        "create ID --zz -b /nb",
+        "create ID -d -b /nb",
+        "create ID -b",
+        "run ID --bundle /nb",
+        "run ID -d -b /nb",
+        "run --detach ID -b /nb",
+        "run -d -b /nb ID",
+        "run ID --keep --no-subreaper -b /nb",
+        "--debug=false create -b /nb ID",
+        "--systemd-cgroup create ID -b /nb",
+        "--log /dev/null --log-format text create ID -b /nb",
+        "-- create -b /nb ID",
+    ];
+    for form in forms {
+        let mut args: Vec<&str> = vec!["--root", root];
+        args.extend(form.split_whitespace());
+        let theirs = runc_reads(&runc, &args, cwd.path());
+        let argv: Vec<OsString> = args.iter().map(OsString::from).collect();
+        let ours = parse_invocation(&argv);
+        match theirs {
+            Some(bundle) => {
+                assert_eq!(ours.unreadable, None, "{form}: runc takes it");
+                assert_eq!(ours.bundle_dir(), PathBuf::from(&bundle), "{form}");
+                assert_eq!(ours.id.as_deref(), Some("ID"), "{form}");
+            }
+            None => assert!(
+                ours.unreadable.is_some(),
+                "{form}: runc refuses it, so does the shim"
+            ),
+        }
+    }
+}
