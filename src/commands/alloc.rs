@@ -1,9 +1,8 @@
 //! Handlers for `alloc`, `release` and `gc`: turn flags into an [`AllocRequest`], call `alloc`, print the result (text or JSON, see docs/leases.md).
 
 use super::{Ctx, InputError};
-use crate::alloc::{self, testhook, AllocRequest, HolderProbe, Want};
+use crate::alloc::{self, AllocRequest, Want};
 use crate::cli::{AllocArgs, GcArgs, ReleaseArgs, RequestArgs};
-use crate::gpu::Backend;
 use crate::lease::{Holder, Lease};
 use anyhow::Result;
 use std::io::Write;
@@ -11,12 +10,6 @@ use std::time::Duration;
 
 /// JSON schema version of `alloc`, `release` and `gc` output.
 pub const SCHEMA_VERSION: u32 = 1;
-
-/// The one place that decides how gc asks container engines whether a holder still exists: each container's own
-/// engine (`engine::EngineProbe`; an engine it does not know answers "unknown", and only a recorded init pid decides).
-pub(crate) fn holder_probe() -> Box<dyn HolderProbe> {
-    Box::new(crate::engine::probe())
-}
 
 /// What `--profile` / `--min-mem` ask for.
 pub(crate) fn want_of(r: &RequestArgs) -> Result<Want> {
@@ -37,20 +30,6 @@ pub(crate) fn want_of(r: &RequestArgs) -> Result<Want> {
 /// `--wait` (no value, or 0) waits forever; `--wait=S` up to S seconds; no flag: fail at once.
 pub(crate) fn wait_of(r: &RequestArgs) -> Option<Option<Duration>> {
     r.wait.map(|s| (s > 0).then(|| Duration::from_secs(s)))
-}
-
-/// Run `f` on the backend, behind the fault injector when a debug build's test hook asks for it.
-fn with_backend<R>(ctx: &Ctx, f: impl FnOnce(&mut dyn Backend) -> Result<R>) -> Result<R> {
-    let mut backend = ctx.backend()?;
-    let faults = testhook::faults_from_env().map_err(InputError::Other)?;
-    if faults.is_empty() {
-        return f(&mut *backend);
-    }
-    let mut faulty = testhook::FaultInjector {
-        inner: &mut *backend,
-        faults,
-    };
-    f(&mut faulty)
 }
 
 fn lease_json(l: &Lease) -> serde_json::Value {
@@ -87,11 +66,8 @@ pub fn alloc(ctx: &Ctx, a: &AllocArgs) -> Result<i32> {
         // check refuses --for-uid to a sudo user, who is always charged as themselves.
         uid: a.for_uid.unwrap_or_else(alloc::caller_uid),
     };
-    let dir = ctx.state_dir()?;
-    let probe = holder_probe();
-    let lease = with_backend(ctx, |b| {
-        Ok(alloc::allocate(b, &dir, &ctx.config, &req, &*probe)?)
-    })?;
+    let mut session = ctx.session()?;
+    let lease = session.allocate(&req)?;
     if ctx.global.verbose > 0 {
         crate::errln!(
             "migrun: lease {} = {} {} at {} (GI {}) on GPU {} ({}){}",
@@ -117,17 +93,10 @@ pub fn alloc(ctx: &Ctx, a: &AllocArgs) -> Result<i32> {
     let mut out = std::io::stdout().lock();
     if let Err(err) = out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
         // The caller never learnt the lease (`alloc --json | true`), so nobody would release it: roll it back.
-        let undo = with_backend(ctx, |b| {
-            Ok(alloc::release(
-                b,
-                &dir,
-                &ctx.config,
-                &lease.id.to_string(),
-                None,
-            )?)
-        })
-        .err()
-        .map(|e| format!("{e:#}"));
+        let undo = session
+            .release(&lease.id.to_string(), None)
+            .err()
+            .map(|e| format!("{e:#}"));
         return Err(alloc::AllocError::Unreported {
             lease: lease.id,
             mig_uuid: lease.mig_uuid,
@@ -140,16 +109,7 @@ pub fn alloc(ctx: &Ctx, a: &AllocArgs) -> Result<i32> {
 }
 
 pub fn release(ctx: &Ctx, a: &ReleaseArgs) -> Result<i32> {
-    let dir = ctx.state_dir()?;
-    let out = with_backend(ctx, |b| {
-        Ok(alloc::release(
-            b,
-            &dir,
-            &ctx.config,
-            &a.target,
-            alloc::sudo_uid(),
-        )?)
-    })?;
+    let out = ctx.session()?.release(&a.target, alloc::sudo_uid())?;
     if a.json {
         let doc = serde_json::json!({ "schema": SCHEMA_VERSION, "outcome": out });
         crate::outln!("{}", serde_json::to_string_pretty(&doc)?);
@@ -160,9 +120,7 @@ pub fn release(ctx: &Ctx, a: &ReleaseArgs) -> Result<i32> {
 }
 
 pub fn gc(ctx: &Ctx, a: &GcArgs) -> Result<i32> {
-    let dir = ctx.state_dir()?;
-    let probe = holder_probe();
-    let report = with_backend(ctx, |b| Ok(alloc::gc(b, &dir, &ctx.config, &*probe)?))?;
+    let report = ctx.session()?.gc()?;
     if a.json {
         let doc = serde_json::json!({ "schema": SCHEMA_VERSION, "report": report });
         crate::outln!("{}", serde_json::to_string_pretty(&doc)?);

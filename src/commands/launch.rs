@@ -15,9 +15,9 @@ use super::{Ctx, InputError};
 use crate::alloc::plan::{self, Plan};
 use crate::alloc::{self, AllocError, AllocRequest, Want};
 use crate::cli::{InjectMode, RunArgs, WatchArgs};
+use crate::engine::docker;
 use crate::engine::docker::{DockerCli, RunLine};
 use crate::engine::docker_api::DaemonLink;
-use crate::engine::{self, docker};
 use crate::lease::{Holder, Lease, LeaseError};
 use crate::statedir::{StateDir, DEFAULT_STATE_DIR};
 use anyhow::{Context, Result};
@@ -100,10 +100,7 @@ pub fn run(ctx: &Ctx, a: RunArgs) -> Result<i32> {
         holder: launcher.holder(None),
         uid: alloc::caller_uid(),
     };
-    let lease = {
-        let mut backend = ctx.backend_in(&dir)?;
-        alloc::allocate(&mut *backend, &dir, &ctx.config, &req, &engine::probe())?
-    };
+    let lease = ctx.session_in(dir.clone())?.allocate(&req)?;
     say(
         ctx,
         format!(
@@ -314,15 +311,9 @@ fn run_with_lease(
 
 /// Release a lease, reporting the outcome; `false` when the release failed (the lease stays for gc to retry).
 fn release(ctx: &Ctx, dir: &StateDir, lease: &Lease) -> bool {
-    let result = ctx.backend_in(dir).and_then(|mut backend| {
-        Ok(alloc::release(
-            &mut *backend,
-            dir,
-            &ctx.config,
-            &lease.id.to_string(),
-            None,
-        )?)
-    });
+    let result = ctx
+        .session_in(dir.clone())
+        .and_then(|mut s| Ok(s.release(&lease.id.to_string(), None)?));
     match result {
         Ok(outcome) => {
             say(ctx, outcome.to_string());
@@ -419,8 +410,10 @@ pub fn watch(ctx: &Ctx, a: &WatchArgs) -> Result<i32> {
             Ok(crate::exit::FAILED)
         }
         Some(code) => {
-            let mut backend = ctx.backend_in(&dir)?;
-            let outcome = alloc::release_container(&mut *backend, &dir, &ctx.config, &a.container)
+            let mut session = ctx.session_in(dir.clone())?;
+            let config = ctx.config.clone();
+            let outcome = session
+                .with_backend(|b| alloc::release_container(b, &dir, &config, &a.container))
                 .with_context(|| format!("{tag}: release"))?;
             crate::errln!(
                 "{tag}: container exited{}; {}",

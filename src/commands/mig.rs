@@ -38,20 +38,22 @@ pub fn mig(ctx: &Ctx, action: &MigAction) -> Result<i32> {
         MigAction::Enable(s) => (true, s),
         MigAction::Disable(s) => (false, s),
     };
-    let dir = ctx.state_dir()?;
-    let mut backend = ctx.backend_in(&dir)?;
+    let mut session = ctx.session()?;
+    let dir = session.dir().clone();
     // Under the allocation lock from the first look at the modes to the request: otherwise an allocation
     // could create an instance (or take a lease) between the blocker check and the mode change.
     let reg = crate::lease::Registry::open(&dir)?;
     let _lock = reg.lock()?;
-    let gpus = backend.gpus()?;
+    let gpus = session.gpus()?;
     let targets = targets(ctx, &gpus, sel.gpu.as_deref())?;
     let leases = reg.leases()?;
     let simulated = ctx.global.simulate.clone();
     let mut reports: Vec<ModeReport> = Vec::new();
     let mut first_err = None;
     for info in &targets {
-        match migmode::set_mode(&mut *backend, info, enable, &leases, simulated.as_deref()) {
+        match session
+            .with_backend(|b| migmode::set_mode(b, info, enable, &leases, simulated.as_deref()))
+        {
             Ok(r) => reports.push(r),
             // With --all, report every GPU before failing; a single GPU fails at once.
             Err(e) if sel.all => {
@@ -87,18 +89,13 @@ pub fn mig(ctx: &Ctx, action: &MigAction) -> Result<i32> {
 }
 
 pub fn teardown(ctx: &Ctx, a: &TeardownArgs) -> Result<i32> {
-    let mut backend = ctx.backend()?;
-    let gpus = backend.gpus()?;
+    let mut session = ctx.session()?;
+    let gpus = session.gpus()?;
     let targets: Vec<u32> = targets(ctx, &gpus, a.gpu.as_deref())?
         .iter()
         .map(|g| g.index)
         .collect();
-    let dir = ctx.state_dir()?;
-    let report = crate::alloc::teardown(
-        &mut *backend,
-        &dir,
-        &ctx.config,
-        &crate::engine::probe(),
+    let report = session.teardown(
         &targets,
         crate::alloc::TeardownOptions {
             force: a.force,

@@ -8,6 +8,7 @@ mod hook;
 mod launch;
 mod list;
 mod mig;
+mod session;
 mod sim;
 
 use crate::cli::{Cli, Command, GlobalArgs};
@@ -96,19 +97,9 @@ impl Ctx {
         }
     }
 
-    /// The hardware backend: the simulator only when asked for, the driver otherwise.
-    pub fn backend(&self) -> Result<Box<dyn Backend>> {
-        match self.state_dir() {
-            Ok(dir) => self.backend_in(&dir),
-            Err(e) if self.sim_spec()?.is_some() => Err(e),
-            // Without a usable state dir (not root) the driver backend probes profile tables itself.
-            Err(_) => Ok(Box::new(NvmlBackend::open_default()?)),
-        }
-    }
-
-    /// [`Ctx::backend`] over a state dir the caller has already opened (hooks, the launcher and the
-    /// allocator need it anyway), so it is not opened and checked a second time.
-    pub fn backend_in(&self, dir: &StateDir) -> Result<Box<dyn Backend>> {
+    /// The hardware backend over an opened state dir: the simulator only when asked for, the driver
+    /// otherwise. Only the session ([`Ctx::session`]) builds one for a command that changes things.
+    pub(crate) fn backend_in(&self, dir: &StateDir) -> Result<Box<dyn Backend>> {
         if let Some(spec) = self.sim_spec()? {
             // Refused before the simulator writes its machine into a state dir that is for another one.
             crate::alloc::binding::check_kind(dir, &Self::sim_kind(&spec))?;

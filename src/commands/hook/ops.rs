@@ -2,9 +2,9 @@
 
 use super::Ctx;
 use crate::alloc::{self, AllocRequest, ReleaseOutcome, Want};
+use crate::commands::session::Session;
 use crate::engine::oci::binding::Handover;
 use crate::engine::oci::{LeaseCheck, LeaseOps, OpsError, Request};
-use crate::gpu::Backend;
 use crate::lease::{Holder, Lease, LeaseId, Registry};
 use crate::statedir::StateDir;
 
@@ -24,7 +24,9 @@ pub enum OpsRecordError {
 
 pub(super) struct CtxOps<'a> {
     ctx: &'a Ctx,
-    opened: Option<(StateDir, Box<dyn Backend>)>,
+    /// The composition root's lease session, opened on first use: a container that asks for no
+    /// slice never touches the state dir.
+    opened: Option<Session<'a>>,
 }
 
 impl<'a> CtxOps<'a> {
@@ -33,10 +35,10 @@ impl<'a> CtxOps<'a> {
     }
 
     fn dir(&mut self) -> Result<&StateDir, OpsError> {
-        Ok(&self.open()?.0)
+        Ok(self.open()?.dir())
     }
 
-    fn open(&mut self) -> Result<&mut (StateDir, Box<dyn Backend>), OpsError> {
+    fn open(&mut self) -> Result<&mut Session<'a>, OpsError> {
         if self.opened.is_none() {
             // Runtimes run hooks as root; a rootless engine reaching here gets the privilege guidance, not an NVML error.
             crate::caller::require_root(
@@ -44,9 +46,7 @@ impl<'a> CtxOps<'a> {
                 self.ctx.global.simulate.is_some(),
             )
             .map_err(|e| into_ops(e.into()))?;
-            let dir = self.ctx.state_dir().map_err(into_ops)?;
-            let backend = self.ctx.backend_in(&dir).map_err(into_ops)?;
-            self.opened = Some((dir, backend));
+            self.opened = Some(self.ctx.session().map_err(into_ops)?);
         }
         Ok(self.opened.as_mut().expect("just opened"))
     }
@@ -102,8 +102,6 @@ fn into_ops(e: anyhow::Error) -> OpsError {
 
 impl LeaseOps for CtxOps<'_> {
     fn allocate(&mut self, req: &Request, holder: Holder) -> Result<Lease, OpsError> {
-        let config = self.ctx.config.clone();
-        let (dir, backend) = self.open()?;
         // Charged to the uid the hook runs as (root): neither the engine nor the container tells who
         // started the container in a way the container cannot choose (docs/security.md).
         let areq = AllocRequest {
@@ -114,18 +112,12 @@ impl LeaseOps for CtxOps<'_> {
             holder,
             uid: nix::unistd::getuid().as_raw(),
         };
-        Ok(alloc::allocate(
-            backend.as_mut(),
-            dir,
-            &config,
-            &areq,
-            &crate::engine::probe(),
-        )?)
+        Ok(self.open()?.allocate(&areq)?)
     }
 
     fn lease(&mut self, id: LeaseId) -> Result<Option<Lease>, OpsError> {
         let dir = self.dir()?.clone();
-        Ok(alloc::leases(&dir)?.into_iter().find(|l| l.id == id))
+        Ok(Registry::open(&dir)?.lease(id)?)
     }
 
     fn leases_of_container(&mut self, id: &str) -> Result<Vec<Lease>, OpsError> {
@@ -147,27 +139,14 @@ impl LeaseOps for CtxOps<'_> {
     }
 
     fn release(&mut self, id: LeaseId) -> Result<ReleaseOutcome, OpsError> {
-        let config = self.ctx.config.clone();
-        let (dir, backend) = self.open()?;
-        Ok(alloc::release(
-            backend.as_mut(),
-            dir,
-            &config,
-            &id.to_string(),
-            None,
-        )?)
+        Ok(self.open()?.release(&id.to_string(), None)?)
     }
 
     fn release_if(&mut self, id: LeaseId, check: LeaseCheck) -> Result<ReleaseOutcome, OpsError> {
         let config = self.ctx.config.clone();
-        let (dir, backend) = self.open()?;
-        Ok(alloc::release_if(
-            backend.as_mut(),
-            dir,
-            &config,
-            id,
-            check,
-        )?)
+        let session = self.open()?;
+        let dir = session.dir().clone();
+        Ok(session.with_backend(|b| alloc::release_if(b, &dir, &config, id, check))?)
     }
 
     fn record_handover(&mut self, h: &Handover) -> Result<(), OpsError> {
