@@ -9,6 +9,7 @@
 pub mod alloc;
 pub mod bench;
 pub mod caller;
+pub mod cdi;
 pub mod cli;
 pub mod commands;
 pub mod config;
