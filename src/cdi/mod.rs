@@ -1,4 +1,4 @@
-//! CDI (Container Device Interface) specs for MIG slices: build, store, read the NVIDIA toolkit's spec; it must not allocate, release or know engines.
+//! CDI (Container Device Interface) specs for MIG slices: build, store, read the NVIDIA toolkit's spec, apply to a bundle; it must not allocate, release or know engines.
 //!
 //! One spec file per lease, kind [`spec::KIND`] (`migrun.io/mig`), in a CDI spec directory
 //! ([`store::DYNAMIC_DIR`] normally). Its devices are the same slice under every name a user may
@@ -10,10 +10,12 @@
 //! Every CDI type here is the `container-device-interface` crate's; migrun adds only what the
 //! crate does not do (MIG device numbering, atomic files, a JSON-preserving apply).
 
+pub mod apply;
 pub mod spec;
 pub mod store;
 pub mod toolkit;
 
+pub use apply::{apply_edits, ApplyError};
 pub use spec::{build, edits_for, Slice, SpecError, KIND};
 pub use store::{StoreError, DYNAMIC_DIR, STATIC_DIR};
 pub use toolkit::ToolkitError;
@@ -31,6 +33,9 @@ pub fn exit_code_of(e: &(dyn std::error::Error + 'static)) -> Option<i32> {
         return Some(e.exit_code());
     }
     if let Some(e) = e.downcast_ref::<ToolkitError>() {
+        return Some(e.exit_code());
+    }
+    if let Some(e) = e.downcast_ref::<ApplyError>() {
         return Some(e.exit_code());
     }
     crate::gpu::hostfacts::exit_code_of(e)
