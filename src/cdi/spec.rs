@@ -137,8 +137,8 @@ fn from_json(v: Value) -> Result<Spec, String> {
 }
 
 /// A lease name is also a device name in a directory shared by every lease, so it may not look like
-/// another lease's id or a MIG UUID, and must be a valid CDI device name (checked by the crate).
-fn check_name(name: &str) -> Result<(), SpecError> {
+/// another lease's id or a MIG UUID.
+fn check_collisions(name: &str) -> Result<(), SpecError> {
     let bad = |why| SpecError::BadName {
         name: name.to_string(),
         why,
@@ -151,6 +151,12 @@ fn check_name(name: &str) -> Result<(), SpecError> {
             "a name starting with MIG- would collide with a MIG UUID",
         ));
     }
+    Ok(())
+}
+
+/// Whether the crate takes `name` as a device name on its own; asked only once a whole spec failed,
+/// to say whether the name was the reason (the crate's own name check is private to it).
+fn check_name_alone(name: &str) -> Result<(), SpecError> {
     let probe = json!({
         "cdiVersion": "0.5.0",
         "kind": KIND,
@@ -158,9 +164,10 @@ fn check_name(name: &str) -> Result<(), SpecError> {
     });
     match from_json(probe).and_then(|s| validate(&s)) {
         Ok(_) => Ok(()),
-        Err(_) => Err(bad(
-            "use letters, digits, '-', '_', '.' or ':', starting and ending with a letter or digit",
-        )),
+        Err(_) => Err(SpecError::BadName {
+            name: name.to_string(),
+            why: "use letters, digits, '-', '_', '.' or ':', starting and ending with a letter or digit",
+        }),
     }
 }
 
@@ -175,7 +182,7 @@ pub fn build(
     toolkit: Option<&ContainerEdits>,
 ) -> Result<Spec, SpecError> {
     if let Some(name) = &slice.name {
-        check_name(name)?;
+        check_collisions(name)?;
     }
     let invalid = |reason: String| SpecError::Invalid {
         what: format!("the CDI spec built for lease {}", slice.lease),
@@ -201,7 +208,12 @@ pub fn build(
     let min = version::minimum_required_version(&draft).map_err(|e| invalid(format!("{e:#}")))?;
     doc["cdiVersion"] = Value::String(min.to_string());
     let spec = from_json(doc).map_err(invalid)?;
-    validate(&spec).map_err(invalid)?;
+    if let Err(reason) = validate(&spec) {
+        if let Some(name) = &slice.name {
+            check_name_alone(name)?;
+        }
+        return Err(invalid(reason));
+    }
     Ok(spec)
 }
 
