@@ -8,6 +8,7 @@
 
 pub mod alloc;
 pub mod caller;
+pub mod cdi;
 pub mod cli;
 pub mod commands;
 pub mod config;

@@ -15,6 +15,7 @@ const MAPPERS: &[Mapper] = &[
     crate::engine::exit_code_of,
     crate::migmode::exit_code_of,
     crate::caller::exit_code_of,
+    crate::cdi::exit_code_of,
 ];
 
 /// The documented exit code for `err` (1 when nothing in the chain knows better).

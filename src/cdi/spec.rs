@@ -1,0 +1,254 @@
+//! Builds and validates the CDI spec of one MIG slice from its numbers and the host facts (pure); it must not read or write files.
+//!
+//! The spec is the crate's `Spec`. The crate keeps most of its fields private to itself and offers
+//! no builder, so the spec is assembled as JSON and deserialised into the crate's type (which
+//! refuses unknown fields), then validated with the crate's `new_spec` (JSON schema, names,
+//! edits). `cdiVersion` is the lowest version the content needs, as the crate computes it: older
+//! engines (podman 4.x, containerd 1.7) reject versions newer than the CDI library they vendor.
+
+use super::types::{ContainerEdits, Spec};
+use crate::gpu::hostfacts::{HostFacts, NVIDIACTL_MINOR, NVIDIA_MAJOR};
+use crate::lease::LeaseId;
+use container_device_interface::container_edits::ContainerEdits as Edits;
+use container_device_interface::{spec as cdi_spec, version};
+use serde_json::{json, Value};
+use std::path::PathBuf;
+
+/// migrun's CDI kind: `--device migrun.io/mig=<lease id | lease name | MIG UUID>`.
+pub const KIND: &str = "migrun.io/mig";
+
+/// `/dev/nvidia<m>`, `/dev/nvidiactl` and `/dev/nvidia-uvm*` are opened read-write by every CUDA
+/// process; 0666 is the driver's default NVreg_DeviceFileMode.
+const GPU_NODE_MODE: u32 = 0o666;
+/// Capability nodes are only opened for reading, so the driver makes them read-only: the H200
+/// capture (tests/fixtures/h200-141gb-caps/caps-detail.txt) has DeviceFileMode 292 (0444) for the
+/// read-only `monitor` capability; the per-instance `access` capabilities are registered the same
+/// way (they were not captured: no instance existed).
+const CAP_NODE_MODE: u32 = 0o444;
+
+/// One MIG slice, in the numbers the driver uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Slice {
+    pub lease: LeaseId,
+    /// A name the user gave the lease, also usable as the device name.
+    pub name: Option<String>,
+    /// `MIG-…`, the value NVIDIA_VISIBLE_DEVICES takes.
+    pub mig_uuid: String,
+    /// The parent GPU's device minor (`/dev/nvidia<minor>`), which is not its NVML index: see
+    /// [`HostFacts::gpu_minor`].
+    pub gpu_minor: u32,
+    pub gi: u32,
+    pub ci: u32,
+}
+
+impl Slice {
+    /// Every name the slice's device goes by, in the order written: lease id, lease name, MIG UUID.
+    pub fn device_names(&self) -> Vec<String> {
+        let mut names = vec![self.lease.to_string()];
+        names.extend(self.name.clone());
+        names.push(self.mig_uuid.clone());
+        names
+    }
+}
+
+/// `migrun.io/mig=<name>`, what `--device` takes.
+pub fn qualified_name(name: &str) -> String {
+    format!("{KIND}={name}")
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SpecError {
+    #[error("lease name {name:?} cannot name a CDI device: {why}; choose another name")]
+    BadName { name: String, why: &'static str },
+    #[error("no {what} entry in /proc/driver/nvidia-caps/mig-minors: the driver knows no such MIG instance; check the GPU's device minor and the GI/CI ids with `nvidia-smi mig -lgi` and `nvidia-smi mig -lci`")]
+    NoCapMinor { what: String },
+    #[error("{what} does not validate: {reason}; this is a migrun bug: please report it")]
+    Invalid { what: String, reason: String },
+    #[error("no device {name:?} in the CDI spec of kind {KIND}; its devices are {names}")]
+    NoDevice { name: String, names: String },
+}
+
+impl crate::exit::ExitCodeOf for SpecError {
+    fn exit_code(&self) -> i32 {
+        match self {
+            SpecError::BadName { .. } | SpecError::NoDevice { .. } => crate::exit::USAGE,
+            SpecError::NoCapMinor { .. } | SpecError::Invalid { .. } => crate::exit::FAILED,
+        }
+    }
+}
+
+/// A char device node with every number given, so the runtime creates it in the container whether
+/// or not the host has it (the driver creates capability nodes lazily).
+fn char_node(path: String, major: u32, minor: u32, mode: u32) -> Value {
+    json!({ "path": path, "type": "c", "major": major, "minor": minor, "fileMode": mode })
+}
+
+/// The device nodes a process needs to use this MIG device, in the order written.
+fn device_nodes(slice: &Slice, facts: &HostFacts) -> Result<Vec<Value>, SpecError> {
+    let (m, gi, ci) = (slice.gpu_minor, slice.gi, slice.ci);
+    let gi_cap = facts
+        .mig_minors
+        .gi_access(m, gi)
+        .ok_or_else(|| SpecError::NoCapMinor {
+            what: format!("gpu{m}/gi{gi}/access"),
+        })?;
+    let ci_cap = facts
+        .mig_minors
+        .ci_access(m, gi, ci)
+        .ok_or_else(|| SpecError::NoCapMinor {
+            what: format!("gpu{m}/gi{gi}/ci{ci}/access"),
+        })?;
+    let cap = |n: u32| {
+        char_node(
+            format!("/dev/nvidia-caps/nvidia-cap{n}"),
+            facts.caps_major,
+            n,
+            CAP_NODE_MODE,
+        )
+    };
+    Ok(vec![
+        char_node(format!("/dev/nvidia{m}"), NVIDIA_MAJOR, m, GPU_NODE_MODE),
+        cap(gi_cap),
+        cap(ci_cap),
+        char_node(
+            "/dev/nvidiactl".into(),
+            NVIDIA_MAJOR,
+            NVIDIACTL_MINOR,
+            GPU_NODE_MODE,
+        ),
+        char_node("/dev/nvidia-uvm".into(), facts.uvm_major, 0, GPU_NODE_MODE),
+        char_node(
+            "/dev/nvidia-uvm-tools".into(),
+            facts.uvm_major,
+            1,
+            GPU_NODE_MODE,
+        ),
+    ])
+}
+
+/// Validates `spec` with the crate (schema, names, edits); `Err` is the crate's reason on one line.
+fn validate(spec: &Spec) -> Result<cdi_spec::Spec, String> {
+    // The path only labels the spec inside the crate; nothing is read.
+    cdi_spec::new_spec(spec, &PathBuf::from("migrun.json"), 0).map_err(|e| format!("{e:#}"))
+}
+
+fn from_json(v: Value) -> Result<Spec, String> {
+    serde_json::from_value(v).map_err(|e| e.to_string())
+}
+
+/// A lease name is also a device name in a directory shared by every lease, so it may not look like
+/// another lease's id or a MIG UUID.
+fn check_collisions(name: &str) -> Result<(), SpecError> {
+    let bad = |why| SpecError::BadName {
+        name: name.to_string(),
+        why,
+    };
+    if !name.is_empty() && name.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad("all digits would collide with a lease id"));
+    }
+    if name.starts_with("MIG-") {
+        return Err(bad(
+            "a name starting with MIG- would collide with a MIG UUID",
+        ));
+    }
+    Ok(())
+}
+
+/// Whether the crate takes `name` as a device name on its own; asked only once a whole spec failed,
+/// to say whether the name was the reason (the crate's own name check is private to it).
+fn check_name_alone(name: &str) -> Result<(), SpecError> {
+    let probe = json!({
+        "cdiVersion": "0.5.0",
+        "kind": KIND,
+        "devices": [{ "name": name, "containerEdits": { "env": ["MIGRUN_NAME_CHECK=1"] } }],
+    });
+    match from_json(probe).and_then(|s| validate(&s)) {
+        Ok(_) => Ok(()),
+        Err(_) => Err(SpecError::BadName {
+            name: name.to_string(),
+            why: "use letters, digits, '-', '_', '.' or ':', starting and ending with a letter or digit",
+        }),
+    }
+}
+
+/// The CDI spec of one slice: kind [`KIND`], one device per name in [`Slice::device_names`], each
+/// with the slice's device nodes and `NVIDIA_VISIBLE_DEVICES=<MIG UUID>` (plus `MIGRUN_LEASE=<id>`,
+/// as the hooks set it). `toolkit` (see [`super::toolkit`]) becomes the spec's common
+/// `containerEdits`: CDI applies those once per container that uses any device of the spec, so a
+/// container naming the slice twice does not get the toolkit's hooks twice.
+pub fn build(
+    slice: &Slice,
+    facts: &HostFacts,
+    toolkit: Option<&ContainerEdits>,
+) -> Result<Spec, SpecError> {
+    if let Some(name) = &slice.name {
+        check_collisions(name)?;
+    }
+    let invalid = |reason: String| SpecError::Invalid {
+        what: format!("the CDI spec built for lease {}", slice.lease),
+        reason,
+    };
+    let edits = json!({
+        "env": [
+            format!("NVIDIA_VISIBLE_DEVICES={}", slice.mig_uuid),
+            format!("MIGRUN_LEASE={}", slice.lease),
+        ],
+        "deviceNodes": device_nodes(slice, facts)?,
+    });
+    let devices: Vec<Value> = slice
+        .device_names()
+        .into_iter()
+        .map(|name| json!({ "name": name, "containerEdits": edits }))
+        .collect();
+    let mut doc = json!({ "cdiVersion": "0.3.0", "kind": KIND, "devices": devices });
+    if let Some(common) = toolkit.filter(|c| !is_empty(c)) {
+        doc["containerEdits"] = serde_json::to_value(common).map_err(|e| invalid(e.to_string()))?;
+    }
+    let draft = from_json(doc.clone()).map_err(invalid)?;
+    let min = version::minimum_required_version(&draft).map_err(|e| invalid(format!("{e:#}")))?;
+    doc["cdiVersion"] = Value::String(min.to_string());
+    let spec = from_json(doc).map_err(invalid)?;
+    if let Err(reason) = validate(&spec) {
+        if let Some(name) = &slice.name {
+            check_name_alone(name)?;
+        }
+        return Err(invalid(reason));
+    }
+    Ok(spec)
+}
+
+fn is_empty(e: &ContainerEdits) -> bool {
+    e == &ContainerEdits::default()
+}
+
+/// The edits CDI applies for device `name` of `spec`: the spec's common edits, then the device's
+/// (the crate's own merge, in the order engines use).
+pub fn edits_for(spec: &Spec, name: &str) -> Result<ContainerEdits, SpecError> {
+    let invalid = |reason: String| SpecError::Invalid {
+        what: "the CDI spec".to_string(),
+        reason,
+    };
+    let mut checked = validate(spec).map_err(invalid)?;
+    let Some(device) = checked.get_device(name) else {
+        return Err(SpecError::NoDevice {
+            name: name.to_string(),
+            names: checked
+                .devices
+                .keys()
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", "),
+        });
+    };
+    let device_edits = device.edits();
+    let mut all = Edits::new();
+    let merge = |all: &mut Edits, e: Edits| all.append(e).map_err(|e| invalid(format!("{e:#}")));
+    if let Some(common) = checked.edits() {
+        merge(&mut all, common)?;
+    }
+    merge(&mut all, device_edits)?;
+    Ok(all.container_edits)
+}
+
+#[cfg(test)]
+pub(crate) mod tests;
