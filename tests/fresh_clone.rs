@@ -88,6 +88,7 @@ fn a_fresh_clone_passes_the_real_capture_comparisons() {
     // instead of piling up copies. Not the outer target dir: the `cargo test` running this test
     // holds its lock.
     let target = repo.join("target/fresh-clone");
+    seed_from_outer_build(repo, &target);
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let out = output_of(
         Command::new(&cargo)
@@ -119,6 +120,30 @@ fn a_fresh_clone_passes_the_real_capture_comparisons() {
             "{name} did not run and pass in the clone:\n{}",
             tail(&stdout, 40)
         );
+    }
+}
+
+/// On a machine's first run, hard-link the outer build's compiled dependencies into the clone's
+/// target dir: cargo fingerprints a registry crate by its source and flags, not by the target dir,
+/// so they are reused and only the workspace's own crates build again. The CDI crate's dependency
+/// tree (a C build among it) would otherwise compile twice per fresh machine. Best effort: when
+/// linking fails, cargo simply builds everything.
+fn seed_from_outer_build(repo: &Path, target: &Path) {
+    let outer = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo.join("target"))
+        .join("debug");
+    let seeded = target.join("debug");
+    if seeded.exists() || !outer.is_dir() {
+        return;
+    }
+    let _ = std::fs::create_dir_all(&seeded);
+    for part in ["deps", "build", ".fingerprint"] {
+        let _ = Command::new("cp")
+            .arg("-al")
+            .arg(outer.join(part))
+            .arg(&seeded)
+            .status();
     }
 }
 
