@@ -18,7 +18,7 @@ pub mod lease;
 pub mod man;
 pub mod migmode;
 pub mod out;
-pub mod placement;
+pub mod policy;
 pub mod profile;
 pub mod statedir;
 

@@ -11,12 +11,10 @@
 //! described in docs/leases.md.
 
 pub mod binding;
-pub mod plan;
 mod teardown;
 pub mod testhook;
 mod wait;
 
-pub use plan::{parse_size_mib, plan, NoRoom, Owner, Plan, PlanRequest, SizeError};
 pub use teardown::{teardown, TeardownOptions, TeardownReport, TornItem};
 pub use wait::clock;
 
@@ -25,27 +23,12 @@ use crate::gpu::{Backend, Code, GpuError, GpuInstance, GpuState, MigState};
 use crate::lease::{
     self, CreatedRecord, Holder, Intent, Lease, LeaseError, LeaseId, LeaseState, Registry,
 };
-use crate::profile::{ProfileError, ProfileSpec};
+use crate::policy::plan::{self, Plan, PlanRequest, Want};
+use crate::policy::NoRoom;
+use crate::profile::{ProfileError, ProfileSpec, SizeError};
 use crate::statedir::StateDir;
 use std::time::{Duration, Instant};
 use testhook::crash_point;
-
-/// What to allocate.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Want {
-    Profile(ProfileSpec),
-    /// Smallest plain profile with at least this many MiB (`--min-mem`).
-    MinMemMib(u64),
-}
-
-impl std::fmt::Display for Want {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Want::Profile(p) => p.fmt(f),
-            Want::MinMemMib(m) => write!(f, "--min-mem {m}MiB"),
-        }
-    }
-}
 
 /// An allocation request, already validated by the caller.
 #[derive(Debug, Clone)]
@@ -833,7 +816,7 @@ pub fn plan_request(
 
 /// Turn a hopeless no-room into the clearest error: an unknown profile or disabled MIG by name.
 fn unsatisfiable(state: &MigState, req: &PlanRequest, nr: NoRoom) -> AllocError {
-    use plan::Why;
+    use crate::policy::Why;
     if nr.gpus.is_empty() {
         return AllocError::NoGpus;
     }

@@ -3,6 +3,7 @@
 use super::testhook::{FaultInjector, Op};
 use super::*;
 use crate::gpu::sim::{SimBackend, SimSpec};
+use crate::policy::plan;
 use std::cell::Cell;
 
 struct Env {

@@ -1,10 +1,12 @@
 //! Handlers for `alloc`, `release` and `gc`: turn flags into an [`AllocRequest`], call `alloc`, print the result (text or JSON, see docs/leases.md).
 
 use super::{Ctx, InputError};
-use crate::alloc::{self, testhook, AllocRequest, HolderProbe, Want};
+use crate::alloc::{self, testhook, AllocRequest, HolderProbe};
 use crate::cli::{AllocArgs, GcArgs, ReleaseArgs, RequestArgs};
 use crate::gpu::Backend;
 use crate::lease::{Holder, Lease};
+use crate::policy::Want;
+use crate::profile::parse_size_mib;
 use anyhow::Result;
 use std::io::Write;
 use std::time::Duration;
@@ -22,7 +24,7 @@ pub(crate) fn holder_probe() -> Box<dyn HolderProbe> {
 pub(crate) fn want_of(r: &RequestArgs) -> Result<Want> {
     match (&r.profile, &r.min_mem) {
         (Some(p), None) => Ok(Want::Profile(p.parse()?)),
-        (None, Some(m)) => Ok(Want::MinMemMib(alloc::parse_size_mib(m)?)),
+        (None, Some(m)) => Ok(Want::MinMemMib(parse_size_mib(m)?)),
         (Some(_), Some(_)) => Err(InputError::Other(
             "give either --profile or --min-mem, not both".into(),
         )

@@ -173,7 +173,7 @@ pub struct Ticket {
     /// deadline holds nothing, even if its process hangs on.
     #[serde(default)]
     pub deadline: Option<u64>,
-    /// The GPU this waiter holds back for itself (`plan::reservation`); others may use the rest.
+    /// The GPU this waiter holds back for itself (`policy::plan::reservation`); others may use the rest.
     #[serde(default)]
     pub reserved_gpu: Option<u32>,
 }
