@@ -4,9 +4,8 @@
 //! before stopping it. Teardown is the bulk form of release: same lock, same cross-checked records,
 //! same CI-then-GI destroy, and it reports what it left and why.
 
-use super::{
-    destroy, forget, record_matches, sweep, AllocError, DestroyError, GcReport, HolderProbe,
-};
+use super::reconcile::{destroy, forget, record_matches, sweep, DestroyError};
+use super::{AllocError, GcReport, HolderProbe};
 use crate::config::Config;
 use crate::gpu::Backend;
 use crate::lease::Registry;

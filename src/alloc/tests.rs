@@ -1,8 +1,12 @@
 //! In-process tests of apply/release/gc over the simulator backend (the CLI-level tests are in tests/alloc_*.rs).
 
+use super::reconcile::lease_whole;
 use super::testhook::{FaultInjector, Op};
 use super::*;
+use crate::config::{GpuRef, ReleasePolicy};
 use crate::gpu::sim::{SimBackend, SimSpec};
+use crate::gpu::{GpuInstance, MigState};
+use crate::lease::LeaseState;
 use crate::policy::plan;
 use std::cell::Cell;
 
