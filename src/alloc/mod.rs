@@ -85,18 +85,6 @@ pub trait HolderProbe {
     }
 }
 
-/// A probe that knows no engine: every container is "unknown", so only its init pid (when recorded) decides.
-pub struct NoEngineProbe;
-
-impl HolderProbe for NoEngineProbe {
-    fn container_alive(&self, _id: &str, _engine: &str) -> Option<bool> {
-        None
-    }
-}
-
-/// What a finished allocation hands back.
-pub type Allocated = Lease;
-
 /// The uid a lease is charged to: `SUDO_UID` when running as root under sudo, else the effective uid.
 pub fn caller_uid() -> u32 {
     crate::caller::Caller::current().uid
@@ -162,8 +150,6 @@ pub enum AllocError {
         limit: u32,
         held: String,
     },
-    #[error("{0} is not implemented yet")]
-    NotYet(&'static str),
     /// The lease was granted but could not be told to the caller (stdout closed or full), so nobody would
     /// ever release it; it was released again (or says how to).
     #[error("lease {lease} ({mig_uuid}) was granted but printing it failed: {err}; {}", match .undo { None => "the lease was released again, nothing is held".to_string(), Some(e) => format!("releasing it again failed too ({e}); release it with `migrun release {lease}`") })]
@@ -212,9 +198,7 @@ pub fn exit_code_of(e: &(dyn std::error::Error + 'static)) -> Option<i32> {
         | AllocError::LimitReached { .. }
         | AllocError::NoGpus => exit::USAGE,
         AllocError::NotYours { .. } => exit::PRIVILEGE,
-        AllocError::CreateCi(_) | AllocError::NotYet(_) | AllocError::Unreported { .. } => {
-            exit::FAILED
-        }
+        AllocError::CreateCi(_) | AllocError::Unreported { .. } => exit::FAILED,
     })
 }
 
