@@ -231,7 +231,7 @@ pub struct SizeError {
 /// Parse a `--min-mem` size into MiB, rounding up. Units (case-insensitive): `k`/`kb`, `m`/`mb`,
 /// `g`/`gb`, `t`/`tb` are decimal (10^3..10^12 bytes, as in profile names like `3g.40gb`);
 /// `ki`/`kib`, `mi`/`mib`, `gi`/`gib`, `ti`/`tib` are binary. A bare number is refused as ambiguous.
-pub fn parse_size_mib(given: &str) -> Result<u64, SizeError> {
+pub(crate) fn parse_size_mib(given: &str) -> Result<u64, SizeError> {
     let err = |why: &str| SizeError {
         given: given.to_string(),
         why: why.to_string(),

@@ -12,7 +12,7 @@ use crate::policy::Plan;
 
 /// Execute a plan (under the lock): reuse records a lease; create journals an intent, creates the GI
 /// and its default CI (destroying the GI again if the CI fails), records the instance and the lease.
-pub fn apply(
+pub(crate) fn apply(
     backend: &mut dyn Backend,
     reg: &Registry,
     state: &MigState,

@@ -25,11 +25,11 @@ mod teardown;
 pub mod testhook;
 mod wait;
 
-pub use apply::apply;
-pub use reconcile::{sweep, sweep_records, Swept};
-pub use request::{check_limits, plan_request};
-pub use teardown::{teardown, TeardownOptions, TeardownReport, TornItem};
-pub use wait::clock;
+pub(crate) use apply::apply;
+pub(crate) use reconcile::{sweep, sweep_records, Swept};
+pub(crate) use request::{check_limits, plan_request};
+pub(crate) use teardown::{teardown, TeardownOptions};
+pub(crate) use wait::clock;
 
 use crate::config::Config;
 use crate::gpu::{Backend, Code, GpuError};
@@ -46,7 +46,7 @@ use request::unsatisfiable;
 
 /// An allocation request, already validated by the caller.
 #[derive(Debug, Clone)]
-pub struct AllocRequest {
+pub(crate) struct AllocRequest {
     pub want: Want,
     /// `--gpu` as given (index or UUID), resolved against the snapshot.
     pub gpu: Option<String>,
@@ -61,7 +61,7 @@ pub struct AllocRequest {
 
 impl AllocRequest {
     /// A request for `want` that fails at once without room, held by nobody (`Holder::Manual`), charged to [`caller_uid`].
-    pub fn new(want: Want) -> AllocRequest {
+    pub(crate) fn new(want: Want) -> AllocRequest {
         AllocRequest {
             want,
             gpu: None,
@@ -74,7 +74,7 @@ impl AllocRequest {
 }
 
 /// Tells gc whether a container holder still exists (implemented by the engines).
-pub trait HolderProbe {
+pub(crate) trait HolderProbe {
     /// `Some(true)` alive, `Some(false)` gone, `None` unknown (engine unreachable: keep the lease).
     fn container_alive(&self, id: &str, engine: &str) -> Option<bool>;
 
@@ -86,13 +86,13 @@ pub trait HolderProbe {
 }
 
 /// The uid a lease is charged to: `SUDO_UID` when running as root under sudo, else the effective uid.
-pub fn caller_uid() -> u32 {
+pub(crate) fn caller_uid() -> u32 {
     crate::caller::Caller::current().uid
 }
 
 /// The invoking user's uid when running as root under sudo (release then only touches their leases);
 /// `None` for plain root or an unprivileged user of their own state dir.
-pub fn sudo_uid() -> Option<u32> {
+pub(crate) fn sudo_uid() -> Option<u32> {
     let c = crate::caller::Caller::current();
     c.via_sudo.then_some(c.uid)
 }
@@ -175,7 +175,7 @@ pub struct CiFailure {
 }
 
 /// Exit codes for this module's errors (see `exit`).
-pub fn exit_code_of(e: &(dyn std::error::Error + 'static)) -> Option<i32> {
+pub(crate) fn exit_code_of(e: &(dyn std::error::Error + 'static)) -> Option<i32> {
     use crate::exit::{self, ExitCodeOf};
     if e.is::<SizeError>() {
         return Some(exit::USAGE);
@@ -248,7 +248,7 @@ impl std::fmt::Display for ReleaseOutcome {
 
 /// What gc did.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
-pub struct GcReport {
+pub(crate) struct GcReport {
     pub released: Vec<ReleaseOutcome>,
     /// Instances created by a crashed allocation (journaled intent, no lease) that gc destroyed.
     pub repaired: Vec<String>,
@@ -271,7 +271,7 @@ const RELEASE_BACKOFF_MS: &[u64] = &[50, 100, 200, 400];
 // The public operations.
 
 /// Allocate: reclaim stale leases, then reuse a free instance or create one, and record the lease.
-pub fn allocate(
+pub(crate) fn allocate(
     backend: &mut dyn Backend,
     dir: &StateDir,
     config: &Config,
@@ -435,7 +435,7 @@ where
 }
 
 /// Release by lease id or MIG UUID. `caller_uid` is the invoking user under sudo (only their own leases), `None` for plain root.
-pub fn release(
+pub(crate) fn release(
     backend: &mut dyn Backend,
     dir: &StateDir,
     config: &Config,
@@ -467,7 +467,7 @@ pub fn release(
 }
 
 /// Release the lease held by container `id` (poststop, shim, launcher). Idempotent: no lease -> `NoLease`.
-pub fn release_container(
+pub(crate) fn release_container(
     backend: &mut dyn Backend,
     dir: &StateDir,
     config: &Config,
@@ -485,7 +485,7 @@ pub fn release_container(
 /// Release lease `id` only if `holds` says, under the lock, that it is still the caller's (hooks and the
 /// shim free only the lease bound to their own container, never one that changed hands in between).
 /// `NoLease` when it is gone or `holds` says no.
-pub fn release_if(
+pub(crate) fn release_if(
     backend: &mut dyn Backend,
     dir: &StateDir,
     config: &Config,
@@ -500,7 +500,7 @@ pub fn release_if(
 
 /// Give lease `id` to `holder` if `holds` says, under the lock, that it may be (a hook's hand-over
 /// from precreate's process to the container: a compare-and-set, so it happens once). False when not.
-pub fn set_holder_if(
+pub(crate) fn set_holder_if(
     dir: &StateDir,
     id: LeaseId,
     holds: &dyn Fn(&Lease) -> bool,
@@ -517,17 +517,8 @@ pub fn set_holder_if(
     Ok(true)
 }
 
-/// The lease held by container `id`, if any (for hooks that must not allocate twice).
-pub fn lease_of_container(dir: &StateDir, container_id: &str) -> Result<Option<Lease>, AllocError> {
-    let reg = Registry::open(dir)?;
-    Ok(reg
-        .leases()?
-        .into_iter()
-        .find(|l| matches!(&l.holder, Holder::Container { id, .. } if id == container_id)))
-}
-
 /// Change a lease's holder (the launcher hands its lease from its own pid to the container).
-pub fn set_holder(dir: &StateDir, lease: LeaseId, holder: Holder) -> Result<(), AllocError> {
+pub(crate) fn set_holder(dir: &StateDir, lease: LeaseId, holder: Holder) -> Result<(), AllocError> {
     let reg = Registry::open(dir)?;
     let _lock = reg.lock()?;
     let mut l = reg.lease(lease)?.ok_or_else(|| LeaseError::Unknown {
@@ -545,12 +536,12 @@ pub fn leases(dir: &StateDir) -> Result<Vec<Lease>, AllocError> {
 }
 
 /// Instances migrun created and has not destroyed (leased or kept warm), for status and teardown.
-pub fn created_instances(dir: &StateDir) -> Result<Vec<CreatedRecord>, AllocError> {
+pub(crate) fn created_instances(dir: &StateDir) -> Result<Vec<CreatedRecord>, AllocError> {
     Ok(Registry::open(dir)?.created()?)
 }
 
 /// Tickets of the wait queue that hold their place, in order (for status).
-pub fn waiting(dir: &StateDir) -> Result<Vec<lease::Ticket>, AllocError> {
+pub(crate) fn waiting(dir: &StateDir) -> Result<Vec<lease::Ticket>, AllocError> {
     let now = lease::now();
     Ok(Registry::open(dir)?
         .tickets()?
@@ -560,7 +551,7 @@ pub fn waiting(dir: &StateDir) -> Result<Vec<lease::Ticket>, AllocError> {
 }
 
 /// Release leases whose holder is gone, finish draining ones, repair crashed allocations.
-pub fn gc(
+pub(crate) fn gc(
     backend: &mut dyn Backend,
     dir: &StateDir,
     config: &Config,

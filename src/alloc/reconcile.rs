@@ -249,7 +249,7 @@ pub(super) fn finish(
 /// 2. Leases: an active lease whose instance vanished is dropped; one whose holder is dead is
 ///    released; a draining one gets another destroy attempt.
 /// 3. Created-instance records whose instance is gone are dropped.
-pub fn sweep(
+pub(crate) fn sweep(
     backend: &mut dyn Backend,
     reg: &Registry,
     config: &Config,
@@ -260,7 +260,7 @@ pub fn sweep(
 }
 
 /// What a sweep leaves: the device state and the registry's records, as they are after it.
-pub struct Swept {
+pub(crate) struct Swept {
     pub state: MigState,
     pub leases: Vec<Lease>,
     pub created: Vec<CreatedRecord>,
@@ -269,7 +269,7 @@ pub struct Swept {
 /// [`sweep`], also returning the leases and created-instance records it read, so the caller (under the same
 /// lock) does not read every lease file again: on a busy host that is one file per running container, and the
 /// allocation runs in every container's start.
-pub fn sweep_records(
+pub(crate) fn sweep_records(
     backend: &mut dyn Backend,
     reg: &Registry,
     config: &Config,

@@ -35,7 +35,7 @@ fn resolve_gpu(state: &MigState, given: &str) -> Result<u32, AllocError> {
 }
 
 /// The planner's input from a request, the config and the registry.
-pub fn plan_request(
+pub(crate) fn plan_request(
     state: &MigState,
     config: &Config,
     req: &AllocRequest,
@@ -139,7 +139,7 @@ pub(super) fn unsatisfiable(state: &MigState, req: &PlanRequest, nr: NoRoom) -> 
 }
 
 /// The config's `max_leases_per_user` and `max_leases_total`, against the leases that exist now.
-pub fn check_limits(config: &Config, leases: &[Lease], uid: u32) -> Result<(), AllocError> {
+pub(crate) fn check_limits(config: &Config, leases: &[Lease], uid: u32) -> Result<(), AllocError> {
     let ids = |ls: Vec<&Lease>| {
         ls.iter()
             .map(|l| l.id.to_string())

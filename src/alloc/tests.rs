@@ -46,6 +46,15 @@ impl HolderProbe for Probe {
     }
 }
 
+/// The lease held by container `id`, if any.
+fn lease_of_container(dir: &StateDir, container_id: &str) -> Result<Option<Lease>, AllocError> {
+    let reg = Registry::open(dir)?;
+    Ok(reg
+        .leases()?
+        .into_iter()
+        .find(|l| matches!(&l.holder, Holder::Container { id, .. } if id == container_id)))
+}
+
 fn probe() -> Probe {
     Probe(None, Cell::new(0))
 }
@@ -334,7 +343,7 @@ fn dead_and_reused_pids_are_stale() {
         .unwrap();
     let alive = e
         .alloc(&AllocRequest {
-            holder: Holder::this_process().unwrap(),
+            holder: Holder::process(std::process::id()).unwrap(),
             ..want("1g.10gb")
         })
         .unwrap();

@@ -21,7 +21,7 @@ const OTHER_POLL: Duration = Duration::from_millis(150);
 const REPLAN_EVERY: Duration = Duration::from_secs(1);
 
 /// `m:ss` (or `h:mm:ss`) for the progress line and messages.
-pub fn clock(d: Duration) -> String {
+pub(crate) fn clock(d: Duration) -> String {
     let s = d.as_secs();
     if s >= 3600 {
         format!("{}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)

@@ -9,7 +9,7 @@
 
 mod registry;
 
-pub use registry::Registry;
+pub(crate) use registry::Registry;
 
 use crate::gpu::Placement;
 use crate::statedir::StateDirError;
@@ -54,14 +54,9 @@ pub enum Holder {
 
 impl Holder {
     /// A process holder for `pid`, with its start time read now from `/proc`.
-    pub fn process(pid: u32) -> Result<Holder, LeaseError> {
+    pub(crate) fn process(pid: u32) -> Result<Holder, LeaseError> {
         let start_time = process_start_time(pid).ok_or(LeaseError::NoSuchProcess { pid })?;
         Ok(Holder::Process { pid, start_time })
-    }
-
-    /// The calling process as a holder.
-    pub fn this_process() -> Result<Holder, LeaseError> {
-        Holder::process(std::process::id())
     }
 }
 
@@ -121,7 +116,7 @@ pub struct Lease {
 /// crash between "created" and "recorded" leaves a trail gc can follow back to the instance.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Intent {
+pub(crate) struct Intent {
     /// The lease this allocation will become.
     pub lease: LeaseId,
     pub gpu_index: u32,
@@ -140,7 +135,7 @@ pub struct Intent {
 /// admin's. Before any destroy it is cross-checked against the device (profile, placement, MIG UUID).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct CreatedRecord {
+pub(crate) struct CreatedRecord {
     pub gpu_index: u32,
     pub gpu_uuid: String,
     pub gi: u32,
@@ -160,7 +155,7 @@ impl CreatedRecord {
 /// A place in the wait queue (`queue/<ticket>.json`); only the lowest live ticket may allocate.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Ticket {
+pub(crate) struct Ticket {
     pub ticket: u64,
     /// The waiting process; a ticket whose process is gone is skipped and removed.
     pub pid: u32,
@@ -181,7 +176,7 @@ pub struct Ticket {
 /// A GPU UUID as NVML prints it (`GPU-` then hex digits and dashes). Record fields that become part of a
 /// file name (`created/<gpu-uuid>-<gi>.json`) must pass this, or a crafted `../../x` would point migrun's
 /// removes anywhere on the host.
-pub fn valid_gpu_uuid(s: &str) -> bool {
+pub(crate) fn valid_gpu_uuid(s: &str) -> bool {
     s.len() <= 96
         && s.strip_prefix("GPU-").is_some_and(|rest| {
             !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-')
@@ -189,7 +184,7 @@ pub fn valid_gpu_uuid(s: &str) -> bool {
 }
 
 /// A MIG device UUID: `MIG-<hex and dashes>`, or the older `MIG-GPU-<uuid>/<gi>/<ci>` form.
-pub fn valid_mig_uuid(s: &str) -> bool {
+pub(crate) fn valid_mig_uuid(s: &str) -> bool {
     s.len() <= 128
         && s.strip_prefix("MIG-").is_some_and(|rest| {
             !rest.is_empty()
@@ -294,7 +289,7 @@ pub enum LeaseError {
 }
 
 /// Exit codes for this module's errors (see `exit`).
-pub fn exit_code_of(e: &(dyn std::error::Error + 'static)) -> Option<i32> {
+pub(crate) fn exit_code_of(e: &(dyn std::error::Error + 'static)) -> Option<i32> {
     use crate::exit::ExitCodeOf;
     e.downcast_ref::<LeaseError>().map(|e| match e {
         LeaseError::StateDir(s) => s.exit_code(),
@@ -306,7 +301,7 @@ pub fn exit_code_of(e: &(dyn std::error::Error + 'static)) -> Option<i32> {
 }
 
 /// Seconds since the Unix epoch.
-pub fn now() -> u64 {
+pub(crate) fn now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -315,7 +310,7 @@ pub fn now() -> u64 {
 
 /// Field 22 of `/proc/<pid>/stat` (start time in clock ticks since boot), or `None` when the process
 /// is gone or a zombie: a zombie's work is over even before its parent reaps it.
-pub fn process_start_time(pid: u32) -> Option<u64> {
+pub(crate) fn process_start_time(pid: u32) -> Option<u64> {
     if pid == 0 {
         return None;
     }
@@ -337,26 +332,26 @@ fn parse_stat(stat: &str) -> Option<u64> {
 }
 
 /// True while `pid` runs and is the same process (same start time) as when recorded.
-pub fn process_alive(pid: u32, start_time: u64) -> bool {
+pub(crate) fn process_alive(pid: u32, start_time: u64) -> bool {
     process_start_time(pid) == Some(start_time)
 }
 
 impl Ticket {
     /// The waiting process still runs.
-    pub fn alive(&self) -> bool {
+    pub(crate) fn alive(&self) -> bool {
         process_alive(self.pid, self.start_time)
     }
 
     /// Does this ticket still hold its place? Its process runs and is not stopped (a waiter
     /// stopped with ^Z or SIGSTOP looks at nothing and must not hold GPUs back forever), and its
     /// deadline, if any, has not passed.
-    pub fn holds(&self, now: u64) -> bool {
+    pub(crate) fn holds(&self, now: u64) -> bool {
         self.deadline.map_or(true, |d| now < d) && self.alive() && !process_stopped(self.pid)
     }
 }
 
 /// Is `pid` stopped (state `T` or `t` in /proc/PID/stat)? Unknown counts as not stopped.
-pub fn process_stopped(pid: u32) -> bool {
+pub(crate) fn process_stopped(pid: u32) -> bool {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
         return false;
     };

@@ -20,7 +20,6 @@ use super::{
 use crate::statedir::{self, Lock, StateDir};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 const LEASES: &str = "leases";
@@ -34,7 +33,7 @@ const GENERATION: &str = "generation";
 
 /// The registry of one state dir. Methods that change records expect the caller to hold [`Registry::lock`].
 #[derive(Debug, Clone)]
-pub struct Registry {
+pub(crate) struct Registry {
     dir: StateDir,
     /// Records listings skipped because a field cannot be migrun's ([`LeaseError::BadField`]), as messages
     /// for gc's report; shared by clones, drained by [`Registry::take_skipped`].
@@ -343,15 +342,6 @@ impl Registry {
     pub fn remove_ticket(&self, ticket: u64) -> Result<(), LeaseError> {
         self.remove(&Self::rel(QUEUE, &format!("{ticket}.json")))
             .map(|_| ())
-    }
-
-    /// Where a record of a sub-directory lives (for messages).
-    pub fn path_of(&self, rel: &str) -> PathBuf {
-        self.dir.join(rel)
-    }
-
-    pub fn root(&self) -> &Path {
-        self.dir.path()
     }
 }
 

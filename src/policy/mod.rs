@@ -16,4 +16,5 @@ pub mod plan;
 mod test_support;
 
 pub use no_room::{GpuNoRoom, NoRoom, Why};
-pub use plan::{Owner, Plan, PlanRequest, Want};
+pub use plan::Owner;
+pub(crate) use plan::{Plan, PlanRequest, Want};

@@ -35,7 +35,11 @@ fn usable(g: &GpuState, gpus: Option<&[u32]>) -> bool {
 }
 
 /// Every feasible (gpu, profile, placement) for `spec` on the allowed GPUs, in GPU then start order.
-pub fn candidates(state: &MigState, spec: &ProfileSpec, gpus: Option<&[u32]>) -> Vec<Choice> {
+pub(crate) fn candidates(
+    state: &MigState,
+    spec: &ProfileSpec,
+    gpus: Option<&[u32]>,
+) -> Vec<Choice> {
     let mut out = Vec::new();
     for g in state.gpus.iter().filter(|g| usable(g, gpus)) {
         let Some(profile) = g
@@ -58,7 +62,11 @@ pub fn candidates(state: &MigState, spec: &ProfileSpec, gpus: Option<&[u32]>) ->
 }
 
 /// The baseline: lowest free placement on the lowest-index GPU.
-pub fn first_fit(state: &MigState, spec: &ProfileSpec, gpus: Option<&[u32]>) -> Option<Choice> {
+pub(crate) fn first_fit(
+    state: &MigState,
+    spec: &ProfileSpec,
+    gpus: Option<&[u32]>,
+) -> Option<Choice> {
     candidates(state, spec, gpus).into_iter().next()
 }
 

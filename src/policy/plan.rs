@@ -16,7 +16,7 @@ use std::fmt;
 
 /// What to allocate.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Want {
+pub(crate) enum Want {
     Profile(ProfileSpec),
     /// Smallest plain profile with at least this many MiB (`--min-mem`).
     MinMemMib(u64),
@@ -33,7 +33,7 @@ impl std::fmt::Display for Want {
 
 /// The planner's input besides the snapshot and the leases.
 #[derive(Debug, Clone)]
-pub struct PlanRequest {
+pub(crate) struct PlanRequest {
     pub want: Want,
     /// GPUs the request may use (`--gpu` intersected with the config's `gpus`); `None` = all.
     pub gpus: Option<Vec<u32>>,
@@ -44,7 +44,9 @@ pub struct PlanRequest {
 }
 
 impl PlanRequest {
-    pub fn new(want: Want) -> PlanRequest {
+    /// A request for `want` on every GPU, any profile, nothing kept (the tables build theirs from it).
+    #[cfg(test)]
+    pub(crate) fn new(want: Want) -> PlanRequest {
         PlanRequest {
             want,
             gpus: None,
@@ -56,7 +58,7 @@ impl PlanRequest {
 
 /// What to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Plan {
+pub(crate) enum Plan {
     /// Hand out an existing free instance (no lease, no processes).
     Reuse {
         gpu: u32,
@@ -73,7 +75,7 @@ pub enum Plan {
 }
 
 impl Plan {
-    pub fn gpu(&self) -> u32 {
+    pub(crate) fn gpu(&self) -> u32 {
         match self {
             Plan::Reuse { gpu, .. } => *gpu,
             Plan::Create(c) => c.gpu,
@@ -110,12 +112,17 @@ impl fmt::Display for Owner {
 
 /// The lease on an instance, if any: same GPU and GI id (the registry is reconciled with the device
 /// before planning, so a lease on that GI means it is taken).
-pub fn lease_of<'a>(leases: &'a [Lease], gpu_uuid: &str, gi: u32) -> Option<&'a Lease> {
+pub(crate) fn lease_of<'a>(leases: &'a [Lease], gpu_uuid: &str, gi: u32) -> Option<&'a Lease> {
     leases.iter().find(|l| l.gpu_uuid == gpu_uuid && l.gi == gi)
 }
 
 /// Who owns `inst` on `g`.
-pub fn owner(g: &GpuState, inst: &GpuInstance, leases: &[Lease], kept: &[(String, u32)]) -> Owner {
+pub(crate) fn owner(
+    g: &GpuState,
+    inst: &GpuInstance,
+    leases: &[Lease],
+    kept: &[(String, u32)],
+) -> Owner {
     if let Some(l) = lease_of(leases, &g.info.uuid, inst.id) {
         return Owner::Lease {
             id: l.id,
@@ -157,7 +164,7 @@ fn considered<'a>(state: &'a MigState, req: &PlanRequest) -> Vec<&'a GpuState> {
 /// closest to fitting (lowest index on a tie). Only that GPU is held back; requests that fit on
 /// the others go ahead of the waiter (docs/leases.md, "--wait"). `None`: every GPU it may use is
 /// held by someone earlier, so it holds nothing of its own yet.
-pub fn reservation(state: &MigState, req: &PlanRequest, taken: &[u32]) -> Option<u32> {
+pub(crate) fn reservation(state: &MigState, req: &PlanRequest, taken: &[u32]) -> Option<u32> {
     considered(state, req)
         .into_iter()
         .filter(|g| gpu_unusable(g).is_none() && !taken.contains(&g.info.index))
@@ -205,7 +212,7 @@ pub(super) fn is_plain(p: &GiProfile) -> bool {
 }
 
 /// Plan a request. Pure: the caller has reconciled `leases` with `state` and holds the allocation lock.
-pub fn plan(state: &MigState, leases: &[Lease], req: &PlanRequest) -> Result<Plan, NoRoom> {
+pub(crate) fn plan(state: &MigState, leases: &[Lease], req: &PlanRequest) -> Result<Plan, NoRoom> {
     match &req.want {
         Want::Profile(spec) => plan_profile(state, leases, req, spec),
         Want::MinMemMib(mib) => plan_min_mem(state, leases, req, *mib),
@@ -379,7 +386,11 @@ fn plan_min_mem(
 /// make room? Returns the (GPU index, GI id) to destroy, fewest first: those overlapping the placement
 /// the policy picks once they are gone, or every kept one on that GPU when a count limit needs it.
 /// Instances that are leased, busy or not migrun's are never candidates.
-pub fn evictions(state: &MigState, leases: &[Lease], req: &PlanRequest) -> Option<Vec<(u32, u32)>> {
+pub(crate) fn evictions(
+    state: &MigState,
+    leases: &[Lease],
+    req: &PlanRequest,
+) -> Option<Vec<(u32, u32)>> {
     let idle_kept = |g: &GpuState, i: &GpuInstance| {
         i.processes == 0
             && lease_of(leases, &g.info.uuid, i.id).is_none()
