@@ -7,13 +7,13 @@
 //! and `testhook` (crash points and fault injection for tests). What to allocate is decided by the
 //! pure `policy` room; this room only carries it out.
 //!
-//! Engines tell this module whether a container holder is still alive through [`HolderProbe`], so
+//! Engines tell this module whether a container holder is still alive through `HolderProbe`, so
 //! gc never needs to know docker, podman or containerd.
 //!
 //! Every change happens under the registry lock (`alloc.lock`), held from the snapshot through the
 //! plan, the create and the lease record, so two processes never pick the same instance or placement.
 //! Before each allocation (and in `migrun gc`) the registry is reconciled with the device
-//! ([`sweep`]): crashed allocations are repaired from their intents, leases of dead holders released,
+//! (`sweep`): crashed allocations are repaired from their intents, leases of dead holders released,
 //! draining instances destroyed, and leases of vanished instances dropped. The on-disk protocol is
 //! described in docs/leases.md.
 

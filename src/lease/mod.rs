@@ -1,8 +1,8 @@
-//! Lease records and holder liveness: [`Lease`], [`Holder`], [`Intent`], [`CreatedRecord`], [`Ticket`], the field
+//! Lease records and holder liveness: [`Lease`], [`Holder`], `Intent`, `CreatedRecord`, `Ticket`, the field
 //! checks every record passes when read, and whether a recorded process still runs; it must not call NVML.
 //!
 //! The records are plain data: the pure planner (`policy`) reads leases without touching the state dir. Where
-//! they are kept, under lock, is `registry`: the on-disk [`Registry`] of one state dir (docs/leases.md).
+//! they are kept, under lock, is `registry`: the on-disk `Registry` of one state dir (docs/leases.md).
 //!
 //! Every reader refuses a malformed record with an error naming the file, instead of guessing: a lease
 //! registry that cannot be read must stop allocation, or the same instance could be handed out twice.

@@ -1,7 +1,7 @@
 //! The pure policy room: (snapshot, leases, request) -> plan or a no-room explanation; it must not do I/O.
 //!
-//! - [`plan`]: what a request asks for ([`Want`], [`PlanRequest`]), reuse a free instance or create one
-//!   ([`plan()`](plan::plan)), which kept instances to evict for room, which GPU a waiter holds back;
+//! - [`plan`]: what a request asks for (`Want`, `PlanRequest`), reuse a free instance or create one
+//!   (`plan()`), which kept instances to evict for room, which GPU a waiter holds back;
 //! - [`no_room`]: why nothing fits now, per GPU, and what would fit instead;
 //! - [`placement`]: where to create (migrun's policy and the first-fit baseline the benchmarks compare).
 //!

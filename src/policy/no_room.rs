@@ -1,8 +1,8 @@
 //! Why a request fits nowhere now, told for people: per GPU what the profile needs, who holds it and what
 //! would fit instead ([`NoRoom`]); it must not do I/O.
 //!
-//! The planner (`plan`) asks [`gpu_unusable`] of every GPU it considers, [`explain`] of each where the
-//! profile exists but does not fit, and [`suggestions`] for what fits now; the allocator decides from
+//! The planner (`plan`) asks `gpu_unusable` of every GPU it considers, `explain` of each where the
+//! profile exists but does not fit, and `suggestions` for what fits now; the allocator decides from
 //! [`NoRoom::can_wait`] whether waiting could help.
 
 use super::plan::{allowed, fits_now, is_plain, owner, Owner, PlanRequest};

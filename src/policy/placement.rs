@@ -3,7 +3,7 @@
 //! docs/placement.md explains the policy and why. In short, [`Policy::Migrun`] scores every feasible
 //! (GPU, placement) by the future capacity it would destroy on that GPU, plus how much it would delay
 //! occupied large blocks (the whole GPU, a half) from coming free, and takes the cheapest.
-//! Feasibility always comes from [`candidates`] (the shared `gpu::rules`), so the policy can only
+//! Feasibility always comes from `candidates` (the shared `gpu::rules`), so the policy can only
 //! *rank* what the driver would accept: it never plans an illegal instance and never refuses a
 //! request that fits somewhere.
 
