@@ -1,4 +1,4 @@
-//! Profile names as a parsed type (`9`, `3g.40gb`, `MIG 3g.40gb`, `1g.10gb+me`) and their errors; a leaf, it must not know leases or hardware (matching a name to a GPU's profiles is `gpu::names`).
+//! The request vocabulary: profile names as a parsed type (`9`, `3g.40gb`, `MIG 3g.40gb`, `1g.10gb+me`), `--min-mem` sizes, and their errors; a leaf, it must not know leases or hardware (matching a name to a GPU's profiles is `gpu::names`).
 //!
 //! IDs and names belong to a GPU model (profile 14 is 2g.20gb on an H100 but 1g.6gb on an A30), so a
 //! request is only ever turned into a concrete profile against one GPU's own profile list.
@@ -220,6 +220,53 @@ pub fn parse_reported(short_name: &str) -> Option<ProfileName> {
     parse_name(&short_name.to_ascii_lowercase())
 }
 
+/// Errors from parsing a `--min-mem` size.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("bad --min-mem {given:?}: {why}; give a number with a unit: 20g or 20gb (GB, 10^9 bytes, the unit of profile names), 20gib (GiB, 2^30), 20000m / 20000mb (MB), 19074mib (MiB)")]
+pub struct SizeError {
+    pub given: String,
+    pub why: String,
+}
+
+/// Parse a `--min-mem` size into MiB, rounding up. Units (case-insensitive): `k`/`kb`, `m`/`mb`,
+/// `g`/`gb`, `t`/`tb` are decimal (10^3..10^12 bytes, as in profile names like `3g.40gb`);
+/// `ki`/`kib`, `mi`/`mib`, `gi`/`gib`, `ti`/`tib` are binary. A bare number is refused as ambiguous.
+pub(crate) fn parse_size_mib(given: &str) -> Result<u64, SizeError> {
+    let err = |why: &str| SizeError {
+        given: given.to_string(),
+        why: why.to_string(),
+    };
+    let s = given.trim().to_ascii_lowercase();
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .ok_or_else(|| err("no unit"))?;
+    let (num, unit) = s.split_at(split);
+    if num.is_empty() {
+        return Err(err("no number"));
+    }
+    let value: f64 = num.parse().map_err(|_| err("not a number"))?;
+    let unit = unit.trim();
+    let bytes_per: f64 = match unit {
+        "k" | "kb" => 1e3,
+        "m" | "mb" => 1e6,
+        "g" | "gb" => 1e9,
+        "t" | "tb" => 1e12,
+        "ki" | "kib" => 1024.0,
+        "mi" | "mib" => 1024.0 * 1024.0,
+        "gi" | "gib" => 1024.0 * 1024.0 * 1024.0,
+        "ti" | "tib" => 1024.0f64.powi(4),
+        _ => return Err(err(&format!("unknown unit {unit:?}"))),
+    };
+    let mib = (value * bytes_per / (1024.0 * 1024.0)).ceil();
+    if !(mib.is_finite() && mib >= 1.0) {
+        return Err(err("must be more than zero"));
+    }
+    if mib > 1e12 {
+        return Err(err("too large"));
+    }
+    Ok(mib as u64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -299,5 +346,20 @@ mod tests {
         let e = ProfileSpec::from_str("1c.3g.40gb").unwrap_err();
         assert!(matches!(e, ProfileError::ComputeInstanceProfile { .. }));
         assert!(e.to_string().contains("not yet supported"), "{e}");
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size_mib("20g").unwrap(), 19074);
+        assert_eq!(parse_size_mib("20gb").unwrap(), 19074);
+        assert_eq!(parse_size_mib("20GB").unwrap(), 19074);
+        assert_eq!(parse_size_mib("20GiB").unwrap(), 20480);
+        assert_eq!(parse_size_mib("20gi").unwrap(), 20480);
+        assert_eq!(parse_size_mib("20000m").unwrap(), 19074);
+        assert_eq!(parse_size_mib("9984MiB").unwrap(), 9984);
+        assert_eq!(parse_size_mib("1.5t").unwrap(), 1430512);
+        for bad in ["", "20", "g", "20x", "0g", "-1g", "1e99tb", "20 g b"] {
+            assert!(parse_size_mib(bad).is_err(), "{bad:?} accepted");
+        }
     }
 }

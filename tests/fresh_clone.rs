@@ -140,7 +140,10 @@ fn seed_from_outer_build(repo: &Path, target: &Path) {
     let _ = std::fs::create_dir_all(&seeded);
     // Cargo writes this only into a target dir it creates itself; the harness finds the target
     // dir's root by it (tests/common/fake_nvml.rs).
-    let _ = std::fs::copy(outer.with_file_name("CACHEDIR.TAG"), target.join("CACHEDIR.TAG"));
+    let _ = std::fs::copy(
+        outer.with_file_name("CACHEDIR.TAG"),
+        target.join("CACHEDIR.TAG"),
+    );
     for part in ["deps", "build", ".fingerprint"] {
         let _ = Command::new("cp")
             .arg("-al")

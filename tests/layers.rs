@@ -2,9 +2,12 @@
 //! catches a forbidden import planted in a copy of the tree. It reads only src/ of this repository.
 //!
 //! Dependencies run one way: leaves (exit, env, out, profile, statedir) name nothing of the crate;
-//! nothing below the edge (cli, commands, man, main) names the edge; the allocator never names an
-//! engine (it learns liveness through `HolderProbe`); the pure policy room does no I/O and never
-//! names the on-disk registry; the product never names the benchmarks.
+//! then gpu -> lease -> policy -> alloc -> engine/cdi -> the edge (cli, commands, man, main), each naming
+//! only what sits below it. So nothing below the edge names the edge; the allocator never names an
+//! engine (it learns liveness through `HolderProbe`); the pure policy room does no I/O, takes no
+//! clock and never names the on-disk registry, the state dir or the allocator; lease records and their
+//! registry never name the policy or the allocator; the hardware room never names leases; the product
+//! never names the benchmarks.
 
 use std::path::{Path, PathBuf};
 
@@ -21,6 +24,12 @@ fn is_edge(rel: &str) -> bool {
 
 const LEAVES: &[&str] = &["exit.rs", "env.rs", "out.rs", "profile.rs", "statedir.rs"];
 
+/// The file is in `room` (`room/…` or `room.rs`).
+fn in_room(rel: &str, room: &str) -> bool {
+    rel.strip_prefix(room)
+        .is_some_and(|rest| rest.starts_with('/') || rest == ".rs")
+}
+
 fn rules() -> Vec<Rule> {
     vec![
         Rule {
@@ -34,16 +43,52 @@ fn rules() -> Vec<Rule> {
             why: "the allocator learns liveness through HolderProbe, never from an engine",
         },
         Rule {
-            applies: |rel| rel.starts_with("policy/"),
+            applies: |rel| in_room(rel, "policy"),
             forbidden: &[
                 "std::fs",
+                "std::io",
+                "std::env",
+                "std::net",
+                "std::process",
+                "std::thread",
                 "nix::",
+                "libc::",
                 "Registry",
+                "lease::registry",
+                "crate::statedir",
+                "crate::config",
                 "crate::alloc",
+                "crate::engine",
+                "crate::cdi",
+                "crate::gpu::nvml",
+                "Backend",
                 "SystemTime",
                 "Instant",
             ],
             why: "the policy room is pure: snapshot and request in, plan out",
+        },
+        Rule {
+            applies: |rel| in_room(rel, "lease"),
+            forbidden: &[
+                "crate::policy",
+                "crate::alloc",
+                "crate::engine",
+                "crate::cdi",
+                "crate::gpu::nvml",
+                "Backend",
+            ],
+            why: "lease records and their registry sit below the policy and the allocator, and never call NVML",
+        },
+        Rule {
+            applies: |rel| in_room(rel, "gpu"),
+            forbidden: &[
+                "crate::lease",
+                "crate::policy",
+                "crate::alloc",
+                "crate::engine",
+                "crate::cdi",
+            ],
+            why: "the hardware room sits below leases, policy and allocator",
         },
         Rule {
             applies: |_| true,
@@ -160,7 +205,7 @@ fn the_tree_keeps_its_layers() {
 fn the_check_catches_a_planted_forbidden_import() {
     let tmp = tempfile::tempdir().unwrap();
     let src = tmp.path().join("src");
-    for d in ["alloc", "policy", "commands"] {
+    for d in ["alloc", "policy", "commands", "gpu", "lease"] {
         std::fs::create_dir_all(src.join(d)).unwrap();
     }
     std::fs::write(src.join("exit.rs"), "//! leaf\npub const OK: i32 = 0;\n").unwrap();
@@ -173,9 +218,13 @@ fn the_check_catches_a_planted_forbidden_import() {
     std::fs::write(src.join("commands/mod.rs"), "use crate::cli::Cli;\n").unwrap();
     std::fs::write(
         src.join("policy/plan.rs"),
-        "// std::fs in a comment is prose\n",
+        "// std::fs in a comment is prose\nuse crate::lease::{Lease, LeaseState};\n",
     )
     .unwrap();
+    // Each room names what sits below it.
+    std::fs::write(src.join("gpu/mod.rs"), "use crate::profile::ProfileSpec;\n").unwrap();
+    std::fs::write(src.join("lease/mod.rs"), "use crate::gpu::Placement;\n").unwrap();
+    std::fs::write(src.join("policy/no_room.rs"), "use crate::gpu::MigState;\n").unwrap();
     assert_eq!(
         violations(&src),
         Vec::<String>::new(),
@@ -194,12 +243,36 @@ fn the_check_catches_a_planted_forbidden_import() {
         ),
         ("alloc/mod.rs", "use crate::engine::probe;", "HolderProbe"),
         (
-            "lease.rs",
+            "lease/mod.rs",
             "use crate::commands::InputError;",
             "below the edge",
         ),
         ("config.rs", "use crate::cli::InjectMode;", "below the edge"),
         ("policy/plan.rs", "let x = std::fs::read(p);", "pure"),
+        (
+            "policy/plan.rs",
+            "let t = std::time::Instant::now();",
+            "pure",
+        ),
+        (
+            "policy/no_room.rs",
+            "use crate::statedir::StateDir;",
+            "pure",
+        ),
+        ("policy/no_room.rs", "fn f(b: &mut dyn Backend) {}", "pure"),
+        ("policy/placement.rs", "use crate::config::Config;", "pure"),
+        (
+            "lease/mod.rs",
+            "use crate::policy::Plan;",
+            "below the policy",
+        ),
+        (
+            "lease/registry.rs",
+            "use crate::alloc::GcReport;",
+            "below the policy",
+        ),
+        ("gpu/mod.rs", "use crate::lease::Lease;", "hardware room"),
+        ("gpu/rules.rs", "use crate::policy::plan;", "hardware room"),
         ("gpu.rs", "pub use crate::bench::x;", "benchmarks"),
     ] {
         let p = src.join(file);

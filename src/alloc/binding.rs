@@ -22,9 +22,9 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 /// The backend record's file name in the state dir.
-pub const RECORD: &str = "backend.json";
+pub(crate) const RECORD: &str = "backend.json";
 /// Where real GPUs are claimed, one file per GPU UUID.
-pub const GPU_CLAIMS: &str = "/run/migrun-gpus";
+pub(crate) const GPU_CLAIMS: &str = "/run/migrun-gpus";
 /// Debug builds only: claim GPUs in this directory instead, so tests on fake GPUs (the same UUIDs in every
 /// test) do not meet each other or the host's claims.
 pub const CLAIMS_ENV: &str = "MIGRUN_TEST_GPU_CLAIMS";
@@ -36,7 +36,7 @@ const NVML: &str = "nvml";
 /// be reserved for the simulator by hand).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Record {
+pub(crate) struct Record {
     pub schema: u32,
     /// `simulator` or `nvml`.
     pub backend: String,
@@ -90,7 +90,7 @@ pub enum BindingError {
 }
 
 /// Exit codes: a state dir used with the wrong machine is a usage error; I/O keeps its own code.
-pub fn exit_code(e: &BindingError) -> i32 {
+pub(crate) fn exit_code(e: &BindingError) -> i32 {
     match e {
         BindingError::StateDir(s) | BindingError::Claims(s) => {
             crate::exit::ExitCodeOf::exit_code(s)
@@ -182,7 +182,7 @@ fn parts(kind: &BackendKind) -> (&'static str, Option<&str>) {
 /// Before a backend is opened on `dir` (the simulator writes its machine there at once): refuse a state dir
 /// recorded for another machine. A state dir without a record but with a simulated machine (`sim.json`) is
 /// the simulator's. Reads one small file; nothing is written.
-pub fn check_kind(dir: &StateDir, kind: &BackendKind) -> Result<(), BindingError> {
+pub(crate) fn check_kind(dir: &StateDir, kind: &BackendKind) -> Result<(), BindingError> {
     let (backend, spec) = parts(kind);
     match read_record(dir)? {
         Some(rec) => compare(dir, &rec, backend, spec),
@@ -213,7 +213,7 @@ fn simulated_spec(dir: &StateDir) -> Option<String> {
 /// After a snapshot, under the allocation lock, before any record is acted on: the state dir must be for this
 /// machine. The first use records it; with NVML every managed GPU is claimed host-wide, a recorded GPU that
 /// NVML does not show stops everything, and a newly managed GPU is added.
-pub fn bind(
+pub(crate) fn bind(
     dir: &StateDir,
     kind: &BackendKind,
     state: &MigState,
@@ -273,7 +273,7 @@ pub fn bind(
 
 /// Forget that `dir` is for a simulated machine (it was reset, so the next spec starts afresh). A state dir
 /// for real GPUs is refused: resetting a simulator there must not unbind it.
-pub fn forget_simulator(dir: &StateDir) -> Result<(), BindingError> {
+pub(crate) fn forget_simulator(dir: &StateDir) -> Result<(), BindingError> {
     if let Some(rec) = read_record(dir)? {
         if rec.backend != SIMULATOR {
             return Err(BindingError::Mismatch {

@@ -1,55 +1,52 @@
-//! Applies placement plans through the hardware trait, rolls back, releases and collects garbage; it must not parse engine formats.
+//! The allocator: applies the policy's plans through the hardware trait, rolls back, releases and collects garbage; it must not parse engine formats.
 //!
-//! Engines tell this module whether a container holder is still alive through [`HolderProbe`], so
+//! This file holds the request and error types and the public operations (allocate, release, gc, the
+//! lease queries); the steps live beside it: `request` (a request and the config -> the planner's
+//! input, the lease limits), `reconcile` (sweep, finish, destroy, intent repair), `apply` (apply, evict,
+//! roll back), `wait` (the `--wait` queue), `teardown`, `binding` (which machine a state dir is for)
+//! and `testhook` (crash points and fault injection for tests). What to allocate is decided by the
+//! pure `policy` room; this room only carries it out.
+//!
+//! Engines tell this module whether a container holder is still alive through `HolderProbe`, so
 //! gc never needs to know docker, podman or containerd.
 //!
 //! Every change happens under the registry lock (`alloc.lock`), held from the snapshot through the
 //! plan, the create and the lease record, so two processes never pick the same instance or placement.
 //! Before each allocation (and in `migrun gc`) the registry is reconciled with the device
-//! ([`sweep`]): crashed allocations are repaired from their intents, leases of dead holders released,
+//! (`sweep`): crashed allocations are repaired from their intents, leases of dead holders released,
 //! draining instances destroyed, and leases of vanished instances dropped. The on-disk protocol is
 //! described in docs/leases.md.
 
+mod apply;
 pub mod binding;
-pub mod plan;
+mod reconcile;
+mod request;
 mod teardown;
 pub mod testhook;
 mod wait;
 
-pub use plan::{parse_size_mib, plan, NoRoom, Owner, Plan, PlanRequest, SizeError};
-pub use teardown::{teardown, TeardownOptions, TeardownReport, TornItem};
-pub use wait::clock;
+pub(crate) use apply::apply;
+pub(crate) use reconcile::{sweep, sweep_records, Swept};
+pub(crate) use request::{check_limits, plan_request};
+pub(crate) use teardown::{teardown, TeardownOptions, TeardownReport};
+pub(crate) use wait::clock;
 
-use crate::config::{Config, GpuRef, ReleasePolicy};
-use crate::gpu::{Backend, Code, GpuError, GpuInstance, GpuState, MigState};
-use crate::lease::{
-    self, CreatedRecord, Holder, Intent, Lease, LeaseError, LeaseId, LeaseState, Registry,
-};
-use crate::profile::{ProfileError, ProfileSpec};
+use crate::config::Config;
+use crate::gpu::{Backend, Code, GpuError};
+use crate::lease::{self, CreatedRecord, Holder, Lease, LeaseError, LeaseId, Registry};
+use crate::policy::plan::{self, Want};
+use crate::policy::NoRoom;
+use crate::profile::{ProfileError, SizeError};
 use crate::statedir::StateDir;
 use std::time::{Duration, Instant};
-use testhook::crash_point;
 
-/// What to allocate.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Want {
-    Profile(ProfileSpec),
-    /// Smallest plain profile with at least this many MiB (`--min-mem`).
-    MinMemMib(u64),
-}
-
-impl std::fmt::Display for Want {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Want::Profile(p) => p.fmt(f),
-            Want::MinMemMib(m) => write!(f, "--min-mem {m}MiB"),
-        }
-    }
-}
+use apply::evict;
+use reconcile::finish;
+use request::unsatisfiable;
 
 /// An allocation request, already validated by the caller.
 #[derive(Debug, Clone)]
-pub struct AllocRequest {
+pub(crate) struct AllocRequest {
     pub want: Want,
     /// `--gpu` as given (index or UUID), resolved against the snapshot.
     pub gpu: Option<String>,
@@ -64,7 +61,7 @@ pub struct AllocRequest {
 
 impl AllocRequest {
     /// A request for `want` that fails at once without room, held by nobody (`Holder::Manual`), charged to [`caller_uid`].
-    pub fn new(want: Want) -> AllocRequest {
+    pub(crate) fn new(want: Want) -> AllocRequest {
         AllocRequest {
             want,
             gpu: None,
@@ -77,7 +74,7 @@ impl AllocRequest {
 }
 
 /// Tells gc whether a container holder still exists (implemented by the engines).
-pub trait HolderProbe {
+pub(crate) trait HolderProbe {
     /// `Some(true)` alive, `Some(false)` gone, `None` unknown (engine unreachable: keep the lease).
     fn container_alive(&self, id: &str, engine: &str) -> Option<bool>;
 
@@ -88,26 +85,14 @@ pub trait HolderProbe {
     }
 }
 
-/// A probe that knows no engine: every container is "unknown", so only its init pid (when recorded) decides.
-pub struct NoEngineProbe;
-
-impl HolderProbe for NoEngineProbe {
-    fn container_alive(&self, _id: &str, _engine: &str) -> Option<bool> {
-        None
-    }
-}
-
-/// What a finished allocation hands back.
-pub type Allocated = Lease;
-
 /// The uid a lease is charged to: `SUDO_UID` when running as root under sudo, else the effective uid.
-pub fn caller_uid() -> u32 {
+pub(crate) fn caller_uid() -> u32 {
     crate::caller::Caller::current().uid
 }
 
 /// The invoking user's uid when running as root under sudo (release then only touches their leases);
 /// `None` for plain root or an unprivileged user of their own state dir.
-pub fn sudo_uid() -> Option<u32> {
+pub(crate) fn sudo_uid() -> Option<u32> {
     let c = crate::caller::Caller::current();
     c.via_sudo.then_some(c.uid)
 }
@@ -165,8 +150,6 @@ pub enum AllocError {
         limit: u32,
         held: String,
     },
-    #[error("{0} is not implemented yet")]
-    NotYet(&'static str),
     /// The lease was granted but could not be told to the caller (stdout closed or full), so nobody would
     /// ever release it; it was released again (or says how to).
     #[error("lease {lease} ({mig_uuid}) was granted but printing it failed: {err}; {}", match .undo { None => "the lease was released again, nothing is held".to_string(), Some(e) => format!("releasing it again failed too ({e}); release it with `migrun release {lease}`") })]
@@ -192,7 +175,7 @@ pub struct CiFailure {
 }
 
 /// Exit codes for this module's errors (see `exit`).
-pub fn exit_code_of(e: &(dyn std::error::Error + 'static)) -> Option<i32> {
+pub(crate) fn exit_code_of(e: &(dyn std::error::Error + 'static)) -> Option<i32> {
     use crate::exit::{self, ExitCodeOf};
     if e.is::<SizeError>() {
         return Some(exit::USAGE);
@@ -215,9 +198,7 @@ pub fn exit_code_of(e: &(dyn std::error::Error + 'static)) -> Option<i32> {
         | AllocError::LimitReached { .. }
         | AllocError::NoGpus => exit::USAGE,
         AllocError::NotYours { .. } => exit::PRIVILEGE,
-        AllocError::CreateCi(_) | AllocError::NotYet(_) | AllocError::Unreported { .. } => {
-            exit::FAILED
-        }
+        AllocError::CreateCi(_) | AllocError::Unreported { .. } => exit::FAILED,
     })
 }
 
@@ -267,7 +248,7 @@ impl std::fmt::Display for ReleaseOutcome {
 
 /// What gc did.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
-pub struct GcReport {
+pub(crate) struct GcReport {
     pub released: Vec<ReleaseOutcome>,
     /// Instances created by a crashed allocation (journaled intent, no lease) that gc destroyed.
     pub repaired: Vec<String>,
@@ -287,799 +268,10 @@ const CREATE_RETRIES: usize = 2;
 const RELEASE_BACKOFF_MS: &[u64] = &[50, 100, 200, 400];
 
 // ---------------------------------------------------------------------------------------------
-// Matching registry records to the device.
-
-fn gpu_by_uuid<'a>(state: &'a MigState, uuid: &str) -> Option<&'a GpuState> {
-    state.gpus.iter().find(|g| g.info.uuid == uuid)
-}
-
-/// The GI a record names, if it is still the same instance: same id, profile and placement, and
-/// (when it has a compute instance) the recorded MIG UUID. A GI that lost its CI still matches, so
-/// an interrupted destroy can be finished.
-fn find_instance<'a>(
-    state: &'a MigState,
-    gpu_uuid: &str,
-    gi: u32,
-    profile_id: u32,
-    placement: crate::gpu::Placement,
-    mig_uuid: &str,
-) -> Option<(&'a GpuState, &'a GpuInstance)> {
-    let g = gpu_by_uuid(state, gpu_uuid)?;
-    let i = g.instances.iter().find(|i| {
-        i.id == gi
-            && i.profile_id == profile_id
-            && i.placement == placement
-            && (i.compute_instances.is_empty()
-                || i.compute_instances.iter().any(|c| c.mig_uuid == mig_uuid))
-    })?;
-    Some((g, i))
-}
-
-fn lease_instance<'a>(state: &'a MigState, l: &Lease) -> Option<(&'a GpuState, &'a GpuInstance)> {
-    find_instance(
-        state,
-        &l.gpu_uuid,
-        l.gi,
-        l.profile_id,
-        l.placement,
-        &l.mig_uuid,
-    )
-}
-
-/// The instance is whole: its compute instance with the leased MIG UUID exists.
-fn lease_whole(state: &MigState, l: &Lease) -> bool {
-    lease_instance(state, l)
-        .is_some_and(|(_, i)| i.compute_instances.iter().any(|c| c.mig_uuid == l.mig_uuid))
-}
-
-fn record_matches(state: &MigState, r: &CreatedRecord) -> bool {
-    find_instance(
-        state,
-        &r.gpu_uuid,
-        r.gi,
-        r.profile_id,
-        r.placement,
-        &r.mig_uuid,
-    )
-    .is_some_and(|(_, i)| i.compute_instances.iter().any(|c| c.mig_uuid == r.mig_uuid))
-}
-
-/// Drop an instance from the in-memory snapshot after destroying it.
-fn forget(state: &mut MigState, gpu_uuid: &str, gi: u32) {
-    if let Some(g) = state.gpus.iter_mut().find(|g| g.info.uuid == gpu_uuid) {
-        g.instances.retain(|i| i.id != gi);
-    }
-}
-
-/// Does a created/ record (migrun's own create) name exactly the instance this lease names?
-fn recorded_as_ours(reg: &Registry, l: &Lease) -> Result<bool, AllocError> {
-    Ok(reg.created()?.iter().any(|r| {
-        r.gpu_uuid == l.gpu_uuid
-            && r.gi == l.gi
-            && r.profile_id == l.profile_id
-            && r.placement == l.placement
-            && r.mig_uuid == l.mig_uuid
-    }))
-}
-
-/// Why a destroy did not happen.
-enum DestroyError {
-    /// The instance runs processes (or the driver says IN_USE): never destroy it now.
-    Busy,
-    Other(GpuError),
-}
-
-/// Destroy an instance migrun created: its compute instances first, then the GPU instance.
-/// `crash` names the release crash points (only for a release, not for gc repairs).
-fn destroy(
-    backend: &mut dyn Backend,
-    g: &GpuState,
-    i: &GpuInstance,
-    crash: bool,
-) -> Result<(), DestroyError> {
-    if i.processes > 0 {
-        return Err(DestroyError::Busy);
-    }
-    let map = |e: GpuError| match e.code() {
-        Some(Code::InUse) => DestroyError::Busy,
-        _ => DestroyError::Other(e),
-    };
-    for c in &i.compute_instances {
-        match backend.destroy_ci(g.info.index, i.id, c.id) {
-            Ok(()) => {}
-            // Already gone (a concurrent admin, or our own interrupted attempt): carry on.
-            Err(e) if e.code() == Some(Code::NotFound) => {}
-            Err(e) => return Err(map(e)),
-        }
-    }
-    if crash {
-        crash_point("release-after-destroy-ci");
-    }
-    match backend.destroy_gi(g.info.index, i.id) {
-        Ok(()) => {}
-        Err(e) if e.code() == Some(Code::NotFound) => {}
-        Err(e) => return Err(map(e)),
-    }
-    if crash {
-        crash_point("release-after-destroy-gi");
-    }
-    Ok(())
-}
-
-fn holder_alive(lease_id: LeaseId, h: &Holder, probe: &dyn HolderProbe) -> bool {
-    match h {
-        Holder::Process { pid, start_time } => lease::process_alive(*pid, *start_time),
-        // The engine's word wins; when it cannot be asked, a recorded init pid decides; else keep the lease.
-        Holder::Container { id, engine, pid } => match probe.container_alive(id, engine) {
-            Some(alive) => alive,
-            None => pid.map_or(true, |(p, st)| lease::process_alive(p, st)),
-        },
-        // Before docker wrote the container id, the launcher, the docker client it recorded before docker ran, or a
-        // container labelled with this launch may use the slice (a slow pull can outlive a killed launcher).
-        Holder::Launcher {
-            pid,
-            start_time,
-            client,
-            engine,
-            launch,
-        } => {
-            lease::process_alive(*pid, *start_time)
-                || client.is_some_and(|(p, st)| {
-                    lease::process_alive(p, st)
-                        || probe.launched_alive(lease_id, launch, engine) != Some(false)
-                })
-        }
-        Holder::Manual => true,
-    }
-}
-
-fn keeps(l: &Lease, config: &Config) -> bool {
-    l.keep || config.release == ReleasePolicy::Keep
-}
-
-/// End a lease (under the lock): drop it, or destroy the instance migrun created (one attempt).
-fn finish(
-    backend: &mut dyn Backend,
-    reg: &Registry,
-    config: &Config,
-    state: &mut MigState,
-    mut l: Lease,
-) -> Result<ReleaseOutcome, AllocError> {
-    let mig_uuid = l.mig_uuid.clone();
-    // A lease file alone never licenses a destroy: the created/ record, written only by migrun's own
-    // create, must name the same instance (GI, profile, placement, MIG UUID). A crafted or stale lease
-    // claiming `created` for someone else's instance is dropped and the instance left alone.
-    let ours = l.created && (lease_instance(state, &l).is_none() || recorded_as_ours(reg, &l)?);
-    if l.created && !ours {
-        tracing::warn!(lease = l.id, mig = %l.mig_uuid, "lease claims created=true but no created/ record matches; not destroying");
-    }
-    if !ours || (keeps(&l, config) && l.state == LeaseState::Active) {
-        let whole = lease_whole(state, &l);
-        reg.remove_lease(l.id)?;
-        if !whole {
-            return Ok(ReleaseOutcome::Gone {
-                lease: l.id,
-                mig_uuid,
-            });
-        }
-        let why = if ours {
-            "kept warm for reuse (--keep or config release = \"keep\")"
-        } else if l.created {
-            "the lease says migrun created it, but no created/ record matches the instance, so migrun leaves it alone"
-        } else {
-            "migrun did not create it"
-        };
-        return Ok(ReleaseOutcome::Kept {
-            lease: l.id,
-            mig_uuid,
-            why: why.into(),
-        });
-    }
-    // Journal the release first: from here on a crash leaves a draining lease that gc finishes.
-    let was_draining = l.state == LeaseState::Draining;
-    if !was_draining {
-        l.state = LeaseState::Draining;
-        l.updated_at = lease::now();
-        reg.write_lease(&l)?;
-        crash_point("release-after-mark-draining");
-    }
-    let Some((g, i)) = lease_instance(state, &l) else {
-        reg.remove_created(&l.gpu_uuid, l.gi)
-            .and_then(|_| reg.remove_lease(l.id))?;
-        let outcome = if was_draining {
-            // Our own interrupted destroy, or an admin's: either way it is gone now.
-            ReleaseOutcome::Destroyed {
-                lease: l.id,
-                mig_uuid,
-            }
-        } else {
-            ReleaseOutcome::Gone {
-                lease: l.id,
-                mig_uuid,
-            }
-        };
-        return Ok(outcome);
-    };
-    let (g, i) = (g.clone(), i.clone());
-    match destroy(backend, &g, &i, true) {
-        Ok(()) => {
-            forget(state, &l.gpu_uuid, l.gi);
-            reg.remove_created(&l.gpu_uuid, l.gi)?;
-            crash_point("release-after-remove-record");
-            reg.remove_lease(l.id)?;
-            Ok(ReleaseOutcome::Destroyed {
-                lease: l.id,
-                mig_uuid,
-            })
-        }
-        Err(DestroyError::Busy) => Ok(ReleaseOutcome::Draining {
-            lease: l.id,
-            mig_uuid,
-        }),
-        Err(DestroyError::Other(e)) => Err(e.into()),
-    }
-}
-
-/// Reconcile the registry with the device (under the lock) and return the resulting snapshot.
-///
-/// 1. Intents left by crashed allocations: an instance they created that no lease holds is destroyed.
-/// 2. Leases: an active lease whose instance vanished is dropped; one whose holder is dead is
-///    released; a draining one gets another destroy attempt.
-/// 3. Created-instance records whose instance is gone are dropped.
-pub fn sweep(
-    backend: &mut dyn Backend,
-    reg: &Registry,
-    config: &Config,
-    probe: &dyn HolderProbe,
-    report: &mut GcReport,
-) -> Result<MigState, AllocError> {
-    Ok(sweep_records(backend, reg, config, probe, report)?.state)
-}
-
-/// What a sweep leaves: the device state and the registry's records, as they are after it.
-pub struct Swept {
-    pub state: MigState,
-    pub leases: Vec<Lease>,
-    pub created: Vec<CreatedRecord>,
-}
-
-/// [`sweep`], also returning the leases and created-instance records it read, so the caller (under the same
-/// lock) does not read every lease file again: on a busy host that is one file per running container, and the
-/// allocation runs in every container's start.
-pub fn sweep_records(
-    backend: &mut dyn Backend,
-    reg: &Registry,
-    config: &Config,
-    probe: &dyn HolderProbe,
-    report: &mut GcReport,
-) -> Result<Swept, AllocError> {
-    let mut state = backend.snapshot()?;
-    // Before any record is acted on: the records must be about this machine's GPUs.
-    binding::bind(reg.dir(), &backend.kind(), &state, config)?;
-    let first = reg.leases()?;
-    let intents = reg.intents()?;
-    // Any repair or release below rewrites lease files; then they are read again.
-    let mut changed = !intents.is_empty();
-
-    for intent in intents {
-        repair_intent(backend, reg, &mut state, &first, &intent, report)?;
-    }
-
-    for l in first.iter() {
-        let whole = lease_whole(&state, l);
-        let outcome = match l.state {
-            LeaseState::Active if !whole => {
-                // Never destroy here: a changed instance is not the one we leased.
-                reg.remove_lease(l.id)?;
-                Some(ReleaseOutcome::Gone {
-                    lease: l.id,
-                    mig_uuid: l.mig_uuid.clone(),
-                })
-            }
-            LeaseState::Active if holder_alive(l.id, &l.holder, probe) => None,
-            LeaseState::Active => {
-                report
-                    .notes
-                    .push(format!("lease {}: holder {} is gone", l.id, l.holder));
-                Some(finish(backend, reg, config, &mut state, l.clone())?)
-            }
-            LeaseState::Draining => Some(finish(backend, reg, config, &mut state, l.clone())?),
-        };
-        changed |= outcome.is_some();
-        match outcome {
-            Some(ReleaseOutcome::Draining { lease, mig_uuid }) => {
-                report.notes.push(format!(
-                    "lease {lease}: {mig_uuid} is still in use; it stays draining"
-                ));
-            }
-            Some(o) => {
-                tracing::info!(outcome = %o, "gc");
-                report.released.push(o);
-            }
-            None => {}
-        }
-    }
-
-    let leases = if changed { reg.leases()? } else { first };
-    let mut created = Vec::new();
-    for r in reg.created()? {
-        let leased = leases
-            .iter()
-            .any(|l| l.gpu_uuid == r.gpu_uuid && l.gi == r.gi);
-        if !leased && !record_matches(&state, &r) {
-            reg.remove_created(&r.gpu_uuid, r.gi)?;
-            report.notes.push(format!(
-                "forgot GI {} on {}: the instance migrun kept is gone",
-                r.gi, r.gpu_uuid
-            ));
-        } else {
-            created.push(r);
-        }
-    }
-    // Records skipped as not migrun's (a field that cannot be, e.g. a path for a UUID) are reported, never used.
-    report.notes.extend(reg.take_skipped());
-    Ok(Swept {
-        state,
-        leases,
-        created,
-    })
-}
-
-fn repair_intent(
-    backend: &mut dyn Backend,
-    reg: &Registry,
-    state: &mut MigState,
-    leases: &[Lease],
-    intent: &Intent,
-    report: &mut GcReport,
-) -> Result<(), AllocError> {
-    let leased =
-        |gpu_uuid: &str, gi: u32| leases.iter().any(|l| l.gpu_uuid == gpu_uuid && l.gi == gi);
-    let Some(gi) = intent.gi else {
-        return drop_unbound_intent(reg, state, intent, &leased, report);
-    };
-    // The intent licenses destroying only the instance its create returned: that GI id, with the profile
-    // and placement it was asked for.
-    let found = gpu_by_uuid(state, &intent.gpu_uuid).and_then(|g| {
-        let i = g.instances.iter().find(|i| {
-            i.id == gi && i.profile_id == intent.profile_id && i.placement == intent.placement
-        })?;
-        Some((g.clone(), i.clone()))
-    });
-    let Some((g, i)) = found else {
-        // The instance is gone already (or was replaced: then it is not the one the intent made).
-        if !leased(&intent.gpu_uuid, gi) {
-            reg.remove_created(&intent.gpu_uuid, gi)?;
-        }
-        reg.remove_intent(intent.lease)?;
-        report.notes.push(format!(
-            "dropped the journal of an interrupted allocation (lease {}, {} at {} on GPU {}): no instance of it exists",
-            intent.lease, intent.profile, intent.placement, intent.gpu_index
-        ));
-        return Ok(());
-    };
-    if leased(&g.info.uuid, i.id) {
-        // The allocation did finish: its lease stands for the instance.
-        reg.remove_intent(intent.lease)?;
-        return Ok(());
-    }
-    let what = format!(
-        "GPU {} GI {} ({} at {}), left by an interrupted allocation (lease {})",
-        g.info.index, i.id, intent.profile, i.placement, intent.lease
-    );
-    match destroy(backend, &g, &i, false) {
-        Ok(()) => {
-            forget(state, &g.info.uuid, i.id);
-            reg.remove_created(&g.info.uuid, i.id)?;
-            reg.remove_intent(intent.lease)?;
-            report.repaired.push(format!("{what}: destroyed"));
-        }
-        Err(DestroyError::Busy) => {
-            report.notes.push(format!(
-                "{what} is in use; gc will destroy it once it is idle"
-            ));
-        }
-        Err(DestroyError::Other(e)) => return Err(e.into()),
-    }
-    Ok(())
-}
-
-/// An intent without a journaled GI id: the allocation died before the driver's create returned, or in
-/// the instant between that and the journal write. An instance of its profile at its placement may be
-/// the one it made, or one someone made there since (an admin's `nvidia-smi mig -cgi`); nothing on the
-/// device tells them apart, so the intent licenses no destroy. It is dropped, and a candidate instance
-/// is left alone and reported, for a person to judge.
-fn drop_unbound_intent(
-    reg: &Registry,
-    state: &MigState,
-    intent: &Intent,
-    leased: &dyn Fn(&str, u32) -> bool,
-    report: &mut GcReport,
-) -> Result<(), AllocError> {
-    let created = reg.created()?;
-    let candidate = gpu_by_uuid(state, &intent.gpu_uuid).and_then(|g| {
-        g.instances
-            .iter()
-            .find(|i| {
-                i.profile_id == intent.profile_id
-                    && i.placement == intent.placement
-                    && !leased(&g.info.uuid, i.id)
-                    && !created
-                        .iter()
-                        .any(|r| r.gpu_uuid == g.info.uuid && r.gi == i.id)
-            })
-            .map(|i| (g.info.index, i.id))
-    });
-    reg.remove_intent(intent.lease)?;
-    let head = format!(
-        "dropped the journal of an interrupted allocation (lease {}, {} at {} on GPU {})",
-        intent.lease, intent.profile, intent.placement, intent.gpu_index
-    );
-    report.notes.push(match candidate {
-        None => format!("{head}: no instance of it exists"),
-        Some((gpu, gi)) => format!(
-            "{head}: GI {gi} there may be what it left or someone else's, and migrun cannot tell, so it leaves it alone \
-             (if nobody uses it, remove it with `migrun teardown --gpu {gpu} --include-foreign` or nvidia-smi)"
-        ),
-    });
-    Ok(())
-}
-
-// ---------------------------------------------------------------------------------------------
-// Building the plan request.
-
-fn known_gpus(state: &MigState) -> String {
-    if state.gpus.is_empty() {
-        return "no GPUs".into();
-    }
-    state
-        .gpus
-        .iter()
-        .map(|g| format!("{} ({})", g.info.index, g.info.uuid))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
-fn resolve_gpu(state: &MigState, given: &str) -> Result<u32, AllocError> {
-    let t = given.trim();
-    let found = state.gpus.iter().find(|g| {
-        g.info.uuid.eq_ignore_ascii_case(t) || t.parse::<u32>().is_ok_and(|n| n == g.info.index)
-    });
-    found
-        .map(|g| g.info.index)
-        .ok_or_else(|| AllocError::BadGpu {
-            given: given.into(),
-            known: format!("GPUs {}", known_gpus(state)),
-        })
-}
-
-/// The planner's input from a request, the config and the registry.
-pub fn plan_request(
-    state: &MigState,
-    config: &Config,
-    req: &AllocRequest,
-    created: &[CreatedRecord],
-    leases: &[Lease],
-) -> Result<PlanRequest, AllocError> {
-    let managed: Option<Vec<u32>> = config.gpus.as_ref().map(|refs| {
-        refs.iter()
-            .filter_map(|r| match r {
-                GpuRef::Index(i) => state.gpu(*i).map(|g| g.info.index),
-                GpuRef::Uuid(u) => state
-                    .gpus
-                    .iter()
-                    .find(|g| g.info.uuid.eq_ignore_ascii_case(u))
-                    .map(|g| g.info.index),
-            })
-            .collect()
-    });
-    if managed.as_ref().is_some_and(|m| m.is_empty()) {
-        return Err(AllocError::NotManaged {
-            gpu: "any".into(),
-            allowed: "no GPU present on this machine".into(),
-        });
-    }
-    let gpus = match (&req.gpu, managed) {
-        (None, m) => m,
-        (Some(given), m) => {
-            let i = resolve_gpu(state, given)?;
-            if let Some(m) = &m {
-                if !m.contains(&i) {
-                    return Err(AllocError::NotManaged {
-                        gpu: given.clone(),
-                        allowed: if m.is_empty() {
-                            "none present".into()
-                        } else {
-                            m.iter()
-                                .map(|i| i.to_string())
-                                .collect::<Vec<_>>()
-                                .join(", ")
-                        },
-                    });
-                }
-            }
-            Some(vec![i])
-        }
-    };
-    let allowed = match &config.allowed_profiles {
-        None => None,
-        Some(list) => Some(
-            list.iter()
-                .map(|s| {
-                    s.parse::<ProfileSpec>().map_err(|e| AllocError::BadConfig {
-                        entry: s.clone(),
-                        why: e.to_string(),
-                    })
-                })
-                .collect::<Result<Vec<_>, _>>()?,
-        ),
-    };
-    let kept = created
-        .iter()
-        .filter(|r| {
-            !leases
-                .iter()
-                .any(|l| l.gpu_uuid == r.gpu_uuid && l.gi == r.gi)
-        })
-        .map(|r| (r.gpu_uuid.clone(), r.gi))
-        .collect();
-    Ok(PlanRequest {
-        want: req.want.clone(),
-        gpus,
-        allowed,
-        kept,
-    })
-}
-
-/// Turn a hopeless no-room into the clearest error: an unknown profile or disabled MIG by name.
-fn unsatisfiable(state: &MigState, req: &PlanRequest, nr: NoRoom) -> AllocError {
-    use plan::Why;
-    if nr.gpus.is_empty() {
-        return AllocError::NoGpus;
-    }
-    if nr.gpus.iter().all(|g| g.why == Why::NoSuchProfile) {
-        if let (Want::Profile(spec), Some(g)) = (&req.want, state.gpu(nr.gpus[0].index)) {
-            if let Err(e) =
-                crate::gpu::names::resolve(spec, &g.profiles, &g.info.label(), &g.info.name)
-            {
-                return e.into();
-            }
-        }
-    }
-    if nr.gpus.iter().all(|g| g.why == Why::MigDisabled) {
-        let g = &nr.gpus[0];
-        return GpuError::MigDisabled {
-            gpu: format!("GPU {} ({})", g.index, g.uuid),
-            index: g.index,
-        }
-        .into();
-    }
-    AllocError::Unsatisfiable(Box::new(nr))
-}
-
-// ---------------------------------------------------------------------------------------------
-// Applying a plan.
-
-/// Execute a plan (under the lock): reuse records a lease; create journals an intent, creates the GI
-/// and its default CI (destroying the GI again if the CI fails), records the instance and the lease.
-pub fn apply(
-    backend: &mut dyn Backend,
-    reg: &Registry,
-    state: &MigState,
-    plan: &Plan,
-    req: &AllocRequest,
-) -> Result<Lease, AllocError> {
-    let g = state.gpu(plan.gpu()).ok_or(GpuError::NoSuchGpu {
-        index: plan.gpu(),
-        count: state.gpus.len() as u32,
-    })?;
-    let now = lease::now();
-    let id = reg.next_lease_id()?;
-    let mut lease = Lease {
-        id,
-        holder: req.holder.clone(),
-        uid: req.uid,
-        gpu_index: g.info.index,
-        gpu_uuid: g.info.uuid.clone(),
-        gi: 0,
-        ci: 0,
-        profile_id: 0,
-        profile: String::new(),
-        placement: crate::gpu::Placement { start: 0, size: 0 },
-        mig_uuid: String::new(),
-        created: false,
-        keep: req.keep,
-        state: LeaseState::Active,
-        created_at: now,
-        updated_at: now,
-    };
-    match plan {
-        Plan::Reuse {
-            gi,
-            ci,
-            mig_uuid,
-            profile_id,
-            profile,
-            placement,
-            ..
-        } => {
-            lease.gi = *gi;
-            lease.ci = *ci;
-            lease.profile_id = *profile_id;
-            lease.profile = profile.clone();
-            lease.placement = *placement;
-            lease.mig_uuid = mig_uuid.clone();
-            // Kept warm by migrun earlier? Then it is still migrun's to destroy.
-            lease.created = reg
-                .created()?
-                .iter()
-                .any(|r| r.gpu_uuid == g.info.uuid && r.gi == *gi && record_matches(state, r));
-            reg.write_lease(&lease)?;
-            Ok(lease)
-        }
-        Plan::Create(choice) => {
-            let profile = g
-                .profile_by_id(choice.profile_id)
-                .map_or(format!("profile {}", choice.profile_id), |p| {
-                    p.short_name().to_string()
-                });
-            let mut intent = Intent {
-                lease: id,
-                gpu_index: g.info.index,
-                gpu_uuid: g.info.uuid.clone(),
-                profile_id: choice.profile_id,
-                profile: profile.clone(),
-                placement: choice.placement,
-                gi: None,
-                pid: std::process::id(),
-                created_at: now,
-            };
-            reg.write_intent(&intent)?;
-            crash_point("after-intent");
-            let gi =
-                match backend.create_gi(g.info.index, choice.profile_id, choice.placement.start) {
-                    Ok(gi) => gi,
-                    Err(e) => {
-                        reg.remove_intent(id)?;
-                        return Err(e.into());
-                    }
-                };
-            crash_point("after-create-gi");
-            intent.gi = Some(gi);
-            if let Err(e) = reg.write_intent(&intent) {
-                rollback(backend, reg, g, gi, None, id);
-                return Err(e.into());
-            }
-            crash_point("after-journal-gi");
-            let ci = match backend.create_default_ci(g.info.index, gi) {
-                Ok(ci) => ci,
-                Err(cause) => {
-                    let rollback = match backend.destroy_gi(g.info.index, gi) {
-                        Ok(()) => {
-                            reg.remove_intent(id)?;
-                            None
-                        }
-                        Err(e) => Some(e),
-                    };
-                    return Err(AllocError::CreateCi(Box::new(CiFailure {
-                        gpu: g.info.label(),
-                        gi,
-                        profile,
-                        placement: choice.placement,
-                        cause,
-                        rollback,
-                    })));
-                }
-            };
-            crash_point("after-create-ci");
-            lease.gi = gi;
-            lease.ci = ci.id;
-            lease.profile_id = choice.profile_id;
-            lease.profile = profile.clone();
-            lease.placement = choice.placement;
-            lease.mig_uuid = ci.mig_uuid.clone();
-            lease.created = true;
-            let record = CreatedRecord {
-                gpu_index: g.info.index,
-                gpu_uuid: g.info.uuid.clone(),
-                gi,
-                profile_id: choice.profile_id,
-                profile,
-                placement: choice.placement,
-                mig_uuid: ci.mig_uuid.clone(),
-                created_at: now,
-            };
-            if let Err(e) = reg.write_created(&record) {
-                rollback(backend, reg, g, gi, Some(ci.id), id);
-                return Err(e.into());
-            }
-            crash_point("after-record-created");
-            if let Err(e) = reg.write_lease(&lease) {
-                rollback(backend, reg, g, gi, Some(ci.id), id);
-                return Err(e.into());
-            }
-            crash_point("after-write-lease");
-            reg.complete_intent(id)?;
-            Ok(lease)
-        }
-    }
-}
-
-/// Destroy idle instances migrun kept warm, to make room. Each is journaled as an intent first (with
-/// its GI id and no lease), so a crash half-way leaves something gc finishes destroying.
-fn evict(
-    backend: &mut dyn Backend,
-    reg: &Registry,
-    state: &MigState,
-    victims: &[(u32, u32)],
-) -> Result<(), AllocError> {
-    let created = reg.created()?;
-    for &(gpu, gi) in victims {
-        let Some(g) = state.gpu(gpu) else { continue };
-        let Some(i) = g.instances.iter().find(|i| i.id == gi) else {
-            continue;
-        };
-        // Cross-check with the record before destroying: same profile, placement and MIG UUID.
-        let Some(r) = created
-            .iter()
-            .find(|r| r.gpu_uuid == g.info.uuid && r.gi == gi && record_matches(state, r))
-        else {
-            continue;
-        };
-        let intent = Intent {
-            lease: reg.next_lease_id()?,
-            gpu_index: gpu,
-            gpu_uuid: g.info.uuid.clone(),
-            profile_id: r.profile_id,
-            profile: r.profile.clone(),
-            placement: r.placement,
-            gi: Some(gi),
-            pid: std::process::id(),
-            created_at: lease::now(),
-        };
-        reg.write_intent(&intent)?;
-        crash_point("evict-after-intent");
-        match destroy(backend, g, i, false) {
-            Ok(()) => {
-                crash_point("evict-after-destroy");
-                reg.remove_created(&g.info.uuid, gi)?;
-                reg.remove_intent(intent.lease)?;
-                tracing::info!(gpu, gi, profile = %r.profile, "destroyed an idle kept instance to make room");
-            }
-            // Someone started using it since the snapshot: leave it (the plan then finds no room).
-            Err(DestroyError::Busy) => reg.remove_intent(intent.lease)?,
-            Err(DestroyError::Other(e)) => return Err(e.into()),
-        }
-    }
-    Ok(())
-}
-
-/// Best-effort undo of a half-made instance when recording it failed; whatever cannot be undone
-/// stays journaled in the intent, for gc.
-fn rollback(
-    backend: &mut dyn Backend,
-    reg: &Registry,
-    g: &GpuState,
-    gi: u32,
-    ci: Option<u32>,
-    intent: LeaseId,
-) {
-    if let Some(ci) = ci {
-        if backend.destroy_ci(g.info.index, gi, ci).is_err() {
-            return;
-        }
-    }
-    if backend.destroy_gi(g.info.index, gi).is_ok() {
-        let _ = reg.remove_created(&g.info.uuid, gi);
-        let _ = reg.remove_intent(intent);
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
 // The public operations.
 
 /// Allocate: reclaim stale leases, then reuse a free instance or create one, and record the lease.
-pub fn allocate(
+pub(crate) fn allocate(
     backend: &mut dyn Backend,
     dir: &StateDir,
     config: &Config,
@@ -1183,45 +375,6 @@ pub fn allocate(
         queue.pause(started, ahead);
     }
 }
-
-/// The config's `max_leases_per_user` and `max_leases_total`, against the leases that exist now.
-pub fn check_limits(config: &Config, leases: &[Lease], uid: u32) -> Result<(), AllocError> {
-    let ids = |ls: Vec<&Lease>| {
-        ls.iter()
-            .map(|l| l.id.to_string())
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    if let Some(limit) = config.max_leases_total {
-        if leases.len() as u64 >= u64::from(limit) {
-            return Err(AllocError::LimitReached {
-                rule: "max_leases_total",
-                limit,
-                held: format!(
-                    "{} lease(s) exist (leases {})",
-                    leases.len(),
-                    ids(leases.iter().collect())
-                ),
-            });
-        }
-    }
-    if let Some(limit) = config.max_leases_per_user {
-        let mine: Vec<&Lease> = leases.iter().filter(|l| l.uid == uid).collect();
-        if mine.len() as u64 >= u64::from(limit) {
-            return Err(AllocError::LimitReached {
-                rule: "max_leases_per_user",
-                limit,
-                held: format!(
-                    "uid {uid} holds {} lease(s) (leases {})",
-                    mine.len(),
-                    ids(mine)
-                ),
-            });
-        }
-    }
-    Ok(())
-}
-
 /// Find a lease by id (`7`) or MIG UUID.
 fn find_lease(reg: &Registry, target: &str) -> Result<Lease, AllocError> {
     let t = target.trim();
@@ -1282,7 +435,7 @@ where
 }
 
 /// Release by lease id or MIG UUID. `caller_uid` is the invoking user under sudo (only their own leases), `None` for plain root.
-pub fn release(
+pub(crate) fn release(
     backend: &mut dyn Backend,
     dir: &StateDir,
     config: &Config,
@@ -1314,7 +467,7 @@ pub fn release(
 }
 
 /// Release the lease held by container `id` (poststop, shim, launcher). Idempotent: no lease -> `NoLease`.
-pub fn release_container(
+pub(crate) fn release_container(
     backend: &mut dyn Backend,
     dir: &StateDir,
     config: &Config,
@@ -1332,7 +485,7 @@ pub fn release_container(
 /// Release lease `id` only if `holds` says, under the lock, that it is still the caller's (hooks and the
 /// shim free only the lease bound to their own container, never one that changed hands in between).
 /// `NoLease` when it is gone or `holds` says no.
-pub fn release_if(
+pub(crate) fn release_if(
     backend: &mut dyn Backend,
     dir: &StateDir,
     config: &Config,
@@ -1347,7 +500,7 @@ pub fn release_if(
 
 /// Give lease `id` to `holder` if `holds` says, under the lock, that it may be (a hook's hand-over
 /// from precreate's process to the container: a compare-and-set, so it happens once). False when not.
-pub fn set_holder_if(
+pub(crate) fn set_holder_if(
     dir: &StateDir,
     id: LeaseId,
     holds: &dyn Fn(&Lease) -> bool,
@@ -1364,17 +517,8 @@ pub fn set_holder_if(
     Ok(true)
 }
 
-/// The lease held by container `id`, if any (for hooks that must not allocate twice).
-pub fn lease_of_container(dir: &StateDir, container_id: &str) -> Result<Option<Lease>, AllocError> {
-    let reg = Registry::open(dir)?;
-    Ok(reg
-        .leases()?
-        .into_iter()
-        .find(|l| matches!(&l.holder, Holder::Container { id, .. } if id == container_id)))
-}
-
 /// Change a lease's holder (the launcher hands its lease from its own pid to the container).
-pub fn set_holder(dir: &StateDir, lease: LeaseId, holder: Holder) -> Result<(), AllocError> {
+pub(crate) fn set_holder(dir: &StateDir, lease: LeaseId, holder: Holder) -> Result<(), AllocError> {
     let reg = Registry::open(dir)?;
     let _lock = reg.lock()?;
     let mut l = reg.lease(lease)?.ok_or_else(|| LeaseError::Unknown {
@@ -1392,12 +536,12 @@ pub fn leases(dir: &StateDir) -> Result<Vec<Lease>, AllocError> {
 }
 
 /// Instances migrun created and has not destroyed (leased or kept warm), for status and teardown.
-pub fn created_instances(dir: &StateDir) -> Result<Vec<CreatedRecord>, AllocError> {
+pub(crate) fn created_instances(dir: &StateDir) -> Result<Vec<CreatedRecord>, AllocError> {
     Ok(Registry::open(dir)?.created()?)
 }
 
 /// Tickets of the wait queue that hold their place, in order (for status).
-pub fn waiting(dir: &StateDir) -> Result<Vec<lease::Ticket>, AllocError> {
+pub(crate) fn waiting(dir: &StateDir) -> Result<Vec<lease::Ticket>, AllocError> {
     let now = lease::now();
     Ok(Registry::open(dir)?
         .tickets()?
@@ -1407,7 +551,7 @@ pub fn waiting(dir: &StateDir) -> Result<Vec<lease::Ticket>, AllocError> {
 }
 
 /// Release leases whose holder is gone, finish draining ones, repair crashed allocations.
-pub fn gc(
+pub(crate) fn gc(
     backend: &mut dyn Backend,
     dir: &StateDir,
     config: &Config,

@@ -4,9 +4,8 @@
 //! before stopping it. Teardown is the bulk form of release: same lock, same cross-checked records,
 //! same CI-then-GI destroy, and it reports what it left and why.
 
-use super::{
-    destroy, forget, record_matches, sweep, AllocError, DestroyError, GcReport, HolderProbe,
-};
+use super::reconcile::{destroy, forget, record_matches, sweep, DestroyError};
+use super::{AllocError, GcReport, HolderProbe};
 use crate::config::Config;
 use crate::gpu::Backend;
 use crate::lease::Registry;
@@ -15,7 +14,7 @@ use serde::Serialize;
 
 /// One instance teardown looked at.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct TornItem {
+pub(crate) struct TornItem {
     pub gpu: u32,
     pub gpu_uuid: String,
     pub gi: u32,
@@ -28,7 +27,7 @@ pub struct TornItem {
 
 /// What teardown did.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct TeardownReport {
+pub(crate) struct TeardownReport {
     pub destroyed: Vec<TornItem>,
     pub left: Vec<TornItem>,
     /// What `--force`'s gc pass released first.
@@ -37,7 +36,7 @@ pub struct TeardownReport {
 
 /// How teardown is asked to behave.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct TeardownOptions {
+pub(crate) struct TeardownOptions {
     /// Release stale leases (dead holders) first, through the same sweep as `migrun gc`.
     pub force: bool,
     /// Also destroy unleased, idle instances migrun did not create (the caller allows it only on an explicit GPU).
@@ -45,7 +44,7 @@ pub struct TeardownOptions {
 }
 
 /// Tear down the instances on `gpus` (NVML indices, already filtered by the policy's managed GPUs).
-pub fn teardown(
+pub(crate) fn teardown(
     backend: &mut dyn Backend,
     dir: &StateDir,
     config: &Config,

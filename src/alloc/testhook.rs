@@ -15,9 +15,9 @@ use crate::gpu::{
 };
 
 /// Environment variable naming the step at which to crash.
-pub const CRASH_ENV: &str = "MIGRUN_TEST_CRASH_AT";
+pub(crate) const CRASH_ENV: &str = "MIGRUN_TEST_CRASH_AT";
 /// Environment variable listing backend operations to fail.
-pub const FAIL_ENV: &str = "MIGRUN_TEST_FAIL";
+pub(crate) const FAIL_ENV: &str = "MIGRUN_TEST_FAIL";
 
 /// Every crash point of an allocation that creates an instance, in order.
 pub const ALLOC_STEPS: &[&str] = &[
@@ -41,7 +41,7 @@ pub const RELEASE_STEPS: &[&str] = &[
 ];
 
 /// Die here, as `kill -9` would, when the test hook names this step (debug builds only).
-pub fn crash_point(step: &str) {
+pub(crate) fn crash_point(step: &str) {
     if cfg!(debug_assertions) && std::env::var(CRASH_ENV).is_ok_and(|v| v == step) {
         let _ = nix::sys::signal::kill(nix::unistd::Pid::this(), nix::sys::signal::Signal::SIGKILL);
         // SIGKILL cannot be caught; if sending it failed, abort is the next closest thing.
@@ -51,7 +51,7 @@ pub fn crash_point(step: &str) {
 
 /// A backend operation that a fault can target.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Op {
+pub(crate) enum Op {
     CreateGi,
     CreateCi,
     DestroyCi,
@@ -86,7 +86,7 @@ fn code_named(s: &str) -> Option<Code> {
 }
 
 /// Parse a fault list such as `create-ci=INSUFFICIENT_RESOURCES,destroy-gi`.
-pub fn parse_faults(spec: &str) -> Result<Vec<(Op, Code)>, String> {
+pub(crate) fn parse_faults(spec: &str) -> Result<Vec<(Op, Code)>, String> {
     let mut out = Vec::new();
     for item in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
         let (op, code) = item.split_once('=').unwrap_or((item, "UNKNOWN"));
@@ -101,7 +101,7 @@ pub fn parse_faults(spec: &str) -> Result<Vec<(Op, Code)>, String> {
 }
 
 /// The faults asked for by the environment (always none in a release build).
-pub fn faults_from_env() -> Result<Vec<(Op, Code)>, String> {
+pub(crate) fn faults_from_env() -> Result<Vec<(Op, Code)>, String> {
     if !cfg!(debug_assertions) {
         return Ok(Vec::new());
     }
@@ -112,7 +112,7 @@ pub fn faults_from_env() -> Result<Vec<(Op, Code)>, String> {
 }
 
 /// A backend that fails chosen operations with chosen NVML codes and passes everything else through.
-pub struct FaultInjector<'a> {
+pub(crate) struct FaultInjector<'a> {
     pub inner: &'a mut dyn Backend,
     pub faults: Vec<(Op, Code)>,
 }

@@ -1,8 +1,13 @@
 //! In-process tests of apply/release/gc over the simulator backend (the CLI-level tests are in tests/alloc_*.rs).
 
+use super::reconcile::lease_whole;
 use super::testhook::{FaultInjector, Op};
 use super::*;
+use crate::config::{GpuRef, ReleasePolicy};
 use crate::gpu::sim::{SimBackend, SimSpec};
+use crate::gpu::{GpuInstance, MigState};
+use crate::lease::LeaseState;
+use crate::policy::plan;
 use std::cell::Cell;
 
 struct Env {
@@ -39,6 +44,15 @@ impl HolderProbe for Probe {
         self.1.set(self.1.get() + 1);
         self.0
     }
+}
+
+/// The lease held by container `id`, if any.
+fn lease_of_container(dir: &StateDir, container_id: &str) -> Result<Option<Lease>, AllocError> {
+    let reg = Registry::open(dir)?;
+    Ok(reg
+        .leases()?
+        .into_iter()
+        .find(|l| matches!(&l.holder, Holder::Container { id, .. } if id == container_id)))
 }
 
 fn probe() -> Probe {
@@ -329,7 +343,7 @@ fn dead_and_reused_pids_are_stale() {
         .unwrap();
     let alive = e
         .alloc(&AllocRequest {
-            holder: Holder::this_process().unwrap(),
+            holder: Holder::process(std::process::id()).unwrap(),
             ..want("1g.10gb")
         })
         .unwrap();

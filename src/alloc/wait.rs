@@ -1,7 +1,7 @@
 //! The first-come-first-served wait queue of `--wait`: tickets in the state dir, head-only allocation, the live progress line; it must not plan or touch the GPU.
 //!
 //! A waiter takes a ticket (`queue/<n>.json`, numbered under the allocation lock) that holds back
-//! one GPU for it (`plan::reservation`: where it is closest to fitting), so a small request that
+//! one GPU for it (`policy::plan::reservation`: where it is closest to fitting), so a small request that
 //! arrives later cannot starve a large one that waits for a whole GPU. Requests that fit on GPUs no
 //! earlier waiter holds go ahead: fairness must not become a denial of service. A ticket holds
 //! nothing once its process died (pid gone, or reused with another start time), is stopped, or is
@@ -21,7 +21,7 @@ const OTHER_POLL: Duration = Duration::from_millis(150);
 const REPLAN_EVERY: Duration = Duration::from_secs(1);
 
 /// `m:ss` (or `h:mm:ss`) for the progress line and messages.
-pub fn clock(d: Duration) -> String {
+pub(crate) fn clock(d: Duration) -> String {
     let s = d.as_secs();
     if s >= 3600 {
         format!("{}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)

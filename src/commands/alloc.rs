@@ -1,9 +1,11 @@
 //! Handlers for `alloc`, `release` and `gc`: turn flags into an [`AllocRequest`], call `alloc`, print the result (text or JSON, see docs/leases.md).
 
 use super::{Ctx, InputError};
-use crate::alloc::{self, AllocRequest, Want};
+use crate::alloc::{self, AllocRequest};
 use crate::cli::{AllocArgs, GcArgs, ReleaseArgs, RequestArgs};
 use crate::lease::{Holder, Lease};
+use crate::policy::Want;
+use crate::profile::parse_size_mib;
 use anyhow::Result;
 use std::io::Write;
 use std::time::Duration;
@@ -15,7 +17,7 @@ pub const SCHEMA_VERSION: u32 = 1;
 pub(crate) fn want_of(r: &RequestArgs) -> Result<Want> {
     match (&r.profile, &r.min_mem) {
         (Some(p), None) => Ok(Want::Profile(p.parse()?)),
-        (None, Some(m)) => Ok(Want::MinMemMib(alloc::parse_size_mib(m)?)),
+        (None, Some(m)) => Ok(Want::MinMemMib(parse_size_mib(m)?)),
         (Some(_), Some(_)) => Err(InputError::Other(
             "give either --profile or --min-mem, not both".into(),
         )

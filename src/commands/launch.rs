@@ -12,13 +12,13 @@
 
 use super::alloc::{wait_of, want_of};
 use super::{Ctx, InputError};
-use crate::alloc::plan::{self, Plan};
-use crate::alloc::{self, AllocError, AllocRequest, Want};
+use crate::alloc::{self, AllocError, AllocRequest};
 use crate::cli::{InjectMode, RunArgs, WatchArgs};
 use crate::engine::docker;
 use crate::engine::docker::{DockerCli, RunLine};
 use crate::engine::docker_api::DaemonLink;
 use crate::lease::{Holder, Lease, LeaseError};
+use crate::policy::plan::{self, Plan, Want};
 use crate::statedir::{StateDir, DEFAULT_STATE_DIR};
 use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};

@@ -1,10 +1,10 @@
 //! Handlers for the read-only commands `profiles`, `placements` and `status` (with lease owners), and their text/JSON rendering (schema: docs/json.md).
 
 use super::{select_gpu, Ctx};
-use crate::alloc::plan::{self, Owner};
 use crate::cli::ListArgs;
 use crate::gpu::{Backend, GiProfile, GpuInfo, GpuState, MigMode, Placement};
 use crate::lease::{CreatedRecord, Lease, LeaseState, Ticket};
+use crate::policy::plan::{self, Owner};
 use anyhow::Result;
 use serde::Serialize;
 use std::time::Duration;

@@ -14,7 +14,7 @@ use crate::statedir::StateDir;
 use anyhow::Result;
 
 /// An opened state dir with its backend and probe.
-pub struct Session<'c> {
+pub(crate) struct Session<'c> {
     ctx: &'c Ctx,
     dir: StateDir,
     backend: Box<dyn Backend>,
@@ -24,13 +24,13 @@ pub struct Session<'c> {
 
 impl Ctx {
     /// Open the state dir (creating it when missing) and build the session on it.
-    pub fn session(&self) -> Result<Session<'_>> {
+    pub(crate) fn session(&self) -> Result<Session<'_>> {
         let dir = self.state_dir()?;
         self.session_in(dir)
     }
 
     /// [`Ctx::session`] over a state dir the caller has already opened.
-    pub fn session_in(&self, dir: StateDir) -> Result<Session<'_>> {
+    pub(crate) fn session_in(&self, dir: StateDir) -> Result<Session<'_>> {
         let backend = self.backend_in(&dir)?;
         let faults = testhook::faults_from_env().map_err(super::InputError::Other)?;
         Ok(Session {
@@ -46,16 +46,12 @@ impl Ctx {
 }
 
 impl Session<'_> {
-    pub fn dir(&self) -> &StateDir {
+    pub(crate) fn dir(&self) -> &StateDir {
         &self.dir
     }
 
-    pub fn probe(&self) -> &dyn HolderProbe {
-        &*self.probe
-    }
-
     /// Run `f` on the backend, behind the fault injector when a debug build's test hook asks for it.
-    pub fn with_backend<R>(&mut self, f: impl FnOnce(&mut dyn Backend) -> R) -> R {
+    pub(crate) fn with_backend<R>(&mut self, f: impl FnOnce(&mut dyn Backend) -> R) -> R {
         self.op(|b, _, _, _| f(b))
     }
 
@@ -75,12 +71,12 @@ impl Session<'_> {
         f(&mut faulty, &dir, config, probe)
     }
 
-    pub fn allocate(&mut self, req: &AllocRequest) -> Result<Lease, AllocError> {
+    pub(crate) fn allocate(&mut self, req: &AllocRequest) -> Result<Lease, AllocError> {
         self.op(|b, d, c, p| alloc::allocate(b, d, c, req, p))
     }
 
     /// Release by lease id or MIG UUID; `caller_uid` is the sudo user (only their own leases).
-    pub fn release(
+    pub(crate) fn release(
         &mut self,
         target: &str,
         caller_uid: Option<u32>,
@@ -88,17 +84,17 @@ impl Session<'_> {
         self.op(|b, d, c, _| alloc::release(b, d, c, target, caller_uid))
     }
 
-    pub fn gc(&mut self) -> Result<GcReport, AllocError> {
+    pub(crate) fn gc(&mut self) -> Result<GcReport, AllocError> {
         self.op(|b, d, c, p| alloc::gc(b, d, c, p))
     }
 
     /// The GPUs as the backend lists them (for handlers that select GPUs before acting).
-    pub fn gpus(&mut self) -> Result<Vec<crate::gpu::GpuInfo>, GpuError> {
+    pub(crate) fn gpus(&mut self) -> Result<Vec<crate::gpu::GpuInfo>, GpuError> {
         self.with_backend(|b| b.gpus())
     }
 
     /// `migrun teardown` through this session.
-    pub fn teardown(
+    pub(crate) fn teardown(
         &mut self,
         targets: &[u32],
         options: alloc::TeardownOptions,

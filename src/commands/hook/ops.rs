@@ -1,11 +1,12 @@
 //! The hooks' and the shim's lease operations ([`LeaseOps`]) over the real state dir and GPU backend, opened on first use, and precreate's hand-over records.
 
 use super::Ctx;
-use crate::alloc::{self, AllocRequest, ReleaseOutcome, Want};
+use crate::alloc::{self, AllocRequest, ReleaseOutcome};
 use crate::commands::session::Session;
 use crate::engine::oci::binding::Handover;
 use crate::engine::oci::{LeaseCheck, LeaseOps, OpsError, Request};
 use crate::lease::{Holder, Lease, LeaseId, Registry};
+use crate::policy::Want;
 use crate::statedir::StateDir;
 
 /// Sub-directory of the state dir holding precreate's hand-over records, `<lease>.json` each.

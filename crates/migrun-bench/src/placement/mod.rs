@@ -16,7 +16,7 @@ pub use args::Args;
 
 use migrun::gpu::sim::{SimMachine, SimSpec};
 use migrun::gpu::{GpuState, MigState};
-use migrun::placement::Policy;
+use migrun::policy::placement::Policy;
 use replay::Stats;
 use std::fmt::Write as _;
 use std::path::PathBuf;

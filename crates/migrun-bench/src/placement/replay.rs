@@ -8,7 +8,7 @@ use super::stream::{Arrival, Kind};
 use super::BenchError;
 use migrun::gpu::rules::{self, Occupant};
 use migrun::gpu::{GpuInstance, MigState};
-use migrun::placement::{self, Policy};
+use migrun::policy::placement::{self, Policy};
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 

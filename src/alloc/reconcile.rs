@@ -1,0 +1,449 @@
+//! Reconciling the registry with the device: repair crashed allocations from their intents, release leases
+//! of dead holders, finish draining ones, drop records of vanished instances, and destroy (CI, then GI) only
+//! what migrun created; it must not plan or name an engine.
+//!
+//! Records are matched to the device by GPU UUID, GI id, profile, placement and MIG UUID, so a changed or
+//! foreign instance is never taken for migrun's. [`sweep`] runs under the lock before every allocation and
+//! in `migrun gc`; [`finish`] ends one lease for release and gc alike.
+
+use super::testhook::crash_point;
+use super::{binding, AllocError, GcReport, HolderProbe, ReleaseOutcome};
+use crate::config::{Config, ReleasePolicy};
+use crate::gpu::{Backend, Code, GpuError, GpuInstance, GpuState, MigState};
+use crate::lease::{self, CreatedRecord, Holder, Intent, Lease, LeaseId, LeaseState, Registry};
+
+fn gpu_by_uuid<'a>(state: &'a MigState, uuid: &str) -> Option<&'a GpuState> {
+    state.gpus.iter().find(|g| g.info.uuid == uuid)
+}
+
+/// The GI a record names, if it is still the same instance: same id, profile and placement, and
+/// (when it has a compute instance) the recorded MIG UUID. A GI that lost its CI still matches, so
+/// an interrupted destroy can be finished.
+fn find_instance<'a>(
+    state: &'a MigState,
+    gpu_uuid: &str,
+    gi: u32,
+    profile_id: u32,
+    placement: crate::gpu::Placement,
+    mig_uuid: &str,
+) -> Option<(&'a GpuState, &'a GpuInstance)> {
+    let g = gpu_by_uuid(state, gpu_uuid)?;
+    let i = g.instances.iter().find(|i| {
+        i.id == gi
+            && i.profile_id == profile_id
+            && i.placement == placement
+            && (i.compute_instances.is_empty()
+                || i.compute_instances.iter().any(|c| c.mig_uuid == mig_uuid))
+    })?;
+    Some((g, i))
+}
+
+fn lease_instance<'a>(state: &'a MigState, l: &Lease) -> Option<(&'a GpuState, &'a GpuInstance)> {
+    find_instance(
+        state,
+        &l.gpu_uuid,
+        l.gi,
+        l.profile_id,
+        l.placement,
+        &l.mig_uuid,
+    )
+}
+
+/// The instance is whole: its compute instance with the leased MIG UUID exists.
+pub(super) fn lease_whole(state: &MigState, l: &Lease) -> bool {
+    lease_instance(state, l)
+        .is_some_and(|(_, i)| i.compute_instances.iter().any(|c| c.mig_uuid == l.mig_uuid))
+}
+
+pub(super) fn record_matches(state: &MigState, r: &CreatedRecord) -> bool {
+    find_instance(
+        state,
+        &r.gpu_uuid,
+        r.gi,
+        r.profile_id,
+        r.placement,
+        &r.mig_uuid,
+    )
+    .is_some_and(|(_, i)| i.compute_instances.iter().any(|c| c.mig_uuid == r.mig_uuid))
+}
+
+/// Drop an instance from the in-memory snapshot after destroying it.
+pub(super) fn forget(state: &mut MigState, gpu_uuid: &str, gi: u32) {
+    if let Some(g) = state.gpus.iter_mut().find(|g| g.info.uuid == gpu_uuid) {
+        g.instances.retain(|i| i.id != gi);
+    }
+}
+
+/// Does a created/ record (migrun's own create) name exactly the instance this lease names?
+fn recorded_as_ours(reg: &Registry, l: &Lease) -> Result<bool, AllocError> {
+    Ok(reg.created()?.iter().any(|r| {
+        r.gpu_uuid == l.gpu_uuid
+            && r.gi == l.gi
+            && r.profile_id == l.profile_id
+            && r.placement == l.placement
+            && r.mig_uuid == l.mig_uuid
+    }))
+}
+
+/// Why a destroy did not happen.
+pub(super) enum DestroyError {
+    /// The instance runs processes (or the driver says IN_USE): never destroy it now.
+    Busy,
+    Other(GpuError),
+}
+
+/// Destroy an instance migrun created: its compute instances first, then the GPU instance.
+/// `crash` names the release crash points (only for a release, not for gc repairs).
+pub(super) fn destroy(
+    backend: &mut dyn Backend,
+    g: &GpuState,
+    i: &GpuInstance,
+    crash: bool,
+) -> Result<(), DestroyError> {
+    if i.processes > 0 {
+        return Err(DestroyError::Busy);
+    }
+    let map = |e: GpuError| match e.code() {
+        Some(Code::InUse) => DestroyError::Busy,
+        _ => DestroyError::Other(e),
+    };
+    for c in &i.compute_instances {
+        match backend.destroy_ci(g.info.index, i.id, c.id) {
+            Ok(()) => {}
+            // Already gone (a concurrent admin, or our own interrupted attempt): carry on.
+            Err(e) if e.code() == Some(Code::NotFound) => {}
+            Err(e) => return Err(map(e)),
+        }
+    }
+    if crash {
+        crash_point("release-after-destroy-ci");
+    }
+    match backend.destroy_gi(g.info.index, i.id) {
+        Ok(()) => {}
+        Err(e) if e.code() == Some(Code::NotFound) => {}
+        Err(e) => return Err(map(e)),
+    }
+    if crash {
+        crash_point("release-after-destroy-gi");
+    }
+    Ok(())
+}
+
+fn holder_alive(lease_id: LeaseId, h: &Holder, probe: &dyn HolderProbe) -> bool {
+    match h {
+        Holder::Process { pid, start_time } => lease::process_alive(*pid, *start_time),
+        // The engine's word wins; when it cannot be asked, a recorded init pid decides; else keep the lease.
+        Holder::Container { id, engine, pid } => match probe.container_alive(id, engine) {
+            Some(alive) => alive,
+            None => pid.map_or(true, |(p, st)| lease::process_alive(p, st)),
+        },
+        // Before docker wrote the container id, the launcher, the docker client it recorded before docker ran, or a
+        // container labelled with this launch may use the slice (a slow pull can outlive a killed launcher).
+        Holder::Launcher {
+            pid,
+            start_time,
+            client,
+            engine,
+            launch,
+        } => {
+            lease::process_alive(*pid, *start_time)
+                || client.is_some_and(|(p, st)| {
+                    lease::process_alive(p, st)
+                        || probe.launched_alive(lease_id, launch, engine) != Some(false)
+                })
+        }
+        Holder::Manual => true,
+    }
+}
+
+fn keeps(l: &Lease, config: &Config) -> bool {
+    l.keep || config.release == ReleasePolicy::Keep
+}
+
+/// End a lease (under the lock): drop it, or destroy the instance migrun created (one attempt).
+pub(super) fn finish(
+    backend: &mut dyn Backend,
+    reg: &Registry,
+    config: &Config,
+    state: &mut MigState,
+    mut l: Lease,
+) -> Result<ReleaseOutcome, AllocError> {
+    let mig_uuid = l.mig_uuid.clone();
+    // A lease file alone never licenses a destroy: the created/ record, written only by migrun's own
+    // create, must name the same instance (GI, profile, placement, MIG UUID). A crafted or stale lease
+    // claiming `created` for someone else's instance is dropped and the instance left alone.
+    let ours = l.created && (lease_instance(state, &l).is_none() || recorded_as_ours(reg, &l)?);
+    if l.created && !ours {
+        tracing::warn!(lease = l.id, mig = %l.mig_uuid, "lease claims created=true but no created/ record matches; not destroying");
+    }
+    if !ours || (keeps(&l, config) && l.state == LeaseState::Active) {
+        let whole = lease_whole(state, &l);
+        reg.remove_lease(l.id)?;
+        if !whole {
+            return Ok(ReleaseOutcome::Gone {
+                lease: l.id,
+                mig_uuid,
+            });
+        }
+        let why = if ours {
+            "kept warm for reuse (--keep or config release = \"keep\")"
+        } else if l.created {
+            "the lease says migrun created it, but no created/ record matches the instance, so migrun leaves it alone"
+        } else {
+            "migrun did not create it"
+        };
+        return Ok(ReleaseOutcome::Kept {
+            lease: l.id,
+            mig_uuid,
+            why: why.into(),
+        });
+    }
+    // Journal the release first: from here on a crash leaves a draining lease that gc finishes.
+    let was_draining = l.state == LeaseState::Draining;
+    if !was_draining {
+        l.state = LeaseState::Draining;
+        l.updated_at = lease::now();
+        reg.write_lease(&l)?;
+        crash_point("release-after-mark-draining");
+    }
+    let Some((g, i)) = lease_instance(state, &l) else {
+        reg.remove_created(&l.gpu_uuid, l.gi)
+            .and_then(|_| reg.remove_lease(l.id))?;
+        let outcome = if was_draining {
+            // Our own interrupted destroy, or an admin's: either way it is gone now.
+            ReleaseOutcome::Destroyed {
+                lease: l.id,
+                mig_uuid,
+            }
+        } else {
+            ReleaseOutcome::Gone {
+                lease: l.id,
+                mig_uuid,
+            }
+        };
+        return Ok(outcome);
+    };
+    let (g, i) = (g.clone(), i.clone());
+    match destroy(backend, &g, &i, true) {
+        Ok(()) => {
+            forget(state, &l.gpu_uuid, l.gi);
+            reg.remove_created(&l.gpu_uuid, l.gi)?;
+            crash_point("release-after-remove-record");
+            reg.remove_lease(l.id)?;
+            Ok(ReleaseOutcome::Destroyed {
+                lease: l.id,
+                mig_uuid,
+            })
+        }
+        Err(DestroyError::Busy) => Ok(ReleaseOutcome::Draining {
+            lease: l.id,
+            mig_uuid,
+        }),
+        Err(DestroyError::Other(e)) => Err(e.into()),
+    }
+}
+
+/// Reconcile the registry with the device (under the lock) and return the resulting snapshot.
+///
+/// 1. Intents left by crashed allocations: an instance they created that no lease holds is destroyed.
+/// 2. Leases: an active lease whose instance vanished is dropped; one whose holder is dead is
+///    released; a draining one gets another destroy attempt.
+/// 3. Created-instance records whose instance is gone are dropped.
+pub(crate) fn sweep(
+    backend: &mut dyn Backend,
+    reg: &Registry,
+    config: &Config,
+    probe: &dyn HolderProbe,
+    report: &mut GcReport,
+) -> Result<MigState, AllocError> {
+    Ok(sweep_records(backend, reg, config, probe, report)?.state)
+}
+
+/// What a sweep leaves: the device state and the registry's records, as they are after it.
+pub(crate) struct Swept {
+    pub state: MigState,
+    pub leases: Vec<Lease>,
+    pub created: Vec<CreatedRecord>,
+}
+
+/// [`sweep`], also returning the leases and created-instance records it read, so the caller (under the same
+/// lock) does not read every lease file again: on a busy host that is one file per running container, and the
+/// allocation runs in every container's start.
+pub(crate) fn sweep_records(
+    backend: &mut dyn Backend,
+    reg: &Registry,
+    config: &Config,
+    probe: &dyn HolderProbe,
+    report: &mut GcReport,
+) -> Result<Swept, AllocError> {
+    let mut state = backend.snapshot()?;
+    // Before any record is acted on: the records must be about this machine's GPUs.
+    binding::bind(reg.dir(), &backend.kind(), &state, config)?;
+    let first = reg.leases()?;
+    let intents = reg.intents()?;
+    // Any repair or release below rewrites lease files; then they are read again.
+    let mut changed = !intents.is_empty();
+
+    for intent in intents {
+        repair_intent(backend, reg, &mut state, &first, &intent, report)?;
+    }
+
+    for l in first.iter() {
+        let whole = lease_whole(&state, l);
+        let outcome = match l.state {
+            LeaseState::Active if !whole => {
+                // Never destroy here: a changed instance is not the one we leased.
+                reg.remove_lease(l.id)?;
+                Some(ReleaseOutcome::Gone {
+                    lease: l.id,
+                    mig_uuid: l.mig_uuid.clone(),
+                })
+            }
+            LeaseState::Active if holder_alive(l.id, &l.holder, probe) => None,
+            LeaseState::Active => {
+                report
+                    .notes
+                    .push(format!("lease {}: holder {} is gone", l.id, l.holder));
+                Some(finish(backend, reg, config, &mut state, l.clone())?)
+            }
+            LeaseState::Draining => Some(finish(backend, reg, config, &mut state, l.clone())?),
+        };
+        changed |= outcome.is_some();
+        match outcome {
+            Some(ReleaseOutcome::Draining { lease, mig_uuid }) => {
+                report.notes.push(format!(
+                    "lease {lease}: {mig_uuid} is still in use; it stays draining"
+                ));
+            }
+            Some(o) => {
+                tracing::info!(outcome = %o, "gc");
+                report.released.push(o);
+            }
+            None => {}
+        }
+    }
+
+    let leases = if changed { reg.leases()? } else { first };
+    let mut created = Vec::new();
+    for r in reg.created()? {
+        let leased = leases
+            .iter()
+            .any(|l| l.gpu_uuid == r.gpu_uuid && l.gi == r.gi);
+        if !leased && !record_matches(&state, &r) {
+            reg.remove_created(&r.gpu_uuid, r.gi)?;
+            report.notes.push(format!(
+                "forgot GI {} on {}: the instance migrun kept is gone",
+                r.gi, r.gpu_uuid
+            ));
+        } else {
+            created.push(r);
+        }
+    }
+    // Records skipped as not migrun's (a field that cannot be, e.g. a path for a UUID) are reported, never used.
+    report.notes.extend(reg.take_skipped());
+    Ok(Swept {
+        state,
+        leases,
+        created,
+    })
+}
+
+fn repair_intent(
+    backend: &mut dyn Backend,
+    reg: &Registry,
+    state: &mut MigState,
+    leases: &[Lease],
+    intent: &Intent,
+    report: &mut GcReport,
+) -> Result<(), AllocError> {
+    let leased =
+        |gpu_uuid: &str, gi: u32| leases.iter().any(|l| l.gpu_uuid == gpu_uuid && l.gi == gi);
+    let Some(gi) = intent.gi else {
+        return drop_unbound_intent(reg, state, intent, &leased, report);
+    };
+    // The intent licenses destroying only the instance its create returned: that GI id, with the profile
+    // and placement it was asked for.
+    let found = gpu_by_uuid(state, &intent.gpu_uuid).and_then(|g| {
+        let i = g.instances.iter().find(|i| {
+            i.id == gi && i.profile_id == intent.profile_id && i.placement == intent.placement
+        })?;
+        Some((g.clone(), i.clone()))
+    });
+    let Some((g, i)) = found else {
+        // The instance is gone already (or was replaced: then it is not the one the intent made).
+        if !leased(&intent.gpu_uuid, gi) {
+            reg.remove_created(&intent.gpu_uuid, gi)?;
+        }
+        reg.remove_intent(intent.lease)?;
+        report.notes.push(format!(
+            "dropped the journal of an interrupted allocation (lease {}, {} at {} on GPU {}): no instance of it exists",
+            intent.lease, intent.profile, intent.placement, intent.gpu_index
+        ));
+        return Ok(());
+    };
+    if leased(&g.info.uuid, i.id) {
+        // The allocation did finish: its lease stands for the instance.
+        reg.remove_intent(intent.lease)?;
+        return Ok(());
+    }
+    let what = format!(
+        "GPU {} GI {} ({} at {}), left by an interrupted allocation (lease {})",
+        g.info.index, i.id, intent.profile, i.placement, intent.lease
+    );
+    match destroy(backend, &g, &i, false) {
+        Ok(()) => {
+            forget(state, &g.info.uuid, i.id);
+            reg.remove_created(&g.info.uuid, i.id)?;
+            reg.remove_intent(intent.lease)?;
+            report.repaired.push(format!("{what}: destroyed"));
+        }
+        Err(DestroyError::Busy) => {
+            report.notes.push(format!(
+                "{what} is in use; gc will destroy it once it is idle"
+            ));
+        }
+        Err(DestroyError::Other(e)) => return Err(e.into()),
+    }
+    Ok(())
+}
+
+/// An intent without a journaled GI id: the allocation died before the driver's create returned, or in
+/// the instant between that and the journal write. An instance of its profile at its placement may be
+/// the one it made, or one someone made there since (an admin's `nvidia-smi mig -cgi`); nothing on the
+/// device tells them apart, so the intent licenses no destroy. It is dropped, and a candidate instance
+/// is left alone and reported, for a person to judge.
+fn drop_unbound_intent(
+    reg: &Registry,
+    state: &MigState,
+    intent: &Intent,
+    leased: &dyn Fn(&str, u32) -> bool,
+    report: &mut GcReport,
+) -> Result<(), AllocError> {
+    let created = reg.created()?;
+    let candidate = gpu_by_uuid(state, &intent.gpu_uuid).and_then(|g| {
+        g.instances
+            .iter()
+            .find(|i| {
+                i.profile_id == intent.profile_id
+                    && i.placement == intent.placement
+                    && !leased(&g.info.uuid, i.id)
+                    && !created
+                        .iter()
+                        .any(|r| r.gpu_uuid == g.info.uuid && r.gi == i.id)
+            })
+            .map(|i| (g.info.index, i.id))
+    });
+    reg.remove_intent(intent.lease)?;
+    let head = format!(
+        "dropped the journal of an interrupted allocation (lease {}, {} at {} on GPU {})",
+        intent.lease, intent.profile, intent.placement, intent.gpu_index
+    );
+    report.notes.push(match candidate {
+        None => format!("{head}: no instance of it exists"),
+        Some((gpu, gi)) => format!(
+            "{head}: GI {gi} there may be what it left or someone else's, and migrun cannot tell, so it leaves it alone \
+             (if nobody uses it, remove it with `migrun teardown --gpu {gpu} --include-foreign` or nvidia-smi)"
+        ),
+    });
+    Ok(())
+}

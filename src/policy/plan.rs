@@ -1,0 +1,443 @@
+//! The pure allocation planner: (snapshot, leases, request) -> reuse this instance, create at this placement, or a no-room explanation; it must not do I/O.
+//!
+//! Where to *create* is the placement policy's decision ([`placement::choose`]); this module decides
+//! reuse versus create, applies the `--gpu`/config filters, sizes `--min-mem` requests and says who owns
+//! an instance. Why a request does not fit is told by `no_room`. Everything here is a function of its
+//! arguments, so it is tested with tables over hand-built `MigState`s.
+
+use super::no_room::{explain, gpu_unusable, suggestions, GpuNoRoom, NoRoom, Why};
+use super::placement::{self, Choice, Policy};
+use crate::gpu::rules::{self, Occupant};
+use crate::gpu::{GiProfile, GpuInstance, GpuState, MigState, Placement};
+use crate::lease::{Lease, LeaseId, LeaseState};
+use crate::profile::{ProfileName, ProfileSpec, Variant};
+use serde::Serialize;
+use std::fmt;
+
+/// What to allocate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Want {
+    Profile(ProfileSpec),
+    /// Smallest plain profile with at least this many MiB (`--min-mem`).
+    MinMemMib(u64),
+}
+
+impl std::fmt::Display for Want {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Want::Profile(p) => p.fmt(f),
+            Want::MinMemMib(m) => write!(f, "--min-mem {m}MiB"),
+        }
+    }
+}
+
+/// The planner's input besides the snapshot and the leases.
+#[derive(Debug, Clone)]
+pub(crate) struct PlanRequest {
+    pub want: Want,
+    /// GPUs the request may use (`--gpu` intersected with the config's `gpus`); `None` = all.
+    pub gpus: Option<Vec<u32>>,
+    /// The config's `allowed_profiles`; `None` = all.
+    pub allowed: Option<Vec<ProfileSpec>>,
+    /// Unleased instances migrun created (kept warm), as (GPU UUID, GI id); only used to explain who holds a placement.
+    pub kept: Vec<(String, u32)>,
+}
+
+impl PlanRequest {
+    /// A request for `want` on every GPU, any profile, nothing kept (the tables build theirs from it).
+    #[cfg(test)]
+    pub(crate) fn new(want: Want) -> PlanRequest {
+        PlanRequest {
+            want,
+            gpus: None,
+            allowed: None,
+            kept: Vec::new(),
+        }
+    }
+}
+
+/// What to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Plan {
+    /// Hand out an existing free instance (no lease, no processes).
+    Reuse {
+        gpu: u32,
+        gi: u32,
+        ci: u32,
+        mig_uuid: String,
+        profile_id: u32,
+        /// Short profile name (`3g.40gb`).
+        profile: String,
+        placement: Placement,
+    },
+    /// Create a GI (plus its default CI) where the placement policy chose.
+    Create(Choice),
+}
+
+impl Plan {
+    pub(crate) fn gpu(&self) -> u32 {
+        match self {
+            Plan::Reuse { gpu, .. } => *gpu,
+            Plan::Create(c) => c.gpu,
+        }
+    }
+}
+
+/// Who owns an existing instance, as status and the explanations show it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum Owner {
+    /// Held by a lease.
+    Lease { id: LeaseId, draining: bool },
+    /// Created by migrun and kept warm, not leased: free for reuse (or teardown).
+    Kept,
+    /// Not migrun's (an admin, mig-parted); `processes` > 0 means busy.
+    Foreign { processes: u32 },
+}
+
+impl fmt::Display for Owner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Owner::Lease {
+                id,
+                draining: false,
+            } => write!(f, "lease {id}"),
+            Owner::Lease { id, draining: true } => write!(f, "lease {id}, draining"),
+            Owner::Kept => f.write_str("migrun's, kept idle"),
+            Owner::Foreign { processes: 0 } => f.write_str("not migrun's"),
+            Owner::Foreign { .. } => f.write_str("not migrun's, busy"),
+        }
+    }
+}
+
+/// The lease on an instance, if any: same GPU and GI id (the registry is reconciled with the device
+/// before planning, so a lease on that GI means it is taken).
+pub(crate) fn lease_of<'a>(leases: &'a [Lease], gpu_uuid: &str, gi: u32) -> Option<&'a Lease> {
+    leases.iter().find(|l| l.gpu_uuid == gpu_uuid && l.gi == gi)
+}
+
+/// Who owns `inst` on `g`.
+pub(crate) fn owner(
+    g: &GpuState,
+    inst: &GpuInstance,
+    leases: &[Lease],
+    kept: &[(String, u32)],
+) -> Owner {
+    if let Some(l) = lease_of(leases, &g.info.uuid, inst.id) {
+        return Owner::Lease {
+            id: l.id,
+            draining: l.state == LeaseState::Draining,
+        };
+    }
+    if kept
+        .iter()
+        .any(|(u, gi)| *u == g.info.uuid && *gi == inst.id)
+    {
+        return Owner::Kept;
+    }
+    Owner::Foreign {
+        processes: inst.processes,
+    }
+}
+
+/// Is `p` allowed by the config's profile list?
+pub(super) fn allowed(req: &PlanRequest, p: &GiProfile) -> bool {
+    req.allowed.as_ref().map_or(true, |specs| {
+        specs.iter().any(|s| crate::gpu::names::matches(s, p))
+    })
+}
+
+fn considered<'a>(state: &'a MigState, req: &PlanRequest) -> Vec<&'a GpuState> {
+    state
+        .gpus
+        .iter()
+        .filter(|g| {
+            req.gpus
+                .as_ref()
+                .map_or(true, |allowed| allowed.contains(&g.info.index))
+        })
+        .collect()
+}
+
+/// The GPU a waiting request holds back for itself while it waits: of the GPUs it may use that no
+/// earlier waiter holds (`taken`), the usable one with the most memory slices free now, where it is
+/// closest to fitting (lowest index on a tie). Only that GPU is held back; requests that fit on
+/// the others go ahead of the waiter (docs/leases.md, "--wait"). `None`: every GPU it may use is
+/// held by someone earlier, so it holds nothing of its own yet.
+pub(crate) fn reservation(state: &MigState, req: &PlanRequest, taken: &[u32]) -> Option<u32> {
+    considered(state, req)
+        .into_iter()
+        .filter(|g| gpu_unusable(g).is_none() && !taken.contains(&g.info.index))
+        .filter(|g| match &req.want {
+            Want::Profile(spec) => g
+                .profiles
+                .iter()
+                .any(|p| crate::gpu::names::matches(spec, p)),
+            Want::MinMemMib(mib) => g.profiles.iter().any(|p| p.memory_mib >= *mib),
+        })
+        .max_by_key(|g| {
+            let used: u32 = g.instances.iter().map(|i| i.placement.size).sum();
+            (
+                g.slots().saturating_sub(used),
+                std::cmp::Reverse(g.info.index),
+            )
+        })
+        .map(|g| g.info.index)
+}
+
+/// A free instance of `p` on `g`: has a compute instance, no processes, no lease.
+fn reusable<'a>(g: &'a GpuState, p: &GiProfile, leases: &[Lease]) -> Option<&'a GpuInstance> {
+    let mut insts: Vec<&GpuInstance> = g
+        .instances
+        .iter()
+        .filter(|i| {
+            i.profile_id == p.id
+                && i.processes == 0
+                && i.compute_instances.len() == 1
+                && lease_of(leases, &g.info.uuid, i.id).is_none()
+        })
+        .collect();
+    insts.sort_by_key(|i| i.placement.start);
+    insts.first().copied()
+}
+
+/// Does `p` fit on `g` right now (reuse or create)?
+pub(super) fn fits_now(state: &MigState, g: &GpuState, p: &GiProfile, leases: &[Lease]) -> bool {
+    reusable(g, p, leases).is_some()
+        || !placement::candidates(state, &ProfileSpec::Id(p.id), Some(&[g.info.index])).is_empty()
+}
+
+pub(super) fn is_plain(p: &GiProfile) -> bool {
+    p.parsed_name().is_some_and(|n| n.variant == Variant::Plain)
+}
+
+/// Plan a request. Pure: the caller has reconciled `leases` with `state` and holds the allocation lock.
+pub(crate) fn plan(state: &MigState, leases: &[Lease], req: &PlanRequest) -> Result<Plan, NoRoom> {
+    match &req.want {
+        Want::Profile(spec) => plan_profile(state, leases, req, spec),
+        Want::MinMemMib(mib) => plan_min_mem(state, leases, req, *mib),
+    }
+}
+
+fn plan_profile(
+    state: &MigState,
+    leases: &[Lease],
+    req: &PlanRequest,
+    spec: &ProfileSpec,
+) -> Result<Plan, NoRoom> {
+    let gpus = considered(state, req);
+    let mut eligible: Vec<(&GpuState, &GiProfile)> = Vec::new();
+    let mut report: Vec<GpuNoRoom> = Vec::new();
+    let gpu_report = |g: &GpuState, why: Why| GpuNoRoom {
+        index: g.info.index,
+        uuid: g.info.uuid.clone(),
+        slot_map: g.slot_map(),
+        why,
+    };
+    for g in &gpus {
+        if let Some(why) = gpu_unusable(g) {
+            report.push(gpu_report(g, why));
+            continue;
+        }
+        let Some(p) = g
+            .profiles
+            .iter()
+            .find(|p| crate::gpu::names::matches(spec, p))
+        else {
+            report.push(gpu_report(g, Why::NoSuchProfile));
+            continue;
+        };
+        if !allowed(req, p) {
+            report.push(gpu_report(
+                g,
+                Why::NotAllowed {
+                    profile: p.short_name().into(),
+                },
+            ));
+            continue;
+        }
+        eligible.push((g, p));
+    }
+    // 1. Reuse: a free existing instance of exactly this profile, lowest GPU then lowest placement.
+    for (g, p) in &eligible {
+        if let Some(i) = reusable(g, p, leases) {
+            let ci = &i.compute_instances[0];
+            return Ok(Plan::Reuse {
+                gpu: g.info.index,
+                gi: i.id,
+                ci: ci.id,
+                mig_uuid: ci.mig_uuid.clone(),
+                profile_id: p.id,
+                profile: p.short_name().into(),
+                placement: i.placement,
+            });
+        }
+    }
+    // 2. Create where migrun's placement policy says.
+    let indices: Vec<u32> = eligible.iter().map(|(g, _)| g.info.index).collect();
+    if !indices.is_empty() {
+        if let Some(choice) = placement::choose(state, spec, Some(&indices), Policy::Migrun) {
+            return Ok(Plan::Create(choice));
+        }
+    }
+    // 3. No room: explain per GPU, in GPU order.
+    for (g, p) in &eligible {
+        report.push(gpu_report(g, explain(g, p, leases, &req.kept)));
+    }
+    report.sort_by_key(|r| r.index);
+    let below = eligible
+        .iter()
+        .map(|(_, p)| p.memory_mib)
+        .max()
+        .unwrap_or(0);
+    Err(NoRoom {
+        want: eligible
+            .first()
+            .map_or(spec.to_string(), |(_, p)| p.short_name().to_string()),
+        fits_now: suggestions(state, &gpus, leases, req, below),
+        gpus: report,
+        note: None,
+    })
+}
+
+/// The plain, allowed profiles of `g` with at least `mib`, smallest first (memory, then slices).
+fn big_enough<'a>(g: &'a GpuState, req: &PlanRequest, mib: u64) -> Vec<&'a GiProfile> {
+    let mut v: Vec<&GiProfile> = g
+        .profiles
+        .iter()
+        .filter(|p| is_plain(p) && allowed(req, p) && p.memory_mib >= mib)
+        .collect();
+    v.sort_by_key(|p| (p.memory_mib, p.slice_count, p.id));
+    v
+}
+
+fn plan_min_mem(
+    state: &MigState,
+    leases: &[Lease],
+    req: &PlanRequest,
+    mib: u64,
+) -> Result<Plan, NoRoom> {
+    let gpus = considered(state, req);
+    // Per GPU, the smallest big-enough profile that fits now.
+    let mut best: Vec<(u64, u32, ProfileName, u32)> = Vec::new();
+    for g in &gpus {
+        if gpu_unusable(g).is_some() {
+            continue;
+        }
+        if let Some(p) = big_enough(g, req, mib)
+            .into_iter()
+            .find(|p| fits_now(state, g, p, leases))
+        {
+            if let Some(name) = p.parsed_name() {
+                best.push((p.memory_mib, p.slice_count, name, g.info.index));
+            }
+        }
+    }
+    best.sort_by_key(|(m, s, _, gpu)| (*m, *s, *gpu));
+    if let Some((m, s, name, _)) = best.first().cloned() {
+        // Every GPU where the same smallest profile fits competes, so the policy picks among them.
+        let on: Vec<u32> = best
+            .iter()
+            .filter(|(m2, s2, n2, _)| (*m2, *s2, *n2) == (m, s, name))
+            .map(|(_, _, _, gpu)| *gpu)
+            .collect();
+        let sub = PlanRequest {
+            want: Want::Profile(ProfileSpec::Name(name)),
+            gpus: Some(on),
+            allowed: req.allowed.clone(),
+            kept: req.kept.clone(),
+        };
+        return plan(state, leases, &sub);
+    }
+    // Nothing fits: explain each GPU for its smallest big-enough profile.
+    let mut report = Vec::new();
+    for g in &gpus {
+        let why = match gpu_unusable(g) {
+            Some(why) => why,
+            None => match big_enough(g, req, mib).first() {
+                Some(p) => explain(g, p, leases, &req.kept),
+                None => Why::TooBig {
+                    largest: g
+                        .profiles
+                        .iter()
+                        .filter(|p| is_plain(p) && allowed(req, p))
+                        .max_by_key(|p| p.memory_mib)
+                        .map(|p| format!("{} with {} MiB", p.short_name(), p.memory_mib)),
+                    mib,
+                },
+            },
+        };
+        report.push(GpuNoRoom {
+            index: g.info.index,
+            uuid: g.info.uuid.clone(),
+            slot_map: g.slot_map(),
+            why,
+        });
+    }
+    Err(NoRoom {
+        want: format!("a profile with at least {mib} MiB"),
+        fits_now: suggestions(state, &gpus, leases, req, mib),
+        gpus: report,
+        note: None,
+    })
+}
+
+/// When nothing fits, would destroying idle instances migrun kept warm (`--keep`, `release = "keep"`)
+/// make room? Returns the (GPU index, GI id) to destroy, fewest first: those overlapping the placement
+/// the policy picks once they are gone, or every kept one on that GPU when a count limit needs it.
+/// Instances that are leased, busy or not migrun's are never candidates.
+pub(crate) fn evictions(
+    state: &MigState,
+    leases: &[Lease],
+    req: &PlanRequest,
+) -> Option<Vec<(u32, u32)>> {
+    let idle_kept = |g: &GpuState, i: &GpuInstance| {
+        i.processes == 0
+            && lease_of(leases, &g.info.uuid, i.id).is_none()
+            && req
+                .kept
+                .iter()
+                .any(|(u, gi)| *u == g.info.uuid && *gi == i.id)
+    };
+    let mut reduced = state.clone();
+    let mut any = false;
+    for g in &mut reduced.gpus {
+        let before = g.instances.len();
+        let gs = g.clone();
+        g.instances.retain(|i| !idle_kept(&gs, i));
+        any |= g.instances.len() != before;
+    }
+    if !any {
+        return None;
+    }
+    let sub = PlanRequest {
+        kept: Vec::new(),
+        ..req.clone()
+    };
+    let Ok(Plan::Create(c)) = plan(&reduced, leases, &sub) else {
+        return None;
+    };
+    let g = state.gpu(c.gpu)?;
+    let p = g.profile_by_id(c.profile_id)?;
+    let kept_here: Vec<&GpuInstance> = g.instances.iter().filter(|i| idle_kept(g, i)).collect();
+    let overlapping: Vec<&GpuInstance> = kept_here
+        .iter()
+        .copied()
+        .filter(|i| i.placement.overlaps(&c.placement))
+        .collect();
+    let rest: Vec<Occupant> = g
+        .instances
+        .iter()
+        .filter(|i| !overlapping.iter().any(|o| o.id == i.id))
+        .map(Occupant::from)
+        .collect();
+    let chosen = if rules::fits(&g.profiles, &rest, p, &c.placement) {
+        overlapping
+    } else {
+        kept_here
+    };
+    Some(chosen.iter().map(|i| (c.gpu, i.id)).collect())
+}
+
+#[cfg(test)]
+mod tests;
