@@ -192,7 +192,7 @@ fn force_releases_stale_leases(m: Machine) {
     assert!(instances(&m, 0).is_empty(), "{out}");
     let status = m.json(&["status", "--json"]);
     assert!(
-        status["leases"].as_array().map_or(true, |l| l.is_empty()),
+        status["leases"].as_array().is_none_or(|l| l.is_empty()),
         "{status}"
     );
 }

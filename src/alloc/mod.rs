@@ -317,7 +317,7 @@ pub(crate) fn allocate(
                     .gpus
                     .iter()
                     .map(|g| g.info.index)
-                    .filter(|i| full.gpus.as_ref().map_or(true, |a| a.contains(i)))
+                    .filter(|i| full.gpus.as_ref().is_none_or(|a| a.contains(i)))
                     .filter(|i| !held.contains(i))
                     .collect();
                 preq.gpus = Some(mine);

@@ -135,7 +135,7 @@ fn holder_alive(lease_id: LeaseId, h: &Holder, probe: &dyn HolderProbe) -> bool 
         // The engine's word wins; when it cannot be asked, a recorded init pid decides; else keep the lease.
         Holder::Container { id, engine, pid } => match probe.container_alive(id, engine) {
             Some(alive) => alive,
-            None => pid.map_or(true, |(p, st)| lease::process_alive(p, st)),
+            None => pid.is_none_or(|(p, st)| lease::process_alive(p, st)),
         },
         // Before docker wrote the container id, the launcher, the docker client it recorded before docker ran, or a
         // container labelled with this launch may use the slice (a slow pull can outlive a killed launcher).

@@ -78,7 +78,7 @@ impl<'a> Queue<'a> {
         let now = crate::lease::now();
         let ahead: Vec<&Ticket> = tickets
             .iter()
-            .filter(|t| mine.map_or(true, |m| t.ticket < m) && t.holds(now))
+            .filter(|t| mine.is_none_or(|m| t.ticket < m) && t.holds(now))
             .collect();
         let mut gpus: Vec<u32> = ahead.iter().filter_map(|t| t.reserved_gpu).collect();
         gpus.sort_unstable();
@@ -168,9 +168,10 @@ impl<'a> Queue<'a> {
                 self.req.want,
                 clock(started.elapsed())
             );
-            let stale = self.shown.as_ref().map_or(true, |(l, at)| {
-                *l != line && at.elapsed() >= Duration::from_millis(200)
-            });
+            let stale = self
+                .shown
+                .as_ref()
+                .is_none_or(|(l, at)| *l != line && at.elapsed() >= Duration::from_millis(200));
             if stale {
                 let mut err = std::io::stderr();
                 let _ = write!(err, "\r\x1b[2K{line}");

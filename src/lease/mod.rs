@@ -346,7 +346,7 @@ impl Ticket {
     /// stopped with ^Z or SIGSTOP looks at nothing and must not hold GPUs back forever), and its
     /// deadline, if any, has not passed.
     pub(crate) fn holds(&self, now: u64) -> bool {
-        self.deadline.map_or(true, |d| now < d) && self.alive() && !process_stopped(self.pid)
+        self.deadline.is_none_or(|d| now < d) && self.alive() && !process_stopped(self.pid)
     }
 }
 

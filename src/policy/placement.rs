@@ -30,7 +30,7 @@ pub struct Choice {
 
 /// Is this GPU one the request may use? MIG must be on now (a pending enable does not count).
 fn usable(g: &GpuState, gpus: Option<&[u32]>) -> bool {
-    !gpus.is_some_and(|allowed| !allowed.contains(&g.info.index))
+    gpus.is_none_or(|allowed| allowed.contains(&g.info.index))
         && g.info.mig.is_some_and(|m| m.current)
 }
 
@@ -189,7 +189,7 @@ fn migrun(state: &MigState, spec: &ProfileSpec, gpus: Option<&[u32]>) -> Option<
                 placement,
             };
             // Strictly cheaper only, so ties keep the lower GPU and the lower start.
-            if best.as_ref().map_or(true, |(c, _)| cost < *c - 1e-9) {
+            if best.as_ref().is_none_or(|(c, _)| cost < *c - 1e-9) {
                 best = Some((cost, choice));
             }
         }

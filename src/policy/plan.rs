@@ -142,9 +142,9 @@ pub(crate) fn owner(
 
 /// Is `p` allowed by the config's profile list?
 pub(super) fn allowed(req: &PlanRequest, p: &GiProfile) -> bool {
-    req.allowed.as_ref().map_or(true, |specs| {
-        specs.iter().any(|s| crate::gpu::names::matches(s, p))
-    })
+    req.allowed
+        .as_ref()
+        .is_none_or(|specs| specs.iter().any(|s| crate::gpu::names::matches(s, p)))
 }
 
 fn considered<'a>(state: &'a MigState, req: &PlanRequest) -> Vec<&'a GpuState> {
@@ -154,7 +154,7 @@ fn considered<'a>(state: &'a MigState, req: &PlanRequest) -> Vec<&'a GpuState> {
         .filter(|g| {
             req.gpus
                 .as_ref()
-                .map_or(true, |allowed| allowed.contains(&g.info.index))
+                .is_none_or(|allowed| allowed.contains(&g.info.index))
         })
         .collect()
 }

@@ -338,7 +338,7 @@ impl RunLine {
         self.opts.iter().rfind(|o| o.name == name).is_some_and(|o| {
             o.value
                 .as_deref()
-                .map_or(true, |v| parse_bool(v) == Some(true))
+                .is_none_or(|v| parse_bool(v) == Some(true))
         })
     }
 

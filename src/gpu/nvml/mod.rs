@@ -353,7 +353,7 @@ impl NvmlBackend {
         let mut best: Option<ffi::CiProfileInfo> = None;
         for idx in 0..NVML_COMPUTE_INSTANCE_PROFILE_COUNT {
             match gi.ci_profile_info(idx) {
-                Ok(p) if best.map_or(true, |b| p.slice_count > b.slice_count) => best = Some(p),
+                Ok(p) if best.is_none_or(|b| p.slice_count > b.slice_count) => best = Some(p),
                 Ok(_) | Err(NvmlError::NotSupported) | Err(NvmlError::InvalidArg) => {}
                 Err(e) => return Err(e),
             }

@@ -21,7 +21,7 @@ impl Uses {
     fn contains(&self, n: u64) -> bool {
         match *self {
             Uses::Every => true,
-            Uses::Range(a, b) => n >= a && b.map_or(true, |b| n <= b),
+            Uses::Range(a, b) => n >= a && b.is_none_or(|b| n <= b),
         }
     }
 }

@@ -1372,7 +1372,7 @@ fn processes(s: &Session, device: nvmlDevice_t) -> R<Vec<nvmlProcessInfo_t>> {
         for i in g
             .instances
             .iter()
-            .filter(|i| only_gi.map_or(true, |x| x == i.id))
+            .filter(|i| only_gi.is_none_or(|x| x == i.id))
         {
             let ci = i.cis.first().map_or(NO_INSTANCE, |c| c.id);
             out.extend((0..i.processes).map(|k| proc(base + 100 * i.id + k, i.id, ci)));

@@ -328,7 +328,7 @@ pub fn replay_in_gpu(
                     .zip(&group.size)
                     .map(|(c, s)| *c as u64 * s.unwrap_or(0) as u64)
                     .sum();
-                if best.map_or(true, |(b, _)| slices > b) {
+                if best.is_none_or(|(b, _)| slices > b) {
                     best = Some((slices, gpu));
                 }
             }
