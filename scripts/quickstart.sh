@@ -7,10 +7,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 bash scripts/setup-test-host.sh
-cargo build --release --bin migrun
+# A debug build: a few minutes on two cores, where the release profile's whole-program optimisation
+# of ~200 crates takes far longer, and the test suite reuses it. (`cargo build --release` for use.)
+cargo build --bin migrun
 # `migrun` by name, so every command shown below is what a user would type after installing it.
 target_dir=${CARGO_TARGET_DIR:-target}
-PATH="$(cd "$target_dir/release" && pwd):$PATH"
+PATH="$(cd "$target_dir/debug" && pwd):$PATH"
 export PATH
 
 work=$(mktemp -d /tmp/migrun-quickstart.XXXXXX)
