@@ -410,10 +410,9 @@ pub fn watch(ctx: &Ctx, a: &WatchArgs) -> Result<i32> {
             Ok(crate::exit::FAILED)
         }
         Some(code) => {
-            let mut session = ctx.session_in(dir.clone())?;
-            let config = ctx.config.clone();
-            let outcome = session
-                .with_backend(|b| alloc::release_container(b, &dir, &config, &a.container))
+            let outcome = ctx
+                .session_in(dir)?
+                .release_container(&a.container)
                 .with_context(|| format!("{tag}: release"))?;
             crate::errln!(
                 "{tag}: container exited{}; {}",
