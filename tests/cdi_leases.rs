@@ -266,6 +266,14 @@ fn a_broken_toolkit_spec_refuses_with_nothing_allocated() {
             let status = m.sim.status();
             assert!(leases(&status).is_empty() && instances(&status).is_empty());
             assert!(store_is_empty(&m.cdi_dir), "{:?}", files_in(&m.cdi_dir));
+            // status says why no spec can be written.
+            let e = status["cdi"]["toolkit_error"].as_str().unwrap();
+            assert!(e.contains(&bad.display().to_string()), "{e}");
+            let text = m.sim.ok(&["status"]);
+            assert!(
+                text.contains("none can be written until the toolkit spec is fixed"),
+                "{text}"
+            );
         };
         check(&m, &bad);
         // Found where the toolkit puts it, not named in the config: the same refusal.

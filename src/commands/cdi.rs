@@ -155,7 +155,7 @@ pub fn toolkit_note(found: Result<Option<&Path>, &ToolkitError>, looked: &[PathB
                 .collect::<Vec<_>>()
                 .join(", ")
         ),
-        Err(e) => format!("but none can be written now: {e}"),
+        Err(e) => format!("none can be written until the toolkit spec is fixed: {e}"),
     }
 }
 
@@ -216,17 +216,21 @@ impl CdiStatus {
         v
     }
 
-    /// The one line of text `status` prints.
+    /// The one line of text `status` prints (the JSON's `note` says where a toolkit spec was looked for).
     pub fn line(&self) -> String {
         let specs = match &self.specs {
             Ok(ids) => format!("{} spec(s)", ids.len()),
             Err(e) => format!("specs unreadable: {e}"),
         };
+        let toolkit = match &self.toolkit {
+            Ok(Some(p)) => format!("the NVIDIA toolkit's mounts and hooks from {}", p.display()),
+            Ok(None) => "no NVIDIA toolkit CDI spec, so device nodes and env only".to_string(),
+            Err(e) => format!("none can be written until the toolkit spec is fixed: {e}"),
+        };
         format!(
-            "CDI: lease devices {}=<lease> from {} ({specs}), {}; hooks and shim inject by {}",
+            "CDI: lease devices {}=<lease> from {} ({specs}), {toolkit}; hooks and shim inject by {}",
             cdi::KIND,
             self.dir.display(),
-            self.note(),
             self.hook_inject()
         )
     }
