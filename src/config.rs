@@ -16,9 +16,23 @@ pub enum InjectMode {
     Gpus,
     /// `--runtime nvidia -e NVIDIA_VISIBLE_DEVICES=MIG-…`
     NvidiaRuntime,
-    /// `--device nvidia.com/gpu=MIG-…` (CDI)
+    /// `--device migrun.io/mig=<lease>` (CDI, from migrun's own spec of the lease)
     Cdi,
     /// only `-e NVIDIA_VISIBLE_DEVICES=MIG-…` (plain runtimes, tests)
+    Env,
+}
+
+/// How migrun's hooks and runtime shim hand the slice to a container.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum HookInject {
+    /// `cdi` when no `nvidia-container-runtime-hook` is installed, else `env`.
+    #[default]
+    Auto,
+    /// Write the lease's CDI edits (device nodes, cgroup rules, mounts, env, hooks) into config.json
+    /// itself: works with plain runc, no NVIDIA runtime needed.
+    Cdi,
+    /// Only `NVIDIA_VISIBLE_DEVICES=<MIG UUID>`: NVIDIA's hook mounts the device.
     Env,
 }
 
@@ -82,6 +96,13 @@ pub struct Config {
     pub runtime: Option<PathBuf>,
     /// docker CLI for the launcher; `None` = `docker` on PATH.
     pub docker: Option<PathBuf>,
+    /// Where each lease's CDI spec is written; `None` = `/var/run/cdi` (the simulator: `<state dir>/cdi`).
+    pub cdi_dir: Option<PathBuf>,
+    /// The NVIDIA toolkit's CDI spec whose mounts, hooks and env every lease's spec copies; `None` =
+    /// the first of `/var/run/cdi/nvidia.{yaml,json}`, `/etc/cdi/nvidia.{yaml,json}` that exists.
+    pub cdi_toolkit_spec: Option<PathBuf>,
+    /// How the hooks and the shim hand the slice over.
+    pub hook_inject: HookInject,
 }
 
 impl Default for Config {
@@ -97,6 +118,9 @@ impl Default for Config {
             log: LogTarget::File,
             runtime: None,
             docker: None,
+            cdi_dir: None,
+            cdi_toolkit_spec: None,
+            hook_inject: HookInject::Auto,
         }
     }
 }
@@ -187,6 +211,14 @@ mod tests {
             Config::parse("gpus = [0, \"GPU-abc\"]\nrelease = \"keep\"\ninject = \"env\"").unwrap();
         assert_eq!(c.release, ReleasePolicy::Keep);
         assert_eq!(c.gpus.unwrap()[1], GpuRef::Uuid("GPU-abc".into()));
+        let c = Config::parse(
+            "cdi_dir = \"/run/cdi\"\ncdi_toolkit_spec = \"/etc/cdi/nvidia.yaml\"\nhook_inject = \"env\"",
+        )
+        .unwrap();
+        assert_eq!(c.cdi_dir, Some(PathBuf::from("/run/cdi")));
+        assert_eq!(c.hook_inject, HookInject::Env);
+        let e = Config::parse("hook_inject = \"nvidia\"").unwrap_err();
+        assert!(e.contains("auto") && e.contains("cdi"), "{e}");
     }
 
     /// Found by fuzz/fuzz_targets/config_toml.rs: toml's message was empty (control character in a

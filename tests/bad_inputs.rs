@@ -57,6 +57,16 @@ fn init(sim: &Sim) {
     sim.ok(&["gc"]);
 }
 
+/// [`init`] without the row's config (whose broken CDI setting would fail gc too).
+fn init_default_config(sim: &Sim) {
+    let o = sim
+        .cmd(&["gc"])
+        .env("MIGRUN_CONFIG", "/dev/null")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
 fn one_lease_of_uid_1000(sim: &Sim) {
     let o = sim
         .cmd(&["alloc", "--profile", "1g.10gb", "--for-uid", "1000"])
@@ -178,6 +188,25 @@ fn case(id: &str, sim: &Sim) -> Option<Case> {
         "cfg-bad-allowed-profile" => c(
             "allowed_profiles = [\"banana\"]",
             init,
+            s(&["alloc", "--profile", "1g.10gb"]),
+        ),
+        "cdi-toolkit-wrong-kind" => c(
+            concat!(
+                "cdi_toolkit_spec = \"",
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/fixtures/cdi/migrun-mig-7.json\"\n"
+            ),
+            init,
+            s(&["alloc", "--profile", "1g.10gb"]),
+        ),
+        "cdi-toolkit-missing" => c(
+            "cdi_toolkit_spec = \"/nonexistent/nvidia.yaml\"",
+            init,
+            s(&["alloc", "--profile", "1g.10gb"]),
+        ),
+        "cdi-dir-not-a-dir" => c(
+            "cdi_dir = \"/dev/null/cdi\"",
+            init_default_config,
             s(&["alloc", "--profile", "1g.10gb"]),
         ),
         "policy-profile" => c(
@@ -437,6 +466,9 @@ fn case(id: &str, sim: &Sim) -> Option<Case> {
             init,
             launcher(&["--device", "nvidia.com/gpu=all", "img"]),
         ),
+        "docker-cdi-migrun-device" => {
+            c("", init, launcher(&["--device", "migrun.io/mig=1", "img"]))
+        }
         "docker-device-spelled" => c("", init, launcher(&["--device", "/dev/./nvidia0", "img"])),
         "docker-device-dev" => c("", init, launcher(&["--device", "/dev/", "img"])),
         "docker-device-symlink" => {
@@ -597,6 +629,9 @@ fn every_documented_bad_input_fails_cleanly_and_leaves_nothing() {
         "cfg-bad-release",
         "cfg-missing-file",
         "cfg-bad-allowed-profile",
+        "cdi-toolkit-wrong-kind",
+        "cdi-toolkit-missing",
+        "cdi-dir-not-a-dir",
         "policy-profile",
         "policy-gpu",
         "policy-per-user",
@@ -632,6 +667,7 @@ fn every_documented_bad_input_fails_cleanly_and_leaves_nothing() {
         "docker-mig-monitor",
         "docker-gpus",
         "docker-cdi-device",
+        "docker-cdi-migrun-device",
         "docker-device-spelled",
         "docker-device-dev",
         "docker-device-symlink",

@@ -1,11 +1,11 @@
-//! podman resolves migrun's CDI devices: a spec written by migrun into /var/run/cdi for a fake slice (host facts from the H200 capture, the toolkit's edits from a fake toolkit spec) gives the container the MIG UUID, the capability nodes and the toolkit's mount, by lease id, name and MIG UUID, next to foreign `nvidia.com/gpu` specs. Needs root and podman; fails otherwise.
+//! podman resolves migrun's CDI devices: a spec written by migrun into /var/run/cdi for a fake slice (host facts from the H200 capture, the toolkit's edits from a fake toolkit spec) gives the container the MIG UUID, the capability nodes and the toolkit's mount, by lease id, name and MIG UUID, next to foreign `nvidia.com/gpu` specs; and `migrun alloc` (simulator, and NVML on the fake library) gives podman its slice by lease id until release or gc. Needs root, podman, unshare and nsenter; fails otherwise.
 //!
 //! podman 4.3 reads CDI specs only from /etc/cdi and /var/run/cdi (no flag for another dir), so the
 //! test writes into /var/run/cdi under names unique to this process and removes them on drop.
 
 mod common;
 
-use common::engines::{run_ok, Podman};
+use common::engines::{require, run_ok, Podman};
 use migrun::cdi::{self, store, toolkit};
 use migrun::gpu::hostfacts::HostFacts;
 use serde_json::json;
@@ -217,4 +217,193 @@ fn podman_resolves_migrun_devices_by_id_name_and_uuid() {
     assert!(!gone.status.success(), "no spec, no device");
     let err = String::from_utf8_lossy(&gone.stderr);
     assert!(err.contains(&name), "podman names the device: {err}");
+}
+
+/// A private mount namespace in which `/run/cdi` (so `/var/run/cdi`) is a tmpfs of its own, held by
+/// a `sleep` in it; commands enter it with `nsenter`. podman 4.3 reads only /etc/cdi and
+/// /var/run/cdi, and this test's gc must neither see nor remove specs other tests write there.
+struct PrivateRunCdi {
+    holder: std::process::Child,
+    /// A file that keeps the host's /run/cdi (the mount point) from being removed by another test
+    /// while the namespace uses it.
+    keep: PathBuf,
+    created: bool,
+}
+
+impl PrivateRunCdi {
+    fn new() -> PrivateRunCdi {
+        use std::io::BufRead;
+        let host = Path::new("/run/cdi");
+        let created = !host.exists();
+        fs::create_dir_all(host).unwrap();
+        let keep = host.join(format!(".migrun-test-{}.keep", std::process::id()));
+        fs::write(&keep, "").unwrap();
+        let mut holder = std::process::Command::new(require("unshare"))
+            .args(["--mount", "--propagation", "private", "sh", "-c"])
+            .arg("mount -t tmpfs -o mode=0755 migrun-cdi /run/cdi && echo ready && exec sleep 600")
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(holder.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line.trim(), "ready", "the namespace's tmpfs is mounted");
+        PrivateRunCdi {
+            holder,
+            keep,
+            created,
+        }
+    }
+
+    /// `cmd`, run inside the namespace (same program, arguments and environment).
+    fn cmd(&self, cmd: &std::process::Command) -> std::process::Command {
+        let mut c = std::process::Command::new(require("nsenter"));
+        c.args(["-t", &self.holder.id().to_string(), "-m", "--"])
+            .arg(cmd.get_program())
+            .args(cmd.get_args());
+        for (k, v) in cmd.get_envs() {
+            match v {
+                Some(v) => c.env(k, v),
+                None => c.env_remove(k),
+            };
+        }
+        c
+    }
+
+    /// What the namespace's /run/cdi holds.
+    fn files(&self) -> Vec<String> {
+        let out = run_ok(&mut self.cmd(std::process::Command::new("ls").args(["-A", "/run/cdi"])));
+        out.lines().map(str::to_string).collect()
+    }
+}
+
+impl Drop for PrivateRunCdi {
+    fn drop(&mut self) {
+        // The namespace (and its tmpfs) ends with its last process, this sleep.
+        let _ = self.holder.kill();
+        let _ = self.holder.wait();
+        let _ = fs::remove_file(&self.keep);
+        if self.created {
+            let _ = fs::remove_dir("/run/cdi");
+        }
+    }
+}
+
+/// `migrun` on one machine, inside the namespace, writing specs to its /run/cdi.
+struct Migrun<'a> {
+    ns: &'a PrivateRunCdi,
+    env: Vec<(String, String)>,
+    _tmp: tempfile::TempDir,
+}
+
+impl Migrun<'_> {
+    fn cmd(&self, args: &[&str]) -> std::process::Command {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_migrun"));
+        c.args(args).env_remove("MIGRUN_SIMULATE");
+        c.envs(self.env.iter().map(|(k, v)| (k, v)));
+        self.ns.cmd(&c)
+    }
+    fn ok(&self, args: &[&str]) -> String {
+        run_ok(&mut self.cmd(args))
+    }
+}
+
+fn machine<'a>(ns: &'a PrivateRunCdi, nvml: Option<&common::fake_nvml::FakeNvml>) -> Migrun<'a> {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tmp.path().join("config.toml");
+    fs::write(&config, "cdi_dir = \"/run/cdi\"\n").unwrap();
+    let mut env = vec![
+        ("MIGRUN_CONFIG".to_string(), config.display().to_string()),
+        (
+            "MIGRUN_STATE_DIR".to_string(),
+            tmp.path().join("state").display().to_string(),
+        ),
+    ];
+    match nvml {
+        Some(f) => env.extend(f.env()),
+        None => env.push(("MIGRUN_SIMULATE".to_string(), "h100-80gb".to_string())),
+    }
+    Migrun { ns, env, _tmp: tmp }
+}
+
+#[test]
+fn podman_gets_the_slice_of_a_migrun_alloc_by_lease_id_until_release_or_gc() {
+    let podman = Podman::new();
+    let image = podman.busybox_image();
+    let ns = PrivateRunCdi::new();
+    let fake = common::fake_nvml::FakeNvml::new("h100-80gb");
+    for nvml in [None, Some(&fake)] {
+        let m = machine(&ns, nvml);
+        let a: serde_json::Value =
+            serde_json::from_str(&m.ok(&["alloc", "--profile", "1g.10gb", "--json"])).unwrap();
+        let lease = a["lease"].as_u64().unwrap();
+        let (mig, gi, ci) = (
+            a["mig_uuid"].as_str().unwrap(),
+            a["gi"].as_u64().unwrap(),
+            a["ci"].as_u64().unwrap(),
+        );
+        let device = a["cdi"].as_str().unwrap().to_string();
+        assert_eq!(device, format!("migrun.io/mig={lease}"));
+        assert_eq!(ns.files(), [format!("migrun-mig-{lease}.json")]);
+
+        // GPU 0 (device minor 0): GI capability 3 + 9 * GI, the CI's right after (docs/cdi.md).
+        let (gi_cap, ci_cap) = (3 + 9 * gi, 4 + 9 * gi + ci);
+        let script = format!(
+            "echo $NVIDIA_VISIBLE_DEVICES $MIGRUN_LEASE; \
+             for n in nvidia0 nvidia-caps/nvidia-cap{gi_cap} nvidia-caps/nvidia-cap{ci_cap} nvidiactl nvidia-uvm nvidia-uvm-tools; \
+             do stat -c '%n %F %t:%T %a' /dev/$n; done"
+        );
+        let want = format!(
+            "{mig} {lease}\n\
+             /dev/nvidia0 character special file c3:0 666\n\
+             /dev/nvidia-caps/nvidia-cap{gi_cap} character special file f1:{gi_cap:x} 444\n\
+             /dev/nvidia-caps/nvidia-cap{ci_cap} character special file f1:{ci_cap:x} 444\n\
+             /dev/nvidiactl character special file c3:ff 666\n\
+             /dev/nvidia-uvm character special file ee:0 666\n\
+             /dev/nvidia-uvm-tools character special file ee:1 666\n"
+        );
+        let mut run = podman.run_cmd();
+        run.args(["--device", &device])
+            .arg(&image)
+            .args(["sh", "-c", &script]);
+        assert_eq!(run_ok(&mut ns.cmd(&run)), want, "nvml: {}", nvml.is_some());
+
+        // release takes the device away.
+        m.ok(&["release", &lease.to_string()]);
+        assert!(ns.files().is_empty());
+        let mut gone = podman.run_cmd();
+        gone.args(["--device", &device]).arg(&image).arg("true");
+        let out = ns.cmd(&gone).output().unwrap();
+        assert!(!out.status.success(), "no spec, no device");
+        assert!(String::from_utf8_lossy(&out.stderr).contains(&device));
+
+        // A lease whose holder was killed keeps its spec until gc.
+        let mut holder = std::process::Command::new("sleep")
+            .arg("600")
+            .spawn()
+            .unwrap();
+        let line = m.ok(&[
+            "alloc",
+            "--profile",
+            "1g.10gb",
+            "--holder-pid",
+            &holder.id().to_string(),
+        ]);
+        let lease: u64 = line.split_whitespace().nth(2).unwrap().parse().unwrap();
+        holder.kill().unwrap();
+        holder.wait().unwrap();
+        let device = cdi::spec::qualified_name(&lease.to_string());
+        let mut still = podman.run_cmd();
+        still.args(["--device", &device]).arg(&image).arg("true");
+        run_ok(&mut ns.cmd(&still));
+        let out = m.ok(&["gc"]);
+        assert!(
+            out.contains(&format!("removed the CDI spec of lease {lease}")),
+            "{out}"
+        );
+        assert!(ns.files().is_empty());
+        let out = ns.cmd(&still).output().unwrap();
+        assert!(!out.status.success(), "gc took the device away");
+    }
 }

@@ -151,7 +151,7 @@ fn dry_run_names_each_injection_mode() {
             "nvidia-runtime",
             "--runtime nvidia -e 'NVIDIA_VISIBLE_DEVICES=<MIG-",
         ),
-        ("cdi", "--device 'nvidia.com/gpu=<MIG-"),
+        ("cdi", "--device 'migrun.io/mig=<lease-id>'"),
         ("env", "-e 'NVIDIA_VISIBLE_DEVICES=<MIG-"),
     ];
     for (mode, want) in table {

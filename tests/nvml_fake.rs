@@ -50,6 +50,39 @@ fn failure_of(cmd: &mut Command) -> (i32, String) {
     )
 }
 
+/// `status` output without what names the machine's CDI spec dir, which differs by backend (the
+/// simulator's is in its state dir, NVML's under the fake host root): the `CDI:` line, the `cdi` key.
+/// Each must be there and name `dir`.
+fn without_cdi(args: &[&str], out: &str, dir: &Path) -> String {
+    match args {
+        ["status"] => {
+            let line = out
+                .lines()
+                .find(|l| l.starts_with("CDI: "))
+                .expect("a CDI line");
+            assert!(
+                line.contains(&format!("from {} (", dir.display())),
+                "{line}"
+            );
+            out.lines()
+                .filter(|l| !l.starts_with("CDI: "))
+                .map(|l| format!("{l}\n"))
+                .collect()
+        }
+        ["status", "--json"] => {
+            let mut doc: Value = serde_json::from_str(out).unwrap();
+            let cdi = doc
+                .as_object_mut()
+                .unwrap()
+                .remove("cdi")
+                .expect("a cdi key");
+            assert_eq!(cdi["dir"], dir.display().to_string(), "{cdi}");
+            doc.to_string()
+        }
+        _ => out.to_string(),
+    }
+}
+
 const LISTINGS: &[&[&str]] = &[
     &["profiles"],
     &["profiles", "--json"],
@@ -69,8 +102,16 @@ fn listings_through_nvml_equal_simulate() {
         let fake = FakeNvml::new(spec);
         let sim = tempfile::tempdir().unwrap();
         for args in LISTINGS {
-            let via_nvml = stdout_of(fake.command().args(*args));
-            let via_sim = stdout_of(simulate(spec, sim.path()).args(*args));
+            let via_nvml = without_cdi(
+                args,
+                &stdout_of(fake.command().args(*args)),
+                &fake.cdi_dir(),
+            );
+            let via_sim = without_cdi(
+                args,
+                &stdout_of(simulate(spec, sim.path()).args(*args)),
+                &sim.path().join("cdi"),
+            );
             assert_eq!(via_nvml, via_sim, "{spec}: migrun {}", args.join(" "));
         }
     }
@@ -114,8 +155,16 @@ fn instances_and_processes_list_the_same_as_simulate() {
     ]));
     fake.update(|m| m.set_processes(0, 2, 3).unwrap());
     for args in LISTINGS {
-        let via_nvml = stdout_of(fake.command().args(*args));
-        let via_sim = stdout_of(simulate(spec, sim.path()).args(*args));
+        let via_nvml = without_cdi(
+            args,
+            &stdout_of(fake.command().args(*args)),
+            &fake.cdi_dir(),
+        );
+        let via_sim = without_cdi(
+            args,
+            &stdout_of(simulate(spec, sim.path()).args(*args)),
+            &sim.path().join("cdi"),
+        );
         assert_eq!(via_nvml, via_sim, "migrun {}", args.join(" "));
     }
     let doc: Value =

@@ -163,7 +163,7 @@ fn inject_default_comes_from_the_config() {
     ]);
     let s = String::from_utf8_lossy(&o.stdout);
     assert!(o.status.success(), "{}", err_of(&o));
-    assert!(s.contains("--device 'nvidia.com/gpu=<MIG-"), "{s}");
+    assert!(s.contains("--device 'migrun.io/mig=<lease-id>'"), "{s}");
 }
 
 #[test]

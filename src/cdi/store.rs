@@ -39,13 +39,17 @@ pub enum StoreError {
         lease: LeaseId,
         err: serde_json::Error,
     },
+    #[error("{path} is not a CDI spec migrun can read ({reason}); remove it: migrun writes it again for a lease that needs it")]
+    Malformed { path: PathBuf, reason: String },
 }
 
 impl crate::exit::ExitCodeOf for StoreError {
     fn exit_code(&self) -> i32 {
         match self {
             StoreError::Symlink { .. } | StoreError::NotADirectory { .. } => crate::exit::USAGE,
-            StoreError::Io { .. } | StoreError::Serialize { .. } => crate::exit::FAILED,
+            StoreError::Io { .. } | StoreError::Serialize { .. } | StoreError::Malformed { .. } => {
+                crate::exit::FAILED
+            }
         }
     }
 }
@@ -74,7 +78,12 @@ pub fn lease_of(name: &str) -> Option<LeaseId> {
     (file_name(id) == name).then_some(id)
 }
 
-/// Makes sure `dir` is a real directory, creating it (and its parents) 0755 when missing.
+/// Makes sure `dir` is a real directory, creating it (and its parents) 0755 when missing: what
+/// [`write`] does first, for a caller that must know before it acts that specs can go there.
+pub fn prepare(dir: &Path) -> Result<(), StoreError> {
+    ensure_dir(dir)
+}
+
 fn ensure_dir(dir: &Path) -> Result<(), StoreError> {
     match dir.symlink_metadata() {
         Ok(m) if m.file_type().is_symlink() => Err(StoreError::Symlink {
@@ -134,6 +143,28 @@ pub fn write(dir: &Path, lease: LeaseId, spec: &Spec) -> Result<PathBuf, StoreEr
     tmp.persist(&path).map_err(|e| io(op, dir)(e.error))?;
     sync_dir(dir);
     Ok(path)
+}
+
+/// The spec of `lease` in `dir` as written; `None` when there is none. Never read through a symlink,
+/// as none is written through one.
+pub fn read(dir: &Path, lease: LeaseId) -> Result<Option<Spec>, StoreError> {
+    let path = dir.join(file_name(lease));
+    match path.symlink_metadata() {
+        Ok(m) if m.file_type().is_symlink() => return Err(StoreError::Symlink { path }),
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+        _ => {}
+    }
+    let bytes = match fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io("read a spec from", dir)(e)),
+    };
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|e| StoreError::Malformed {
+            path,
+            reason: e.to_string(),
+        })
 }
 
 /// Removes the spec of `lease` from `dir`; `Ok(false)` when there was none.
@@ -207,6 +238,11 @@ mod tests {
         assert_eq!((mode(&dir), mode(&p)), (0o755, 0o644));
         let back: Spec = serde_json::from_slice(&fs::read(&p).unwrap()).unwrap();
         assert_eq!(back, spec);
+        assert_eq!(read(&dir, 7).unwrap(), Some(spec.clone()));
+        assert_eq!(read(&dir, 8).unwrap(), None);
+        fs::write(dir.join(file_name(8)), "{").unwrap();
+        assert!(matches!(read(&dir, 8), Err(StoreError::Malformed { .. })));
+        fs::remove_file(dir.join(file_name(8))).unwrap();
         // Rewriting replaces; others' files and temp names are not migrun's.
         write(&dir, 7, &spec).unwrap();
         write(&dir, 12, &spec).unwrap();

@@ -49,6 +49,8 @@ fn lease_json(l: &Lease) -> serde_json::Value {
         "created": l.created,
         "holder": l.holder,
         "uid": l.uid,
+        // What `podman run --device` / `docker run --device` takes (docs/cdi.md).
+        "cdi": crate::cdi::spec::qualified_name(&l.id.to_string()),
     })
 }
 
@@ -86,6 +88,14 @@ pub fn alloc(ctx: &Ctx, a: &AllocArgs) -> Result<i32> {
                 format!("; held by {}", lease.holder)
             }
         );
+        if let Some(w) = session.written() {
+            let toolkit = super::cdi::toolkit_note(Ok(w.toolkit.as_deref()), &ctx.toolkit_paths());
+            crate::errln!(
+                "migrun: CDI device {} in {}, {toolkit}",
+                crate::cdi::spec::qualified_name(&lease.id.to_string()),
+                w.path.display()
+            );
+        }
     }
     let text = if a.json {
         format!("{}\n", serde_json::to_string_pretty(&lease_json(&lease))?)

@@ -35,7 +35,9 @@ pub fn exit_code_for(err: &anyhow::Error) -> i32 {
             crate::gpu::sim::SpecError,
             crate::gpu::sim::models::ModelError,
             crate::statedir::StateDirError,
-            super::InputError
+            super::InputError,
+            super::session::SessionError,
+            super::cdi::LeaseSpecError
         );
         for mapper in MAPPERS {
             if let Some(code) = mapper(cause) {

@@ -162,16 +162,12 @@ fn launch_id(pid: u32, start_time: u64) -> String {
 }
 
 /// How the device reaches the container, and why: `--inject`, the config, or what detection found.
-fn injection(
-    ctx: &Ctx,
-    a: &RunArgs,
-    cli: &DockerCli,
-) -> Result<(InjectMode, String), docker::DockerError> {
+fn injection(ctx: &Ctx, a: &RunArgs, cli: &DockerCli) -> Result<(InjectMode, String)> {
     Ok(match (a.inject, ctx.config.inject) {
         (Some(m), _) => (m, "chosen with --inject".to_string()),
         (None, Some(m)) => (m, "set by `inject` in the config".to_string()),
         (None, None) => {
-            let d = docker::detect(cli)?;
+            let d = docker::detect(cli, &ctx.cdi_dir()?)?;
             (d.mode, format!("detected: {}", d.why))
         }
     })
@@ -204,7 +200,11 @@ fn run_with_lease(
         &lease.mig_uuid,
     ));
     ours.extend(docker::launch_label_args(&launcher.launch));
-    ours.extend(docker::inject_args(launcher.mode, &lease.mig_uuid));
+    ours.extend(docker::inject_args(
+        launcher.mode,
+        &lease.id.to_string(),
+        &lease.mig_uuid,
+    ));
     let argv = line.argv(&ours);
     say(
         ctx,
@@ -410,10 +410,9 @@ pub fn watch(ctx: &Ctx, a: &WatchArgs) -> Result<i32> {
             Ok(crate::exit::FAILED)
         }
         Some(code) => {
-            let mut session = ctx.session_in(dir.clone())?;
-            let config = ctx.config.clone();
-            let outcome = session
-                .with_backend(|b| alloc::release_container(b, &dir, &config, &a.container))
+            let outcome = ctx
+                .session_in(dir)?
+                .release_container(&a.container)
                 .with_context(|| format!("{tag}: release"))?;
             crate::errln!(
                 "{tag}: container exited{}; {}",
@@ -433,7 +432,7 @@ fn dry_run(ctx: &Ctx, a: &RunArgs, line: &RunLine) -> Result<i32> {
     let cli = DockerCli::resolve(a.docker.as_deref().or(ctx.config.docker.as_deref()));
     let injection = match &cli {
         Ok(c) => injection(ctx, a, c),
-        Err(e) => Err(docker::DockerError::NoCli(e.to_string())),
+        Err(e) => Err(docker::DockerError::NoCli(e.to_string()).into()),
     };
     // Without a mode, check what every mode refuses (the env-only mode adds no exception).
     let check_mode = injection.as_ref().map_or(InjectMode::Env, |(m, _)| *m);
@@ -531,7 +530,7 @@ fn dry_run(ctx: &Ctx, a: &RunArgs, line: &RunLine) -> Result<i32> {
     ours.extend(docker::label_args("<lease-id>", &profile, &uuid));
     ours.extend(docker::launch_label_args("<launch-id>"));
     if let Ok((mode, _)) = &injection {
-        ours.extend(docker::inject_args(*mode, &uuid));
+        ours.extend(docker::inject_args(*mode, "<lease-id>", &uuid));
     }
     let argv = line.argv(&ours);
     if let (Ok((mode, why)), Ok(c)) = (&injection, &cli) {
@@ -552,7 +551,7 @@ fn dry_run(ctx: &Ctx, a: &RunArgs, line: &RunLine) -> Result<i32> {
                 InjectMode::Gpus => "docker --gpus device=<MIG-uuid>",
                 InjectMode::NvidiaRuntime =>
                     "the nvidia runtime with NVIDIA_VISIBLE_DEVICES=<MIG-uuid>",
-                InjectMode::Cdi => "the CDI device nvidia.com/gpu=<MIG-uuid>",
+                InjectMode::Cdi => "migrun's CDI device migrun.io/mig=<lease-id>",
                 InjectMode::Env => "NVIDIA_VISIBLE_DEVICES=<MIG-uuid> only",
             },
             docker::mode_name(*mode)
@@ -574,7 +573,7 @@ fn dry_run(ctx: &Ctx, a: &RunArgs, line: &RunLine) -> Result<i32> {
     crate::outln!("command: {docker_path} {}", docker::shell_line(&argv));
     match injection {
         Ok(_) => Ok(0),
-        Err(e) => Ok(super::exit_code_for(&e.into())),
+        Err(e) => Ok(super::exit_code_for(&e)),
     }
 }
 

@@ -333,6 +333,7 @@ pub fn status(ctx: &Ctx, a: &ListArgs) -> Result<i32> {
             }
             Err(e) => doc["leases_error"] = serde_json::Value::String(e.clone()),
         }
+        doc["cdi"] = super::cdi::CdiStatus::read(ctx)?.json();
         crate::outln!("{}", serde_json::to_string_pretty(&doc)?);
         return Ok(0);
     }
@@ -430,6 +431,7 @@ pub fn status(ctx: &Ctx, a: &ListArgs) -> Result<i32> {
             }
         }
     }
+    crate::outln!("{}", super::cdi::CdiStatus::read(ctx)?.line());
     Ok(0)
 }
 

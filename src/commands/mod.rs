@@ -1,6 +1,7 @@
 //! Command handlers: turn parsed CLI args into library calls and print results; logic beyond wiring belongs in the rooms they call.
 
 mod alloc;
+mod cdi;
 mod exit_codes;
 pub use exit_codes::exit_code_for;
 pub mod delegation;

@@ -1,17 +1,62 @@
-//! The lease session the composition root builds: one state dir, one backend (behind the test fault injector when a debug build asks for it), one holder probe; every command, hook, the shim and the launcher allocate, release and reconcile through it. It must not decide policy (that is `alloc` and `policy`).
+//! The lease session the composition root builds: one state dir, one backend (behind the test fault injector when a debug build asks for it), one holder probe, one CDI spec dir; every command, hook, the shim and the launcher allocate, release and reconcile through it, and so every lease has its CDI spec for exactly as long as it is held. It must not decide policy (that is `alloc` and `policy`).
 //!
 //! Before it, each handler assembled its own: the fault injector reached only `alloc`/`release`/
 //! `gc`, the launcher opened the backend a second time to release, and the hooks built theirs in
 //! their lease adapter. Now `Ctx::session` is the one place that decides which backend (simulator
 //! or NVML, with profile tables kept in the state dir), which probe (each container's own engine)
-//! and which faults.
+//! and which faults; and the one place that writes a lease's spec when it is granted and removes it
+//! when the lease ends (docs/cdi.md).
 
+use super::cdi::{self as wire, LeaseSpecError};
 use super::Ctx;
 use crate::alloc::{self, testhook, AllocError, AllocRequest, GcReport, HolderProbe};
+use crate::alloc::{ReleaseOutcome, TeardownOptions, TeardownReport};
+use crate::cdi::{store, types::ContainerEdits, StoreError};
 use crate::gpu::{Backend, GpuError};
-use crate::lease::Lease;
+use crate::lease::{Lease, LeaseId, LeaseState};
 use crate::statedir::StateDir;
 use anyhow::Result;
+use std::path::PathBuf;
+
+/// Errors of the session: the allocator's, or a lease's CDI spec.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error(transparent)]
+    Alloc(#[from] AllocError),
+    #[error(transparent)]
+    Spec(#[from] LeaseSpecError),
+    /// The lease was granted, its spec could not be written, and the lease was given back.
+    #[error("{cause}; lease {lease} was {}", match .undo { None => "released again, nothing is held".to_string(), Some(e) => format!("granted but releasing it again failed ({e}); release it with `migrun release {lease}`") })]
+    Undone {
+        lease: LeaseId,
+        cause: LeaseSpecError,
+        undo: Option<String>,
+    },
+    /// The lease ended, but its spec stayed in the directory.
+    #[error("{outcome}, but its CDI spec could not be removed: {cause}; engines can still hand the device out by that spec: fix the directory and run `migrun gc`, which removes it")]
+    SpecLeft {
+        outcome: ReleaseOutcome,
+        cause: StoreError,
+    },
+}
+
+impl crate::exit::ExitCodeOf for SessionError {
+    fn exit_code(&self) -> i32 {
+        match self {
+            SessionError::Alloc(e) => alloc::exit_code_of(e).unwrap_or(crate::exit::FAILED),
+            SessionError::Spec(e) | SessionError::Undone { cause: e, .. } => e.exit_code(),
+            SessionError::SpecLeft { .. } => crate::exit::FAILED,
+        }
+    }
+}
+
+/// The spec written for the last lease this session granted.
+#[derive(Debug, Clone)]
+pub struct Written {
+    pub path: PathBuf,
+    /// The NVIDIA toolkit spec whose mounts, hooks and env it copies; `None`: nodes and env only.
+    pub toolkit: Option<PathBuf>,
+}
 
 /// An opened state dir with its backend and probe.
 pub(crate) struct Session<'c> {
@@ -20,6 +65,8 @@ pub(crate) struct Session<'c> {
     backend: Box<dyn Backend>,
     faults: Vec<(testhook::Op, crate::gpu::Code)>,
     probe: Box<dyn HolderProbe>,
+    cdi_dir: PathBuf,
+    written: Option<Written>,
 }
 
 impl Ctx {
@@ -41,13 +88,31 @@ impl Ctx {
             // Each container's own engine answers whether it still exists; an engine it does
             // not know answers "unknown", and only a recorded init pid decides.
             probe: Box::new(crate::engine::probe()),
+            cdi_dir: self.cdi_dir()?,
+            written: None,
         })
+    }
+}
+
+/// The lease a release ended, if any.
+fn ended(out: &ReleaseOutcome) -> Option<LeaseId> {
+    match out {
+        ReleaseOutcome::Destroyed { lease, .. }
+        | ReleaseOutcome::Kept { lease, .. }
+        | ReleaseOutcome::Draining { lease, .. }
+        | ReleaseOutcome::Gone { lease, .. } => Some(*lease),
+        ReleaseOutcome::NoLease => None,
     }
 }
 
 impl Session<'_> {
     pub(crate) fn dir(&self) -> &StateDir {
         &self.dir
+    }
+
+    /// The spec written for the lease [`Session::allocate`] granted last.
+    pub(crate) fn written(&self) -> Option<&Written> {
+        self.written.as_ref()
     }
 
     /// Run `f` on the backend, behind the fault injector when a debug build's test hook asks for it.
@@ -71,8 +136,53 @@ impl Session<'_> {
         f(&mut faulty, &dir, config, probe)
     }
 
-    pub(crate) fn allocate(&mut self, req: &AllocRequest) -> Result<Lease, AllocError> {
-        self.op(|b, d, c, p| alloc::allocate(b, d, c, req, p))
+    /// Allocate, and write the lease's CDI spec before anyone learns of the lease: a lease is never
+    /// handed out without its device. What can be checked first (the host facts, the toolkit's
+    /// spec, a spec dir that exists or can be made) is, so a broken one refuses the request with
+    /// nothing allocated; if the spec then cannot be written (a read-only or full file system), the
+    /// lease is released again (its new instance destroyed).
+    pub(crate) fn allocate(&mut self, req: &AllocRequest) -> Result<Lease, SessionError> {
+        let facts = self.backend.host_facts().map_err(LeaseSpecError::from)?;
+        let toolkit = self.ctx.cdi_toolkit().map_err(LeaseSpecError::from)?;
+        store::prepare(&self.cdi_dir).map_err(LeaseSpecError::from)?;
+        let lease = self.op(|b, d, c, p| alloc::allocate(b, d, c, req, p))?;
+        let edits = toolkit.as_ref().map(|(_, e)| e);
+        match wire::write(&self.cdi_dir, &lease, &facts, edits) {
+            Ok(path) => {
+                self.written = Some(Written {
+                    path,
+                    toolkit: toolkit.map(|(p, _)| p),
+                });
+            }
+            Err(cause) => {
+                let id = lease.id.to_string();
+                let undo = self.op(|b, d, c, _| alloc::release(b, d, c, &id, None));
+                return Err(SessionError::Undone {
+                    lease: lease.id,
+                    cause,
+                    undo: undo.err().map(|e| e.to_string()),
+                });
+            }
+        }
+        // The allocator may have swept leases of dead holders on the way; their specs go now, not at
+        // the next gc: a spec outliving its lease would hand its instance's device nodes to anyone.
+        // Best effort: the lease is good, and gc retries.
+        let _ = self.prune_specs();
+        Ok(lease)
+    }
+
+    /// Remove the spec of the lease `out` ended.
+    fn forget(&self, out: ReleaseOutcome) -> Result<ReleaseOutcome, SessionError> {
+        let Some(id) = ended(&out) else {
+            return Ok(out);
+        };
+        match store::remove(&self.cdi_dir, id) {
+            Ok(_) => Ok(out),
+            Err(cause) => Err(SessionError::SpecLeft {
+                outcome: out,
+                cause,
+            }),
+        }
     }
 
     /// Release by lease id or MIG UUID; `caller_uid` is the sudo user (only their own leases).
@@ -80,12 +190,83 @@ impl Session<'_> {
         &mut self,
         target: &str,
         caller_uid: Option<u32>,
-    ) -> Result<alloc::ReleaseOutcome, AllocError> {
-        self.op(|b, d, c, _| alloc::release(b, d, c, target, caller_uid))
+    ) -> Result<ReleaseOutcome, SessionError> {
+        let out = self.op(|b, d, c, _| alloc::release(b, d, c, target, caller_uid))?;
+        self.forget(out)
     }
 
-    pub(crate) fn gc(&mut self) -> Result<GcReport, AllocError> {
-        self.op(|b, d, c, p| alloc::gc(b, d, c, p))
+    /// Release lease `id` only if `holds` says so under the lock (hooks and the shim).
+    pub(crate) fn release_if(
+        &mut self,
+        id: LeaseId,
+        holds: &dyn Fn(&Lease) -> bool,
+    ) -> Result<ReleaseOutcome, SessionError> {
+        let out = self.op(|b, d, c, _| alloc::release_if(b, d, c, id, holds))?;
+        self.forget(out)
+    }
+
+    /// Release the lease held by docker container `container` (the launcher's watcher).
+    pub(crate) fn release_container(
+        &mut self,
+        container: &str,
+    ) -> Result<ReleaseOutcome, SessionError> {
+        let out = self.op(|b, d, c, _| alloc::release_container(b, d, c, container))?;
+        self.forget(out)
+    }
+
+    /// gc, then the specs whose lease is gone or draining (a killed holder's, say).
+    pub(crate) fn gc(&mut self) -> Result<GcReport, SessionError> {
+        let mut report = self.op(|b, d, c, p| alloc::gc(b, d, c, p))?;
+        for id in self.prune_specs()? {
+            report.notes.push(format!(
+                "removed the CDI spec of lease {id}, which is no longer held"
+            ));
+        }
+        Ok(report)
+    }
+
+    /// Remove every spec in the spec dir whose lease is not an active lease of this registry;
+    /// returns their lease ids.
+    ///
+    /// The specs are listed before the leases are read: a spec is written only after its lease, so
+    /// one listed here finds its lease, and a concurrent allocation's fresh spec is never taken
+    /// for a stale one.
+    pub(crate) fn prune_specs(&self) -> Result<Vec<LeaseId>, SessionError> {
+        let specs = store::list(&self.cdi_dir).map_err(LeaseSpecError::from)?;
+        if specs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let active: Vec<LeaseId> = alloc::leases(&self.dir)?
+            .into_iter()
+            .filter(|l| l.state == LeaseState::Active)
+            .map(|l| l.id)
+            .collect();
+        let mut removed = Vec::new();
+        for (id, _) in specs.into_iter().filter(|(id, _)| !active.contains(id)) {
+            if store::remove(&self.cdi_dir, id).map_err(LeaseSpecError::from)? {
+                removed.push(id);
+            }
+        }
+        Ok(removed)
+    }
+
+    /// The CDI edits of `lease` as its spec has them (for the hooks and the shim to apply to a
+    /// bundle). A spec that is missing, unreadable as a spec, or not this lease's is written anew.
+    pub(crate) fn cdi_edits(&mut self, lease: &Lease) -> Result<ContainerEdits, SessionError> {
+        match store::read(&self.cdi_dir, lease.id) {
+            Ok(Some(spec)) => {
+                if let Some(edits) = wire::edits_if_current(&spec, lease) {
+                    return Ok(edits);
+                }
+            }
+            Ok(None) | Err(StoreError::Malformed { .. }) => {}
+            Err(e) => return Err(LeaseSpecError::from(e).into()),
+        }
+        let facts = self.backend.host_facts().map_err(LeaseSpecError::from)?;
+        let toolkit = self.ctx.cdi_toolkit().map_err(LeaseSpecError::from)?;
+        let spec = wire::build(lease, &facts, toolkit.as_ref().map(|(_, e)| e))?;
+        store::write(&self.cdi_dir, lease.id, &spec).map_err(LeaseSpecError::from)?;
+        Ok(crate::cdi::edits_for(&spec, &lease.id.to_string()).map_err(LeaseSpecError::from)?)
     }
 
     /// The GPUs as the backend lists them (for handlers that select GPUs before acting).
@@ -93,12 +274,14 @@ impl Session<'_> {
         self.with_backend(|b| b.gpus())
     }
 
-    /// `migrun teardown` through this session.
+    /// `migrun teardown` through this session; the specs of the leases it ended go with them.
     pub(crate) fn teardown(
         &mut self,
         targets: &[u32],
-        options: alloc::TeardownOptions,
-    ) -> Result<alloc::TeardownReport, AllocError> {
-        self.op(|b, d, c, p| alloc::teardown(b, d, c, p, targets, options))
+        options: TeardownOptions,
+    ) -> Result<TeardownReport, SessionError> {
+        let report = self.op(|b, d, c, p| alloc::teardown(b, d, c, p, targets, options))?;
+        self.prune_specs()?;
+        Ok(report)
     }
 }

@@ -21,6 +21,22 @@ pub const MIG_MINORS: &str = "proc/driver/nvidia-caps/mig-minors";
 pub const PROC_DEVICES: &str = "proc/devices";
 pub const GPUS_DIR: &str = "proc/driver/nvidia/gpus";
 
+/// Debug builds only: the host root to read instead of `/` (tests lay out a fake `/proc` there for
+/// the NVML backend on the fake library). Release builds always read `/`: a root chosen by whoever
+/// runs migrun would let them choose the device numbers of other users' containers.
+pub const HOST_ROOT_ENV: &str = "MIGRUN_HOST_ROOT";
+
+/// The root the host facts (and, at the edge, the CDI directories and the toolkit's spec) are read
+/// under: `/`, or in debug builds [`HOST_ROOT_ENV`] when it is set and not empty.
+pub fn host_root() -> PathBuf {
+    if cfg!(debug_assertions) {
+        if let Some(root) = std::env::var_os(HOST_ROOT_ENV).filter(|r| !r.is_empty()) {
+            return PathBuf::from(root);
+        }
+    }
+    PathBuf::from("/")
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum HostFactsError {
     #[error("cannot read {path}: {err}; is the NVIDIA driver loaded (`nvidia-smi` works) with MIG support (driver R450 or newer)?")]

@@ -408,6 +408,14 @@ pub trait Backend {
         self.profiles(gpu)
     }
 
+    /// The host's device numbering for this backend's GPUs (char majors, MIG capability minors, GPU
+    /// device minors), which a slice's CDI spec needs. By default the real host's, read under
+    /// [`hostfacts::host_root`]; the simulator serves its own. A provided method, so that wrappers
+    /// (the test fault injector) need not forward it: the session asks the backend itself.
+    fn host_facts(&mut self) -> Result<hostfacts::HostFacts, hostfacts::HostFactsError> {
+        hostfacts::HostFacts::read_from(&hostfacts::host_root())
+    }
+
     /// A plain-data snapshot of every GPU.
     fn snapshot(&mut self) -> Result<MigState, GpuError> {
         let mut gpus = Vec::new();

@@ -135,6 +135,20 @@ impl FakeNvml {
             migrun::alloc::binding::CLAIMS_ENV.to_string(),
             dir.path().join("gpu-claims").display().to_string(),
         );
+        // The driver's /proc files for these GPUs (what the simulator serves as its host facts), under
+        // a host root of the machine's own: the NVML backend reads them there (debug builds honour
+        // MIGRUN_HOST_ROOT), and writes lease specs to `<host root>/var/run/cdi`, not the host's.
+        let host = dir.path().join("host");
+        for (rel, text) in migrun::gpu::sim::procfs::files(&SimMachine::new(&parsed)) {
+            let p = host.join(rel);
+            std::fs::create_dir_all(p.parent().expect("a file in a dir"))
+                .and_then(|()| std::fs::write(&p, text))
+                .unwrap_or_else(|e| panic!("laying out the fake /proc at {}: {e}", p.display()));
+        }
+        vars.insert(
+            migrun::gpu::hostfacts::HOST_ROOT_ENV.to_string(),
+            host.display().to_string(),
+        );
         FakeNvml {
             dir,
             spec: parsed,
@@ -183,6 +197,16 @@ impl FakeNvml {
     /// The simulated machine's state file (MIGRUN_FAKE_NVML_STATE).
     pub fn state_file(&self) -> PathBuf {
         self.dir.path().join("fake-nvml.json")
+    }
+
+    /// The host root the NVML backend reads the driver's /proc files under (MIGRUN_HOST_ROOT).
+    pub fn host_root(&self) -> PathBuf {
+        self.dir.path().join("host")
+    }
+
+    /// Where the NVML backend writes lease specs by default: `/var/run/cdi` under [`FakeNvml::host_root`].
+    pub fn cdi_dir(&self) -> PathBuf {
+        self.host_root().join("var/run/cdi")
     }
 
     /// The private migrun state dir `command()` uses (MIGRUN_STATE_DIR).

@@ -2,6 +2,7 @@
 
 use super::Ctx;
 use crate::alloc::{self, AllocRequest, ReleaseOutcome};
+use crate::cdi::types::ContainerEdits;
 use crate::commands::session::Session;
 use crate::engine::oci::binding::Handover;
 use crate::engine::oci::{LeaseCheck, LeaseOps, OpsError, Request};
@@ -144,10 +145,15 @@ impl LeaseOps for CtxOps<'_> {
     }
 
     fn release_if(&mut self, id: LeaseId, check: LeaseCheck) -> Result<ReleaseOutcome, OpsError> {
-        let config = self.ctx.config.clone();
-        let session = self.open()?;
-        let dir = session.dir().clone();
-        Ok(session.with_backend(|b| alloc::release_if(b, &dir, &config, id, check))?)
+        Ok(self.open()?.release_if(id, check)?)
+    }
+
+    fn cdi_edits(&mut self, lease: &Lease) -> Result<Option<ContainerEdits>, OpsError> {
+        let path = std::env::var_os("PATH");
+        if !crate::engine::runtime::hook_injects_cdi(&self.ctx.config, path.as_deref()) {
+            return Ok(None);
+        }
+        Ok(Some(self.open()?.cdi_edits(lease)?))
     }
 
     fn record_handover(&mut self, h: &Handover) -> Result<(), OpsError> {

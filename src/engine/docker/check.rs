@@ -165,10 +165,12 @@ pub(super) fn device_env_name(entry: &str) -> Option<&'static str> {
     DEVICE_ENV.iter().copied().find(|v| *v == name)
 }
 
-/// A `--device` value that asks CDI for an NVIDIA device (`nvidia.com/gpu=…`, `nvidia.com/mig=…`; the vendor in any
-/// case, since only migrun's injection may name one).
+/// A `--device` value that asks CDI for an NVIDIA device (`nvidia.com/gpu=…`, `nvidia.com/mig=…`) or for a slice of
+/// migrun's (`migrun.io/mig=<lease>`, which would take another lease's slice); the vendor in any case, since only
+/// migrun's injection may name one.
 fn is_cdi_gpu(v: &str) -> bool {
-    v.to_ascii_lowercase().starts_with("nvidia.com/")
+    let v = v.to_ascii_lowercase();
+    v.starts_with("nvidia.com/") || v.starts_with("migrun.io/")
 }
 
 /// The host side of a `-v`/`--volume` value, when it is a host path: `SRC:DST[:MODE]` with SRC absolute or starting
@@ -299,6 +301,8 @@ mod tests {
             "--device=nvidia.com/gpu=all img",
             "--device nvidia.com/mig=0:1 img",
             "--device NVIDIA.COM/gpu=0 img",
+            "--device migrun.io/mig=7 img",
+            "--device=Migrun.IO/mig=MIG-5f1d img",
         ];
         for line in refused {
             let e = check(line).unwrap_err();

@@ -34,9 +34,6 @@ pub const LABEL_UUID: &str = "migrun.uuid";
 /// went on to start by it (`migrun.lease` alone repeats across state dirs and after a reboot empties /run/migrun).
 pub const LABEL_LAUNCH: &str = "migrun.launch";
 
-/// Where CDI specs live (the CDI spec's standard directories).
-pub const CDI_DIRS: &[&str] = &["/etc/cdi", "/var/run/cdi"];
-
 /// Exit code docker uses for its own failures (daemon errors, bad options).
 pub const DOCKER_FAILED: i32 = 125;
 
@@ -87,6 +84,8 @@ pub enum DockerError {
     RuntimeConflict { given: String },
     #[error("no NVIDIA container toolkit found ({looked}); install nvidia-container-toolkit, choose a mode with --inject gpus|nvidia-runtime|cdi, or pass --inject env to only set NVIDIA_VISIBLE_DEVICES (plain runtimes, tests)")]
     NoToolkit { looked: String },
+    #[error("docker resolves CDI devices (and so --gpus) from {docker}, but migrun writes lease specs to {ours}; set `cdi_dir` in the migrun config to one of docker's directories (or add {ours} to `cdi-spec-dirs` in /etc/docker/daemon.json), or choose a mode with --inject")]
+    CdiDirs { docker: String, ours: PathBuf },
     #[error("docker CLI {0} not found or not executable; install docker (docker.io / docker-ce-cli) or point --docker / MIGRUN_DOCKER / `docker` in the config at it")]
     NoCli(String),
     #[error("cannot run {cli}: {source}")]
@@ -129,17 +128,18 @@ pub use options::{is_docker_option, DockerOpt, RunLine};
 pub use supervise::{
     exit_code, read_cidfile, run_supervised, should_forward, Finished, SignalGuard, FORWARDED,
 };
-pub use toolkit::{cdi_specs, choose_mode, detect, docker_runtimes, Detected, ToolkitFacts};
+pub use toolkit::{choose_mode, detect, docker_info, from_docker_info, Detected, ToolkitFacts};
 
-/// The options that hand the MIG device to the container in `mode`.
-pub fn inject_args(mode: InjectMode, mig_uuid: &str) -> Vec<String> {
+/// The options that hand lease `lease`'s MIG device to the container in `mode`. CDI names migrun's
+/// own device of the lease (its spec is written when the lease is granted), not the toolkit's.
+pub fn inject_args(mode: InjectMode, lease: &str, mig_uuid: &str) -> Vec<String> {
     let env = format!("NVIDIA_VISIBLE_DEVICES={mig_uuid}");
     match mode {
         InjectMode::Gpus => vec!["--gpus".into(), format!("device={mig_uuid}")],
         InjectMode::NvidiaRuntime => {
             vec!["--runtime".into(), "nvidia".into(), "-e".into(), env]
         }
-        InjectMode::Cdi => vec!["--device".into(), format!("nvidia.com/gpu={mig_uuid}")],
+        InjectMode::Cdi => vec!["--device".into(), crate::cdi::spec::qualified_name(lease)],
         InjectMode::Env => vec!["-e".into(), env],
     }
 }
@@ -466,13 +466,13 @@ mod tests {
                 InjectMode::NvidiaRuntime,
                 format!("--runtime nvidia -e NVIDIA_VISIBLE_DEVICES={u}"),
             ),
-            (InjectMode::Cdi, format!("--device nvidia.com/gpu={u}")),
+            (InjectMode::Cdi, "--device migrun.io/mig=7".to_string()),
             (InjectMode::Env, format!("-e NVIDIA_VISIBLE_DEVICES={u}")),
         ];
         for (mode, want) in table {
-            assert_eq!(inject_args(mode, u).join(" "), want, "{mode:?}");
+            assert_eq!(inject_args(mode, "7", u).join(" "), want, "{mode:?}");
             // What migrun injects must pass its own check, or no mode could ever run.
-            let mut line = inject_args(mode, u);
+            let mut line = inject_args(mode, "7", u);
             line.push("img".into());
             let r = RunLine::parse(&line).unwrap();
             assert!(
@@ -484,7 +484,7 @@ mod tests {
         }
         let line = RunLine::parse(&["--rm", "--", "img", "true"].map(String::from)).unwrap();
         let mut ours = label_args("7", "3g.40gb", u);
-        ours.extend(inject_args(InjectMode::Env, u));
+        ours.extend(inject_args(InjectMode::Env, "7", u));
         assert_eq!(
             line.argv(&ours).join(" "),
             format!("run --rm --label migrun.lease=7 --label migrun.profile=3g.40gb --label migrun.uuid={u} -e NVIDIA_VISIBLE_DEVICES={u} -- img true")

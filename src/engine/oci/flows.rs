@@ -36,6 +36,12 @@ pub trait LeaseOps {
     fn handover(&mut self, lease: LeaseId) -> Result<Option<Handover>, OpsError>;
     /// Forget a hand-over (taken, or its lease released).
     fn drop_handover(&mut self, lease: LeaseId) -> Result<(), OpsError>;
+    /// The CDI edits (from the lease's spec) to write into the config of a container holding `lease`
+    /// when the hooks inject by CDI; `None` when they inject by env only, for NVIDIA's hook to read.
+    fn cdi_edits(
+        &mut self,
+        lease: &Lease,
+    ) -> Result<Option<crate::cdi::types::ContainerEdits>, OpsError>;
 }
 
 /// What a hook did, for the log.
@@ -106,6 +112,25 @@ fn undo(ops: &mut dyn LeaseOps, lease: &Lease, err: OciError) -> OciError {
     err
 }
 
+/// What a container that holds `lease` gets written into its config before the runtime reads it:
+/// markers cleared, the env and marker of the lease, and, when the hooks inject by CDI, the lease's
+/// CDI edits. `Err` is reading the lease's spec.
+fn grant_modifiers(
+    ops: &mut dyn LeaseOps,
+    lease: &Lease,
+) -> Result<Vec<Box<dyn SpecModifier>>, OciError> {
+    let mut mods = remove_markers();
+    mods.extend(lease_modifiers(lease));
+    let edits = ops.cdi_edits(lease).map_err(lease_err(format!(
+        "cannot read the CDI spec of lease {}",
+        lease.id
+    )))?;
+    if let Some(edits) = edits {
+        mods.push(Box::new(ApplyCdi { edits }));
+    }
+    Ok(mods)
+}
+
 /// podman's precreate stage: config JSON in, modified config out.
 ///
 /// The lease is held by `holder` (the engine process, podman) until prestart hands it to the
@@ -146,6 +171,12 @@ pub fn precreate(
             "cannot allocate {} ({})",
             req.profile, req.source
         )))?;
+    // podman writes the config it gets back as the container's config.json, so the CDI edits made
+    // here reach the runtime.
+    let mut mods = match grant_modifiers(ops, &lease) {
+        Ok(m) => m,
+        Err(e) => return Err(undo(ops, &lease, e)),
+    };
     let handover = match binding::new_token() {
         Ok(token) => Handover {
             lease: lease.id,
@@ -163,8 +194,6 @@ pub fn precreate(
         return Err(undo(ops, &lease, err));
     }
     let mut spec = spec;
-    let mut mods = remove_markers();
-    mods.extend(lease_modifiers(&lease));
     mods.push(Box::new(SetAnnotation {
         key: ANNOTATION_HANDOVER.into(),
         value: handover.token.clone(),
@@ -215,6 +244,8 @@ pub fn prestart(
     };
     let holder = binding::container_holder(&state.id, engine.unwrap_or("runc"), &bundle, state.pid);
     let (lease, reused) = obtain(ops, &req, &state.id, &bundle, holder)?;
+    // No CDI edits here: runc read config.json at create, so device nodes added now would never be
+    // made; only a later hook that re-reads the file (NVIDIA's) acts on what prestart writes.
     let mut mods = remove_markers();
     mods.extend(lease_modifiers(&lease));
     write_or_undo(ops, &cfg, &mods, &lease, reused)?;
@@ -498,8 +529,11 @@ pub fn shim_create(
     let bundle = binding::canonical_bundle(bundle);
     let holder = binding::container_holder(container, engine, &bundle, waiter);
     let (lease, reused) = obtain(ops, &req, container, &bundle, holder)?;
-    let mut mods = remove_markers();
-    mods.extend(lease_modifiers(&lease));
+    let mut mods = match grant_modifiers(ops, &lease) {
+        Ok(m) => m,
+        Err(e) if reused => return Err(e),
+        Err(e) => return Err(undo(ops, &lease, e)),
+    };
     mods.push(Box::new(AddHook::migrun(
         "prestart",
         &hooks.bin,

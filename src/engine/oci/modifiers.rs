@@ -1,4 +1,4 @@
-//! Spec modifiers: small idempotent edits of an OCI config (env, annotations, hooks) on a JSON value, so unknown fields survive.
+//! Spec modifiers: small idempotent edits of an OCI config (env, annotations, hooks, a lease's CDI edits) on a JSON value, so unknown fields survive.
 
 use serde_json::{Map, Value};
 use std::fmt;
@@ -277,6 +277,22 @@ impl SpecModifier for AddHook {
     }
 }
 
+/// Apply a lease's CDI container edits ([`crate::cdi::apply_edits`]): its device nodes with their
+/// cgroup allow rules, the toolkit's mounts and hooks, and the env, so plain runc gives the
+/// container the device with no NVIDIA runtime installed. Idempotent, as `apply_edits` is.
+#[derive(Debug, Clone)]
+pub struct ApplyCdi {
+    pub edits: crate::cdi::types::ContainerEdits,
+}
+
+impl SpecModifier for ApplyCdi {
+    fn apply(&self, spec: &mut Value) -> Result<bool, String> {
+        let before = spec.clone();
+        crate::cdi::apply_edits(spec, &self.edits).map_err(|e| e.to_string())?;
+        Ok(*spec != before)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::test_support::*;
@@ -350,6 +366,29 @@ mod tests {
             .contains_key("x-root-unknown"));
         let keys: Vec<&String> = once.as_object().unwrap().keys().collect();
         assert_eq!(keys[..3], ["ociVersion", "x-top-unknown", "process"]);
+    }
+
+    #[test]
+    fn cdi_edits_apply_once_and_keep_unknown_fields() {
+        let edits: crate::cdi::types::ContainerEdits = serde_json::from_value(json!({
+            "env": ["NVIDIA_VISIBLE_DEVICES=MIG-aaaa", "MIGRUN_LEASE=7"],
+            "deviceNodes": [{"path": "/dev/nvidia-caps/nvidia-cap12", "type": "c", "major": 241, "minor": 12, "fileMode": 292}]
+        }))
+        .unwrap();
+        let m = ApplyCdi { edits };
+        let mut once = sample();
+        assert!(m.apply(&mut once).unwrap());
+        let mut twice = once.clone();
+        assert!(
+            !m.apply(&mut twice).unwrap(),
+            "second apply changes nothing"
+        );
+        assert_eq!(once, twice);
+        assert_eq!(once["linux"]["devices"][0]["minor"], 12);
+        assert_eq!(once["linux"]["resources"]["devices"][0]["access"], "rwm");
+        assert_eq!(once["linux"]["x-linux-unknown"]["a"], "b");
+        let mut bad = json!({"linux": {"devices": "none"}});
+        assert!(m.apply(&mut bad).unwrap_err().contains("linux.devices"));
     }
 
     #[test]

@@ -133,6 +133,30 @@ const FALLBACK_DIRS: &[&str] = &[
     "/bin",
 ];
 
+/// NVIDIA's `nvidia-container-runtime-hook`, looked for in `$PATH` then [`FALLBACK_DIRS`] (runc runs
+/// hooks with no `PATH` at all).
+pub fn nvidia_hook(path_env: Option<&OsStr>) -> Option<PathBuf> {
+    let mut dirs: Vec<PathBuf> = path_env
+        .map(|p| std::env::split_paths(p).collect())
+        .unwrap_or_default();
+    dirs.extend(FALLBACK_DIRS.iter().map(PathBuf::from));
+    dirs.into_iter()
+        .map(|d| d.join("nvidia-container-runtime-hook"))
+        .find(|c| is_executable(c))
+}
+
+/// Whether the hooks and the shim write the lease's CDI edits into config.json (`hook_inject`):
+/// `cdi` and `env` as configured; `auto` chooses CDI unless NVIDIA's hook is installed, which then
+/// mounts the device from `NVIDIA_VISIBLE_DEVICES` (both at once would give the container its
+/// device nodes twice).
+pub fn hook_injects_cdi(config: &Config, path_env: Option<&OsStr>) -> bool {
+    match config.hook_inject {
+        crate::config::HookInject::Cdi => true,
+        crate::config::HookInject::Env => false,
+        crate::config::HookInject::Auto => nvidia_hook(path_env).is_none(),
+    }
+}
+
 /// The runtime to exec: `config.runtime`, else nvidia-container-runtime, else runc (never migrun itself).
 pub fn next_runtime(
     config: &Config,

@@ -13,6 +13,7 @@
 
 mod ffi;
 
+use super::hostfacts::{self, HostFacts, HostFactsError};
 use super::rules::{self, Occupant};
 use super::{
     Backend, Code, ComputeInstance, GiProfile, GpuError, GpuInfo, GpuInstance, MigMode, Placement,
@@ -426,6 +427,10 @@ fn one_line(s: &str) -> String {
 impl Backend for NvmlBackend {
     fn kind(&self) -> super::BackendKind {
         super::BackendKind::Nvml
+    }
+    /// NVML does not report device minors or capability minors; the driver's /proc files do.
+    fn host_facts(&mut self) -> Result<HostFacts, HostFactsError> {
+        HostFacts::read_from(&hostfacts::host_root())
     }
     fn gpus(&mut self) -> Result<Vec<GpuInfo>, GpuError> {
         let count = self.count()?;

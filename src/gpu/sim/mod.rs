@@ -6,6 +6,7 @@
 
 pub mod machine;
 pub mod models;
+pub mod procfs;
 
 pub use machine::{SimMachine, SimSpec, SpecError};
 
@@ -262,6 +263,13 @@ impl Backend for SimBackend {
         super::BackendKind::Simulator {
             spec: self.spec.to_string(),
         }
+    }
+    /// The simulated driver's numbering ([`procfs`]). GPU UUIDs depend on the spec alone, so a fresh
+    /// machine of the spec has them: no state file is read.
+    fn host_facts(
+        &mut self,
+    ) -> Result<super::hostfacts::HostFacts, super::hostfacts::HostFactsError> {
+        procfs::host_facts(&SimMachine::new(&self.spec))
     }
     fn gpus(&mut self) -> Result<Vec<GpuInfo>, GpuError> {
         self.store.update(&self.spec, |m| m.gpu_infos())

@@ -15,6 +15,8 @@ struct FakeOps {
     fail_alloc: Option<&'static str>,
     allocations: u32,
     releases: Vec<LeaseId>,
+    /// What `cdi_edits` answers: `None` injects by env only; `Some(Err)` fails reading the spec.
+    cdi: Option<Result<crate::cdi::types::ContainerEdits, &'static str>>,
 }
 
 impl LeaseOps for FakeOps {
@@ -78,6 +80,16 @@ impl LeaseOps for FakeOps {
     fn drop_handover(&mut self, lease: LeaseId) -> Result<(), OpsError> {
         self.handovers.retain(|h| h.lease != lease);
         Ok(())
+    }
+    fn cdi_edits(
+        &mut self,
+        _lease: &Lease,
+    ) -> Result<Option<crate::cdi::types::ContainerEdits>, OpsError> {
+        match &self.cdi {
+            None => Ok(None),
+            Some(Ok(e)) => Ok(Some(e.clone())),
+            Some(Err(e)) => Err((*e).into()),
+        }
     }
 }
 
@@ -531,3 +543,5 @@ fn bad_bundles_and_configs_are_clear_errors_with_nothing_changed() {
     assert_eq!(std::fs::read(b.join("config.json")).unwrap(), bytes);
     assert!(ops.leases.is_empty());
 }
+
+mod cdi;
