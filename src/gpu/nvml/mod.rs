@@ -11,7 +11,10 @@
 //! a GPU whose MIG mode query answers NOT_SUPPORTED -> [`GpuError::NotMigCapable`].
 #![deny(unsafe_code)]
 
+mod assemble;
+mod errors;
 mod ffi;
+use errors::{device, nvml_err, one_line};
 
 use super::hostfacts::{self, HostFacts, HostFactsError};
 use super::rules::{self, Occupant};
@@ -20,7 +23,7 @@ use super::{
 };
 use crate::statedir::StateDir;
 use nvml_wrapper::error::NvmlError;
-use nvml_wrapper::{Device, Nvml};
+use nvml_wrapper::Nvml;
 use nvml_wrapper_sys::bindings::{
     NVML_COMPUTE_INSTANCE_PROFILE_COUNT, NVML_GPU_INSTANCE_PROFILE_COUNT,
 };
@@ -363,67 +366,6 @@ impl NvmlBackend {
     }
 }
 
-/// The device handle of GPU `gpu`.
-fn device(nvml: &Nvml, gpu: u32) -> Result<Device<'_>, GpuError> {
-    nvml.device_by_index(gpu)
-        .map_err(|e| nvml_err("opening the GPU", gpu, e))
-}
-
-/// nvml-wrapper's error as one of migrun's NVML codes.
-fn code_of(e: &NvmlError) -> Code {
-    match e {
-        NvmlError::Uninitialized => Code::Uninitialized,
-        NvmlError::InvalidArg => Code::InvalidArgument,
-        NvmlError::NotSupported => Code::NotSupported,
-        NvmlError::NoPermission => Code::NoPermission,
-        NvmlError::NotFound => Code::NotFound,
-        NvmlError::InsufficientSize(_) => Code::InsufficientSize,
-        NvmlError::InUse => Code::InUse,
-        NvmlError::DriverNotLoaded => Code::DriverNotLoaded,
-        NvmlError::GpuLost => Code::GpuLost,
-        NvmlError::LibraryNotFound | NvmlError::LibloadingError(_) => Code::LibraryNotFound,
-        NvmlError::FunctionNotFound | NvmlError::FailedToLoadSymbol(_) => Code::FunctionNotFound,
-        // nvml-wrapper has no variant for INSUFFICIENT_RESOURCES (23) and newer codes: they arrive raw.
-        NvmlError::UnexpectedVariant(v) => Code::from_nvml_value(*v),
-        _ => Code::Unknown,
-    }
-}
-
-/// A failed NVML call as a [`GpuError`]: NO_PERMISSION says what needs root, anything else keeps its code.
-fn nvml_err(op: &str, gpu: u32, e: NvmlError) -> GpuError {
-    let code = code_of(&e);
-    if code == Code::NoPermission {
-        return GpuError::NoPermission {
-            op: format!("{op} on GPU {gpu}"),
-        };
-    }
-    let detail = match code {
-        Code::InsufficientResources => {
-            "the placement overlaps an existing instance or the profile's instance limit is reached; see `migrun status`".to_string()
-        }
-        Code::InUse => {
-            "compute instances or processes still use it; stop them (or destroy its compute instances) first".to_string()
-        }
-        Code::FunctionNotFound => format!(
-            "{}; the NVIDIA driver is too old for MIG management, update it",
-            one_line(&e.to_string())
-        ),
-        Code::Unknown => one_line(&e.to_string()),
-        _ => String::new(),
-    };
-    GpuError::Nvml {
-        op: op.to_string(),
-        gpu,
-        code,
-        detail,
-    }
-}
-
-/// Error messages from libraries may hold newlines; migrun's errors are one line.
-fn one_line(s: &str) -> String {
-    s.split_whitespace().collect::<Vec<_>>().join(" ")
-}
-
 impl Backend for NvmlBackend {
     fn kind(&self) -> super::BackendKind {
         super::BackendKind::Nvml
@@ -654,79 +596,5 @@ impl Backend for NvmlBackend {
     }
 }
 
-impl NvmlBackend {
-    /// Join GPU instances with their MIG devices (compute instances, UUIDs, processes).
-    fn assemble(&mut self, gpu: u32, gis: Vec<ffi::GiInfo>) -> Result<Vec<GpuInstance>, GpuError> {
-        let migs = if gis.is_empty() {
-            Vec::new()
-        } else {
-            self.mig_devices(gpu)?
-        };
-        let mut out: Vec<GpuInstance> = gis
-            .into_iter()
-            .map(|g| {
-                let mut cis: Vec<&(u32, u32, String, u32)> =
-                    migs.iter().filter(|m| m.0 == g.id).collect();
-                cis.sort_by_key(|m| m.1);
-                GpuInstance {
-                    id: g.id,
-                    profile_id: g.profile_id,
-                    placement: Placement {
-                        start: g.start,
-                        size: g.size,
-                    },
-                    processes: cis.iter().map(|m| m.3).sum(),
-                    compute_instances: cis
-                        .into_iter()
-                        .map(|m| ComputeInstance {
-                            id: m.1,
-                            mig_uuid: m.2.clone(),
-                        })
-                        .collect(),
-                }
-            })
-            .collect();
-        // GI ids are stable for an instance's life; listing by id keeps output stable.
-        out.sort_by_key(|g| g.id);
-        Ok(out)
-    }
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn missing_library_is_no_driver_naming_the_library() {
-        let e = NvmlBackend::open(PathBuf::from("/nonexistent/libnvidia-ml.so.1"))
-            .err()
-            .expect("no library there");
-        let msg = e.to_string();
-        assert!(matches!(e, GpuError::NoDriver { .. }), "{msg}");
-        assert!(msg.contains("/nonexistent/libnvidia-ml.so.1"), "{msg}");
-        assert!(msg.contains("--simulate"), "{msg}");
-        assert!(!msg.contains('\n'), "{msg}");
-    }
-
-    #[test]
-    fn nvml_errors_keep_their_codes() {
-        assert_eq!(code_of(&NvmlError::InUse), Code::InUse);
-        assert_eq!(
-            code_of(&NvmlError::InsufficientSize(None)),
-            Code::InsufficientSize
-        );
-        assert_eq!(
-            code_of(&NvmlError::UnexpectedVariant(23)),
-            Code::InsufficientResources
-        );
-        assert_eq!(code_of(&NvmlError::UnexpectedVariant(25)), Code::Unknown);
-        assert_eq!(
-            code_of(&NvmlError::FailedToLoadSymbol("x".into())),
-            Code::FunctionNotFound
-        );
-        assert!(matches!(
-            nvml_err("creating a GPU instance", 0, NvmlError::NoPermission),
-            GpuError::NoPermission { .. }
-        ));
-    }
-}
+mod tests;
