@@ -70,7 +70,7 @@ shown "migrun --inject env --profile 3g.40gb --rm --pull never migrun-demo/busyb
 run_pid=$!
 # Look once the container is up (its lease exists and docker lists it), not at a fixed time.
 for _ in $(seq 80); do
-  if migrun status | grep -q '^leases:' &&
+  if migrun status | grep '^leases:' >/dev/null &&
     [ -n "$(docker ps -q --filter ancestor=migrun-demo/busybox)" ]; then
     break
   fi
@@ -92,7 +92,7 @@ cid=$(eval "$cmd")
 echo "$cid"
 shown "migrun status"
 shown "docker stop -t 1 ${cid:0:12}"
-for _ in $(seq 40); do migrun status | grep -q '^no leases' && break; sleep 0.25; done
+for _ in $(seq 40); do migrun status | grep '^no leases' >/dev/null && break; sleep 0.25; done
 say "the watcher saw the container stop and released its slice"
 shown "migrun status"
-migrun status | grep -q '^no leases' || { echo "quickstart: the slice was not released" >&2; exit 1; }
+migrun status | grep '^no leases' >/dev/null || { echo "quickstart: the slice was not released" >&2; exit 1; }

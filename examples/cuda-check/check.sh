@@ -25,7 +25,7 @@ case "$uuid" in MIG-*) ;; *) fail "the container got NVIDIA_VISIBLE_DEVICES=$uui
 devices=$(printf '%s\n' "$out" | grep -c 'UUID: MIG-' || true)
 [ "$devices" = 1 ] || fail "nvidia-smi -L lists $devices MIG devices; expected exactly the leased one"
 printf '%s\n' "$out" | grep -q "UUID: $uuid)" || fail "nvidia-smi -L does not list the leased $uuid"
-if "$MIGRUN" status --json | grep -q "$uuid"; then
+if "$MIGRUN" status --json | grep "$uuid" >/dev/null; then
   fail "$uuid is still leased or still exists after the container exited (see \`migrun status\`)"
 fi
 echo "cuda-check: OK: the container saw only $uuid ($PROFILE), and the slice was released"

@@ -52,7 +52,7 @@ stop() {
   "$DOCKER" stop "$NAME" >/dev/null
   echo "stopped $NAME; waiting for migrun to release its slice"
   for _ in $(seq 100); do
-    if ! "$MIGRUN" status --json | grep -q "$cid"; then
+    if ! "$MIGRUN" status --json | grep "$cid" >/dev/null; then
       echo "slice released"
       status
       return 0
