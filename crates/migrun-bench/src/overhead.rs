@@ -364,6 +364,21 @@ impl Machine {
                 OverheadError::Input("--backend fake-nvml needs --fake-nvml-lib".into())
             })?),
         };
+        if lib.is_some() {
+            // The driver's /proc files for these GPUs under a host root of the machine's own, as the
+            // tests' fake-NVML helper lays them out: the NVML backend reads its host facts there
+            // (debug builds honour MIGRUN_HOST_ROOT) and writes lease specs below it.
+            let parsed = spec
+                .parse()
+                .map_err(|e| OverheadError::Input(format!("bad machine spec {spec}: {e}")))?;
+            let machine = migrun::gpu::sim::SimMachine::new(&parsed);
+            for (rel, text) in migrun::gpu::sim::procfs::files(&machine) {
+                let p = tmp.path().join("host").join(rel);
+                std::fs::create_dir_all(p.parent().unwrap_or(tmp.path()))
+                    .and_then(|()| std::fs::write(&p, text))
+                    .map_err(|e| failed(format!("laying out {}: {e}", p.display())))?;
+            }
+        }
         Ok(Machine {
             backend,
             spec: spec.to_string(),
@@ -396,6 +411,16 @@ impl Machine {
                 env.push((
                     "MIGRUN_FAKE_NVML_STATE".into(),
                     self.dir().join("fake-gpus.json").display().to_string(),
+                ));
+                env.push((
+                    migrun::gpu::hostfacts::HOST_ROOT_ENV.into(),
+                    self.dir().join("host").display().to_string(),
+                ));
+                // Fake GPUs share their UUIDs with every other fake machine: claim them here, not in
+                // the host's /run/migrun-gpus (debug builds honour this; see alloc::binding).
+                env.push((
+                    migrun::alloc::binding::CLAIMS_ENV.into(),
+                    self.dir().join("gpu-claims").display().to_string(),
                 ));
             }
         }
