@@ -199,6 +199,9 @@ pub struct AllocArgs {
     /// Charge the lease to this user (per-user limits, who may release it); root only, for Slurm prologs and JupyterHub spawners
     #[arg(long, value_name = "UID")]
     pub for_uid: Option<u32>,
+    /// Name the lease: its CDI device `migrun.io/mig=NAME` and a `release` target; unique among live leases
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
     /// Machine-readable output
     #[arg(long)]
     pub json: bool,
@@ -206,8 +209,8 @@ pub struct AllocArgs {
 
 #[derive(Debug, Args, Clone, Default)]
 pub struct ReleaseArgs {
-    /// Lease id (as printed by alloc/status) or the MIG-… UUID
-    #[arg(value_name = "LEASE|MIG-UUID")]
+    /// Lease id (as printed by alloc/status), the lease's name, or the MIG-… UUID
+    #[arg(value_name = "LEASE|NAME|MIG-UUID")]
     pub target: String,
     /// Machine-readable output
     #[arg(long)]

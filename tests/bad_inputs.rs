@@ -204,6 +204,29 @@ fn case(id: &str, sim: &Sim) -> Option<Case> {
             init,
             s(&["alloc", "--profile", "1g.10gb"]),
         ),
+        "cdi-name-bad-chars" => c(
+            "",
+            init,
+            s(&["alloc", "--profile", "1g.10gb", "--name", "a b"]),
+        ),
+        "cdi-name-lease-id" => c(
+            "",
+            init,
+            s(&["alloc", "--profile", "1g.10gb", "--name", "12"]),
+        ),
+        "cdi-name-mig-uuid" => c(
+            "",
+            init,
+            s(&["alloc", "--profile", "1g.10gb", "--name", "MIG-x"]),
+        ),
+        "cdi-name-edge" => c("", init, s(&["alloc", "--profile", "1g.10gb", "--name=x."])),
+        "cdi-name-taken" => c(
+            "",
+            |sim| {
+                sim.alloc(&["--profile", "1g.10gb", "--name", "trainer"]);
+            },
+            s(&["alloc", "--profile", "1g.10gb", "--name", "trainer"]),
+        ),
         "cdi-dir-not-a-dir" => c(
             "cdi_dir = \"/dev/null/cdi\"",
             init_default_config,
@@ -632,6 +655,11 @@ fn every_documented_bad_input_fails_cleanly_and_leaves_nothing() {
         "cdi-toolkit-wrong-kind",
         "cdi-toolkit-missing",
         "cdi-dir-not-a-dir",
+        "cdi-name-bad-chars",
+        "cdi-name-lease-id",
+        "cdi-name-mig-uuid",
+        "cdi-name-edge",
+        "cdi-name-taken",
         "policy-profile",
         "policy-gpu",
         "policy-per-user",

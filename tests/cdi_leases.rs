@@ -344,3 +344,106 @@ fn a_spec_dir_that_refuses_the_file_at_alloc_time_leaves_no_lease_no_instance_no
         assert!(files_in(ro.0.path()).is_empty());
     }
 }
+
+/// `alloc --name`: the spec declares the name too, status and `--json` show it, a second live lease
+/// cannot take it, `release NAME` ends the lease, and the name is then free again.
+#[test]
+fn a_named_lease_is_a_device_a_release_target_and_unique() {
+    let m = simulated("h100-80gb");
+    let out = m.sim.ok(&[
+        "alloc",
+        "--profile",
+        "1g.10gb",
+        "--name",
+        "trainer",
+        "--json",
+    ]);
+    let a: Value = serde_json::from_str(&out).unwrap();
+    let (lease, mig) = (
+        a["lease"].as_u64().unwrap(),
+        a["mig_uuid"].as_str().unwrap(),
+    );
+    assert_eq!(a["name"], "trainer");
+    let spec = read_json(&spec_path(&m.cdi_dir, lease));
+    let names: Vec<&str> = spec["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, [lease.to_string().as_str(), "trainer", mig]);
+    // Same edits under every name.
+    assert_eq!(
+        spec["devices"][0]["containerEdits"],
+        spec["devices"][1]["containerEdits"]
+    );
+    assert_eq!(leases(&m.sim.status())[0]["name"], "trainer");
+    let text = m.sim.ok(&["status"]);
+    assert!(
+        text.lines()
+            .any(|l| l.contains(&format!("{lease} trainer")) && l.contains(mig)),
+        "{text}"
+    );
+
+    let before = (m.sim.snapshot_files(), files_in(&m.cdi_dir));
+    let out = m
+        .sim
+        .run(&["alloc", "--profile", "1g.10gb", "--name", "trainer"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains(&format!("lease name \"trainer\" is taken by lease {lease}"))
+            && err.contains("`migrun release trainer`")
+            && err.contains("pick another --name"),
+        "{err}"
+    );
+    assert_eq!(before, (m.sim.snapshot_files(), files_in(&m.cdi_dir)));
+
+    // By name (ownership by name: tests/policy_cli.rs, which may run under sudo).
+    m.sim.ok(&["release", "trainer"]);
+    assert!(!spec_path(&m.cdi_dir, lease).exists());
+    assert!(leases(&m.sim.status()).is_empty());
+    let e = m.sim.run(&["release", "trainer"]);
+    assert_eq!(e.status.code(), Some(2));
+    // Free again.
+    m.sim.alloc(&["--profile", "1g.10gb", "--name", "trainer"]);
+    m.sim.ok(&["release", "trainer"]);
+}
+
+/// Two allocations racing for one name: exactly one gets it, the other fails with the one-line
+/// refusal, and nothing of the loser is left (no lease, no instance, no spec).
+#[test]
+fn two_racing_allocations_of_one_name_one_wins_nothing_left_behind() {
+    let m = simulated("h100-80gb");
+    for round in 0..3 {
+        let spawn = || {
+            m.sim
+                .cmd(&["alloc", "--profile", "1g.10gb", "--name", "racer", "--json"])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        };
+        let (a, b) = (spawn(), spawn());
+        let outs = [a.wait_with_output().unwrap(), b.wait_with_output().unwrap()];
+        let won: Vec<_> = outs.iter().filter(|o| o.status.success()).collect();
+        assert_eq!(won.len(), 1, "round {round}: exactly one wins: {outs:?}");
+        let lost = outs.iter().find(|o| !o.status.success()).unwrap();
+        let err = String::from_utf8_lossy(&lost.stderr);
+        assert_eq!(lost.status.code(), Some(2), "{err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(
+            err.contains("lease name \"racer\" is taken by lease"),
+            "{err}"
+        );
+        let a: Value = serde_json::from_slice(&won[0].stdout).unwrap();
+        let lease = a["lease"].as_u64().unwrap();
+        let status = m.sim.status();
+        assert_eq!(leases(&status).len(), 1, "{status}");
+        assert_eq!(instances(&status).len(), 1, "{status}");
+        assert_eq!(files_in(&m.cdi_dir), [format!("migrun-mig-{lease}.json")]);
+        m.sim.ok(&["release", "racer"]);
+        assert!(files_in(&m.cdi_dir).is_empty());
+    }
+}

@@ -1,4 +1,4 @@
-//! podman resolves migrun's CDI devices: a spec written by migrun into /var/run/cdi for a fake slice (host facts from the H200 capture, the toolkit's edits from a fake toolkit spec) gives the container the MIG UUID, the capability nodes and the toolkit's mount, by lease id, name and MIG UUID, next to foreign `nvidia.com/gpu` specs; and `migrun alloc` (simulator, and NVML on the fake library) gives podman its slice by lease id until release or gc. Needs root, podman, unshare and nsenter; fails otherwise.
+//! podman resolves migrun's CDI devices: a spec written by migrun into /var/run/cdi for a fake slice (host facts from the H200 capture, the toolkit's edits from a fake toolkit spec) gives the container the MIG UUID, the capability nodes and the toolkit's mount, by lease id, name and MIG UUID, next to foreign `nvidia.com/gpu` specs; and `migrun alloc --name` (simulator, and NVML on the fake library) gives podman its slice by lease id and by name until release or gc. Needs root, podman, unshare and nsenter; fails otherwise.
 //!
 //! podman 4.3 reads CDI specs only from /etc/cdi and /var/run/cdi (no flag for another dir), so the
 //! test writes into /var/run/cdi under names unique to this process and removes them on drop.
@@ -328,15 +328,22 @@ fn machine<'a>(ns: &'a PrivateRunCdi, nvml: Option<&common::fake_nvml::FakeNvml>
 }
 
 #[test]
-fn podman_gets_the_slice_of_a_migrun_alloc_by_lease_id_until_release_or_gc() {
+fn podman_gets_the_slice_of_a_migrun_alloc_by_lease_id_and_name_until_release_or_gc() {
     let podman = Podman::new();
     let image = podman.busybox_image();
     let ns = PrivateRunCdi::new();
     let fake = common::fake_nvml::FakeNvml::new("h100-80gb");
     for nvml in [None, Some(&fake)] {
         let m = machine(&ns, nvml);
-        let a: serde_json::Value =
-            serde_json::from_str(&m.ok(&["alloc", "--profile", "1g.10gb", "--json"])).unwrap();
+        let a: serde_json::Value = serde_json::from_str(&m.ok(&[
+            "alloc",
+            "--profile",
+            "1g.10gb",
+            "--name",
+            "trainer",
+            "--json",
+        ]))
+        .unwrap();
         let lease = a["lease"].as_u64().unwrap();
         let (mig, gi, ci) = (
             a["mig_uuid"].as_str().unwrap(),
@@ -368,9 +375,17 @@ fn podman_gets_the_slice_of_a_migrun_alloc_by_lease_id_until_release_or_gc() {
             .arg(&image)
             .args(["sh", "-c", &script]);
         assert_eq!(run_ok(&mut ns.cmd(&run)), want, "nvml: {}", nvml.is_some());
+        // The same device by the lease's name.
+        assert_eq!(a["name"], "trainer");
+        let mut by_name = podman.run_cmd();
+        by_name
+            .args(["--device", "migrun.io/mig=trainer"])
+            .arg(&image)
+            .args(["sh", "-c", &script]);
+        assert_eq!(run_ok(&mut ns.cmd(&by_name)), want, "by name");
 
-        // release takes the device away.
-        m.ok(&["release", &lease.to_string()]);
+        // release (by name) takes the device away.
+        m.ok(&["release", "trainer"]);
         assert!(ns.files().is_empty());
         let mut gone = podman.run_cmd();
         gone.args(["--device", &device]).arg(&image).arg("true");

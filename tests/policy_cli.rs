@@ -106,6 +106,19 @@ fn sudo_user_is_recorded_and_may_release_only_their_own() {
     assert!(o.status.success(), "{}", err_of(&o));
     let o = as_user(None, &["release", "2"]);
     assert!(o.status.success(), "{}", err_of(&o));
+    // By name, the same rules as by id.
+    let a = as_user(
+        Some("1000"),
+        &["alloc", "--profile", "19", "--name", "mine"],
+    );
+    assert!(a.status.success(), "{}", err_of(&a));
+    refused(
+        &as_user(Some("1001"), &["release", "mine"]),
+        4,
+        "lease 3 belongs to uid 1000, not to uid 1001",
+    );
+    let o = as_user(Some("1000"), &["release", "mine"]);
+    assert!(o.status.success(), "{}", err_of(&o));
     // A sudo user may not name another user to charge.
     refused(
         &as_user(

@@ -27,6 +27,7 @@ pub(crate) fn apply(
     let id = reg.next_lease_id()?;
     let mut lease = Lease {
         id,
+        name: req.name.clone(),
         holder: req.holder.clone(),
         uid: req.uid,
         gpu_index: g.info.index,

@@ -27,13 +27,13 @@ mod wait;
 
 pub(crate) use apply::apply;
 pub(crate) use reconcile::{sweep, sweep_records, Swept};
-pub(crate) use request::{check_limits, plan_request};
+pub(crate) use request::{check_limits, check_name, plan_request};
 pub(crate) use teardown::{teardown, TeardownOptions, TeardownReport};
 pub(crate) use wait::clock;
 
 use crate::config::Config;
 use crate::gpu::{Backend, Code, GpuError};
-use crate::lease::{self, CreatedRecord, Holder, Lease, LeaseError, LeaseId, Registry};
+use crate::lease::{self, CreatedRecord, Holder, Lease, LeaseError, LeaseId, LeaseName, Registry};
 use crate::policy::plan::{self, Want};
 use crate::policy::NoRoom;
 use crate::profile::{ProfileError, SizeError};
@@ -57,6 +57,8 @@ pub(crate) struct AllocRequest {
     pub holder: Holder,
     /// Uid charged with the lease.
     pub uid: u32,
+    /// `alloc --name`: unique among active leases, checked under the lock.
+    pub name: Option<LeaseName>,
 }
 
 impl AllocRequest {
@@ -69,6 +71,7 @@ impl AllocRequest {
             keep: false,
             holder: Holder::Manual,
             uid: caller_uid(),
+            name: None,
         }
     }
 }
@@ -304,6 +307,7 @@ pub(crate) fn allocate(
             // Checked under the lock, after the sweep freed dead holders' leases, so two
             // concurrent requests cannot both take the last allowed lease.
             check_limits(config, &leases, req.uid)?;
+            check_name(&leases, req.name.as_ref())?;
             let full = plan_request(&state, config, req, &created, &leases)?;
             // What could never fit is said at once, whoever waits; what fits now, but only on
             // GPUs that earlier waiters hold back, waits behind them.
@@ -375,7 +379,7 @@ pub(crate) fn allocate(
         queue.pause(started, ahead);
     }
 }
-/// Find a lease by id (`7`) or MIG UUID.
+/// Find a lease by id (`7`), MIG UUID or name.
 fn find_lease(reg: &Registry, target: &str) -> Result<Lease, AllocError> {
     let t = target.trim();
     let found = if let Ok(id) = t.parse::<LeaseId>() {
@@ -385,6 +389,16 @@ fn find_lease(reg: &Registry, target: &str) -> Result<Lease, AllocError> {
         reg.leases()?
             .into_iter()
             .find(|l| l.mig_uuid.eq_ignore_ascii_case(t))
+    } else if LeaseName::check(t).is_ok() {
+        // By name: the active lease that has it (names are unique among those); else a draining one,
+        // whose release is then finished.
+        let mut named: Vec<Lease> = reg
+            .leases()?
+            .into_iter()
+            .filter(|l| l.name.as_ref().is_some_and(|n| n.as_str() == t))
+            .collect();
+        named.sort_by_key(|l| (l.state != lease::LeaseState::Active, l.id));
+        named.into_iter().next()
     } else {
         None
     };
@@ -434,7 +448,7 @@ where
     unreachable!("the loop returns on its last attempt")
 }
 
-/// Release by lease id or MIG UUID. `caller_uid` is the invoking user under sudo (only their own leases), `None` for plain root.
+/// Release by lease id, MIG UUID or name. `caller_uid` is the invoking user under sudo (only their own leases), `None` for plain root.
 pub(crate) fn release(
     backend: &mut dyn Backend,
     dir: &StateDir,

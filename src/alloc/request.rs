@@ -5,7 +5,7 @@
 use super::{AllocError, AllocRequest};
 use crate::config::{Config, GpuRef};
 use crate::gpu::{GpuError, MigState};
-use crate::lease::{CreatedRecord, Lease};
+use crate::lease::{CreatedRecord, Lease, LeaseError, LeaseName, LeaseState};
 use crate::policy::{NoRoom, PlanRequest, Want};
 use crate::profile::ProfileSpec;
 
@@ -174,4 +174,26 @@ pub(crate) fn check_limits(config: &Config, leases: &[Lease], uid: u32) -> Resul
         }
     }
     Ok(())
+}
+
+/// `alloc --name`: refused while an active lease has the name (under the lock, after the sweep freed
+/// dead holders' leases, so of two racing requests for one name exactly one gets it). A draining lease
+/// has ended and its spec is gone, so its name is free again.
+pub(crate) fn check_name(leases: &[Lease], name: Option<&LeaseName>) -> Result<(), AllocError> {
+    let Some(name) = name else { return Ok(()) };
+    match leases
+        .iter()
+        .find(|l| l.state == LeaseState::Active && l.name.as_ref() == Some(name))
+    {
+        None => Ok(()),
+        Some(l) => Err(LeaseError::NameTaken {
+            name: name.clone(),
+            holder: l.id,
+            holder_desc: format!(
+                "{} {}, held by {}, uid {}",
+                l.profile, l.mig_uuid, l.holder, l.uid
+            ),
+        }
+        .into()),
+    }
 }

@@ -8,7 +8,7 @@
 
 use super::types::{ContainerEdits, Spec};
 use crate::gpu::hostfacts::{HostFacts, NVIDIACTL_MINOR, NVIDIA_MAJOR};
-use crate::lease::LeaseId;
+use crate::lease::{LeaseId, LeaseName};
 use container_device_interface::container_edits::ContainerEdits as Edits;
 use container_device_interface::{spec as cdi_spec, version};
 use serde_json::{json, Value};
@@ -136,39 +136,13 @@ fn from_json(v: Value) -> Result<Spec, String> {
     serde_json::from_value(v).map_err(|e| e.to_string())
 }
 
-/// A lease name is also a device name in a directory shared by every lease, so it may not look like
-/// another lease's id or a MIG UUID.
-fn check_collisions(name: &str) -> Result<(), SpecError> {
-    let bad = |why| SpecError::BadName {
+/// A lease name is also a device name in a directory shared by every lease: the lease's own rules
+/// ([`LeaseName`]: CDI's device-name rules, and nothing that looks like a lease id or a MIG UUID).
+fn check_name(name: &str) -> Result<(), SpecError> {
+    LeaseName::check(name).map_err(|e| SpecError::BadName {
         name: name.to_string(),
-        why,
-    };
-    if !name.is_empty() && name.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(bad("all digits would collide with a lease id"));
-    }
-    if name.starts_with("MIG-") {
-        return Err(bad(
-            "a name starting with MIG- would collide with a MIG UUID",
-        ));
-    }
-    Ok(())
-}
-
-/// Whether the crate takes `name` as a device name on its own; asked only once a whole spec failed,
-/// to say whether the name was the reason (the crate's own name check is private to it).
-fn check_name_alone(name: &str) -> Result<(), SpecError> {
-    let probe = json!({
-        "cdiVersion": "0.5.0",
-        "kind": KIND,
-        "devices": [{ "name": name, "containerEdits": { "env": ["MIGRUN_NAME_CHECK=1"] } }],
-    });
-    match from_json(probe).and_then(|s| validate(&s)) {
-        Ok(_) => Ok(()),
-        Err(_) => Err(SpecError::BadName {
-            name: name.to_string(),
-            why: "use letters, digits, '-', '_', '.' or ':', starting and ending with a letter or digit",
-        }),
-    }
+        why: e.why,
+    })
 }
 
 /// The CDI spec of one slice: kind [`KIND`], one device per name in [`Slice::device_names`], each
@@ -182,7 +156,7 @@ pub fn build(
     toolkit: Option<&ContainerEdits>,
 ) -> Result<Spec, SpecError> {
     if let Some(name) = &slice.name {
-        check_collisions(name)?;
+        check_name(name)?;
     }
     let invalid = |reason: String| SpecError::Invalid {
         what: format!("the CDI spec built for lease {}", slice.lease),
@@ -208,12 +182,7 @@ pub fn build(
     let min = version::minimum_required_version(&draft).map_err(|e| invalid(format!("{e:#}")))?;
     doc["cdiVersion"] = Value::String(min.to_string());
     let spec = from_json(doc).map_err(invalid)?;
-    if let Err(reason) = validate(&spec) {
-        if let Some(name) = &slice.name {
-            check_name_alone(name)?;
-        }
-        return Err(invalid(reason));
-    }
+    validate(&spec).map_err(invalid)?;
     Ok(spec)
 }
 

@@ -3,7 +3,7 @@
 use super::{Ctx, InputError};
 use crate::alloc::{self, AllocRequest};
 use crate::cli::{AllocArgs, GcArgs, ReleaseArgs, RequestArgs};
-use crate::lease::{Holder, Lease};
+use crate::lease::{Holder, Lease, LeaseError, LeaseName};
 use crate::policy::Want;
 use crate::profile::parse_size_mib;
 use anyhow::Result;
@@ -49,6 +49,7 @@ fn lease_json(l: &Lease) -> serde_json::Value {
         "created": l.created,
         "holder": l.holder,
         "uid": l.uid,
+        "name": l.name,
         // What `podman run --device` / `docker run --device` takes (docs/cdi.md).
         "cdi": crate::cdi::spec::qualified_name(&l.id.to_string()),
     })
@@ -56,6 +57,12 @@ fn lease_json(l: &Lease) -> serde_json::Value {
 
 pub fn alloc(ctx: &Ctx, a: &AllocArgs) -> Result<i32> {
     let want = want_of(&a.request)?;
+    let name = a
+        .name
+        .as_deref()
+        .map(LeaseName::parse)
+        .transpose()
+        .map_err(LeaseError::from)?;
     let holder = match a.holder_pid {
         Some(pid) => Holder::process(pid)?,
         None => Holder::Manual,
@@ -69,6 +76,7 @@ pub fn alloc(ctx: &Ctx, a: &AllocArgs) -> Result<i32> {
         // Root allocating for someone (a Slurm prolog, a hub spawner) names them; the delegation
         // check refuses --for-uid to a sudo user, who is always charged as themselves.
         uid: a.for_uid.unwrap_or_else(alloc::caller_uid),
+        name,
     };
     let mut session = ctx.session()?;
     let lease = session.allocate(&req)?;
@@ -90,8 +98,11 @@ pub fn alloc(ctx: &Ctx, a: &AllocArgs) -> Result<i32> {
         );
         if let Some(w) = session.written() {
             let toolkit = super::cdi::toolkit_note(Ok(w.toolkit.as_deref()), &ctx.toolkit_paths());
+            let also = lease.name.as_ref().map_or(String::new(), |n| {
+                format!(" (also {})", crate::cdi::spec::qualified_name(n.as_str()))
+            });
             crate::errln!(
-                "migrun: CDI device {} in {}, {toolkit}",
+                "migrun: CDI device {}{also} in {}, {toolkit}",
                 crate::cdi::spec::qualified_name(&lease.id.to_string()),
                 w.path.display()
             );

@@ -99,8 +99,7 @@ pub fn slice_of(lease: &Lease, facts: &HostFacts) -> Result<Slice, LeaseSpecErro
         })?;
     Ok(Slice {
         lease: lease.id,
-        // Leases have no names yet (docs/cdi.md): the devices are the lease id and the MIG UUID.
-        name: None,
+        name: lease.name.as_ref().map(|n| n.as_str().to_string()),
         mig_uuid: lease.mig_uuid.clone(),
         gpu_minor,
         gi: lease.gi,

@@ -99,6 +99,7 @@ pub fn run(ctx: &Ctx, a: RunArgs) -> Result<i32> {
         keep: a.request.keep,
         holder: launcher.holder(None),
         uid: alloc::caller_uid(),
+        name: None,
     };
     let lease = ctx.session_in(dir.clone())?.allocate(&req)?;
     say(

@@ -266,14 +266,15 @@ impl RegistryView {
 fn owner_text(owner: &Owner, leases: &[Lease]) -> String {
     match owner {
         Owner::Lease { id, draining } => {
-            let holder = leases
-                .iter()
-                .find(|l| l.id == *id)
-                .map_or(String::new(), |l| format!(" ({}, uid {})", l.holder, l.uid));
+            let lease = leases.iter().find(|l| l.id == *id);
+            let holder = lease.map_or(String::new(), |l| format!(" ({}, uid {})", l.holder, l.uid));
+            let name = lease
+                .and_then(|l| l.name.as_ref())
+                .map_or(String::new(), |n| format!(" {:?}", n.as_str()));
             if *draining {
-                format!("lease {id} draining{holder}")
+                format!("lease {id}{name} draining{holder}")
             } else {
-                format!("lease {id}{holder}")
+                format!("lease {id}{name}{holder}")
             }
         }
         Owner::Kept => "free (migrun's, kept warm)".into(),
@@ -399,8 +400,9 @@ pub fn status(ctx: &Ctx, a: &ListArgs) -> Result<i32> {
                 crate::outln!("leases:");
                 for l in &v.leases {
                     crate::outln!(
-                        "  {:>4}  GPU {} GI {:<2} {:<12} {}  {}, uid {}, {}{}{}",
+                        "  {:>4}{}  GPU {} GI {:<2} {:<12} {}  {}, uid {}, {}{}{}",
                         l.id,
+                        l.name.as_ref().map_or(String::new(), |n| format!(" {n}")),
                         l.gpu_index,
                         l.gi,
                         l.profile,

@@ -7,8 +7,10 @@
 //! Every reader refuses a malformed record with an error naming the file, instead of guessing: a lease
 //! registry that cannot be read must stop allocation, or the same instance could be handed out twice.
 
+mod name;
 mod registry;
 
+pub use name::{LeaseName, NameError};
 pub(crate) use registry::Registry;
 
 use crate::gpu::Placement;
@@ -90,6 +92,10 @@ pub enum LeaseState {
 #[serde(deny_unknown_fields)]
 pub struct Lease {
     pub id: LeaseId,
+    /// The name given at `alloc --name`: a CDI device name and a release target, unique among active
+    /// leases (checked under the lock). Absent in records written before names existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<LeaseName>,
     pub holder: Holder,
     /// The uid the lease is charged to (SUDO_UID when run under sudo).
     pub uid: u32,
@@ -240,6 +246,9 @@ impl Fields for Lease {
         check_gpu_uuid(&self.gpu_uuid)?;
         check_mig_uuid(&self.mig_uuid)?;
         check_text("profile", &self.profile, 64)?;
+        if let Some(n) = &self.name {
+            LeaseName::check(n.as_str()).map_err(|e| format!("name: {e}"))?;
+        }
         if let Holder::Container { id, engine, .. } = &self.holder {
             check_text("holder id", id, 256)?;
             check_text("holder engine", engine, 4096)?;
@@ -282,8 +291,17 @@ pub enum LeaseError {
         "{path} is not a record migrun wrote ({why}); migrun ignores it. Inspect and remove it"
     )]
     BadField { path: PathBuf, why: String },
-    #[error("no lease {target}; `migrun status` lists the leases (by lease id or MIG UUID)")]
+    #[error("no lease {target}; `migrun status` lists the leases (by lease id, name or MIG UUID)")]
     Unknown { target: String },
+    #[error(transparent)]
+    BadName(#[from] NameError),
+    /// `alloc --name` with a name an active lease already has.
+    #[error("lease name \"{name}\" is taken by lease {holder} ({holder_desc}); release it (`migrun release {name}`) or pick another --name")]
+    NameTaken {
+        name: LeaseName,
+        holder: LeaseId,
+        holder_desc: String,
+    },
     #[error("process {pid} does not exist; --holder-pid must name a running process")]
     NoSuchProcess { pid: u32 },
 }
@@ -293,9 +311,11 @@ pub(crate) fn exit_code_of(e: &(dyn std::error::Error + 'static)) -> Option<i32>
     use crate::exit::ExitCodeOf;
     e.downcast_ref::<LeaseError>().map(|e| match e {
         LeaseError::StateDir(s) => s.exit_code(),
-        LeaseError::Malformed { .. } | LeaseError::BadField { .. } | LeaseError::Unknown { .. } => {
-            crate::exit::USAGE
-        }
+        LeaseError::Malformed { .. }
+        | LeaseError::BadField { .. }
+        | LeaseError::Unknown { .. }
+        | LeaseError::BadName(_)
+        | LeaseError::NameTaken { .. } => crate::exit::USAGE,
         LeaseError::NoSuchProcess { .. } => crate::exit::USAGE,
     })
 }

@@ -354,6 +354,7 @@ mod tests {
     fn lease(id: LeaseId) -> Lease {
         Lease {
             id,
+            name: None,
             holder: Holder::Manual,
             uid: 0,
             gpu_index: 0,
@@ -430,6 +431,21 @@ mod tests {
         let skipped = reg.take_skipped();
         assert_eq!(skipped.len(), 2, "{skipped:?}");
         assert!(skipped[0].contains("leases/2.json") && skipped[0].contains("is not a GPU UUID"));
+        // A name is checked like every other field; records from before names read as unnamed.
+        let mut named = lease(4);
+        named.name = Some(crate::lease::LeaseName::parse("trainer").unwrap());
+        reg.write_lease(&named).unwrap();
+        let mut v = serde_json::to_value(lease(5)).unwrap();
+        assert!(v.get("name").is_none(), "no name, no key");
+        v["name"] = serde_json::json!("../../x");
+        reg.write_json("leases/5.json", &v).unwrap();
+        let ids: Vec<_> = reg.leases().unwrap().iter().map(|l| l.id).collect();
+        assert_eq!(ids, vec![1, 4]);
+        assert_eq!(reg.lease(4).unwrap().unwrap().name, named.name);
+        assert!(reg
+            .take_skipped()
+            .iter()
+            .any(|m| m.contains("leases/5.json")));
         // Looked up: an error naming the file.
         assert!(matches!(reg.lease(2), Err(LeaseError::BadField { .. })));
         // And no caller can turn a UUID into a path.

@@ -39,6 +39,7 @@ pub(super) fn lease_on(state: &MigState, id: LeaseId, gpu: u32, start: u32) -> L
         .unwrap();
     Lease {
         id,
+        name: None,
         holder: Holder::Manual,
         uid: 0,
         gpu_index: gpu,

@@ -113,6 +113,7 @@ impl LeaseOps for CtxOps<'_> {
             keep: false,
             holder,
             uid: nix::unistd::getuid().as_raw(),
+            name: None,
         };
         Ok(self.open()?.allocate(&areq)?)
     }

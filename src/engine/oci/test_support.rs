@@ -26,6 +26,7 @@ pub fn sample() -> Value {
 pub fn lease(id: LeaseId, uuid: &str, holder: Holder) -> Lease {
     Lease {
         id,
+        name: None,
         holder,
         uid: 0,
         gpu_index: 0,
