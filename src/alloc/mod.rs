@@ -19,6 +19,7 @@
 
 mod apply;
 pub mod binding;
+mod outcome;
 mod reconcile;
 mod request;
 mod teardown;
@@ -26,6 +27,7 @@ pub mod testhook;
 mod wait;
 
 pub(crate) use apply::apply;
+pub use outcome::ReleaseOutcome;
 pub(crate) use reconcile::{sweep, sweep_records, Swept};
 pub(crate) use request::{check_limits, check_name, plan_request};
 pub(crate) use teardown::{teardown, TeardownOptions, TeardownReport};
@@ -205,50 +207,6 @@ pub(crate) fn exit_code_of(e: &(dyn std::error::Error + 'static)) -> Option<i32>
     })
 }
 
-/// How a release ended.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-#[serde(tag = "result", rename_all = "kebab-case")]
-pub enum ReleaseOutcome {
-    /// The instance migrun created was destroyed (CI, then GI).
-    Destroyed { lease: LeaseId, mig_uuid: String },
-    /// The lease was dropped; the instance stays (foreign, or kept warm by policy).
-    Kept {
-        lease: LeaseId,
-        mig_uuid: String,
-        why: String,
-    },
-    /// The instance was busy; the lease is draining and gc finishes the job.
-    Draining { lease: LeaseId, mig_uuid: String },
-    /// Nothing to do (no lease for that container: poststop is idempotent).
-    NoLease,
-    /// The lease was dropped because its instance no longer exists (destroyed outside migrun).
-    Gone { lease: LeaseId, mig_uuid: String },
-}
-
-impl std::fmt::Display for ReleaseOutcome {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            ReleaseOutcome::Destroyed { lease, mig_uuid } => {
-                write!(f, "lease {lease} released; {mig_uuid} destroyed")
-            }
-            ReleaseOutcome::Kept {
-                lease,
-                mig_uuid,
-                why,
-            } => write!(f, "lease {lease} released; {mig_uuid} kept ({why})"),
-            ReleaseOutcome::Draining { lease, mig_uuid } => write!(
-                f,
-                "lease {lease} released; {mig_uuid} is still in use, so it is draining: `migrun gc` destroys it once its processes end"
-            ),
-            ReleaseOutcome::NoLease => f.write_str("no lease to release"),
-            ReleaseOutcome::Gone { lease, mig_uuid } => write!(
-                f,
-                "lease {lease} dropped; {mig_uuid} no longer exists (destroyed outside migrun)"
-            ),
-        }
-    }
-}
-
 /// What gc did.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub(crate) struct GcReport {
@@ -274,6 +232,8 @@ const RELEASE_BACKOFF_MS: &[u64] = &[50, 100, 200, 400];
 // The public operations.
 
 /// Allocate: reclaim stale leases, then reuse a free instance or create one, and record the lease.
+/// (The session calls [`allocate_swept`]; this is the allocator's own tests' entry.)
+#[cfg(test)]
 pub(crate) fn allocate(
     backend: &mut dyn Backend,
     dir: &StateDir,
@@ -281,7 +241,21 @@ pub(crate) fn allocate(
     req: &AllocRequest,
     probe: &dyn HolderProbe,
 ) -> Result<Lease, AllocError> {
+    allocate_swept(backend, dir, config, req, probe).map(|(lease, _)| lease)
+}
+
+/// [`allocate`], also returning the leases its reconciliation ended on the way (dead holders',
+/// drained ones), so the caller can drop what belonged to them (their CDI specs) without reading
+/// the registry again.
+pub(crate) fn allocate_swept(
+    backend: &mut dyn Backend,
+    dir: &StateDir,
+    config: &Config,
+    req: &AllocRequest,
+    probe: &dyn HolderProbe,
+) -> Result<(Lease, Vec<LeaseId>), AllocError> {
     let reg = Registry::open(dir)?;
+    let mut swept: Vec<LeaseId> = Vec::new();
     let started = Instant::now();
     let mut queue = wait::Queue::new(&reg, req);
     loop {
@@ -301,6 +275,7 @@ pub(crate) fn allocate(
             if !report.is_empty() {
                 tracing::info!(?report, "reconciled before allocating");
             }
+            swept.extend(report.released.iter().filter_map(ReleaseOutcome::lease));
             if state.gpus.is_empty() {
                 return Err(AllocError::NoGpus);
             }
@@ -341,7 +316,7 @@ pub(crate) fn allocate(
                 match apply(backend, &reg, &state, p, req) {
                     Ok(lease) => {
                         queue.done();
-                        return Ok(lease);
+                        return Ok((lease, swept));
                     }
                     Err(AllocError::Gpu(e))
                         if retry < CREATE_RETRIES

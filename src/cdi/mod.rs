@@ -11,12 +11,13 @@
 //! crate does not do (MIG device numbering, atomic files, a JSON-preserving apply).
 
 pub mod apply;
+pub mod cache;
 pub mod spec;
 pub mod store;
 pub mod toolkit;
 
 pub use apply::{apply_edits, ApplyError};
-pub use spec::{build, edits_for, Slice, SpecError, KIND};
+pub use spec::{build, build_from, edits_for, Slice, SliceNodes, SpecError, KIND};
 pub use store::{StoreError, DYNAMIC_DIR, STATIC_DIR};
 pub use toolkit::ToolkitError;
 

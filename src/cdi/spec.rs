@@ -77,6 +77,47 @@ impl crate::exit::ExitCodeOf for SpecError {
     }
 }
 
+/// The numbers a slice's device nodes need: its GPU's device minor, the capability minors of its GPU
+/// instance and compute instance, and the majors. Taken from the host facts
+/// ([`SliceNodes::of`]), or from the state dir's cache of them (`cdi::cache`), so that a
+/// process need not read and parse `mig-minors` for every allocation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SliceNodes {
+    pub gpu_minor: u32,
+    pub gi_access: u32,
+    pub ci_access: u32,
+    pub caps_major: u32,
+    pub uvm_major: u32,
+}
+
+impl SliceNodes {
+    /// The numbers of `slice` in `facts`; `Err` when `mig-minors` has no entry for its GI or CI.
+    pub fn of(slice: &Slice, facts: &HostFacts) -> Result<SliceNodes, SpecError> {
+        let (m, gi, ci) = (slice.gpu_minor, slice.gi, slice.ci);
+        let gi_access = facts
+            .mig_minors
+            .gi_access(m, gi)
+            .ok_or_else(|| SpecError::NoCapMinor {
+                what: format!("gpu{m}/gi{gi}/access"),
+            })?;
+        let ci_access =
+            facts
+                .mig_minors
+                .ci_access(m, gi, ci)
+                .ok_or_else(|| SpecError::NoCapMinor {
+                    what: format!("gpu{m}/gi{gi}/ci{ci}/access"),
+                })?;
+        Ok(SliceNodes {
+            gpu_minor: m,
+            gi_access,
+            ci_access,
+            caps_major: facts.caps_major,
+            uvm_major: facts.uvm_major,
+        })
+    }
+}
+
 /// A char device node with every number given, so the runtime creates it in the container whether
 /// or not the host has it (the driver creates capability nodes lazily).
 fn char_node(path: String, major: u32, minor: u32, mode: u32) -> Value {
@@ -84,46 +125,34 @@ fn char_node(path: String, major: u32, minor: u32, mode: u32) -> Value {
 }
 
 /// The device nodes a process needs to use this MIG device, in the order written.
-fn device_nodes(slice: &Slice, facts: &HostFacts) -> Result<Vec<Value>, SpecError> {
-    let (m, gi, ci) = (slice.gpu_minor, slice.gi, slice.ci);
-    let gi_cap = facts
-        .mig_minors
-        .gi_access(m, gi)
-        .ok_or_else(|| SpecError::NoCapMinor {
-            what: format!("gpu{m}/gi{gi}/access"),
-        })?;
-    let ci_cap = facts
-        .mig_minors
-        .ci_access(m, gi, ci)
-        .ok_or_else(|| SpecError::NoCapMinor {
-            what: format!("gpu{m}/gi{gi}/ci{ci}/access"),
-        })?;
-    let cap = |n: u32| {
+fn device_nodes(n: &SliceNodes) -> Vec<Value> {
+    let m = n.gpu_minor;
+    let cap = |minor: u32| {
         char_node(
-            format!("/dev/nvidia-caps/nvidia-cap{n}"),
-            facts.caps_major,
-            n,
+            format!("/dev/nvidia-caps/nvidia-cap{minor}"),
+            n.caps_major,
+            minor,
             CAP_NODE_MODE,
         )
     };
-    Ok(vec![
+    vec![
         char_node(format!("/dev/nvidia{m}"), NVIDIA_MAJOR, m, GPU_NODE_MODE),
-        cap(gi_cap),
-        cap(ci_cap),
+        cap(n.gi_access),
+        cap(n.ci_access),
         char_node(
             "/dev/nvidiactl".into(),
             NVIDIA_MAJOR,
             NVIDIACTL_MINOR,
             GPU_NODE_MODE,
         ),
-        char_node("/dev/nvidia-uvm".into(), facts.uvm_major, 0, GPU_NODE_MODE),
+        char_node("/dev/nvidia-uvm".into(), n.uvm_major, 0, GPU_NODE_MODE),
         char_node(
             "/dev/nvidia-uvm-tools".into(),
-            facts.uvm_major,
+            n.uvm_major,
             1,
             GPU_NODE_MODE,
         ),
-    ])
+    ]
 }
 
 /// Validates `spec` with the crate (schema, names, edits); `Err` is the crate's reason on one line.
@@ -155,6 +184,26 @@ pub fn build(
     facts: &HostFacts,
     toolkit: Option<&ContainerEdits>,
 ) -> Result<Spec, SpecError> {
+    Ok(build_from(slice, &SliceNodes::of(slice, facts)?, toolkit)?.0)
+}
+
+/// [`build`] from the slice's numbers, also returning what CDI applies for the device named by the
+/// lease id (the common edits, then the device's), taken from the validation the spec just passed,
+/// so a caller that writes the spec and applies it to a bundle validates it once.
+pub fn build_from(
+    slice: &Slice,
+    nodes: &SliceNodes,
+    toolkit: Option<&ContainerEdits>,
+) -> Result<(Spec, ContainerEdits), SpecError> {
+    if slice.gpu_minor != nodes.gpu_minor {
+        return Err(SpecError::Invalid {
+            what: format!("the CDI spec built for lease {}", slice.lease),
+            reason: format!(
+                "its numbers are for GPU minor {}, not {}",
+                nodes.gpu_minor, slice.gpu_minor
+            ),
+        });
+    }
     if let Some(name) = &slice.name {
         check_name(name)?;
     }
@@ -167,7 +216,7 @@ pub fn build(
             format!("NVIDIA_VISIBLE_DEVICES={}", slice.mig_uuid),
             format!("MIGRUN_LEASE={}", slice.lease),
         ],
-        "deviceNodes": device_nodes(slice, facts)?,
+        "deviceNodes": device_nodes(nodes),
     });
     let devices: Vec<Value> = slice
         .device_names()
@@ -182,8 +231,9 @@ pub fn build(
     let min = version::minimum_required_version(&draft).map_err(|e| invalid(format!("{e:#}")))?;
     doc["cdiVersion"] = Value::String(min.to_string());
     let spec = from_json(doc).map_err(invalid)?;
-    validate(&spec).map_err(invalid)?;
-    Ok(spec)
+    let mut checked = validate(&spec).map_err(invalid)?;
+    let edits = merged_edits(&mut checked, &slice.lease.to_string())?;
+    Ok((spec, edits))
 }
 
 fn is_empty(e: &ContainerEdits) -> bool {
@@ -198,6 +248,15 @@ pub fn edits_for(spec: &Spec, name: &str) -> Result<ContainerEdits, SpecError> {
         reason,
     };
     let mut checked = validate(spec).map_err(invalid)?;
+    merged_edits(&mut checked, name)
+}
+
+/// The edits of device `name` of a spec the crate has checked: its common edits, then the device's.
+fn merged_edits(checked: &mut cdi_spec::Spec, name: &str) -> Result<ContainerEdits, SpecError> {
+    let invalid = |reason: String| SpecError::Invalid {
+        what: "the CDI spec".to_string(),
+        reason,
+    };
     let Some(device) = checked.get_device(name) else {
         return Err(SpecError::NoDevice {
             name: name.to_string(),

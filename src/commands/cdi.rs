@@ -7,7 +7,8 @@
 //! `/var/run/cdi`, which engines read.
 
 use super::Ctx;
-use crate::cdi::{self, store, toolkit, types::ContainerEdits, types::Spec, Slice};
+use crate::cdi::cache::{self, SpecCache};
+use crate::cdi::{self, store, toolkit, types::ContainerEdits, types::Spec, Slice, SliceNodes};
 use crate::cdi::{SpecError, StoreError, ToolkitError};
 use crate::gpu::hostfacts::{host_root, HostFacts, HostFactsError};
 use crate::lease::{Lease, LeaseId};
@@ -86,6 +87,43 @@ impl Ctx {
             None => toolkit::discover(&self.toolkit_paths()),
         }
     }
+
+    /// [`Ctx::cdi_toolkit`], through `cache`: the edits read from the same file with the same stamp
+    /// (device, inode, size, mtime, ctime, taken before reading) are not read again.
+    pub(crate) fn cdi_toolkit_cached(
+        &self,
+        cache: &mut SpecCache,
+    ) -> Result<Option<(PathBuf, ContainerEdits)>, ToolkitError> {
+        let path = match &self.config.cdi_toolkit_spec {
+            Some(p) => p.clone(),
+            None => match toolkit::find(&self.toolkit_paths()) {
+                Some(p) => p,
+                None => return Ok(None),
+            },
+        };
+        // Not there (a typo in the config): `load` says so.
+        let Some(stamp) = cache::stamp(&path) else {
+            return toolkit::load(&path).map(|e| Some((path, e)));
+        };
+        if let Some(edits) = cache.toolkit(&path, &stamp) {
+            return Ok(Some((path, edits)));
+        }
+        let edits = toolkit::load(&path)?;
+        cache.put_toolkit(&path, stamp, edits.clone());
+        Ok(Some((path, edits)))
+    }
+}
+
+/// The slice of `lease` on GPU minor `gpu_minor`.
+fn slice_on(lease: &Lease, gpu_minor: u32) -> Slice {
+    Slice {
+        lease: lease.id,
+        name: lease.name.as_ref().map(|n| n.as_str().to_string()),
+        mig_uuid: lease.mig_uuid.clone(),
+        gpu_minor,
+        gi: lease.gi,
+        ci: lease.ci,
+    }
 }
 
 /// The slice of `lease` in the driver's numbers.
@@ -97,33 +135,24 @@ pub fn slice_of(lease: &Lease, facts: &HostFacts) -> Result<Slice, LeaseSpecErro
             gpu_uuid: lease.gpu_uuid.clone(),
             dir: under_host_root("/proc/driver/nvidia/gpus"),
         })?;
-    Ok(Slice {
-        lease: lease.id,
-        name: lease.name.as_ref().map(|n| n.as_str().to_string()),
-        mig_uuid: lease.mig_uuid.clone(),
-        gpu_minor,
-        gi: lease.gi,
-        ci: lease.ci,
-    })
+    Ok(slice_on(lease, gpu_minor))
 }
 
-/// The spec of `lease`, with the toolkit's common edits when there are any.
-pub fn build(
-    lease: &Lease,
-    facts: &HostFacts,
-    toolkit: Option<&ContainerEdits>,
-) -> Result<Spec, LeaseSpecError> {
-    Ok(cdi::build(&slice_of(lease, facts)?, facts, toolkit)?)
+/// The numbers of `lease`'s device nodes in `facts`.
+pub fn nodes_of(lease: &Lease, facts: &HostFacts) -> Result<SliceNodes, LeaseSpecError> {
+    Ok(SliceNodes::of(&slice_of(lease, facts)?, facts)?)
 }
 
-/// Builds the spec of `lease` and writes it into `dir`; returns its path.
+/// Builds the spec of `lease` from its numbers and writes it into `dir`; returns its path and what
+/// CDI applies for the lease's device (from the validation the spec passed before it was written).
 pub fn write(
     dir: &Path,
     lease: &Lease,
-    facts: &HostFacts,
+    nodes: &SliceNodes,
     toolkit: Option<&ContainerEdits>,
-) -> Result<PathBuf, LeaseSpecError> {
-    Ok(store::write(dir, lease.id, &build(lease, facts, toolkit)?)?)
+) -> Result<(PathBuf, ContainerEdits), LeaseSpecError> {
+    let (spec, edits) = cdi::build_from(&slice_on(lease, nodes.gpu_minor), nodes, toolkit)?;
+    Ok((store::write(dir, lease.id, &spec)?, edits))
 }
 
 /// The edits CDI applies for `lease`'s device in `spec`, when that spec describes this lease's

@@ -100,13 +100,22 @@ impl Ctx {
 
     /// The hardware backend over an opened state dir: the simulator only when asked for, the driver
     /// otherwise. Only the session ([`Ctx::session`]) builds one for a command that changes things.
+    /// Refuses a state dir that is for another kind of backend than this invocation's, without
+    /// opening the backend (what [`Ctx::backend_in`] checks first).
+    pub(crate) fn check_backend_kind(&self, dir: &StateDir) -> Result<()> {
+        let kind = match self.sim_spec()? {
+            Some(spec) => Self::sim_kind(&spec),
+            None => crate::gpu::BackendKind::Nvml,
+        };
+        Ok(crate::alloc::binding::check_kind(dir, &kind)?)
+    }
+
     pub(crate) fn backend_in(&self, dir: &StateDir) -> Result<Box<dyn Backend>> {
+        // Refused before the simulator writes its machine into a state dir that is for another one.
+        self.check_backend_kind(dir)?;
         if let Some(spec) = self.sim_spec()? {
-            // Refused before the simulator writes its machine into a state dir that is for another one.
-            crate::alloc::binding::check_kind(dir, &Self::sim_kind(&spec))?;
             return Ok(Box::new(SimBackend::open(dir, spec)?));
         }
-        crate::alloc::binding::check_kind(dir, &crate::gpu::BackendKind::Nvml)?;
         let mut backend = NvmlBackend::open_default()?;
         // Profile tables are kept in the state dir between processes (see `keep_tables_in`).
         backend.keep_tables_in(dir.clone());

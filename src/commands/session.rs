@@ -11,7 +11,7 @@ use super::cdi::{self as wire, LeaseSpecError};
 use super::Ctx;
 use crate::alloc::{self, testhook, AllocError, AllocRequest, GcReport, HolderProbe};
 use crate::alloc::{ReleaseOutcome, TeardownOptions, TeardownReport};
-use crate::cdi::{store, types::ContainerEdits, StoreError};
+use crate::cdi::{cache::SpecCache, store, types::ContainerEdits, StoreError};
 use crate::gpu::{Backend, GpuError};
 use crate::lease::{Lease, LeaseId, LeaseState};
 use crate::statedir::StateDir;
@@ -56,6 +56,10 @@ pub struct Written {
     pub path: PathBuf,
     /// The NVIDIA toolkit spec whose mounts, hooks and env it copies; `None`: nodes and env only.
     pub toolkit: Option<PathBuf>,
+    /// The lease, and what CDI applies for its device: a hook or the shim of this process applies
+    /// these without reading the spec back and validating it again.
+    lease: LeaseId,
+    edits: ContainerEdits,
 }
 
 /// An opened state dir with its backend and probe.
@@ -137,21 +141,31 @@ impl Session<'_> {
     }
 
     /// Allocate, and write the lease's CDI spec before anyone learns of the lease: a lease is never
-    /// handed out without its device. What can be checked first (the host facts, the toolkit's
-    /// spec, a spec dir that exists or can be made) is, so a broken one refuses the request with
-    /// nothing allocated; if the spec then cannot be written (a read-only or full file system), the
-    /// lease is released again (its new instance destroyed).
+    /// handed out without its device. What can be checked first (the driver's majors and the boot,
+    /// the toolkit's spec, a spec dir that exists or can be made) is, so a broken one refuses the
+    /// request with nothing allocated; if the spec then cannot be made or written (`mig-minors`
+    /// unreadable, a read-only or full file system), the lease is released again (its new instance
+    /// destroyed). What stays the same between processes (a slice's numbers, the toolkit's edits)
+    /// comes from the state dir's cache when it is there (`cdi::cache`).
     pub(crate) fn allocate(&mut self, req: &AllocRequest) -> Result<Lease, SessionError> {
-        let facts = self.backend.host_facts().map_err(LeaseSpecError::from)?;
-        let toolkit = self.ctx.cdi_toolkit().map_err(LeaseSpecError::from)?;
+        let key = self
+            .backend
+            .host_facts_key()
+            .map_err(LeaseSpecError::from)?;
+        let mut cache = SpecCache::load(&self.dir, key.as_deref());
+        let toolkit = self
+            .ctx
+            .cdi_toolkit_cached(&mut cache)
+            .map_err(LeaseSpecError::from)?;
         store::prepare(&self.cdi_dir).map_err(LeaseSpecError::from)?;
-        let lease = self.op(|b, d, c, p| alloc::allocate(b, d, c, req, p))?;
-        let edits = toolkit.as_ref().map(|(_, e)| e);
-        match wire::write(&self.cdi_dir, &lease, &facts, edits) {
-            Ok(path) => {
+        let (lease, swept) = self.op(|b, d, c, p| alloc::allocate_swept(b, d, c, req, p))?;
+        match self.write_spec(&lease, &mut cache, toolkit.as_ref().map(|(_, e)| e)) {
+            Ok((path, edits)) => {
                 self.written = Some(Written {
                     path,
                     toolkit: toolkit.map(|(p, _)| p),
+                    lease: lease.id,
+                    edits,
                 });
             }
             Err(cause) => {
@@ -164,11 +178,35 @@ impl Session<'_> {
                 });
             }
         }
-        // The allocator may have swept leases of dead holders on the way; their specs go now, not at
-        // the next gc: a spec outliving its lease would hand its instance's device nodes to anyone.
-        // Best effort: the lease is good, and gc retries.
-        let _ = self.prune_specs();
+        cache.save(&self.dir);
+        // The allocator released dead holders' leases on the way: their specs go now, not at the
+        // next gc, as a spec outliving its lease would hand its instance's device nodes to anyone.
+        // Only those: any other stray spec is gc's (no second read of the registry here). Best
+        // effort: the lease is good, and gc retries.
+        for id in swept {
+            let _ = store::remove(&self.cdi_dir, id);
+        }
         Ok(lease)
+    }
+
+    /// Builds and writes the spec of `lease`, its numbers from `cache` or else from the host facts
+    /// (then kept in `cache`).
+    fn write_spec(
+        &mut self,
+        lease: &Lease,
+        cache: &mut SpecCache,
+        toolkit: Option<&ContainerEdits>,
+    ) -> Result<(PathBuf, ContainerEdits), LeaseSpecError> {
+        let nodes = match cache.nodes(&lease.gpu_uuid, lease.gi, lease.ci) {
+            Some(n) => n,
+            None => {
+                let facts = self.backend.host_facts()?;
+                let n = wire::nodes_of(lease, &facts)?;
+                cache.put_nodes(&lease.gpu_uuid, lease.gi, lease.ci, n);
+                n
+            }
+        };
+        wire::write(&self.cdi_dir, lease, &nodes, toolkit)
     }
 
     /// Remove the spec of the lease `out` ended.
@@ -217,6 +255,8 @@ impl Session<'_> {
     /// gc, then the specs whose lease is gone or draining (a killed holder's, say).
     pub(crate) fn gc(&mut self) -> Result<GcReport, SessionError> {
         let mut report = self.op(|b, d, c, p| alloc::gc(b, d, c, p))?;
+        // gc is also the way to make migrun read the host facts and the toolkit's spec afresh.
+        let _ = SpecCache::forget(&self.dir);
         for id in self.prune_specs()? {
             report.notes.push(format!(
                 "removed the CDI spec of lease {id}, which is no longer held"
@@ -253,6 +293,9 @@ impl Session<'_> {
     /// The CDI edits of `lease` as its spec has them (for the hooks and the shim to apply to a
     /// bundle). A spec that is missing, unreadable as a spec, or not this lease's is written anew.
     pub(crate) fn cdi_edits(&mut self, lease: &Lease) -> Result<ContainerEdits, SessionError> {
+        if let Some(w) = self.written.as_ref().filter(|w| w.lease == lease.id) {
+            return Ok(w.edits.clone());
+        }
         match store::read(&self.cdi_dir, lease.id) {
             Ok(Some(spec)) => {
                 if let Some(edits) = wire::edits_if_current(&spec, lease) {
@@ -262,11 +305,18 @@ impl Session<'_> {
             Ok(None) | Err(StoreError::Malformed { .. }) => {}
             Err(e) => return Err(LeaseSpecError::from(e).into()),
         }
-        let facts = self.backend.host_facts().map_err(LeaseSpecError::from)?;
-        let toolkit = self.ctx.cdi_toolkit().map_err(LeaseSpecError::from)?;
-        let spec = wire::build(lease, &facts, toolkit.as_ref().map(|(_, e)| e))?;
-        store::write(&self.cdi_dir, lease.id, &spec).map_err(LeaseSpecError::from)?;
-        Ok(crate::cdi::edits_for(&spec, &lease.id.to_string()).map_err(LeaseSpecError::from)?)
+        let key = self
+            .backend
+            .host_facts_key()
+            .map_err(LeaseSpecError::from)?;
+        let mut cache = SpecCache::load(&self.dir, key.as_deref());
+        let toolkit = self
+            .ctx
+            .cdi_toolkit_cached(&mut cache)
+            .map_err(LeaseSpecError::from)?;
+        let (_, edits) = self.write_spec(lease, &mut cache, toolkit.as_ref().map(|(_, e)| e))?;
+        cache.save(&self.dir);
+        Ok(edits)
     }
 
     /// The GPUs as the backend lists them (for handlers that select GPUs before acting).

@@ -263,6 +263,41 @@ impl HostFacts {
         Self::from_texts(&minors, &devices, &infos, (&minors_path, &devices_path))
     }
 
+    /// A fingerprint of where the facts under `root` come from, cheap to take on every allocation: the
+    /// root, this boot (`/proc/sys/kernel/random/boot_id`, the host's own) and the NVIDIA char majors,
+    /// read afresh from `<root>/proc/devices` (a module reload may move them). Facts cached under an
+    /// equal fingerprint are still right: GPU device minors and the mig-minors numbering are the
+    /// driver's, fixed from its load until reboot. `None` when the boot cannot be told (then nothing is
+    /// cached). Fails as [`HostFacts::read_from`] does when `/proc/devices` cannot be read or lacks a
+    /// major, so a host without the driver is refused before anything is allocated.
+    pub fn fingerprint(root: &Path) -> Result<Option<String>, HostFactsError> {
+        let path = root.join(PROC_DEVICES);
+        let devices = fs::read_to_string(&path).map_err(|err| HostFactsError::Read {
+            path: path.clone(),
+            err,
+        })?;
+        let majors = parse_char_majors(&devices);
+        let major = |name: &'static str, module: &'static str| {
+            majors
+                .get(name)
+                .copied()
+                .ok_or_else(|| HostFactsError::NoMajor {
+                    path: path.clone(),
+                    name,
+                    module,
+                })
+        };
+        let (caps, uvm) = (
+            major("nvidia-caps", "nvidia")?,
+            major("nvidia-uvm", "nvidia-uvm")?,
+        );
+        let boot = fs::read_to_string("/proc/sys/kernel/random/boot_id").ok();
+        Ok(boot
+            .map(|b| b.trim().to_string())
+            .filter(|b| !b.is_empty())
+            .map(|b| format!("{} boot {b} caps {caps} uvm {uvm}", root.display())))
+    }
+
     /// The device minor of the GPU with this `GPU-…` UUID (`/dev/nvidia<minor>`), as the driver numbers it.
     pub fn gpu_minor(&self, gpu_uuid: &str) -> Option<u32> {
         self.gpu_minors.get(gpu_uuid).copied()

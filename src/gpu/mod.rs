@@ -416,6 +416,12 @@ pub trait Backend {
         hostfacts::HostFacts::read_from(&hostfacts::host_root())
     }
 
+    /// A fingerprint of this backend's host facts ([`hostfacts::HostFacts::fingerprint`]): facts cached
+    /// under an equal one need not be read again. `None`: do not cache. Provided like [`Backend::host_facts`].
+    fn host_facts_key(&mut self) -> Result<Option<String>, hostfacts::HostFactsError> {
+        hostfacts::HostFacts::fingerprint(&hostfacts::host_root())
+    }
+
     /// A plain-data snapshot of every GPU.
     fn snapshot(&mut self) -> Result<MigState, GpuError> {
         let mut gpus = Vec::new();

@@ -26,29 +26,43 @@ pub enum OpsRecordError {
 
 pub(super) struct CtxOps<'a> {
     ctx: &'a Ctx,
-    /// The composition root's lease session, opened on first use: a container that asks for no
-    /// slice never touches the state dir.
+    /// The state dir, opened on first use: a container that asks for no slice never touches it.
+    dir: Option<StateDir>,
+    /// The composition root's lease session over it, opened only for what needs the GPU backend
+    /// (allocate, release, a spec to write): a prestart that only hands a lease to its container
+    /// reads and writes lease records, and so never loads NVML.
     opened: Option<Session<'a>>,
 }
 
 impl<'a> CtxOps<'a> {
     pub(super) fn new(ctx: &'a Ctx) -> Self {
-        CtxOps { ctx, opened: None }
+        CtxOps {
+            ctx,
+            dir: None,
+            opened: None,
+        }
     }
 
     fn dir(&mut self) -> Result<&StateDir, OpsError> {
-        Ok(self.open()?.dir())
-    }
-
-    fn open(&mut self) -> Result<&mut Session<'a>, OpsError> {
-        if self.opened.is_none() {
+        if self.dir.is_none() {
             // Runtimes run hooks as root; a rootless engine reaching here gets the privilege guidance, not an NVML error.
             crate::caller::require_root(
                 "a hook's MIG allocation or release",
                 self.ctx.global.simulate.is_some(),
             )
             .map_err(|e| into_ops(e.into()))?;
-            self.opened = Some(self.ctx.session().map_err(into_ops)?);
+            let dir = self.ctx.state_dir().map_err(into_ops)?;
+            // The same refusal the session gives a state dir of another backend.
+            self.ctx.check_backend_kind(&dir).map_err(into_ops)?;
+            self.dir = Some(dir);
+        }
+        Ok(self.dir.as_ref().expect("just opened"))
+    }
+
+    fn open(&mut self) -> Result<&mut Session<'a>, OpsError> {
+        if self.opened.is_none() {
+            let dir = self.dir()?.clone();
+            self.opened = Some(self.ctx.session_in(dir).map_err(into_ops)?);
         }
         Ok(self.opened.as_mut().expect("just opened"))
     }

@@ -271,6 +271,10 @@ impl Backend for SimBackend {
     ) -> Result<super::hostfacts::HostFacts, super::hostfacts::HostFactsError> {
         procfs::host_facts(&SimMachine::new(&self.spec))
     }
+    fn host_facts_key(&mut self) -> Result<Option<String>, super::hostfacts::HostFactsError> {
+        // The simulator's numbering is a function of its spec alone.
+        Ok(Some(format!("simulator {}", self.spec)))
+    }
     fn gpus(&mut self) -> Result<Vec<GpuInfo>, GpuError> {
         self.store.update(&self.spec, |m| m.gpu_infos())
     }

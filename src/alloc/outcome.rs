@@ -1,0 +1,60 @@
+//! How a release ended ([`ReleaseOutcome`]), as `release`, gc's report and the hooks print it; it must not act on anything.
+
+use crate::lease::LeaseId;
+
+/// How a release ended.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "result", rename_all = "kebab-case")]
+pub enum ReleaseOutcome {
+    /// The instance migrun created was destroyed (CI, then GI).
+    Destroyed { lease: LeaseId, mig_uuid: String },
+    /// The lease was dropped; the instance stays (foreign, or kept warm by policy).
+    Kept {
+        lease: LeaseId,
+        mig_uuid: String,
+        why: String,
+    },
+    /// The instance was busy; the lease is draining and gc finishes the job.
+    Draining { lease: LeaseId, mig_uuid: String },
+    /// Nothing to do (no lease for that container: poststop is idempotent).
+    NoLease,
+    /// The lease was dropped because its instance no longer exists (destroyed outside migrun).
+    Gone { lease: LeaseId, mig_uuid: String },
+}
+
+impl ReleaseOutcome {
+    /// The lease this release ended, if any.
+    pub(crate) fn lease(&self) -> Option<LeaseId> {
+        match self {
+            ReleaseOutcome::Destroyed { lease, .. }
+            | ReleaseOutcome::Kept { lease, .. }
+            | ReleaseOutcome::Draining { lease, .. }
+            | ReleaseOutcome::Gone { lease, .. } => Some(*lease),
+            ReleaseOutcome::NoLease => None,
+        }
+    }
+}
+
+impl std::fmt::Display for ReleaseOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ReleaseOutcome::Destroyed { lease, mig_uuid } => {
+                write!(f, "lease {lease} released; {mig_uuid} destroyed")
+            }
+            ReleaseOutcome::Kept {
+                lease,
+                mig_uuid,
+                why,
+            } => write!(f, "lease {lease} released; {mig_uuid} kept ({why})"),
+            ReleaseOutcome::Draining { lease, mig_uuid } => write!(
+                f,
+                "lease {lease} released; {mig_uuid} is still in use, so it is draining: `migrun gc` destroys it once its processes end"
+            ),
+            ReleaseOutcome::NoLease => f.write_str("no lease to release"),
+            ReleaseOutcome::Gone { lease, mig_uuid } => write!(
+                f,
+                "lease {lease} dropped; {mig_uuid} no longer exists (destroyed outside migrun)"
+            ),
+        }
+    }
+}
