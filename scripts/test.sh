@@ -34,7 +34,7 @@ step "benchmark smoke: placement-bench (sweep and trace replay; not a timed test
 cargo run --quiet -p migrun-bench --bin placement-bench -- --gpus h100-80gb:8 --sweep --seeds 3 --arrivals 500 --loads 0.9
 cargo run --quiet -p migrun-bench --bin placement-bench -- --gpus h100-80gb:2 --trace examples/traces/sample.jsonl --json >/dev/null
 
-step "benchmark smoke: overhead-bench (docker launcher, runc hooks, shim, alloc contention; not a timed test)"
+step "benchmark smoke: overhead-bench (docker launcher, runc hooks, shim, CDI, alloc contention; not a timed test)"
 cargo build --quiet --bin migrun
 cargo build --quiet -p fake-nvml
 cargo run --quiet -p migrun-bench --bin overhead-bench -- all --smoke

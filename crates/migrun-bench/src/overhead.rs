@@ -38,6 +38,8 @@ impl OverheadError {
     }
 }
 
+pub mod cdi;
+
 type Result<T> = std::result::Result<T, OverheadError>;
 
 fn failed(what: impl std::fmt::Display) -> OverheadError {
@@ -95,6 +97,8 @@ pub enum What {
     Runc,
     /// `migrun-runtime run` (the shim) of a bundle that asks for no profile against `runc run`
     Shim,
+    /// CDI: the shim injecting by CDI against plain runc, the precreate hook with CDI edits, one lease spec's write
+    Cdi,
     /// Concurrent `migrun alloc` / `migrun release` loops on h100-80gb:8
     Contention,
     /// All of the above, in that order

@@ -75,7 +75,7 @@ fn run(args: &Args) -> Result<(), OverheadError> {
         );
     }
 
-    if wants(What::Runc) || wants(What::Shim) {
+    if wants(What::Runc) || wants(What::Shim) || wants(What::Cdi) {
         let runc = engines::Runc::new();
         let dir = tempfile::Builder::new()
             .prefix("migrun-overhead-bundle-")
@@ -117,6 +117,39 @@ fn run(args: &Args) -> Result<(), OverheadError> {
                 "{}",
                 ov::paired_table("### runtime shim against runc, no profile asked", &rows)
             );
+        }
+        if wants(What::Cdi) {
+            let mut rows = Vec::new();
+            for &b in &args.backend {
+                let m = machine(b, "h100-80gb:1")?;
+                // The hooks the shim adds carry migrun's own variables only (docs/hooks.md), not the
+                // fake library's MIGRUN_FAKE_NVML*, so runc's hooks could not reach a fake machine.
+                if b == BackendKind::Sim {
+                    rows.extend(ov::cdi::shim(&target, &m, pairs, warmup)?);
+                }
+                rows.extend(ov::cdi::precreate(&m, pairs, warmup)?);
+            }
+            println!(
+                "{}",
+                ov::paired_table(
+                    "### CDI: the shim and the precreate hook injecting a slice, h100-80gb:1",
+                    &rows
+                )
+            );
+            let spec_pairs = if args.smoke { pairs } else { pairs.max(200) };
+            let rows = ov::cdi::spec_write(&args.work_dir, spec_pairs, warmup)?;
+            println!(
+                "{}",
+                ov::paired_table(
+                    &format!("### CDI: one lease spec written, in-process, {spec_pairs} pairs (a lease record's write is the baseline)"),
+                    &rows
+                )
+            );
+            println!("### CDI: where a spec's build goes (in-process, median of {spec_pairs})\n\n| step | median (µs) |\n|---|---|");
+            for (step, us) in ov::cdi::steps(spec_pairs)? {
+                println!("| {step} | {us:.0} |");
+            }
+            println!();
         }
     }
 
