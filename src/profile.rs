@@ -61,6 +61,97 @@ impl fmt::Display for ProfileName {
     }
 }
 
+/// A compute-instance profile name, `<c>c.<GPU-instance profile>` (`1c.3g.40gb`): `ci_slices` of the
+/// GPU instance's compute slices, sharing its memory and engines with the other compute instances in
+/// it (issue 22). The compute instance that takes all of a GPU instance's slices is named like the
+/// GPU instance itself (`3g.40gb`, NVIDIA's default compute instance), so `3c.3g.40gb` is written
+/// that way. Requests for one are parsed here; allocating them is not wired yet, so
+/// [`ProfileSpec`] still refuses them ([`ProfileError::ComputeInstanceProfile`]).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+pub struct CiProfileName {
+    pub ci_slices: u32,
+    pub gi: ProfileName,
+}
+
+impl CiProfileName {
+    /// Whether this is the GPU instance's full (default) compute instance.
+    pub fn is_full(&self) -> bool {
+        self.ci_slices == self.gi.slices
+    }
+}
+
+impl fmt::Display for CiProfileName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.is_full() {
+            self.gi.fmt(f)
+        } else {
+            write!(f, "{}c.{}", self.ci_slices, self.gi)
+        }
+    }
+}
+
+/// Why a string is not a compute-instance profile name.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CiProfileError {
+    #[error("bad compute-instance profile {given:?}: expected <compute slices>c.<GPU-instance profile>, such as 1c.3g.40gb (see `migrun profiles --ci`)")]
+    Syntax { given: String },
+    #[error("bad compute-instance profile {given:?}: a compute instance takes 1 to {gi_slices} of {gi}'s {gi_slices} compute slices, not {ci_slices}")]
+    Slices {
+        given: String,
+        ci_slices: u32,
+        gi: ProfileName,
+        gi_slices: u32,
+    },
+}
+
+impl crate::exit::ExitCodeOf for CiProfileError {
+    fn exit_code(&self) -> i32 {
+        crate::exit::USAGE
+    }
+}
+
+/// `1c.3g.40gb` (lower case, `MIG ` prefix stripped) as its two parts; `None` when it is not of
+/// that shape at all (then it may be a GPU-instance name).
+fn split_ci(body: &str) -> Option<(&str, &str)> {
+    let (c, gi) = body.split_once("c.")?;
+    (!c.is_empty() && c.bytes().all(|b| b.is_ascii_digit())).then_some((c, gi))
+}
+
+impl FromStr for CiProfileName {
+    type Err = CiProfileError;
+    fn from_str(input: &str) -> Result<Self, Self::Err> {
+        let syntax = || CiProfileError::Syntax {
+            given: input.into(),
+        };
+        let lower = input.trim().to_ascii_lowercase();
+        let body = lower
+            .strip_prefix("mig")
+            .map(str::trim_start)
+            .unwrap_or(&lower);
+        let Some((c, gi)) = split_ci(body) else {
+            // A GPU-instance name is also the name of its full compute instance.
+            let gi = parse_name(body).ok_or_else(syntax)?;
+            return Ok(CiProfileName {
+                ci_slices: gi.slices,
+                gi,
+            });
+        };
+        let ci_slices: u32 = c.parse().map_err(|_| syntax())?;
+        let gi = parse_name(gi).ok_or_else(syntax)?;
+        if ci_slices == 0 || ci_slices > gi.slices {
+            return Err(CiProfileError::Slices {
+                given: input.into(),
+                ci_slices,
+                gi,
+                gi_slices: gi.slices,
+            });
+        }
+        Ok(CiProfileName { ci_slices, gi })
+    }
+}
+
 /// What a user asked for: a profile ID or a name. Resolve it against a GPU with [`resolve`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ProfileSpec {
@@ -196,12 +287,12 @@ impl FromStr for ProfileSpec {
             .strip_prefix("mig")
             .map(str::trim_start)
             .unwrap_or(&lower);
-        // `1c.3g.40gb` names a compute-instance profile inside a GI.
-        if let Some((c, gi)) = body.split_once("c.") {
-            if c.parse::<u32>().is_ok() && parse_name(gi).is_some() {
+        // `1c.3g.40gb` names a compute-instance profile inside a GI: parsed, not yet allocatable.
+        if split_ci(body).is_some() {
+            if let Ok(ci) = CiProfileName::from_str(input) {
                 return Err(ProfileError::ComputeInstanceProfile {
                     given: input.into(),
-                    gi: gi.to_string(),
+                    gi: ci.gi.to_string(),
                 });
             }
         }
@@ -346,6 +437,57 @@ mod tests {
         let e = ProfileSpec::from_str("1c.3g.40gb").unwrap_err();
         assert!(matches!(e, ProfileError::ComputeInstanceProfile { .. }));
         assert!(e.to_string().contains("not yet supported"), "{e}");
+    }
+
+    #[test]
+    fn compute_instance_names_table() {
+        // (given, Ok(display) or words of the refusal)
+        let cases: &[(&str, Result<&str, &str>)] = &[
+            ("1c.3g.40gb", Ok("1c.3g.40gb")),
+            ("MIG 1c.3g.40gb", Ok("1c.3g.40gb")),
+            ("  mig 2C.4G.40GB ", Ok("2c.4g.40gb")),
+            ("2c.7g.80gb", Ok("2c.7g.80gb")),
+            ("1c.2g.20gb+me", Ok("1c.2g.20gb+me")),
+            // The full compute instance goes by the GPU instance's name.
+            ("3c.3g.40gb", Ok("3g.40gb")),
+            ("3g.40gb", Ok("3g.40gb")),
+            (
+                "4c.3g.40gb",
+                Err("1 to 3 of 3g.40gb's 3 compute slices, not 4"),
+            ),
+            ("0c.3g.40gb", Err("not 0")),
+            ("c.3g.40gb", Err("expected <compute slices>c.")),
+            ("1c.3g.40g", Err("expected <compute slices>c.")),
+            ("1c.3g", Err("expected")),
+            ("1c.", Err("expected")),
+            ("xc.3g.40gb", Err("expected")),
+            ("banana", Err("expected")),
+            ("", Err("expected")),
+            ("99999999999c.3g.40gb", Err("expected")),
+        ];
+        for (given, want) in cases {
+            match (CiProfileName::from_str(given), want) {
+                (Ok(n), Ok(shown)) => assert_eq!(n.to_string(), *shown, "{given:?}"),
+                (Err(e), Err(words)) => {
+                    let msg = e.to_string();
+                    assert!(msg.contains(words), "{given:?}: {msg}");
+                    assert_eq!(crate::exit::ExitCodeOf::exit_code(&e), crate::exit::USAGE);
+                }
+                (got, want) => panic!("{given:?}: got {got:?}, want {want:?}"),
+            }
+        }
+        let n = CiProfileName::from_str("1c.3g.40gb").unwrap();
+        assert_eq!((n.ci_slices, n.gi.slices, n.gi.mem_gb), (1, 3, 40));
+        assert!(!n.is_full() && CiProfileName::from_str("3g.40gb").unwrap().is_full());
+        // A GPU-instance request still refuses a compute-instance name, naming its GPU instance.
+        for given in ["1c.3g.40gb", "MIG 2c.7g.80gb"] {
+            let e = ProfileSpec::from_str(given).unwrap_err();
+            assert!(
+                matches!(e, ProfileError::ComputeInstanceProfile { .. }),
+                "{e}"
+            );
+            assert!(e.to_string().contains("not yet supported"), "{e}");
+        }
     }
 
     #[test]
