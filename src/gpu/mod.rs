@@ -5,6 +5,7 @@
 //! profile tables) and [`nvml`] (the driver, through nvml-wrapper). Callers get plain serde data back,
 //! so the placement policy can work on a snapshot without touching hardware.
 
+pub mod ci_tables;
 pub mod hostfacts;
 pub mod names;
 pub mod nvml;

@@ -139,6 +139,15 @@ pub fn model_keys() -> Vec<&'static str> {
     MODEL_NAMES.iter().map(|m| m.key).collect()
 }
 
+/// The table's `model` prefix of the GPU whose product name (as `nvidia-smi -L` and NVML print it) is
+/// `product`; `None` for a product the tables do not name.
+pub fn table_prefix_of_product(product: &str) -> Option<&'static str> {
+    MODEL_NAMES
+        .iter()
+        .find(|m| m.product == product)
+        .map(|m| m.table_prefix)
+}
+
 /// The models whose tables are complete enough to simulate.
 pub fn simulatable_keys() -> Vec<&'static str> {
     MODEL_NAMES
