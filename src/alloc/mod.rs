@@ -17,6 +17,7 @@
 //! draining instances destroyed, and leases of vanished instances dropped. The on-disk protocol is
 //! described in docs/leases.md.
 
+mod account;
 mod apply;
 pub mod binding;
 mod reconcile;
@@ -33,6 +34,7 @@ pub(crate) use wait::clock;
 
 use crate::config::Config;
 use crate::gpu::{Backend, Code, GpuError};
+use crate::lease::ledger::{EndReason, Ledger, DEFAULT_LEDGER};
 use crate::lease::{self, CreatedRecord, Holder, Lease, LeaseError, LeaseId, Registry};
 use crate::policy::plan::{self, Want};
 use crate::policy::NoRoom;
@@ -253,12 +255,39 @@ pub(crate) struct GcReport {
     /// Instances created by a crashed allocation (journaled intent, no lease) that gc destroyed.
     pub repaired: Vec<String>,
     pub notes: Vec<String>,
+    /// Instances of dead holders' leases destroyed (for the metrics counters).
+    #[serde(skip)]
+    pub destroyed: u64,
+    /// Instances of draining leases finally destroyed (for the metrics counters).
+    #[serde(skip)]
+    pub drained: u64,
 }
 
 impl GcReport {
     fn is_empty(&self) -> bool {
         self.released.is_empty() && self.repaired.is_empty() && self.notes.is_empty()
     }
+}
+
+/// The usage ledger of a state dir: the config's `ledger`, else `/var/lib/migrun/ledger.jsonl` for real GPUs
+/// and `<state dir>/ledger.jsonl` for a simulated machine (its leases must not mix with the real ones').
+pub fn ledger_of(state_dir: &std::path::Path, config: &Config, simulated: bool) -> Ledger {
+    let path = match (&config.ledger, simulated) {
+        (Some(p), _) => p.clone(),
+        (None, true) => state_dir.join("ledger.jsonl"),
+        (None, false) => DEFAULT_LEDGER.into(),
+    };
+    Ledger::new(path, config.ledger_rotate_bytes, config.ledger_keep)
+}
+
+/// The registry of `dir`, appending to the ledger of [`ledger_of`].
+fn registry(
+    dir: &StateDir,
+    config: &Config,
+    backend: &dyn Backend,
+) -> Result<Registry, AllocError> {
+    let simulated = matches!(backend.kind(), crate::gpu::BackendKind::Simulator { .. });
+    Ok(Registry::open(dir)?.with_ledger(Some(ledger_of(dir.path(), config, simulated))))
 }
 
 /// How often an allocation re-plans when the driver refuses a create because the placement was taken meanwhile.
@@ -278,8 +307,25 @@ pub(crate) fn allocate(
     req: &AllocRequest,
     probe: &dyn HolderProbe,
 ) -> Result<Lease, AllocError> {
-    let reg = Registry::open(dir)?;
+    let reg = registry(dir, config, backend)?;
     let started = Instant::now();
+    let mut queued = false;
+    let out = allocate_in(backend, &reg, config, req, probe, started, &mut queued);
+    account::outcome(&reg, req, &out, queued.then(|| started.elapsed()));
+    out
+}
+
+/// [`allocate`] on an opened registry; `queued` is set once the request took a place in the wait queue.
+fn allocate_in(
+    backend: &mut dyn Backend,
+    reg: &Registry,
+    config: &Config,
+    req: &AllocRequest,
+    probe: &dyn HolderProbe,
+    started: Instant,
+    queued: &mut bool,
+) -> Result<Lease, AllocError> {
+    let reg = reg.clone();
     let mut queue = wait::Queue::new(&reg, req);
     loop {
         // A waiter looks again after a release or every second; a newcomer looks at once.
@@ -297,6 +343,7 @@ pub(crate) fn allocate(
             } = sweep_records(backend, &reg, config, probe, &mut report)?;
             if !report.is_empty() {
                 tracing::info!(?report, "reconciled before allocating");
+                account::gc(&reg, &report);
             }
             if state.gpus.is_empty() {
                 return Err(AllocError::NoGpus);
@@ -364,6 +411,7 @@ pub(crate) fn allocate(
                 return Err(AllocError::NoRoom(Box::new(nr)));
             }
             queue.enqueue(started, plan::reservation(&state, &full, &held))?;
+            *queued = true;
         }
         if queue.expired(started) {
             queue.done();
@@ -407,7 +455,7 @@ fn release_with<F>(
 where
     F: FnMut(&Registry) -> Result<Option<Lease>, AllocError>,
 {
-    let reg = Registry::open(dir)?;
+    let reg = registry(dir, config, backend)?;
     let mut last: Option<Lease> = None;
     for attempt in 0..=RELEASE_BACKOFF_MS.len() {
         if attempt > 0 {
@@ -424,7 +472,7 @@ where
         last = Some(l.clone());
         let mut state = backend.snapshot()?;
         binding::bind(reg.dir(), &backend.kind(), &state, config)?;
-        let outcome = finish(backend, &reg, config, &mut state, l)?;
+        let outcome = finish(backend, &reg, config, &mut state, l, EndReason::Released)?;
         if !matches!(outcome, ReleaseOutcome::Draining { .. })
             || attempt == RELEASE_BACKOFF_MS.len()
         {
@@ -557,10 +605,11 @@ pub(crate) fn gc(
     config: &Config,
     probe: &dyn HolderProbe,
 ) -> Result<GcReport, AllocError> {
-    let reg = Registry::open(dir)?;
+    let reg = registry(dir, config, backend)?;
     let _lock = reg.lock()?;
     let mut report = GcReport::default();
     sweep(backend, &reg, config, probe, &mut report)?;
+    account::gc(&reg, &report);
     for t in reg.tickets()? {
         if !t.alive() {
             reg.remove_ticket(t.ticket)?;

@@ -145,7 +145,14 @@ impl Session<'_> {
         let facts = self.backend.host_facts().map_err(LeaseSpecError::from)?;
         let toolkit = self.ctx.cdi_toolkit().map_err(LeaseSpecError::from)?;
         store::prepare(&self.cdi_dir).map_err(LeaseSpecError::from)?;
-        let lease = self.op(|b, d, c, p| alloc::allocate(b, d, c, req, p))?;
+        let lease = match self.op(|b, d, c, p| alloc::allocate(b, d, c, req, p)) {
+            Ok(l) => l,
+            Err(e) => {
+                // A refusal is counted too (allocations by result).
+                self.changed();
+                return Err(e.into());
+            }
+        };
         let edits = toolkit.as_ref().map(|(_, e)| e);
         match wire::write(&self.cdi_dir, &lease, &facts, edits) {
             Ok(path) => {
@@ -168,11 +175,21 @@ impl Session<'_> {
         // the next gc: a spec outliving its lease would hand its instance's device nodes to anyone.
         // Best effort: the lease is good, and gc retries.
         let _ = self.prune_specs();
+        self.changed();
         Ok(lease)
     }
 
+    /// Something changed: rewrite the metrics textfile, if the config names one.
+    fn changed(&mut self) {
+        if self.ctx.config.metrics_textfile.is_some() {
+            let (ctx, dir) = (self.ctx, self.dir.clone());
+            self.with_backend(|b| super::ops::refresh_textfile(ctx, b, &dir));
+        }
+    }
+
     /// Remove the spec of the lease `out` ended.
-    fn forget(&self, out: ReleaseOutcome) -> Result<ReleaseOutcome, SessionError> {
+    fn forget(&mut self, out: ReleaseOutcome) -> Result<ReleaseOutcome, SessionError> {
+        self.changed();
         let Some(id) = ended(&out) else {
             return Ok(out);
         };
@@ -217,6 +234,7 @@ impl Session<'_> {
     /// gc, then the specs whose lease is gone or draining (a killed holder's, say).
     pub(crate) fn gc(&mut self) -> Result<GcReport, SessionError> {
         let mut report = self.op(|b, d, c, p| alloc::gc(b, d, c, p))?;
+        self.changed();
         for id in self.prune_specs()? {
             report.notes.push(format!(
                 "removed the CDI spec of lease {id}, which is no longer held"
@@ -281,6 +299,7 @@ impl Session<'_> {
         options: TeardownOptions,
     ) -> Result<TeardownReport, SessionError> {
         let report = self.op(|b, d, c, p| alloc::teardown(b, d, c, p, targets, options))?;
+        self.changed();
         self.prune_specs()?;
         Ok(report)
     }
