@@ -20,8 +20,10 @@ set -euo pipefail
 #                                fresh Debian 12 lacks both, and rustup does not bring them
 #   git                          tests/fresh_clone.rs clones the repository
 #   sudo                         tests/sudo_rule.rs runs migrun through a real sudoers rule
+#   prometheus-node-exporter     tests/metrics_node_exporter.rs serves migrun's metrics textfile through it
 PACKAGES=(sudo runc containerd docker.io podman busybox-static iproute2 iptables uidmap curl tar coreutils
   gcc libc6-dev git)
+PACKAGES+=(prometheus-node-exporter)
 
 log() { printf 'setup-test-host: %s\n' "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }

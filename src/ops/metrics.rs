@@ -79,15 +79,48 @@ impl Figures {
         f
     }
 
-    /// The Prometheus text exposition (ends with `# EOF`, which text-format parsers read as a comment).
+    /// The exposition in the Prometheus text format (0.0.4), as node-exporter's textfile collector parses it.
+    ///
+    /// `prometheus-client` encodes OpenMetrics, where a counter family `x` has the sample `x_total` and the
+    /// text ends with `# EOF`. The classic text format names the family by its sample: read as OpenMetrics,
+    /// node-exporter took `migrun_allocations_total` for an untyped metric of its own, without help. So the
+    /// counters' `# HELP`/`# TYPE` lines get the `_total` name and `# EOF` goes; samples are unchanged.
     pub fn render(&self) -> String {
         let mut registry = prometheus_client::registry::Registry::default();
         registry.register_collector(Box::new(self.clone()));
-        let mut out = String::new();
+        let mut open_metrics = String::new();
         // Writing into a String cannot fail; the encoder's own errors are fmt::Error only.
-        let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
-        out
+        let _ = prometheus_client::encoding::text::encode(&mut open_metrics, &registry);
+        classic_text(&open_metrics)
     }
+}
+
+/// OpenMetrics text -> the classic text format: counter families named `<name>_total`, no `# EOF`.
+fn classic_text(om: &str) -> String {
+    let counters: Vec<&str> = om
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(om.len() + 64);
+    for line in om.lines() {
+        if line == "# EOF" {
+            continue;
+        }
+        let renamed = ["# HELP ", "# TYPE "].iter().find_map(|p| {
+            let rest = line.strip_prefix(p)?;
+            let (name, tail) = rest.split_once(' ')?;
+            counters
+                .contains(&name)
+                .then(|| format!("{p}{name}_total {tail}"))
+        });
+        match renamed {
+            Some(l) => out.push_str(&l),
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
 }
 
 fn s(v: impl ToString) -> String {
