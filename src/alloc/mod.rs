@@ -275,7 +275,11 @@ pub fn ledger_of(state_dir: &std::path::Path, config: &Config, simulated: bool) 
     let path = match (&config.ledger, simulated) {
         (Some(p), _) => p.clone(),
         (None, true) => state_dir.join("ledger.jsonl"),
-        (None, false) => DEFAULT_LEDGER.into(),
+        // Under the host root: `/`, or a fake-NVML test machine's own root (debug builds), so tests never
+        // write the host's ledger.
+        (None, false) => {
+            crate::gpu::hostfacts::host_root().join(DEFAULT_LEDGER.trim_start_matches('/'))
+        }
     };
     Ledger::new(path, config.ledger_rotate_bytes, config.ledger_keep)
 }
