@@ -20,8 +20,10 @@ set -euo pipefail
 #                                fresh Debian 12 lacks both, and rustup does not bring them
 #   git                          tests/fresh_clone.rs clones the repository
 #   sudo                         tests/sudo_rule.rs runs migrun through a real sudoers rule
+#   prometheus-node-exporter     tests/metrics_node_exporter.rs serves migrun's metrics textfile through it
 PACKAGES=(sudo runc containerd docker.io podman busybox-static iproute2 iptables uidmap curl tar coreutils
   gcc libc6-dev git)
+PACKAGES+=(prometheus-node-exporter)
 
 log() { printf 'setup-test-host: %s\n' "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
@@ -121,5 +123,13 @@ for tool in cargo rustc; do
 done
 cargo fmt --version >/dev/null 2>&1 || die "rustfmt missing: rustup component add rustfmt"
 cargo clippy --version >/dev/null 2>&1 || die "clippy missing: rustup component add clippy"
+
+# cargo-deb builds the .deb that tests/package_deb.rs installs and exercises; pinned, from crates.io, built
+# once and kept in cargo's bin dir (reinstalled when missing or another version).
+CARGO_DEB_VERSION=3.8.0
+if [ "$(cargo deb --version 2>/dev/null | awk '{print $2}')" != "$CARGO_DEB_VERSION" ]; then
+  log "installing cargo-deb $CARGO_DEB_VERSION (cargo install --locked)"
+  cargo install --locked cargo-deb --version "$CARGO_DEB_VERSION"
+fi
 
 log "ok: $(runc --version | head -1), $(dockerd --version), $(containerd --version | cut -d' ' -f1-3), $(podman --version), cargo $(cargo --version | cut -d' ' -f2)"

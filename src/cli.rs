@@ -98,6 +98,10 @@ pub enum Command {
     Mig(MigAction),
     /// Destroy every unleased instance migrun created (clean slate before stopping a VM)
     Teardown(TeardownArgs),
+    /// Slice-hours per user, profile or GPU from the usage ledger, with waits and refusals
+    Usage(UsageArgs),
+    /// Print leases, free instances and slices, allocations, waits and gc work in the Prometheus text format
+    Metrics,
     /// Simulator controls for tests and demos (needs --simulate)
     #[command(subcommand)]
     Sim(SimAction),
@@ -123,6 +127,8 @@ pub const SUBCOMMANDS: &[&str] = &[
     "runtime",
     "mig",
     "teardown",
+    "usage",
+    "metrics",
     "sim",
     "completions",
     "man",
@@ -215,6 +221,29 @@ pub struct ReleaseArgs {
     /// Machine-readable output
     #[arg(long)]
     pub json: bool,
+}
+
+// Options of `migrun usage`.
+#[derive(Debug, Args, Clone, Default)]
+pub struct UsageArgs {
+    /// Only the last DURATION: a number and s, m, h, d or w (e.g. 7d, 12h); default: everything in the ledger
+    #[arg(long, value_name = "DURATION")]
+    pub since: Option<String>,
+    /// Group by user (default), profile or gpu
+    #[arg(long, value_enum, default_value_t = UsageBy::User)]
+    pub by: UsageBy,
+    /// Machine-readable output
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// How `migrun usage` groups its rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
+pub enum UsageBy {
+    #[default]
+    User,
+    Profile,
+    Gpu,
 }
 
 #[derive(Debug, Args, Clone, Default)]

@@ -103,6 +103,15 @@ pub struct Config {
     pub cdi_toolkit_spec: Option<PathBuf>,
     /// How the hooks and the shim hand the slice over.
     pub hook_inject: HookInject,
+    /// The usage ledger (docs/operations.md); `None` = `/var/lib/migrun/ledger.jsonl` (the simulator:
+    /// `<state dir>/ledger.jsonl`). Never under `/run`: a reboot would empty it.
+    pub ledger: Option<PathBuf>,
+    /// Size in bytes at which the ledger is rotated to `<ledger>.1`.
+    pub ledger_rotate_bytes: u64,
+    /// Rotated ledger files kept (`.1` … `.N`); `migrun usage` reads them all.
+    pub ledger_keep: u32,
+    /// A node-exporter textfile-collector file (`….prom`) rewritten atomically after every change; `None` = none.
+    pub metrics_textfile: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -121,6 +130,10 @@ impl Default for Config {
             cdi_dir: None,
             cdi_toolkit_spec: None,
             hook_inject: HookInject::Auto,
+            ledger: None,
+            ledger_rotate_bytes: crate::lease::ledger::DEFAULT_ROTATE_BYTES,
+            ledger_keep: crate::lease::ledger::DEFAULT_KEEP,
+            metrics_textfile: None,
         }
     }
 }
@@ -172,6 +185,33 @@ impl Config {
 
     /// Parse TOML text; the error is one line naming the offending key.
     pub fn parse(text: &str) -> Result<Config, String> {
+        let c: Config = Self::parse_toml(text)?;
+        for (key, path) in [
+            ("ledger", &c.ledger),
+            ("metrics_textfile", &c.metrics_textfile),
+        ] {
+            if let Some(p) = path {
+                if !p.is_absolute() || p.file_name().is_none() {
+                    return Err(format!(
+                        "{key} = {:?} must be an absolute path to a file",
+                        p.display().to_string()
+                    ));
+                }
+            }
+        }
+        if c.ledger_rotate_bytes < 4096 {
+            return Err(format!(
+                "ledger_rotate_bytes = {} is too small (at least 4096)",
+                c.ledger_rotate_bytes
+            ));
+        }
+        if c.ledger_keep == 0 {
+            return Err("ledger_keep = 0: keep at least one rotated file".into());
+        }
+        Ok(c)
+    }
+
+    fn parse_toml(text: &str) -> Result<Config, String> {
         toml::from_str(text).map_err(|e| {
             let msg = e.message().trim();
             let msg = if msg.is_empty() {

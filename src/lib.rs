@@ -24,6 +24,7 @@ pub mod gpu;
 pub mod lease;
 pub mod man;
 pub mod migmode;
+pub mod ops;
 pub mod out;
 pub mod policy;
 pub mod profile;

@@ -66,6 +66,7 @@ pub(crate) fn apply(
                 .iter()
                 .any(|r| r.gpu_uuid == g.info.uuid && r.gi == *gi && record_matches(state, r));
             reg.write_lease(&lease)?;
+            super::account::granted(reg, &lease, "reused");
             Ok(lease)
         }
         Plan::Create(choice) => {
@@ -149,6 +150,7 @@ pub(crate) fn apply(
                 rollback(backend, reg, g, gi, Some(ci.id), id);
                 return Err(e.into());
             }
+            super::account::granted(reg, &lease, "created");
             crash_point("after-write-lease");
             reg.complete_intent(id)?;
             Ok(lease)

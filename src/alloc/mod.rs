@@ -17,6 +17,7 @@
 //! draining instances destroyed, and leases of vanished instances dropped. The on-disk protocol is
 //! described in docs/leases.md.
 
+mod account;
 mod apply;
 pub mod binding;
 mod outcome;
@@ -35,6 +36,7 @@ pub(crate) use wait::clock;
 
 use crate::config::Config;
 use crate::gpu::{Backend, Code, GpuError};
+use crate::lease::ledger::{EndReason, Ledger, DEFAULT_LEDGER};
 use crate::lease::{self, CreatedRecord, Holder, Lease, LeaseError, LeaseId, LeaseName, Registry};
 use crate::policy::plan::{self, Want};
 use crate::policy::NoRoom;
@@ -214,12 +216,43 @@ pub(crate) struct GcReport {
     /// Instances created by a crashed allocation (journaled intent, no lease) that gc destroyed.
     pub repaired: Vec<String>,
     pub notes: Vec<String>,
+    /// Instances of dead holders' leases destroyed (for the metrics counters).
+    #[serde(skip)]
+    pub destroyed: u64,
+    /// Instances of draining leases finally destroyed (for the metrics counters).
+    #[serde(skip)]
+    pub drained: u64,
 }
 
 impl GcReport {
     fn is_empty(&self) -> bool {
         self.released.is_empty() && self.repaired.is_empty() && self.notes.is_empty()
     }
+}
+
+/// The usage ledger of a state dir: the config's `ledger`, else `/var/lib/migrun/ledger.jsonl` for real GPUs
+/// and `<state dir>/ledger.jsonl` for a simulated machine (its leases must not mix with the real ones').
+pub fn ledger_of(state_dir: &std::path::Path, config: &Config, simulated: bool) -> Ledger {
+    let path = match (&config.ledger, simulated) {
+        (Some(p), _) => p.clone(),
+        (None, true) => state_dir.join("ledger.jsonl"),
+        // Under the host root: `/`, or a fake-NVML test machine's own root (debug builds), so tests never
+        // write the host's ledger.
+        (None, false) => {
+            crate::gpu::hostfacts::host_root().join(DEFAULT_LEDGER.trim_start_matches('/'))
+        }
+    };
+    Ledger::new(path, config.ledger_rotate_bytes, config.ledger_keep)
+}
+
+/// The registry of `dir`, appending to the ledger of [`ledger_of`].
+fn registry(
+    dir: &StateDir,
+    config: &Config,
+    backend: &dyn Backend,
+) -> Result<Registry, AllocError> {
+    let simulated = matches!(backend.kind(), crate::gpu::BackendKind::Simulator { .. });
+    Ok(Registry::open(dir)?.with_ledger(Some(ledger_of(dir.path(), config, simulated))))
 }
 
 /// How often an allocation re-plans when the driver refuses a create because the placement was taken meanwhile.
@@ -254,9 +287,33 @@ pub(crate) fn allocate_swept(
     req: &AllocRequest,
     probe: &dyn HolderProbe,
 ) -> Result<(Lease, Vec<LeaseId>), AllocError> {
-    let reg = Registry::open(dir)?;
-    let mut swept: Vec<LeaseId> = Vec::new();
+    let reg = registry(dir, config, backend)?;
     let started = Instant::now();
+    let mut trail = Trail::default();
+    let out = allocate_in(backend, &reg, config, req, probe, started, &mut trail);
+    account::outcome(&reg, req, &out, trail.queued.then(|| started.elapsed()));
+    out.map(|lease| (lease, trail.swept))
+}
+
+/// What an allocation did on the way, whatever its outcome: whether it queued (its wait is accounted)
+/// and which leases its reconciliation ended (their CDI specs go).
+#[derive(Default)]
+struct Trail {
+    queued: bool,
+    swept: Vec<LeaseId>,
+}
+
+/// [`allocate_swept`] on an opened registry, noting in `trail` what it did on the way.
+fn allocate_in(
+    backend: &mut dyn Backend,
+    reg: &Registry,
+    config: &Config,
+    req: &AllocRequest,
+    probe: &dyn HolderProbe,
+    started: Instant,
+    trail: &mut Trail,
+) -> Result<Lease, AllocError> {
+    let reg = reg.clone();
     let mut queue = wait::Queue::new(&reg, req);
     loop {
         // A waiter looks again after a release or every second; a newcomer looks at once.
@@ -274,8 +331,9 @@ pub(crate) fn allocate_swept(
             } = sweep_records(backend, &reg, config, probe, &mut report)?;
             if !report.is_empty() {
                 tracing::info!(?report, "reconciled before allocating");
+                account::gc(&reg, &report);
             }
-            swept.extend(report.released.iter().filter_map(ReleaseOutcome::lease));
+            trail.swept.extend(report.released.iter().filter_map(ReleaseOutcome::lease));
             if state.gpus.is_empty() {
                 return Err(AllocError::NoGpus);
             }
@@ -316,7 +374,7 @@ pub(crate) fn allocate_swept(
                 match apply(backend, &reg, &state, p, req) {
                     Ok(lease) => {
                         queue.done();
-                        return Ok((lease, swept));
+                        return Ok(lease);
                     }
                     Err(AllocError::Gpu(e))
                         if retry < CREATE_RETRIES
@@ -343,6 +401,7 @@ pub(crate) fn allocate_swept(
                 return Err(AllocError::NoRoom(Box::new(nr)));
             }
             queue.enqueue(started, plan::reservation(&state, &full, &held))?;
+            trail.queued = true;
         }
         if queue.expired(started) {
             queue.done();
@@ -396,7 +455,7 @@ fn release_with<F>(
 where
     F: FnMut(&Registry) -> Result<Option<Lease>, AllocError>,
 {
-    let reg = Registry::open(dir)?;
+    let reg = registry(dir, config, backend)?;
     let mut last: Option<Lease> = None;
     for attempt in 0..=RELEASE_BACKOFF_MS.len() {
         if attempt > 0 {
@@ -413,7 +472,7 @@ where
         last = Some(l.clone());
         let mut state = backend.snapshot()?;
         binding::bind(reg.dir(), &backend.kind(), &state, config)?;
-        let outcome = finish(backend, &reg, config, &mut state, l)?;
+        let outcome = finish(backend, &reg, config, &mut state, l, EndReason::Released)?;
         if !matches!(outcome, ReleaseOutcome::Draining { .. })
             || attempt == RELEASE_BACKOFF_MS.len()
         {
@@ -546,10 +605,11 @@ pub(crate) fn gc(
     config: &Config,
     probe: &dyn HolderProbe,
 ) -> Result<GcReport, AllocError> {
-    let reg = Registry::open(dir)?;
+    let reg = registry(dir, config, backend)?;
     let _lock = reg.lock()?;
     let mut report = GcReport::default();
     sweep(backend, &reg, config, probe, &mut report)?;
+    account::gc(&reg, &report);
     for t in reg.tickets()? {
         if !t.alive() {
             reg.remove_ticket(t.ticket)?;

@@ -10,6 +10,7 @@ use super::testhook::crash_point;
 use super::{binding, AllocError, GcReport, HolderProbe, ReleaseOutcome};
 use crate::config::{Config, ReleasePolicy};
 use crate::gpu::{Backend, Code, GpuError, GpuInstance, GpuState, MigState};
+use crate::lease::ledger::EndReason;
 use crate::lease::{self, CreatedRecord, Holder, Intent, Lease, LeaseId, LeaseState, Registry};
 
 fn gpu_by_uuid<'a>(state: &'a MigState, uuid: &str) -> Option<&'a GpuState> {
@@ -167,8 +168,14 @@ pub(super) fn finish(
     config: &Config,
     state: &mut MigState,
     mut l: Lease,
+    reason: EndReason,
 ) -> Result<ReleaseOutcome, AllocError> {
     let mig_uuid = l.mig_uuid.clone();
+    // The ledger hears of the end before any record changes: a crash after this leaves a draining or removed
+    // lease whose end is written, and gc's later end for it counts once (docs/operations.md).
+    if l.state == LeaseState::Active {
+        reg.log_end(&l, reason);
+    }
     // A lease file alone never licenses a destroy: the created/ record, written only by migrun's own
     // create, must name the same instance (GI, profile, placement, MIG UUID). A crafted or stale lease
     // claiming `created` for someone else's instance is dropped and the instance left alone.
@@ -293,6 +300,7 @@ pub(crate) fn sweep_records(
         let outcome = match l.state {
             LeaseState::Active if !whole => {
                 // Never destroy here: a changed instance is not the one we leased.
+                reg.log_end(l, EndReason::InstanceGone);
                 reg.remove_lease(l.id)?;
                 Some(ReleaseOutcome::Gone {
                     lease: l.id,
@@ -304,9 +312,29 @@ pub(crate) fn sweep_records(
                 report
                     .notes
                     .push(format!("lease {}: holder {} is gone", l.id, l.holder));
-                Some(finish(backend, reg, config, &mut state, l.clone())?)
+                let o = finish(
+                    backend,
+                    reg,
+                    config,
+                    &mut state,
+                    l.clone(),
+                    EndReason::HolderGone,
+                )?;
+                report.destroyed += u64::from(matches!(o, ReleaseOutcome::Destroyed { .. }));
+                Some(o)
             }
-            LeaseState::Draining => Some(finish(backend, reg, config, &mut state, l.clone())?),
+            LeaseState::Draining => {
+                let o = finish(
+                    backend,
+                    reg,
+                    config,
+                    &mut state,
+                    l.clone(),
+                    EndReason::Released,
+                )?;
+                report.drained += u64::from(matches!(o, ReleaseOutcome::Destroyed { .. }));
+                Some(o)
+            }
         };
         changed |= outcome.is_some();
         match outcome {

@@ -8,7 +8,6 @@ use super::reconcile::{destroy, forget, record_matches, sweep, DestroyError};
 use super::{AllocError, GcReport, HolderProbe};
 use crate::config::Config;
 use crate::gpu::Backend;
-use crate::lease::Registry;
 use crate::statedir::StateDir;
 use serde::Serialize;
 
@@ -52,12 +51,13 @@ pub(crate) fn teardown(
     gpus: &[u32],
     opts: TeardownOptions,
 ) -> Result<TeardownReport, AllocError> {
-    let reg = Registry::open(dir)?;
+    let reg = super::registry(dir, config, backend)?;
     let _lock = reg.lock()?;
     let mut report = TeardownReport::default();
     let mut state = if opts.force {
         let mut gc = GcReport::default();
         let state = sweep(backend, &reg, config, probe, &mut gc)?;
+        super::account::gc(&reg, &gc);
         report.gc = Some(gc);
         state
     } else {

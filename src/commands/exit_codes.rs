@@ -37,7 +37,8 @@ pub fn exit_code_for(err: &anyhow::Error) -> i32 {
             crate::statedir::StateDirError,
             super::InputError,
             super::session::SessionError,
-            super::cdi::LeaseSpecError
+            super::cdi::LeaseSpecError,
+            crate::ops::usage::SinceError
         );
         for mapper in MAPPERS {
             if let Some(code) = mapper(cause) {

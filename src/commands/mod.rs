@@ -7,8 +7,9 @@ pub use exit_codes::exit_code_for;
 pub mod delegation;
 mod hook;
 mod launch;
-mod list;
+pub(crate) mod list;
 mod mig;
+mod ops;
 mod session;
 mod sim;
 
@@ -255,6 +256,8 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Runtime(a) => hook::runtime(&ctx, a),
         Command::Mig(a) => mig::mig(&ctx, &a),
         Command::Teardown(a) => mig::teardown(&ctx, &a),
+        Command::Usage(a) => ops::usage(&ctx, &a),
+        Command::Metrics => ops::metrics(&ctx),
         Command::Sim(a) => sim::sim(&ctx, &a),
         Command::Watch(a) => launch::watch(&ctx, &a),
         Command::Completions(_) | Command::Man => unreachable!("handled above"),

@@ -158,7 +158,14 @@ impl Session<'_> {
             .cdi_toolkit_cached(&mut cache)
             .map_err(LeaseSpecError::from)?;
         store::prepare(&self.cdi_dir).map_err(LeaseSpecError::from)?;
-        let (lease, swept) = self.op(|b, d, c, p| alloc::allocate_swept(b, d, c, req, p))?;
+        let (lease, swept) = match self.op(|b, d, c, p| alloc::allocate_swept(b, d, c, req, p)) {
+            Ok(l) => l,
+            Err(e) => {
+                // A refusal is counted too (allocations by result).
+                self.changed();
+                return Err(e.into());
+            }
+        };
         match self.write_spec(&lease, &mut cache, toolkit.as_ref().map(|(_, e)| e)) {
             Ok((path, edits)) => {
                 self.written = Some(Written {
@@ -186,6 +193,7 @@ impl Session<'_> {
         for id in swept {
             let _ = store::remove(&self.cdi_dir, id);
         }
+        self.changed();
         Ok(lease)
     }
 
@@ -209,8 +217,17 @@ impl Session<'_> {
         wire::write(&self.cdi_dir, lease, &nodes, toolkit)
     }
 
+    /// Something changed: rewrite the metrics textfile, if the config names one.
+    fn changed(&mut self) {
+        if self.ctx.config.metrics_textfile.is_some() {
+            let (ctx, dir) = (self.ctx, self.dir.clone());
+            self.with_backend(|b| super::ops::refresh_textfile(ctx, b, &dir));
+        }
+    }
+
     /// Remove the spec of the lease `out` ended.
-    fn forget(&self, out: ReleaseOutcome) -> Result<ReleaseOutcome, SessionError> {
+    fn forget(&mut self, out: ReleaseOutcome) -> Result<ReleaseOutcome, SessionError> {
+        self.changed();
         let Some(id) = ended(&out) else {
             return Ok(out);
         };
@@ -257,6 +274,7 @@ impl Session<'_> {
         let mut report = self.op(|b, d, c, p| alloc::gc(b, d, c, p))?;
         // gc is also the way to make migrun read the host facts and the toolkit's spec afresh.
         let _ = SpecCache::forget(&self.dir);
+        self.changed();
         for id in self.prune_specs()? {
             report.notes.push(format!(
                 "removed the CDI spec of lease {id}, which is no longer held"
@@ -331,6 +349,7 @@ impl Session<'_> {
         options: TeardownOptions,
     ) -> Result<TeardownReport, SessionError> {
         let report = self.op(|b, d, c, p| alloc::teardown(b, d, c, p, targets, options))?;
+        self.changed();
         self.prune_specs()?;
         Ok(report)
     }

@@ -8,6 +8,8 @@
 //! registry that cannot be read must stop allocation, or the same instance could be handed out twice.
 
 mod name;
+pub mod counters;
+pub mod ledger;
 mod registry;
 
 pub use name::{LeaseName, NameError};
@@ -320,8 +322,20 @@ pub(crate) fn exit_code_of(e: &(dyn std::error::Error + 'static)) -> Option<i32>
     })
 }
 
-/// Seconds since the Unix epoch.
+/// Environment variable that sets the clock (Unix seconds) in debug builds, so a test can check the usage
+/// ledger's slice-hours to the second. A release build never reads it.
+pub const TEST_NOW_ENV: &str = "MIGRUN_TEST_NOW";
+
+/// Seconds since the Unix epoch (in a debug build, [`TEST_NOW_ENV`] when set).
 pub(crate) fn now() -> u64 {
+    if cfg!(debug_assertions) {
+        if let Some(t) = std::env::var(TEST_NOW_ENV)
+            .ok()
+            .and_then(|v| v.parse().ok())
+        {
+            return t;
+        }
+    }
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())

@@ -8,11 +8,18 @@
 //! - `created/<gpu-uuid>-<gi>.json`: a [`CreatedRecord`] for every instance migrun created and has not destroyed
 //!   (leased or kept warm), so migrun only ever destroys what it made;
 //! - `queue/<ticket>.json` and `next-ticket`: the first-come-first-served wait queue ([`Ticket`]);
-//! - `generation`: bumped whenever room may have appeared, so waiters know when to look again.
+//! - `generation`: bumped whenever room may have appeared, so waiters know when to look again;
+//! - `counters.json`: the metrics counters ([`Counters`]).
+//!
+//! A registry may carry the usage [`Ledger`] (`with_ledger`): lease grants and ends are then appended to it as
+//! they are recorded here. A ledger that cannot be written is logged and counted, never fatal: accounting must
+//! not fail a container start or keep a slice from being given back.
 //!
 //! Every reader refuses a malformed record with an error naming the file, instead of guessing: a lease
 //! registry that cannot be read must stop allocation, or the same instance could be handed out twice.
 
+use super::counters::Counters;
+use super::ledger::{EndReason, Event, LeaseFacts, Ledger};
 use super::{
     check_gpu_uuid, now, process_start_time, CreatedRecord, Fields, Intent, Lease, LeaseError,
     LeaseId, Ticket,
@@ -30,6 +37,7 @@ const LOCK: &str = "alloc.lock";
 const NEXT_ID: &str = "next-id";
 const NEXT_TICKET: &str = "next-ticket";
 const GENERATION: &str = "generation";
+const COUNTERS: &str = "counters.json";
 
 /// The registry of one state dir. Methods that change records expect the caller to hold [`Registry::lock`].
 #[derive(Debug, Clone)]
@@ -38,6 +46,7 @@ pub(crate) struct Registry {
     /// Records listings skipped because a field cannot be migrun's ([`LeaseError::BadField`]), as messages
     /// for gc's report; shared by clones, drained by [`Registry::take_skipped`].
     skipped: Arc<Mutex<Vec<String>>>,
+    ledger: Option<Ledger>,
 }
 
 impl Registry {
@@ -49,7 +58,53 @@ impl Registry {
         Ok(Registry {
             dir: dir.clone(),
             skipped: Arc::default(),
+            ledger: None,
         })
+    }
+
+    /// The same registry, appending grants, ends, waits and refusals to `ledger`.
+    pub fn with_ledger(mut self, ledger: Option<Ledger>) -> Registry {
+        self.ledger = ledger;
+        self
+    }
+
+    /// Append an event to the ledger, if there is one. A failure is logged and counted (the caller holds the lock).
+    pub fn log(&self, event: &Event) {
+        let Some(ledger) = &self.ledger else { return };
+        if let Err(e) = ledger.append(event) {
+            tracing::warn!("{e}");
+            let _ = self.update_counters(|c| c.ledger_write_errors += 1);
+        }
+    }
+
+    /// Log that lease `l` ends now (before its record changes, so a crash never loses the end; a repeated
+    /// end is counted once by readers).
+    pub fn log_end(&self, l: &Lease, reason: EndReason) {
+        self.log(&Event::End {
+            at: now(),
+            lease: LeaseFacts::of(l),
+            reason,
+        });
+    }
+
+    /// The metrics counters; a missing file is all zeros, a malformed one an error naming it.
+    pub fn counters(&self) -> Result<Counters, LeaseError> {
+        match self.dir.read(COUNTERS)? {
+            None => Ok(Counters::default()),
+            Some(b) => serde_json::from_slice(&b).map_err(|e| LeaseError::Malformed {
+                path: self.dir.join(COUNTERS),
+                why: e.to_string(),
+            }),
+        }
+    }
+
+    /// Change the counters (the caller holds the lock). A malformed file starts again from zero: counters
+    /// are for graphs, and a reset is what Prometheus expects of a restarted counter.
+    pub fn update_counters(&self, f: impl FnOnce(&mut Counters)) -> Result<(), LeaseError> {
+        let mut c = self.counters().unwrap_or_default();
+        f(&mut c);
+        let json = serde_json::to_vec(&c).expect("counters serialise");
+        Ok(self.dir.write(COUNTERS, &json)?)
     }
 
     /// What listings skipped since the last call (each once), for gc's report.

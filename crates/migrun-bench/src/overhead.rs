@@ -40,7 +40,7 @@ impl OverheadError {
 
 pub mod cdi;
 
-type Result<T> = std::result::Result<T, OverheadError>;
+pub type Result<T> = std::result::Result<T, OverheadError>;
 
 fn failed(what: impl std::fmt::Display) -> OverheadError {
     OverheadError::Failed(what.to_string())
@@ -101,6 +101,8 @@ pub enum What {
     Cdi,
     /// Concurrent `migrun alloc` / `migrun release` loops on h100-80gb:8
     Contention,
+    /// `migrun metrics` against `migrun status --json` on h100-80gb:8 with 56 leases (budget: 20 ms)
+    Metrics,
     /// All of the above, in that order
     All,
 }

@@ -153,6 +153,25 @@ fn run(args: &Args) -> Result<(), OverheadError> {
         }
     }
 
+    if wants(What::Metrics) {
+        let mut rows = Vec::new();
+        let mut verdicts = Vec::new();
+        for &b in &args.backend {
+            let m = machine(b, migrun_bench::metrics::SPEC)?;
+            let p = migrun_bench::metrics::run(&m, pairs, warmup)?;
+            rows.push(p.row("migrun metrics vs status --json, 56 leases", b.name()));
+            verdicts.push(migrun_bench::metrics::verdict(&p, b.name()));
+        }
+        println!(
+            "{}\n{}\n",
+            ov::paired_table(
+                "### migrun metrics against migrun status --json, h100-80gb:8 with 56 leases",
+                &rows
+            ),
+            verdicts.join("\n")
+        );
+    }
+
     if wants(What::Contention) {
         let mut rows = Vec::new();
         let mut errors = Vec::new();
