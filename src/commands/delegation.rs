@@ -106,6 +106,12 @@ pub fn check(
                 "a sudo user's leases are charged to themselves".to_string(),
             ));
         }
+        if a.slurm_step.is_some() {
+            return Err(refuse(
+                "--slurm-step",
+                "only Slurm's step daemon (running as root) may tie a lease to a job step".to_string(),
+            ));
+        }
     }
     if let Command::Run(a) = command {
         if let Some(d) = &a.docker {
