@@ -8,7 +8,7 @@ use std::error::Error;
 
 // SAFETY: the trait is unsafe because task callbacks run in processes slurmstepd forked from itself, where a
 // multi-threaded plugin could deadlock on a lock held by a thread that did not survive the fork. The task callback
-// here (`task_init`) only formats and writes a line; the threads `plugin::run` starts to read migrun's pipes are
+// here (`task_init`) only returns a line; the threads `plugin::run` starts to read migrun's pipes are
 // joined before its callback returns, so no thread of ours is alive at any fork.
 unsafe impl Plugin for MigrunSpank {
     fn init(&mut self, spank: &mut SpankHandle) -> Result<(), Box<dyn Error>> {
@@ -19,6 +19,9 @@ unsafe impl Plugin for MigrunSpank {
     }
     fn task_init(&mut self, spank: &mut SpankHandle) -> Result<(), Box<dyn Error>> {
         MigrunSpank::task_init(self, spank)
+    }
+    fn task_exit(&mut self, spank: &mut SpankHandle) -> Result<(), Box<dyn Error>> {
+        MigrunSpank::task_exit(self, spank)
     }
     fn exit(&mut self, spank: &mut SpankHandle) -> Result<(), Box<dyn Error>> {
         MigrunSpank::exit(self, spank)

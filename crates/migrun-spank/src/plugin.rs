@@ -30,6 +30,8 @@ pub struct MigrunSpank {
     granted: Option<Granted>,
     /// Why this step has no slice though it asked for one: the line every task prints before failing.
     refused: Option<String>,
+    /// Tasks of this step on this node that have exited so far.
+    exited: u32,
 }
 
 impl MigrunSpank {
@@ -100,7 +102,11 @@ impl MigrunSpank {
             Ok(out) => {
                 spank_log(
                     LogLevel::Info,
-                    &format!("migrun: step {step}: migrun alloc failed ({}): {}", out.status, out.stderr.trim()),
+                    &format!(
+                        "migrun: step {step}: migrun alloc failed ({}): {}",
+                        out.status,
+                        out.stderr.trim()
+                    ),
                 );
                 self.refused = Some(request::refusal_line(&out.stderr, &out.status));
             }
@@ -231,39 +237,43 @@ impl MigrunSpank {
         }
     }
 
-    /// slurmstepd is about to exit (tasks ended, were cancelled or hit the time limit): give the slice back.
-    pub fn exit(&mut self, spank: &mut SpankHandle) -> Result<(), Box<dyn Error>> {
-        if spank.context()? != Context::Remote {
-            return Ok(());
+    /// A task of the step ended. When the node's last one has, release now: slurmstepd reports the exits to srun
+    /// after this callback, so by the time `srun` returns the slice is free for the next step.
+    pub fn task_exit(&mut self, spank: &mut SpankHandle) -> Result<(), Box<dyn Error>> {
+        self.exited += 1;
+        if self.exited >= spank.job_local_task_count().unwrap_or(1) {
+            self.release();
         }
+        Ok(())
+    }
+
+    /// slurmstepd is about to exit (after the tasks, or without them: cancelled, time limit, launch failure): give
+    /// back whatever `task_exit` did not.
+    pub fn exit(&mut self, spank: &mut SpankHandle) -> Result<(), Box<dyn Error>> {
+        if spank.context()? == Context::Remote {
+            self.release();
+        }
+        Ok(())
+    }
+
+    /// `migrun release` of this step's lease, once. A failure is logged, not returned: the step is over either way,
+    /// and `migrun gc` releases a lease whose recorded slurmstepd is gone and whose step Slurm no longer lists.
+    fn release(&mut self) {
         let Some(g) = self.granted.take() else {
-            return Ok(());
+            return;
         };
         let args = ["release".to_string(), g.lease.to_string()];
-        match run(&self.migrun(), &args, ALLOC_GRACE) {
-            Ok(out) if out.ok => Ok(()),
-            // Not an error for Slurm: the step is over either way, and `migrun gc` releases a lease whose step
-            // daemon is gone (the lease names this step and this slurmstepd).
-            Ok(out) => {
-                spank_log(
-                    LogLevel::Error,
-                    &format!(
-                        "migrun: releasing lease {} ({}) failed ({}): {}; `migrun gc` will release it",
-                        g.lease,
-                        g.mig_uuid,
-                        out.status,
-                        out.stderr.trim()
-                    ),
-                );
-                Ok(())
-            }
-            Err(e) => {
-                spank_log(
-                    LogLevel::Error,
-                    &format!("migrun: releasing lease {}: {e}; `migrun gc` will release it", g.lease),
-                );
-                Ok(())
-            }
-        }
+        let why = match run(&self.migrun(), &args, ALLOC_GRACE) {
+            Ok(out) if out.ok => return,
+            Ok(out) => format!("{}: {}", out.status, out.stderr.trim()),
+            Err(e) => e,
+        };
+        spank_log(
+            LogLevel::Error,
+            &format!(
+                "migrun: releasing lease {} ({}) failed ({why}); `migrun gc` will release it",
+                g.lease, g.mig_uuid
+            ),
+        );
     }
 }

@@ -31,7 +31,8 @@ fn plain_value(opt: &str, v: &str) -> Result<String, String> {
     let ok = !v.is_empty()
         && v.len() <= 64
         && !v.starts_with('-')
-        && v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'+');
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'+');
     if ok {
         Ok(v.to_string())
     } else {
@@ -118,8 +119,8 @@ impl Granted {
 
 /// Read `migrun alloc --json` output (docs/json.md); anything else is an error naming what was missing.
 pub fn granted(stdout: &str) -> Result<Granted, String> {
-    let v: serde_json::Value = serde_json::from_str(stdout)
-        .map_err(|e| format!("migrun alloc printed no JSON ({e})"))?;
+    let v: serde_json::Value =
+        serde_json::from_str(stdout).map_err(|e| format!("migrun alloc printed no JSON ({e})"))?;
     let text = |k: &str| {
         v.get(k)
             .and_then(|x| x.as_str())
@@ -148,10 +149,14 @@ pub fn refusal_line(stderr: &str, status: &str) -> String {
         .map(str::trim)
         .find(|l| !l.is_empty())
         .map(|l| l.strip_prefix("migrun: ").unwrap_or(l))
+        // migrun's advice names its own flag; the Slurm user's is --mig-wait.
+        .map(|l| l.replace("use --wait", "use --mig-wait"))
         .map(|l| l.chars().filter(|c| !c.is_control()).collect::<String>());
     match first {
         Some(l) => format!("migrun: {l}"),
-        None => format!("migrun: migrun alloc failed ({status}) without a message; see the node's slurmd log"),
+        None => format!(
+            "migrun: migrun alloc failed ({status}) without a message; see the node's slurmd log"
+        ),
     }
 }
 
@@ -168,18 +173,26 @@ mod tests {
 
     #[test]
     fn options_become_an_alloc_command_line() {
-        let r = parse(Some("3g.40gb"), None, Some("30"), W).unwrap().unwrap();
+        let r = parse(Some("3g.40gb"), None, Some("30"), W)
+            .unwrap()
+            .unwrap();
         assert_eq!(
             alloc_args(&r, "42.0", 1000).join(" "),
             "alloc --json --for-uid 1000 --slurm-step 42.0 --profile 3g.40gb --wait=30"
         );
-        let r = parse(None, Some("20g"), None, Duration::from_secs(5)).unwrap().unwrap();
+        let r = parse(None, Some("20g"), None, Duration::from_secs(5))
+            .unwrap()
+            .unwrap();
         assert_eq!(
             alloc_args(&r, "7.batch", 0).join(" "),
             "alloc --json --for-uid 0 --slurm-step 7.batch --min-mem 20g --wait=5"
         );
-        let r = parse(Some("1g.10gb"), None, Some("0"), Duration::from_secs(5)).unwrap().unwrap();
-        assert!(!alloc_args(&r, "1.0", 0).iter().any(|a| a.starts_with("--wait")));
+        let r = parse(Some("1g.10gb"), None, Some("0"), Duration::from_secs(5))
+            .unwrap()
+            .unwrap();
+        assert!(!alloc_args(&r, "1.0", 0)
+            .iter()
+            .any(|a| a.starts_with("--wait")));
     }
 
     #[test]
@@ -200,7 +213,8 @@ mod tests {
 
     #[test]
     fn migrun_json_is_read_and_checked() {
-        let g = granted(r#"{"schema":1,"lease":7,"mig_uuid":"MIG-abc","profile":"1g.10gb"}"#).unwrap();
+        let g =
+            granted(r#"{"schema":1,"lease":7,"mig_uuid":"MIG-abc","profile":"1g.10gb"}"#).unwrap();
         assert_eq!(g.env()[0], ("CUDA_VISIBLE_DEVICES", "MIG-abc".to_string()));
         assert_eq!(g.env()[2], ("MIGRUN_LEASE", "7".to_string()));
         assert!(granted("MIG-abc lease 7").is_err());
@@ -210,10 +224,10 @@ mod tests {
 
     #[test]
     fn the_refusal_is_migruns_first_line() {
-        let err = "migrun: no room for 7g.80gb on GPU 0 (GPU-1): holds 2 instances\n  GPU 0 |1g |..|\n";
+        let err = "migrun: no room for 7g.80gb on 2 GPUs (use --wait to queue for it)\n  GPU 0 |1g |..|\n";
         assert_eq!(
             refusal_line(err, "exit status: 3"),
-            "migrun: no room for 7g.80gb on GPU 0 (GPU-1): holds 2 instances"
+            "migrun: no room for 7g.80gb on 2 GPUs (use --mig-wait to queue for it)"
         );
         assert!(refusal_line("", "exit status: 1").contains("without a message"));
         assert!(!refusal_line("migrun: a\u{1b}[2Jb", "x").contains('\u{1b}'));
@@ -243,7 +257,10 @@ mod step_tests {
     #[test]
     fn steps_are_named_as_migrun_takes_them() {
         assert_eq!(super::step_spec(42, 0).as_deref(), Some("42.0"));
-        assert_eq!(super::step_spec(42, 0xffff_fffb).as_deref(), Some("42.batch"));
+        assert_eq!(
+            super::step_spec(42, 0xffff_fffb).as_deref(),
+            Some("42.batch")
+        );
         assert_eq!(super::step_spec(42, 0xffff_fffc), None);
     }
 }
