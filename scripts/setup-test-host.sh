@@ -20,8 +20,11 @@ set -euo pipefail
 #                                fresh Debian 12 lacks both, and rustup does not bring them
 #   git                          tests/fresh_clone.rs clones the repository
 #   sudo                         tests/sudo_rule.rs runs migrun through a real sudoers rule
+#   slurmctld, slurmd,           tests/slurm_cluster.rs starts a private Slurm 22.05 cluster (controller, one
+#   slurm-client, munge          slurmd per compute node in its own netns, munged for auth); no daemon is enabled
+#   libslurm-dev, libclang-dev   crates/migrun-spank: the slurm-spank crate runs bindgen (libclang) on spank.h
 PACKAGES=(sudo runc containerd docker.io podman busybox-static iproute2 iptables uidmap curl tar coreutils
-  gcc libc6-dev git)
+  gcc libc6-dev git slurmctld slurmd slurm-client munge libslurm-dev libclang-dev)
 
 log() { printf 'setup-test-host: %s\n' "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
@@ -74,7 +77,8 @@ fi
 
 # Check what the tests need really is there (PATH may lack the sbin dirs under sudo -E etc.).
 export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
-for b in runc dockerd docker docker-proxy containerd containerd-shim-runc-v2 ctr podman conmon ip tar sha256sum sudo visudo runuser git; do
+for b in runc dockerd docker docker-proxy containerd containerd-shim-runc-v2 ctr podman conmon ip tar sha256sum sudo visudo runuser git \
+  slurmctld slurmd slurmstepd srun sbatch squeue scancel sinfo munged mungekey nsenter; do
   command -v "$b" >/dev/null || die "$b not found after installing ${PACKAGES[*]}"
 done
 busybox_ldd=$(LC_ALL=C ldd /bin/busybox 2>&1 || true)
@@ -121,5 +125,7 @@ for tool in cargo rustc; do
 done
 cargo fmt --version >/dev/null 2>&1 || die "rustfmt missing: rustup component add rustfmt"
 cargo clippy --version >/dev/null 2>&1 || die "clippy missing: rustup component add clippy"
+
+[ -r /usr/include/slurm/spank.h ] || die "/usr/include/slurm/spank.h missing after installing libslurm-dev"
 
 log "ok: $(runc --version | head -1), $(dockerd --version), $(containerd --version | cut -d' ' -f1-3), $(podman --version), cargo $(cargo --version | cut -d' ' -f2)"

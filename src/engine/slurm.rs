@@ -73,6 +73,9 @@ mod tests {
         assert_eq!(answer(true, "", "", &s), Some(false));
         let gone = "slurm_load_jobs error: Invalid job id specified\n";
         assert_eq!(answer(false, "", gone, &s), Some(false));
-        assert_eq!(answer(false, "", "Unable to contact slurm controller", &s), None);
+        assert_eq!(
+            answer(false, "", "Unable to contact slurm controller", &s),
+            None
+        );
     }
 }

@@ -29,7 +29,8 @@ impl SlurmStep {
 
     /// Job id 0 or a step id Slurm never hands out is not a step; records carrying one are refused.
     pub fn valid(&self) -> bool {
-        self.job > 0 && (self.step < 0xffff_fff0 || matches!(self.step, BATCH | INTERACTIVE | EXTERN))
+        self.job > 0
+            && (self.step < 0xffff_fff0 || matches!(self.step, BATCH | INTERACTIVE | EXTERN))
     }
 }
 
@@ -73,8 +74,21 @@ mod tests {
         for s in ["42.0", "42.17", "7.batch", "7.interactive", "7.extern"] {
             assert_eq!(s.parse::<SlurmStep>().unwrap().to_string(), s);
         }
-        assert_eq!("9.4294967291".parse::<SlurmStep>().unwrap().to_string(), "9.batch");
-        for bad in ["", "42", "0.0", "x.0", "42.x", "42.-1", "42.4294967295", "42.0.1", " 42.0"] {
+        assert_eq!(
+            "9.4294967291".parse::<SlurmStep>().unwrap().to_string(),
+            "9.batch"
+        );
+        for bad in [
+            "",
+            "42",
+            "0.0",
+            "x.0",
+            "42.x",
+            "42.-1",
+            "42.4294967295",
+            "42.0.1",
+            " 42.0",
+        ] {
             assert!(bad.parse::<SlurmStep>().is_err(), "{bad:?} must be refused");
         }
     }
