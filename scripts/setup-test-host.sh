@@ -21,9 +21,11 @@ set -euo pipefail
 #   git                          tests/fresh_clone.rs clones the repository
 #   sudo                         tests/sudo_rule.rs runs migrun through a real sudoers rule
 #   prometheus-node-exporter     tests/metrics_node_exporter.rs serves migrun's metrics textfile through it
+#   slurmctld, slurmd,           tests/slurm_cluster.rs starts a private Slurm 22.05 cluster (controller, one
+#   slurm-client, munge          slurmd per compute node in its own netns, munged for auth); no daemon is enabled
+#   libslurm-dev, libclang-dev   crates/migrun-spank: the slurm-spank crate runs bindgen (libclang) on spank.h
 PACKAGES=(sudo runc containerd docker.io podman busybox-static iproute2 iptables uidmap curl tar coreutils
-  gcc libc6-dev git)
-PACKAGES+=(prometheus-node-exporter)
+  gcc libc6-dev git prometheus-node-exporter slurmctld slurmd slurm-client munge libslurm-dev libclang-dev)
 
 log() { printf 'setup-test-host: %s\n' "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
@@ -76,7 +78,8 @@ fi
 
 # Check what the tests need really is there (PATH may lack the sbin dirs under sudo -E etc.).
 export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
-for b in runc dockerd docker docker-proxy containerd containerd-shim-runc-v2 ctr podman conmon ip tar sha256sum sudo visudo runuser git; do
+for b in runc dockerd docker docker-proxy containerd containerd-shim-runc-v2 ctr podman conmon ip tar sha256sum sudo visudo runuser git \
+  slurmctld slurmd slurmstepd srun sbatch squeue scancel sinfo munged mungekey nsenter; do
   command -v "$b" >/dev/null || die "$b not found after installing ${PACKAGES[*]}"
 done
 busybox_ldd=$(LC_ALL=C ldd /bin/busybox 2>&1 || true)
@@ -123,6 +126,8 @@ for tool in cargo rustc; do
 done
 cargo fmt --version >/dev/null 2>&1 || die "rustfmt missing: rustup component add rustfmt"
 cargo clippy --version >/dev/null 2>&1 || die "clippy missing: rustup component add clippy"
+
+[ -r /usr/include/slurm/spank.h ] || die "/usr/include/slurm/spank.h missing after installing libslurm-dev"
 
 # cargo-deb builds the .deb that tests/package_deb.rs installs and exercises; pinned, from crates.io, built
 # once and kept in cargo's bin dir (reinstalled when missing or another version).

@@ -202,6 +202,10 @@ pub struct AllocArgs {
     /// Tie the lease to this process (released when it dies); default: a manual lease with no holder
     #[arg(long, value_name = "PID")]
     pub holder_pid: Option<u32>,
+    // Held by this Slurm job step, with the calling slurmstepd recorded as its daemon; root only (the SPANK plugin)
+    /// Tie the lease to Slurm job step JOB.STEP (42.0, 42.batch) and to the calling process (slurmstepd); plain root only, for the migrun SPANK plugin
+    #[arg(long, value_name = "JOB.STEP", conflicts_with = "holder_pid")]
+    pub slurm_step: Option<crate::lease::SlurmStep>,
     /// Charge the lease to this user (per-user limits, who may release it); root only, for Slurm prologs and JupyterHub spawners
     #[arg(long, value_name = "UID")]
     pub for_uid: Option<u32>,

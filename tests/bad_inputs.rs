@@ -170,6 +170,24 @@ fn case(id: &str, sim: &Sim) -> Option<Case> {
             s(&["--profile", "3g.40g", "--dry-run", "busybox", "true"]),
         ),
         "cli-non-ascii-lease" => c("", init, s(&["release", "MI€-x"])),
+        "cli-bad-slurm-step" => c(
+            "",
+            init,
+            s(&["alloc", "--profile", "1g.10gb", "--slurm-step", "42"]),
+        ),
+        "cli-slurm-step-and-holder-pid" => c(
+            "",
+            init,
+            s(&[
+                "alloc",
+                "--profile",
+                "1g.10gb",
+                "--slurm-step",
+                "42.0",
+                "--holder-pid",
+                "1",
+            ]),
+        ),
         "mig-disable-pending" => c(
             "",
             |sim| {
@@ -271,6 +289,14 @@ fn case(id: &str, sim: &Sim) -> Option<Case> {
                 "",
                 one_lease_of_uid_1000,
                 s(&["teardown", "--gpu", "0", "--include-foreign"]),
+            )
+        },
+        "sudo-slurm-step" => Case {
+            env: vec![("SUDO_UID", "1001".into())],
+            ..c(
+                "",
+                init,
+                s(&["alloc", "--profile", "1g.10gb", "--slurm-step", "42.0"]),
             )
         },
         "sudo-mig" => Case {
@@ -646,6 +672,8 @@ fn every_documented_bad_input_fails_cleanly_and_leaves_nothing() {
         "cli-profile-no-dot",
         "cli-dry-run-no-toolkit",
         "cli-non-ascii-lease",
+        "cli-bad-slurm-step",
+        "cli-slurm-step-and-holder-pid",
         "mig-disable-pending",
         "cfg-unknown-key",
         "cfg-bad-type",
@@ -667,6 +695,7 @@ fn every_documented_bad_input_fails_cleanly_and_leaves_nothing() {
         "sudo-state-dir",
         "sudo-hook",
         "sudo-teardown",
+        "sudo-slurm-step",
         "sudo-mig",
         "dir-symlink",
         "dir-world-writable",

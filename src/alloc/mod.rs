@@ -90,6 +90,11 @@ pub(crate) trait HolderProbe {
     fn launched_alive(&self, _lease: LeaseId, _launch: &str, _engine: &str) -> Option<bool> {
         None
     }
+
+    /// Does Slurm still list this job step? `None` when Slurm cannot be asked.
+    fn slurm_step_alive(&self, _step: &crate::lease::SlurmStep) -> Option<bool> {
+        None
+    }
 }
 
 /// The uid a lease is charged to: `SUDO_UID` when running as root under sudo, else the effective uid.

@@ -153,6 +153,13 @@ fn holder_alive(lease_id: LeaseId, h: &Holder, probe: &dyn HolderProbe) -> bool 
                         || probe.launched_alive(lease_id, launch, engine) != Some(false)
                 })
         }
+        // The step daemon migrun recorded still runs, or Slurm still lists the step (a step whose slurmstepd died is
+        // over on this node once slurmctld forgets it). What the job says about itself never counts.
+        Holder::Slurm {
+            step,
+            pid,
+            start_time,
+        } => lease::process_alive(*pid, *start_time) || probe.slurm_step_alive(step) == Some(true),
         Holder::Manual => true,
     }
 }

@@ -55,6 +55,22 @@ fn lease_json(l: &Lease) -> serde_json::Value {
     })
 }
 
+/// The holder for `--slurm-step`: the step, and the process that ran migrun (slurmstepd, running the SPANK plugin)
+/// as its daemon, with the start time migrun reads itself. Only plain root: the step id is taken on the caller's
+/// word, and a user who could name someone else's step would charge it a slice or keep one alive.
+fn slurm_holder(step: crate::lease::SlurmStep) -> Result<Holder> {
+    let caller = crate::caller::Caller::current();
+    if !caller.is_plain_root() {
+        return Err(InputError::Other(format!(
+            "--slurm-step {step} is for the migrun SPANK plugin inside slurmstepd, which runs as root; you are uid {}{}. Use --holder-pid PID to tie a lease to your own process",
+            caller.uid,
+            if caller.via_sudo { " through sudo" } else { "" }
+        ))
+        .into());
+    }
+    Ok(Holder::slurm(step, std::os::unix::process::parent_id())?)
+}
+
 pub fn alloc(ctx: &Ctx, a: &AllocArgs) -> Result<i32> {
     let want = want_of(&a.request)?;
     let name = a
@@ -63,9 +79,10 @@ pub fn alloc(ctx: &Ctx, a: &AllocArgs) -> Result<i32> {
         .map(LeaseName::parse)
         .transpose()
         .map_err(LeaseError::from)?;
-    let holder = match a.holder_pid {
-        Some(pid) => Holder::process(pid)?,
-        None => Holder::Manual,
+    let holder = match (a.holder_pid, a.slurm_step) {
+        (Some(pid), _) => Holder::process(pid)?,
+        (None, Some(step)) => slurm_holder(step)?,
+        (None, None) => Holder::Manual,
     };
     let req = AllocRequest {
         want,

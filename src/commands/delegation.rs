@@ -68,6 +68,12 @@ pub fn check(
             "`migrun teardown`",
             "destroying instances is for the admin, from a root shell".to_string(),
         )),
+        // A job step as holder is Slurm's word, given only by slurmstepd: a user naming someone's step could charge
+        // it a slice or keep one alive as long as that step runs.
+        Command::Alloc(a) if a.slurm_step.is_some() => Some((
+            "`migrun alloc --slurm-step`",
+            "only the migrun SPANK plugin in slurmstepd (root) ties a lease to a job step; ask Slurm: srun --mig=PROFILE".to_string(),
+        )),
         Command::Sim(_) if global.simulate.is_none() => Some((
             "`migrun sim`",
             "it only controls simulated GPUs (--simulate)".to_string(),
@@ -104,6 +110,13 @@ pub fn check(
             return Err(refuse(
                 "--for-uid",
                 "a sudo user's leases are charged to themselves".to_string(),
+            ));
+        }
+        if a.slurm_step.is_some() {
+            return Err(refuse(
+                "--slurm-step",
+                "only Slurm's step daemon (running as root) may tie a lease to a job step"
+                    .to_string(),
             ));
         }
     }

@@ -8,6 +8,7 @@ pub mod docker;
 pub mod docker_api;
 pub mod oci;
 pub mod runtime;
+pub mod slurm;
 
 use crate::alloc::HolderProbe;
 use crate::lease::LeaseId;
@@ -42,6 +43,10 @@ impl HolderProbe for EngineProbe {
             "docker" => docker::DockerProbe.launched_alive(lease, launch, engine),
             _ => None,
         }
+    }
+
+    fn slurm_step_alive(&self, step: &crate::lease::SlurmStep) -> Option<bool> {
+        slurm::step_alive(step)
     }
 }
 

@@ -11,9 +11,11 @@ mod name;
 pub mod counters;
 pub mod ledger;
 mod registry;
+mod slurm;
 
 pub use name::{LeaseName, NameError};
 pub(crate) use registry::Registry;
+pub use slurm::SlurmStep;
 
 use crate::gpu::Placement;
 use crate::statedir::StateDirError;
@@ -52,6 +54,14 @@ pub enum Holder {
         /// The container's `migrun.launch` label, which tells this launch's container from any other.
         launch: String,
     },
+    /// A Slurm job step (the SPANK plugin's `migrun alloc --slurm-step`, root only): alive while the slurmstepd
+    /// that ran `migrun alloc` (pid and start time recorded by migrun itself) runs, or while Slurm reports the step.
+    Slurm {
+        #[serde(flatten)]
+        step: SlurmStep,
+        pid: u32,
+        start_time: u64,
+    },
     /// `migrun alloc` without `--holder-pid`: released only by `migrun release`.
     Manual,
 }
@@ -61,6 +71,16 @@ impl Holder {
     pub(crate) fn process(pid: u32) -> Result<Holder, LeaseError> {
         let start_time = process_start_time(pid).ok_or(LeaseError::NoSuchProcess { pid })?;
         Ok(Holder::Process { pid, start_time })
+    }
+
+    /// A Slurm step holder whose step daemon is `pid` (the process that ran `migrun alloc`), start time read now.
+    pub(crate) fn slurm(step: SlurmStep, pid: u32) -> Result<Holder, LeaseError> {
+        let start_time = process_start_time(pid).ok_or(LeaseError::NoSuchProcess { pid })?;
+        Ok(Holder::Slurm {
+            step,
+            pid,
+            start_time,
+        })
     }
 }
 
@@ -75,6 +95,7 @@ impl std::fmt::Display for Holder {
                 write!(f, "{family} container {short}")
             }
             Holder::Launcher { pid, .. } => write!(f, "launcher pid {pid}"),
+            Holder::Slurm { step, .. } => write!(f, "slurm job {step}"),
             Holder::Manual => f.write_str("manual"),
         }
     }
@@ -254,6 +275,11 @@ impl Fields for Lease {
         if let Holder::Container { id, engine, .. } = &self.holder {
             check_text("holder id", id, 256)?;
             check_text("holder engine", engine, 4096)?;
+        }
+        if let Holder::Slurm { step, .. } = &self.holder {
+            if !step.valid() {
+                return Err(format!("holder {step:?} is not a Slurm job step"));
+            }
         }
         Ok(())
     }

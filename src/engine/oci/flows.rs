@@ -355,6 +355,7 @@ fn adopt(
         }
         (Holder::Container { id: c, .. }, _) => format!("is held by container {c}"),
         (Holder::Launcher { .. }, _) => "is held by the docker launcher".to_string(),
+        (Holder::Slurm { step, .. }, _) => format!("is held by slurm job {step}"),
         (Holder::Manual, _) => "is a manual lease (migrun alloc)".to_string(),
     };
     Err(stale(reason))
