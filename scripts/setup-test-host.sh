@@ -20,8 +20,15 @@ set -euo pipefail
 #                                fresh Debian 12 lacks both, and rustup does not bring them
 #   git                          tests/fresh_clone.rs clones the repository
 #   sudo                         tests/sudo_rule.rs runs migrun through a real sudoers rule
+#   debootstrap                  tests/jupyter.rs: the Debian root of the Jupyter image (scripts/jupyter-image.sh)
+#   jupyterhub, node-configurable-http-proxy, python3-docker, python3-escapism
+#                                tests/jupyter.rs: the real hub, its proxy, and DockerSpawner's deps (DockerSpawner
+#                                itself is pinned from PyPI by scripts/jupyterhub-env.sh)
+#   python3-venv                 the venv DockerSpawner is installed into
+#   python3-websocket            tests/jupyter.rs: the kernel-protocol client that runs a cell
 PACKAGES=(sudo runc containerd docker.io podman busybox-static iproute2 iptables uidmap curl tar coreutils
-  gcc libc6-dev git)
+  gcc libc6-dev git
+  debootstrap jupyterhub node-configurable-http-proxy python3-docker python3-escapism python3-venv python3-websocket)
 
 log() { printf 'setup-test-host: %s\n' "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }

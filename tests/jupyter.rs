@@ -1,0 +1,202 @@
+//! Jupyter for real on a simulated `h100-80gb:1`, in one private dockerd with migrun's runtime registered
+//! (packaging/docker/daemon.json) and the Debian Jupyter image (scripts/jupyter-image.sh, cached on the
+//! machine): examples/jupyter-on-a-slice/run.sh runs a real notebook server whose kernel sees the leased
+//! MIG UUID; then one real JupyterHub (Debian's 3.0, DockerSpawner 13.0.0 pinned from PyPI, Debian's
+//! configurable-http-proxy, DummyAuthenticator) with integrations/jupyterhub/migrun_spawner.py serves
+//! alice, bob and carol as issue 19 lists. Needs root, docker.io, debootstrap, jupyterhub,
+//! node-configurable-http-proxy, python3-websocket (scripts/setup-test-host.sh) and PyPI once; fails
+//! otherwise, never skips. One test function: the GPU, the daemon and the image are shared in order.
+
+mod common;
+mod hooks_common;
+mod jupyter_support;
+
+use common::engines::{self, free_tcp_port, run_ok, unique_name, PrivateDockerd};
+use hooks_common::{migrun_bin, Sim};
+use jupyter_support::*;
+use migrun::lease::Holder;
+use serde_json::{json, Value};
+use std::process::Command;
+use std::time::Duration;
+
+#[test]
+fn jupyter_on_slices_single_user_and_hub() {
+    let sim = Sim::new("h100-80gb:1");
+    let docker = PrivateDockerd::start_with_config(daemon_config(&sim.shim()));
+    let image = jupyter_image(&docker);
+    single_user(&sim, &docker, &image);
+    hub(&sim, &docker, &image);
+}
+
+/// run.sh start: a real notebook server on a 3g.40gb slice; a cell run through the kernel protocol
+/// prints the leased MIG UUID; run.sh stop frees the slice.
+fn single_user(sim: &Sim, docker: &PrivateDockerd, image: &str) {
+    let port = free_tcp_port();
+    let token = format!("{:016x}", std::process::id() as u64 * 7919 + port as u64);
+    let work = sim.tmp.path().join("notebooks");
+    let name = unique_name("jupyter-on-a-slice");
+    let example = |action: &str| {
+        let mut c = Command::new("bash");
+        c.arg(repo().join("examples/jupyter-on-a-slice/run.sh"))
+            .arg(action)
+            .envs(sim.env())
+            .env("MIGRUN", migrun_bin())
+            .env("MIGRUN_INJECT", "env")
+            .env("MIGRUN_DOCKER", engines::docker_cli())
+            .env("DOCKER", engines::docker_cli())
+            .env("DOCKER_HOST", docker.host())
+            .env("DOCKER_CONFIG", docker.dir().join("cli-config"))
+            .env("IMAGE", image)
+            .env("NAME", &name)
+            .env("PORT", port.to_string())
+            .env("WORKDIR", &work)
+            .env("TOKEN", &token)
+            .env("DOCKER_EXTRA", "--pull never");
+        c
+    };
+    let out = run_ok(&mut example("start"));
+    assert!(out.contains("3g.40gb"), "status shows the slice: {out}");
+    let leases = sim.leases();
+    assert_eq!(leases.len(), 1, "{leases:?}");
+    let uuid = leases[0].mig_uuid.clone();
+
+    // The server's HTTP API with its token, then a kernel and a cell, as a notebook page does.
+    let url = format!("http://127.0.0.1:{port}");
+    wait_for("the notebook server's API", Duration::from_secs(120), || {
+        matches!(
+            try_http("127.0.0.1", port, "GET", "/api/status", Some(&token), None),
+            Ok((200, _))
+        )
+    });
+    let (st, _) = http("127.0.0.1", port, "GET", "/api/status", Some("wrong-token"), None);
+    assert_eq!(st, 403, "the API needs the token");
+    let cell = run_ok(
+        Command::new("/usr/bin/python3")
+            .arg(repo().join("tests/jupyter_support/run_cell.py"))
+            .args([&url, &token])
+            .arg("import os; print(os.environ['NVIDIA_VISIBLE_DEVICES'])"),
+    );
+    assert_eq!(cell.trim(), uuid, "the kernel sees the leased MIG device");
+
+    let out = run_ok(&mut example("stop"));
+    assert!(out.contains("slice released"), "{out}");
+    assert!(sim.leases().is_empty(), "{:?}", sim.leases());
+    assert!(sim.instances().is_empty(), "the instance is destroyed");
+}
+
+/// The leased MIG UUID of `user`'s server: its container's init env names it, and `migrun status
+/// --json` has a lease whose holder is that container.
+fn slice_of(sim: &Sim, docker: &PrivateDockerd, hub: &Hub, user: &str) -> String {
+    let cname = format!("jupyter-{user}");
+    let cid = container_id(docker, &cname).unwrap_or_else(|| panic!("no container {cname}\n{}", hub.log()));
+    let status: Value = serde_json::from_str(&run_ok(sim.migrun().args(["status", "--json"]))).unwrap();
+    let lease = status["leases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["holder"]["kind"] == "container" && l["holder"]["id"] == cid.as_str())
+        .unwrap_or_else(|| panic!("no lease names container {cid}: {status}"))
+        .clone();
+    let uuid = lease["mig_uuid"].as_str().unwrap().to_string();
+    let env = init_env(docker, &cname);
+    assert!(
+        env.contains(&format!("NVIDIA_VISIBLE_DEVICES={uuid}")),
+        "{user}'s server sees its slice: {env:?}"
+    );
+    uuid
+}
+
+/// The spawn form lists, for every profile, the free count `migrun profiles` reports now, plus no GPU.
+fn check_form(sim: &Sim, hub: &Hub, user: &str, user_token: &str) {
+    let before = free_counts(sim);
+    let page = hub.spawn_page(user, user_token);
+    assert_eq!(free_counts(sim), before, "nothing changed while the page loaded");
+    assert!(page.contains(r#"<option value="none">no GPU</option>"#), "{page}");
+    assert_eq!(form_counts(&page), before, "the form's free counts are migrun's:\n{page}");
+}
+
+fn hub(sim: &Sim, docker: &PrivateDockerd, image: &str) {
+    let hub = Hub::start(docker, sim, image);
+    for u in ["alice", "bob", "carol"] {
+        hub.add_user(u);
+    }
+    let carol_token = hub.user_token("carol");
+    check_form(sim, &hub, "carol", &carol_token);
+    assert!(
+        free_counts(sim).iter().any(|(p, n)| p == "3g.40gb" && *n == 2),
+        "an empty H100 has two 3g.40gb"
+    );
+
+    // alice and bob each get a 3g.40gb of their own.
+    for u in ["alice", "bob"] {
+        assert_eq!(hub.request_spawn(u, &json!({"profile": "3g.40gb"})), 202, "{}", hub.log());
+    }
+    for u in ["alice", "bob"] {
+        let events = hub.progress(u);
+        assert_eq!(events.last().unwrap()["ready"], true, "{u}: {events:?}\n{}", hub.log());
+    }
+    let alice = slice_of(sim, docker, &hub, "alice");
+    let bob = slice_of(sim, docker, &hub, "bob");
+    assert_ne!(alice, bob, "each on its own slice");
+    assert_eq!(sim.leases().len(), 2);
+    for l in sim.leases() {
+        assert!(matches!(l.holder, Holder::Container { .. }), "{:?}", l.holder);
+    }
+    check_form(sim, &hub, "carol", &carol_token);
+
+    // carol's 1g.10gb does not fit while two 3g.40gb hold the GPU: the spawn fails with migrun's
+    // no-room line, and leaves no lease, no instance and no container.
+    let err = hub
+        .spawn("carol", &json!({"profile": "1g.10gb"}))
+        .expect_err("carol's spawn must fail");
+    assert!(
+        err.starts_with("Spawn failed: migrun: no room for 1g.10gb on GPU 0"),
+        "the no-room line in the progress: {err}"
+    );
+    assert!(!err.contains('\n'), "one line: {err}");
+    assert_eq!(sim.leases().len(), 2, "{:?}", sim.leases());
+    assert_eq!(sim.instances().len(), 2);
+    assert_eq!(container_id(docker, "jupyter-carol"), None, "no container left");
+
+    // alice stops: her slice is released (and its instance destroyed); carol's next spawn succeeds.
+    hub.stop_server("alice");
+    wait_for("alice's slice to be released", Duration::from_secs(30), || {
+        sim.leases().iter().all(|l| l.mig_uuid != alice)
+    });
+    assert_eq!(sim.leases().len(), 1);
+    assert_eq!(sim.instances().len(), 1);
+    assert_eq!(container_id(docker, "jupyter-alice"), None);
+    hub.spawn("carol", &json!({"profile": "1g.10gb"}))
+        .unwrap_or_else(|e| panic!("carol's second spawn: {e}\n{}", hub.log()));
+    let carol = slice_of(sim, docker, &hub, "carol");
+    assert!(sim.leases().iter().any(|l| l.mig_uuid == carol && l.profile.to_string() == "1g.10gb"));
+    assert_eq!(slice_of(sim, docker, &hub, "bob"), bob, "bob kept his");
+
+    // A container that dies takes its slice with it: the hub notices later, migrun at once.
+    run_ok(docker.docker_cmd().args(["kill", "jupyter-bob"]));
+    wait_for("bob's slice to be released", Duration::from_secs(30), || {
+        sim.leases().iter().all(|l| l.mig_uuid != bob)
+    });
+
+    // A profile the box does not offer, and a value that is no profile name: refused, nothing made.
+    let err = hub.spawn("alice", &json!({"profile": "9g.99gb"})).expect_err("unknown profile");
+    assert!(err.contains("profile 9g.99gb is not offered on this hub"), "{err}");
+    let err = hub.spawn("alice", &json!({"profile": "1g.10gb;rm"})).expect_err("not a name");
+    assert!(err.contains("is not a profile name"), "{err}");
+    assert_eq!(sim.leases().len(), 1, "{:?}", sim.leases());
+
+    // No GPU: a server without a slice, no lease, and the runtime leaves its env alone.
+    hub.spawn("alice", &json!({"profile": "none"}))
+        .unwrap_or_else(|e| panic!("alice without a GPU: {e}\n{}", hub.log()));
+    assert_eq!(sim.leases().len(), 1);
+    assert!(!init_env(docker, "jupyter-alice")
+        .iter()
+        .any(|e| e.starts_with("NVIDIA_VISIBLE_DEVICES=MIG-")));
+
+    // The hub stops every server when it shuts down: every slice comes back.
+    drop(hub);
+    wait_for("every slice back after the hub's shutdown", Duration::from_secs(30), || {
+        sim.leases().is_empty()
+    });
+    assert!(sim.instances().is_empty());
+}
