@@ -51,6 +51,13 @@ fn single_user(sim: &Sim, docker: &PrivateDockerd, image: &str) {
             .env("PORT", port.to_string())
             .env("WORKDIR", &work)
             .env("TOKEN", &token)
+            .env("NOTEBOOK_DIR", "/home/jovyan/work")
+            // Debian's notebook 6 takes the token as NotebookApp's (upstream images' start-notebook.py
+            // passes it to jupyter_server's IdentityProvider).
+            .env(
+                "NOTEBOOK_CMD",
+                format!("jupyter-notebook --ip=0.0.0.0 --port=8888 --no-browser --NotebookApp.token={token}"),
+            )
             .env("DOCKER_EXTRA", "--pull never");
         c
     };
@@ -62,13 +69,24 @@ fn single_user(sim: &Sim, docker: &PrivateDockerd, image: &str) {
 
     // The server's HTTP API with its token, then a kernel and a cell, as a notebook page does.
     let url = format!("http://127.0.0.1:{port}");
-    wait_for("the notebook server's API", Duration::from_secs(120), || {
-        matches!(
-            try_http("127.0.0.1", port, "GET", "/api/status", Some(&token), None),
-            Ok((200, _))
-        )
-    });
-    let (st, _) = http("127.0.0.1", port, "GET", "/api/status", Some("wrong-token"), None);
+    wait_for(
+        "the notebook server's API",
+        Duration::from_secs(120),
+        || {
+            matches!(
+                try_http("127.0.0.1", port, "GET", "/api/status", Some(&token), None),
+                Ok((200, _))
+            )
+        },
+    );
+    let (st, _) = http(
+        "127.0.0.1",
+        port,
+        "GET",
+        "/api/status",
+        Some("wrong-token"),
+        None,
+    );
     assert_eq!(st, 403, "the API needs the token");
     let cell = run_ok(
         Command::new("/usr/bin/python3")
@@ -88,8 +106,10 @@ fn single_user(sim: &Sim, docker: &PrivateDockerd, image: &str) {
 /// --json` has a lease whose holder is that container.
 fn slice_of(sim: &Sim, docker: &PrivateDockerd, hub: &Hub, user: &str) -> String {
     let cname = format!("jupyter-{user}");
-    let cid = container_id(docker, &cname).unwrap_or_else(|| panic!("no container {cname}\n{}", hub.log()));
-    let status: Value = serde_json::from_str(&run_ok(sim.migrun().args(["status", "--json"]))).unwrap();
+    let cid = container_id(docker, &cname)
+        .unwrap_or_else(|| panic!("no container {cname}\n{}", hub.log()));
+    let status: Value =
+        serde_json::from_str(&run_ok(sim.migrun().args(["status", "--json"]))).unwrap();
     let lease = status["leases"]
         .as_array()
         .unwrap()
@@ -107,12 +127,23 @@ fn slice_of(sim: &Sim, docker: &PrivateDockerd, hub: &Hub, user: &str) -> String
 }
 
 /// The spawn form lists, for every profile, the free count `migrun profiles` reports now, plus no GPU.
-fn check_form(sim: &Sim, hub: &Hub, user: &str, user_token: &str) {
+fn check_form(sim: &Sim, hub: &Hub, user: &str, cookies: &str) {
     let before = free_counts(sim);
-    let page = hub.spawn_page(user, user_token);
-    assert_eq!(free_counts(sim), before, "nothing changed while the page loaded");
-    assert!(page.contains(r#"<option value="none">no GPU</option>"#), "{page}");
-    assert_eq!(form_counts(&page), before, "the form's free counts are migrun's:\n{page}");
+    let page = hub.spawn_page(user, cookies);
+    assert_eq!(
+        free_counts(sim),
+        before,
+        "nothing changed while the page loaded"
+    );
+    assert!(
+        page.contains(r#"<option value="none">no GPU</option>"#),
+        "{page}"
+    );
+    assert_eq!(
+        form_counts(&page),
+        before,
+        "the form's free counts are migrun's:\n{page}"
+    );
 }
 
 fn hub(sim: &Sim, docker: &PrivateDockerd, image: &str) {
@@ -120,29 +151,47 @@ fn hub(sim: &Sim, docker: &PrivateDockerd, image: &str) {
     for u in ["alice", "bob", "carol"] {
         hub.add_user(u);
     }
-    let carol_token = hub.user_token("carol");
-    check_form(sim, &hub, "carol", &carol_token);
+    let carol_cookies = hub.login("carol");
+    check_form(sim, &hub, "carol", &carol_cookies);
     assert!(
-        free_counts(sim).iter().any(|(p, n)| p == "3g.40gb" && *n == 2),
+        free_counts(sim)
+            .iter()
+            .any(|(p, n)| p == "3g.40gb" && *n == 2),
         "an empty H100 has two 3g.40gb"
     );
 
     // alice and bob each get a 3g.40gb of their own.
     for u in ["alice", "bob"] {
-        assert_eq!(hub.request_spawn(u, &json!({"profile": "3g.40gb"})), 202, "{}", hub.log());
+        assert_eq!(
+            hub.request_spawn(u, &json!({"profile": "3g.40gb"})),
+            202,
+            "{}",
+            hub.log()
+        );
     }
     for u in ["alice", "bob"] {
-        let events = hub.progress(u);
-        assert_eq!(events.last().unwrap()["ready"], true, "{u}: {events:?}\n{}", hub.log());
+        let events = hub
+            .progress(u)
+            .expect("a spawn that takes seconds has a progress stream");
+        assert_eq!(
+            events.last().unwrap()["ready"],
+            true,
+            "{u}: {events:?}\n{}",
+            hub.log()
+        );
     }
     let alice = slice_of(sim, docker, &hub, "alice");
     let bob = slice_of(sim, docker, &hub, "bob");
     assert_ne!(alice, bob, "each on its own slice");
     assert_eq!(sim.leases().len(), 2);
     for l in sim.leases() {
-        assert!(matches!(l.holder, Holder::Container { .. }), "{:?}", l.holder);
+        assert!(
+            matches!(l.holder, Holder::Container { .. }),
+            "{:?}",
+            l.holder
+        );
     }
-    check_form(sim, &hub, "carol", &carol_token);
+    check_form(sim, &hub, "carol", &carol_cookies);
 
     // carol's 1g.10gb does not fit while two 3g.40gb hold the GPU: the spawn fails with migrun's
     // no-room line, and leaves no lease, no instance and no container.
@@ -150,38 +199,52 @@ fn hub(sim: &Sim, docker: &PrivateDockerd, image: &str) {
         .spawn("carol", &json!({"profile": "1g.10gb"}))
         .expect_err("carol's spawn must fail");
     assert!(
-        err.starts_with("Spawn failed: migrun: no room for 1g.10gb on GPU 0"),
+        err.starts_with("Spawn failed: migrun: ") && err.contains(": no room for 1g.10gb on GPU 0"),
         "the no-room line in the progress: {err}"
     );
     assert!(!err.contains('\n'), "one line: {err}");
     assert_eq!(sim.leases().len(), 2, "{:?}", sim.leases());
     assert_eq!(sim.instances().len(), 2);
-    assert_eq!(container_id(docker, "jupyter-carol"), None, "no container left");
+    assert_eq!(
+        container_id(docker, "jupyter-carol"),
+        None,
+        "no container left"
+    );
 
     // alice stops: her slice is released (and its instance destroyed); carol's next spawn succeeds.
     hub.stop_server("alice");
-    wait_for("alice's slice to be released", Duration::from_secs(30), || {
-        sim.leases().iter().all(|l| l.mig_uuid != alice)
-    });
+    wait_for(
+        "alice's slice to be released",
+        Duration::from_secs(30),
+        || sim.leases().iter().all(|l| l.mig_uuid != alice),
+    );
     assert_eq!(sim.leases().len(), 1);
     assert_eq!(sim.instances().len(), 1);
     assert_eq!(container_id(docker, "jupyter-alice"), None);
     hub.spawn("carol", &json!({"profile": "1g.10gb"}))
         .unwrap_or_else(|e| panic!("carol's second spawn: {e}\n{}", hub.log()));
     let carol = slice_of(sim, docker, &hub, "carol");
-    assert!(sim.leases().iter().any(|l| l.mig_uuid == carol && l.profile.to_string() == "1g.10gb"));
+    assert!(sim
+        .leases()
+        .iter()
+        .any(|l| l.mig_uuid == carol && l.profile.to_string() == "1g.10gb"));
     assert_eq!(slice_of(sim, docker, &hub, "bob"), bob, "bob kept his");
 
     // A container that dies takes its slice with it: the hub notices later, migrun at once.
     run_ok(docker.docker_cmd().args(["kill", "jupyter-bob"]));
-    wait_for("bob's slice to be released", Duration::from_secs(30), || {
-        sim.leases().iter().all(|l| l.mig_uuid != bob)
-    });
+    wait_for(
+        "bob's slice to be released",
+        Duration::from_secs(30),
+        || sim.leases().iter().all(|l| l.mig_uuid != bob),
+    );
 
     // A profile the box does not offer, and a value that is no profile name: refused, nothing made.
-    let err = hub.spawn("alice", &json!({"profile": "9g.99gb"})).expect_err("unknown profile");
-    assert!(err.contains("profile 9g.99gb is not offered on this hub"), "{err}");
-    let err = hub.spawn("alice", &json!({"profile": "1g.10gb;rm"})).expect_err("not a name");
+    let err = hub.spawn_refused("alice", &json!({"profile": "9g.99gb"}));
+    assert!(
+        err.contains("profile 9g.99gb is not offered on this hub"),
+        "{err}"
+    );
+    let err = hub.spawn_refused("alice", &json!({"profile": "1g.10gb;rm"}));
     assert!(err.contains("is not a profile name"), "{err}");
     assert_eq!(sim.leases().len(), 1, "{:?}", sim.leases());
 
@@ -195,8 +258,10 @@ fn hub(sim: &Sim, docker: &PrivateDockerd, image: &str) {
 
     // The hub stops every server when it shuts down: every slice comes back.
     drop(hub);
-    wait_for("every slice back after the hub's shutdown", Duration::from_secs(30), || {
-        sim.leases().is_empty()
-    });
+    wait_for(
+        "every slice back after the hub's shutdown",
+        Duration::from_secs(30),
+        || sim.leases().is_empty(),
+    );
     assert!(sim.instances().is_empty());
 }
