@@ -265,3 +265,60 @@ fn hub(sim: &Sim, docker: &PrivateDockerd, image: &str) {
     );
     assert!(sim.instances().is_empty());
 }
+
+/// Not a test: the benchmark behind scripts/jupyterhub-bench.sh (docs/benchmarks.md). Time from the
+/// hub's spawn request (POST /users/bench/server) to its progress stream's ready event, for a server
+/// on a 1g.10gb slice and one without a GPU, paired in each round (order alternating), on the same hub,
+/// daemon and image. Prints every pair, the medians, and the median paired difference and ratio; asserts
+/// nothing about speed.
+#[test]
+#[ignore = "benchmark: run scripts/jupyterhub-bench.sh"]
+fn hub_spawn_bench() {
+    let rounds: usize = std::env::var("ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(10);
+    let sim = Sim::new("h100-80gb:1");
+    let docker = PrivateDockerd::start_with_config(daemon_config(&sim.shim()));
+    let image = jupyter_image(&docker);
+    let hub = Hub::start(&docker, &sim, &image);
+    hub.add_user("bench");
+    let timed = |profile: &str| {
+        let t0 = std::time::Instant::now();
+        hub.spawn("bench", &json!({ "profile": profile }))
+            .unwrap_or_else(|e| panic!("bench spawn ({profile}): {e}\n{}", hub.log()));
+        let secs = t0.elapsed().as_secs_f64();
+        hub.stop_server("bench");
+        wait_for("the bench slice back", Duration::from_secs(30), || {
+            sim.leases().is_empty()
+        });
+        secs
+    };
+    // One of each first, unrecorded: the first start of the image pays for cold page caches.
+    timed("1g.10gb");
+    timed("none");
+    let mut pairs = Vec::new();
+    for r in 0..rounds {
+        let (slice, plain) = if r % 2 == 0 {
+            let s = timed("1g.10gb");
+            (s, timed("none"))
+        } else {
+            let p = timed("none");
+            (timed("1g.10gb"), p)
+        };
+        println!("round {r}: slice {slice:.3} s, no GPU {plain:.3} s");
+        pairs.push((slice, plain));
+    }
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        v[v.len() / 2]
+    };
+    println!(
+        "hub spawn request -> ready server, {rounds} paired rounds: median with a 1g.10gb slice {:.3} s, \
+         without a GPU {:.3} s; median paired difference {:+.3} s, median paired ratio {:.3}",
+        median(pairs.iter().map(|p| p.0).collect()),
+        median(pairs.iter().map(|p| p.1).collect()),
+        median(pairs.iter().map(|p| p.0 - p.1).collect()),
+        median(pairs.iter().map(|p| p.0 / p.1).collect()),
+    );
+}
