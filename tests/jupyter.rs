@@ -221,9 +221,24 @@ fn hub(sim: &Sim, docker: &PrivateDockerd, image: &str) {
     assert_eq!(sim.leases().len(), 1);
     assert_eq!(sim.instances().len(), 1);
     assert_eq!(container_id(docker, "jupyter-alice"), None);
-    hub.spawn("carol", &json!({"profile": "1g.10gb"}))
-        .unwrap_or_else(|e| panic!("carol's second spawn: {e}\n{}", hub.log()));
+    assert_eq!(
+        hub.request_spawn("carol", &json!({"profile": "1g.10gb"})),
+        202
+    );
+    let events = hub.progress("carol").expect("carol's progress");
+    assert_eq!(
+        events.last().unwrap()["ready"],
+        true,
+        "carol's second spawn: {events:?}\n{}",
+        hub.log()
+    );
     let carol = slice_of(sim, docker, &hub, "carol");
+    assert!(
+        events.iter().any(|e| e["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with(&format!("On slice {carol} (1g.10gb, lease ")))),
+        "the progress names the slice: {events:?}"
+    );
     assert!(sim
         .leases()
         .iter()

@@ -227,10 +227,28 @@ class MigrunSpawner(DockerSpawner):
         self.extra_host_config = {**(host_config or {}), "runtime": self.migrun_runtime}
         return await super().create_object()
 
+    def _event(self, progress, message):
+        """A progress message for the hub's spawn page (shown while the server starts)."""
+        if not hasattr(self, "_migrun_events"):
+            self._migrun_events = []
+        self._migrun_events.append({"progress": progress, "message": message})
+
+    async def progress(self):
+        # JupyterHub reads this until the spawn ends (ready or failed), then closes it.
+        sent = 0
+        while True:
+            events = getattr(self, "_migrun_events", [])
+            while sent < len(events):
+                yield events[sent]
+                sent += 1
+            await asyncio.sleep(0.2)
+
     async def start(self):
+        self._migrun_events = []
         self._migrun_profile = await self._chosen_profile()
         what = f"a {self._migrun_profile} slice" if self._migrun_profile else "no GPU"
         self.log.info("migrun: starting %s's server with %s", self.user.name, what)
+        self._event(10, f"Starting a server with {what}")
         try:
             result = await super().start()
         except MigrunError:
@@ -247,13 +265,12 @@ class MigrunSpawner(DockerSpawner):
                     f"migrun recorded no lease for container {self.container_id[:12]}; "
                     "check the `migrun` runtime entry in daemon.json and `migrun status`"
                 )
-            self.log.info(
-                "migrun: %s's server runs on %s (lease %s, GPU %s)",
-                self.user.name,
-                lease.get("mig_uuid"),
-                lease.get("id"),
-                lease.get("gpu_index"),
+            where = (
+                f"{lease.get('mig_uuid')} ({lease.get('profile')}, lease {lease.get('id')}, "
+                f"GPU {lease.get('gpu_index')})"
             )
+            self.log.info("migrun: %s's server runs on %s", self.user.name, where)
+            self._event(50, f"On slice {where}; waiting for the notebook server")
         return result
 
     async def _remove_failed(self):
