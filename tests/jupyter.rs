@@ -242,7 +242,7 @@ fn hub(sim: &Sim, docker: &PrivateDockerd, image: &str) {
     assert!(sim
         .leases()
         .iter()
-        .any(|l| l.mig_uuid == carol && l.profile.to_string() == "1g.10gb"));
+        .any(|l| l.mig_uuid == carol && l.profile == "1g.10gb"));
     assert_eq!(slice_of(sim, docker, &hub, "bob"), bob, "bob kept his");
 
     // A container that dies takes its slice with it: the hub notices later, migrun at once.
