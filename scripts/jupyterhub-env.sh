@@ -32,8 +32,9 @@ if ! "$venv/bin/python" -c "import dockerspawner" 2>/dev/null; then
   tmp=$(mktemp -d "$CACHE/jupyterhub-venv.XXXXXX")
   # shellcheck disable=SC2064 # expand now: the trap must remove this build's dir
   trap "rm -rf '$tmp'" EXIT
-  "$PYTHON" -m venv --system-site-packages --without-pip "$tmp" || die "python3 -m venv failed (package python3-venv)"
-  "$PYTHON" -m pip --python "$tmp/bin/python" install --quiet --no-deps --disable-pip-version-check "${PINS[@]}" >&2 ||
+  # The venv's own pip (ensurepip, from python3-venv's wheels): a fresh Debian has no python3-pip.
+  "$PYTHON" -m venv --system-site-packages "$tmp" || die "python3 -m venv failed (package python3-venv)"
+  "$tmp/bin/python" -m pip install --quiet --no-deps --disable-pip-version-check "${PINS[@]}" >&2 ||
     die "pip install ${PINS[*]} failed (PyPI unreachable?)"
   mv "$tmp" "$venv"
   trap - EXIT

@@ -324,16 +324,29 @@ fn hub_spawn_bench() {
         println!("round {r}: slice {slice:.3} s, no GPU {plain:.3} s");
         pairs.push((slice, plain));
     }
-    let median = |mut v: Vec<f64>| {
-        v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-        v[v.len() / 2]
+    let sorted = |mut v: Vec<f64>| {
+        v.sort_by(|a, b| a.total_cmp(b));
+        v
     };
+    let median = |v: Vec<f64>| {
+        let v = sorted(v);
+        let n = v.len();
+        (v[(n - 1) / 2] + v[n / 2]) / 2.0
+    };
+    // 95% interval for the median paired difference, as overhead-bench gives it: with the n differences
+    // sorted, the j+1-th smallest to the j+1-th largest, j = floor((n - 1.96 sqrt n) / 2).
+    let diffs = sorted(pairs.iter().map(|p| p.0 - p.1).collect());
+    let n = diffs.len() as f64;
+    let j = ((n - 1.96 * n.sqrt()) / 2.0).floor().max(0.0) as usize;
     println!(
         "hub spawn request -> ready server, {rounds} paired rounds: median with a 1g.10gb slice {:.3} s, \
-         without a GPU {:.3} s; median paired difference {:+.3} s, median paired ratio {:.3}",
+         without a GPU {:.3} s; median paired difference {:+.3} s (95% interval {:+.3} to {:+.3} s), \
+         median paired ratio {:.3}",
         median(pairs.iter().map(|p| p.0).collect()),
         median(pairs.iter().map(|p| p.1).collect()),
-        median(pairs.iter().map(|p| p.0 - p.1).collect()),
+        median(diffs.clone()),
+        diffs[j],
+        diffs[diffs.len() - 1 - j],
         median(pairs.iter().map(|p| p.0 / p.1).collect()),
     );
 }
