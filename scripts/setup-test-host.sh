@@ -78,6 +78,11 @@ if [ "${#missing[@]}" -gt 0 ]; then
 else
   log "all Debian packages present"
 fi
+# Debian's jupyterhub enables a system hub (port 8000, all addresses) for the next boot; the tests start
+# their own hubs on loopback and a bridge, so a test host runs none.
+if [ -d /run/systemd/system ] && systemctl is-enabled jupyterhub.service >/dev/null 2>&1; then
+  systemctl disable --now jupyterhub.service >/dev/null 2>&1 || log "could not disable jupyterhub.service"
+fi
 
 # Check what the tests need really is there (PATH may lack the sbin dirs under sudo -E etc.).
 export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
