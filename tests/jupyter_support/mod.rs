@@ -210,6 +210,8 @@ c.MigrunSpawner.migrun = {migrun:?}
             // Debian's node searches /usr/share/nodejs by itself; a node that replaced it (NodeSource's
             // nodejs package, as on some hosts) does not, and the proxy then misses its modules.
             .env("NODE_PATH", "/usr/share/nodejs")
+            // Importing migrun_spawner from the checkout must not leave __pycache__ in it.
+            .env("PYTHONDONTWRITEBYTECODE", "1")
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
