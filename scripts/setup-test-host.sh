@@ -24,8 +24,15 @@ set -euo pipefail
 #   slurmctld, slurmd,           tests/slurm_cluster.rs starts a private Slurm 22.05 cluster (controller, one
 #   slurm-client, munge          slurmd per compute node in its own netns, munged for auth); no daemon is enabled
 #   libslurm-dev, libclang-dev   crates/migrun-spank: the slurm-spank crate runs bindgen (libclang) on spank.h
+#   debootstrap                  tests/jupyter.rs: the Debian root of the Jupyter image (scripts/jupyter-image.sh)
+#   jupyterhub, node-configurable-http-proxy, python3-docker, python3-escapism
+#                                tests/jupyter.rs: the real hub, its proxy, and DockerSpawner's deps (DockerSpawner
+#                                itself is pinned from PyPI by scripts/jupyterhub-env.sh)
+#   python3-venv                 the venv DockerSpawner is installed into
+#   python3-websocket            tests/jupyter.rs: the kernel-protocol client that runs a cell
 PACKAGES=(sudo runc containerd docker.io podman busybox-static iproute2 iptables uidmap curl tar coreutils
-  gcc libc6-dev git prometheus-node-exporter slurmctld slurmd slurm-client munge libslurm-dev libclang-dev)
+  gcc libc6-dev git prometheus-node-exporter slurmctld slurmd slurm-client munge libslurm-dev libclang-dev
+  debootstrap jupyterhub node-configurable-http-proxy python3-docker python3-escapism python3-venv python3-websocket)
 
 log() { printf 'setup-test-host: %s\n' "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
@@ -74,6 +81,11 @@ if [ "${#missing[@]}" -gt 0 ]; then
   our_policy=0
 else
   log "all Debian packages present"
+fi
+# Debian's jupyterhub enables a system hub (port 8000, all addresses) for the next boot; the tests start
+# their own hubs on loopback and a bridge, so a test host runs none.
+if [ -d /run/systemd/system ] && systemctl is-enabled jupyterhub.service >/dev/null 2>&1; then
+  systemctl disable --now jupyterhub.service >/dev/null 2>&1 || log "could not disable jupyterhub.service"
 fi
 
 # Check what the tests need really is there (PATH may lack the sbin dirs under sudo -E etc.).
