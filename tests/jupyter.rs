@@ -220,7 +220,10 @@ fn hub(sim: &Sim, docker: &PrivateDockerd, image: &str) {
     );
     assert_eq!(sim.leases().len(), 1);
     assert_eq!(sim.instances().len(), 1);
-    assert_eq!(container_id(docker, "jupyter-alice"), None);
+    // The hub drops the server from its model before DockerSpawner has removed the container.
+    wait_for("alice's container removed", Duration::from_secs(30), || {
+        container_id(docker, "jupyter-alice").is_none()
+    });
     assert_eq!(
         hub.request_spawn("carol", &json!({"profile": "1g.10gb"})),
         202
