@@ -307,6 +307,12 @@ fn hub_spawn_bench() {
             .unwrap_or_else(|e| panic!("bench spawn ({profile}): {e}\n{}", hub.log()));
         let secs = t0.elapsed().as_secs_f64();
         hub.stop_server("bench");
+        // The hub drops the server before DockerSpawner has removed the container (as for alice above).
+        wait_for(
+            "the bench container removed",
+            Duration::from_secs(30),
+            || container_id(&docker, "jupyter-bench").is_none(),
+        );
         wait_for("the bench slice back", Duration::from_secs(30), || {
             sim.leases().is_empty()
         });
