@@ -220,7 +220,10 @@ fn hub(sim: &Sim, docker: &PrivateDockerd, image: &str) {
     );
     assert_eq!(sim.leases().len(), 1);
     assert_eq!(sim.instances().len(), 1);
-    assert_eq!(container_id(docker, "jupyter-alice"), None);
+    // The hub drops the server from its model before DockerSpawner has removed the container.
+    wait_for("alice's container removed", Duration::from_secs(30), || {
+        container_id(docker, "jupyter-alice").is_none()
+    });
     assert_eq!(
         hub.request_spawn("carol", &json!({"profile": "1g.10gb"})),
         202
@@ -304,6 +307,12 @@ fn hub_spawn_bench() {
             .unwrap_or_else(|e| panic!("bench spawn ({profile}): {e}\n{}", hub.log()));
         let secs = t0.elapsed().as_secs_f64();
         hub.stop_server("bench");
+        // The hub drops the server before DockerSpawner has removed the container (as for alice above).
+        wait_for(
+            "the bench container removed",
+            Duration::from_secs(30),
+            || container_id(&docker, "jupyter-bench").is_none(),
+        );
         wait_for("the bench slice back", Duration::from_secs(30), || {
             sim.leases().is_empty()
         });
