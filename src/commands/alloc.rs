@@ -1,4 +1,4 @@
-//! Handlers for `alloc`, `release` and `gc`: turn flags into an [`AllocRequest`], call `alloc`, print the result (text or JSON, see docs/leases.md).
+//! Handlers for `alloc`, `release` and `gc`: turn flags into an [`AllocRequest`], call `alloc`, record `--handover`'s token, print the result (text or JSON, see docs/leases.md).
 
 use super::{Ctx, InputError};
 use crate::alloc::{self, AllocRequest};
@@ -71,7 +71,58 @@ fn slurm_holder(step: crate::lease::SlurmStep) -> Result<Holder> {
     Ok(Holder::slurm(step, std::os::unix::process::parent_id())?)
 }
 
+/// `--handover` only for plain root: the token lets whoever holds it give the lease to any container
+/// it starts, and the record it makes is root's (the state dir). Checked before anything is allocated.
+fn check_handover(a: &AllocArgs) -> Result<()> {
+    let caller = crate::caller::Caller::current();
+    if a.handover && !caller.is_plain_root() {
+        return Err(InputError::Other(format!(
+            "--handover is for a spawner running as root (JupyterHub's MigrunSpawner) that hands the lease to a container it starts; you are uid {}{}. Start the container with migrun's runtime or launcher instead (docs/jupyter.md)",
+            caller.uid,
+            if caller.via_sudo { " through sudo" } else { "" }
+        ))
+        .into());
+    }
+    Ok(())
+}
+
+/// Record the hand-over of `lease` (held by the `--holder-pid` process) with a fresh token; the
+/// token goes only to the caller, in the JSON. If that fails the lease is given back.
+fn record_handover(
+    session: &mut crate::commands::session::Session<'_>,
+    lease: &Lease,
+) -> Result<String> {
+    let made = crate::engine::oci::binding::new_token()
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "cannot make a hand-over token from /dev/urandom: {e}; the lease was released"
+            )
+        })
+        .and_then(|token| {
+            let h = crate::engine::oci::binding::Handover {
+                lease: lease.id,
+                token: token.clone(),
+                holder: lease.holder.clone(),
+                created_at: crate::lease::now(),
+            };
+            super::hook::record_handover(session.dir(), &h).map_err(|e| {
+                anyhow::Error::from(e).context(format!(
+                    "cannot record the hand-over of lease {}; the lease was released",
+                    lease.id
+                ))
+            })?;
+            Ok(token)
+        });
+    if made.is_err() {
+        if let Err(e) = session.release(&lease.id.to_string(), None) {
+            crate::errln!("migrun: could not release lease {}: {e:#}", lease.id);
+        }
+    }
+    made
+}
+
 pub fn alloc(ctx: &Ctx, a: &AllocArgs) -> Result<i32> {
+    check_handover(a)?;
     let want = want_of(&a.request)?;
     let name = a
         .name
@@ -125,8 +176,17 @@ pub fn alloc(ctx: &Ctx, a: &AllocArgs) -> Result<i32> {
             );
         }
     }
+    let token = if a.handover {
+        Some(record_handover(&mut session, &lease)?)
+    } else {
+        None
+    };
     let text = if a.json {
-        format!("{}\n", serde_json::to_string_pretty(&lease_json(&lease))?)
+        let mut doc = lease_json(&lease);
+        if let Some(token) = &token {
+            doc["handover"] = handover_json(&lease, token);
+        }
+        format!("{}\n", serde_json::to_string_pretty(&doc)?)
     } else {
         format!("{} lease {}\n", lease.mig_uuid, lease.id)
     };
@@ -146,6 +206,21 @@ pub fn alloc(ctx: &Ctx, a: &AllocArgs) -> Result<i32> {
         .into());
     }
     Ok(0)
+}
+
+/// What a spawner puts into the container's config to hand it the lease: the env form (docker before
+/// 24 cannot set annotations) and the annotation form (podman, containerd), either one, with the request.
+fn handover_json(l: &Lease, token: &str) -> serde_json::Value {
+    use crate::engine::oci::{
+        ANNOTATION_HANDOVER, ANNOTATION_LEASE, ANNOTATION_PROFILE, ENV_HANDOVER, ENV_LEASE,
+        ENV_PROFILE,
+    };
+    let id = l.id.to_string();
+    serde_json::json!({
+        "token": token,
+        "env": { ENV_PROFILE: l.profile, ENV_LEASE: id, ENV_HANDOVER: token },
+        "annotations": { ANNOTATION_PROFILE: l.profile, ANNOTATION_LEASE: id, ANNOTATION_HANDOVER: token },
+    })
 }
 
 pub fn release(ctx: &Ctx, a: &ReleaseArgs) -> Result<i32> {

@@ -74,6 +74,12 @@ pub fn check(
             "`migrun alloc --slurm-step`",
             "only the migrun SPANK plugin in slurmstepd (root) ties a lease to a job step; ask Slurm: srun --mig=PROFILE".to_string(),
         )),
+        // A hand-over token lets whoever holds it give a lease to any container it starts: the
+        // spawner's (root's) business, never a sudo user's.
+        Command::Alloc(a) if a.handover => Some((
+            "`migrun alloc --handover`",
+            "only a root spawner (JupyterHub's MigrunSpawner) hands a lease to a container it starts; start containers with the runtime or the launcher".to_string(),
+        )),
         Command::Sim(_) if global.simulate.is_none() => Some((
             "`migrun sim`",
             "it only controls simulated GPUs (--simulate)".to_string(),
@@ -208,6 +214,10 @@ mod tests {
             ),
             ("migrun sim reset", "migrun sim"),
             ("migrun alloc --profile 1g.10gb --for-uid 0", "--for-uid"),
+            (
+                "migrun alloc --profile 1g.10gb --holder-pid 1 --handover --json",
+                "--handover",
+            ),
         ];
         for (line, what) in refused {
             let e = verdict(line, &[]).unwrap_err();

@@ -26,6 +26,7 @@ use std::time::Duration;
 const MAX_INPUT: u64 = 16 << 20;
 
 mod ops;
+pub(crate) use ops::record_handover;
 
 /// Errors of the hook wiring itself.
 #[derive(Debug, thiserror::Error)]
@@ -376,9 +377,11 @@ pub fn runtime(ctx: &Ctx, a: RuntimeArgs) -> Result<i32> {
             )?)
         });
         match out {
-            Ok(o @ Outcome::Leased { reused: false, .. }) => {
+            // A lease this create made, or took over from a spawner's hand-over: given back if the
+            // runtime's create fails before any hook runs.
+            Ok(o @ (Outcome::Leased { reused: false, .. } | Outcome::Adopted { .. })) => {
                 log_outcome(&o);
-                let Outcome::Leased { lease, .. } = o else {
+                let (Outcome::Leased { lease, .. } | Outcome::Adopted { lease, .. }) = o else {
                     unreachable!()
                 };
                 return supervise_create(ctx, &next, &a.args, &id, &bundle, lease).or_else(&fail);

@@ -1,4 +1,4 @@
-//! The hooks' and the shim's lease operations ([`LeaseOps`]) over the real state dir and GPU backend, opened on first use, and precreate's hand-over records.
+//! The hooks' and the shim's lease operations ([`LeaseOps`]) over the real state dir and GPU backend, opened on first use, and the hand-over records (precreate's and `migrun alloc --handover`'s).
 
 use super::Ctx;
 use crate::alloc::{self, AllocRequest, ReleaseOutcome};
@@ -112,6 +112,21 @@ impl<'a> CtxOps<'a> {
     }
 }
 
+/// Write a hand-over record under `dir` (root's 0700 state dir, temp file + rename), then drop the
+/// stale ones. Shared by podman's precreate and `migrun alloc --handover`, so prestart and the shim
+/// find both the same way.
+pub(crate) fn record_handover(
+    dir: &StateDir,
+    h: &Handover,
+) -> Result<(), crate::statedir::StateDirError> {
+    dir.subdir(HANDOVER_DIR)?;
+    let mut json = serde_json::to_vec_pretty(h).expect("records serialise");
+    json.push(b'\n');
+    dir.write(&CtxOps::handover_rel(h.lease), &json)?;
+    CtxOps::prune_handovers(dir);
+    Ok(())
+}
+
 fn into_ops(e: anyhow::Error) -> OpsError {
     e.into()
 }
@@ -173,12 +188,7 @@ impl LeaseOps for CtxOps<'_> {
 
     fn record_handover(&mut self, h: &Handover) -> Result<(), OpsError> {
         let dir = self.dir()?.clone();
-        dir.subdir(HANDOVER_DIR)?;
-        let mut json = serde_json::to_vec_pretty(h).expect("records serialise");
-        json.push(b'\n');
-        dir.write(&Self::handover_rel(h.lease), &json)?;
-        Self::prune_handovers(&dir);
-        Ok(())
+        Ok(record_handover(&dir, h)?)
     }
 
     fn handover(&mut self, lease: LeaseId) -> Result<Option<Handover>, OpsError> {

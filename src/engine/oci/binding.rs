@@ -25,6 +25,10 @@ use std::path::{Path, PathBuf};
 /// Annotation precreate writes with the hand-over token (and strips from any container that brings one).
 pub const ANNOTATION_HANDOVER: &str = "migrun.handover";
 
+/// The same token as env, for a docker container whose spawner used `migrun alloc --handover`: Debian
+/// 12's docker.io (20.10) cannot set OCI annotations (`docker run --annotation` came with Docker 24).
+pub const ENV_HANDOVER: &str = "MIGRUN_HANDOVER";
+
 /// Separator of the engine tag's parts (the launcher's docker tags use the same).
 const SEP: char = '|';
 const BUNDLE_KEY: &str = "bundle=";

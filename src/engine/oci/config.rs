@@ -161,11 +161,17 @@ pub fn needs_guard(spec: &Value) -> bool {
         || env_has(spec, ENV_LEASE)
         || annotation(spec, ANNOTATION_LEASE).is_some()
         || annotation(spec, ANNOTATION_HANDOVER).is_some()
+        || env_has(spec, ENV_HANDOVER)
 }
 
-/// The hand-over token precreate wrote into this config, if any (see [`super::binding`]).
-pub fn handover_token(spec: &Value) -> Option<&str> {
-    annotation(spec, ANNOTATION_HANDOVER)
+/// The hand-over token in this config, if any (see [`super::binding`]): the `migrun.handover`
+/// annotation precreate writes, or the `MIGRUN_HANDOVER` env a spawner that used `migrun alloc
+/// --handover` gives a docker container (Docker before 24 cannot set annotations). Both are read
+/// from config.json or precreate's input, which the engine writes for whoever may talk to it (root-
+/// equivalent); the token only ever unlocks what migrun's own hand-over record says. Two different
+/// tokens are bad input.
+pub fn handover_token(spec: &Value) -> Result<Option<String>, OciError> {
+    Ok(one_value(spec, ANNOTATION_HANDOVER, ENV_HANDOVER)?.map(|(t, _)| t))
 }
 
 pub(crate) fn remove_markers() -> Vec<Box<dyn SpecModifier>> {
@@ -178,6 +184,9 @@ pub(crate) fn remove_markers() -> Vec<Box<dyn SpecModifier>> {
         }),
         Box::new(RemoveAnnotation {
             key: ANNOTATION_HANDOVER.into(),
+        }),
+        Box::new(RemoveEnv {
+            name: ENV_HANDOVER.into(),
         }),
     ]
 }
@@ -422,10 +431,17 @@ mod tests {
         assert!(needs_guard(&forged));
         apply_all(&mut forged, &guard_modifiers()).unwrap();
         assert_eq!(
-            handover_token(&forged),
+            handover_token(&forged).unwrap(),
             None,
             "a token it brought is removed"
         );
+        let mut forged = json!({"process": {"env": ["MIGRUN_HANDOVER=00ff"]}});
+        assert!(needs_guard(&forged));
+        assert_eq!(handover_token(&forged).unwrap().as_deref(), Some("00ff"));
+        apply_all(&mut forged, &guard_modifiers()).unwrap();
+        assert_eq!(handover_token(&forged).unwrap(), None, "env too");
+        let two = json!({"annotations": {"migrun.handover": "aa"}, "process": {"env": ["MIGRUN_HANDOVER=bb"]}});
+        assert!(handover_token(&two).is_err(), "two different tokens");
     }
 
     #[test]

@@ -296,13 +296,6 @@ fn adopt(
             )))
         }
     };
-    let hand_to = |ops: &mut dyn LeaseOps, from: Holder, to: Holder| {
-        let check = move |x: &Lease| x.holder == from && x.state == LeaseState::Active;
-        ops.set_holder_if(id, &check, to).map_err(lease_err(format!(
-            "cannot hand lease {id} to container {}",
-            state.id
-        )))
-    };
     let adopted = Outcome::Adopted {
         lease: id,
         mig_uuid: l.mig_uuid.clone(),
@@ -314,51 +307,17 @@ fn adopt(
         };
         names_device()?;
         let to = binding::container_holder(&state.id, tag, bundle, state.pid);
-        if l.holder == to || hand_to(ops, l.holder.clone(), to)? {
+        if l.holder == to || hand_to(ops, id, l.holder.clone(), to, &state.id)? {
             return Ok(adopted);
         }
         return Err(stale("changed hands while this container started".into()));
     }
 
-    let reason = match (&l.holder, handover_token(&cfg.spec)) {
-        (Holder::Process { pid, .. }, Some(token)) => {
-            let record = ops
-                .handover(id)
-                .map_err(lease_err(format!("cannot read the hand-over of lease {id}")))?;
-            match record {
-                Some(h) if binding::tokens_equal(&h.token, token) && h.holder == l.holder => {
-                    names_device()?;
-                    let to = binding::container_holder(
-                        &state.id,
-                        engine.unwrap_or("podman"),
-                        bundle,
-                        state.pid,
-                    );
-                    if hand_to(ops, h.holder.clone(), to)? {
-                        if let Err(e) = ops.drop_handover(id) {
-                            tracing::warn!(lease = id, "cannot remove the used hand-over record: {e}");
-                        }
-                        return Ok(adopted);
-                    }
-                    "was handed over to another container already".to_string()
-                }
-                _ => format!(
-                    "is held by process {pid}, and the config's hand-over token is not the one migrun's precreate recorded for it"
-                ),
-            }
-        }
-        (Holder::Process { pid, .. }, None) => format!(
-            "is held by process {pid}, and the config carries no hand-over token from migrun's precreate"
-        ),
-        (Holder::Container { id: c, .. }, _) if *c == state.id => {
-            "is held by a container with this id but another bundle".to_string()
-        }
-        (Holder::Container { id: c, .. }, _) => format!("is held by container {c}"),
-        (Holder::Launcher { .. }, _) => "is held by the docker launcher".to_string(),
-        (Holder::Slurm { step, .. }, _) => format!("is held by slurm job {step}"),
-        (Holder::Manual, _) => "is a manual lease (migrun alloc)".to_string(),
-    };
-    Err(stale(reason))
+    let token = handover_token(&cfg.spec)?;
+    let to = binding::container_holder(&state.id, engine.unwrap_or("podman"), bundle, state.pid);
+    take_over(ops, &l, token.as_deref(), &names_device, to, &state.id)
+        .map_err(|e| e.stale(cfg, id))?;
+    Ok(adopted)
 }
 
 /// The lease bound to this container (a retried create or prestart), or a new one.
@@ -441,7 +400,7 @@ pub fn poststop(state_json: &[u8], ops: &mut dyn LeaseOps) -> Result<Outcome, Oc
     let (marker, token, asked) = match &cfg {
         Some(c) => (
             lease_marker(&c.spec).ok().flatten(),
-            handover_token(&c.spec).map(str::to_string),
+            handover_token(&c.spec).ok().flatten(),
             // A malformed request still may have left a lease behind (timeout): look it up by id.
             !matches!(request_of(&c.spec), Ok(None)),
         ),
@@ -529,7 +488,27 @@ pub fn shim_create(
     };
     let bundle = binding::canonical_bundle(bundle);
     let holder = binding::container_holder(container, engine, &bundle, waiter);
-    let (lease, reused) = obtain(ops, &req, container, &bundle, holder)?;
+    let handed = match (lease_marker(&cfg.spec)?, handover_token(&cfg.spec)?) {
+        (Some(id), Some(token)) => Some(shim_take_over(
+            ops,
+            &cfg,
+            id,
+            &token,
+            container,
+            &bundle,
+            holder.clone(),
+        )?),
+        // A marker without a token (or a token without a marker) proves nothing: the request gets a
+        // lease of its own and the markers are replaced below.
+        _ => None,
+    };
+    let (lease, reused, adopted) = match handed {
+        Some((l, reused)) => (l, reused, !reused),
+        None => {
+            let (l, reused) = obtain(ops, &req, container, &bundle, holder)?;
+            (l, reused, false)
+        }
+    };
     let mut mods = match grant_modifiers(ops, &lease) {
         Ok(m) => m,
         Err(e) if reused => return Err(e),
@@ -550,6 +529,12 @@ pub fn shim_create(
         HookPosition::Last,
     )));
     write_or_undo(ops, &cfg, &mods, &lease, reused)?;
+    if adopted {
+        return Ok(Outcome::Adopted {
+            lease: lease.id,
+            mig_uuid: lease.mig_uuid,
+        });
+    }
     Ok(Outcome::Leased {
         lease: lease.id,
         mig_uuid: lease.mig_uuid,
@@ -576,6 +561,9 @@ pub fn shim_create_failed(
     )))?;
     Ok(Outcome::Released(out))
 }
+
+mod takeover;
+use takeover::{hand_to, shim_take_over, take_over};
 
 #[cfg(test)]
 mod tests;

@@ -23,7 +23,7 @@ pub mod modifiers;
 #[cfg(test)]
 pub(crate) mod test_support;
 
-pub use binding::ANNOTATION_HANDOVER;
+pub use binding::{ANNOTATION_HANDOVER, ENV_HANDOVER};
 pub use config::*;
 pub use flows::*;
 pub use modifiers::*;

@@ -314,7 +314,7 @@ fn precreate_hands_its_lease_over_only_with_its_token() {
         "the forged 42 is gone"
     );
     assert_eq!(env_lookup(&cfg, NVIDIA_VISIBLE_DEVICES), ["MIG-1"]);
-    let token = handover_token(&cfg).unwrap().to_string();
+    let token = handover_token(&cfg).unwrap().unwrap();
     assert_ne!(token, "forged");
     assert_eq!(ops.handovers.len(), 1);
     assert_eq!(ops.handovers[0].token, token);
@@ -545,3 +545,4 @@ fn bad_bundles_and_configs_are_clear_errors_with_nothing_changed() {
 }
 
 mod cdi;
+mod spawner;
