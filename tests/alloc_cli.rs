@@ -1,5 +1,5 @@
 //! `migrun alloc / release / gc / status` through the binary on the simulator: output forms, --min-mem,
-//! no-room explanations, ownership, and bad input (one clear line, documented exit code, nothing changed).
+//! no-room explanations, ownership, `--handover` (root only, charged to `--for-uid`, collected with its holder), and bad input (one clear line, documented exit code, nothing changed).
 
 mod alloc_support;
 
@@ -266,4 +266,108 @@ fn bad_input_gets_one_clear_line_and_changes_nothing() {
     std::fs::set_permissions(sim.state_dir(), std::fs::Permissions::from_mode(0o700)).unwrap();
     assert_eq!(sim.snapshot_files(), before, "nothing changed");
     assert_eq!(leases(&sim.status()).len(), 1);
+}
+
+#[test]
+fn handover_alloc_is_root_only_charged_to_the_user_and_collected_with_its_holder() {
+    use std::os::unix::process::CommandExt;
+    let sim = Sim::new("h100-80gb");
+    std::fs::write(sim.config_path(), "max_leases_per_user = 1\n").unwrap();
+    let mut sleeper = std::process::Command::new("sleep")
+        .arg("30")
+        .spawn()
+        .unwrap();
+    let pid = sleeper.id().to_string();
+    let handover = |uid: &str| {
+        vec![
+            "alloc",
+            "--profile",
+            "1g.10gb",
+            "--for-uid",
+            uid,
+            "--holder-pid",
+            &pid,
+            "--handover",
+            "--json",
+        ]
+        .into_iter()
+        .map(str::to_string)
+        .collect::<Vec<_>>()
+    };
+    let args = handover("2001");
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+
+    // Bad combinations are clap's usage errors; a sudo user and a non-root caller are refused.
+    for (bad, needle) in [
+        (
+            vec!["alloc", "--profile", "1g.10gb", "--handover", "--json"],
+            "--holder-pid",
+        ),
+        (
+            vec![
+                "alloc",
+                "--profile",
+                "1g.10gb",
+                "--holder-pid",
+                &pid,
+                "--handover",
+            ],
+            "--json",
+        ),
+    ] {
+        fails(&sim, &bad, 2, needle);
+    }
+    let out = sim.cmd(&args).env("SUDO_UID", "2001").output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "{err}");
+    assert!(
+        err.contains("`migrun alloc --handover` is not open to a user through sudo"),
+        "{err}"
+    );
+    std::fs::set_permissions(sim.tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(sim.config_path(), std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = sim.cmd(&args).uid(65534).gid(65534).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("--handover is for a spawner running as root") && err.contains("uid 65534"),
+        "{err}"
+    );
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(!sim.state_dir().join("leases").exists() || leases(&sim.status()).is_empty());
+
+    // Root: the lease is the user's, held by the process, and its token is recorded root-only, not in status.
+    let doc: serde_json::Value = serde_json::from_str(&sim.ok(&args)).unwrap();
+    let token = doc["handover"]["token"].as_str().unwrap().to_string();
+    assert_eq!(token.len(), 32, "{doc}");
+    let id = doc["lease"].to_string();
+    assert_eq!(doc["uid"], 2001);
+    assert_eq!(doc["holder"]["kind"], "process");
+    assert_eq!(doc["handover"]["env"]["MIGRUN_LEASE"], id.as_str());
+    assert_eq!(doc["handover"]["env"]["MIGRUN_HANDOVER"], token.as_str());
+    assert_eq!(
+        doc["handover"]["annotations"]["migrun.handover"],
+        token.as_str()
+    );
+    let record = sim.state_dir().join(format!("handover/{id}.json"));
+    let meta = std::fs::metadata(&record).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o077, 0, "root's only");
+    assert!(!sim.ok(&["status", "--json"]).contains(&token));
+
+    // The user's second lease is refused by max_leases_per_user, in migrun's usual line.
+    let err = fails(&sim, &args, 2, "refused by policy: max_leases_per_user = 1");
+    assert!(err.contains("uid 2001 holds 1 lease(s)"), "{err}");
+    let other = handover("2002");
+    let other: Vec<&str> = other.iter().map(String::as_str).collect();
+    let second: serde_json::Value = serde_json::from_str(&sim.ok(&other)).unwrap();
+    assert_eq!(second["uid"], 2002);
+
+    // The spawner dies before any container took its leases: gc gives them back.
+    sleeper.kill().unwrap();
+    sleeper.wait().unwrap();
+    let gc = sim.ok(&["gc"]);
+    assert!(gc.contains(&format!("lease {id} released")), "{gc}");
+    assert!(gc.contains(&format!("holder pid {pid} is gone")), "{gc}");
+    assert!(leases(&sim.status()).is_empty());
+    assert!(instances(&sim.status()).is_empty());
 }

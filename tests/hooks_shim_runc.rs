@@ -1,12 +1,13 @@
 //! The runtime shim in front of real runc: a create that runc fails before any hook runs (a relative
 //! `process.cwd`, a duplicate container id) leaves no lease and no instance; `run ID --bundle B` gets its
-//! slice from B's config, as runc reads it; and the shim's reading of runc's arguments agrees with runc
+//! slice from B's config, as runc reads it; a spawner's `alloc --handover` lease goes to the container whose env
+//! carries its token, once; and the shim's reading of runc's arguments agrees with runc
 //! 1.1's own on every form in its table. Needs root, runc and busybox-static (scripts/setup-test-host.sh).
 
 mod common;
 mod hooks_common;
 
-use common::engines::{busybox_bundle, patch_bundle_config, unique_name, Runc};
+use common::engines::{busybox_bundle, patch_bundle_config, run_ok, unique_name, Runc};
 use hooks_common::*;
 use migrun::engine::runtime::parse_invocation;
 use serde_json::json;
@@ -283,4 +284,140 @@ fn the_shim_reads_runcs_arguments_as_runc_does() {
             ),
         }
     }
+}
+
+/// A spawner's `migrun alloc --handover` lease, named with its token in a container's env (as docker
+/// passes it): the shim hands it to that container once, charged uid kept; a wrong token or a second
+/// container gets nothing; the spawner's death no longer frees it, the container's end does.
+#[test]
+fn a_spawners_handover_lease_goes_to_the_container_with_its_token_once() {
+    let s = ShimRunc::new();
+    let mut hub = Command::new("sleep").arg("600").spawn().unwrap();
+    let out = s
+        .sim
+        .migrun()
+        .args([
+            "alloc",
+            "--profile",
+            "1g.10gb",
+            "--for-uid",
+            "2001",
+            "--handover",
+            "--json",
+        ])
+        .args(["--holder-pid", &hub.id().to_string()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let env: Vec<String> = doc["handover"]["env"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap()))
+        .collect();
+    let uuid = doc["mig_uuid"].as_str().unwrap().to_string();
+    let with_env = |name: &str, env: Vec<String>| {
+        s.bundle(name, &["sh", "-c", "env > /seen; sleep 600"], |c| {
+            let e = c["process"]["env"].as_array_mut().unwrap();
+            e.extend(env.into_iter().map(serde_json::Value::from));
+        })
+    };
+    let held_by_hub = s.sim.leases();
+
+    let forged: Vec<String> = env
+        .iter()
+        .map(|e| match e.split_once('=') {
+            Some(("MIGRUN_HANDOVER", _)) => format!("MIGRUN_HANDOVER={:032x}", 7),
+            _ => e.clone(),
+        })
+        .collect();
+    let b = with_env("forged", forged);
+    let (code, err) = s.run(
+        &[
+            "create",
+            "--bundle",
+            b.to_str().unwrap(),
+            &unique_name("shim-ho-forged"),
+        ],
+        &b,
+    );
+    assert_ne!(code, Some(0), "{err}");
+    assert!(
+        err.contains("hand-over token is not the one migrun recorded"),
+        "{err}"
+    );
+    assert_eq!(s.sim.leases(), held_by_hub, "nothing changed");
+
+    let b = with_env("server", env.clone());
+    let id = unique_name("shim-ho");
+    let (code, err) = s.run(&["create", "--bundle", b.to_str().unwrap(), &id], &b);
+    assert_eq!(code, Some(0), "{err}\nlog:\n{}", s.sim.log());
+    let out = s.runc.cmd().args(["start", &id]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let leases = s.sim.leases();
+    assert_eq!(leases.len(), 1);
+    assert_eq!(leases[0].uid, 2001, "still charged to the user");
+    assert!(
+        matches!(&leases[0].holder, migrun::lease::Holder::Container { id: c, pid: Some(_), .. } if *c == id),
+        "{:?}",
+        leases[0].holder
+    );
+    let seen = (0..50)
+        .find_map(|_| {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            fs::read_to_string(b.join("rootfs/seen"))
+                .ok()
+                .filter(|s| !s.is_empty())
+        })
+        .expect("the container wrote its env");
+    assert!(
+        seen.contains(&format!("NVIDIA_VISIBLE_DEVICES={uuid}")),
+        "{seen}"
+    );
+    assert!(
+        !seen.contains("MIGRUN_HANDOVER"),
+        "the token never reaches the workload: {seen}"
+    );
+
+    // The token is used up: a second container bringing it is refused.
+    let b2 = with_env("second", env);
+    let (code, err) = s.run(
+        &[
+            "create",
+            "--bundle",
+            b2.to_str().unwrap(),
+            &unique_name("shim-ho-2"),
+        ],
+        &b2,
+    );
+    assert_ne!(code, Some(0), "{err}");
+    assert!(err.contains(&format!("is held by container {id}")), "{err}");
+
+    // The spawner's end no longer matters; the container's does.
+    hub.kill().unwrap();
+    hub.wait().unwrap();
+    run_ok(s.sim.migrun().arg("gc"));
+    assert_eq!(s.sim.leases().len(), 1, "the container still holds it");
+    let out = s
+        .runc
+        .cmd()
+        .args(["delete", "--force", &id])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(s.sim.leases().is_empty(), "log:\n{}", s.sim.log());
+    assert!(s.sim.instances().is_empty());
 }

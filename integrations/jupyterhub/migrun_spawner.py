@@ -1,11 +1,16 @@
 """migrun_spawner: JupyterHub's DockerSpawner with a MIG slice per user server, through migrun.
 
 It owns the spawn form (the profiles the box offers, with how many of each are free now, plus "no GPU"),
-the user's choice (checked against what the box offers), and turning that choice into the container's
-request to migrun's docker runtime (`MIGRUN_PROFILE` in the container's env, `runtime: migrun`). It must
-not allocate, release or name a lease itself: the runtime shim makes the lease when docker creates the
-container and its poststop hook frees it when the container stops, is culled or dies, so nothing here can
-leak a slice, and a hub that crashes leaves nothing behind that the container does not hold.
+the user's choice (checked against what the box offers), the uid a server's slice is charged to, and
+handing the slice to the server's container. Before docker creates the container it asks `migrun alloc
+--profile P --for-uid UID --holder-pid <hub pid> --handover --json`: migrun charges the lease to the user
+(so `max_leases_per_user` applies, and its refusal is the spawn's failure) and records a one-time token.
+The container carries the lease and the token in its env (`MIGRUN_LEASE`, `MIGRUN_HANDOVER`, with
+`MIGRUN_PROFILE`) and runs under migrun's docker runtime (`runtime: migrun`); the runtime shim takes the
+lease over for that container, and its poststop hook frees it when the container stops, is culled or dies.
+If the container never starts, the spawner releases the lease; if the hub dies first, `migrun gc` frees it
+(its holder, the hub's process, is gone). The hub must run as root: only plain root may charge a lease to
+someone else.
 
 In jupyterhub_config.py (docs/jupyter.md):
 
@@ -20,10 +25,11 @@ import html
 import inspect
 import json
 import os
+import pwd
 import re
 
 from dockerspawner import DockerSpawner
-from traitlets import Bool, Dict, Float, List, Unicode, default
+from traitlets import Any, Bool, Dict, Float, List, Unicode, default
 
 # What a profile name may look like before migrun parses it (migrun is the judge; this only keeps
 # form input that is not a profile name out of the container's env and the log).
@@ -82,6 +88,19 @@ class MigrunSpawner(DockerSpawner):
     )
     offer_no_gpu = Bool(True, config=True, help="Offer 'no GPU' in the form.")
     migrun_timeout = Float(30.0, config=True, help="Seconds a migrun command may take.")
+    user_uids = Dict(
+        config=True,
+        help="Hub user name -> uid that user's slices are charged to (migrun's max_leases_per_user, "
+        "`migrun usage`), for hub users without a system account. Users not listed are looked up in "
+        "the system's user database (pwd).",
+    )
+    uid_for_user = Any(
+        None,
+        config=True,
+        allow_none=True,
+        help="A callable (user name -> uid, or None) asked before user_uids and pwd, e.g. to map an "
+        "OAuth identity to the uid its quota belongs to.",
+    )
 
     @default("remove")
     def _default_remove(self):
@@ -94,6 +113,27 @@ class MigrunSpawner(DockerSpawner):
         return self._render_form
 
     # ---- migrun ------------------------------------------------------------------------------
+
+    def charged_uid(self):
+        """The uid this user's slice is charged to: uid_for_user, then user_uids, then the system's
+        user database. A user with none cannot get a slice (never charged to root by default)."""
+        name = self.user.name
+        uid = None
+        if self.uid_for_user is not None:
+            uid = self.uid_for_user(name)
+        if uid is None:
+            uid = self.user_uids.get(name)
+        if uid is None:
+            try:
+                uid = pwd.getpwnam(name).pw_uid
+            except KeyError:
+                raise MigrunError(
+                    f"hub user {name} has no uid to charge a GPU slice to: no system account, and "
+                    "not in MigrunSpawner.user_uids or uid_for_user; ask the hub's admin"
+                )
+        if isinstance(uid, bool) or not isinstance(uid, int) or not 0 <= uid < 2**32:
+            raise MigrunError(f"the uid configured for hub user {name} is not a uid: {uid!r}")
+        return uid
 
     async def _migrun_json(self, *args):
         env = dict(os.environ)
@@ -214,11 +254,43 @@ class MigrunSpawner(DockerSpawner):
     def get_env(self):
         env = super().get_env()
         # Never let the hub's own environment or user options smuggle another request in.
-        for k in ("MIGRUN_PROFILE", "MIGRUN_GPU", "MIGRUN_LEASE", "NVIDIA_VISIBLE_DEVICES"):
+        for k in (
+            "MIGRUN_PROFILE",
+            "MIGRUN_GPU",
+            "MIGRUN_LEASE",
+            "MIGRUN_HANDOVER",
+            "NVIDIA_VISIBLE_DEVICES",
+        ):
             env.pop(k, None)
-        if getattr(self, "_migrun_profile", None):
-            env["MIGRUN_PROFILE"] = self._migrun_profile
+        lease = getattr(self, "_migrun_lease", None)
+        if lease:
+            # The request, the lease and its one-time token, as `migrun alloc --handover` names them;
+            # the runtime shim takes them out of the config before the server starts.
+            env.update(lease["handover"]["env"])
         return env
+
+    async def _allocate(self, profile):
+        """`migrun alloc --handover` for this user: the lease, held by the hub's process until the
+        container takes it. A refusal (no room, over the user's limit) is migrun's one-line reason."""
+        return await self._migrun_json(
+            "alloc",
+            "--profile",
+            profile,
+            "--for-uid",
+            str(self.charged_uid()),
+            "--holder-pid",
+            str(os.getpid()),
+            "--handover",
+        )
+
+    async def _release_unstarted(self, lease):
+        """Give back a lease no container took (the container was removed first, so one that did take
+        it has freed it in its poststop, and migrun then answers that there is no such lease)."""
+        try:
+            await self._migrun_json("release", str(lease["lease"]))
+        except MigrunError as e:
+            if "no lease" not in str(e):
+                self.log.warning("migrun: could not release lease %s: %s", lease["lease"], e)
 
     async def create_object(self):
         host_config = self._eval_if_callable(self.extra_host_config)
@@ -249,18 +321,27 @@ class MigrunSpawner(DockerSpawner):
         what = f"a {self._migrun_profile} slice" if self._migrun_profile else "no GPU"
         self.log.info("migrun: starting %s's server with %s", self.user.name, what)
         self._event(10, f"Starting a server with {what}")
+        self._migrun_lease = None
+        if self._migrun_profile:
+            self._migrun_lease = await self._allocate(self._migrun_profile)
         try:
             result = await super().start()
-        except MigrunError:
-            raise
         except Exception as e:
             await self._remove_failed()
+            if self._migrun_lease:
+                await self._release_unstarted(self._migrun_lease)
+            if isinstance(e, MigrunError):
+                raise
             raise MigrunError(migrun_line(getattr(e, "explanation", None) or e)) from e
-        if self._migrun_profile:
+        finally:
+            # The token is good once and no use after the start; keep it out of the spawner's state.
+            handed, self._migrun_lease = self._migrun_lease, None
+        if handed:
             lease = await self.lease_of(self.container_id)
-            if lease is None:
-                # The shim ran but recorded nothing for this container: never serve it without its slice.
+            if lease is None or lease.get("id") != handed["lease"]:
+                # The shim did not take the lease for this container: never serve it without its slice.
                 await self.stop(now=True)
+                await self._release_unstarted(handed)
                 raise MigrunError(
                     f"migrun recorded no lease for container {self.container_id[:12]}; "
                     "check the `migrun` runtime entry in daemon.json and `migrun status`"
