@@ -3,7 +3,8 @@
 //! machine): examples/jupyter-on-a-slice/run.sh runs a real notebook server whose kernel sees the leased
 //! MIG UUID; then one real JupyterHub (Debian's 3.0, DockerSpawner 13.0.0 pinned from PyPI, Debian's
 //! configurable-http-proxy, DummyAuthenticator) with integrations/jupyterhub/migrun_spawner.py serves
-//! alice, bob and carol as issue 19 lists. Needs root, docker.io, debootstrap, jupyterhub,
+//! alice, bob and carol as issue 19 lists, each slice charged to its user's uid so that
+//! `max_leases_per_user` refuses a user's second slice in the spawn's progress. Needs root, docker.io, debootstrap, jupyterhub,
 //! node-configurable-http-proxy, python3-websocket (scripts/setup-test-host.sh) and PyPI once; fails
 //! otherwise, never skips. One test function: the GPU, the daemon and the image are shared in order.
 
@@ -190,6 +191,9 @@ fn hub(sim: &Sim, docker: &PrivateDockerd, image: &str) {
             "{:?}",
             l.holder
         );
+        // Charged to the user (the hub's user_uids), not to root: max_leases_per_user applies.
+        let want = if l.mig_uuid == alice { 3001 } else { 3002 };
+        assert_eq!(l.uid, want, "{l:?}");
     }
     check_form(sim, &hub, "carol", &carol_cookies);
 
@@ -255,6 +259,32 @@ fn hub(sim: &Sim, docker: &PrivateDockerd, image: &str) {
         Duration::from_secs(30),
         || sim.leases().iter().all(|l| l.mig_uuid != bob),
     );
+
+    // max_leases_per_user = 1 (the hub's migrun config): alice already holds a slice (a manual lease
+    // charged to her uid), so her spawn fails with migrun's per-user-limit line, and leaves nothing.
+    let held: Value = serde_json::from_str(&run_ok(sim.migrun().args([
+        "alloc",
+        "--profile",
+        "1g.10gb",
+        "--for-uid",
+        "3001",
+        "--json",
+    ])))
+    .unwrap();
+    let before = sim.leases();
+    let err = hub
+        .spawn("alice", &json!({"profile": "1g.10gb"}))
+        .expect_err("alice's second slice must be refused");
+    assert!(
+        err.starts_with("Spawn failed: migrun: refused by policy: max_leases_per_user = 1")
+            && err.contains("uid 3001 holds 1 lease(s)"),
+        "the per-user-limit line in the progress: {err}"
+    );
+    assert!(!err.contains('\n'), "one line: {err}");
+    assert_eq!(sim.leases(), before, "no lease made");
+    assert_eq!(sim.instances().len(), before.len(), "no instance left");
+    assert_eq!(container_id(docker, "jupyter-alice"), None, "no container");
+    run_ok(sim.migrun().args(["release", &held["lease"].to_string()]));
 
     // A profile the box does not offer, and a value that is no profile name: refused, nothing made.
     let err = hub.spawn_refused("alice", &json!({"profile": "9g.99gb"}));

@@ -190,13 +190,19 @@ c.DockerSpawner.network_name = "bridge"
 c.Spawner.start_timeout = 180
 c.Spawner.http_timeout = 180
 c.MigrunSpawner.migrun = {migrun:?}
+# The hub's users have no system accounts: the uids their slices are charged to, and a per-user limit
+# that migrun checks when the hub allocates (`migrun alloc --for-uid ... --handover`).
+c.MigrunSpawner.user_uids = {{"alice": 3001, "bob": 3002, "carol": 3003, "bench": 3004}}
+c.MigrunSpawner.migrun_env = {{"MIGRUN_CONFIG": {migrun_config:?}}}
 "#,
             integration = repo().join("integrations/jupyterhub").display().to_string(),
             db = dir.path().join("jupyterhub.sqlite").display(),
             secret = dir.path().join("cookie_secret").display().to_string(),
             pid = dir.path().join("jupyterhub.pid").display().to_string(),
             migrun = migrun_bin().display().to_string(),
+            migrun_config = dir.path().join("migrun.toml").display().to_string(),
         );
+        fs::write(dir.path().join("migrun.toml"), "max_leases_per_user = 1\n").unwrap();
         let cfg_path = dir.path().join("jupyterhub_config.py");
         fs::write(&cfg_path, cfg).unwrap();
         let log = fs::File::create(dir.path().join("hub.log")).unwrap();
