@@ -10,9 +10,15 @@ use crate::profile::{CiProfileName, ProfileName};
 use serde::Deserialize;
 use serde_json::Value;
 
+/// Profile names go into JSON as users write them (`1c.3g.40gb`), as everywhere in migrun's output.
+fn as_text<T: std::fmt::Display, S: serde::Serializer>(v: &T, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(v)
+}
+
 /// One compute-instance profile of a GPU-instance profile.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct CiProfileRow {
+    #[serde(serialize_with = "as_text")]
     pub name: CiProfileName,
     /// `NVML_COMPUTE_INSTANCE_PROFILE_*` of its slice count.
     pub nvml_index: Option<u32>,
@@ -36,6 +42,7 @@ pub struct CiProfileRow {
 /// The compute-instance profiles of one GPU-instance profile of a model.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct CiTable {
+    #[serde(serialize_with = "as_text")]
     pub gi_profile: ProfileName,
     /// Keys of the data file's `sources`.
     pub sources: Vec<String>,
