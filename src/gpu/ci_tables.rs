@@ -300,7 +300,12 @@ mod tests {
     fn resolution_on_every_model_table() {
         use crate::gpu::sim::models;
         // (model key, request, Ok(profile ID or None if unknown) or words of the refusal)
-        let cases: &[(&str, &str, Result<Option<u32>, &str>)] = &[
+        type Case = (
+            &'static str,
+            &'static str,
+            Result<Option<u32>, &'static str>,
+        );
+        let cases: &[Case] = &[
             ("a100-80gb", "1c.3g.40gb", Ok(Some(0))),
             ("a100-80gb", "MIG 2c.3g.40gb", Ok(Some(1))),
             ("a100-80gb", "3g.40gb", Ok(Some(2))),
