@@ -76,8 +76,8 @@ pub struct GlobalArgs {
 pub enum Command {
     /// Run a container on a MIG slice (the default when no command word is given)
     Run(RunArgs),
-    /// List GPU-instance profiles per GPU with free/total counts (like `nvidia-smi mig -lgip`)
-    Profiles(ListArgs),
+    /// List GPU-instance profiles per GPU with free/total counts (like `nvidia-smi mig -lgip`); --ci: compute-instance profiles (like -lcip)
+    Profiles(ProfilesArgs),
     /// List the possible placements of every profile (like `nvidia-smi mig -lgipp`)
     Placements(ListArgs),
     /// Show GPUs, MIG mode, instances, a slot map and leases
@@ -193,6 +193,16 @@ pub struct ListArgs {
     /// Machine-readable output (schema in docs/json.md)
     #[arg(long)]
     pub json: bool,
+}
+
+// Options of `profiles`.
+#[derive(Debug, Args, Clone, Default)]
+pub struct ProfilesArgs {
+    #[command(flatten)]
+    pub list: ListArgs,
+    /// Compute-instance profiles per GPU-instance profile (like `nvidia-smi mig -lcip`), from migrun's tables
+    #[arg(long)]
+    pub ci: bool,
 }
 
 #[derive(Debug, Args, Clone, Default)]
