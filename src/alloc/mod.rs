@@ -338,7 +338,9 @@ fn allocate_in(
                 tracing::info!(?report, "reconciled before allocating");
                 account::gc(&reg, &report);
             }
-            trail.swept.extend(report.released.iter().filter_map(ReleaseOutcome::lease));
+            trail
+                .swept
+                .extend(report.released.iter().filter_map(ReleaseOutcome::lease));
             if state.gpus.is_empty() {
                 return Err(AllocError::NoGpus);
             }

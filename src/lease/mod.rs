@@ -7,9 +7,9 @@
 //! Every reader refuses a malformed record with an error naming the file, instead of guessing: a lease
 //! registry that cannot be read must stop allocation, or the same instance could be handed out twice.
 
-mod name;
 pub mod counters;
 pub mod ledger;
+mod name;
 mod registry;
 mod slurm;
 
