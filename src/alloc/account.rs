@@ -36,7 +36,19 @@ fn refusal(e: &AllocError) -> (&'static str, Option<Refusal>) {
             ("refused_policy", Some(Refusal::Policy))
         }
         AllocError::Unsatisfiable(_) => ("unsatisfiable", Some(Refusal::Unsatisfiable)),
-        _ => ("failed", None),
+        // The driver or the state dir failed: worth a graph.
+        AllocError::Gpu(_)
+        | AllocError::CreateCi(_)
+        | AllocError::Lease(_)
+        | AllocError::Binding(_)
+        | AllocError::Unreported { .. } => ("failed", None),
+        // Bad input (an unknown profile or GPU, a bad size): the request was never one; not counted.
+        AllocError::Profile(_)
+        | AllocError::Size(_)
+        | AllocError::BadGpu { .. }
+        | AllocError::BadConfig { .. }
+        | AllocError::NoGpus
+        | AllocError::NotYours { .. } => ("", None),
     }
 }
 
@@ -48,7 +60,11 @@ pub(super) fn outcome(
     out: &Result<Lease, AllocError>,
     waited: Option<Duration>,
 ) {
-    let refused = out.as_ref().err().map(refusal);
+    let refused = out
+        .as_ref()
+        .err()
+        .map(refusal)
+        .filter(|(label, _)| !label.is_empty());
     if refused.is_none() && waited.is_none() {
         return;
     }
