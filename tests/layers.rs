@@ -80,6 +80,11 @@ fn rules() -> Vec<Rule> {
             why: "lease records and their registry sit below the policy and the allocator, and never call NVML",
         },
         Rule {
+            applies: |rel| in_room(rel, "ops"),
+            forbidden: &["crate::engine", "crate::cdi", "crate::policy::plan::plan("],
+            why: "usage and metrics read the device, the records and the ledger; they never name an engine or plan",
+        },
+        Rule {
             applies: |rel| in_room(rel, "gpu"),
             forbidden: &[
                 "crate::lease",
