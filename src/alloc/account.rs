@@ -36,14 +36,15 @@ fn refusal(e: &AllocError) -> (&'static str, Option<Refusal>) {
             ("refused_policy", Some(Refusal::Policy))
         }
         AllocError::Unsatisfiable(_) => ("unsatisfiable", Some(Refusal::Unsatisfiable)),
-        // The driver or the state dir failed: worth a graph.
-        AllocError::Gpu(_)
-        | AllocError::CreateCi(_)
-        | AllocError::Lease(_)
+        // The driver failed: worth a graph.
+        AllocError::Gpu(_) | AllocError::CreateCi(_) | AllocError::Unreported { .. } => {
+            ("failed", None)
+        }
+        // Bad input (an unknown profile or GPU, a bad size) was never a request, and a state dir that cannot be
+        // read (a malformed record, another machine's) is not one to write counters into: neither is counted.
+        AllocError::Lease(_)
         | AllocError::Binding(_)
-        | AllocError::Unreported { .. } => ("failed", None),
-        // Bad input (an unknown profile or GPU, a bad size): the request was never one; not counted.
-        AllocError::Profile(_)
+        | AllocError::Profile(_)
         | AllocError::Size(_)
         | AllocError::BadGpu { .. }
         | AllocError::BadConfig { .. }
