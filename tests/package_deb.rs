@@ -294,6 +294,12 @@ fn the_deb_installs_serves_the_engines_from_its_files_and_removes_cleanly() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
+    // The state dirs the package creates: removed again at the end if this test made them and they are empty, so
+    // the host is left as it was.
+    let had: Vec<(&str, bool)> = ["/run/migrun", "/var/lib/migrun"]
+        .iter()
+        .map(|d| (*d, Path::new(d).exists()))
+        .collect();
     let out = apt(&[
         "install",
         "-y",
@@ -329,4 +335,9 @@ fn the_deb_installs_serves_the_engines_from_its_files_and_removes_cleanly() {
     podman_checks(&Podman::new().hooks_dir(HOOKS_D), &sim);
     docker_checks(&sim);
     removal();
+    for (d, existed) in had {
+        if !existed {
+            let _ = fs::remove_dir(d);
+        }
+    }
 }
