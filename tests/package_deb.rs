@@ -76,7 +76,7 @@ fn build_deb(out: &Path) -> PathBuf {
     // Not the test's own cargo context: cargo-deb reads the manifest itself.
     for (k, _) in std::env::vars_os() {
         let k = k.to_string_lossy().into_owned();
-        if k.starts_with("CARGO_") && k != "CARGO_HOME" {
+        if k.starts_with("CARGO_") && k != "CARGO_HOME" && k != "CARGO_TARGET_DIR" {
             c.env_remove(k);
         }
     }
