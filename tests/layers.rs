@@ -81,8 +81,17 @@ fn rules() -> Vec<Rule> {
         },
         Rule {
             applies: |rel| in_room(rel, "ops"),
-            forbidden: &["crate::engine", "crate::cdi", "crate::policy::plan::plan("],
-            why: "usage and metrics read the device, the records and the ledger; they never name an engine or plan",
+            forbidden: &[
+                "crate::engine",
+                "crate::cdi",
+                "write_atomic",
+                "update_counters",
+                "std::fs::write",
+                "Ledger::append",
+                "create_gi",
+                "destroy_gi",
+            ],
+            why: "usage and metrics read the device, the records and the ledger; they change nothing and never name an engine",
         },
         Rule {
             applies: |rel| in_room(rel, "gpu"),
