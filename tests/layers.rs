@@ -88,8 +88,6 @@ fn rules() -> Vec<Rule> {
                 "update_counters",
                 "std::fs::write",
                 "Ledger::append",
-                "create_gi",
-                "destroy_gi",
             ],
             why: "usage and metrics read the device, the records and the ledger; they change nothing and never name an engine",
         },
