@@ -21,9 +21,11 @@ set -euo pipefail
 #   git                          tests/fresh_clone.rs clones the repository
 #   sudo                         tests/sudo_rule.rs runs migrun through a real sudoers rule
 #   prometheus-node-exporter     tests/metrics_node_exporter.rs serves migrun's metrics textfile through it
+#   systemd                      systemd-analyze verify (tests/package_deb.rs checks the package's units) and
+#                                systemd-tmpfiles (the package's postinst); nothing is booted or started
 PACKAGES=(sudo runc containerd docker.io podman busybox-static iproute2 iptables uidmap curl tar coreutils
   gcc libc6-dev git)
-PACKAGES+=(prometheus-node-exporter)
+PACKAGES+=(prometheus-node-exporter systemd)
 
 log() { printf 'setup-test-host: %s\n' "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
