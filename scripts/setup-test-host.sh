@@ -81,6 +81,10 @@ export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
 for b in runc dockerd docker docker-proxy containerd containerd-shim-runc-v2 ctr podman conmon ip tar sha256sum sudo visudo runuser git; do
   command -v "$b" >/dev/null || die "$b not found after installing ${PACKAGES[*]}"
 done
+# The operations tests (metrics textfile, the .deb): node-exporter, the units' verifier, private mounts.
+for b in prometheus-node-exporter systemd-analyze unshare; do
+  command -v "$b" >/dev/null || die "$b not found after installing ${PACKAGES[*]}"
+done
 busybox_ldd=$(LC_ALL=C ldd /bin/busybox 2>&1 || true)
 case "$busybox_ldd" in
   *"not a dynamic executable"*) ;;
