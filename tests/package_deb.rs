@@ -123,6 +123,11 @@ fn podman_checks(podman_plain: &Podman, sim: &Sim) {
         !refused.status.success() && err.contains("[migrun hook precreate]: exit status 1"),
         "an annotated container must be stopped by migrun's hook: {err}"
     );
+    let log = fs::read_to_string("/run/migrun/migrun.log").unwrap_or_default();
+    assert!(
+        log.contains("cannot allocate 1g.10gb (annotation migrun.profile)"),
+        "the installed hook's own message, in its log: {log}"
+    );
 
     // The same files with the simulator's env: a slice in, and back out after exit.
     let podman = Podman::new().hooks_dir(hooks_with_env(sim));
