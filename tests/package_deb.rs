@@ -111,6 +111,9 @@ fn podman_checks(podman_plain: &Podman, sim: &Sim) {
     assert_eq!(out.trim(), "plain");
     // An annotated one reaches the installed migrun, which has no GPU (no NVML) here and refuses the start (podman
     // keeps the hook's own message to itself; migrun's log has it).
+    let log_before = fs::read_to_string("/run/migrun/migrun.log")
+        .unwrap_or_default()
+        .len();
     let refused = run_output(
         podman_plain
             .run_cmd()
@@ -124,6 +127,7 @@ fn podman_checks(podman_plain: &Podman, sim: &Sim) {
         "an annotated container must be stopped by migrun's hook: {err}"
     );
     let log = fs::read_to_string("/run/migrun/migrun.log").unwrap_or_default();
+    let log = log.get(log_before..).unwrap_or_default();
     assert!(
         log.contains("cannot allocate 1g.10gb (annotation migrun.profile)"),
         "the installed hook's own message, in its log: {log}"
