@@ -9,25 +9,35 @@ mod slurm_support;
 
 use serde_json::Value;
 use slurm_support::{env_var, text, Cluster, Node};
+use std::path::Path;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
+
+const MIGRUN: &str = env!("CARGO_BIN_EXE_migrun");
 
 const NODE1: &str = "node1"; // two H100-80GB: 14 compute slices
 const NODE2: &str = "node2"; // one A100-40GB: 7 compute slices
 
 fn cluster() -> Cluster {
-    Cluster::start(vec![
-        Node {
-            name: NODE1,
-            simulate: "h100-80gb:2",
-            gres: 14,
-        },
-        Node {
-            name: NODE2,
-            simulate: "a100-40gb:1",
-            gres: 7,
-        },
-    ])
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let plugin = slurm_support::build_plugin(repo);
+    Cluster::start(
+        repo,
+        &plugin,
+        Path::new(MIGRUN),
+        vec![
+            Node {
+                name: NODE1,
+                simulate: "h100-80gb:2",
+                gres: 14,
+            },
+            Node {
+                name: NODE2,
+                simulate: "a100-40gb:1",
+                gres: 7,
+            },
+        ],
+    )
 }
 
 /// The leases of `node` held by Slurm job `job` (any step).
@@ -116,6 +126,7 @@ fn slurm_steps_get_their_own_mig_slices() {
 
     env_and_status_on_each_node(&c, &keep);
     array_across_nodes(&c, &keep);
+    steps_in_a_batch_job_share_its_slice(&c, &keep);
     cancelled_and_killed_steps(&c, &keep);
     no_room_fails_the_step_not_the_node(&c, &keep);
     fragmentation_waits_then_fails(&c, &keep);
@@ -160,7 +171,7 @@ fn env_and_status_on_each_node(c: &Cluster, keep: &[u64]) {
         let script = format!(
             "env; echo ---; MIGRUN_STATE_DIR={} MIGRUN_SIMULATE={sim} {} status --json",
             sd.display(),
-            slurm_support::MIGRUN
+            MIGRUN
         );
         let out = c.run(&["srun", "-w", node, "--mig=1g.10gb", "bash", "-c", &script]);
         assert!(
@@ -214,7 +225,7 @@ fn array_across_nodes(c: &Cluster, keep: &[u64]) {
             "#!/bin/bash\nsleep 1\nd={d}/$SLURMD_NODENAME\necho \"$SLURMD_NODENAME $SLURM_JOB_ID $CUDA_VISIBLE_DEVICES $MIGRUN_LEASE\"\n\
              MIGRUN_STATE_DIR=$d/migrun MIGRUN_SIMULATE=$(cat $d/simulate) {m} status --json > {d}/array-$SLURM_ARRAY_TASK_ID.json\nsleep 2\n",
             d = dir.display(),
-            m = slurm_support::MIGRUN
+            m = MIGRUN
         ),
     )
     .unwrap();
@@ -284,6 +295,77 @@ fn array_across_nodes(c: &Cluster, keep: &[u64]) {
         "the count GRES spread the array over both nodes: {per_node:?}"
     );
     assert_no_leases_but(c, keep, "after the array");
+}
+
+/// `sbatch --mig=1g.10gb` of a script that runs `srun`: the step (which inherits the option) shares the batch step's
+/// slice instead of taking a second one. A step that only claims a lease in its environment gets its own.
+fn steps_in_a_batch_job_share_its_slice(c: &Cluster, keep: &[u64]) {
+    let dir = c.dir();
+    let job = dir.join("batch-srun.sh");
+    std::fs::write(
+        &job,
+        "#!/bin/bash\necho batch $CUDA_VISIBLE_DEVICES $MIGRUN_LEASE\nsrun bash -c 'echo step $CUDA_VISIBLE_DEVICES $MIGRUN_LEASE'\n",
+    )
+    .unwrap();
+    let out_file = dir.join("batch-srun.out");
+    let out = c.run(&[
+        "sbatch",
+        "--wait",
+        "-w",
+        NODE1,
+        "--mig=1g.10gb",
+        "-o",
+        out_file.to_str().unwrap(),
+        job.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}\n{}", text(&out), c.logs());
+    let printed = std::fs::read_to_string(&out_file).unwrap();
+    let lines: Vec<Vec<&str>> = printed
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(lines.len(), 2, "{printed}");
+    assert_eq!((lines[0][0], lines[1][0]), ("batch", "step"), "{printed}");
+    assert!(lines[0][1].starts_with("MIG-"), "{printed}");
+    assert_eq!(
+        lines[0][1..],
+        lines[1][1..],
+        "the step shares the batch step's slice: {printed}"
+    );
+
+    // A forged hint: a manual lease on node1, named in a plain step's environment.
+    let o = c
+        .migrun(NODE1)
+        .args(["alloc", "--profile", "1g.10gb"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let manual = String::from_utf8_lossy(&o.stdout)
+        .split_whitespace()
+        .nth(2)
+        .unwrap()
+        .to_string();
+    let mut cmd = c.slurm(
+        Duration::from_secs(60),
+        &[
+            "srun",
+            "-w",
+            NODE1,
+            "--mig=1g.10gb",
+            "printenv",
+            "MIGRUN_LEASE",
+        ],
+    );
+    let out = cmd.env("MIGRUN_LEASE", &manual).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert_ne!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        manual,
+        "a lease the job names is not taken on its word"
+    );
+    let o = c.migrun(NODE1).args(["release", &manual]).output().unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    assert_no_leases_but(c, keep, "after the batch job with a step");
 }
 
 /// scancel of a running step, a killed task, a killed slurmstepd: the slice goes back (the last through gc, once

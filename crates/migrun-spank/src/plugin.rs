@@ -78,6 +78,14 @@ impl MigrunSpank {
         let Some(step) = request::step_spec(spank.job_id()?, spank.job_stepid()?) else {
             return Ok(());
         };
+        let job = spank.job_id()?;
+        if let Some(g) = self.batch_slice(spank, job, &step, req) {
+            for (k, v) in g.env() {
+                spank.setenv(k, v, true)?;
+            }
+            // Not ours to release: the batch step holds it and gives it back when the job script ends.
+            return Ok(());
+        }
         let args = request::alloc_args(req, &step, spank.job_uid()?);
         match run(&self.migrun(), &args, req.wait + ALLOC_GRACE) {
             Ok(out) if out.ok => match request::granted(&out.stdout) {
@@ -113,6 +121,39 @@ impl MigrunSpank {
             Err(e) => self.refused = Some(format!("migrun: {e}")),
         }
         Ok(())
+    }
+}
+
+impl MigrunSpank {
+    /// A step of an `sbatch --mig` job on the batch node shares the batch step's slice (`srun` in the script inherits
+    /// the option). Only when the job's environment hints at a lease (MIGRUN_LEASE) is migrun asked, so a step of a
+    /// job without one pays nothing extra.
+    fn batch_slice(
+        &self,
+        spank: &SpankHandle,
+        job: u32,
+        step: &str,
+        req: &Request,
+    ) -> Option<Granted> {
+        if step.ends_with(".batch") {
+            return None;
+        }
+        let hint: u64 = spank.getenv("MIGRUN_LEASE").ok().flatten()?.parse().ok()?;
+        let out = run(
+            &self.migrun(),
+            &["status".to_string(), "--json".to_string()],
+            ALLOC_GRACE,
+        )
+        .ok()?;
+        let g = request::batch_slice(&out.stdout, hint, job, &req.want)?;
+        spank_log(
+            LogLevel::Verbose,
+            &format!(
+                "migrun: step {step} shares the batch step's lease {} ({})",
+                g.lease, g.mig_uuid
+            ),
+        );
+        Some(g)
     }
 }
 
