@@ -204,13 +204,20 @@ fn run(migrun: &PathBuf, args: &[String], limit: Duration) -> Result<Output, Str
             Ok(None) => {
                 let _ = child.kill();
                 let _ = child.wait();
+                // The pipes close with the killed process: join the readers, so no thread of ours outlives this call.
+                let _ = (out_t.join(), err_t.join());
                 return Err(format!(
                     "{} did not answer within {}s; see `migrun status` on the node",
                     migrun.display(),
                     limit.as_secs()
                 ));
             }
-            Err(e) => return Err(format!("waiting for {} failed: {e}", migrun.display())),
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                let _ = (out_t.join(), err_t.join());
+                return Err(format!("waiting for {} failed: {e}", migrun.display()));
+            }
         }
     };
     Ok(Output {

@@ -35,6 +35,9 @@ struct Args {
     /// Unmeasured pairs first
     #[arg(long, default_value_t = 3)]
     warmup: usize,
+    /// Say that this run only checks the program works (CI): its figures are no measurement
+    #[arg(long)]
+    smoke: bool,
 }
 
 fn next_to_me(name: &str) -> PathBuf {
@@ -81,11 +84,12 @@ fn run(args: &Args) -> Result<(), String> {
         }],
     );
     println!(
-        "slurm-bench: {} pairs (+{} warm-up), alternating; one slurmd (h100-80gb:1, simulated); migrun {}; plugin {}",
+        "slurm-bench: {} pairs (+{} warm-up), alternating; one slurmd (h100-80gb:1, simulated); migrun {}; plugin {}{}",
         args.pairs,
         args.warmup,
         migrun.display(),
-        plugin.display()
+        plugin.display(),
+        if args.smoke { " (SMOKE RUN: not a measurement)" } else { "" }
     );
     let limit = Duration::from_secs(60);
     let srun = |extra: &[&str]| {
