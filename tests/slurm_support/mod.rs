@@ -64,13 +64,19 @@ fn script(repo: &Path) -> PathBuf {
 }
 
 impl Cluster {
-    /// Start a cluster of `nodes` whose plugstack loads `plugin`, which runs `migrun`. Names (netns, bridge, veths)
-    /// and the subnet come from this process's id, the controller port is picked free now, so two test runs on one
-    /// host do not collide.
-    pub fn start(repo: &Path, plugin: &Path, migrun: &Path, nodes: Vec<Node>) -> Cluster {
+    /// Start a cluster of `nodes` whose plugstack loads `plugin`, which runs `migrun`, with its files (and the nodes'
+    /// migrun state dirs) in a new directory under `under`. Names (netns, bridge, veths) and the subnet come from
+    /// this process's id, the controller port is picked free now, so two test runs on one host do not collide.
+    pub fn start(
+        repo: &Path,
+        plugin: &Path,
+        migrun: &Path,
+        under: &Path,
+        nodes: Vec<Node>,
+    ) -> Cluster {
         let dir = tempfile::Builder::new()
             .prefix("migrun-slurm-")
-            .tempdir()
+            .tempdir_in(under)
             .unwrap();
         let pid = std::process::id();
         let tag = format!("{:05}", pid % 100_000);

@@ -21,6 +21,9 @@ const DEFAULT_MIGRUN: &str = "/usr/bin/migrun";
 /// not hang slurmstepd forever).
 const ALLOC_GRACE: Duration = Duration::from_secs(120);
 
+/// How long `run` polls migrun every millisecond before it slows down (a `--mig-wait` may last minutes).
+const POLL_FINE: Duration = Duration::from_millis(500);
+
 /// The plugin's state in one slurmstepd (one job step on one node).
 #[derive(Default)]
 pub struct MigrunSpank {
@@ -200,7 +203,14 @@ fn run(migrun: &PathBuf, args: &[String], limit: Duration) -> Result<Output, Str
     let status = loop {
         match child.try_wait() {
             Ok(Some(s)) => break s,
-            Ok(None) if start.elapsed() < limit => std::thread::sleep(Duration::from_millis(10)),
+            // Poll finely at first: migrun usually answers within a few milliseconds, and every step waits on it.
+            Ok(None) if start.elapsed() < limit => {
+                std::thread::sleep(if start.elapsed() < POLL_FINE {
+                    Duration::from_millis(1)
+                } else {
+                    Duration::from_millis(20)
+                })
+            }
             Ok(None) => {
                 let _ = child.kill();
                 let _ = child.wait();

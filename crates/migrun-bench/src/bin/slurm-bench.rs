@@ -35,6 +35,9 @@ struct Args {
     /// Unmeasured pairs first
     #[arg(long, default_value_t = 3)]
     warmup: usize,
+    /// Where the cluster's files and the node's migrun state dir go (tmpfs, like production's /run)
+    #[arg(long, default_value = "/dev/shm")]
+    work_dir: PathBuf,
     /// Say that this run only checks the program works (CI): its figures are no measurement
     #[arg(long)]
     smoke: bool,
@@ -77,6 +80,7 @@ fn run(args: &Args) -> Result<(), String> {
         &repo,
         &plugin,
         &migrun,
+        &args.work_dir,
         vec![Node {
             name: "node1",
             simulate: "h100-80gb:1",
@@ -84,9 +88,10 @@ fn run(args: &Args) -> Result<(), String> {
         }],
     );
     println!(
-        "slurm-bench: {} pairs (+{} warm-up), alternating; one slurmd (h100-80gb:1, simulated); migrun {}; plugin {}{}",
+        "slurm-bench: {} pairs (+{} warm-up), alternating; one slurmd (h100-80gb:1, simulated); files under {}; migrun {}; plugin {}{}",
         args.pairs,
         args.warmup,
+        args.work_dir.display(),
         migrun.display(),
         plugin.display(),
         if args.smoke { " (SMOKE RUN: not a measurement)" } else { "" }
