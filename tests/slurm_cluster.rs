@@ -25,6 +25,7 @@ fn cluster() -> Cluster {
         repo,
         &plugin,
         Path::new(MIGRUN),
+        &std::env::temp_dir(),
         vec![
             Node {
                 name: NODE1,
