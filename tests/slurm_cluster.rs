@@ -67,6 +67,14 @@ fn assert_no_leases_but(c: &Cluster, except: &[u64], when: &str) {
             "{when}: {n} still holds {left:#?}\n{}",
             c.logs()
         );
+        // And no instance beyond those the excepted steps hold.
+        let kept = c.leases(n).len();
+        assert_eq!(
+            c.instances(n),
+            kept,
+            "{when}: {n} has instances nobody holds: {:#}",
+            c.status(n)
+        );
     }
 }
 
