@@ -53,6 +53,15 @@ pub(crate) fn cancelled_and_killed_steps(c: &Cluster, keep: &[u64]) {
     let l = wait_lease(c, NODE2, |_| true);
     let job = l["holder"]["job"].as_u64().unwrap();
     let stepd = l["holder"]["pid"].as_u64().unwrap();
+    // Kill it only once the task runs: before that, migrun alloc may still be writing its answer, and a migrun whose
+    // caller died before learning the lease rolls it back itself (`alloc` exit 1, nothing left to find).
+    let running = c.eventually(Duration::from_secs(30), || {
+        std::process::Command::new("pgrep")
+            .args(["-f", "^(/usr/bin/)?sleep 302$"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    });
+    assert!(running, "the task ran\n{}", c.logs());
     let comm = std::fs::read_to_string(format!("/proc/{stepd}/comm")).unwrap_or_default();
     assert!(
         comm.starts_with("slurmstepd"),
