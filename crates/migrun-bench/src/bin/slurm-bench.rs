@@ -70,7 +70,7 @@ fn run(args: &Args) -> Result<(), String> {
     for p in [&migrun, &plugin] {
         if !p.is_file() {
             return Err(format!(
-                "{} not found; build it (cargo build --release --bin migrun -p migrun-spank) or pass --migrun/--plugin",
+                "{} not found; build them (cargo build --release -p migrun -p migrun-spank) or pass --migrun/--plugin",
                 p.display()
             ));
         }
