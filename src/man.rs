@@ -35,7 +35,7 @@ const EXAMPLES: &[(&str, &str)] = &[
     ),
     (
         "migrun alloc --profile 3g.40gb --json",
-        "Allocate for a Slurm prolog or a JupyterHub spawner; give it back with migrun release.",
+        "Allocate for the Slurm plugin or a JupyterHub spawner; give it back with migrun release.",
     ),
     (
         "migrun --simulate h100-80gb:8 status",
