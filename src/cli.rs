@@ -12,7 +12,7 @@ const AFTER_HELP: &str = "\
 Examples:
   migrun --profile 3g.40gb -it --rm nvcr.io/nvidia/pytorch:24.05-py3 python
   migrun --profile 1g.10gb --wait=300 -d -p 8888:8888 jupyter/base-notebook
-  migrun alloc --profile 3g.40gb --json        # for Slurm prologs / JupyterHub spawners
+  migrun alloc --profile 3g.40gb --json        # for JupyterHub spawners and scripts
   migrun release 7
   migrun --simulate h100-80gb:8 status         # try it without a GPU
 
@@ -76,8 +76,8 @@ pub struct GlobalArgs {
 pub enum Command {
     /// Run a container on a MIG slice (the default when no command word is given)
     Run(RunArgs),
-    /// List GPU-instance profiles per GPU with free/total counts (like `nvidia-smi mig -lgip`)
-    Profiles(ListArgs),
+    /// List GPU-instance profiles per GPU with free/total counts (like `nvidia-smi mig -lgip`); --ci: compute-instance profiles (like -lcip)
+    Profiles(ProfilesArgs),
     /// List the possible placements of every profile (like `nvidia-smi mig -lgipp`)
     Placements(ListArgs),
     /// Show GPUs, MIG mode, instances, a slot map and leases
@@ -195,6 +195,16 @@ pub struct ListArgs {
     pub json: bool,
 }
 
+// Options of `profiles`.
+#[derive(Debug, Args, Clone, Default)]
+pub struct ProfilesArgs {
+    #[command(flatten)]
+    pub list: ListArgs,
+    /// Compute-instance profiles per GPU-instance profile (like `nvidia-smi mig -lcip`), from migrun's tables
+    #[arg(long)]
+    pub ci: bool,
+}
+
 #[derive(Debug, Args, Clone, Default)]
 pub struct AllocArgs {
     #[command(flatten)]
@@ -206,7 +216,7 @@ pub struct AllocArgs {
     /// Tie the lease to Slurm job step JOB.STEP (42.0, 42.batch) and to the calling process (slurmstepd); plain root only, for the migrun SPANK plugin
     #[arg(long, value_name = "JOB.STEP", conflicts_with = "holder_pid")]
     pub slurm_step: Option<crate::lease::SlurmStep>,
-    /// Charge the lease to this user (per-user limits, who may release it); root only, for Slurm prologs and JupyterHub spawners
+    /// Charge the lease to this user (per-user limits, who may release it); root only, for the Slurm plugin and JupyterHub spawners
     #[arg(long, value_name = "UID")]
     pub for_uid: Option<u32>,
     /// Record a one-time hand-over token for the lease and print it (JSON): a container whose config carries the lease and the token takes the lease over (`MIGRUN_LEASE` + `MIGRUN_HANDOVER`); plain root only, for JupyterHub spawners (docs/leases.md)

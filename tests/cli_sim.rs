@@ -495,3 +495,85 @@ fn without_a_driver_every_command_fails_fast_and_clearly() {
         assert!(err.contains("--simulate"), "{err}");
     }
 }
+
+/// `profiles --ci` (issue 22): the compute-instance profiles migrun's tables hold for a model, per
+/// GPU-instance profile, as `nvidia-smi mig -lcip` lists them for one GPU instance; every
+/// GPU-instance profile the tables lack is named unknown, and a model without rows says so. Asking
+/// for a compute instance is still refused as not yet supported, with nothing allocated.
+#[test]
+fn profiles_ci_lists_the_tables_and_names_what_is_unknown() {
+    let t = tempfile::tempdir().unwrap();
+    let s = t.path().join("s");
+    let doc = json_of(migrun("a100-80gb", &s).args(["profiles", "--ci", "--json"]));
+    let g = &doc["gpus"][0];
+    assert_eq!(g["name"], "NVIDIA A100-SXM4-80GB");
+    let table = |gi: &str| -> Vec<(String, Value, Value)> {
+        g["gi_profiles"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["gi_profile"] == gi)
+            .unwrap_or_else(|| panic!("{gi}: {g}"))["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                (
+                    r["name"].as_str().unwrap().to_string(),
+                    r["max_count"].clone(),
+                    r["default"].clone(),
+                )
+            })
+            .collect()
+    };
+    let row = |n: &str, c: u64, d: bool| (n.to_string(), Value::from(c), Value::from(d));
+    assert_eq!(
+        table("3g.40gb"),
+        [
+            row("1c.3g.40gb", 3, false),
+            row("2c.3g.40gb", 1, false),
+            row("3g.40gb", 1, true)
+        ]
+    );
+    assert_eq!(
+        table("4g.40gb"),
+        [
+            row("1c.4g.40gb", 4, false),
+            row("2c.4g.40gb", 2, false),
+            row("4g.40gb", 1, true)
+        ]
+    );
+    let unknown: Vec<&str> = g["unknown_gi_profiles"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert!(
+        unknown.contains(&"7g.80gb") && !unknown.contains(&"3g.40gb"),
+        "{unknown:?}"
+    );
+
+    let out = migrun("h200-141gb", &t.path().join("h200"))
+        .args(["profiles", "--ci"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(
+            "no compute-instance profiles in migrun's tables for this model yet (unknown)"
+        ),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+
+    let out = migrun("a100-80gb", &s)
+        .args(["alloc", "--profile", "1c.3g.40gb"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("not yet supported"), "{err}");
+    let status = json_of(migrun("a100-80gb", &s).args(["status", "--json"]));
+    assert_eq!(status["leases"], serde_json::json!([]), "{status}");
+}

@@ -173,6 +173,109 @@ pub fn profiles(ctx: &Ctx, a: &ListArgs) -> Result<i32> {
     Ok(0)
 }
 
+/// `migrun profiles --ci`: per GPU, the compute-instance profiles of each GPU-instance profile, as
+/// `nvidia-smi mig -lcip` lists them for one GPU instance of that profile, from migrun's tables
+/// (`gpu::ci_tables`; NVML reports them only for a GPU instance that exists). What the tables lack
+/// is said to be unknown.
+pub fn ci_profiles(ctx: &Ctx, a: &ListArgs) -> Result<i32> {
+    use crate::gpu::ci_tables;
+    let mut backend = ctx.read_backend()?;
+    let gpus = selected(&mut *backend, a.gpu.as_deref(), false)?;
+    let mut docs = Vec::new();
+    let mut text = Vec::new();
+    for g in &gpus {
+        let tables = ci_tables::for_product(&g.info.name)?;
+        let known: Vec<String> = tables
+            .iter()
+            .flat_map(|m| &m.tables)
+            .map(|t| t.gi_profile.to_string())
+            .collect();
+        let unknown: Vec<String> = display_order(&g.profiles)
+            .into_iter()
+            .map(|p| p.short_name().to_string())
+            .filter(|n| !known.contains(n))
+            .collect();
+        docs.push(serde_json::json!({
+            "index": g.info.index,
+            "uuid": g.info.uuid,
+            "name": g.info.name,
+            "model": tables.as_ref().map(|m| &m.model),
+            "note": tables.as_ref().and_then(|m| m.note.as_ref()),
+            "gi_profiles": tables.as_ref().map(|m| &m.tables),
+            "unknown_gi_profiles": unknown,
+        }));
+        let head = format!("GPU {} ({})", g.info.index, g.info.name);
+        if g.info.mig.is_none() {
+            text.push(format!("{head} is not MIG-capable"));
+            continue;
+        }
+        let Some(m) = tables else {
+            text.push(format!("{head}: no compute-instance profiles in migrun's tables for this model yet (unknown); on the GPU, `nvidia-smi mig -lcip` lists them once a GPU instance exists"));
+            continue;
+        };
+        text.push(format!("{head}: compute-instance profiles per GPU-instance profile (migrun's tables, data/mig-profiles.json; ? = unknown, * = the default compute instance)"));
+        for t in &m.tables {
+            text.push(format!(
+                "  GPU instance {} (sources: {})",
+                t.gi_profile,
+                t.sources.join(", ")
+            ));
+            text.push(format!(
+                "    {:<14} {:>3} {:>5} {:>6} {:>9} {:>4} {:>3} {:>3} {:>3} {:>4} {:>3}",
+                "Name",
+                "ID",
+                "Index",
+                "Slices",
+                "Instances",
+                "SM",
+                "CE",
+                "DEC",
+                "ENC",
+                "JPEG",
+                "OFA"
+            ));
+            for r in &t.rows {
+                text.push(format!(
+                    "    {:<14} {:>3} {:>5} {:>6} {:>9} {:>4} {:>3} {:>3} {:>3} {:>4} {:>3}",
+                    format!("{}{}", r.name, if r.default { "*" } else { "" }),
+                    unknown_or(r.profile_id),
+                    unknown_or(r.nvml_index),
+                    r.compute_slices,
+                    unknown_or(r.max_count),
+                    unknown_or(r.sm),
+                    unknown_or(r.shared_ce),
+                    unknown_or(r.shared_dec),
+                    unknown_or(r.shared_enc),
+                    unknown_or(r.shared_jpeg),
+                    unknown_or(r.shared_ofa),
+                ));
+            }
+        }
+        if let Some(n) = &m.note {
+            text.push(format!("  note: {n}"));
+        }
+        if !unknown.is_empty() {
+            text.push(format!(
+                "  unknown (not in migrun's tables yet): the compute-instance profiles of {}",
+                unknown.join(", ")
+            ));
+        }
+        text.push(
+            "  placements inside a GPU instance (nvidia-smi mig -lcipp): unknown for every profile"
+                .into(),
+        );
+    }
+    if a.json {
+        let doc = serde_json::json!({ "schema": SCHEMA_VERSION, "gpus": docs });
+        crate::outln!("{}", serde_json::to_string_pretty(&doc)?);
+    } else {
+        for line in text {
+            crate::outln!("{line}");
+        }
+    }
+    Ok(0)
+}
+
 /// One `-lgipp` line: `GPU  0 Profile ID 19 Placements: {0,1,2,3,4,5,6}:1`.
 pub fn placement_line(gpu: u32, p: &GiProfile) -> String {
     let starts: Vec<String> = p.placements.iter().map(|x| x.start.to_string()).collect();

@@ -246,7 +246,8 @@ pub fn run(cli: Cli) -> Result<i32> {
     }
     match command {
         Command::Run(a) => launch::run(&ctx, a),
-        Command::Profiles(a) => list::profiles(&ctx, &a),
+        Command::Profiles(a) if a.ci => list::ci_profiles(&ctx, &a.list),
+        Command::Profiles(a) => list::profiles(&ctx, &a.list),
         Command::Placements(a) => list::placements(&ctx, &a),
         Command::Status(a) => list::status(&ctx, &a),
         Command::Alloc(a) => alloc::alloc(&ctx, &a),

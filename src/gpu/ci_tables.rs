@@ -10,9 +10,15 @@ use crate::profile::{CiProfileName, ProfileName};
 use serde::Deserialize;
 use serde_json::Value;
 
+/// Profile names go into JSON as users write them (`1c.3g.40gb`), as everywhere in migrun's output.
+fn as_text<T: std::fmt::Display, S: serde::Serializer>(v: &T, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(v)
+}
+
 /// One compute-instance profile of a GPU-instance profile.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct CiProfileRow {
+    #[serde(serialize_with = "as_text")]
     pub name: CiProfileName,
     /// `NVML_COMPUTE_INSTANCE_PROFILE_*` of its slice count.
     pub nvml_index: Option<u32>,
@@ -36,6 +42,7 @@ pub struct CiProfileRow {
 /// The compute-instance profiles of one GPU-instance profile of a model.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct CiTable {
+    #[serde(serialize_with = "as_text")]
     pub gi_profile: ProfileName,
     /// Keys of the data file's `sources`.
     pub sources: Vec<String>,
@@ -202,9 +209,148 @@ pub fn for_product(product: &str) -> Result<Option<ModelCiTables>, CiTableError>
     Ok(all()?.into_iter().find(|m| m.model.starts_with(prefix)))
 }
 
+/// Why a compute-instance profile cannot be resolved on a GPU.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CiResolveError {
+    /// The GPU-instance profile it lives in does not exist on the GPU.
+    #[error(transparent)]
+    GiProfile(#[from] crate::profile::ProfileError),
+    #[error("the compute-instance profiles of {gi} on {gpu} ({model}) are not in migrun's tables yet (unknown){}; see `migrun profiles --ci`", if .known.is_empty() { String::new() } else { format!(": it knows those of {}", .known.join(", ")) })]
+    Unknown {
+        gi: ProfileName,
+        gpu: String,
+        model: String,
+        known: Vec<String>,
+    },
+    #[error("compute-instance profile {given} does not exist in a {gi} GPU instance on {gpu} ({model}); valid there: {valid}")]
+    NoSuchProfile {
+        given: CiProfileName,
+        gi: ProfileName,
+        gpu: String,
+        model: String,
+        valid: String,
+    },
+    #[error(transparent)]
+    Table(#[from] CiTableError),
+}
+
+impl crate::exit::ExitCodeOf for CiResolveError {
+    fn exit_code(&self) -> i32 {
+        match self {
+            CiResolveError::Table(e) => e.exit_code(),
+            _ => crate::exit::USAGE,
+        }
+    }
+}
+
+/// Resolve `ci` on the GPU named `product` (labelled `gpu` in messages) that reports `profiles`:
+/// its GPU-instance profile must exist there, and the tables must list `ci` among that profile's
+/// compute instances. Unknown is an error, never a guess.
+pub fn resolve(
+    ci: &CiProfileName,
+    profiles: &[super::GiProfile],
+    gpu: &str,
+    product: &str,
+) -> Result<CiProfileRow, CiResolveError> {
+    use crate::profile::ProfileSpec;
+    let gi = super::names::resolve(&ProfileSpec::Name(ci.gi), profiles, gpu, product)?;
+    let gi_name = gi.parsed_name().unwrap_or(ci.gi);
+    let model = for_product(product)?;
+    let unknown = |known: Vec<String>| CiResolveError::Unknown {
+        gi: gi_name,
+        gpu: gpu.to_string(),
+        model: product.to_string(),
+        known,
+    };
+    let Some(model) = model else {
+        return Err(unknown(Vec::new()));
+    };
+    let Some(table) = model.tables.iter().find(|t| t.gi_profile == gi_name) else {
+        let known = model
+            .tables
+            .iter()
+            .map(|t| t.gi_profile.to_string())
+            .collect();
+        return Err(unknown(known));
+    };
+    table
+        .rows
+        .iter()
+        .find(|r| r.name == *ci)
+        .cloned()
+        .ok_or_else(|| CiResolveError::NoSuchProfile {
+            given: *ci,
+            gi: gi_name,
+            gpu: gpu.to_string(),
+            model: product.to_string(),
+            valid: table
+                .rows
+                .iter()
+                .map(|r| r.name.to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn resolution_on_every_model_table() {
+        use crate::gpu::sim::models;
+        // (model key, request, Ok(profile ID or None if unknown) or words of the refusal)
+        type Case = (
+            &'static str,
+            &'static str,
+            Result<Option<u32>, &'static str>,
+        );
+        let cases: &[Case] = &[
+            ("a100-80gb", "1c.3g.40gb", Ok(Some(0))),
+            ("a100-80gb", "MIG 2c.3g.40gb", Ok(Some(1))),
+            ("a100-80gb", "3g.40gb", Ok(Some(2))),
+            ("a100-80gb", "2c.4g.40gb", Ok(Some(1))),
+            ("a100-80gb", "4c.4g.40gb", Ok(Some(3))),
+            ("a100-80gb", "3c.4g.40gb", Err("does not exist in a 4g.40gb GPU instance")),
+            ("a100-80gb", "1c.7g.80gb", Err("of 7g.80gb on GPU 0 (NVIDIA A100-SXM4-80GB) are not in migrun's tables yet (unknown): it knows those of 3g.40gb, 4g.40gb")),
+            ("a100-80gb", "1c.3g.20gb", Err("profile 3g.20gb does not exist on GPU 0")),
+            ("h100-80gb", "1c.3g.40gb", Ok(None)),
+            ("h100-80gb", "2c.3g.40gb", Err("valid there: 1c.3g.40gb")),
+            ("h100-80gb", "1c.2g.20gb", Err("not in migrun's tables yet (unknown)")),
+        ];
+        let mut seen = std::collections::BTreeSet::new();
+        for (key, given, want) in cases {
+            let m = models::model(key).unwrap();
+            let ci: CiProfileName = given.parse().unwrap();
+            match (resolve(&ci, &m.profiles, "GPU 0", m.product), want) {
+                (Ok(row), Ok(id)) => assert_eq!(row.profile_id, *id, "{key} {given}"),
+                (Err(e), Err(words)) => {
+                    let msg = e.to_string();
+                    assert!(msg.contains(words), "{key} {given}: {msg}");
+                    assert!(!msg.contains('\n'));
+                    assert_eq!(crate::exit::ExitCodeOf::exit_code(&e), crate::exit::USAGE);
+                }
+                (got, want) => panic!("{key} {given}: got {got:?}, want {want:?}"),
+            }
+            seen.insert(*key);
+        }
+        // Every other simulatable model: nothing known, said so for each of its profiles.
+        for key in models::simulatable_keys() {
+            if seen.contains(key) {
+                continue;
+            }
+            let m = models::model(key).unwrap();
+            for p in &m.profiles {
+                let Some(gi) = p.parsed_name() else { continue };
+                let ci = CiProfileName { ci_slices: 1, gi };
+                let e = resolve(&ci, &m.profiles, "GPU 0", m.product).unwrap_err();
+                assert!(
+                    matches!(e, CiResolveError::Unknown { ref known, .. } if known.is_empty()),
+                    "{key} {ci}: {e}"
+                );
+            }
+        }
+    }
 
     #[test]
     fn every_row_reads_and_the_sourced_rows_are_as_listed() {
