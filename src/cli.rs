@@ -220,7 +220,7 @@ pub struct AllocArgs {
     #[arg(long, value_name = "UID")]
     pub for_uid: Option<u32>,
     /// Record a one-time hand-over token for the lease and print it (JSON): a container whose config carries the lease and the token takes the lease over (`MIGRUN_LEASE` + `MIGRUN_HANDOVER`); plain root only, for JupyterHub spawners (docs/leases.md)
-    #[arg(long, requires_all = ["holder_pid", "json"])]
+    #[arg(long)]
     pub handover: bool,
     /// Name the lease: its CDI device `migrun.io/mig=NAME` and a `release` target; unique among live leases
     #[arg(long, value_name = "NAME")]

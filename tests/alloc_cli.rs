@@ -372,11 +372,11 @@ fn handover_alloc_is_root_only_charged_to_the_user_and_collected_with_its_holder
     let args = handover("2001");
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
 
-    // Bad combinations are clap's usage errors; a sudo user and a non-root caller are refused.
+    // Bad combinations are one line each (docs/bad-inputs.md); a sudo user and a non-root caller are refused.
     for (bad, needle) in [
         (
             vec!["alloc", "--profile", "1g.10gb", "--handover", "--json"],
-            "--holder-pid",
+            "--handover needs --holder-pid PID",
         ),
         (
             vec![
@@ -387,10 +387,11 @@ fn handover_alloc_is_root_only_charged_to_the_user_and_collected_with_its_holder
                 &pid,
                 "--handover",
             ],
-            "--json",
+            "--handover needs --json",
         ),
     ] {
-        fails(&sim, &bad, 2, needle);
+        let err = fails(&sim, &bad, 2, needle);
+        assert_eq!(err.trim_end().lines().count(), 1, "{err}");
     }
     let out = sim.cmd(&args).env("SUDO_UID", "2001").output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);

@@ -114,6 +114,29 @@ fn lease_of_a_live_process_named_by_a_forged_config(sim: &Sim) {
     );
 }
 
+/// Lease 1 handed over by `alloc --handover` (held by this test's process, which stays alive), and a
+/// bundle that names it with a guessed token in env, as docker would pass a spawner's container.
+fn handover_lease_named_with_a_guessed_token(sim: &Sim) {
+    let pid = std::process::id().to_string();
+    let o = sim
+        .cmd(&[
+            "alloc",
+            "--profile",
+            "1g.10gb",
+            "--holder-pid",
+            &pid,
+            "--handover",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    bundle(
+        sim,
+        r#"{"process": {"env": ["MIGRUN_PROFILE=1g.10gb", "MIGRUN_LEASE=1", "MIGRUN_HANDOVER=0123456789abcdef0123456789abcdef"]}}"#,
+    );
+}
+
 fn case(id: &str, sim: &Sim) -> Option<Case> {
     let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
     let launcher = |extra: &[&str]| {
@@ -475,6 +498,47 @@ fn case(id: &str, sim: &Sim) -> Option<Case> {
                 )
             }
         }
+        "shim-wrong-handover" => {
+            let b = sim.tmp.path().join("bundle").display().to_string();
+            c(
+                "",
+                handover_lease_named_with_a_guessed_token,
+                s(&["runtime", "create", "--bundle", &b, "cid"]),
+            )
+        }
+        "sudo-handover" => Case {
+            env: vec![("SUDO_UID", "1001".into())],
+            ..c(
+                "",
+                init,
+                s(&[
+                    "alloc",
+                    "--profile",
+                    "1g.10gb",
+                    "--holder-pid",
+                    "1",
+                    "--handover",
+                    "--json",
+                ]),
+            )
+        },
+        "cli-handover-without-holder" => c(
+            "",
+            init,
+            s(&["alloc", "--profile", "1g.10gb", "--handover", "--json"]),
+        ),
+        "cli-handover-without-json" => c(
+            "",
+            init,
+            s(&[
+                "alloc",
+                "--profile",
+                "1g.10gb",
+                "--holder-pid",
+                "1",
+                "--handover",
+            ]),
+        ),
         "shim-unreadable-args" => {
             let b = bundle(sim, r#"{"annotations": {"migrun.profile": "1g.10gb"}}"#);
             c(
@@ -694,6 +758,10 @@ fn every_documented_bad_input_fails_cleanly_and_leaves_nothing() {
         "cli-non-ascii-lease",
         "cli-bad-slurm-step",
         "cli-slurm-step-and-holder-pid",
+        "cli-handover-without-holder",
+        "cli-handover-without-json",
+        "sudo-handover",
+        "shim-wrong-handover",
         "mig-disable-pending",
         "cfg-unknown-key",
         "cfg-bad-type",

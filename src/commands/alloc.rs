@@ -74,8 +74,24 @@ fn slurm_holder(step: crate::lease::SlurmStep) -> Result<Holder> {
 /// `--handover` only for plain root: the token lets whoever holds it give the lease to any container
 /// it starts, and the record it makes is root's (the state dir). Checked before anything is allocated.
 fn check_handover(a: &AllocArgs) -> Result<()> {
+    if !a.handover {
+        return Ok(());
+    }
+    // Checked here rather than by clap, for one line that says why each is needed.
+    if a.holder_pid.is_none() {
+        return Err(InputError::Other(
+            "--handover needs --holder-pid PID: the spawner's own process, which holds the lease until its container takes it over (and whose death lets gc free it)".into(),
+        )
+        .into());
+    }
+    if !a.json {
+        return Err(InputError::Other(
+            "--handover needs --json: the hand-over token is printed only there, for the spawner to pass to the container (MIGRUN_LEASE and MIGRUN_HANDOVER in its env)".into(),
+        )
+        .into());
+    }
     let caller = crate::caller::Caller::current();
-    if a.handover && !caller.is_plain_root() {
+    if !caller.is_plain_root() {
         return Err(InputError::Other(format!(
             "--handover is for a spawner running as root (JupyterHub's MigrunSpawner) that hands the lease to a container it starts; you are uid {}{}. Start the container with migrun's runtime or launcher instead (docs/jupyter.md)",
             caller.uid,
