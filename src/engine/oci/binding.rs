@@ -1,4 +1,4 @@
-//! What binds a lease to its container: the container id and bundle the runtime reported, recorded in the holder, and the one-time token podman's precreate hands its lease over with; never the container's own annotations.
+//! What binds a lease to its container: the container id and bundle the runtime reported, recorded in the holder, and the one-time token a lease is handed over with (podman's precreate, a spawner's `alloc --handover`); never the container's own annotations.
 //!
 //! A container controls its config.json: annotations, env, even `io.container.manager`. Lease ids
 //! are small integers and MIG UUIDs are public, so a `migrun.lease=N` marker proves nothing about who
@@ -12,7 +12,11 @@
 //! - podman's precreate, which runs before there is a container id, records a [`Handover`]: a random
 //!   token (written into the config it returns as the `migrun.handover` annotation) and the engine
 //!   process holding the lease; prestart takes the lease over only with that token, and only while the
-//!   lease is still held by that process.
+//!   lease is still held by that process;
+//! - a root spawner's `migrun alloc --handover` records the same kind of [`Handover`] for a lease held
+//!   by the spawner's process, and gives the token to the container it starts (as the `migrun.handover`
+//!   annotation, or the `MIGRUN_HANDOVER` env where docker cannot set annotations); the shim or prestart
+//!   takes the lease over by the same rule.
 //!
 //! The token lives in a record of its own under the state dir (`handover/<lease>.json`), not in the
 //! lease, because `migrun status --json` prints leases to whoever may run it.
@@ -33,12 +37,12 @@ pub const ENV_HANDOVER: &str = "MIGRUN_HANDOVER";
 const SEP: char = '|';
 const BUNDLE_KEY: &str = "bundle=";
 
-/// A lease made by podman's precreate, waiting for prestart to hand it to the container.
+/// A lease made by podman's precreate or a spawner's `alloc --handover`, waiting for its container to take it over.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Handover {
     pub lease: LeaseId,
-    /// 128 random bits, hex; the same string precreate wrote into the config's `migrun.handover`.
+    /// 128 random bits, hex; the same string the container's config carries (`migrun.handover`, `MIGRUN_HANDOVER`).
     pub token: String,
     /// The holder precreate gave the lease (the engine process, its parent); a hand-over is valid only
     /// while the lease is still held by exactly this.
