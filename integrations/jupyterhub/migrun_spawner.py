@@ -326,11 +326,12 @@ class MigrunSpawner(DockerSpawner):
             self._migrun_lease = await self._allocate(self._migrun_profile)
         try:
             result = await super().start()
-        except Exception as e:
+        except BaseException as e:
+            # Also a cancelled start: the hub's process outlives it, so gc would not free the lease.
             await self._remove_failed()
             if self._migrun_lease:
                 await self._release_unstarted(self._migrun_lease)
-            if isinstance(e, MigrunError):
+            if isinstance(e, MigrunError) or not isinstance(e, Exception):
                 raise
             raise MigrunError(migrun_line(getattr(e, "explanation", None) or e)) from e
         finally:
