@@ -101,3 +101,37 @@ fn the_shim_takes_a_spawners_lease_once_with_its_token_and_keeps_its_uid() {
     assert_eq!(ops.allocations, 0);
     assert!(ops.releases.is_empty());
 }
+
+#[test]
+fn prestart_takes_a_spawners_lease_with_the_token_in_env_too() {
+    let hub = Holder::Process {
+        pid: 1,
+        start_time: 1,
+    };
+    let token = binding::new_token().unwrap();
+    let mut ops = FakeOps::default();
+    ops.leases.push(lease(3, "MIG-3", hub.clone()));
+    ops.handovers.push(Handover {
+        lease: 3,
+        token: token.clone(),
+        holder: hub,
+        created_at: 0,
+    });
+    // The hooks path (no shim): the config must also name the device, as for podman's precreate.
+    let mut spec = handed("3", &token);
+    spec["process"]["env"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!("NVIDIA_VISIBLE_DEVICES=MIG-3"));
+    let (_t, b, _) = bundle(&spec);
+    assert!(matches!(
+        prestart(&state("c", &b), &mut ops, Some("runc")).unwrap(),
+        Outcome::Adopted { lease: 3, .. }
+    ));
+    assert!(binding::bound_to(
+        &ops.leases[0],
+        "c",
+        &b.canonicalize().unwrap()
+    ));
+    assert!(ops.handovers.is_empty());
+}
