@@ -488,7 +488,14 @@ pub fn shim_create(
     };
     let bundle = binding::canonical_bundle(bundle);
     let holder = binding::container_holder(container, engine, &bundle, waiter);
-    let handed = match (lease_marker(&cfg.spec)?, handover_token(&cfg.spec)?) {
+    // The marker is read only when a token comes with it: alone it proves nothing, and the shim has
+    // always replaced it, however malformed, with the marker of the container's own lease.
+    let token = handover_token(&cfg.spec)?;
+    let marker = match &token {
+        Some(_) => lease_marker(&cfg.spec)?,
+        None => None,
+    };
+    let handed = match (marker, token) {
         (Some(id), Some(token)) => Some(shim_take_over(
             ops,
             &cfg,
