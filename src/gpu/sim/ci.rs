@@ -221,6 +221,23 @@ impl SimMachine {
         self.create_ci_anywhere(gpu, gi, id)
     }
 
+    /// A compute instance's profile ID and placement inside its GI (nvmlComputeInstanceGetInfo).
+    pub fn ci_details(&self, gpu: u32, gi: u32, ci: u32) -> Result<(u32, Placement), Code> {
+        let (gp, cis) = self.gi_profile_of(gpu, gi)?;
+        let c = cis.iter().find(|c| c.id == ci).ok_or(Code::NotFound)?;
+        let id = match c.profile_id {
+            Some(id) => id,
+            None => {
+                offered(self.model(gpu)?.product, &gp)
+                    .iter()
+                    .find(|p| p.slice_count == gp.slice_count)
+                    .ok_or(Code::Unknown)?
+                    .id
+            }
+        };
+        Ok((id, ci_placement(c, gp.slice_count)))
+    }
+
     /// Attach (or with 0, detach) simulated compute processes to one compute instance.
     pub fn set_ci_processes(&mut self, gpu: u32, gi: u32, ci: u32, count: u32) -> Result<(), Code> {
         let g = self
