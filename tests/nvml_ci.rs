@@ -56,6 +56,18 @@ fn three_1c_in_one_3g_through_nvml() {
         b.instances(0).unwrap(),
         fake.machine().instances(0).unwrap()
     );
+    // Where each sits, as NVML's compute-instance info reports it.
+    let placed = b.ci_placements(0, gi).unwrap();
+    assert_eq!(placed, fake.machine().ci_placements(0, gi).unwrap());
+    let slices: Vec<(u32, u32)> = placed
+        .iter()
+        .map(|c| (c.placement.start, c.placement.size))
+        .collect();
+    assert_eq!(
+        slices,
+        [(2, 1), (0, 1), (1, 1)],
+        "by CI id, in creation order"
+    );
     assert!(b
         .ci_profiles(0, gi)
         .unwrap()

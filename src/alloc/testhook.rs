@@ -165,6 +165,13 @@ impl Backend for FaultInjector<'_> {
         self.check(Op::CreateCi, "creating a compute instance", gpu)?;
         self.inner.create_ci(gpu, gi, profile_id, start)
     }
+    fn ci_placements(
+        &mut self,
+        gpu: u32,
+        gi: u32,
+    ) -> Result<Vec<crate::gpu::CiPlacement>, GpuError> {
+        self.inner.ci_placements(gpu, gi)
+    }
     fn destroy_ci(&mut self, gpu: u32, gi: u32, ci: u32) -> Result<(), GpuError> {
         self.check(Op::DestroyCi, "destroying a compute instance", gpu)?;
         self.inner.destroy_ci(gpu, gi, ci)

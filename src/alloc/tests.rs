@@ -679,6 +679,13 @@ impl Backend for Racer<'_> {
     ) -> Result<crate::gpu::ComputeInstance, GpuError> {
         self.sim.create_ci(gpu, gi, profile_id, start)
     }
+    fn ci_placements(
+        &mut self,
+        gpu: u32,
+        gi: u32,
+    ) -> Result<Vec<crate::gpu::CiPlacement>, GpuError> {
+        self.sim.ci_placements(gpu, gi)
+    }
     fn destroy_ci(&mut self, gpu: u32, gi: u32, ci: u32) -> Result<(), GpuError> {
         self.sim.destroy_ci(gpu, gi, ci)
     }

@@ -167,6 +167,17 @@ pub struct CiProfile {
     pub remaining: u32,
 }
 
+/// Where one compute instance sits inside its GPU instance (`nvidia-smi mig -lci`'s profile and placement).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CiPlacement {
+    /// The compute instance's id within its GPU instance.
+    pub ci: u32,
+    /// Its CI profile ID.
+    pub profile_id: u32,
+    /// The compute slices of the GPU instance it takes.
+    pub placement: Placement,
+}
+
 /// A GPU instance as it exists on the device.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GpuInstance {
@@ -420,6 +431,8 @@ pub trait Backend {
         profile_id: u32,
         start: u32,
     ) -> Result<ComputeInstance, GpuError>;
+    /// Where each compute instance of GI `gi` sits (its profile ID and compute slices), by CI id.
+    fn ci_placements(&mut self, gpu: u32, gi: u32) -> Result<Vec<CiPlacement>, GpuError>;
     /// Destroy compute instance `ci` of GI `gi`. IN_USE while processes run on it.
     fn destroy_ci(&mut self, gpu: u32, gi: u32, ci: u32) -> Result<(), GpuError>;
     /// Destroy GI `gi`. IN_USE while it still has compute instances or processes.

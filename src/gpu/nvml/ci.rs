@@ -6,7 +6,7 @@
 
 use super::errors::{device, nvml_err};
 use super::{ffi, NvmlBackend};
-use crate::gpu::{CiProfile, Code, ComputeInstance, GpuError, Placement};
+use crate::gpu::{CiPlacement, CiProfile, Code, ComputeInstance, GpuError, Placement};
 use nvml_wrapper::error::NvmlError;
 use nvml_wrapper_sys::bindings::NVML_COMPUTE_INSTANCE_PROFILE_COUNT;
 
@@ -49,6 +49,36 @@ impl NvmlBackend {
                     .map(|(start, size)| Placement { start, size })
                     .collect(),
                 remaining,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Where each compute instance of GI `gi` sits: the MIG devices name its compute instances, NVML's
+    /// compute-instance info gives each one's profile and placement.
+    pub(super) fn read_ci_placements(
+        &mut self,
+        gpu: u32,
+        gi: u32,
+    ) -> Result<Vec<CiPlacement>, GpuError> {
+        let op = "listing compute instances";
+        let mut ids: Vec<u32> = self
+            .mig_devices(gpu)?
+            .into_iter()
+            .filter(|(g, _, _, _)| *g == gi)
+            .map(|(_, c, _, _)| c)
+            .collect();
+        ids.sort();
+        let dev = device(&self.nvml, gpu)?;
+        let handle = ffi::gpu_instance_by_id(&dev, gi).map_err(|e| nvml_err(op, gpu, e))?;
+        let mut out = Vec::new();
+        for id in ids {
+            let ci = handle.ci_by_id(id).map_err(|e| nvml_err(op, gpu, e))?;
+            let (ci, profile_id, start, size) = ci.info().map_err(|e| nvml_err(op, gpu, e))?;
+            out.push(CiPlacement {
+                ci,
+                profile_id,
+                placement: Placement { start, size },
             });
         }
         Ok(out)

@@ -390,6 +390,11 @@ pub(super) struct Ci<'n> {
 impl Ci<'_> {
     /// The compute instance ID (nvmlComputeInstanceGetInfo_v2).
     pub fn id(&self) -> Result<u32, NvmlError> {
+        self.info().map(|(id, _, _, _)| id)
+    }
+
+    /// (id, profile ID, placement start, placement size) from nvmlComputeInstanceGetInfo_v2.
+    pub fn info(&self) -> Result<(u32, u32, u32, u32), NvmlError> {
         let sym = nvml_sym(self.nvml.lib().nvmlComputeInstanceGetInfo_v2.as_ref())?;
         // SAFETY: all-zero is a valid value of this plain C struct (its handle fields become
         // NULL); NVML fills it through the valid out-pointer.
@@ -398,7 +403,12 @@ impl Ci<'_> {
             nvml_try(sym(self.handle, &mut info))?;
             info
         };
-        Ok(info.id)
+        Ok((
+            info.id,
+            info.profileId,
+            info.placement.start,
+            info.placement.size,
+        ))
     }
 
     /// nvmlComputeInstanceDestroy (IN_USE while processes run on it).

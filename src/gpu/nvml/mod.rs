@@ -20,8 +20,8 @@ use errors::{device, nvml_err, one_line};
 use super::hostfacts::{self, HostFacts, HostFactsError};
 use super::rules::{self, Occupant};
 use super::{
-    Backend, CiProfile, Code, ComputeInstance, GiProfile, GpuError, GpuInfo, GpuInstance, MigMode,
-    Placement,
+    Backend, CiPlacement, CiProfile, Code, ComputeInstance, GiProfile, GpuError, GpuInfo,
+    GpuInstance, MigMode, Placement,
 };
 use crate::statedir::StateDir;
 use nvml_wrapper::error::NvmlError;
@@ -548,6 +548,10 @@ impl Backend for NvmlBackend {
         start: u32,
     ) -> Result<ComputeInstance, GpuError> {
         self.create_ci_at(gpu, gi, profile_id, start)
+    }
+
+    fn ci_placements(&mut self, gpu: u32, gi: u32) -> Result<Vec<CiPlacement>, GpuError> {
+        self.read_ci_placements(gpu, gi)
     }
 
     fn destroy_ci(&mut self, gpu: u32, gi: u32, ci: u32) -> Result<(), GpuError> {

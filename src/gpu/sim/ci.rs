@@ -14,7 +14,7 @@
 
 use super::machine::{uuid_from, SimCi, SimMachine};
 use crate::gpu::ci_tables;
-use crate::gpu::{CiProfile, Code, ComputeInstance, GiProfile, Placement};
+use crate::gpu::{CiPlacement, CiProfile, Code, ComputeInstance, GiProfile, Placement};
 
 /// The NVML index of the CI profile with `slices` compute slices (the first, not the REV1 one).
 pub fn nvml_index_of_slices(slices: u32) -> Option<u32> {
@@ -236,6 +236,24 @@ impl SimMachine {
             }
         };
         Ok((id, ci_placement(c, gp.slice_count)))
+    }
+
+    /// Every compute instance of a GI with its profile ID and placement, by CI id.
+    pub fn ci_placements(&self, gpu: u32, gi: u32) -> Result<Vec<CiPlacement>, Code> {
+        let (_, cis) = self.gi_profile_of(gpu, gi)?;
+        let mut out = cis
+            .iter()
+            .map(|c| {
+                self.ci_details(gpu, gi, c.id)
+                    .map(|(profile_id, placement)| CiPlacement {
+                        ci: c.id,
+                        profile_id,
+                        placement,
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        out.sort_by_key(|c| c.ci);
+        Ok(out)
     }
 
     /// Attach (or with 0, detach) simulated compute processes to one compute instance.

@@ -12,8 +12,8 @@ pub mod procfs;
 pub use machine::{SimMachine, SimSpec, SpecError};
 
 use super::{
-    Backend, CiProfile, Code, ComputeInstance, GiProfile, GpuError, GpuInfo, GpuInstance, GpuState,
-    MigMode, MigState,
+    Backend, CiPlacement, CiProfile, Code, ComputeInstance, GiProfile, GpuError, GpuInfo,
+    GpuInstance, GpuState, MigMode, MigState,
 };
 use crate::statedir::{self, StateDir};
 use std::path::{Path, PathBuf};
@@ -324,6 +324,11 @@ impl Backend for SimBackend {
     ) -> Result<ComputeInstance, GpuError> {
         self.op("creating a compute instance", gpu, |m| {
             m.create_ci(gpu, gi, profile_id, start)
+        })
+    }
+    fn ci_placements(&mut self, gpu: u32, gi: u32) -> Result<Vec<CiPlacement>, GpuError> {
+        self.op("listing compute instances", gpu, |m| {
+            m.ci_placements(gpu, gi)
         })
     }
     fn destroy_ci(&mut self, gpu: u32, gi: u32, ci: u32) -> Result<(), GpuError> {

@@ -23,21 +23,16 @@ fn req(name: &str, user: &str) -> CiRequest {
 }
 /// The sharing GI `gi` of `gpu` as the allocator would list it, held by `users`.
 fn shared(m: &SimMachine, gpu: u32, gi: u32, users: &[&str]) -> SharedGi {
-    let inst = m
-        .instances(gpu)
-        .unwrap()
-        .into_iter()
-        .find(|i| i.id == gi)
-        .unwrap();
     SharedGi {
         gpu,
         gi,
         users: users.iter().map(|u| u.to_string()).collect(),
         profiles: m.ci_profiles(gpu, gi).unwrap(),
-        taken: inst
-            .compute_instances
+        taken: m
+            .ci_placements(gpu, gi)
+            .unwrap()
             .iter()
-            .map(|c| m.ci_details(gpu, gi, c.id).unwrap().1)
+            .map(|c| c.placement)
             .collect(),
     }
 }

@@ -103,6 +103,13 @@ fn placements_are_exclusive_and_checked() {
     assert_eq!(m.create_ci(0, gi, 99, 0), Err(Code::InvalidArgument));
     m.create_ci(0, gi, two, 2).unwrap();
     assert_eq!(remaining(&m, gi), vec![(1, 1), (2, 0), (4, 0)]);
+    let placed: Vec<(u32, u32, String)> = m
+        .ci_placements(0, gi)
+        .unwrap()
+        .iter()
+        .map(|c| (c.ci, c.profile_id, c.placement.to_string()))
+        .collect();
+    assert_eq!(placed, [(0, one, "1:1".into()), (1, two, "2:2".into())]);
     assert_eq!(m.create_ci(0, 42, one, 0), Err(Code::NotFound));
 }
 
