@@ -24,6 +24,8 @@ set -euo pipefail
 #   slurmctld, slurmd,           tests/slurm_cluster.rs starts a private Slurm 22.05 cluster (controller, one
 #   slurm-client, munge          slurmd per compute node in its own netns, munged for auth); no daemon is enabled
 #   libslurm-dev, libclang-dev   crates/migrun-spank: the slurm-spank crate runs bindgen (libclang) on spank.h
+#   systemd                      systemd-analyze verify (tests/package_deb.rs checks the package's units) and
+#                                systemd-tmpfiles (the package's postinst); nothing is booted or started
 #   debootstrap                  tests/jupyter.rs: the Debian root of the Jupyter image (scripts/jupyter-image.sh)
 #   jupyterhub, node-configurable-http-proxy, python3-docker, python3-escapism
 #                                tests/jupyter.rs: the real hub, its proxy, and DockerSpawner's deps (DockerSpawner
@@ -32,7 +34,7 @@ set -euo pipefail
 #   python3-websocket            tests/jupyter.rs: the kernel-protocol client that runs a cell
 PACKAGES=(sudo runc containerd docker.io podman busybox-static iproute2 iptables uidmap curl tar coreutils
   gcc libc6-dev git prometheus-node-exporter slurmctld slurmd slurm-client munge libslurm-dev libclang-dev
-  debootstrap jupyterhub node-configurable-http-proxy python3-docker python3-escapism python3-venv python3-websocket)
+  debootstrap jupyterhub node-configurable-http-proxy python3-docker python3-escapism python3-venv python3-websocket systemd)
 
 log() { printf 'setup-test-host: %s\n' "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
@@ -92,6 +94,10 @@ fi
 export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
 for b in runc dockerd docker docker-proxy containerd containerd-shim-runc-v2 ctr podman conmon ip tar sha256sum sudo visudo runuser git \
   slurmctld slurmd slurmstepd srun sbatch squeue scancel sinfo munged mungekey nsenter; do
+  command -v "$b" >/dev/null || die "$b not found after installing ${PACKAGES[*]}"
+done
+# The operations tests (metrics textfile, the .deb): node-exporter, the units' verifier, private mounts.
+for b in prometheus-node-exporter systemd-analyze unshare; do
   command -v "$b" >/dev/null || die "$b not found after installing ${PACKAGES[*]}"
 done
 busybox_ldd=$(LC_ALL=C ldd /bin/busybox 2>&1 || true)

@@ -39,6 +39,10 @@ cargo build --quiet --bin migrun
 cargo build --quiet -p fake-nvml
 cargo run --quiet -p migrun-bench --bin overhead-bench -- all --smoke
 
+step "benchmark smoke: slurm-bench (private Slurm cluster, srun --mig vs srun; not a timed test)"
+cargo build --quiet -p migrun -p migrun-spank
+cargo run --quiet -p migrun-bench --bin slurm-bench -- --pairs 6 --warmup 1 --smoke
+
 step "fuzz smoke: every cargo-fuzz target for 10 s from its seed corpus (fails on a crash)"
 bash scripts/fuzz-smoke.sh 10
 

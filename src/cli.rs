@@ -12,7 +12,7 @@ const AFTER_HELP: &str = "\
 Examples:
   migrun --profile 3g.40gb -it --rm nvcr.io/nvidia/pytorch:24.05-py3 python
   migrun --profile 1g.10gb --wait=300 -d -p 8888:8888 jupyter/base-notebook
-  migrun alloc --profile 3g.40gb --json        # for Slurm prologs / JupyterHub spawners
+  migrun alloc --profile 3g.40gb --json        # for JupyterHub spawners and scripts
   migrun release 7
   migrun --simulate h100-80gb:8 status         # try it without a GPU
 
@@ -216,7 +216,7 @@ pub struct AllocArgs {
     /// Tie the lease to Slurm job step JOB.STEP (42.0, 42.batch) and to the calling process (slurmstepd); plain root only, for the migrun SPANK plugin
     #[arg(long, value_name = "JOB.STEP", conflicts_with = "holder_pid")]
     pub slurm_step: Option<crate::lease::SlurmStep>,
-    /// Charge the lease to this user (per-user limits, who may release it); root only, for Slurm prologs and JupyterHub spawners
+    /// Charge the lease to this user (per-user limits, who may release it); root only, for the Slurm plugin and JupyterHub spawners
     #[arg(long, value_name = "UID")]
     pub for_uid: Option<u32>,
     /// Name the lease: its CDI device `migrun.io/mig=NAME` and a `release` target; unique among live leases

@@ -199,9 +199,9 @@ impl Config {
                 }
             }
         }
-        if c.ledger_rotate_bytes < 4096 {
+        if c.ledger_rotate_bytes < 1024 {
             return Err(format!(
-                "ledger_rotate_bytes = {} is too small (at least 4096)",
+                "ledger_rotate_bytes = {} is too small (at least 1024)",
                 c.ledger_rotate_bytes
             ));
         }

@@ -35,7 +35,7 @@ const EXAMPLES: &[(&str, &str)] = &[
     ),
     (
         "migrun alloc --profile 3g.40gb --json",
-        "Allocate for a Slurm prolog or a JupyterHub spawner; give it back with migrun release.",
+        "Allocate for the Slurm plugin or a JupyterHub spawner; give it back with migrun release.",
     ),
     (
         "migrun --simulate h100-80gb:8 status",
@@ -74,6 +74,7 @@ const FILES: &[(&str, &str)] = &[
     ("/run/migrun-sim/SPEC", "State dir of a simulated machine when --state-dir is not given (root; others use $XDG_RUNTIME_DIR/migrun-sim or /tmp/migrun-UID/sim)."),
     ("/usr/share/containers/oci/hooks.d/00-migrun-*.json", "The podman and CRI-O hooks."),
     ("/usr/bin/migrun-runtime", "The runc-compatible runtime shim (a link to migrun)."),
+    ("/var/lib/migrun/ledger.jsonl", "The usage ledger (grants, ends, waits, refusals; rotated to .1, .2, ...) that migrun usage reads; the config's ledger key moves it."),
 ];
 
 fn section(r: &mut Roff, name: &str) {

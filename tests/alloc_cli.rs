@@ -267,3 +267,78 @@ fn bad_input_gets_one_clear_line_and_changes_nothing() {
     assert_eq!(sim.snapshot_files(), before, "nothing changed");
     assert_eq!(leases(&sim.status()).len(), 1);
 }
+
+/// `--slurm-step` (the SPANK plugin's call, from slurmstepd as root): the lease names the step and the calling
+/// process, is charged to `--for-uid` with that user's limits, shows as `slurm job 42.0, uid 1000`, and is kept by
+/// gc while the recorded process runs and released once it is gone and Slurm does not list the step.
+#[test]
+fn slurm_step_leases_name_the_step_and_follow_the_calling_process() {
+    use std::io::BufRead;
+    use std::process::{Command, Stdio};
+    let sim = Sim::new("h100-80gb");
+    std::fs::write(sim.config_path(), "max_leases_per_user = 1\n").unwrap();
+    // A shell stands in for slurmstepd: it runs migrun, then waits on its stdin, so it lives until we close that.
+    let base = sim.cmd(&[]);
+    let mut sh = Command::new("/bin/sh");
+    sh.arg("-c").arg(format!(
+        "{} alloc --profile 1g.10gb --for-uid 1000 --slurm-step 42.0 --json && read _",
+        alloc_support::BIN
+    ));
+    for (k, v) in base.get_envs() {
+        match v {
+            Some(v) => sh.env(k, v),
+            None => sh.env_remove(k),
+        };
+    }
+    let mut stepd = sh
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = String::new();
+    let reader = std::io::BufReader::new(stepd.stdout.take().unwrap());
+    for line in reader.lines() {
+        let line = line.unwrap();
+        out.push_str(&line);
+        if line == "}" {
+            break;
+        }
+    }
+    let json: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(json["holder"]["kind"], "slurm", "{json:#}");
+    assert_eq!(json["holder"]["job"], 42);
+    assert_eq!(json["holder"]["step"], 0);
+    assert_eq!(
+        json["holder"]["pid"],
+        stepd.id(),
+        "the caller is recorded, not a pid given on the command line"
+    );
+    assert_eq!(json["uid"], 1000);
+    let text = sim.ok(&["status"]);
+    assert!(text.contains("slurm job 42.0, uid 1000"), "{text}");
+
+    // The job's user is at their limit: another step of theirs is refused by policy.
+    fails(
+        &sim,
+        &[
+            "alloc",
+            "--profile",
+            "1g.10gb",
+            "--for-uid",
+            "1000",
+            "--slurm-step",
+            "42.1",
+        ],
+        2,
+        "max_leases_per_user = 1",
+    );
+
+    // Alive while the step daemon runs; released once it is gone.
+    assert!(sim.ok(&["gc"]).contains("nothing to do"));
+    assert_eq!(leases(&sim.status()).len(), 1);
+    drop(stepd.stdin.take());
+    stepd.wait().unwrap();
+    let gc = sim.ok(&["gc"]);
+    assert!(gc.contains("holder slurm job 42.0 is gone"), "{gc}");
+    assert!(leases(&sim.status()).is_empty());
+}

@@ -208,6 +208,19 @@ fn case(id: &str, sim: &Sim) -> Option<Case> {
             init,
             s(&["alloc", "--profile", "1g.10gb"]),
         ),
+        "cfg-ledger-relative" => c("ledger = \"ledger.jsonl\"", none, s(&["status"])),
+        "cfg-ledger-rotate-tiny" => c("ledger_rotate_bytes = 10", none, s(&["status"])),
+        "usage-bad-since" => c("", init, s(&["usage", "--since", "7y"])),
+        "ledger-symlink" => c(
+            "",
+            |sim| {
+                init(sim);
+                let target = sim.tmp.path().join("elsewhere.jsonl");
+                std::fs::write(&target, "").unwrap();
+                std::os::unix::fs::symlink(&target, sim.state_dir().join("ledger.jsonl")).unwrap();
+            },
+            s(&["usage"]),
+        ),
         "cdi-toolkit-wrong-kind" => c(
             concat!(
                 "cdi_toolkit_spec = \"",
@@ -595,7 +608,14 @@ fn snapshot(dir: &Path, out: &mut BTreeMap<PathBuf, Vec<u8>>) {
         } else if ft.is_fifo() {
             // Reading a FIFO would wait for a writer; its presence is what counts.
             out.insert(p.clone(), b"<fifo>".to_vec());
-        } else if !p.to_string_lossy().ends_with(".lock") && !p.ends_with("migrun.log") {
+        } else if !p.to_string_lossy().ends_with(".lock")
+            && !p.ends_with("migrun.log")
+            // Accounting, like the log: a refusal is counted (metrics) and recorded (usage ledger).
+            && !p.ends_with("counters.json")
+            && !p
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("ledger.jsonl"))
+        {
             out.insert(p.clone(), std::fs::read(&p).unwrap_or_default());
         }
     }
@@ -680,6 +700,10 @@ fn every_documented_bad_input_fails_cleanly_and_leaves_nothing() {
         "cfg-bad-release",
         "cfg-missing-file",
         "cfg-bad-allowed-profile",
+        "cfg-ledger-relative",
+        "cfg-ledger-rotate-tiny",
+        "usage-bad-since",
+        "ledger-symlink",
         "cdi-toolkit-wrong-kind",
         "cdi-toolkit-missing",
         "cdi-dir-not-a-dir",

@@ -1,7 +1,7 @@
 //! A container cannot take or free a lease that is not its own, under real runc: a lease is bound to
 //! its container by what migrun recorded and what the runtime reports (container id and bundle from the
 //! state JSON), never by the container's own annotations. The victim is a lease held by a live
-//! process (`migrun alloc --holder-pid`, as a Slurm prolog, a hub or podman's precreate hold one).
+//! process (`migrun alloc --holder-pid`, as a script, a hub or podman's precreate hold one).
 //! Needs root, runc and busybox-static (scripts/setup-test-host.sh); fails otherwise.
 
 mod common;

@@ -80,6 +80,18 @@ fn rules() -> Vec<Rule> {
             why: "lease records and their registry sit below the policy and the allocator, and never call NVML",
         },
         Rule {
+            applies: |rel| in_room(rel, "ops"),
+            forbidden: &[
+                "crate::engine",
+                "crate::cdi",
+                "write_atomic",
+                "update_counters",
+                "std::fs::write",
+                "Ledger::append",
+            ],
+            why: "usage and metrics read the device, the records and the ledger; they change nothing and never name an engine",
+        },
+        Rule {
             applies: |rel| in_room(rel, "gpu"),
             forbidden: &[
                 "crate::lease",

@@ -247,6 +247,34 @@ fn node_exporter_serves_the_textfile_with_the_values_status_shows() {
             .code(),
         Some(3)
     );
+    // A waiter that gives up after a second: a wait observed, and one more no-room.
+    assert_eq!(
+        b.migrun(&[
+            "alloc",
+            "--profile",
+            "7g.80gb",
+            "--for-uid",
+            "1003",
+            "--wait=1"
+        ])
+        .status
+        .code(),
+        Some(3)
+    );
+    let usage = b.json(&["usage", "--json"]);
+    let row = usage["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["key"] == "1003")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        (row["waits"].as_u64(), row["refused_no_room"].as_u64()),
+        (Some(1), Some(2)),
+        "{usage}"
+    );
+    assert_eq!(row["leases"], 1, "{usage}");
     let prom = std::fs::read_to_string(textdir.join("migrun.prom")).unwrap();
     assert!(prom.contains("migrun_leases{"), "{prom}");
     let ex = start_exporter(&textdir, &t.path().join("node-exporter.log"));
@@ -256,7 +284,9 @@ fn node_exporter_serves_the_textfile_with_the_values_status_shows() {
         &[
             ("migrun_allocations_total{result=created}", 4.0),
             ("migrun_allocations_total{result=refused_policy}", 1.0),
-            ("migrun_allocations_total{result=no_room}", 1.0),
+            ("migrun_allocations_total{result=no_room}", 2.0),
+            ("migrun_wait_seconds_count{}", 1.0),
+            ("migrun_wait_seconds_bucket{le=+Inf}", 1.0),
         ],
     );
     // Every change rewrites the file: a release, then a lease whose holder dies and gc.

@@ -2,9 +2,10 @@
 //! installs it **on this host** (not in a debootstrap root: the hooks.d files name `/usr/bin/migrun` and
 //! daemon.json names `/usr/bin/migrun-runtime`, which the host's podman and dockerd execute, so a chroot would
 //! need its own engines), and the engine tests run against the installed files:
-//! - podman reading the hooks.d files where the package put them: a container without the annotation is left
-//!   alone, one with it reaches migrun (which, with no GPU here, refuses it with its one-line error); the same
-//!   files, with only the simulator's env added (podman gives hooks no other env), give a slice and take it back;
+//! - podman finding the hooks.d files where the package put them (its default hooks dir, no `--hooks-dir`): a
+//!   container without the annotation is left alone, one with it runs the installed `migrun hook precreate`
+//!   (which, with no GPU here, refuses the start); the same files, with only the simulator's env added (podman
+//!   gives hooks no other env), give a slice and take it back;
 //! - a private dockerd whose daemon.json is the packaged one, naming `/usr/bin/migrun-runtime`;
 //! - `migrun gc` as the installed unit's `ExecStart` says, and `systemd-analyze verify` on the units;
 //! - removal: refused while a lease is held (the prerm; the lease state is never touched), then with
@@ -76,7 +77,7 @@ fn build_deb(out: &Path) -> PathBuf {
     // Not the test's own cargo context: cargo-deb reads the manifest itself.
     for (k, _) in std::env::vars_os() {
         let k = k.to_string_lossy().into_owned();
-        if k.starts_with("CARGO_") && k != "CARGO_HOME" {
+        if k.starts_with("CARGO_") && k != "CARGO_HOME" && k != "CARGO_TARGET_DIR" {
             c.env_remove(k);
         }
     }
@@ -105,10 +106,14 @@ fn hooks_with_env(sim: &Sim) -> PathBuf {
 
 fn podman_checks(podman_plain: &Podman, sim: &Sim) {
     let image = podman_plain.busybox_image();
-    // The installed hooks.d, as is: a plain container never runs migrun.
+    // The installed hooks.d, as is, found by podman itself: a plain container never runs migrun.
     let out = run_ok(podman_plain.run_cmd().arg(&image).args(["echo", "plain"]));
     assert_eq!(out.trim(), "plain");
-    // An annotated one reaches the installed migrun, which has no GPU (no NVML) here and refuses the start.
+    // An annotated one reaches the installed migrun, which has no GPU (no NVML) here and refuses the start (podman
+    // keeps the hook's own message to itself; migrun's log has it).
+    let log_before = fs::read_to_string("/run/migrun/migrun.log")
+        .unwrap_or_default()
+        .len();
     let refused = run_output(
         podman_plain
             .run_cmd()
@@ -118,8 +123,14 @@ fn podman_checks(podman_plain: &Podman, sim: &Sim) {
     );
     let err = String::from_utf8_lossy(&refused.stderr);
     assert!(
-        !refused.status.success() && err.contains("migrun"),
+        !refused.status.success() && err.contains("[migrun hook precreate]: exit status 1"),
         "an annotated container must be stopped by migrun's hook: {err}"
+    );
+    let log = fs::read_to_string("/run/migrun/migrun.log").unwrap_or_default();
+    let log = log.get(log_before..).unwrap_or_default();
+    assert!(
+        log.contains("cannot allocate 1g.10gb (annotation migrun.profile)"),
+        "the installed hook's own message, in its log: {log}"
     );
 
     // The same files with the simulator's env: a slice in, and back out after exit.
@@ -294,6 +305,12 @@ fn the_deb_installs_serves_the_engines_from_its_files_and_removes_cleanly() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
+    // The state dirs the package creates: removed again at the end if this test's install made them, so the host
+    // is left as it was.
+    let had: Vec<(&str, bool)> = ["/run/migrun", "/var/lib/migrun"]
+        .iter()
+        .map(|d| (*d, Path::new(d).exists()))
+        .collect();
     let out = apt(&[
         "install",
         "-y",
@@ -326,7 +343,14 @@ fn the_deb_installs_serves_the_engines_from_its_files_and_removes_cleanly() {
 
     let sim = Sim::new("h100-80gb:1");
     gc_from_unit(&sim);
-    podman_checks(&Podman::new().hooks_dir(HOOKS_D), &sim);
+    // No --hooks-dir: podman finds the package's files in its own default hooks dir.
+    podman_checks(&Podman::new(), &sim);
     docker_checks(&sim);
     removal();
+    // What this test's install created (the installed hook above logged into the new /run/migrun) goes again.
+    for (d, existed) in had {
+        if !existed {
+            let _ = fs::remove_dir_all(d);
+        }
+    }
 }

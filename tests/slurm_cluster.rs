@@ -5,29 +5,42 @@
 //! One #[test] on purpose: starting the cluster is the expensive part, and the scenarios must not share GPUs by
 //! accident. Needs root, Debian's slurmd/slurmctld/slurm-client/munge and libslurm-dev (scripts/setup-test-host.sh).
 
+#[path = "slurm_cluster/failures.rs"]
+mod failures;
 mod slurm_support;
 
 use serde_json::Value;
 use slurm_support::{env_var, text, Cluster, Node};
+use std::path::Path;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
+
+const MIGRUN: &str = env!("CARGO_BIN_EXE_migrun");
 
 const NODE1: &str = "node1"; // two H100-80GB: 14 compute slices
 const NODE2: &str = "node2"; // one A100-40GB: 7 compute slices
 
 fn cluster() -> Cluster {
-    Cluster::start(vec![
-        Node {
-            name: NODE1,
-            simulate: "h100-80gb:2",
-            gres: 14,
-        },
-        Node {
-            name: NODE2,
-            simulate: "a100-40gb:1",
-            gres: 7,
-        },
-    ])
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let plugin = slurm_support::build_plugin(repo);
+    Cluster::start(
+        repo,
+        &plugin,
+        Path::new(MIGRUN),
+        &std::env::temp_dir(),
+        vec![
+            Node {
+                name: NODE1,
+                simulate: "h100-80gb:2",
+                gres: 14,
+            },
+            Node {
+                name: NODE2,
+                simulate: "a100-40gb:1",
+                gres: 7,
+            },
+        ],
+    )
 }
 
 /// The leases of `node` held by Slurm job `job` (any step).
@@ -55,6 +68,14 @@ fn assert_no_leases_but(c: &Cluster, except: &[u64], when: &str) {
             left.is_empty(),
             "{when}: {n} still holds {left:#?}\n{}",
             c.logs()
+        );
+        // And no instance beyond those the excepted steps hold.
+        let kept = c.leases(n).len();
+        assert_eq!(
+            c.instances(n),
+            kept,
+            "{when}: {n} has instances nobody holds: {:#}",
+            c.status(n)
         );
     }
 }
@@ -116,9 +137,10 @@ fn slurm_steps_get_their_own_mig_slices() {
 
     env_and_status_on_each_node(&c, &keep);
     array_across_nodes(&c, &keep);
-    cancelled_and_killed_steps(&c, &keep);
-    no_room_fails_the_step_not_the_node(&c, &keep);
-    fragmentation_waits_then_fails(&c, &keep);
+    steps_in_a_batch_job_share_its_slice(&c, &keep);
+    failures::cancelled_and_killed_steps(&c, &keep);
+    failures::no_room_fails_the_step_not_the_node(&c, &keep);
+    failures::fragmentation_waits_then_fails(&c, &keep);
     min_mem_picks_per_model(&c, &keep);
     charged_to_the_jobs_user(&c, &keep);
     no_mig_costs_nothing(&c);
@@ -160,7 +182,7 @@ fn env_and_status_on_each_node(c: &Cluster, keep: &[u64]) {
         let script = format!(
             "env; echo ---; MIGRUN_STATE_DIR={} MIGRUN_SIMULATE={sim} {} status --json",
             sd.display(),
-            slurm_support::MIGRUN
+            MIGRUN
         );
         let out = c.run(&["srun", "-w", node, "--mig=1g.10gb", "bash", "-c", &script]);
         assert!(
@@ -214,7 +236,7 @@ fn array_across_nodes(c: &Cluster, keep: &[u64]) {
             "#!/bin/bash\nsleep 1\nd={d}/$SLURMD_NODENAME\necho \"$SLURMD_NODENAME $SLURM_JOB_ID $CUDA_VISIBLE_DEVICES $MIGRUN_LEASE\"\n\
              MIGRUN_STATE_DIR=$d/migrun MIGRUN_SIMULATE=$(cat $d/simulate) {m} status --json > {d}/array-$SLURM_ARRAY_TASK_ID.json\nsleep 2\n",
             d = dir.display(),
-            m = slurm_support::MIGRUN
+            m = MIGRUN
         ),
     )
     .unwrap();
@@ -286,211 +308,75 @@ fn array_across_nodes(c: &Cluster, keep: &[u64]) {
     assert_no_leases_but(c, keep, "after the array");
 }
 
-/// scancel of a running step, a killed task, a killed slurmstepd: the slice goes back (the last through gc, once
-/// Slurm no longer lists the step).
-fn cancelled_and_killed_steps(c: &Cluster, keep: &[u64]) {
-    // scancel
-    let child = spawn(c, &["srun", "-w", NODE2, "--mig=1g.10gb", "sleep", "300"]);
-    let l = wait_lease(c, NODE2, |_| true);
-    let job = l["holder"]["job"].as_u64().unwrap();
-    let out = c.run(&["scancel", &job.to_string()]);
-    assert!(out.status.success(), "{}", text(&out));
-    let _ = finish(child);
-    assert!(
-        c.eventually(Duration::from_secs(30), || held_by(c, NODE2, job)
-            .is_empty()),
-        "a cancelled step's slice is released\n{}",
-        c.logs()
-    );
-
-    // the task killed
-    let child = spawn(c, &["srun", "-w", NODE2, "--mig=1g.10gb", "sleep", "301"]);
-    let l = wait_lease(c, NODE2, |_| true);
-    let job = l["holder"]["job"].as_u64().unwrap();
-    // The lease exists before the task is exec'd: kill it once it runs.
-    let killed = c.eventually(Duration::from_secs(30), || {
-        std::process::Command::new("pkill")
-            .args(["-KILL", "-f", "^(/usr/bin/)?sleep 301$"])
-            .status()
-            .unwrap()
-            .success()
-    });
-    assert!(killed, "the task ran\n{}", c.logs());
-    let out = finish(child);
-    assert!(
-        !out.status.success(),
-        "srun reports the killed task: {}",
-        text(&out)
-    );
-    assert!(
-        c.eventually(Duration::from_secs(30), || held_by(c, NODE2, job)
-            .is_empty()),
-        "a killed task's slice is released\n{}",
-        c.logs()
-    );
-
-    // slurmstepd killed: the plugin never runs its exit; gc keeps the lease while Slurm lists the step (its task
-    // may still run on the slice), and releases it once the step is gone.
-    let child = spawn(c, &["srun", "-w", NODE2, "--mig=1g.10gb", "sleep", "302"]);
-    let l = wait_lease(c, NODE2, |_| true);
-    let job = l["holder"]["job"].as_u64().unwrap();
-    let stepd = l["holder"]["pid"].as_u64().unwrap();
-    let comm = std::fs::read_to_string(format!("/proc/{stepd}/comm")).unwrap_or_default();
-    assert!(
-        comm.starts_with("slurmstepd"),
-        "the recorded holder is the step daemon: {comm:?}"
-    );
-    let out = std::process::Command::new("kill")
-        .args(["-KILL", &stepd.to_string()])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", text(&out));
-    std::thread::sleep(Duration::from_millis(500));
-    let gc = c.migrun(NODE2).arg("gc").output().unwrap();
-    assert!(gc.status.success(), "{}", text(&gc));
-    assert_eq!(
-        held_by(c, NODE2, job).len(),
-        1,
-        "gc keeps the slice while Slurm lists the step\n{}",
-        text(&gc)
-    );
-    let out = c.run(&["scancel", &job.to_string()]);
-    assert!(out.status.success(), "{}", text(&out));
-    let mut child = child;
-    assert!(c.eventually(Duration::from_secs(30), || {
-        let o = c.run(&["squeue", "-h", &format!("--steps={job}.0")]);
-        String::from_utf8_lossy(&o.stdout).trim().is_empty()
-    }));
-    let gc = c.migrun(NODE2).arg("gc").output().unwrap();
-    assert!(gc.status.success(), "{}", text(&gc));
-    assert!(
-        String::from_utf8_lossy(&gc.stdout).contains(&format!("slurm job {job}.0 is gone")),
-        "gc names the step it released: {}",
-        text(&gc)
-    );
-    let _ = child.kill();
-    let _ = child.wait();
-    let _ = std::process::Command::new("pkill")
-        .args(["-KILL", "-f", "^(/usr/bin/)?sleep 302$"])
-        .output();
-    assert_no_leases_but(
-        c,
-        keep,
-        "after scancel, a killed task and a killed slurmstepd",
-    );
-}
-
-/// `--mig=7g.80gb` while both GPUs of node1 hold a small slice: the step fails with migrun's one-line reason on the
-/// user's terminal, srun exits non-zero, and node1 goes back to idle, not drained.
-fn no_room_fails_the_step_not_the_node(c: &Cluster, keep: &[u64]) {
-    let mut manual = vec![];
-    for gpu in ["0", "1"] {
-        let o = c
-            .migrun(NODE1)
-            .args(["alloc", "--profile", "1g.10gb", "--gpu", gpu])
-            .output()
-            .unwrap();
-        assert!(o.status.success(), "{}", text(&o));
-        manual.push(
-            String::from_utf8_lossy(&o.stdout)
-                .split_whitespace()
-                .nth(2)
-                .unwrap()
-                .to_string(),
-        );
-    }
-    let out = c.run(&["srun", "-w", NODE1, "--mig=7g.80gb", "true"]);
-    assert!(
-        !out.status.success(),
-        "no room fails the step: {}",
-        text(&out)
-    );
-    let err = String::from_utf8_lossy(&out.stderr);
-    let reason: Vec<&str> = err
+/// `sbatch --mig=1g.10gb` of a script that runs `srun`: the step (which inherits the option) shares the batch step's
+/// slice instead of taking a second one. A step that only claims a lease in its environment gets its own.
+fn steps_in_a_batch_job_share_its_slice(c: &Cluster, keep: &[u64]) {
+    let dir = c.dir();
+    let job = dir.join("batch-srun.sh");
+    std::fs::write(
+        &job,
+        "#!/bin/bash\necho batch $CUDA_VISIBLE_DEVICES $MIGRUN_LEASE\nsrun bash -c 'echo step $CUDA_VISIBLE_DEVICES $MIGRUN_LEASE'\n",
+    )
+    .unwrap();
+    let out_file = dir.join("batch-srun.out");
+    let out = c.run(&[
+        "sbatch",
+        "--wait",
+        "-w",
+        NODE1,
+        "--mig=1g.10gb",
+        "-o",
+        out_file.to_str().unwrap(),
+        job.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}\n{}", text(&out), c.logs());
+    let printed = std::fs::read_to_string(&out_file).unwrap();
+    let lines: Vec<Vec<&str>> = printed
         .lines()
-        .filter(|l| l.contains("migrun: no room for 7g.80gb"))
+        .map(|l| l.split_whitespace().collect())
         .collect();
-    assert_eq!(reason.len(), 1, "one line says why: {err}");
-    assert!(
-        reason[0].starts_with("slurmstepd-node1: error: migrun: no room for 7g.80gb on "),
-        "{err}"
-    );
-    // Other steps may still run there (the time-limit step): in service means not drained, down or failing.
-    let state = c.node_state(NODE1).to_uppercase();
-    assert!(
-        !["DRAIN", "DOWN", "FAIL", "NOT_RESPONDING"]
-            .iter()
-            .any(|s| state.contains(s)),
-        "node1 stays in service: {state}\n{}",
-        c.logs()
-    );
-    for id in manual {
-        let o = c.migrun(NODE1).args(["release", &id]).output().unwrap();
-        assert!(o.status.success(), "{}", text(&o));
-    }
-    assert_no_leases_but(c, keep, "after the refused step");
-}
-
-/// A step the scheduler admitted but that cannot be placed (node2's GPU full for 1g.10gb) waits up to --mig-wait
-/// and starts when room appears; without room it fails cleanly when the wait is over.
-fn fragmentation_waits_then_fails(c: &Cluster, keep: &[u64]) {
-    let mut manual = vec![];
-    for _ in 0..4 {
-        let o = c
-            .migrun(NODE2)
-            .args(["alloc", "--profile", "1g.10gb"])
-            .output()
-            .unwrap();
-        assert!(o.status.success(), "{}", text(&o));
-        manual.push(
-            String::from_utf8_lossy(&o.stdout)
-                .split_whitespace()
-                .nth(2)
-                .unwrap()
-                .to_string(),
-        );
-    }
-    let t = Instant::now();
-    let out = c.run(&["srun", "-w", NODE2, "--mig=1g.10gb", "--mig-wait=2", "true"]);
-    assert!(!out.status.success(), "{}", text(&out));
-    assert!(t.elapsed() >= Duration::from_secs(2), "it waited first");
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("migrun: "),
-        "{}",
-        text(&out)
+    assert_eq!(lines.len(), 2, "{printed}");
+    assert_eq!((lines[0][0], lines[1][0]), ("batch", "step"), "{printed}");
+    assert!(lines[0][1].starts_with("MIG-"), "{printed}");
+    assert_eq!(
+        lines[0][1..],
+        lines[1][1..],
+        "the step shares the batch step's slice: {printed}"
     );
 
-    let child = spawn(
-        c,
-        &[
-            "srun",
-            "-w",
-            NODE2,
-            "--mig=1g.10gb",
-            "--mig-wait=60",
-            "printenv",
-            "MIGRUN_PROFILE",
-        ],
-    );
-    std::thread::sleep(Duration::from_secs(2));
+    // A forged hint: a manual lease on node1, named in a plain step's environment.
     let o = c
-        .migrun(NODE2)
-        .args(["release", &manual.pop().unwrap()])
+        .migrun(NODE1)
+        .args(["alloc", "--profile", "1g.10gb"])
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", text(&o));
-    let out = finish(child);
-    assert!(
-        out.status.success(),
-        "the waiting step starts once room appears: {}",
-        text(&out)
+    let manual = String::from_utf8_lossy(&o.stdout)
+        .split_whitespace()
+        .nth(2)
+        .unwrap()
+        .to_string();
+    let mut cmd = c.slurm(
+        Duration::from_secs(60),
+        &[
+            "srun",
+            "-w",
+            NODE1,
+            "--mig=1g.10gb",
+            "printenv",
+            "MIGRUN_LEASE",
+        ],
     );
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "1g.10gb");
-    for id in manual {
-        let o = c.migrun(NODE2).args(["release", &id]).output().unwrap();
-        assert!(o.status.success(), "{}", text(&o));
-    }
-    assert_no_leases_but(c, keep, "after the waits");
+    let out = cmd.env("MIGRUN_LEASE", &manual).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert_ne!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        manual,
+        "a lease the job names is not taken on its word"
+    );
+    let o = c.migrun(NODE1).args(["release", &manual]).output().unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    assert_no_leases_but(c, keep, "after the batch job with a step");
 }
 
 /// `--mig-min-mem=20g` picks the smallest profile with 20 GB on each node's own model.

@@ -187,7 +187,8 @@ fn reported(m: &Machine, since: Option<u64>) -> (BTreeMap<String, (u64, u64)>, u
     (map, refused)
 }
 
-fn run_sequence(seed: u64, base: &Path) -> Result<(), String> {
+/// One sequence; `Ok(true)` when its ledger was rotated at least once.
+fn run_sequence(seed: u64, base: &Path, slices: &BTreeMap<String, u64>) -> Result<bool, String> {
     let mut rng = Rng(seed);
     let dir = base.join(format!("seq-{seed}"));
     std::fs::create_dir_all(&dir).unwrap();
@@ -196,7 +197,7 @@ fn run_sequence(seed: u64, base: &Path) -> Result<(), String> {
     std::fs::write(
         &config,
         format!(
-            "ledger = \"{}\"\nledger_rotate_bytes = 4096\nledger_keep = 100\n",
+            "ledger = \"{}\"\nledger_rotate_bytes = 1024\nledger_keep = 100\n",
             dir.join("ledger/ledger.jsonl").display()
         ),
     )
@@ -207,7 +208,6 @@ fn run_sequence(seed: u64, base: &Path) -> Result<(), String> {
         now: 1_700_000_000 + rng.below(1_000_000),
         log: Vec::new(),
     };
-    let slices = slices_of(&m);
     let mut leases: BTreeMap<u64, Model> = BTreeMap::new();
     let mut refusals = 0u64;
     for _ in 0..STEPS {
@@ -345,8 +345,9 @@ fn run_sequence(seed: u64, base: &Path) -> Result<(), String> {
             m.log.join("\n")
         ));
     }
+    let rotated = dir.join("ledger/ledger.jsonl.1").exists();
     let _ = std::fs::remove_dir_all(&dir);
-    Ok(())
+    Ok(rotated)
 }
 
 #[test]
@@ -364,9 +365,23 @@ fn usage_equals_the_slice_seconds_of_random_sequences() {
                 .collect()
         }
     };
+    let single = seeds.len() == 1;
+    // The profiles' memory slices, from the hardware table of the simulated model (once: it is the same machine).
+    let slices = slices_of(&Machine {
+        dir: base.path().join("profiles"),
+        config: PathBuf::from("/dev/null"),
+        now: 0,
+        log: Vec::new(),
+    });
+    let mut rotated = 0;
     for seed in seeds {
-        if let Err(e) = run_sequence(seed, base.path()) {
-            panic!("sequence with seed {seed} (rerun: MIGRUN_LEDGER_SEED={seed} cargo test --test usage_ledger): {e}");
+        match run_sequence(seed, base.path(), &slices) {
+            Ok(r) => rotated += usize::from(r),
+            Err(e) => panic!(
+                "sequence with seed {seed} (rerun: MIGRUN_LEDGER_SEED={seed} cargo test --test usage_ledger): {e}"
+            ),
         }
     }
+    // The rotated files were read too: some sequences crossed a rotation.
+    assert!(single || rotated > 0, "no sequence rotated its ledger");
 }

@@ -2,10 +2,38 @@
 //! not plan, touch the GPU or fail an operation (accounting that cannot be written is logged and counted).
 
 use super::{AllocError, AllocRequest, GcReport};
-use crate::lease::ledger::{Event, LeaseFacts, Refusal};
+use crate::config::Config;
+use crate::gpu::Backend;
+use crate::lease::ledger::{Event, LeaseFacts, Ledger, Refusal, DEFAULT_LEDGER};
 use crate::lease::{self, Lease, Registry};
 use crate::policy::no_room::Why;
+use crate::statedir::StateDir;
 use std::time::Duration;
+
+/// The usage ledger of a state dir: the config's `ledger`, else `/var/lib/migrun/ledger.jsonl` for real GPUs
+/// and `<state dir>/ledger.jsonl` for a simulated machine (its leases must not mix with the real ones').
+pub fn ledger_of(state_dir: &std::path::Path, config: &Config, simulated: bool) -> Ledger {
+    let path = match (&config.ledger, simulated) {
+        (Some(p), _) => p.clone(),
+        (None, true) => state_dir.join("ledger.jsonl"),
+        // Under the host root: `/`, or a fake-NVML test machine's own root (debug builds), so tests never
+        // write the host's ledger.
+        (None, false) => {
+            crate::gpu::hostfacts::host_root().join(DEFAULT_LEDGER.trim_start_matches('/'))
+        }
+    };
+    Ledger::new(path, config.ledger_rotate_bytes, config.ledger_keep)
+}
+
+/// The registry of `dir`, appending to the ledger of [`ledger_of`].
+pub(super) fn registry(
+    dir: &StateDir,
+    config: &Config,
+    backend: &dyn Backend,
+) -> Result<Registry, AllocError> {
+    let simulated = matches!(backend.kind(), crate::gpu::BackendKind::Simulator { .. });
+    Ok(Registry::open(dir)?.with_ledger(Some(ledger_of(dir.path(), config, simulated))))
+}
 
 /// A lease was just recorded (under the lock): `result` is `created` or `reused`.
 pub(super) fn granted(reg: &Registry, l: &Lease, result: &str) {
@@ -36,7 +64,20 @@ fn refusal(e: &AllocError) -> (&'static str, Option<Refusal>) {
             ("refused_policy", Some(Refusal::Policy))
         }
         AllocError::Unsatisfiable(_) => ("unsatisfiable", Some(Refusal::Unsatisfiable)),
-        _ => ("failed", None),
+        // The driver failed: worth a graph.
+        AllocError::Gpu(_) | AllocError::CreateCi(_) | AllocError::Unreported { .. } => {
+            ("failed", None)
+        }
+        // Bad input (an unknown profile or GPU, a bad size) was never a request, and a state dir that cannot be
+        // read (a malformed record, another machine's) is not one to write counters into: neither is counted.
+        AllocError::Lease(_)
+        | AllocError::Binding(_)
+        | AllocError::Profile(_)
+        | AllocError::Size(_)
+        | AllocError::BadGpu { .. }
+        | AllocError::BadConfig { .. }
+        | AllocError::NoGpus
+        | AllocError::NotYours { .. } => ("", None),
     }
 }
 
@@ -48,7 +89,11 @@ pub(super) fn outcome(
     out: &Result<Lease, AllocError>,
     waited: Option<Duration>,
 ) {
-    let refused = out.as_ref().err().map(refusal);
+    let refused = out
+        .as_ref()
+        .err()
+        .map(refusal)
+        .filter(|(label, _)| !label.is_empty());
     if refused.is_none() && waited.is_none() {
         return;
     }

@@ -27,6 +27,8 @@ mod teardown;
 pub mod testhook;
 mod wait;
 
+pub use account::ledger_of;
+use account::registry;
 pub(crate) use apply::apply;
 pub use outcome::ReleaseOutcome;
 pub(crate) use reconcile::{sweep, sweep_records, Swept};
@@ -36,7 +38,7 @@ pub(crate) use wait::clock;
 
 use crate::config::Config;
 use crate::gpu::{Backend, Code, GpuError};
-use crate::lease::ledger::{EndReason, Ledger, DEFAULT_LEDGER};
+use crate::lease::ledger::EndReason;
 use crate::lease::{self, CreatedRecord, Holder, Lease, LeaseError, LeaseId, LeaseName, Registry};
 use crate::policy::plan::{self, Want};
 use crate::policy::NoRoom;
@@ -233,31 +235,6 @@ impl GcReport {
     fn is_empty(&self) -> bool {
         self.released.is_empty() && self.repaired.is_empty() && self.notes.is_empty()
     }
-}
-
-/// The usage ledger of a state dir: the config's `ledger`, else `/var/lib/migrun/ledger.jsonl` for real GPUs
-/// and `<state dir>/ledger.jsonl` for a simulated machine (its leases must not mix with the real ones').
-pub fn ledger_of(state_dir: &std::path::Path, config: &Config, simulated: bool) -> Ledger {
-    let path = match (&config.ledger, simulated) {
-        (Some(p), _) => p.clone(),
-        (None, true) => state_dir.join("ledger.jsonl"),
-        // Under the host root: `/`, or a fake-NVML test machine's own root (debug builds), so tests never
-        // write the host's ledger.
-        (None, false) => {
-            crate::gpu::hostfacts::host_root().join(DEFAULT_LEDGER.trim_start_matches('/'))
-        }
-    };
-    Ledger::new(path, config.ledger_rotate_bytes, config.ledger_keep)
-}
-
-/// The registry of `dir`, appending to the ledger of [`ledger_of`].
-fn registry(
-    dir: &StateDir,
-    config: &Config,
-    backend: &dyn Backend,
-) -> Result<Registry, AllocError> {
-    let simulated = matches!(backend.kind(), crate::gpu::BackendKind::Simulator { .. });
-    Ok(Registry::open(dir)?.with_ledger(Some(ledger_of(dir.path(), config, simulated))))
 }
 
 /// How often an allocation re-plans when the driver refuses a create because the placement was taken meanwhile.

@@ -90,7 +90,7 @@ pub fn alloc(ctx: &Ctx, a: &AllocArgs) -> Result<i32> {
         wait: wait_of(&a.request),
         keep: a.request.keep,
         holder,
-        // Root allocating for someone (a Slurm prolog, a hub spawner) names them; the delegation
+        // Root allocating for someone (the Slurm plugin, a hub spawner) names them; the delegation
         // check refuses --for-uid to a sudo user, who is always charged as themselves.
         uid: a.for_uid.unwrap_or_else(alloc::caller_uid),
         name,

@@ -38,7 +38,8 @@ pub fn exit_code_for(err: &anyhow::Error) -> i32 {
             super::InputError,
             super::session::SessionError,
             super::cdi::LeaseSpecError,
-            crate::ops::usage::SinceError
+            crate::ops::usage::SinceError,
+            crate::lease::ledger::LedgerError
         );
         for mapper in MAPPERS {
             if let Some(code) = mapper(cause) {

@@ -39,18 +39,20 @@ pub fn usage(ctx: &Ctx, a: &UsageArgs) -> Result<i32> {
         UsageBy::Profile => "PROFILE",
         UsageBy::Gpu => "GPU",
     };
+    let window = match since {
+        None => "since the ledger began".to_string(),
+        Some(_) => format!(
+            "for the last {}",
+            a.since.as_deref().unwrap_or_default().trim()
+        ),
+    };
     crate::outln!(
-        "usage from {} ({}): {}",
-        if from == 0 {
-            "the start of the ledger".to_string()
-        } else {
-            format!("{} s ago", to - from)
-        },
+        "usage {window} ({}){}",
         ledger.path.display(),
         if report.rows.is_empty() {
-            "nothing recorded"
+            ": nothing recorded"
         } else {
-            ""
+            ":"
         }
     );
     if !report.rows.is_empty() {

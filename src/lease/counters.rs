@@ -15,7 +15,8 @@ pub const WAIT_BUCKETS: &[f64] = &[1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0];
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Counters {
-    /// By result: `created`, `reused`, `no_room`, `refused_policy`, `unsatisfiable`, `failed`.
+    /// By result: `created`, `reused`, `no_room`, `refused_policy`, `unsatisfiable`, `failed` (bad input is
+    /// not counted: it never was a request).
     pub allocations: BTreeMap<String, u64>,
     /// Per bucket of [`WAIT_BUCKETS`] (not cumulative), plus one for `+Inf` at the end.
     pub wait_buckets: Vec<u64>,

@@ -136,6 +136,16 @@ pub enum LedgerError {
     Unsafe { path: PathBuf },
 }
 
+impl crate::exit::ExitCodeOf for LedgerError {
+    fn exit_code(&self) -> i32 {
+        match self {
+            // A planted file where the ledger goes is bad input, like an unsafe state dir.
+            LedgerError::Unsafe { .. } => crate::exit::USAGE,
+            LedgerError::Io { .. } => crate::exit::FAILED,
+        }
+    }
+}
+
 fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> LedgerError + 'a {
     move |source| LedgerError::Io {
         what,

@@ -3,6 +3,7 @@
 //! `cluster.sh`, runs Slurm commands against it, and stops it all on drop. It must not touch the host's Slurm.
 //!
 //! It panics (never skips) when Slurm, munge or the plugin are missing: scripts/setup-test-host.sh installs them.
+//! crates/migrun-bench's slurm-bench includes this file too (`#[path]`), so nothing here names the test crate.
 #![allow(dead_code)]
 
 use serde_json::Value;
@@ -11,7 +12,6 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 use tempfile::TempDir;
 
-pub const MIGRUN: &str = env!("CARGO_BIN_EXE_migrun");
 const SETUP_HINT: &str = "run scripts/setup-test-host.sh as root (Debian slurmd slurmctld slurm-client munge libslurm-dev libclang-dev)";
 
 /// One compute node: its name, its simulated machine, its MIG count GRES.
@@ -24,11 +24,13 @@ pub struct Node {
 /// A running cluster; dropping it stops every daemon and removes its namespaces and bridge.
 pub struct Cluster {
     dir: TempDir,
+    repo: PathBuf,
+    migrun: PathBuf,
     pub nodes: Vec<Node>,
 }
 
-/// The plugin, built with the same profile into the target dir this test binary lives in.
-pub fn build_plugin() -> PathBuf {
+/// The plugin, built with the same profile into the target dir this test binary lives in (`repo` is the workspace).
+pub fn build_plugin(repo: &Path) -> PathBuf {
     let exe = std::env::current_exe().expect("the test binary's own path");
     let profile_dir = exe
         .parent()
@@ -38,7 +40,7 @@ pub fn build_plugin() -> PathBuf {
     let target_dir = profile_dir.parent().expect("target dir").to_path_buf();
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(&cargo);
-    cmd.current_dir(env!("CARGO_MANIFEST_DIR"))
+    cmd.current_dir(repo)
         .args(["build", "--quiet", "-p", "migrun-spank", "--lib"])
         .env("CARGO_TARGET_DIR", &target_dir);
     if profile_dir.file_name().is_some_and(|n| n == "release") {
@@ -57,18 +59,24 @@ pub fn build_plugin() -> PathBuf {
     so
 }
 
-fn script() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/slurm_support/cluster.sh")
+fn script(repo: &Path) -> PathBuf {
+    repo.join("tests/slurm_support/cluster.sh")
 }
 
 impl Cluster {
-    /// Start a cluster of `nodes`. Names (netns, bridge, veths) and the subnet come from this process's id, the
-    /// controller port is picked free now, so two test runs on one host do not collide.
-    pub fn start(nodes: Vec<Node>) -> Cluster {
-        let plugin = build_plugin();
+    /// Start a cluster of `nodes` whose plugstack loads `plugin`, which runs `migrun`, with its files (and the nodes'
+    /// migrun state dirs) in a new directory under `under`. Names (netns, bridge, veths) and the subnet come from
+    /// this process's id, the controller port is picked free now, so two test runs on one host do not collide.
+    pub fn start(
+        repo: &Path,
+        plugin: &Path,
+        migrun: &Path,
+        under: &Path,
+        nodes: Vec<Node>,
+    ) -> Cluster {
         let dir = tempfile::Builder::new()
             .prefix("migrun-slurm-")
-            .tempdir()
+            .tempdir_in(under)
             .unwrap();
         let pid = std::process::id();
         let tag = format!("{:05}", pid % 100_000);
@@ -79,18 +87,23 @@ impl Cluster {
             .unwrap()
             .port();
         let mut cmd = Command::new("bash");
-        cmd.arg(script())
+        cmd.arg(script(repo))
             .arg("start")
             .arg(dir.path())
             .arg(&tag)
             .arg(&subnet)
             .arg(port.to_string())
-            .arg(&plugin)
-            .arg(MIGRUN);
+            .arg(plugin)
+            .arg(migrun);
         for n in &nodes {
             cmd.arg(format!("{}={}={}", n.name, n.simulate, n.gres));
         }
-        let cluster = Cluster { dir, nodes };
+        let cluster = Cluster {
+            dir,
+            repo: repo.to_path_buf(),
+            migrun: migrun.to_path_buf(),
+            nodes,
+        };
         let out = cmd.output().expect("running cluster.sh");
         assert!(
             out.status.success(),
@@ -104,6 +117,11 @@ impl Cluster {
 
     pub fn dir(&self) -> &Path {
         self.dir.path()
+    }
+
+    /// The migrun binary the nodes run.
+    pub fn migrun_path(&self) -> &Path {
+        &self.migrun
     }
 
     pub fn conf(&self) -> PathBuf {
@@ -160,7 +178,7 @@ impl Cluster {
 
     /// migrun as that node's slurmd sees it (its simulated GPUs, its state dir); SLURM_CONF lets gc ask squeue.
     pub fn migrun(&self, node: &str) -> Command {
-        let mut c = Command::new(MIGRUN);
+        let mut c = Command::new(&self.migrun);
         c.env("MIGRUN_SIMULATE", self.node(node).simulate)
             .env("MIGRUN_STATE_DIR", self.state_dir(node))
             .env("SLURM_CONF", self.conf())
@@ -234,7 +252,7 @@ impl Cluster {
 impl Drop for Cluster {
     fn drop(&mut self) {
         let _ = Command::new("bash")
-            .arg(script())
+            .arg(script(&self.repo))
             .arg("stop")
             .arg(self.dir())
             .output();

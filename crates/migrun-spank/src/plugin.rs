@@ -21,6 +21,9 @@ const DEFAULT_MIGRUN: &str = "/usr/bin/migrun";
 /// not hang slurmstepd forever).
 const ALLOC_GRACE: Duration = Duration::from_secs(120);
 
+/// How long `run` polls migrun every millisecond before it slows down (a `--mig-wait` may last minutes).
+const POLL_FINE: Duration = Duration::from_millis(500);
+
 /// The plugin's state in one slurmstepd (one job step on one node).
 #[derive(Default)]
 pub struct MigrunSpank {
@@ -78,6 +81,14 @@ impl MigrunSpank {
         let Some(step) = request::step_spec(spank.job_id()?, spank.job_stepid()?) else {
             return Ok(());
         };
+        let job = spank.job_id()?;
+        if let Some(g) = self.batch_slice(spank, job, &step, req) {
+            for (k, v) in g.env() {
+                spank.setenv(k, v, true)?;
+            }
+            // Not ours to release: the batch step holds it and gives it back when the job script ends.
+            return Ok(());
+        }
         let args = request::alloc_args(req, &step, spank.job_uid()?);
         match run(&self.migrun(), &args, req.wait + ALLOC_GRACE) {
             Ok(out) if out.ok => match request::granted(&out.stdout) {
@@ -113,6 +124,39 @@ impl MigrunSpank {
             Err(e) => self.refused = Some(format!("migrun: {e}")),
         }
         Ok(())
+    }
+}
+
+impl MigrunSpank {
+    /// A step of an `sbatch --mig` job on the batch node shares the batch step's slice (`srun` in the script inherits
+    /// the option). Only when the job's environment hints at a lease (MIGRUN_LEASE) is migrun asked, so a step of a
+    /// job without one pays nothing extra.
+    fn batch_slice(
+        &self,
+        spank: &SpankHandle,
+        job: u32,
+        step: &str,
+        req: &Request,
+    ) -> Option<Granted> {
+        if step.ends_with(".batch") {
+            return None;
+        }
+        let hint: u64 = spank.getenv("MIGRUN_LEASE").ok().flatten()?.parse().ok()?;
+        let out = run(
+            &self.migrun(),
+            &["status".to_string(), "--json".to_string()],
+            ALLOC_GRACE,
+        )
+        .ok()?;
+        let g = request::batch_slice(&out.stdout, hint, job, &req.want)?;
+        spank_log(
+            LogLevel::Verbose,
+            &format!(
+                "migrun: step {step} shares the batch step's lease {} ({})",
+                g.lease, g.mig_uuid
+            ),
+        );
+        Some(g)
     }
 }
 
@@ -159,17 +203,31 @@ fn run(migrun: &PathBuf, args: &[String], limit: Duration) -> Result<Output, Str
     let status = loop {
         match child.try_wait() {
             Ok(Some(s)) => break s,
-            Ok(None) if start.elapsed() < limit => std::thread::sleep(Duration::from_millis(10)),
+            // Poll finely at first: migrun usually answers within a few milliseconds, and every step waits on it.
+            Ok(None) if start.elapsed() < limit => {
+                std::thread::sleep(if start.elapsed() < POLL_FINE {
+                    Duration::from_millis(1)
+                } else {
+                    Duration::from_millis(20)
+                })
+            }
             Ok(None) => {
                 let _ = child.kill();
                 let _ = child.wait();
+                // The pipes close with the killed process: join the readers, so no thread of ours outlives this call.
+                let _ = (out_t.join(), err_t.join());
                 return Err(format!(
                     "{} did not answer within {}s; see `migrun status` on the node",
                     migrun.display(),
                     limit.as_secs()
                 ));
             }
-            Err(e) => return Err(format!("waiting for {} failed: {e}", migrun.display())),
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                let _ = (out_t.join(), err_t.join());
+                return Err(format!("waiting for {} failed: {e}", migrun.display()));
+            }
         }
     };
     Ok(Output {

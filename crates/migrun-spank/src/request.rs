@@ -234,6 +234,36 @@ mod tests {
     }
 }
 
+/// The batch step's slice, when a step inside an `sbatch --mig` job may share it instead of taking a second one.
+/// `hint` is the lease id the job's environment carries (MIGRUN_LEASE, inherited from the batch script): only a
+/// hint, since the job can set it to anything. It counts only when migrun's own records (`migrun status --json`)
+/// show that lease active and held by this job's batch step, and the step asks for what the batch step got (the
+/// same profile, or by memory, as `sbatch --mig-min-mem` hands down).
+pub fn batch_slice(status_json: &str, hint: u64, job: u32, want: &Want) -> Option<Granted> {
+    let v: serde_json::Value = serde_json::from_str(status_json).ok()?;
+    let l = v
+        .get("leases")?
+        .as_array()?
+        .iter()
+        .find(|l| l.get("id").and_then(|x| x.as_u64()) == Some(hint))?;
+    let h = l.get("holder")?;
+    let ours = h.get("kind")?.as_str()? == "slurm"
+        && h.get("job")?.as_u64()? == u64::from(job)
+        && h.get("step")?.as_u64()? == u64::from(STEP_BATCH)
+        && l.get("state")?.as_str()? == "active";
+    let profile = l.get("profile")?.as_str()?.to_string();
+    let same = match want {
+        Want::Profile(p) => *p == profile,
+        Want::MinMem(_) => true,
+    };
+    let mig_uuid = l.get("mig_uuid")?.as_str()?.to_string();
+    (ours && same).then_some(Granted {
+        lease: hint,
+        mig_uuid,
+        profile,
+    })
+}
+
 /// Slurm's reserved step ids (slurm.h, 22.05).
 const STEP_BATCH: u32 = 0xffff_fffb;
 const STEP_INTERACTIVE: u32 = 0xffff_fffa;
@@ -254,6 +284,40 @@ pub fn step_spec(job: u32, step: u32) -> Option<String> {
 
 #[cfg(test)]
 mod step_tests {
+    use super::*;
+
+    #[test]
+    fn a_step_shares_the_batch_slice_only_on_migruns_word() {
+        let st = |job: u32, step: u32, state: &str| {
+            format!(
+                r#"{{"leases":[{{"id":7,"holder":{{"kind":"slurm","job":{job},"step":{step},"pid":1,"start_time":2}},"state":"{state}","profile":"1g.10gb","mig_uuid":"MIG-a"}}]}}"#
+            )
+        };
+        let p = Want::Profile("1g.10gb".into());
+        let g = batch_slice(&st(42, STEP_BATCH, "active"), 7, 42, &p).unwrap();
+        assert_eq!((g.lease, g.mig_uuid.as_str()), (7, "MIG-a"));
+        assert!(batch_slice(
+            &st(42, STEP_BATCH, "active"),
+            7,
+            42,
+            &Want::MinMem("5g".into())
+        )
+        .is_some());
+        // Another job's lease, a step's lease, a draining one, another lease id, another profile: no.
+        assert!(batch_slice(&st(43, STEP_BATCH, "active"), 7, 42, &p).is_none());
+        assert!(batch_slice(&st(42, 0, "active"), 7, 42, &p).is_none());
+        assert!(batch_slice(&st(42, STEP_BATCH, "draining"), 7, 42, &p).is_none());
+        assert!(batch_slice(&st(42, STEP_BATCH, "active"), 8, 42, &p).is_none());
+        assert!(batch_slice(
+            &st(42, STEP_BATCH, "active"),
+            7,
+            42,
+            &Want::Profile("3g.40gb".into())
+        )
+        .is_none());
+        assert!(batch_slice("not json", 7, 42, &p).is_none());
+    }
+
     #[test]
     fn steps_are_named_as_migrun_takes_them() {
         assert_eq!(super::step_spec(42, 0).as_deref(), Some("42.0"));
