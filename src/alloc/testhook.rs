@@ -152,6 +152,26 @@ impl Backend for FaultInjector<'_> {
         self.check(Op::CreateCi, "creating the default compute instance", gpu)?;
         self.inner.create_default_ci(gpu, gi)
     }
+    fn ci_profiles(&mut self, gpu: u32, gi: u32) -> Result<Vec<crate::gpu::CiProfile>, GpuError> {
+        self.inner.ci_profiles(gpu, gi)
+    }
+    fn create_ci(
+        &mut self,
+        gpu: u32,
+        gi: u32,
+        profile_id: u32,
+        start: u32,
+    ) -> Result<ComputeInstance, GpuError> {
+        self.check(Op::CreateCi, "creating a compute instance", gpu)?;
+        self.inner.create_ci(gpu, gi, profile_id, start)
+    }
+    fn ci_placements(
+        &mut self,
+        gpu: u32,
+        gi: u32,
+    ) -> Result<Vec<crate::gpu::CiPlacement>, GpuError> {
+        self.inner.ci_placements(gpu, gi)
+    }
     fn destroy_ci(&mut self, gpu: u32, gi: u32, ci: u32) -> Result<(), GpuError> {
         self.check(Op::DestroyCi, "destroying a compute instance", gpu)?;
         self.inner.destroy_ci(gpu, gi, ci)

@@ -667,6 +667,25 @@ impl Backend for Racer<'_> {
     ) -> Result<crate::gpu::ComputeInstance, GpuError> {
         self.sim.create_default_ci(gpu, gi)
     }
+    fn ci_profiles(&mut self, gpu: u32, gi: u32) -> Result<Vec<crate::gpu::CiProfile>, GpuError> {
+        self.sim.ci_profiles(gpu, gi)
+    }
+    fn create_ci(
+        &mut self,
+        gpu: u32,
+        gi: u32,
+        profile_id: u32,
+        start: u32,
+    ) -> Result<crate::gpu::ComputeInstance, GpuError> {
+        self.sim.create_ci(gpu, gi, profile_id, start)
+    }
+    fn ci_placements(
+        &mut self,
+        gpu: u32,
+        gi: u32,
+    ) -> Result<Vec<crate::gpu::CiPlacement>, GpuError> {
+        self.sim.ci_placements(gpu, gi)
+    }
     fn destroy_ci(&mut self, gpu: u32, gi: u32, ci: u32) -> Result<(), GpuError> {
         self.sim.destroy_ci(gpu, gi, ci)
     }

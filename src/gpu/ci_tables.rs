@@ -10,6 +10,10 @@ use crate::profile::{CiProfileName, ProfileName};
 use serde::Deserialize;
 use serde_json::Value;
 
+/// Compute slices of each NVML_COMPUTE_INSTANCE_PROFILE_* index (nvml.h; the file's `profile_indices`,
+/// checked against it by a unit test): index 7 is the REV1 form of one slice.
+pub const NVML_CI_PROFILE_SLICES: [u32; 8] = [1, 2, 3, 4, 7, 8, 6, 1];
+
 /// Profile names go into JSON as users write them (`1c.3g.40gb`), as everywhere in migrun's output.
 fn as_text<T: std::fmt::Display, S: serde::Serializer>(v: &T, s: S) -> Result<S::Ok, S::Error> {
     s.collect_str(v)
@@ -349,6 +353,22 @@ mod tests {
                     "{key} {ci}: {e}"
                 );
             }
+        }
+    }
+
+    #[test]
+    fn the_index_constant_is_the_files() {
+        let doc: Value = serde_json::from_str(PROFILE_TABLE_JSON).unwrap();
+        let rows = doc["compute_instances"]["profile_indices"]
+            .as_array()
+            .unwrap();
+        assert_eq!(rows.len(), NVML_CI_PROFILE_SLICES.len());
+        for r in rows {
+            let i = r["nvml_index"].as_u64().unwrap() as usize;
+            assert_eq!(
+                r["compute_slices"].as_u64().unwrap() as u32,
+                NVML_CI_PROFILE_SLICES[i]
+            );
         }
     }
 

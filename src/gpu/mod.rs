@@ -144,6 +144,38 @@ pub struct ComputeInstance {
     pub id: u32,
     /// `MIG-<uuid>` of the MIG device, the value NVIDIA_VISIBLE_DEVICES takes.
     pub mig_uuid: String,
+    /// Compute processes on this MIG device: a compute instance in use is never destroyed (IN_USE).
+    #[serde(default)]
+    pub processes: u32,
+}
+
+/// A compute-instance profile of one existing GPU instance, as the device reports it
+/// (nvmlComputeInstanceProfileInfo plus `-lcipp` placements and the remaining capacity).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CiProfile {
+    /// The NVML_COMPUTE_INSTANCE_PROFILE_* index it was read under.
+    pub nvml_index: u32,
+    /// The device's profile ID (what creating a compute instance takes).
+    pub id: u32,
+    /// Compute slices of the GPU instance it takes.
+    pub slice_count: u32,
+    /// How many fit in one GPU instance.
+    pub instance_count: u32,
+    /// Where it may sit inside the GPU instance, in compute-slice units of that instance.
+    pub placements: Vec<Placement>,
+    /// How many more could be created in this GPU instance now.
+    pub remaining: u32,
+}
+
+/// Where one compute instance sits inside its GPU instance (`nvidia-smi mig -lci`'s profile and placement).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CiPlacement {
+    /// The compute instance's id within its GPU instance.
+    pub ci: u32,
+    /// Its CI profile ID.
+    pub profile_id: u32,
+    /// The compute slices of the GPU instance it takes.
+    pub placement: Placement,
 }
 
 /// A GPU instance as it exists on the device.
@@ -388,6 +420,19 @@ pub trait Backend {
     fn create_gi(&mut self, gpu: u32, profile_id: u32, start: u32) -> Result<u32, GpuError>;
     /// Create the default (full-slice, shared-engine) compute instance in GI `gi`.
     fn create_default_ci(&mut self, gpu: u32, gi: u32) -> Result<ComputeInstance, GpuError>;
+    /// The compute-instance profiles GI `gi` offers, with placements inside it and remaining capacity.
+    fn ci_profiles(&mut self, gpu: u32, gi: u32) -> Result<Vec<CiProfile>, GpuError>;
+    /// Create a compute instance of CI profile `profile_id` in GI `gi` at compute slice `start` of that GI
+    /// (nvmlGpuInstanceCreateComputeInstanceWithPlacement); INSUFFICIENT_RESOURCES when it does not fit.
+    fn create_ci(
+        &mut self,
+        gpu: u32,
+        gi: u32,
+        profile_id: u32,
+        start: u32,
+    ) -> Result<ComputeInstance, GpuError>;
+    /// Where each compute instance of GI `gi` sits (its profile ID and compute slices), by CI id.
+    fn ci_placements(&mut self, gpu: u32, gi: u32) -> Result<Vec<CiPlacement>, GpuError>;
     /// Destroy compute instance `ci` of GI `gi`. IN_USE while processes run on it.
     fn destroy_ci(&mut self, gpu: u32, gi: u32, ci: u32) -> Result<(), GpuError>;
     /// Destroy GI `gi`. IN_USE while it still has compute instances or processes.
@@ -421,6 +466,20 @@ pub trait Backend {
     /// under an equal one need not be read again. `None`: do not cache. Provided like [`Backend::host_facts`].
     fn host_facts_key(&mut self) -> Result<Option<String>, hostfacts::HostFactsError> {
         hostfacts::HostFacts::fingerprint(&hostfacts::host_root())
+    }
+
+    /// The compute instances of GI `gi` with their MIG-device UUIDs; NOT_FOUND when the GI does not exist.
+    fn compute_instances(&mut self, gpu: u32, gi: u32) -> Result<Vec<ComputeInstance>, GpuError> {
+        self.instances(gpu)?
+            .into_iter()
+            .find(|i| i.id == gi)
+            .map(|i| i.compute_instances)
+            .ok_or_else(|| GpuError::Nvml {
+                op: "listing compute instances".into(),
+                gpu,
+                code: Code::NotFound,
+                detail: format!("GPU {gpu} has no GPU instance {gi}"),
+            })
     }
 
     /// A plain-data snapshot of every GPU.

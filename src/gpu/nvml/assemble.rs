@@ -34,6 +34,7 @@ impl NvmlBackend {
                         .map(|m| ComputeInstance {
                             id: m.1,
                             mig_uuid: m.2.clone(),
+                            processes: m.3,
                         })
                         .collect(),
                 }

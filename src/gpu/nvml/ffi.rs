@@ -13,10 +13,10 @@
 use nvml_wrapper::error::{nvml_sym, nvml_try, NvmlError};
 use nvml_wrapper::{Device, Nvml};
 use nvml_wrapper_sys::bindings::{
-    nvmlComputeInstanceInfo_t, nvmlComputeInstanceProfileInfo_t, nvmlComputeInstance_t,
-    nvmlGpuInstanceInfo_t, nvmlGpuInstancePlacement_t, nvmlGpuInstanceProfileInfo_v2_t,
-    nvmlGpuInstance_t, nvmlReturn_enum_NVML_ERROR_INSUFFICIENT_SIZE,
-    NVML_COMPUTE_INSTANCE_ENGINE_PROFILE_SHARED,
+    nvmlComputeInstanceInfo_t, nvmlComputeInstancePlacement_t, nvmlComputeInstanceProfileInfo_t,
+    nvmlComputeInstance_t, nvmlGpuInstanceInfo_t, nvmlGpuInstancePlacement_t,
+    nvmlGpuInstanceProfileInfo_v2_t, nvmlGpuInstance_t,
+    nvmlReturn_enum_NVML_ERROR_INSUFFICIENT_SIZE, NVML_COMPUTE_INSTANCE_ENGINE_PROFILE_SHARED,
 };
 use std::ffi::{c_uint, CStr};
 use std::mem;
@@ -60,6 +60,7 @@ pub(super) struct GiInfo {
 pub(super) struct CiProfileInfo {
     pub id: u32,
     pub slice_count: u32,
+    pub instance_count: u32,
 }
 
 /// The raw handle of a safe `Device`.
@@ -264,6 +265,76 @@ impl<'n> Gi<'n> {
         Ok(CiProfileInfo {
             id: info.id,
             slice_count: info.sliceCount,
+            instance_count: info.instanceCount,
+        })
+    }
+
+    /// nvmlGpuInstanceGetComputeInstancePossiblePlacements, as `(start, size)` in the GI's compute slices.
+    pub fn ci_possible_placements(&self, ci_profile_id: u32) -> Result<Vec<(u32, u32)>, NvmlError> {
+        let sym = nvml_sym(
+            self.nvml
+                .lib()
+                .nvmlGpuInstanceGetComputeInstancePossiblePlacements
+                .as_ref(),
+        )?;
+        let empty = nvmlComputeInstancePlacement_t { start: 0, size: 0 };
+        let mut buf = vec![empty; PLACEMENT_GUESS];
+        let mut count = buf.len() as c_uint;
+        // SAFETY: `buf` holds `count` initialised elements and `count` is a valid in/out pointer;
+        // NVML writes at most `count` placements and sets `count` to how many it wrote (or needs).
+        let rc = unsafe { sym(self.handle, ci_profile_id, buf.as_mut_ptr(), &mut count) };
+        if rc == nvmlReturn_enum_NVML_ERROR_INSUFFICIENT_SIZE {
+            buf = vec![empty; count as usize];
+            // SAFETY: as above, with the buffer grown to the count NVML asked for.
+            unsafe {
+                nvml_try(sym(
+                    self.handle,
+                    ci_profile_id,
+                    buf.as_mut_ptr(),
+                    &mut count,
+                ))?
+            };
+        } else {
+            nvml_try(rc)?;
+        }
+        buf.truncate((count as usize).min(buf.len()));
+        Ok(buf.iter().map(|p| (p.start, p.size)).collect())
+    }
+
+    /// nvmlGpuInstanceGetComputeInstanceRemainingCapacity.
+    pub fn ci_remaining_capacity(&self, ci_profile_id: u32) -> Result<u32, NvmlError> {
+        let sym = nvml_sym(
+            self.nvml
+                .lib()
+                .nvmlGpuInstanceGetComputeInstanceRemainingCapacity
+                .as_ref(),
+        )?;
+        let mut count: c_uint = 0;
+        // SAFETY: `count` is a valid out-pointer for the call's duration.
+        unsafe { nvml_try(sym(self.handle, ci_profile_id, &mut count))? };
+        Ok(count)
+    }
+
+    /// nvmlGpuInstanceCreateComputeInstanceWithPlacement (`start`, `size` in the GI's compute slices).
+    pub fn create_ci_at(
+        &self,
+        ci_profile_id: u32,
+        start: u32,
+        size: u32,
+    ) -> Result<Ci<'n>, NvmlError> {
+        let sym = nvml_sym(
+            self.nvml
+                .lib()
+                .nvmlGpuInstanceCreateComputeInstanceWithPlacement
+                .as_ref(),
+        )?;
+        let placement = nvmlComputeInstancePlacement_t { start, size };
+        let mut handle: nvmlComputeInstance_t = ptr::null_mut();
+        // SAFETY: `placement` is a valid in-pointer and `handle` a valid out-pointer for the call's duration.
+        unsafe { nvml_try(sym(self.handle, ci_profile_id, &placement, &mut handle))? };
+        Ok(Ci {
+            handle,
+            nvml: self.nvml,
         })
     }
 
@@ -319,6 +390,11 @@ pub(super) struct Ci<'n> {
 impl Ci<'_> {
     /// The compute instance ID (nvmlComputeInstanceGetInfo_v2).
     pub fn id(&self) -> Result<u32, NvmlError> {
+        self.info().map(|(id, _, _, _)| id)
+    }
+
+    /// (id, profile ID, placement start, placement size) from nvmlComputeInstanceGetInfo_v2.
+    pub fn info(&self) -> Result<(u32, u32, u32, u32), NvmlError> {
         let sym = nvml_sym(self.nvml.lib().nvmlComputeInstanceGetInfo_v2.as_ref())?;
         // SAFETY: all-zero is a valid value of this plain C struct (its handle fields become
         // NULL); NVML fills it through the valid out-pointer.
@@ -327,7 +403,12 @@ impl Ci<'_> {
             nvml_try(sym(self.handle, &mut info))?;
             info
         };
-        Ok(info.id)
+        Ok((
+            info.id,
+            info.profileId,
+            info.placement.start,
+            info.placement.size,
+        ))
     }
 
     /// nvmlComputeInstanceDestroy (IN_USE while processes run on it).

@@ -12,6 +12,7 @@
 #![deny(unsafe_code)]
 
 mod assemble;
+mod ci;
 mod errors;
 mod ffi;
 use errors::{device, nvml_err, one_line};
@@ -19,7 +20,8 @@ use errors::{device, nvml_err, one_line};
 use super::hostfacts::{self, HostFacts, HostFactsError};
 use super::rules::{self, Occupant};
 use super::{
-    Backend, Code, ComputeInstance, GiProfile, GpuError, GpuInfo, GpuInstance, MigMode, Placement,
+    Backend, CiPlacement, CiProfile, Code, ComputeInstance, GiProfile, GpuError, GpuInfo,
+    GpuInstance, MigMode, Placement,
 };
 use crate::statedir::StateDir;
 use nvml_wrapper::error::NvmlError;
@@ -531,32 +533,25 @@ impl Backend for NvmlBackend {
                 }
             }
         };
-        let found = self.mig_devices(gpu).map(|devs| {
-            devs.into_iter()
-                .find(|(g, c, _, _)| *g == gi && *c == ci_id)
-                .map(|(_, _, uuid, _)| uuid)
-        });
-        match found {
-            Ok(Some(mig_uuid)) => Ok(ComputeInstance {
-                id: ci_id,
-                mig_uuid,
-            }),
-            other => {
-                // A compute instance nobody can name by UUID is useless and blocks its GI: undo it.
-                let _ = self.destroy_ci(gpu, gi, ci_id);
-                match other {
-                    Err(e) => Err(e),
-                    _ => Err(GpuError::Nvml {
-                        op: op.into(),
-                        gpu,
-                        code: Code::NotFound,
-                        detail: format!(
-                            "NVML lists no MIG device for GPU instance {gi} compute instance {ci_id}"
-                        ),
-                    }),
-                }
-            }
-        }
+        self.name_new_ci(op, gpu, gi, ci_id)
+    }
+
+    fn ci_profiles(&mut self, gpu: u32, gi: u32) -> Result<Vec<CiProfile>, GpuError> {
+        self.read_ci_profiles(gpu, gi)
+    }
+
+    fn create_ci(
+        &mut self,
+        gpu: u32,
+        gi: u32,
+        profile_id: u32,
+        start: u32,
+    ) -> Result<ComputeInstance, GpuError> {
+        self.create_ci_at(gpu, gi, profile_id, start)
+    }
+
+    fn ci_placements(&mut self, gpu: u32, gi: u32) -> Result<Vec<CiPlacement>, GpuError> {
+        self.read_ci_placements(gpu, gi)
     }
 
     fn destroy_ci(&mut self, gpu: u32, gi: u32, ci: u32) -> Result<(), GpuError> {

@@ -2,7 +2,8 @@
 //!
 //! Both the `--simulate` backend and the fake `libnvidia-ml.so` drive this same type, so the rules
 //! (overlap -> INSUFFICIENT_RESOURCES, instance-count limits, one `+me` per GPU, MIG off ->
-//! NOT_SUPPORTED, destroying a GI with a CI -> IN_USE) live in one place.
+//! NOT_SUPPORTED, destroying a GI with a CI or a CI with processes -> IN_USE) live in one place;
+//! compute instances inside a GI are in `sim::ci`.
 
 use super::models::{self, Model, ModelError};
 use crate::gpu::rules::{self, Occupant};
@@ -127,6 +128,15 @@ impl fmt::Display for SimSpec {
 pub struct SimCi {
     pub id: u32,
     pub uuid: String,
+    /// Its CI profile ID; `None` in a state file from before CI profiles (then the full-GI one).
+    #[serde(default)]
+    pub profile_id: Option<u32>,
+    /// Where it sits inside its GI, in the GI's compute slices; `None`: the whole GI (as above).
+    #[serde(default)]
+    pub placement: Option<Placement>,
+    /// Simulated compute processes on this compute instance's MIG device.
+    #[serde(default)]
+    pub processes: u32,
 }
 
 /// A GPU instance of the simulator.
@@ -164,7 +174,7 @@ pub struct SimMachine {
 }
 
 /// A UUID-shaped string derived from `key`; stored in the state file, so it stays stable for the instance's life.
-fn uuid_from(key: &str) -> String {
+pub(super) fn uuid_from(key: &str) -> String {
     let mut words = [0u64; 2];
     for (i, w) in words.iter_mut().enumerate() {
         let mut h = DefaultHasher::new();
@@ -258,9 +268,10 @@ impl SimMachine {
                     .map(|c| ComputeInstance {
                         id: c.id,
                         mig_uuid: c.uuid.clone(),
+                        processes: c.processes,
                     })
                     .collect(),
-                processes: gi.processes,
+                processes: gi.processes + gi.cis.iter().map(|c| c.processes).sum::<u32>(),
             })
             .collect())
     }
@@ -321,34 +332,6 @@ impl SimMachine {
         self.create_gi(gpu, profile_id, start)
     }
 
-    /// Create the default compute instance (one per GI in migrun's use; a second gives INSUFFICIENT_RESOURCES).
-    pub fn create_default_ci(&mut self, gpu: u32, gi: u32) -> Result<ComputeInstance, Code> {
-        let g = self.gpu_mut(gpu)?;
-        let gpu_uuid = g.uuid.clone();
-        g.serial += 1;
-        let serial = g.serial;
-        let inst = g
-            .instances
-            .iter_mut()
-            .find(|i| i.id == gi)
-            .ok_or(Code::NotFound)?;
-        if !inst.cis.is_empty() {
-            return Err(Code::InsufficientResources);
-        }
-        let ci = SimCi {
-            id: 0,
-            uuid: format!(
-                "MIG-{}",
-                uuid_from(&format!("mig/{gpu_uuid}/{gi}/0/{serial}"))
-            ),
-        };
-        inst.cis.push(ci.clone());
-        Ok(ComputeInstance {
-            id: ci.id,
-            mig_uuid: ci.uuid,
-        })
-    }
-
     pub fn destroy_ci(&mut self, gpu: u32, gi: u32, ci: u32) -> Result<(), Code> {
         let g = self.gpu_mut(gpu)?;
         let inst = g
@@ -361,7 +344,8 @@ impl SimMachine {
             .iter()
             .position(|c| c.id == ci)
             .ok_or(Code::NotFound)?;
-        if inst.processes > 0 {
+        // Processes counted on the GI (`migrun sim add-process`) or on this compute instance.
+        if inst.processes > 0 || inst.cis[pos].processes > 0 {
             return Err(Code::InUse);
         }
         inst.cis.remove(pos);
@@ -427,7 +411,11 @@ impl SimMachine {
     /// Compute processes anywhere on the GPU.
     pub fn gpu_processes(&self, gpu: u32) -> Result<u32, Code> {
         let g = self.gpu(gpu)?;
-        Ok(g.gpu_processes + g.instances.iter().map(|i| i.processes).sum::<u32>())
+        Ok(g.gpu_processes
+            + g.instances
+                .iter()
+                .map(|i| i.processes + i.cis.iter().map(|c| c.processes).sum::<u32>())
+                .sum::<u32>())
     }
 }
 

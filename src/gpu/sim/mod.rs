@@ -4,6 +4,7 @@
 //! it back atomically, so separate migrun processes (launcher, hooks, gc) and the fake
 //! `libnvidia-ml.so` see one machine.
 
+pub mod ci;
 pub mod machine;
 pub mod models;
 pub mod procfs;
@@ -11,8 +12,8 @@ pub mod procfs;
 pub use machine::{SimMachine, SimSpec, SpecError};
 
 use super::{
-    Backend, Code, ComputeInstance, GiProfile, GpuError, GpuInfo, GpuInstance, GpuState, MigMode,
-    MigState,
+    Backend, CiPlacement, CiProfile, Code, ComputeInstance, GiProfile, GpuError, GpuInfo,
+    GpuInstance, GpuState, MigMode, MigState,
 };
 use crate::statedir::{self, StateDir};
 use std::path::{Path, PathBuf};
@@ -307,6 +308,27 @@ impl Backend for SimBackend {
     fn create_default_ci(&mut self, gpu: u32, gi: u32) -> Result<ComputeInstance, GpuError> {
         self.op("creating the default compute instance", gpu, |m| {
             m.create_default_ci(gpu, gi)
+        })
+    }
+    fn ci_profiles(&mut self, gpu: u32, gi: u32) -> Result<Vec<CiProfile>, GpuError> {
+        self.op("reading compute instance profiles", gpu, |m| {
+            m.ci_profiles(gpu, gi)
+        })
+    }
+    fn create_ci(
+        &mut self,
+        gpu: u32,
+        gi: u32,
+        profile_id: u32,
+        start: u32,
+    ) -> Result<ComputeInstance, GpuError> {
+        self.op("creating a compute instance", gpu, |m| {
+            m.create_ci(gpu, gi, profile_id, start)
+        })
+    }
+    fn ci_placements(&mut self, gpu: u32, gi: u32) -> Result<Vec<CiPlacement>, GpuError> {
+        self.op("listing compute instances", gpu, |m| {
+            m.ci_placements(gpu, gi)
         })
     }
     fn destroy_ci(&mut self, gpu: u32, gi: u32, ci: u32) -> Result<(), GpuError> {

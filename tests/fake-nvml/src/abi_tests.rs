@@ -263,6 +263,95 @@ fn garbage_and_stale_handles_are_refused_not_trusted() {
 }
 
 #[test]
+fn compute_instances_at_placements_inside_a_gi() {
+    let _f = Fixture::new("a100-80gb", &[]);
+    let d = dev(0);
+    let mut gi = null_mut();
+    // A100-80GB 3g.40gb is ID 9 at {0,4}:4; its 1c.3g.40gb is CI profile ID 0, three of them.
+    let p = nvmlGpuInstancePlacement_t { start: 0, size: 4 };
+    assert_eq!(
+        unsafe { nvmlDeviceCreateGpuInstanceWithPlacement(d, 9, &p, &mut gi) },
+        SUCCESS
+    );
+    let mut count = 0;
+    let list = nvmlGpuInstanceGetComputeInstancePossiblePlacements;
+    assert_eq!(unsafe { list(gi, 0, null_mut(), &mut count) }, SUCCESS);
+    assert_eq!(count, 3);
+    let empty = nvmlComputeInstancePlacement_t { start: 0, size: 0 };
+    let mut buf = [empty; 3];
+    let mut short = 2;
+    assert_eq!(
+        unsafe { list(gi, 0, buf.as_mut_ptr(), &mut short) },
+        INSUFFICIENT_SIZE
+    );
+    assert_eq!(
+        unsafe { list(gi, 0, buf.as_mut_ptr(), &mut count) },
+        SUCCESS
+    );
+    let got: Vec<(u32, u32)> = buf.iter().map(|p| (p.start, p.size)).collect();
+    assert_eq!(got, [(0, 1), (1, 1), (2, 1)]);
+    assert_eq!(
+        unsafe { list(gi, 9, null_mut(), &mut count) },
+        INVALID_ARGUMENT
+    );
+
+    let create = nvmlGpuInstanceCreateComputeInstanceWithPlacement;
+    let mut ci = null_mut();
+    let at = |start, size| nvmlComputeInstancePlacement_t { start, size };
+    assert_eq!(
+        unsafe { create(gi, 0, std::ptr::null(), &mut ci) },
+        INVALID_ARGUMENT
+    );
+    assert_eq!(
+        unsafe { create(gi, 0, &at(1, 2), &mut ci) },
+        INVALID_ARGUMENT
+    );
+    assert_eq!(unsafe { create(gi, 0, &at(1, 1), &mut ci) }, SUCCESS);
+    let mut info: nvmlComputeInstanceInfo_t = unsafe { std::mem::zeroed() };
+    assert_eq!(
+        unsafe { nvmlComputeInstanceGetInfo_v2(ci, &mut info) },
+        SUCCESS
+    );
+    assert_eq!(
+        (
+            info.id,
+            info.profileId,
+            info.placement.start,
+            info.placement.size
+        ),
+        (0, 0, 1, 1)
+    );
+    let mut left = 0;
+    let remaining = nvmlGpuInstanceGetComputeInstanceRemainingCapacity;
+    assert_eq!(unsafe { remaining(gi, 0, &mut left) }, SUCCESS);
+    assert_eq!(left, 2);
+    // The 2c (0:2) overlaps slice 1.
+    assert_eq!(
+        unsafe { create(gi, 1, &at(0, 2), &mut ci.clone()) },
+        nvmlReturn_enum_NVML_ERROR_INSUFFICIENT_RESOURCES
+    );
+    let mut any = null_mut();
+    assert_eq!(
+        unsafe { nvmlGpuInstanceCreateComputeInstance(gi, 0, &mut any) },
+        SUCCESS
+    );
+    // Listing by profile: two 1c, no full one.
+    let mut n = 0;
+    let cis = nvmlGpuInstanceGetComputeInstances;
+    assert_eq!(unsafe { cis(gi, 0, null_mut(), &mut n) }, SUCCESS);
+    assert_eq!(n, 2);
+    assert_eq!(unsafe { cis(gi, 2, null_mut(), &mut n) }, SUCCESS);
+    assert_eq!(n, 0);
+    assert_eq!(
+        unsafe { nvmlGpuInstanceDestroy(gi) },
+        nvmlReturn_enum_NVML_ERROR_IN_USE
+    );
+    assert_eq!(unsafe { nvmlComputeInstanceDestroy(ci) }, SUCCESS);
+    assert_eq!(unsafe { nvmlComputeInstanceDestroy(any) }, SUCCESS);
+    assert_eq!(unsafe { nvmlGpuInstanceDestroy(gi) }, SUCCESS);
+}
+
+#[test]
 fn mig_devices_lead_back_to_their_instances() {
     let _f = Fixture::new("a100-40gb", &[]);
     let d = dev(0);
@@ -280,10 +369,14 @@ fn mig_devices_lead_back_to_their_instances() {
     );
     assert_eq!((cip.sliceCount, cip.instanceCount), (3, 1));
     let mut ci = null_mut();
-    // Only the full-GI compute instance can be created in the fake.
+    // The tables know no smaller CI of an A100-40GB: only the full-GI one is offered.
+    assert_eq!(
+        unsafe { nvmlGpuInstanceGetComputeInstanceProfileInfo(gi, 0, 0, &mut cip.clone()) },
+        NOT_SUPPORTED
+    );
     assert_eq!(
         unsafe { nvmlGpuInstanceCreateComputeInstance(gi, 0, &mut ci) },
-        NOT_SUPPORTED
+        INVALID_ARGUMENT
     );
     assert_eq!(
         unsafe { nvmlGpuInstanceCreateComputeInstance(gi, cip.id, &mut ci) },

@@ -22,7 +22,7 @@ use config::Config;
 use handle::{Handle, Kind};
 use migrun::gpu::sim::models::Model;
 use migrun::gpu::sim::{SimMachine, SimStore};
-use migrun::gpu::{GiProfile, MigMode};
+use migrun::gpu::{CiProfile, GiProfile, MigMode};
 use nvml_wrapper_sys::bindings::*;
 use std::ffi::{c_char, c_uint, c_ulonglong, CStr};
 use std::sync::{Mutex, MutexGuard};
@@ -51,10 +51,6 @@ const NO_INSTANCE: c_uint = 0xFFFF_FFFF;
 const DRIVER_VERSION: &str = "580.159.04";
 /// Product name of a GPU listed in MIGRUN_FAKE_NVML_NOMIG.
 const NOMIG_NAME: &str = "Fake non-MIG GPU";
-
-/// Compute-slice count of each NVML_COMPUTE_INSTANCE_PROFILE_* index 0..=6 (nvml.h); the fake's
-/// CI profile IDs equal these indices, as on A100/H100. Index 7 (1_SLICE_REV1) is not offered.
-const CI_SLICES: [u32; 7] = [1, 2, 3, 4, 7, 8, 6];
 
 fn struct_version<T>(v: u32) -> c_uint {
     std::mem::size_of::<T>() as c_uint | (v << 24)
@@ -87,7 +83,10 @@ pub const SYMBOLS: &[&str] = &[
     "nvmlGpuInstanceGetInfo",
     "nvmlGpuInstanceGetComputeInstanceProfileInfo",
     "nvmlGpuInstanceGetComputeInstanceProfileInfoV",
+    "nvmlGpuInstanceGetComputeInstancePossiblePlacements",
+    "nvmlGpuInstanceGetComputeInstanceRemainingCapacity",
     "nvmlGpuInstanceCreateComputeInstance",
+    "nvmlGpuInstanceCreateComputeInstanceWithPlacement",
     "nvmlGpuInstanceGetComputeInstances",
     "nvmlGpuInstanceGetComputeInstanceById",
     "nvmlComputeInstanceGetInfo_v2",
@@ -243,21 +242,6 @@ impl Session {
             v
         })
     }
-}
-
-/// The CI profile index/ID with `slices` compute slices.
-fn ci_profile_for(slices: u32) -> Option<u32> {
-    CI_SLICES
-        .iter()
-        .position(|s| *s == slices)
-        .map(|i| i as u32)
-}
-
-/// CI profiles a GI offers: the full-GI one and the common smaller ones (1, 2, 3, 4 slices).
-fn ci_profile_offered(gi: &GiProfile, index: u32) -> Option<u32> {
-    let slices = *CI_SLICES.get(index as usize)?;
-    let s = gi.slice_count;
-    (slices == s || (slices < s && slices <= 4)).then_some(slices)
 }
 
 fn or_na(v: Option<u32>) -> c_uint {
@@ -997,19 +981,38 @@ pub unsafe extern "C" fn nvmlGpuInstanceDestroy(gpuInstance: nvmlGpuInstance_t) 
 // ---------------------------------------------------------------------------------------------
 // Compute instances.
 
-/// CI profile info (id, slices, count, SMs) for CI profile index `profile` of a GI.
-fn ci_profile(gi: &GiProfile, profile: c_uint, eng: c_uint) -> R<(u32, u32, u32, c_uint)> {
+/// The CI profile a GI offers under NVML_COMPUTE_INSTANCE_PROFILE_* index `profile`, as the
+/// simulator serves it (the tables' rows whose ID and count are known, and the full-GI default).
+fn ci_profile(s: &Session, gpu: u32, gi: u32, profile: c_uint, eng: c_uint) -> R<CiProfile> {
     if profile >= NVML_COMPUTE_INSTANCE_PROFILE_COUNT
         || eng >= NVML_COMPUTE_INSTANCE_ENGINE_PROFILE_COUNT
     {
         return Err(INVALID_ARGUMENT);
     }
-    let slices = ci_profile_offered(gi, profile).ok_or(NOT_SUPPORTED)?;
-    let count = gi.slice_count / slices;
-    let sm = gi
-        .sm
-        .map_or(NOT_AVAILABLE, |sm| sm * slices / gi.slice_count.max(1));
-    Ok((profile, slices, count, sm))
+    s.machine(|m| m.ci_profiles(gpu, gi))?
+        .map_err(code)?
+        .into_iter()
+        .find(|p| p.nvml_index == profile)
+        .ok_or(NOT_SUPPORTED)
+}
+
+/// The CI profile with device ID `id` in a GI; INVALID_ARGUMENT for an ID it does not offer (nvml.h).
+fn ci_profile_by_id(s: &Session, gpu: u32, gi: u32, id: c_uint) -> R<CiProfile> {
+    s.machine(|m| m.ci_profiles(gpu, gi))?
+        .map_err(code)?
+        .into_iter()
+        .find(|p| p.id == id)
+        .ok_or(INVALID_ARGUMENT)
+}
+
+/// SMs of a CI profile: the GI's own for the full one; a smaller one's count is unknown to the
+/// simulator (the tables are not consulted for it), so NOT_AVAILABLE rather than a guess.
+fn ci_sm(gi: &GiProfile, p: &CiProfile) -> c_uint {
+    if p.slice_count == gi.slice_count {
+        or_na(gi.sm)
+    } else {
+        NOT_AVAILABLE
+    }
 }
 
 /// `MIG 3g.40gb` for the full-GI CI, `MIG 1c.3g.40gb` for a smaller one (nvidia-smi's spelling).
@@ -1031,13 +1034,13 @@ pub unsafe extern "C" fn nvmlGpuInstanceGetComputeInstanceProfileInfo(
     info: *mut nvmlComputeInstanceProfileInfo_t,
 ) -> Ret {
     call("nvmlGpuInstanceGetComputeInstanceProfileInfo", |s| {
-        let (_, _, gp) = s.gi(gpuInstance)?;
-        let (id, slices, count, sm) = ci_profile(&gp, profile, engProfile)?;
+        let (gpu, gi, gp) = s.gi(gpuInstance)?;
+        let p = ci_profile(s, gpu, gi, profile, engProfile)?;
         let v = nvmlComputeInstanceProfileInfo_t {
-            id,
-            sliceCount: slices,
-            instanceCount: count,
-            multiprocessorCount: sm,
+            id: p.id,
+            sliceCount: p.slice_count,
+            instanceCount: p.instance_count,
+            multiprocessorCount: ci_sm(&gp, &p),
             sharedCopyEngineCount: or_na(gp.ce),
             sharedDecoderCount: or_na(gp.dec),
             sharedEncoderCount: or_na(gp.enc),
@@ -1067,23 +1070,64 @@ pub unsafe extern "C" fn nvmlGpuInstanceGetComputeInstanceProfileInfoV(
         if version != struct_version::<nvmlComputeInstanceProfileInfo_v2_t>(2) {
             return Err(VERSION_MISMATCH);
         }
-        let (_, _, gp) = s.gi(gpuInstance)?;
-        let (id, slices, count, sm) = ci_profile(&gp, profile, engProfile)?;
+        let (gpu, gi, gp) = s.gi(gpuInstance)?;
+        let p = ci_profile(s, gpu, gi, profile, engProfile)?;
         let v = nvmlComputeInstanceProfileInfo_v2_t {
             version,
-            id,
-            sliceCount: slices,
-            instanceCount: count,
-            multiprocessorCount: sm,
+            id: p.id,
+            sliceCount: p.slice_count,
+            instanceCount: p.instance_count,
+            multiprocessorCount: ci_sm(&gp, &p),
             sharedCopyEngineCount: or_na(gp.ce),
             sharedDecoderCount: or_na(gp.dec),
             sharedEncoderCount: or_na(gp.enc),
             sharedJpegCount: or_na(gp.jpeg),
             sharedOfaCount: or_na(gp.ofa),
-            name: c_name(&ci_name(&gp, slices)),
+            name: c_name(&ci_name(&gp, p.slice_count)),
         };
         // SAFETY: caller contract above.
         unsafe { put(info, v) }
+    })
+}
+
+/// # Safety
+/// nvml.h: `count` is a valid in/out pointer; `placements` is NULL or holds `*count` elements.
+#[no_mangle]
+pub unsafe extern "C" fn nvmlGpuInstanceGetComputeInstancePossiblePlacements(
+    gpuInstance: nvmlGpuInstance_t,
+    profileId: c_uint,
+    placements: *mut nvmlComputeInstancePlacement_t,
+    count: *mut c_uint,
+) -> Ret {
+    call("nvmlGpuInstanceGetComputeInstancePossiblePlacements", |s| {
+        let (gpu, gi, _) = s.gi(gpuInstance)?;
+        let p = ci_profile_by_id(s, gpu, gi, profileId)?;
+        let items: Vec<nvmlComputeInstancePlacement_t> = p
+            .placements
+            .iter()
+            .map(|pl| nvmlComputeInstancePlacement_t {
+                start: pl.start,
+                size: pl.size,
+            })
+            .collect();
+        // SAFETY: caller contract above.
+        unsafe { put_list(placements, count, &items) }
+    })
+}
+
+/// # Safety
+/// nvml.h: `count` is a valid out-pointer.
+#[no_mangle]
+pub unsafe extern "C" fn nvmlGpuInstanceGetComputeInstanceRemainingCapacity(
+    gpuInstance: nvmlGpuInstance_t,
+    profileId: c_uint,
+    count: *mut c_uint,
+) -> Ret {
+    call("nvmlGpuInstanceGetComputeInstanceRemainingCapacity", |s| {
+        let (gpu, gi, _) = s.gi(gpuInstance)?;
+        let p = ci_profile_by_id(s, gpu, gi, profileId)?;
+        // SAFETY: caller contract above.
+        unsafe { put(count, p.remaining) }
     })
 }
 
@@ -1096,22 +1140,43 @@ pub unsafe extern "C" fn nvmlGpuInstanceCreateComputeInstance(
     computeInstance: *mut nvmlComputeInstance_t,
 ) -> Ret {
     call("nvmlGpuInstanceCreateComputeInstance", |s| {
-        let (gpu, gi, gp) = s.gi(gpuInstance)?;
+        let (gpu, gi, _) = s.gi(gpuInstance)?;
         s.privileged()?;
         if computeInstance.is_null() {
             return Err(INVALID_ARGUMENT);
         }
-        // The simulator models one full-GI compute instance per GI (what migrun creates); a
-        // smaller CI profile exists in the profile table but cannot be created here.
-        let slices = CI_SLICES
-            .get(profileId as usize)
-            .copied()
-            .ok_or(INVALID_ARGUMENT)?;
-        ci_profile_offered(&gp, profileId).ok_or(INVALID_ARGUMENT)?;
-        if slices != gp.slice_count {
-            return Err(NOT_SUPPORTED);
+        let ci = s
+            .machine(|m| m.create_ci_anywhere(gpu, gi, profileId))?
+            .map_err(code)?;
+        // SAFETY: caller contract above.
+        unsafe { put(computeInstance, Handle::ci(gpu, gi, ci.id).to_ptr()) }
+    })
+}
+
+/// # Safety
+/// nvml.h: `placement` is a valid in-pointer, `computeInstance` a valid out-pointer.
+#[no_mangle]
+pub unsafe extern "C" fn nvmlGpuInstanceCreateComputeInstanceWithPlacement(
+    gpuInstance: nvmlGpuInstance_t,
+    profileId: c_uint,
+    placement: *const nvmlComputeInstancePlacement_t,
+    computeInstance: *mut nvmlComputeInstance_t,
+) -> Ret {
+    call("nvmlGpuInstanceCreateComputeInstanceWithPlacement", |s| {
+        let (gpu, gi, _) = s.gi(gpuInstance)?;
+        s.privileged()?;
+        if computeInstance.is_null() || placement.is_null() {
+            return Err(INVALID_ARGUMENT);
         }
-        let ci = s.machine(|m| m.create_default_ci(gpu, gi))?.map_err(code)?;
+        // SAFETY: non-NULL, and valid for one read by the caller's contract.
+        let want = unsafe { placement.read() };
+        let p = ci_profile_by_id(s, gpu, gi, profileId)?;
+        if want.size != p.slice_count {
+            return Err(INVALID_ARGUMENT);
+        }
+        let ci = s
+            .machine(|m| m.create_ci(gpu, gi, profileId, want.start))?
+            .map_err(code)?;
         // SAFETY: caller contract above.
         unsafe { put(computeInstance, Handle::ci(gpu, gi, ci.id).to_ptr()) }
     })
@@ -1127,24 +1192,23 @@ pub unsafe extern "C" fn nvmlGpuInstanceGetComputeInstances(
     count: *mut c_uint,
 ) -> Ret {
     call("nvmlGpuInstanceGetComputeInstances", |s| {
-        let (gpu, gi, gp) = s.gi(gpuInstance)?;
+        let (gpu, gi, _) = s.gi(gpuInstance)?;
         s.privileged()?;
-        if profileId >= NVML_COMPUTE_INSTANCE_PROFILE_COUNT {
-            return Err(INVALID_ARGUMENT);
-        }
-        // Every simulated CI is the full-GI one.
-        let ids: Vec<u32> = if Some(profileId) == ci_profile_for(gp.slice_count) {
-            s.machine(|m| {
-                m.gpus[gpu as usize]
-                    .instances
-                    .iter()
-                    .find(|i| i.id == gi)
-                    .map(|i| i.cis.iter().map(|c| c.id).collect())
-                    .unwrap_or_default()
-            })?
-        } else {
-            Vec::new()
-        };
+        ci_profile_by_id(s, gpu, gi, profileId)?;
+        let ids: Vec<u32> = s.machine(|m| {
+            let cis: Vec<u32> = m.gpus[gpu as usize]
+                .instances
+                .iter()
+                .find(|i| i.id == gi)
+                .map(|i| i.cis.iter().map(|c| c.id).collect())
+                .unwrap_or_default();
+            cis.into_iter()
+                .filter(|c| {
+                    m.ci_details(gpu, gi, *c)
+                        .is_ok_and(|(id, _)| id == profileId)
+                })
+                .collect()
+        })?;
         let items: Vec<nvmlComputeInstance_t> = ids
             .iter()
             .map(|ci| Handle::ci(gpu, gi, *ci).to_ptr())
@@ -1187,15 +1251,16 @@ pub unsafe extern "C" fn nvmlComputeInstanceGetInfo_v2(
     info: *mut nvmlComputeInstanceInfo_t,
 ) -> Ret {
     call("nvmlComputeInstanceGetInfo_v2", |s| {
-        let (gpu, gi, ci, gp) = s.ci_of(Handle::from_ptr(computeInstance), Kind::Ci)?;
+        let (gpu, gi, ci, _) = s.ci_of(Handle::from_ptr(computeInstance), Kind::Ci)?;
+        let (profile_id, placement) = s.machine(|m| m.ci_details(gpu, gi, ci))?.map_err(code)?;
         let v = nvmlComputeInstanceInfo_t {
             device: Handle::device(gpu).to_ptr(),
             gpuInstance: Handle::gi(gpu, gi).to_ptr(),
             id: ci,
-            profileId: ci_profile_for(gp.slice_count).unwrap_or(0),
+            profileId: profile_id,
             placement: nvmlComputeInstancePlacement_t {
-                start: 0,
-                size: gp.slice_count,
+                start: placement.start,
+                size: placement.size,
             },
         };
         // SAFETY: caller contract above.
@@ -1355,10 +1420,11 @@ fn processes(s: &Session, device: nvmlDevice_t) -> R<Vec<nvmlProcessInfo_t>> {
         computeInstanceId: ci,
     };
     let h = Handle::from_ptr(device);
-    let (gpu, only_gi) = match h {
+    // A MIG device handle sees the processes of its own compute instance only.
+    let (gpu, only) = match h {
         Some(h) if h.kind == Kind::Mig => {
             s.ci_of(Some(h), Kind::Mig)?;
-            (h.gpu, Some(h.gi))
+            (h.gpu, Some((h.gi, h.ci)))
         }
         _ => (s.device(device)?, None),
     };
@@ -1366,16 +1432,20 @@ fn processes(s: &Session, device: nvmlDevice_t) -> R<Vec<nvmlProcessInfo_t>> {
         let g = &m.gpus[gpu as usize];
         let base = 4_000_000 + gpu * 10_000;
         let mut out = Vec::new();
-        if only_gi.is_none() {
+        if only.is_none() {
             out.extend((0..g.gpu_processes).map(|k| proc(base + k, NO_INSTANCE, NO_INSTANCE)));
         }
-        for i in g
-            .instances
-            .iter()
-            .filter(|i| only_gi.is_none_or(|x| x == i.id))
-        {
-            let ci = i.cis.first().map_or(NO_INSTANCE, |c| c.id);
-            out.extend((0..i.processes).map(|k| proc(base + 100 * i.id + k, i.id, ci)));
+        let seen = |gi: u32, ci: u32| only.is_none_or(|x| x == (gi, ci));
+        for i in &g.instances {
+            // Processes counted on the GI (`migrun sim add-process`) run on its first compute instance.
+            let first = i.cis.first().map_or(NO_INSTANCE, |c| c.id);
+            if only.is_none() || seen(i.id, first) {
+                out.extend((0..i.processes).map(|k| proc(base + 100 * i.id + k, i.id, first)));
+            }
+            for c in i.cis.iter().filter(|c| seen(i.id, c.id)) {
+                let pid0 = base + 100 * i.id + 50 + 10 * c.id;
+                out.extend((0..c.processes).map(|k| proc(pid0 + k, i.id, c.id)));
+            }
         }
         out
     })
@@ -1425,14 +1495,11 @@ mod tests {
     }
 
     #[test]
-    fn ci_profiles_offer_full_gi_and_small_slices() {
+    fn ci_names_are_nvidia_smis() {
         let m = migrun::gpu::sim::models::model("h100-80gb").unwrap();
         let three = m.profiles.iter().find(|p| p.slice_count == 3).unwrap();
-        assert_eq!(ci_profile_offered(three, 2), Some(3));
-        assert_eq!(ci_profile_offered(three, 0), Some(1));
-        assert_eq!(ci_profile_offered(three, 4), None);
         assert_eq!(ci_name(three, 1), "MIG 1c.3g.40gb");
-        assert_eq!(ci_profile_for(7), Some(4));
+        assert_eq!(ci_name(three, 3), "MIG 3g.40gb");
     }
 
     #[test]
