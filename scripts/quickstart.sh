@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-bash scripts/setup-test-host.sh
+bash scripts/setup-test-host.sh --quickstart
 # A debug build: a few minutes on two cores, where the release profile's whole-program optimisation
 # of ~200 crates takes far longer, and the test suite reuses it. (`cargo build --release` for use.)
 cargo build --bin migrun

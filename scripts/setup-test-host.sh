@@ -36,6 +36,17 @@ PACKAGES=(sudo runc containerd docker.io podman busybox-static iproute2 iptables
   gcc libc6-dev git prometheus-node-exporter slurmctld slurmd slurm-client munge libslurm-dev libclang-dev
   debootstrap jupyterhub node-configurable-http-proxy python3-docker python3-escapism python3-venv python3-websocket systemd)
 
+# `--quickstart` (scripts/quickstart.sh, the README's first command): only what building migrun and its Docker
+# demo need. Slurm, JupyterHub, node-exporter, podman and cargo-deb are the test suite's, and a newcomer's first
+# command should not wait for them.
+QUICK_PACKAGES=(runc containerd docker.io busybox-static iproute2 iptables curl tar coreutils gcc libc6-dev)
+quick=0
+case "${1:-}" in
+  "") ;;
+  --quickstart) quick=1; PACKAGES=("${QUICK_PACKAGES[@]}") ;;
+  *) printf 'setup-test-host: unknown argument %s (the only one is --quickstart)\n' "$1" >&2; exit 2 ;;
+esac
+
 log() { printf 'setup-test-host: %s\n' "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
 
@@ -92,14 +103,20 @@ fi
 
 # Check what the tests need really is there (PATH may lack the sbin dirs under sudo -E etc.).
 export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
-for b in runc dockerd docker docker-proxy containerd containerd-shim-runc-v2 ctr podman conmon ip tar sha256sum sudo visudo runuser git \
-  slurmctld slurmd slurmstepd srun sbatch squeue scancel sinfo munged mungekey nsenter; do
-  command -v "$b" >/dev/null || die "$b not found after installing ${PACKAGES[*]}"
-done
-# The operations tests (metrics textfile, the .deb): node-exporter, the units' verifier, private mounts.
-for b in prometheus-node-exporter systemd-analyze unshare; do
-  command -v "$b" >/dev/null || die "$b not found after installing ${PACKAGES[*]}"
-done
+if [ "$quick" = 1 ]; then
+  for b in runc dockerd docker docker-proxy containerd ip tar; do
+    command -v "$b" >/dev/null || die "$b not found after installing ${PACKAGES[*]}"
+  done
+else
+  for b in runc dockerd docker docker-proxy containerd containerd-shim-runc-v2 ctr podman conmon ip tar sha256sum sudo visudo runuser git \
+    slurmctld slurmd slurmstepd srun sbatch squeue scancel sinfo munged mungekey nsenter; do
+    command -v "$b" >/dev/null || die "$b not found after installing ${PACKAGES[*]}"
+  done
+  # The operations tests (metrics textfile, the .deb): node-exporter, the units' verifier, private mounts.
+  for b in prometheus-node-exporter systemd-analyze unshare; do
+    command -v "$b" >/dev/null || die "$b not found after installing ${PACKAGES[*]}"
+  done
+fi
 busybox_ldd=$(LC_ALL=C ldd /bin/busybox 2>&1 || true)
 case "$busybox_ldd" in
   *"not a dynamic executable"*) ;;
@@ -144,6 +161,11 @@ for tool in cargo rustc; do
 done
 cargo fmt --version >/dev/null 2>&1 || die "rustfmt missing: rustup component add rustfmt"
 cargo clippy --version >/dev/null 2>&1 || die "clippy missing: rustup component add clippy"
+
+if [ "$quick" = 1 ]; then
+  log "ok (quickstart): $(runc --version | head -1), $(dockerd --version), cargo $(cargo --version | cut -d' ' -f2)"
+  exit 0
+fi
 
 [ -r /usr/include/slurm/spank.h ] || die "/usr/include/slurm/spank.h missing after installing libslurm-dev"
 
