@@ -170,11 +170,12 @@ fi
 [ -r /usr/include/slurm/spank.h ] || die "/usr/include/slurm/spank.h missing after installing libslurm-dev"
 
 # cargo-deb builds the .deb that tests/package_deb.rs installs and exercises; pinned, from crates.io, built
-# once and kept in cargo's bin dir (reinstalled when missing or another version).
+# once and kept in cargo's bin dir (reinstalled when missing or another version). A debug build: it packages
+# one .deb per run, and an optimised build of its dependencies would add minutes to a fresh CI machine.
 CARGO_DEB_VERSION=3.8.0
 if [ "$(cargo deb --version 2>/dev/null | awk '{print $2}')" != "$CARGO_DEB_VERSION" ]; then
   log "installing cargo-deb $CARGO_DEB_VERSION (cargo install --locked)"
-  cargo install --locked cargo-deb --version "$CARGO_DEB_VERSION"
+  cargo install --locked --debug cargo-deb --version "$CARGO_DEB_VERSION"
 fi
 
 log "ok: $(runc --version | head -1), $(dockerd --version), $(containerd --version | cut -d' ' -f1-3), $(podman --version), cargo $(cargo --version | cut -d' ' -f2)"

@@ -33,6 +33,7 @@ enum Flow {
 fn lease(id: u64) -> Lease {
     Lease {
         id,
+        name: None,
         holder: Holder::Manual,
         uid: 0,
         gpu_index: 0,
