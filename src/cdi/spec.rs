@@ -10,7 +10,9 @@ use super::types::{ContainerEdits, Spec};
 use crate::gpu::hostfacts::{HostFacts, NVIDIACTL_MINOR, NVIDIA_MAJOR};
 use crate::lease::{LeaseId, LeaseName};
 use container_device_interface::container_edits::ContainerEdits as Edits;
-use container_device_interface::{spec as cdi_spec, version};
+use container_device_interface::container_edits::Validate as _;
+use container_device_interface::specs::config::Device as CdiDevice;
+use container_device_interface::{device, spec as cdi_spec, version};
 use serde_json::{json, Value};
 use std::path::PathBuf;
 
@@ -231,9 +233,54 @@ pub fn build_from(
     let min = version::minimum_required_version(&draft).map_err(|e| invalid(format!("{e:#}")))?;
     doc["cdiVersion"] = Value::String(min.to_string());
     let spec = from_json(doc).map_err(invalid)?;
-    let mut checked = validate(&spec).map_err(invalid)?;
-    let edits = merged_edits(&mut checked, &slice.lease.to_string())?;
+    let what = format!("the CDI spec built for lease {}", slice.lease);
+    let edits = check_built(&spec, &slice.lease.to_string(), &what)?;
     Ok((spec, edits))
+}
+
+/// The crate's checks of a spec migrun just built, without its JSON-schema pass, and the edits of
+/// device `name`. The schema pass compiles the CDI schema once per process, 80 % of a hook's
+/// instructions (callgrind), on every container start; the shape it guards is migrun's own and
+/// fixed, and the tests run every shape the builder makes through the full [`validate`]. What varies
+/// per lease is still checked here by the crate: each device's name and edits (env, device nodes
+/// with type/major/minor/mode, mounts, hooks) and the common edits.
+fn check_built(spec: &Spec, name: &str, what: &str) -> Result<ContainerEdits, SpecError> {
+    let invalid = |reason: String| SpecError::Invalid {
+        what: what.to_string(),
+        reason,
+    };
+    let blank = cdi_spec::Spec::default();
+    let mut all = Edits::new();
+    let merge = |all: &mut Edits, e: Edits| all.append(e).map_err(|e| invalid(format!("{e:#}")));
+    if let Some(common) = &spec.container_edits {
+        let common = Edits {
+            container_edits: common.clone(),
+        };
+        common.validate().map_err(|e| invalid(format!("{e:#}")))?;
+        merge(&mut all, common)?;
+    }
+    // The crate keeps a spec's device list to itself; its serialized form is the same list.
+    let doc = serde_json::to_value(spec).map_err(|e| invalid(e.to_string()))?;
+    let listed = doc["devices"].as_array().cloned().unwrap_or_default();
+    let mut names = Vec::new();
+    let mut found = None;
+    for v in listed {
+        let dname = v["name"].as_str().unwrap_or_default().to_string();
+        let d: CdiDevice = serde_json::from_value(v).map_err(|e| invalid(e.to_string()))?;
+        let dev = device::new_device(&blank, &d).map_err(|e| invalid(format!("{e:#}")))?;
+        if dname == name {
+            found = Some(dev.edits());
+        }
+        names.push(dname);
+    }
+    let Some(device_edits) = found else {
+        return Err(SpecError::NoDevice {
+            name: name.to_string(),
+            names: names.join(", "),
+        });
+    };
+    merge(&mut all, device_edits)?;
+    Ok(all.container_edits)
 }
 
 fn is_empty(e: &ContainerEdits) -> bool {

@@ -230,3 +230,31 @@ fn golden_specs() {
         );
     }
 }
+
+/// The hot path checks a built spec without the crate's schema pass (`check_built`); every shape the
+/// builder makes (no name / a name, no toolkit / the toolkit's edits / empty ones, GI and CI nodes)
+/// must pass the full check too, and both must give each device the same edits.
+#[test]
+fn every_built_shape_passes_the_full_schema_check() {
+    let toolkit = toolkit_edits();
+    let empty = ContainerEdits::default();
+    for name in [None, Some("train")] {
+        for common in [None, Some(&toolkit), Some(&empty)] {
+            let slice = h200_slice(7, name);
+            let spec = build(&slice, &h200_facts(), common).unwrap();
+            validate(&spec).unwrap_or_else(|e| panic!("{name:?} {common:?}: {e}"));
+            for device in slice.device_names() {
+                assert_eq!(
+                    check_built(&spec, &device, "built").unwrap(),
+                    edits_for(&spec, &device).unwrap()
+                );
+            }
+        }
+    }
+    // A device the spec does not declare is refused the same way.
+    let spec = spec_of(&h200_slice(7, None));
+    assert!(matches!(
+        check_built(&spec, "8", "built"),
+        Err(SpecError::NoDevice { .. })
+    ));
+}
