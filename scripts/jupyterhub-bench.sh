@@ -10,4 +10,4 @@
 # the same either way. Needs what tests/jupyter.rs needs (root, scripts/setup-test-host.sh's packages; the image is cached).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-ROUNDS=${1:-10} cargo test --quiet --test jupyter -- --ignored --exact hub_spawn_bench --nocapture
+ROUNDS=${1:-10} cargo test --quiet --test jupyter -- --exact hub_spawn_bench --nocapture
