@@ -577,6 +577,28 @@ pub struct RuncTarget {
 
 static RUN_ID: AtomicUsize = AtomicUsize::new(0);
 
+/// `migrun-runtime` in the machine's dir: a symlink to migrun, as packaged (made once).
+fn shim_link(m: &Machine) -> Result<PathBuf> {
+    let link = m.dir().join("migrun-runtime");
+    if fs::symlink_metadata(&link).is_err() {
+        symlink(&m.migrun, &link).map_err(failed)?;
+    }
+    Ok(link)
+}
+
+/// `migrun-runtime --root R run --bundle B ID` with config `cfg`: the shim as an engine calls it.
+fn shim_command(m: &Machine, link: &Path, cfg: &Path, t: &RuncTarget, bundle: &Bundle) -> Command {
+    let mut c = m.command(link);
+    c.env("MIGRUN_CONFIG", cfg)
+        .arg("--root")
+        .arg(&t.root)
+        .arg("run")
+        .arg("--bundle")
+        .arg(&bundle.dir)
+        .arg(run_id());
+    c
+}
+
 fn run_id() -> String {
     format!(
         "ovh-{}-{}",
@@ -723,10 +745,7 @@ pub fn runc_hooks(t: &RuncTarget, m: &Machine, pairs: usize, warmup: usize) -> R
 /// bundle that asks for nothing, against `runc --root R run --bundle B ID`.
 pub fn shim(t: &RuncTarget, m: &Machine, pairs: usize, warmup: usize) -> Result<Vec<String>> {
     let plain = Bundle::new(t, m.dir(), "bundle-shim", |_| {})?;
-    let link = m.dir().join("migrun-runtime");
-    if fs::symlink_metadata(&link).is_err() {
-        symlink(&m.migrun, &link).map_err(failed)?;
-    }
+    let link = shim_link(m)?;
     // The shim must exec runc itself, never another runtime found on PATH.
     let cfg = m.config(
         "shim.toml",
@@ -734,15 +753,7 @@ pub fn shim(t: &RuncTarget, m: &Machine, pairs: usize, warmup: usize) -> Result<
     )?;
     let shim_run = || {
         plain.restore()?;
-        let mut c = m.command(&link);
-        c.env("MIGRUN_CONFIG", &cfg)
-            .arg("--root")
-            .arg(&t.root)
-            .arg("run")
-            .arg("--bundle")
-            .arg(&plain.dir)
-            .arg(run_id());
-        timed(&mut c)
+        timed(&mut shim_command(m, &link, &cfg, t, &plain))
     };
     let p = run_pairs(pairs, warmup, shim_run, || plain.run(m, &t.runc, &t.root))?;
     if plain.config != fs::read(plain.dir.join("config.json")).map_err(failed)? {

@@ -9,10 +9,11 @@
 //! validate and write one lease spec (what every allocation does before it returns the lease) against
 //! the atomic write of one lease record of the same state dir (what every allocation does anyway).
 
-use super::{failed, run_id, run_pairs, timed, Bundle, Machine, OverheadError, Result, RuncTarget};
+use super::{
+    failed, run_pairs, shim_command, shim_link, timed, Bundle, Machine, OverheadError, Result,
+    RuncTarget,
+};
 use migrun::cdi::{self, store, toolkit};
-use std::fs;
-use std::os::unix::fs::symlink;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -36,10 +37,7 @@ pub fn shim(t: &RuncTarget, m: &Machine, pairs: usize, warmup: usize) -> Result<
     let asking = Bundle::new(t, m.dir(), "bundle-cdi-asking", |s| {
         s["annotations"] = serde_json::json!({"migrun.profile": "1g.10gb"});
     })?;
-    let link = m.dir().join("migrun-runtime");
-    if fs::symlink_metadata(&link).is_err() {
-        symlink(&m.migrun, &link).map_err(failed)?;
-    }
+    let link = shim_link(m)?;
     let mut rows = Vec::new();
     for (inject, case) in [("cdi", SHIM_CDI), ("env", SHIM_ENV)] {
         let cfg = m.config(
@@ -51,15 +49,7 @@ pub fn shim(t: &RuncTarget, m: &Machine, pairs: usize, warmup: usize) -> Result<
         )?;
         let shim_run = || {
             asking.restore()?;
-            let mut c = m.command(&link);
-            c.env("MIGRUN_CONFIG", &cfg)
-                .arg("--root")
-                .arg(&t.root)
-                .arg("run")
-                .arg("--bundle")
-                .arg(&asking.dir)
-                .arg(run_id());
-            timed(&mut c)
+            timed(&mut shim_command(m, &link, &cfg, t, &asking))
         };
         let p = run_pairs(pairs, warmup, shim_run, || plain.run(m, &t.runc, &t.root))?;
         m.expect(&format!("after the shim runs ({inject})"), 0, 0)?;
