@@ -167,12 +167,31 @@ fn row(gi: ProfileName, cells: &[Value]) -> Result<CiProfileRow, CiTableError> {
     })
 }
 
+/// The data file as far as this module reads it: serde skips the GPU-instance tables without
+/// building them, and a simulated create (which asks for a GI's compute-instance profiles) parses
+/// the section once per process instead of the whole file into a `Value` each time.
+#[derive(Deserialize)]
+struct Doc {
+    compute_instances: Section,
+}
+
 /// Every model's tables, in the file's order.
 pub fn all() -> Result<Vec<ModelCiTables>, CiTableError> {
-    let doc: Value =
-        serde_json::from_str(PROFILE_TABLE_JSON).map_err(|e| CiTableError(e.to_string()))?;
-    let section: Section = serde_json::from_value(doc["compute_instances"].clone())
-        .map_err(|e| CiTableError(e.to_string()))?;
+    cached().map(<[ModelCiTables]>::to_vec)
+}
+
+/// The tables, parsed on first use and kept for the process (the file is compiled in, so the
+/// answer cannot change).
+fn cached() -> Result<&'static [ModelCiTables], CiTableError> {
+    static TABLES: std::sync::OnceLock<Result<Vec<ModelCiTables>, CiTableError>> =
+        std::sync::OnceLock::new();
+    TABLES.get_or_init(parse).as_deref().map_err(Clone::clone)
+}
+
+fn parse() -> Result<Vec<ModelCiTables>, CiTableError> {
+    let Doc {
+        compute_instances: section,
+    } = serde_json::from_str(PROFILE_TABLE_JSON).map_err(|e| CiTableError(e.to_string()))?;
     if section.columns != COLUMNS {
         return Err(CiTableError(format!("columns {:?}", section.columns)));
     }
@@ -210,7 +229,10 @@ pub fn for_product(product: &str) -> Result<Option<ModelCiTables>, CiTableError>
     let Some(prefix) = table_prefix_of_product(product) else {
         return Ok(None);
     };
-    Ok(all()?.into_iter().find(|m| m.model.starts_with(prefix)))
+    Ok(cached()?
+        .iter()
+        .find(|m| m.model.starts_with(prefix))
+        .cloned())
 }
 
 /// Why a compute-instance profile cannot be resolved on a GPU.
