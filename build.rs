@@ -42,6 +42,15 @@ fn main() {
         writeln!(out, "    ({model:?}, {rows:?}),").unwrap();
     }
     out.push_str("];\n");
+    // The compute-instance tables (gpu::ci_tables) on their own: a simulated create asks for a GI's
+    // compute-instance profiles, and skipping the GPU-instance tables to reach them cost more than
+    // parsing them.
+    let ci = serde_json::to_string(&table["compute_instances"]).expect("section serialises");
+    writeln!(
+        out,
+        "/// The file's `compute_instances` section as raw JSON.\npub const CI_SECTION: &str = {ci:?};"
+    )
+    .unwrap();
     let dest = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"))
         .join("model_tables.rs");
     std::fs::write(&dest, out).unwrap_or_else(|e| panic!("cannot write {}: {e}", dest.display()));

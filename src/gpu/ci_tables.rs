@@ -5,7 +5,7 @@
 //! simulator and real GPUs alike. A model or GPU-instance profile the tables lack is reported as
 //! unknown, never filled in.
 
-use super::sim::models::{table_prefix_of_product, PROFILE_TABLE_JSON};
+use super::sim::models::{table_prefix_of_product, CI_SECTION_JSON};
 use crate::profile::{CiProfileName, ProfileName};
 use serde::Deserialize;
 use serde_json::Value;
@@ -167,14 +167,6 @@ fn row(gi: ProfileName, cells: &[Value]) -> Result<CiProfileRow, CiTableError> {
     })
 }
 
-/// The data file as far as this module reads it: serde skips the GPU-instance tables without
-/// building them, and a simulated create (which asks for a GI's compute-instance profiles) parses
-/// the section once per process instead of the whole file into a `Value` each time.
-#[derive(Deserialize)]
-struct Doc {
-    compute_instances: Section,
-}
-
 /// Every model's tables, in the file's order.
 pub fn all() -> Result<Vec<ModelCiTables>, CiTableError> {
     cached().map(<[ModelCiTables]>::to_vec)
@@ -189,9 +181,10 @@ fn cached() -> Result<&'static [ModelCiTables], CiTableError> {
 }
 
 fn parse() -> Result<Vec<ModelCiTables>, CiTableError> {
-    let Doc {
-        compute_instances: section,
-    } = serde_json::from_str(PROFILE_TABLE_JSON).map_err(|e| CiTableError(e.to_string()))?;
+    // Only the section (split out by build.rs): a simulated create asks for a GI's compute-instance
+    // profiles, and parsing the whole file for it was most of a hook's instructions.
+    let section: Section =
+        serde_json::from_str(CI_SECTION_JSON).map_err(|e| CiTableError(e.to_string()))?;
     if section.columns != COLUMNS {
         return Err(CiTableError(format!("columns {:?}", section.columns)));
     }
@@ -321,6 +314,7 @@ pub fn resolve(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::gpu::sim::models::PROFILE_TABLE_JSON;
 
     #[test]
     fn resolution_on_every_model_table() {
@@ -392,6 +386,13 @@ mod tests {
                 NVML_CI_PROFILE_SLICES[i]
             );
         }
+    }
+
+    #[test]
+    fn the_split_section_is_the_files() {
+        let doc: Value = serde_json::from_str(PROFILE_TABLE_JSON).unwrap();
+        let split: Value = serde_json::from_str(CI_SECTION_JSON).unwrap();
+        assert_eq!(split, doc["compute_instances"]);
     }
 
     #[test]

@@ -164,6 +164,9 @@ mod split {
     include!(concat!(env!("OUT_DIR"), "/model_tables.rs"));
 }
 
+/// The data file's `compute_instances` section alone (gpu::ci_tables parses only this).
+pub(crate) const CI_SECTION_JSON: &str = split::CI_SECTION;
+
 fn column_index(name: &str) -> usize {
     split::COLUMNS
         .iter()
