@@ -8,7 +8,7 @@ fn main() -> ExitCode {
     let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
     if migrun::engine::runtime::invoked_as_shim(args.first()) {
         // Calls that need nothing from migrun go straight to the next runtime (returns otherwise).
-        migrun::engine::runtime::hand_over_untouched(&args[1..]);
+        migrun::commands::shim_fast_path(&args[1..]);
         // `--` keeps runc's own flags (`-v`, `--help`) away from migrun's global ones.
         args.splice(1..1, ["runtime".into(), "--".into()]);
     }

@@ -36,7 +36,8 @@ impl Shim {
             &format!(
                 "#!/bin/sh\nr='{r}'\necho $$ > \"$r.pid\"\nfor a in \"$@\"; do echo \"$a\"; done > \"$r.args\"\n\
                  while [ $# -gt 0 ]; do case \"$1\" in --bundle|-b) cp \"$2/config.json\" \"$r.config\";; \
-                 --bundle=*|-b=*) cp \"${{1#*=}}/config.json\" \"$r.config\";; esac; shift; done\n\
+                 --bundle=*|-b=*) cp \"${{1#*=}}/config.json\" \"$r.config\";; \
+                 --pid-file) [ -f \"$r.initpid\" ] && cp \"$r.initpid\" \"$2\";; esac; shift; done\n\
                  code=7; [ -f \"$r.exit\" ] && code=$(cat \"$r.exit\"); exit $code\n",
                 r = record.display()
             ),
@@ -93,6 +94,19 @@ fn config(extra: Value) -> Value {
         }
     }
     v
+}
+
+/// `create_args` without `--pid-file`: the shim then binds the lease through prestart and poststop hooks.
+fn create_args_without_pid_file<'a>(
+    b: &'a str,
+    root: &'a str,
+    log: &'a str,
+    id: &'a str,
+) -> Vec<&'a str> {
+    let mut a = create_args(b, root, log, id);
+    let at = a.iter().position(|x| *x == "--pid-file").unwrap();
+    a.drain(at..at + 2);
+    a
 }
 
 fn create_args<'a>(b: &'a str, root: &'a str, log: &'a str, id: &'a str) -> Vec<&'a str> {
@@ -186,7 +200,7 @@ fn every_other_subcommand_passes_through_to_runc() {
 }
 
 #[test]
-fn a_create_that_asks_gets_its_slice_hooks_and_marker() {
+fn a_create_without_a_pid_file_gets_its_slice_hooks_and_marker() {
     let s = Shim::new();
     let spec = config(json!({"annotations": {"migrun.lease": "99"}}));
     let mut spec = spec;
@@ -196,7 +210,7 @@ fn a_create_that_asks_gets_its_slice_hooks_and_marker() {
         "NVIDIA_VISIBLE_DEVICES=all"
     ]);
     let (b, _) = bundle(s.sim.tmp.path(), &spec);
-    let args = create_args(
+    let args = create_args_without_pid_file(
         b.to_str().unwrap(),
         "/run/containerd/runc/ns",
         "/dev/null",
@@ -461,4 +475,147 @@ fn the_shim_reads_the_bundle_runc_will_read_and_refuses_what_it_cannot_read() {
         assert!(s.recorded("args").is_none(), "{form:?} reached the runtime");
     }
     assert_eq!(s.sim.leases(), leases, "nothing allocated for them");
+}
+
+#[test]
+fn a_create_with_a_pid_file_is_bound_by_the_shim_and_released_after_the_engine_s_delete() {
+    let s = Shim::new();
+    let mut spec = config(json!({}));
+    spec["process"]["env"] = json!(["PATH=/bin", "MIGRUN_PROFILE=1g.10gb"]);
+    let (b, _) = bundle(s.sim.tmp.path(), &spec);
+    // The runtime root the engine names; `<root>/<id>` stands for the container runc keeps there.
+    let root = s.sim.tmp.path().join("runtime-root");
+    fs::create_dir_all(root.join("c5")).unwrap();
+    let pid_file = s.sim.tmp.path().join("init.pid");
+    let (b_s, root_s, pid_s) = (
+        b.to_str().unwrap(),
+        root.to_str().unwrap(),
+        pid_file.to_str().unwrap(),
+    );
+    let mut args = create_args(b_s, root_s, "/dev/null", "c5");
+    let p = args.iter().rposition(|x| *x == "--pid-file").unwrap();
+    args[p + 1] = pid_s;
+    // The "init" is this test process (alive for the whole test).
+    fs::write(
+        format!("{}.initpid", s.record.display()),
+        std::process::id().to_string(),
+    )
+    .unwrap();
+    s.runtime_exits(0);
+    assert_eq!(
+        s.cmd(&args).status().unwrap().code(),
+        Some(0),
+        "log:\n{}",
+        s.sim.log()
+    );
+
+    let leases = s.sim.leases();
+    assert_eq!(leases.len(), 1, "log:\n{}", s.sim.log());
+    let l = leases[0].clone();
+    assert!(
+        matches!(&l.holder, Holder::Container { id, pid: Some((p, _)), .. } if id == "c5" && *p == std::process::id()),
+        "bound to the init pid the runtime wrote: {:?}",
+        l.holder
+    );
+    let seen: Value = serde_json::from_slice(&s.recorded("config").unwrap()).unwrap();
+    assert_eq!(nvd_of(&seen), std::slice::from_ref(&l.mig_uuid));
+    assert!(
+        seen.get("hooks").is_none_or(|h| h
+            .as_object()
+            .unwrap()
+            .values()
+            .all(|v| v.as_array().unwrap().is_empty())),
+        "no hooks: {}",
+        seen["hooks"]
+    );
+    let record = s.sim.state_dir().join("shim/c5.json");
+    assert!(record.is_file());
+
+    // The same id deleted in another runtime root (another engine) passes through; the lease stays.
+    let other = s.sim.tmp.path().join("other-root");
+    let other_s = other.to_str().unwrap();
+    assert_eq!(
+        s.cmd(&["--root", other_s, "delete", "c5"])
+            .status()
+            .unwrap()
+            .code(),
+        Some(0)
+    );
+    let rec = String::from_utf8(s.recorded("args").unwrap()).unwrap();
+    assert_eq!(
+        rec.lines().collect::<Vec<_>>(),
+        ["--root", other_s, "delete", "c5"]
+    );
+    assert_eq!(s.sim.leases().len(), 1);
+
+    // A delete the runtime refuses while the container is still there keeps the lease, passing the code on.
+    s.runtime_exits(1);
+    assert_eq!(
+        s.cmd(&["--root", root_s, "delete", "c5"])
+            .status()
+            .unwrap()
+            .code(),
+        Some(1)
+    );
+    assert_eq!(s.sim.leases().len(), 1);
+    assert!(record.is_file());
+
+    // The runtime removed the container: the delete releases the lease and drops the record.
+    fs::remove_dir(root.join("c5")).unwrap();
+    s.runtime_exits(0);
+    assert_eq!(
+        s.cmd(&["--root", root_s, "delete", "--force", "c5"])
+            .status()
+            .unwrap()
+            .code(),
+        Some(0)
+    );
+    assert!(s.sim.leases().is_empty(), "log:\n{}", s.sim.log());
+    assert!(s.sim.instances().is_empty());
+    assert!(!record.exists());
+}
+
+#[test]
+fn a_shim_that_never_bound_the_pid_leaves_the_lease_to_gc_while_the_runtime_holds_the_container() {
+    let s = Shim::new();
+    let mut spec = config(json!({}));
+    spec["process"]["env"] = json!(["PATH=/bin", "MIGRUN_PROFILE=1g.10gb"]);
+    let (b, _) = bundle(s.sim.tmp.path(), &spec);
+    let root = s.sim.tmp.path().join("runtime-root");
+    fs::create_dir_all(root.join("c6")).unwrap();
+    let pid_file = s.sim.tmp.path().join("init.pid");
+    let mut args = create_args(
+        b.to_str().unwrap(),
+        root.to_str().unwrap(),
+        "/dev/null",
+        "c6",
+    );
+    let p = args.iter().rposition(|x| *x == "--pid-file").unwrap();
+    args[p + 1] = pid_file.to_str().unwrap();
+    // No init pid written (as if the shim was killed right after the runtime's create): the holder
+    // stays the shim's own pid, which is gone once it exits.
+    s.runtime_exits(0);
+    assert_eq!(s.cmd(&args).status().unwrap().code(), Some(0));
+    assert_eq!(s.sim.leases().len(), 1);
+    let gc = || {
+        let out = s.sim.migrun().arg("gc").output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    gc();
+    assert_eq!(
+        s.sim.leases().len(),
+        1,
+        "the runtime root still holds c6: kept"
+    );
+    fs::remove_dir(root.join("c6")).unwrap();
+    gc();
+    assert!(
+        s.sim.leases().is_empty(),
+        "gone from the runtime and its holder dead: collected"
+    );
+    assert!(s.sim.instances().is_empty());
 }

@@ -6,6 +6,7 @@ mod exit_codes;
 pub use exit_codes::exit_code_for;
 pub mod delegation;
 mod hook;
+pub use hook::shim_fast_path;
 mod launch;
 pub(crate) mod list;
 mod mig;

@@ -84,6 +84,7 @@ impl Ctx {
     pub(crate) fn session_in(&self, dir: StateDir) -> Result<Session<'_>> {
         let backend = self.backend_in(&dir)?;
         let faults = testhook::faults_from_env().map_err(super::InputError::Other)?;
+        let probe = crate::engine::probe(dir.path());
         Ok(Session {
             ctx: self,
             dir,
@@ -91,7 +92,7 @@ impl Ctx {
             faults,
             // Each container's own engine answers whether it still exists; an engine it does
             // not know answers "unknown", and only a recorded init pid decides.
-            probe: Box::new(crate::engine::probe()),
+            probe: Box::new(probe),
             cdi_dir: self.cdi_dir()?,
             written: None,
         })

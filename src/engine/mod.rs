@@ -14,12 +14,37 @@ use crate::alloc::HolderProbe;
 use crate::lease::LeaseId;
 
 /// The probe the alloc/gc commands hand to [`crate::alloc`]: asks each container's own engine whether it lives.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct EngineProbe;
+#[derive(Debug, Clone, Default)]
+pub struct EngineProbe {
+    /// The state dir, whose shim records name the runtime root of each container the shim binds
+    /// itself (`None`: no records are consulted).
+    state_dir: Option<std::path::PathBuf>,
+}
 
-/// The probe to use for gc and allocation.
-pub fn probe() -> EngineProbe {
-    EngineProbe
+/// The probe to use for gc and allocation over the state dir `state_dir`.
+pub fn probe(state_dir: &std::path::Path) -> EngineProbe {
+    EngineProbe {
+        state_dir: Some(state_dir.to_path_buf()),
+    }
+}
+
+impl EngineProbe {
+    /// Positive evidence from the shim's record: the runtime root it recorded for container `id`
+    /// still holds that container. This covers the moment between the runtime's create and the
+    /// shim's binding of the init pid (a shim killed there leaves its own, dead, pid as the holder).
+    fn shim_runtime_holds(&self, id: &str) -> bool {
+        let Some(dir) = &self.state_dir else {
+            return false;
+        };
+        let Some(rel) = oci::binding::shim_record_rel(id) else {
+            return false;
+        };
+        let rec = crate::statedir::read_nofollow(&dir.join(rel))
+            .ok()
+            .flatten()
+            .and_then(|b| serde_json::from_slice::<oci::binding::ShimRecord>(&b).ok());
+        rec.is_some_and(|r| r.id == id && oci::binding::runtime_has_container(&r.root, id))
+    }
 }
 
 /// The engine family of a holder's engine string (`docker|host=…` -> `docker`).
@@ -29,6 +54,9 @@ pub fn engine_family(engine: &str) -> &str {
 
 impl HolderProbe for EngineProbe {
     fn container_alive(&self, id: &str, engine: &str) -> Option<bool> {
+        if self.shim_runtime_holds(id) {
+            return Some(true);
+        }
         match engine_family(engine) {
             "docker" => docker::DockerProbe.container_alive(id, engine),
             family @ ("runc" | "podman" | "cri-o" | "containerd") => {
@@ -64,7 +92,8 @@ mod tests {
 
     #[test]
     fn unknown_engines_are_unknown_not_dead() {
-        assert_eq!(probe().container_alive("abc", "rkt"), None);
+        let t = tempfile::tempdir().unwrap();
+        assert_eq!(probe(t.path()).container_alive("abc", "rkt"), None);
         assert_eq!(engine_family("docker|host=unix:///x|cli=/d"), "docker");
         assert_eq!(engine_family("podman"), "podman");
     }

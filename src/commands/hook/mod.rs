@@ -8,11 +8,11 @@
 
 use super::Ctx;
 use crate::alloc::ReleaseOutcome;
-use crate::cli::{HookArgs, HookStage, RuntimeArgs};
+use crate::cli::{HookArgs, HookStage};
 use crate::config::LogTarget;
 use crate::engine::oci::{self, Outcome};
 use crate::engine::runtime;
-use crate::lease::{Holder, LeaseId};
+use crate::lease::Holder;
 use crate::statedir::{StateDir, DEFAULT_STATE_DIR};
 use anyhow::Result;
 use ops::CtxOps;
@@ -299,134 +299,8 @@ fn fail_line(e: &anyhow::Error) -> i32 {
     super::exit_code_for(e)
 }
 
-/// The env the shim writes into the hooks it adds: runc runs hooks with nothing else.
-fn hook_env(ctx: &Ctx, engine: &str) -> Vec<(String, String)> {
-    let mut env = Vec::new();
-    let mut put = |k: &str, v: Option<String>| {
-        if let Some(v) = v {
-            env.push((k.to_string(), v));
-        }
-    };
-    put("MIGRUN_SIMULATE", ctx.global.simulate.clone());
-    put(
-        "MIGRUN_STATE_DIR",
-        ctx.global
-            .state_dir
-            .as_ref()
-            .map(|p| p.display().to_string()),
-    );
-    put(
-        "MIGRUN_CONFIG",
-        ctx.global.config.as_ref().map(|p| p.display().to_string()),
-    );
-    for k in ["MIGRUN_NVML_LIB", "MIGRUN_LOG"] {
-        put(k, std::env::var(k).ok());
-    }
-    debug_assert!(env.iter().all(|(k, _)| oci::PASS_ENV.contains(&k.as_str())));
-    env.push((oci::ENV_ENGINE.to_string(), engine.to_string()));
-    env
-}
-
-/// `migrun runtime ARGS` / `migrun-runtime ARGS`: the runc-compatible shim.
-///
-/// Returns only on failure, or, for a create it made a lease for, with the runtime's exit code.
-pub fn runtime(ctx: &Ctx, a: RuntimeArgs) -> Result<i32> {
-    let inv = runtime::parse_invocation(&a.args);
-    // Every failure goes to stderr, the engine's runtime log (`--log`) and migrun's log.
-    let fail = |e: anyhow::Error| {
-        init_logging(ctx);
-        runtime::write_runtime_log(&inv, &format!("migrun: {}", flatten(&e)));
-        Ok(fail_line(&e))
-    };
-    if let (true, Some(reason)) = (inv.creates(), inv.unreadable.clone()) {
-        let subcommand = inv.subcommand.clone().unwrap_or_default();
-        return fail(runtime::ShimError::Unreadable { subcommand, reason }.into());
-    }
-    let self_exe = match std::env::current_exe() {
-        Ok(p) => p,
-        Err(e) => return fail(anyhow::anyhow!("cannot find the migrun binary: {e}")),
-    };
-    let next =
-        match runtime::next_runtime(&ctx.config, std::env::var_os("PATH").as_deref(), &self_exe) {
-            Ok(p) => p,
-            Err(e) => return fail(e.into()),
-        };
-    // A bundle that asks for nothing was normally handed over before migrun parsed its command line
-    // (`runtime::hand_over_untouched`, for `migrun-runtime`); here `shim_create` reads config.json once
-    // and answers `PassThrough` for it.
-    if let (true, Some(id)) = (inv.creates(), inv.id.clone()) {
-        let bundle = inv.bundle_dir();
-        init_logging(ctx);
-        let engine = runtime::engine_of(inv.root.as_deref());
-        let span = tracing::info_span!("runtime", id = %id, engine);
-        let _enter = span.enter();
-        let hooks = oci::ShimHooks {
-            bin: self_exe.clone(),
-            env: hook_env(ctx, engine),
-            timeout_s: Some(ctx.config.hook_timeout_s),
-        };
-        let out = guarded(ctx, "runtime create", || {
-            let mut ops = CtxOps::new(ctx);
-            Ok(oci::shim_create(
-                &bundle,
-                &id,
-                engine,
-                &mut ops,
-                &hooks,
-                Some(std::process::id()),
-            )?)
-        });
-        match out {
-            // A lease this create made, or took over from a spawner's hand-over: given back if the
-            // runtime's create fails before any hook runs.
-            Ok(o @ (Outcome::Leased { reused: false, .. } | Outcome::Adopted { .. })) => {
-                log_outcome(&o);
-                let (Outcome::Leased { lease, .. } | Outcome::Adopted { lease, .. }) = o else {
-                    unreachable!()
-                };
-                return supervise_create(ctx, &next, &a.args, &id, &bundle, lease).or_else(&fail);
-            }
-            Ok(o) => log_outcome(&o),
-            Err(e) => return fail(e),
-        }
-    }
-    fail(runtime::exec_runtime(&next, &a.args).into())
-}
-
-/// Run the runtime's create for a container that just got lease `lease`, and release the lease when
-/// the runtime fails or cannot be started (see [`runtime::supervise_runtime`] for why the shim waits
-/// instead of `execv`). Returns the runtime's exit code.
-fn supervise_create(
-    ctx: &Ctx,
-    next: &std::path::Path,
-    args: &[std::ffi::OsString],
-    id: &str,
-    bundle: &std::path::Path,
-    lease: LeaseId,
-) -> Result<i32> {
-    // The forwarded signals stay caught (`_caught`) until the lease is given back.
-    let (ran, _caught) = match runtime::supervise_runtime(next, args) {
-        Ok((code, caught)) => (Ok(code), Some(caught)),
-        Err(e) => (Err(e), None),
-    };
-    if !matches!(ran, Ok(0)) {
-        tracing::info!(
-            "{} did not create container {id} ({}); giving lease {lease} back",
-            next.display(),
-            match &ran {
-                Ok(code) => format!("exit {code}"),
-                Err(e) => e.to_string(),
-            }
-        );
-        let mut ops = CtxOps::new(ctx);
-        match oci::shim_create_failed(&mut ops, id, bundle, lease) {
-            Ok(o) => log_outcome(&o),
-            // The runtime's failure is what the engine must see; the lease is gc's now.
-            Err(e) => tracing::error!("{}", flatten(&e.into())),
-        }
-    }
-    Ok(ran?)
-}
+mod shim;
+pub use shim::{runtime, shim_fast_path};
 
 #[cfg(test)]
 mod tests {
@@ -445,25 +319,5 @@ mod tests {
             "{line}"
         );
         assert_eq!(crate::commands::exit_code_for(&e), crate::exit::USAGE);
-    }
-
-    #[test]
-    fn the_shim_passes_migrun_settings_and_the_engine_to_its_hooks() {
-        let ctx = Ctx {
-            global: crate::cli::GlobalArgs {
-                simulate: Some("h100-80gb:2".into()),
-                state_dir: Some("/srv/migrun".into()),
-                ..Default::default()
-            },
-            config: crate::config::Config::default(),
-        };
-        let env = hook_env(&ctx, "docker");
-        assert!(env.contains(&("MIGRUN_SIMULATE".into(), "h100-80gb:2".into())));
-        assert!(env.contains(&("MIGRUN_STATE_DIR".into(), "/srv/migrun".into())));
-        assert_eq!(env.last(), Some(&("MIGRUN_ENGINE".into(), "docker".into())));
-        assert!(
-            !env.iter().any(|(k, _)| k == "MIGRUN_CONFIG"),
-            "only what was set"
-        );
     }
 }

@@ -4,7 +4,7 @@ use super::Ctx;
 use crate::alloc::{self, AllocRequest, ReleaseOutcome};
 use crate::cdi::types::ContainerEdits;
 use crate::commands::session::Session;
-use crate::engine::oci::binding::Handover;
+use crate::engine::oci::binding::{bound_to, shim_record_rel, Handover, ShimRecord, SHIM_DIR};
 use crate::engine::oci::{LeaseCheck, LeaseOps, OpsError, Request};
 use crate::lease::{Holder, Lease, LeaseId, Registry};
 use crate::policy::Want;
@@ -22,6 +22,15 @@ pub enum OpsRecordError {
         path: std::path::PathBuf,
         why: String,
     },
+    #[error("{path} is not a valid record of migrun's runtime shim ({why}); remove it, then run `migrun gc` (the container's lease is released when the container is gone)")]
+    MalformedShim {
+        path: std::path::PathBuf,
+        why: String,
+    },
+    #[error(
+        "container id {0:?} cannot name a shim record; this is a migrun bug: please report it"
+    )]
+    BadShimId(String),
 }
 
 pub(super) struct CtxOps<'a> {
@@ -218,6 +227,83 @@ impl LeaseOps for CtxOps<'_> {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(e.into()),
+        }
+    }
+
+    fn record_shim(&mut self, r: &ShimRecord) -> Result<(), OpsError> {
+        let dir = self.dir()?.clone();
+        let rel = shim_record_rel(&r.id).ok_or_else(|| OpsRecordError::BadShimId(r.id.clone()))?;
+        dir.subdir(SHIM_DIR)?;
+        prune_shim_records(&dir);
+        let mut json = serde_json::to_vec_pretty(r).expect("records serialise");
+        json.push(b'\n');
+        Ok(dir.write(&rel, &json)?)
+    }
+
+    fn shim_record(&mut self, id: &str) -> Result<Option<ShimRecord>, OpsError> {
+        let dir = self.dir()?.clone();
+        Ok(read_shim_record(&dir, id)?)
+    }
+
+    fn drop_shim_record(&mut self, id: &str) -> Result<(), OpsError> {
+        let dir = self.dir()?.clone();
+        let Some(rel) = shim_record_rel(id) else {
+            return Ok(());
+        };
+        match std::fs::remove_file(dir.join(&rel)) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+/// The shim's record of container `id` under `dir`; `None` when there is none (or `id` cannot name one).
+pub(crate) fn read_shim_record(
+    dir: &StateDir,
+    id: &str,
+) -> Result<Option<ShimRecord>, OpsRecordError> {
+    let Some(rel) = shim_record_rel(id) else {
+        return Ok(None);
+    };
+    let bad = |why: String| OpsRecordError::MalformedShim {
+        path: dir.join(&rel),
+        why,
+    };
+    let Some(bytes) = dir.read(&rel).map_err(|e| bad(e.to_string()))? else {
+        return Ok(None);
+    };
+    let r: ShimRecord = serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string()))?;
+    if r.id != id {
+        return Err(bad(format!("it records container {}, not {id}", r.id)));
+    }
+    Ok(Some(r))
+}
+
+/// Remove the shim's records whose lease is gone or no longer bound to the recorded container (gc
+/// collected it after the engine deleted the container with another runtime, or never deleted it).
+fn prune_shim_records(dir: &StateDir) {
+    let Ok(rd) = std::fs::read_dir(dir.join(SHIM_DIR)) else {
+        return;
+    };
+    let Ok(reg) = Registry::open(dir) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(id) = name.strip_suffix(".json") else {
+            continue;
+        };
+        let Ok(Some(rec)) = read_shim_record(dir, id) else {
+            continue;
+        };
+        match reg.lease(rec.lease) {
+            Ok(Some(l)) if bound_to(&l, &rec.id, &rec.bundle) => {}
+            Ok(_) => {
+                let _ = std::fs::remove_file(e.path());
+            }
+            // Unreadable: leave it; a malformed lease stops allocation anyway.
+            Err(_) => {}
         }
     }
 }

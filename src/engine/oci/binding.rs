@@ -50,6 +50,49 @@ pub struct Handover {
     pub created_at: u64,
 }
 
+/// Sub-directory of the state dir holding the shim's records of the containers it binds itself,
+/// `<container id>.json` each.
+pub const SHIM_DIR: &str = "shim";
+
+/// A lease the shim binds to its container without hooks (the engine gave `runc create` a
+/// `--pid-file`): written before the runtime's create runs, read back by the shim's `delete` of the
+/// same container id (which releases the lease once the runtime has removed the container), and by
+/// gc, which asks the recorded runtime root whether the container still exists.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShimRecord {
+    pub lease: LeaseId,
+    /// The container id the engine passed (also the record's file name).
+    pub id: String,
+    /// The runtime's `--root` as the engine passed it (runc's default when it passed none).
+    pub root: PathBuf,
+    /// The canonical bundle, as in the lease's holder.
+    pub bundle: PathBuf,
+}
+
+/// runc's own default `--root` when the engine passes none (root user).
+pub const RUNC_DEFAULT_ROOT: &str = "/run/runc";
+
+/// The record file of container `id` under the state dir, when `id` can name a file: runc's id
+/// alphabet (`[A-Za-z0-9_+.-]`, not `.` or `..`, at most 250 bytes). `None` otherwise: the shim then
+/// binds that container through hooks, as before.
+pub fn shim_record_rel(id: &str) -> Option<String> {
+    let ok = !id.is_empty()
+        && id.len() <= 250
+        && id != "."
+        && id != ".."
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'+' | b'.' | b'-'));
+    ok.then(|| format!("{SHIM_DIR}/{id}.json"))
+}
+
+/// Does the runtime at `root` still hold container `id` (runc's `<root>/<id>/state.json`, crun's
+/// `<root>/<id>/status`)? Positive evidence only: the directory goes when the runtime deletes it.
+pub fn runtime_has_container(root: &Path, id: &str) -> bool {
+    shim_record_rel(id).is_some() && root.join(id).is_dir()
+}
+
 /// A fresh hand-over token: 128 bits from the kernel's CSPRNG, as 32 hex digits.
 pub fn new_token() -> std::io::Result<String> {
     let mut bytes = [0u8; 16];

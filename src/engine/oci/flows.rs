@@ -36,6 +36,12 @@ pub trait LeaseOps {
     fn handover(&mut self, lease: LeaseId) -> Result<Option<Handover>, OpsError>;
     /// Forget a hand-over (taken, or its lease released).
     fn drop_handover(&mut self, lease: LeaseId) -> Result<(), OpsError>;
+    /// Record that the shim binds `r.id`'s lease itself (no hooks; see [`binding::ShimRecord`]).
+    fn record_shim(&mut self, r: &binding::ShimRecord) -> Result<(), OpsError>;
+    /// The shim's record for container `id`, if any.
+    fn shim_record(&mut self, id: &str) -> Result<Option<binding::ShimRecord>, OpsError>;
+    /// Forget the shim's record for container `id` (its lease released, or never made).
+    fn drop_shim_record(&mut self, id: &str) -> Result<(), OpsError>;
     /// The CDI edits (from the lease's spec) to write into the config of a container holding `lease`
     /// when the hooks inject by CDI; `None` when they inject by env only, for NVIDIA's hook to read.
     fn cdi_edits(
@@ -456,6 +462,10 @@ pub struct ShimHooks {
     /// `hook.env`: migrun's own settings (state dir, simulator, config) plus MIGRUN_ENGINE.
     pub env: Vec<(String, String)>,
     pub timeout_s: Option<u64>,
+    /// `Some(root)`: the shim binds the lease itself (the engine passed `--pid-file`, so the shim
+    /// learns the init pid when the create returns, and it sees the engine's `delete`), so no hook is
+    /// added: two fewer migrun processes per container. `root` is the runtime's `--root`.
+    pub binds_itself: Option<PathBuf>,
 }
 
 /// True when the shim can hand the bundle to runc untouched: its config asks for no slice and needs no guard
@@ -521,21 +531,51 @@ pub fn shim_create(
         Err(e) if reused => return Err(e),
         Err(e) => return Err(undo(ops, &lease, e)),
     };
-    mods.push(Box::new(AddHook::migrun(
-        "prestart",
-        &hooks.bin,
-        &hooks.env,
-        hooks.timeout_s,
-        HookPosition::First,
-    )));
-    mods.push(Box::new(AddHook::migrun(
-        "poststop",
-        &hooks.bin,
-        &hooks.env,
-        hooks.timeout_s,
-        HookPosition::Last,
-    )));
-    write_or_undo(ops, &cfg, &mods, &lease, reused)?;
+    let record = hooks.binds_itself.as_ref().and_then(|root| {
+        binding::shim_record_rel(container).map(|_| binding::ShimRecord {
+            lease: lease.id,
+            id: container.to_string(),
+            root: root.clone(),
+            bundle: bundle.clone(),
+        })
+    });
+    if record.is_none() {
+        mods.push(Box::new(AddHook::migrun(
+            "prestart",
+            &hooks.bin,
+            &hooks.env,
+            hooks.timeout_s,
+            HookPosition::First,
+        )));
+        mods.push(Box::new(AddHook::migrun(
+            "poststop",
+            &hooks.bin,
+            &hooks.env,
+            hooks.timeout_s,
+            HookPosition::Last,
+        )));
+    } else {
+        // A bundle reused from a create that added hooks (a retried create) keeps none of them:
+        // the shim binds and releases this lease itself.
+        mods.push(Box::new(RemoveMigrunHooks));
+    }
+    // The record goes first: once config.json is written the runtime may create the container, and
+    // gc and the shim's delete find its lease through the record.
+    if let Some(r) = &record {
+        if let Err(e) = ops.record_shim(r) {
+            let err = lease_err(format!(
+                "cannot record the shim's binding of lease {}",
+                lease.id
+            ))(e);
+            return Err(if reused { err } else { undo(ops, &lease, err) });
+        }
+    }
+    if let Err(e) = write_or_undo(ops, &cfg, &mods, &lease, reused) {
+        if record.is_some() && !reused {
+            let _ = ops.drop_shim_record(container);
+        }
+        return Err(e);
+    }
     if adopted {
         return Ok(Outcome::Adopted {
             lease: lease.id,
@@ -569,7 +609,9 @@ pub fn shim_create_failed(
     Ok(Outcome::Released(out))
 }
 
+mod shimbind;
 mod takeover;
+pub use shimbind::{shim_bind_pid, shim_delete_plan, shim_deleted, shim_record_gone, ShimDelete};
 use takeover::{hand_to, shim_take_over, take_over};
 
 #[cfg(test)]

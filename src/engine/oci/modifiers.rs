@@ -277,6 +277,27 @@ impl SpecModifier for AddHook {
     }
 }
 
+/// Drop every `migrun hook …` entry from every hook stage (a bundle a retried create left with the
+/// hooks an earlier shim added): the shim that binds a lease itself must not also run hooks for it.
+#[derive(Debug, Clone)]
+pub struct RemoveMigrunHooks;
+
+impl SpecModifier for RemoveMigrunHooks {
+    fn apply(&self, spec: &mut Value) -> Result<bool, String> {
+        let root = root_obj(spec)?;
+        let Some(hooks) = child_obj(root, "hooks", "hooks", false)? else {
+            return Ok(false);
+        };
+        let mut changed = false;
+        for list in hooks.values_mut().filter_map(Value::as_array_mut) {
+            let before = list.len();
+            list.retain(|h| !is_migrun_hook(h));
+            changed |= list.len() != before;
+        }
+        Ok(changed)
+    }
+}
+
 /// Apply a lease's CDI container edits ([`crate::cdi::apply_edits`]): its device nodes with their
 /// cgroup allow rules, the toolkit's mounts and hooks, and the env, so plain runc gives the
 /// container the device with no NVIDIA runtime installed. Idempotent, as `apply_edits` is.

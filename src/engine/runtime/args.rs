@@ -68,6 +68,9 @@ const RUN_ONLY: &[Flag] = &[
     (&["no-subreaper"], Kind::Bool),
 ];
 
+/// `runc delete` (and urfave/cli's `--help`).
+const DELETE: &[Flag] = &[(&["force", "f"], Kind::Bool), (&["help", "h"], Kind::Bool)];
+
 /// What the shim needs to know about one runtime invocation.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Invocation {
@@ -78,9 +81,13 @@ pub struct Invocation {
     /// `--log` and `--log-format`: where the engine reads a failed runtime's error from.
     pub log: Option<PathBuf>,
     pub log_format: Option<String>,
-    /// For `create`/`run`: `--bundle` (empty or absent: the current directory) and the container id.
+    /// For `create`/`run`: `--bundle` (empty or absent: the current directory) and the container id;
+    /// for `delete`, the id alone (absent when runc would refuse the call).
     pub bundle: Option<PathBuf>,
     pub id: Option<String>,
+    /// For `create`: `--pid-file`, where runc writes the container's init pid once it exists. With
+    /// it, the shim binds the lease to that pid itself instead of through a prestart hook.
+    pub pid_file: Option<PathBuf>,
     /// runc would only print help or its version for this call.
     pub prints_only: bool,
     /// Why runc's parser would reject this `create`/`run` (or the shim cannot be sure it reads it the
@@ -319,6 +326,10 @@ pub fn parse_invocation(args: &[OsString]) -> Invocation {
         return inv;
     };
     inv.subcommand = Some(sub.to_string_lossy().into_owned());
+    if sub.as_bytes() == b"delete" && !inv.prints_only {
+        inv.id = delete_id(&rest[1..]);
+        return inv;
+    }
     if !inv.creates() {
         return inv;
     }
@@ -338,6 +349,9 @@ pub fn parse_invocation(args: &[OsString]) -> Invocation {
         return inv;
     }
     inv.bundle = get(&flags, "bundle").map(PathBuf::from);
+    inv.pid_file = get(&flags, "pid-file")
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from);
     match positional.as_slice() {
         [id] if !id.is_empty() => match id.to_str() {
             Some(id) => inv.id = Some(id.to_string()),
@@ -353,6 +367,19 @@ pub fn parse_invocation(args: &[OsString]) -> Invocation {
         }
     }
     inv
+}
+
+/// The container id of `runc delete ARGS` as runc reads it; `None` for anything runc would refuse
+/// or only print help for (the shim then hands the call over untouched and runc reports it).
+fn delete_id(args: &[OsString]) -> Option<String> {
+    let (flags, positional) = go_parse(DELETE, &reorder(DELETE, args)).ok()?;
+    if is_true(&flags, "help") {
+        return None;
+    }
+    match positional.as_slice() {
+        [id] if !id.is_empty() => id.to_str().map(str::to_string),
+        _ => None,
+    }
 }
 
 #[cfg(test)]
@@ -467,6 +494,25 @@ mod tests {
         assert_eq!(inv.log_format.as_deref(), Some("json"));
         assert_eq!(inv.bundle.as_deref(), Some(Path::new("/run/b")));
         assert_eq!(inv.id.as_deref(), Some("abc123"));
+        assert_eq!(inv.pid_file.as_deref(), Some(Path::new("/run/b/init.pid")));
+        assert_eq!(
+            parse_invocation(&args("create --pid-file= -b /b c")).pid_file,
+            None
+        );
+        // delete: the id as runc reads it (flags before or after it), nothing when runc refuses.
+        for (call, id) in [
+            ("--root /r delete abc", Some("abc")),
+            ("delete --force abc", Some("abc")),
+            ("delete abc -f", Some("abc")),
+            ("delete -f=false abc", Some("abc")),
+            ("delete", None),
+            ("delete a b", None),
+            ("delete --frobnicate a", None),
+            ("delete --help a", None),
+            ("--version delete a", None),
+        ] {
+            assert_eq!(parse_invocation(&args(call)).id.as_deref(), id, "{call}");
+        }
         // A value flag takes the next word even when it looks like a flag (Go's flag package).
         let inv = parse_invocation(&args("--log --debug create -b /b c"));
         assert_eq!(inv.log.as_deref(), Some(Path::new("--debug")));

@@ -77,7 +77,12 @@ pub use args::{parse_invocation, Invocation};
 /// (docs/benchmarks.md, "start-up overhead"). Any doubt (unreadable config, no runtime found, a
 /// failed exec) falls back, so both paths decide alike.
 pub fn hand_over_untouched(args: &[OsString]) {
-    if !parse_invocation(args).hands_over_untouched() {
+    hand_over_untouched_as(&parse_invocation(args), args)
+}
+
+/// [`hand_over_untouched`] for a call already parsed into `inv`.
+pub fn hand_over_untouched_as(inv: &Invocation, args: &[OsString]) {
+    if !inv.hands_over_untouched() {
         return;
     }
     // The same config the full shim reads: `MIGRUN_CONFIG` (as `--config`'s env) or the default file.

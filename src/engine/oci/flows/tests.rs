@@ -17,6 +17,7 @@ struct FakeOps {
     releases: Vec<LeaseId>,
     /// What `cdi_edits` answers: `None` injects by env only; `Some(Err)` fails reading the spec.
     cdi: Option<Result<crate::cdi::types::ContainerEdits, &'static str>>,
+    shim_records: Vec<super::binding::ShimRecord>,
 }
 
 impl LeaseOps for FakeOps {
@@ -79,6 +80,18 @@ impl LeaseOps for FakeOps {
     }
     fn drop_handover(&mut self, lease: LeaseId) -> Result<(), OpsError> {
         self.handovers.retain(|h| h.lease != lease);
+        Ok(())
+    }
+    fn record_shim(&mut self, r: &super::binding::ShimRecord) -> Result<(), OpsError> {
+        self.shim_records.retain(|x| x.id != r.id);
+        self.shim_records.push(r.clone());
+        Ok(())
+    }
+    fn shim_record(&mut self, id: &str) -> Result<Option<super::binding::ShimRecord>, OpsError> {
+        Ok(self.shim_records.iter().find(|r| r.id == id).cloned())
+    }
+    fn drop_shim_record(&mut self, id: &str) -> Result<(), OpsError> {
+        self.shim_records.retain(|r| r.id != id);
         Ok(())
     }
     fn cdi_edits(
@@ -181,6 +194,7 @@ fn no_request_passes_through_byte_identical_and_never_touches_leases() {
         bin: "/usr/bin/migrun".into(),
         env: vec![],
         timeout_s: None,
+        binds_itself: None,
     };
     assert_eq!(
         shim_create(&b, "c", "docker", &mut ops, &hooks, None).unwrap(),
@@ -230,6 +244,7 @@ fn shim_create_adds_hooks_and_markers_and_strips_forged_ones() {
         bin: "/usr/bin/migrun".into(),
         env: vec![("MIGRUN_ENGINE".into(), "docker".into())],
         timeout_s: Some(30),
+        binds_itself: None,
     };
     let out = shim_create(
         &b,
@@ -545,4 +560,5 @@ fn bad_bundles_and_configs_are_clear_errors_with_nothing_changed() {
 }
 
 mod cdi;
+mod shimbind;
 mod spawner;

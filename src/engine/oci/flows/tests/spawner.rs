@@ -8,6 +8,7 @@ fn hooks() -> ShimHooks {
         bin: "/usr/bin/migrun".into(),
         env: vec![],
         timeout_s: None,
+        binds_itself: None,
     }
 }
 
