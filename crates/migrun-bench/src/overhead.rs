@@ -599,7 +599,7 @@ fn shim_command(m: &Machine, link: &Path, cfg: &Path, t: &RuncTarget, bundle: &B
     c
 }
 
-fn run_id() -> String {
+pub(crate) fn run_id() -> String {
     format!(
         "ovh-{}-{}",
         std::process::id(),
@@ -610,7 +610,7 @@ fn run_id() -> String {
 /// A bundle dir under `dir/name` whose config.json is `spec` (kept as bytes, to be restored before
 /// every run: migrun's prestart hook rewrites config.json, and a used marker must not reach the
 /// next run).
-struct Bundle {
+pub(crate) struct Bundle {
     dir: PathBuf,
     config: Vec<u8>,
 }

@@ -55,6 +55,28 @@ pub fn shim(t: &RuncTarget, m: &Machine, pairs: usize, warmup: usize) -> Result<
         m.expect(&format!("after the shim runs ({inject})"), 0, 0)?;
         rows.push(p.row(case, m.backend.name()));
     }
+    // What engines call: `create --pid-file`, `start`, `delete`. The shim binds the lease itself
+    // (no hooks), so migrun runs once for the create and once for the delete.
+    for (inject, case) in [("cdi", SHIM_ENGINE_CDI), ("env", SHIM_ENGINE_ENV)] {
+        let cfg = m.config(
+            &format!("shim-{inject}.toml"),
+            &format!(
+                "runtime = \"{}\"\nhook_inject = \"{inject}\"\n",
+                t.runc.display()
+            ),
+        )?;
+        let shim_calls = || {
+            asking.restore()?;
+            engine_calls(m, &link, Some(&cfg), t, &asking)
+        };
+        let runc_calls = || {
+            plain.restore()?;
+            engine_calls(m, &t.runc, None, t, &plain)
+        };
+        let p = run_pairs(pairs, warmup, shim_calls, runc_calls)?;
+        m.expect(&format!("after the shim's engine calls ({inject})"), 0, 0)?;
+        rows.push(p.row(case, m.backend.name()));
+    }
     // What runc itself charges for the slice's device nodes and cgroup rules: the same bundle with a
     // slice's CDI edits already written into config.json (as the shim writes them), no migrun at all.
     let edits = slice_edits()?;
@@ -71,6 +93,59 @@ pub fn shim(t: &RuncTarget, m: &Machine, pairs: usize, warmup: usize) -> Result<
     )?;
     rows.push(p.row(SHIM_FLOOR, m.backend.name()));
     Ok(rows)
+}
+
+/// Case labels of the engine-call rows of [`shim`].
+pub const SHIM_ENGINE_CDI: &str =
+    "shim, engine calls (create --pid-file, start, delete), hook_inject = cdi: create + destroy 1g.10gb (no hooks)";
+pub const SHIM_ENGINE_ENV: &str =
+    "shim, engine calls (create --pid-file, start, delete), hook_inject = env: create + destroy 1g.10gb (no hooks)";
+
+/// `<program> --root R create --bundle B --pid-file P ID`, `start ID`, `delete --force ID`, as
+/// containerd's runc shim calls a runtime (`delete --force` also covers a `true` still running),
+/// timed together.
+fn engine_calls(
+    m: &Machine,
+    program: &Path,
+    config: Option<&Path>,
+    t: &RuncTarget,
+    bundle: &Bundle,
+) -> Result<Duration> {
+    let id = super::run_id();
+    let pid_file = bundle.dir.join("init.pid");
+    let call = |args: &[&std::ffi::OsStr]| -> Result<()> {
+        let mut c = m.command(program);
+        if let Some(cfg) = config {
+            c.env("MIGRUN_CONFIG", cfg);
+        }
+        c.arg("--root").arg(&t.root).args(args);
+        // No pipes: the container's init inherits them and would hold them open until it starts.
+        c.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let status = c
+            .status()
+            .map_err(|e| failed(format!("cannot run {c:?}: {e}")))?;
+        if !status.success() {
+            return Err(failed(format!(
+                "{c:?} failed with {status} (the runtime's and migrun's logs say why)"
+            )));
+        }
+        Ok(())
+    };
+    let os = |s: &str| std::ffi::OsString::from(s);
+    let t0 = Instant::now();
+    call(&[
+        &os("create"),
+        &os("--bundle"),
+        bundle.dir.as_os_str(),
+        &os("--pid-file"),
+        pid_file.as_os_str(),
+        &os(&id),
+    ])?;
+    call(&[&os("start"), &os(&id)])?;
+    call(&[&os("delete"), &os("--force"), &os(&id)])?;
+    Ok(t0.elapsed())
 }
 
 /// Case label of the floor row of [`shim`].
