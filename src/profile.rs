@@ -178,6 +178,8 @@ pub enum ProfileError {
         given: String,
         nearest: Option<ProfileName>,
     },
+    #[error(transparent)]
+    Ci(#[from] CiProfileError),
     #[error("compute-instance profile {given:?} is not yet supported: migrun creates the default compute instance; ask for the GPU-instance profile {gi} instead")]
     ComputeInstanceProfile { given: String, gi: String },
     #[error("profile {given} does not exist on {gpu} ({model}); valid profiles there: {valid}{}", match .nearest { Some(n) => format!("; did you mean {n}?"), None => String::new() })]

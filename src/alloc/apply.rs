@@ -38,6 +38,7 @@ pub(crate) fn apply(
         profile: String::new(),
         placement: crate::gpu::Placement { start: 0, size: 0 },
         mig_uuid: String::new(),
+        ci_profile: None,
         created: false,
         keep: req.keep,
         state: LeaseState::Active,
@@ -45,6 +46,9 @@ pub(crate) fn apply(
         updated_at: now,
     };
     match plan {
+        Plan::IntoShared { .. } | Plan::NewShared { .. } => {
+            super::share::apply(backend, reg, state, plan, lease)
+        }
         Plan::Reuse {
             gi,
             ci,
@@ -83,6 +87,7 @@ pub(crate) fn apply(
                 profile: profile.clone(),
                 placement: choice.placement,
                 gi: None,
+                ci: None,
                 pid: std::process::id(),
                 created_at: now,
             };
@@ -139,6 +144,7 @@ pub(crate) fn apply(
                 profile,
                 placement: choice.placement,
                 mig_uuid: ci.mig_uuid.clone(),
+                shared: false,
                 created_at: now,
             };
             if let Err(e) = reg.write_created(&record) {
@@ -179,6 +185,10 @@ pub(super) fn evict(
         else {
             continue;
         };
+        // A sharing GPU instance goes only while it holds no compute instance (the planner asks the same).
+        if r.shared && !i.compute_instances.is_empty() {
+            continue;
+        }
         let intent = Intent {
             lease: reg.next_lease_id()?,
             gpu_index: gpu,
@@ -187,6 +197,7 @@ pub(super) fn evict(
             profile: r.profile.clone(),
             placement: r.placement,
             gi: Some(gi),
+            ci: None,
             pid: std::process::id(),
             created_at: lease::now(),
         };

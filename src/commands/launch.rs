@@ -492,6 +492,24 @@ fn dry_run(ctx: &Ctx, a: &RunArgs, line: &RunLine) -> Result<i32> {
                 profile,
             )
         }
+        Ok(Plan::IntoShared { gpu, gi, ci, .. }) => (
+            format!(
+                "create a {ci} compute instance in migrun's sharing GPU instance GI {gi} on {}, destroyed after the container ends",
+                gpu_label(&state, gpu)
+            ),
+            "<MIG-uuid-of-the-new-compute-instance>".to_string(),
+            ci.to_string(),
+        ),
+        Ok(Plan::NewShared { choice: c, ci }) => (
+            format!(
+                "create a sharing {} GPU instance on {} at placement {} and a {ci} compute instance in it, destroyed after the container ends",
+                ci.gi,
+                gpu_label(&state, c.gpu),
+                c.placement
+            ),
+            "<MIG-uuid-of-the-new-compute-instance>".to_string(),
+            ci.to_string(),
+        ),
         Err(nr) if !nr.can_wait() => {
             // Never satisfiable as asked: the same error a real run gives (a profile error names the valid ones).
             if let Want::Profile(spec) = &preq.want {
@@ -519,6 +537,7 @@ fn dry_run(ctx: &Ctx, a: &RunArgs, line: &RunLine) -> Result<i32> {
                 match &preq.want {
                     Want::Profile(p) => p.to_string(),
                     Want::MinMemMib(m) => format!("{m}MiB"),
+                    Want::Ci(c) => c.to_string(),
                 },
             ),
         },
