@@ -380,9 +380,22 @@ fn owner_text(owner: &Owner, leases: &[Lease]) -> String {
                 format!("lease {id}{name}{holder}")
             }
         }
+        Owner::Shared { leases } => format!("{owner} (compute instances below)"),
         Owner::Kept => "free (migrun's, kept warm)".into(),
         Owner::Foreign { .. } => "not migrun's".into(),
     }
+}
+
+/// The compute-instance lease holding compute instance `c` of GI `gi` on `g` (same CI id and MIG UUID).
+fn ci_lease<'a>(
+    leases: &'a [Lease],
+    g: &GpuState,
+    gi: u32,
+    c: &crate::gpu::ComputeInstance,
+) -> Option<&'a Lease> {
+    leases.iter().find(|l| {
+        l.gpu_uuid == g.info.uuid && l.gi == gi && l.ci == c.id && l.mig_uuid == c.mig_uuid
+    })
 }
 
 /// `migrun status`: GPUs, MIG mode, instances with their owners, a slot map, leases and waiters.
@@ -405,6 +418,16 @@ pub fn status(ctx: &Ctx, a: &ListArgs) -> Result<i32> {
     let owner_of = |g: &GpuState, i: &crate::gpu::GpuInstance| -> Option<Owner> {
         view.as_ref().ok().map(|_| plan::owner(g, i, leases, &kept))
     };
+    // Sharing GPU instances (migrun's `shared` records) show their compute-instance count in the slot map.
+    let shared_of = |g: &GpuState| -> Vec<u32> {
+        view.as_ref().map_or(Vec::new(), |v| {
+            v.created
+                .iter()
+                .filter(|r| r.shared && r.gpu_uuid == g.info.uuid)
+                .map(|r| r.gi)
+                .collect()
+        })
+    };
     if a.json {
         let mut doc = serde_json::json!({
             "schema": SCHEMA_VERSION,
@@ -417,7 +440,7 @@ pub fn status(ctx: &Ctx, a: &ListArgs) -> Result<i32> {
                 "mig_mode": g.info.mig,
                 "managed": ctx.config.manages(g.info.index, &g.info.uuid),
                 "slots": g.slots(),
-                "slot_map": slot_map(g),
+                "slot_map": g.slot_map_marking(&shared_of(g)),
                 "instances": g.instances.iter().map(|i| serde_json::json!({
                     "gi": i.id,
                     "profile_id": i.profile_id,
@@ -427,6 +450,12 @@ pub fn status(ctx: &Ctx, a: &ListArgs) -> Result<i32> {
                     "mig_uuid": i.mig_uuid(),
                     "processes": i.processes,
                     "owner": owner_of(g, i),
+                    "compute_instances": i.compute_instances.iter().map(|c| serde_json::json!({
+                        "ci": c.id,
+                        "mig_uuid": c.mig_uuid,
+                        "processes": c.processes,
+                        "lease": ci_lease(leases, g, i.id, c).map(|l| l.id),
+                    })).collect::<Vec<_>>(),
                 })).collect::<Vec<_>>(),
             })).collect::<Vec<_>>(),
         });
@@ -452,7 +481,7 @@ pub fn status(ctx: &Ctx, a: &ListArgs) -> Result<i32> {
             g.info.name,
             g.info.uuid,
             mode,
-            slot_map(g)
+            g.slot_map_marking(&shared_of(g))
         );
         if !ctx.config.manages(g.info.index, &g.info.uuid) {
             crate::outln!("  not managed by migrun: outside the config's `gpus` list; migrun never allocates here");
@@ -491,6 +520,25 @@ pub fn status(ctx: &Ctx, a: &ListArgs) -> Result<i32> {
                     String::new()
                 }
             );
+            // A sharing GPU instance lists its compute instances, each with its own lease.
+            if matches!(owner_of(g, i), Some(Owner::Shared { .. })) {
+                for c in &i.compute_instances {
+                    let lease = ci_lease(leases, g, i.id, c);
+                    crate::outln!(
+                        "      CI {:>2}  {:<12} {:<40}  {}",
+                        c.id,
+                        lease.map_or("", |l| l.profile.as_str()),
+                        c.mig_uuid,
+                        lease.map_or("no lease".into(), |l| owner_text(
+                            &Owner::Lease {
+                                id: l.id,
+                                draining: l.state == LeaseState::Draining
+                            },
+                            leases
+                        ))
+                    );
+                }
+            }
         }
     }
     match &view {

@@ -141,6 +141,8 @@ impl Plan {
 pub enum Owner {
     /// Held by a lease.
     Lease { id: LeaseId, draining: bool },
+    /// migrun's sharing GPU instance: these leases hold its compute instances (issue 22).
+    Shared { leases: Vec<LeaseId> },
     /// Created by migrun and kept warm, not leased: free for reuse (or teardown).
     Kept,
     /// Not migrun's (an admin, mig-parted); `processes` > 0 means busy.
@@ -155,6 +157,16 @@ impl fmt::Display for Owner {
                 draining: false,
             } => write!(f, "lease {id}"),
             Owner::Lease { id, draining: true } => write!(f, "lease {id}, draining"),
+            Owner::Shared { leases } => write!(
+                f,
+                "shared by lease{} {}",
+                if leases.len() == 1 { "" } else { "s" },
+                leases
+                    .iter()
+                    .map(|l| l.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
             Owner::Kept => f.write_str("migrun's, kept idle"),
             Owner::Foreign { processes: 0 } => f.write_str("not migrun's"),
             Owner::Foreign { .. } => f.write_str("not migrun's, busy"),
@@ -175,6 +187,15 @@ pub(crate) fn owner(
     leases: &[Lease],
     kept: &[(String, u32)],
 ) -> Owner {
+    // A sharing GPU instance is one lease group: every compute-instance lease in it.
+    let sharing: Vec<LeaseId> = leases
+        .iter()
+        .filter(|l| l.gpu_uuid == g.info.uuid && l.gi == inst.id && l.ci_profile.is_some())
+        .map(|l| l.id)
+        .collect();
+    if !sharing.is_empty() {
+        return Owner::Shared { leases: sharing };
+    }
     if let Some(l) = lease_of(leases, &g.info.uuid, inst.id) {
         return Owner::Lease {
             id: l.id,
