@@ -119,6 +119,14 @@ pub(crate) fn plan_request(
         kept,
         ci: CiContext {
             allowed: allowed_ci,
+            sharing: created
+                .iter()
+                .filter(|r| r.shared)
+                .filter_map(|r| {
+                    let g = state.gpus.iter().find(|g| g.info.uuid == r.gpu_uuid)?;
+                    Some((g.info.index, r.gi))
+                })
+                .collect(),
             shared: Vec::new(),
             user: req.uid.to_string(),
             share_across_users: config.share_gi_across_users,

@@ -325,7 +325,8 @@ pub fn placements(ctx: &Ctx, a: &ListArgs) -> Result<i32> {
 }
 
 /// The slot map of one GPU (kept here for callers; the rendering lives in [`GpuState::slot_map`]).
-pub fn slot_map(g: &GpuState) -> String {
+#[cfg(test)]
+fn slot_map(g: &GpuState) -> String {
     g.slot_map()
 }
 
@@ -380,7 +381,7 @@ fn owner_text(owner: &Owner, leases: &[Lease]) -> String {
                 format!("lease {id}{name}{holder}")
             }
         }
-        Owner::Shared { leases } => format!("{owner} (compute instances below)"),
+        Owner::Shared { .. } => format!("{owner} (compute instances below)"),
         Owner::Kept => "free (migrun's, kept warm)".into(),
         Owner::Foreign { .. } => "not migrun's".into(),
     }

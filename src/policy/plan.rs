@@ -69,7 +69,10 @@ pub(crate) struct PlanRequest {
 pub(crate) struct CiContext {
     /// CI profiles the config's `allowed_profiles` names itself (a listed GPU-instance profile allows its CIs too).
     pub allowed: Vec<CiProfileName>,
-    /// GPU instances migrun created for sharing: never handed out whole, only filled with compute instances.
+    /// GPU instances migrun created for sharing, as (GPU index, GI id) from its records: never handed
+    /// out whole, only filled with compute instances.
+    pub sharing: Vec<(u32, u32)>,
+    /// The same with what the device says of their compute instances (listed for compute-instance requests only).
     pub shared: Vec<SharedGi>,
     /// Who asks (the uid, as text), and whether the config lets users share a GPU instance.
     pub user: String,
@@ -79,7 +82,7 @@ pub(crate) struct CiContext {
 impl CiContext {
     /// Is GI `gi` of GPU `gpu` one of migrun's sharing GPU instances?
     pub(crate) fn is_shared(&self, gpu: u32, gi: u32) -> bool {
-        self.shared.iter().any(|s| s.gpu == gpu && s.gi == gi)
+        self.sharing.contains(&(gpu, gi)) || self.shared.iter().any(|s| s.gpu == gpu && s.gi == gi)
     }
 }
 
