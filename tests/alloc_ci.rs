@@ -36,3 +36,86 @@ fn killed_during_a_compute_instance_allocation_then_gc_repairs() {
 fn killed_during_a_compute_instance_release_then_gc_finishes_it() {
     ci_scenarios::killed_during_ci_release(&a100);
 }
+
+fn err_of(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn leases_of_another_user_get_their_own_gpu_instance_unless_the_config_says_so() {
+    let sim = a100();
+    let as_uid = |uid: &str| sim.alloc(&["--profile", "1c.3g.40gb", "--for-uid", uid]);
+    as_uid("1000");
+    as_uid("1000");
+    as_uid("1001");
+    let gis = ci_scenarios::gis(&sim);
+    assert_eq!(gis.len(), 2, "uid 1001 does not share uid 1000's memory: {gis:?}");
+    assert_eq!(gis.iter().map(|g| g.2).collect::<Vec<_>>(), [2, 1]);
+    // Both GPU instances are taken by their users; uid 1002 finds no room (and is told why).
+    let o = sim.run(&["alloc", "--profile", "1c.3g.40gb", "--for-uid", "1002"]);
+    assert_eq!(o.status.code(), Some(3), "{}", err_of(&o));
+    assert!(err_of(&o).contains("share_gi_across_users is off"), "{}", err_of(&o));
+
+    std::fs::write(sim.config_path(), "share_gi_across_users = true\n").unwrap();
+    as_uid("1002");
+    let gis = ci_scenarios::gis(&sim);
+    assert_eq!(gis.len(), 2, "{gis:?}");
+    assert_eq!(gis.iter().map(|g| g.2).sum::<usize>(), 4);
+    ci_scenarios::check_ci_invariants(&sim, true);
+}
+
+#[test]
+fn allowed_profiles_and_lease_limits_apply_to_compute_instance_profiles() {
+    let sim = a100();
+    let cfg = |text: &str| std::fs::write(sim.config_path(), text).unwrap();
+    // Naming the compute-instance profile allows it, not its whole GPU instance.
+    cfg("allowed_profiles = [\"1c.3g.40gb\"]\n");
+    let (_, id) = sim.alloc(&["--profile", "1c.3g.40gb"]);
+    let o = sim.run(&["alloc", "--profile", "3g.40gb"]);
+    assert_eq!(o.status.code(), Some(2), "{}", err_of(&o));
+    assert!(err_of(&o).contains("refused by policy"), "{}", err_of(&o));
+    sim.ok(&["release", &id.to_string()]);
+    // Naming the GPU-instance profile allows its compute instances too.
+    cfg("allowed_profiles = [\"3g.40gb\"]\n");
+    let (_, id) = sim.alloc(&["--profile", "MIG 1c.3g.40gb"]);
+    sim.ok(&["release", &id.to_string()]);
+    // Neither named: refused by policy, on one line, nothing created.
+    cfg("allowed_profiles = [\"1g.10gb\", \"2c.3g.40gb\"]\n");
+    let o = sim.run(&["alloc", "--profile", "1c.3g.40gb"]);
+    assert_eq!(o.status.code(), Some(2), "{}", err_of(&o));
+    assert_eq!(
+        err_of(&o).trim(),
+        "migrun: refused by policy: 1c.3g.40gb (nor its GPU-instance profile 3g.40gb) is not in the config's allowed_profiles; ask for an allowed profile (docs/config.md)"
+    );
+    assert!(ci_scenarios::gis(&sim).is_empty());
+    // Per-user limits count compute-instance leases like any other.
+    cfg("max_leases_per_user = 2\n");
+    sim.alloc(&["--profile", "1c.3g.40gb", "--for-uid", "1000"]);
+    sim.alloc(&["--profile", "1c.3g.40gb", "--for-uid", "1000"]);
+    let o = sim.run(&["alloc", "--profile", "1c.3g.40gb", "--for-uid", "1000"]);
+    assert_eq!(o.status.code(), Some(2), "{}", err_of(&o));
+    assert!(err_of(&o).contains("max_leases_per_user = 2"), "{}", err_of(&o));
+    ci_scenarios::check_ci_invariants(&sim, true);
+}
+
+#[test]
+fn unknown_compute_instance_profiles_are_refused_by_name() {
+    let sim = a100();
+    let refused = |profile: &str, want: &str| {
+        let o = sim.run(&["alloc", "--profile", profile]);
+        assert_eq!(o.status.code(), Some(2), "{profile}: {}", err_of(&o));
+        let e = err_of(&o);
+        assert_eq!(e.trim().lines().count(), 1, "{e}");
+        assert!(e.contains(want), "{profile}: {e}");
+    };
+    // A GPU-instance profile whose compute instances the tables do not know.
+    refused("1c.7g.80gb", "are not in migrun's tables yet");
+    // A compute-instance profile the GPU-instance profile has not.
+    refused("1c.2g.20gb", "not in migrun's tables yet");
+    // More compute slices than the GPU instance has.
+    refused("4c.3g.40gb", "takes 1 to 3 of 3g.40gb's 3 compute slices");
+    // A GPU-instance profile this model has not.
+    refused("1c.3g.20gb", "does not exist on GPU 0");
+    assert!(ci_scenarios::gis(&sim).is_empty());
+    assert!(!sim.state_dir().join("leases").read_dir().is_ok_and(|mut d| d.next().is_some()));
+}
