@@ -49,12 +49,20 @@ fn leases_of_another_user_get_their_own_gpu_instance_unless_the_config_says_so()
     as_uid("1000");
     as_uid("1001");
     let gis = ci_scenarios::gis(&sim);
-    assert_eq!(gis.len(), 2, "uid 1001 does not share uid 1000's memory: {gis:?}");
+    assert_eq!(
+        gis.len(),
+        2,
+        "uid 1001 does not share uid 1000's memory: {gis:?}"
+    );
     assert_eq!(gis.iter().map(|g| g.2).collect::<Vec<_>>(), [2, 1]);
     // Both GPU instances are taken by their users; uid 1002 finds no room (and is told why).
     let o = sim.run(&["alloc", "--profile", "1c.3g.40gb", "--for-uid", "1002"]);
     assert_eq!(o.status.code(), Some(3), "{}", err_of(&o));
-    assert!(err_of(&o).contains("share_gi_across_users is off"), "{}", err_of(&o));
+    assert!(
+        err_of(&o).contains("share_gi_across_users is off"),
+        "{}",
+        err_of(&o)
+    );
 
     std::fs::write(sim.config_path(), "share_gi_across_users = true\n").unwrap();
     as_uid("1002");
@@ -94,7 +102,11 @@ fn allowed_profiles_and_lease_limits_apply_to_compute_instance_profiles() {
     sim.alloc(&["--profile", "1c.3g.40gb", "--for-uid", "1000"]);
     let o = sim.run(&["alloc", "--profile", "1c.3g.40gb", "--for-uid", "1000"]);
     assert_eq!(o.status.code(), Some(2), "{}", err_of(&o));
-    assert!(err_of(&o).contains("max_leases_per_user = 2"), "{}", err_of(&o));
+    assert!(
+        err_of(&o).contains("max_leases_per_user = 2"),
+        "{}",
+        err_of(&o)
+    );
     ci_scenarios::check_ci_invariants(&sim, true);
 }
 
@@ -117,5 +129,9 @@ fn unknown_compute_instance_profiles_are_refused_by_name() {
     // A GPU-instance profile this model has not.
     refused("1c.3g.20gb", "does not exist on GPU 0");
     assert!(ci_scenarios::gis(&sim).is_empty());
-    assert!(!sim.state_dir().join("leases").read_dir().is_ok_and(|mut d| d.next().is_some()));
+    assert!(!sim
+        .state_dir()
+        .join("leases")
+        .read_dir()
+        .is_ok_and(|mut d| d.next().is_some()));
 }

@@ -11,9 +11,7 @@ use super::placement::{self, Choice, Policy};
 use crate::gpu::rules::{self, Occupant};
 use crate::gpu::{GiProfile, GpuInstance, GpuState, MigState, Placement};
 use crate::lease::{Lease, LeaseId, LeaseState};
-use crate::profile::{
-    CiProfileError, CiProfileName, ProfileError, ProfileName, ProfileSpec, Variant,
-};
+use crate::profile::{CiProfileName, ProfileError, ProfileName, ProfileSpec, Requested, Variant};
 use serde::Serialize;
 use std::fmt;
 
@@ -31,11 +29,15 @@ impl Want {
     /// A `--profile` argument: a compute-instance name (`1c.3g.40gb`) asks for a compute instance, any
     /// other form (a GPU-instance name or ID, or `3c.3g.40gb`, the full one) for a whole GPU instance.
     pub(crate) fn parse_profile(given: &str) -> Result<Want, ProfileError> {
-        match given.parse::<CiProfileName>() {
-            Ok(ci) if ci.is_full() => Ok(Want::Profile(ProfileSpec::Name(ci.gi))),
-            Ok(ci) => Ok(Want::Ci(ci)),
-            Err(e @ CiProfileError::Slices { .. }) => Err(ProfileError::Ci(e)),
-            Err(CiProfileError::Syntax { .. }) => Ok(Want::Profile(given.parse()?)),
+        given.parse::<Requested>().map(Want::from)
+    }
+}
+
+impl From<Requested> for Want {
+    fn from(r: Requested) -> Want {
+        match r {
+            Requested::Gi(spec) => Want::Profile(spec),
+            Requested::Ci(ci) => Want::Ci(ci),
         }
     }
 }

@@ -2,7 +2,7 @@
 
 use super::*;
 use crate::lease::Lease;
-use crate::profile::ProfileSpec;
+use crate::profile::Requested;
 use serde_json::Value;
 use std::os::unix::fs::PermissionsExt;
 
@@ -73,7 +73,7 @@ pub fn validate_config(spec: &Value) -> Result<(), String> {
 /// What a container asked for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Request {
-    pub profile: ProfileSpec,
+    pub profile: Requested,
     /// GPU index or GPU-UUID, as given.
     pub gpu: Option<String>,
     /// Where the request came from, for messages (`annotation migrun.profile`).
@@ -115,7 +115,7 @@ pub fn request_of(spec: &Value) -> Result<Option<Request>, OciError> {
     let Some((profile, source)) = one_value(spec, ANNOTATION_PROFILE, ENV_PROFILE)? else {
         return Ok(None);
     };
-    let profile: ProfileSpec =
+    let profile: Requested =
         profile
             .parse()
             .map_err(|e: crate::profile::ProfileError| OciError::BadRequest {
