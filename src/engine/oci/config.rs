@@ -386,6 +386,11 @@ mod tests {
                 .unwrap();
         assert_eq!(r.profile, "1g.10gb".parse().unwrap());
         assert_eq!(r.gpu.as_deref(), Some("1"));
+        // A compute instance of a shared GPU instance (issue 22), asked for the same ways.
+        let r = request_of(&json!({"annotations": {"migrun.profile": "1c.3g.40gb"}}))
+            .unwrap()
+            .unwrap();
+        assert!(matches!(r.profile, Requested::Ci(c) if c.to_string() == "1c.3g.40gb"));
         assert_eq!(request_of(&sample()).unwrap(), None);
         // Same request both ways is fine; disagreeing ones and nonsense are bad input.
         let both = json!({"annotations": {"migrun.profile": "9"}, "process": {"env": ["MIGRUN_PROFILE=9"]}});
