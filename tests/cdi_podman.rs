@@ -456,9 +456,8 @@ fn podman_gives_two_containers_different_compute_instances_of_one_gpu_instance()
             let (gi, ci) = (l["gi"].as_u64().unwrap(), l["ci"].as_u64().unwrap());
             // GPU 0: GI capability 3 + 9 * GI, its CIs' right after (docs/cdi.md).
             let (gi_cap, ci_cap) = (3 + 9 * gi, 4 + 9 * gi + ci);
-            let script = format!(
-                "echo $NVIDIA_VISIBLE_DEVICES; ls /dev/nvidia-caps | sort | tr '\\n' ' '"
-            );
+            let script =
+                format!("echo $NVIDIA_VISIBLE_DEVICES; ls /dev/nvidia-caps | sort | tr '\\n' ' '");
             let mut run = podman.run_cmd();
             run.args(["--device", l["cdi"].as_str().unwrap()])
                 .arg(&image)
@@ -468,19 +467,26 @@ fn podman_gives_two_containers_different_compute_instances_of_one_gpu_instance()
             want.sort();
             assert_eq!(
                 out.trim_end(),
-                format!("{}\n{} {}", l["mig_uuid"].as_str().unwrap(), want[0], want[1]),
+                format!(
+                    "{}\n{} {}",
+                    l["mig_uuid"].as_str().unwrap(),
+                    want[0],
+                    want[1]
+                ),
                 "nvml: {}",
                 nvml.is_some()
             );
             seen.push(out);
         }
-        assert_ne!(seen[0], seen[1], "each container has its own compute instance");
+        assert_ne!(
+            seen[0], seen[1],
+            "each container has its own compute instance"
+        );
         for l in [&a, &b] {
             m.ok(&["release", &l["lease"].to_string()]);
         }
         assert!(ns.files().is_empty());
-        let status: serde_json::Value =
-            serde_json::from_str(&m.ok(&["status", "--json"])).unwrap();
+        let status: serde_json::Value = serde_json::from_str(&m.ok(&["status", "--json"])).unwrap();
         assert_eq!(status["gpus"][0]["instances"], json!([]), "nothing left");
     }
 }
