@@ -135,3 +135,38 @@ fn unknown_compute_instance_profiles_are_refused_by_name() {
         .read_dir()
         .is_ok_and(|mut d| d.next().is_some()));
 }
+
+#[test]
+fn the_launcher_dry_run_plans_a_compute_instance_into_the_sharing_gpu_instance() {
+    let sim = a100();
+    let dry = || {
+        sim.ok(&[
+            "--profile",
+            "1c.3g.40gb",
+            "--inject",
+            "env",
+            "--docker",
+            "/bin/true",
+            "--dry-run",
+            "busybox",
+            "true",
+        ])
+    };
+    assert!(
+        dry().contains("create a sharing 3g.40gb GPU instance on GPU 0"),
+        "{}",
+        dry()
+    );
+    sim.alloc(&["--profile", "1c.3g.40gb"]);
+    let plan = dry();
+    assert!(
+        plan.contains("create a 1c.3g.40gb compute instance in migrun's sharing GPU instance GI"),
+        "{plan}"
+    );
+    assert!(plan.contains("--label migrun.profile=1c.3g.40gb"), "{plan}");
+    assert_eq!(
+        ci_scenarios::gis(&sim).len(),
+        1,
+        "a dry run creates nothing"
+    );
+}

@@ -34,6 +34,7 @@ pub(crate) use apply::apply;
 pub use outcome::ReleaseOutcome;
 pub(crate) use reconcile::{sweep, sweep_records, Swept};
 pub(crate) use request::{check_limits, check_name, plan_request};
+pub(crate) use share::shared_gis;
 pub(crate) use teardown::{teardown, TeardownOptions, TeardownReport};
 pub(crate) use wait::clock;
 

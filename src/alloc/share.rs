@@ -45,7 +45,7 @@ fn on_gi<'a>(leases: &'a [Lease], gpu_uuid: &'a str, gi: u32) -> impl Iterator<I
 
 /// migrun's sharing GPU instances as the planner sees them: who holds their compute instances, and
 /// their compute-instance profiles and taken slices as the device reports them now.
-pub(super) fn shared_gis(
+pub(crate) fn shared_gis(
     backend: &mut dyn Backend,
     state: &MigState,
     created: &[CreatedRecord],

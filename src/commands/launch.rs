@@ -447,14 +447,19 @@ fn dry_run(ctx: &Ctx, a: &RunArgs, line: &RunLine) -> Result<i32> {
     let want = want_of(&a.request)?;
     // Read-only: nothing is created, not even the state dir.
     let dir = ctx.existing_state_dir()?;
-    let state = ctx.read_backend()?.snapshot()?;
+    let mut backend = ctx.read_backend()?;
+    let state = backend.snapshot()?;
     let (leases, created) = match &dir {
         Some(d) => (alloc::leases(d)?, alloc::created_instances(d)?),
         None => (Vec::new(), Vec::new()),
     };
     let mut req = AllocRequest::new(want);
     req.gpu = a.request.gpu.clone();
-    let preq = alloc::plan_request(&state, &ctx.config, &req, &created, &leases)?;
+    let mut preq = alloc::plan_request(&state, &ctx.config, &req, &created, &leases)?;
+    // A compute instance goes into a sharing GPU instance with room, as a real run would plan it.
+    if matches!(preq.want, Want::Ci(_)) {
+        preq.ci.shared = alloc::shared_gis(&mut *backend, &state, &created, &leases)?;
+    }
     let keep = if a.request.keep {
         "kept after the container ends (--keep)"
     } else {
