@@ -456,12 +456,11 @@ fn podman_gives_two_containers_different_compute_instances_of_one_gpu_instance()
             let (gi, ci) = (l["gi"].as_u64().unwrap(), l["ci"].as_u64().unwrap());
             // GPU 0: GI capability 3 + 9 * GI, its CIs' right after (docs/cdi.md).
             let (gi_cap, ci_cap) = (3 + 9 * gi, 4 + 9 * gi + ci);
-            let script =
-                format!("echo $NVIDIA_VISIBLE_DEVICES; ls /dev/nvidia-caps | sort | tr '\\n' ' '");
+            let script = "echo $NVIDIA_VISIBLE_DEVICES; ls /dev/nvidia-caps | sort | tr '\\n' ' '";
             let mut run = podman.run_cmd();
             run.args(["--device", l["cdi"].as_str().unwrap()])
                 .arg(&image)
-                .args(["sh", "-c", &script]);
+                .args(["sh", "-c", script]);
             let out = run_ok(&mut ns.cmd(&run));
             let mut want = [format!("nvidia-cap{gi_cap}"), format!("nvidia-cap{ci_cap}")];
             want.sort();
