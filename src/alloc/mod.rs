@@ -31,6 +31,7 @@ mod wait;
 pub use account::ledger_of;
 use account::registry;
 pub(crate) use apply::apply;
+pub(crate) use outcome::GcReport;
 pub use outcome::ReleaseOutcome;
 pub(crate) use reconcile::{sweep, sweep_records, Swept};
 pub(crate) use request::{check_limits, check_name, plan_request};
@@ -231,27 +232,6 @@ pub(crate) fn exit_code_of(e: &(dyn std::error::Error + 'static)) -> Option<i32>
         AllocError::NotYours { .. } => exit::PRIVILEGE,
         AllocError::CreateCi(_) | AllocError::Unreported { .. } => exit::FAILED,
     })
-}
-
-/// What gc did.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
-pub(crate) struct GcReport {
-    pub released: Vec<ReleaseOutcome>,
-    /// Instances created by a crashed allocation (journaled intent, no lease) that gc destroyed.
-    pub repaired: Vec<String>,
-    pub notes: Vec<String>,
-    /// Instances of dead holders' leases destroyed (for the metrics counters).
-    #[serde(skip)]
-    pub destroyed: u64,
-    /// Instances of draining leases finally destroyed (for the metrics counters).
-    #[serde(skip)]
-    pub drained: u64,
-}
-
-impl GcReport {
-    fn is_empty(&self) -> bool {
-        self.released.is_empty() && self.repaired.is_empty() && self.notes.is_empty()
-    }
 }
 
 /// How often an allocation re-plans when the driver refuses a create because the placement was taken meanwhile.

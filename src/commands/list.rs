@@ -387,18 +387,6 @@ fn owner_text(owner: &Owner, leases: &[Lease]) -> String {
     }
 }
 
-/// The compute-instance lease holding compute instance `c` of GI `gi` on `g` (same CI id and MIG UUID).
-fn ci_lease<'a>(
-    leases: &'a [Lease],
-    g: &GpuState,
-    gi: u32,
-    c: &crate::gpu::ComputeInstance,
-) -> Option<&'a Lease> {
-    leases.iter().find(|l| {
-        l.gpu_uuid == g.info.uuid && l.gi == gi && l.ci == c.id && l.mig_uuid == c.mig_uuid
-    })
-}
-
 /// `migrun status`: GPUs, MIG mode, instances with their owners, a slot map, leases and waiters.
 pub fn status(ctx: &Ctx, a: &ListArgs) -> Result<i32> {
     // Hold the allocation lock while reading the device and the registry, so the two agree
@@ -455,7 +443,7 @@ pub fn status(ctx: &Ctx, a: &ListArgs) -> Result<i32> {
                         "ci": c.id,
                         "mig_uuid": c.mig_uuid,
                         "processes": c.processes,
-                        "lease": ci_lease(leases, g, i.id, c).map(|l| l.id),
+                        "lease": super::sharing::ci_lease(leases, g, i.id, c).map(|l| l.id),
                     })).collect::<Vec<_>>(),
                 })).collect::<Vec<_>>(),
             })).collect::<Vec<_>>(),
@@ -523,22 +511,7 @@ pub fn status(ctx: &Ctx, a: &ListArgs) -> Result<i32> {
             );
             // A sharing GPU instance lists its compute instances, each with its own lease.
             if matches!(owner_of(g, i), Some(Owner::Shared { .. })) {
-                for c in &i.compute_instances {
-                    let lease = ci_lease(leases, g, i.id, c);
-                    crate::outln!(
-                        "      CI {:>2}  {:<12} {:<40}  {}",
-                        c.id,
-                        lease.map_or("", |l| l.profile.as_str()),
-                        c.mig_uuid,
-                        lease.map_or("no lease".into(), |l| owner_text(
-                            &Owner::Lease {
-                                id: l.id,
-                                draining: l.state == LeaseState::Draining
-                            },
-                            leases
-                        ))
-                    );
-                }
+                super::sharing::print_cis(g, i, leases, owner_text)?;
             }
         }
     }
