@@ -170,3 +170,21 @@ fn the_launcher_dry_run_plans_a_compute_instance_into_the_sharing_gpu_instance()
         "a dry run creates nothing"
     );
 }
+
+#[test]
+fn an_idle_kept_instance_makes_room_for_a_new_sharing_gpu_instance() {
+    let sim = a100();
+    std::fs::write(sim.config_path(), "release = \"keep\"\n").unwrap();
+    // Two whole 3g.40gb, released and kept warm: no room left for a sharing GPU instance.
+    let a = sim.alloc(&["--profile", "3g.40gb"]);
+    let b = sim.alloc(&["--profile", "3g.40gb"]);
+    sim.ok(&["release", &a.1.to_string()]);
+    sim.ok(&["release", &b.1.to_string()]);
+    assert_eq!(ci_scenarios::gis(&sim).len(), 2);
+    // A 1c.3g.40gb evicts one kept instance (never reuses it whole) and makes a sharing one there.
+    let (uuid, _) = sim.alloc(&["--profile", "1c.3g.40gb"]);
+    assert!(uuid != a.0 && uuid != b.0);
+    let gis = ci_scenarios::gis(&sim);
+    assert_eq!(gis.len(), 2, "{gis:?}");
+    ci_scenarios::check_ci_invariants(&sim, false);
+}

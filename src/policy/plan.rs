@@ -513,7 +513,10 @@ pub(crate) fn evictions(
         kept: Vec::new(),
         ..req.clone()
     };
-    let Ok(Plan::Create(c)) = plan(&reduced, leases, &sub) else {
+    // A compute-instance request may need room for a new sharing GPU instance just the same.
+    let (Ok(Plan::Create(c)) | Ok(Plan::NewShared { choice: c, .. })) =
+        plan(&reduced, leases, &sub)
+    else {
         return None;
     };
     let g = state.gpu(c.gpu)?;
