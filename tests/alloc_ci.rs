@@ -188,3 +188,36 @@ fn an_idle_kept_instance_makes_room_for_a_new_sharing_gpu_instance() {
     assert_eq!(gis.len(), 2, "{gis:?}");
     ci_scenarios::check_ci_invariants(&sim, false);
 }
+
+#[test]
+fn a_waiting_compute_instance_request_gets_the_one_released() {
+    let sim = a100();
+    let held: Vec<(String, u64)> = (0..2 * ci_scenarios::PER_GI)
+        .map(|_| sim.alloc(&["--profile", "1c.3g.40gb"]))
+        .collect();
+    let full = sim.run(&["alloc", "--profile", "1c.3g.40gb"]);
+    assert_eq!(full.status.code(), Some(3), "{}", err_of(&full));
+    let waiter = sim
+        .cmd(&["alloc", "--profile", "1c.3g.40gb", "--wait=30"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    sim.ok(&["release", &held[1].1.to_string()]);
+    let out = waiter.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", err_of(&out));
+    let (uuid, _) = alloc_support::parse_alloc_line(&String::from_utf8_lossy(&out.stdout));
+    assert!(
+        held.iter().all(|(u, _)| *u != uuid),
+        "a new compute instance"
+    );
+    assert_eq!(
+        ci_scenarios::gis(&sim)
+            .iter()
+            .map(|g| g.2)
+            .collect::<Vec<_>>(),
+        [3, 3]
+    );
+    ci_scenarios::check_ci_invariants(&sim, true);
+}
