@@ -442,7 +442,6 @@ pub fn status(ctx: &Ctx, a: &ListArgs) -> Result<i32> {
                     "compute_instances": i.compute_instances.iter().map(|c| serde_json::json!({
                         "ci": c.id,
                         "mig_uuid": c.mig_uuid,
-                        "processes": c.processes,
                         "lease": super::sharing::ci_lease(leases, g, i.id, c).map(|l| l.id),
                     })).collect::<Vec<_>>(),
                 })).collect::<Vec<_>>(),
