@@ -221,3 +221,43 @@ fn a_waiting_compute_instance_request_gets_the_one_released() {
     );
     ci_scenarios::check_ci_invariants(&sim, true);
 }
+
+#[test]
+fn a_busy_compute_instance_drains_and_its_neighbours_are_untouched() {
+    let sim = a100();
+    let (_, busy) = sim.alloc(&["--profile", "1c.3g.40gb"]);
+    let (_, other) = sim.alloc(&["--profile", "1c.3g.40gb"]);
+    let lease = |id: u64| {
+        alloc_support::leases(&sim.status())
+            .into_iter()
+            .find(|l| l["id"] == id)
+    };
+    let at = |id: u64| {
+        let l = lease(id).unwrap();
+        (
+            l["gi"].as_u64().unwrap() as u32,
+            l["ci"].as_u64().unwrap() as u32,
+        )
+    };
+    let (gi, ci) = at(busy);
+    sim.update(|m| m.set_ci_processes(0, gi, ci, 1)).unwrap();
+    let out = sim.run(&["release", &busy.to_string()]);
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), err_of(&out));
+    assert!(
+        text.contains("draining") || text.contains("in use"),
+        "{text}"
+    );
+    assert_eq!(lease(busy).unwrap()["state"], "draining");
+    assert_eq!(
+        ci_scenarios::gis(&sim),
+        [(0, gi, 2)],
+        "nothing destroyed while in use"
+    );
+    // The other lease releases normally; the GPU instance stays for the busy one.
+    sim.ok(&["release", &other.to_string()]);
+    assert_eq!(ci_scenarios::gis(&sim), [(0, gi, 1)]);
+    // Once idle, gc finishes: the compute instance, then the empty GPU instance.
+    sim.update(|m| m.set_ci_processes(0, gi, ci, 0)).unwrap();
+    sim.ok(&["gc"]);
+    ci_scenarios::assert_nothing_left(&sim, "after gc");
+}
