@@ -4,6 +4,7 @@
 //! crash tests can stop it there.
 
 use super::reconcile::{destroy, record_matches, DestroyError};
+use super::share::Target;
 use super::testhook::crash_point;
 use super::{AllocError, AllocRequest, CiFailure};
 use crate::gpu::{Backend, GpuError, GpuState, MigState};
@@ -46,8 +47,23 @@ pub(crate) fn apply(
         updated_at: now,
     };
     match plan {
-        Plan::IntoShared { .. } | Plan::NewShared { .. } => {
-            super::share::apply(backend, reg, state, plan, lease)
+        Plan::IntoShared {
+            gpu,
+            gi,
+            profile_id,
+            start,
+            ci,
+        } => {
+            let target = Target::Into {
+                gpu: *gpu,
+                gi: *gi,
+                profile_id: *profile_id,
+                start: *start,
+            };
+            super::share::apply(backend, reg, state, &target, *ci, lease)
+        }
+        Plan::NewShared { choice, ci } => {
+            super::share::apply(backend, reg, state, &Target::NewGi(*choice), *ci, lease)
         }
         Plan::Reuse {
             gi,

@@ -13,7 +13,30 @@ use crate::gpu::{Backend, Code, GpuError, GpuInstance, GpuState, MigState, Place
 use crate::lease::ledger::EndReason;
 use crate::lease::{self, CiIntent, CreatedRecord, Intent, Lease, LeaseState, Registry};
 use crate::policy::ci_plan::SharedGi;
-use crate::policy::Plan;
+use crate::policy::placement::Choice;
+use crate::profile::CiProfileName;
+
+/// Where a compute-instance plan puts the compute instance (the two compute-instance arms of `policy::Plan`).
+pub(super) enum Target {
+    /// CI profile `profile_id` at compute slice `start` of migrun's sharing GPU instance `gi` on `gpu`.
+    Into {
+        gpu: u32,
+        gi: u32,
+        profile_id: u32,
+        start: u32,
+    },
+    /// A new sharing GPU instance here first.
+    NewGi(Choice),
+}
+
+impl Target {
+    fn gpu(&self) -> u32 {
+        match self {
+            Target::Into { gpu, .. } => *gpu,
+            Target::NewGi(c) => c.gpu,
+        }
+    }
+}
 
 /// The GPU instance a sharing record (or lease, or intent) names, if it is still that instance: same
 /// GPU, GI id, profile and placement. Its compute instances may be any number, none included.
@@ -105,11 +128,12 @@ pub(super) fn apply(
     backend: &mut dyn Backend,
     reg: &Registry,
     state: &MigState,
-    plan: &Plan,
+    target: &Target,
+    ci: CiProfileName,
     mut lease: Lease,
 ) -> Result<Lease, AllocError> {
-    let g = state.gpu(plan.gpu()).ok_or(GpuError::NoSuchGpu {
-        index: plan.gpu(),
+    let g = state.gpu(target.gpu()).ok_or(GpuError::NoSuchGpu {
+        index: target.gpu(),
         count: state.gpus.len() as u32,
     })?;
     let gpu = g.info.index;
@@ -131,12 +155,11 @@ pub(super) fn apply(
         pid: std::process::id(),
         created_at: lease.created_at,
     };
-    let (gi, ci_profile_id, start, ci) = match plan {
-        Plan::IntoShared {
+    let (gi, ci_profile_id, start) = match target {
+        Target::Into {
             gi,
             profile_id,
             start,
-            ci,
             ..
         } => {
             let inst = g.instances.iter().find(|i| i.id == *gi).ok_or_else(|| {
@@ -154,9 +177,9 @@ pub(super) fn apply(
             });
             reg.write_intent(&intent)?;
             crash_point("ci-after-intent");
-            (*gi, *profile_id, *start, *ci)
+            (*gi, *profile_id, *start)
         }
-        Plan::NewShared { choice, ci } => {
+        Target::NewGi(choice) => {
             intent.profile_id = choice.profile_id;
             intent.profile = gi_name(choice.profile_id);
             intent.placement = choice.placement;
@@ -216,7 +239,7 @@ pub(super) fn apply(
                         gpu: g.info.label(),
                         gi,
                         gi_profile: intent.profile.clone(),
-                        ci: *ci,
+                        ci,
                         why: ": the device lists no such compute-instance profile in it (the GPU instance was destroyed again)".into(),
                     });
                 }
@@ -235,10 +258,7 @@ pub(super) fn apply(
                 rollback(backend, reg, &intent, gi, None);
                 return Err(e.into());
             }
-            (gi, profile_id, start, *ci)
-        }
-        Plan::Reuse { .. } | Plan::Create(_) => {
-            unreachable!("share::apply is only called for compute-instance plans")
+            (gi, profile_id, start)
         }
     };
     let c = match backend.create_ci(gpu, gi, ci_profile_id, start) {
