@@ -495,12 +495,19 @@ pub fn status(ctx: &Ctx, a: &ListArgs) -> Result<i32> {
                     p.short_name().to_string()
                 });
             let owner = owner_of(g, i).map_or("owner unknown".into(), |o| owner_text(&o, leases));
+            // A sharing GPU instance has one MIG device per compute instance, listed below it.
+            let sharing = matches!(owner_of(g, i), Some(Owner::Shared { .. }));
+            let cis = format!("({} compute instance(s))", i.compute_instances.len());
             crate::outln!(
                 "  GI {:>2}  {:<12} at {:<5} {:<40}  {}{}",
                 i.id,
                 name,
                 i.placement.to_string(),
-                i.mig_uuid().unwrap_or("(no compute instance)"),
+                if sharing {
+                    cis.as_str()
+                } else {
+                    i.mig_uuid().unwrap_or("(no compute instance)")
+                },
                 owner,
                 if i.processes > 0 {
                     format!("  busy: {} process(es)", i.processes)
@@ -508,8 +515,7 @@ pub fn status(ctx: &Ctx, a: &ListArgs) -> Result<i32> {
                     String::new()
                 }
             );
-            // A sharing GPU instance lists its compute instances, each with its own lease.
-            if matches!(owner_of(g, i), Some(Owner::Shared { .. })) {
+            if sharing {
                 super::sharing::print_cis(g, i, leases, owner_text)?;
             }
         }
