@@ -142,7 +142,7 @@ pub use crate::config::InjectMode;
 // What to ask for: a profile or an amount of memory.
 #[derive(Debug, Args, Clone, Default)]
 pub struct RequestArgs {
-    /// MIG profile: ID (9), name (3g.40gb), full name ("MIG 3g.40gb") or variant (1g.10gb+me)
+    /// MIG profile: ID (9), name (3g.40gb), full name ("MIG 3g.40gb"), variant (1g.10gb+me) or compute instance (1c.3g.40gb)
     #[arg(long, value_name = "P", conflicts_with = "min_mem")]
     pub profile: Option<String>,
     /// Smallest plain profile with at least this much memory, e.g. 20g or 20000m

@@ -88,6 +88,9 @@ pub struct Config {
     pub inject: Option<InjectMode>,
     /// Destroy or keep created instances when a lease ends.
     pub release: ReleasePolicy,
+    /// Let compute-instance leases of different users share one GPU instance (they share its memory
+    /// and engines, so one user's job could read or starve another's); off: only leases of one uid share.
+    pub share_gi_across_users: bool,
     /// Seconds a hook may take (allocation included, waiting excluded) before it fails the container start.
     pub hook_timeout_s: u64,
     /// Where hooks and the shim log.
@@ -123,6 +126,7 @@ impl Default for Config {
             max_leases_total: None,
             inject: None,
             release: ReleasePolicy::Destroy,
+            share_gi_across_users: false,
             hook_timeout_s: 30,
             log: LogTarget::File,
             runtime: None,

@@ -65,8 +65,8 @@ impl fmt::Display for ProfileName {
 /// GPU instance's compute slices, sharing its memory and engines with the other compute instances in
 /// it (issue 22). The compute instance that takes all of a GPU instance's slices is named like the
 /// GPU instance itself (`3g.40gb`, NVIDIA's default compute instance), so `3c.3g.40gb` is written
-/// that way. Requests for one are parsed here; allocating them is not wired yet, so
-/// [`ProfileSpec`] still refuses them ([`ProfileError::ComputeInstanceProfile`]).
+/// that way. A request takes either kind ([`Requested`]); where only a GPU-instance profile makes
+/// sense, [`ProfileSpec`] refuses them ([`ProfileError::ComputeInstanceProfile`]).
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
 )]
@@ -168,6 +168,36 @@ impl fmt::Display for ProfileSpec {
     }
 }
 
+/// What a `--profile` argument, a `migrun.profile` annotation or `MIGRUN_PROFILE` asks for: a whole GPU
+/// instance, or a compute instance of a GPU instance shared with other such requests (`1c.3g.40gb`, issue 22).
+/// `3c.3g.40gb`, the full compute instance, is the whole GPU instance `3g.40gb`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Requested {
+    Gi(ProfileSpec),
+    Ci(CiProfileName),
+}
+
+impl fmt::Display for Requested {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Requested::Gi(s) => s.fmt(f),
+            Requested::Ci(c) => c.fmt(f),
+        }
+    }
+}
+
+impl FromStr for Requested {
+    type Err = ProfileError;
+    fn from_str(given: &str) -> Result<Self, Self::Err> {
+        match given.parse::<CiProfileName>() {
+            Ok(ci) if ci.is_full() => Ok(Requested::Gi(ProfileSpec::Name(ci.gi))),
+            Ok(ci) => Ok(Requested::Ci(ci)),
+            Err(e @ CiProfileError::Slices { .. }) => Err(ProfileError::Ci(e)),
+            Err(CiProfileError::Syntax { .. }) => Ok(Requested::Gi(given.parse()?)),
+        }
+    }
+}
+
 /// Errors from parsing or resolving a profile.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ProfileError {
@@ -178,7 +208,9 @@ pub enum ProfileError {
         given: String,
         nearest: Option<ProfileName>,
     },
-    #[error("compute-instance profile {given:?} is not yet supported: migrun creates the default compute instance; ask for the GPU-instance profile {gi} instead")]
+    #[error(transparent)]
+    Ci(#[from] CiProfileError),
+    #[error("{given:?} is a compute-instance profile, but a GPU-instance profile is wanted here; give its GPU-instance profile {gi}")]
     ComputeInstanceProfile { given: String, gi: String },
     #[error("profile {given} does not exist on {gpu} ({model}); valid profiles there: {valid}{}", match .nearest { Some(n) => format!("; did you mean {n}?"), None => String::new() })]
     Unknown {
@@ -287,7 +319,7 @@ impl FromStr for ProfileSpec {
             .strip_prefix("mig")
             .map(str::trim_start)
             .unwrap_or(&lower);
-        // `1c.3g.40gb` names a compute-instance profile inside a GI: parsed, not yet allocatable.
+        // `1c.3g.40gb` names a compute-instance profile inside a GI: a request parses it as [`Requested`].
         if split_ci(body).is_some() {
             if let Ok(ci) = CiProfileName::from_str(input) {
                 return Err(ProfileError::ComputeInstanceProfile {
@@ -436,7 +468,11 @@ mod tests {
         }
         let e = ProfileSpec::from_str("1c.3g.40gb").unwrap_err();
         assert!(matches!(e, ProfileError::ComputeInstanceProfile { .. }));
-        assert!(e.to_string().contains("not yet supported"), "{e}");
+        assert!(
+            e.to_string()
+                .contains("a GPU-instance profile is wanted here"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -486,8 +522,22 @@ mod tests {
                 matches!(e, ProfileError::ComputeInstanceProfile { .. }),
                 "{e}"
             );
-            assert!(e.to_string().contains("not yet supported"), "{e}");
+            assert!(
+                e.to_string().contains("give its GPU-instance profile"),
+                "{e}"
+            );
         }
+        // A request (`--profile`, `migrun.profile`) takes both kinds; the full CI is the whole GPU instance.
+        let r = |s: &str| Requested::from_str(s).unwrap();
+        assert_eq!(r("1c.3g.40gb"), Requested::Ci(n));
+        assert_eq!(r("MIG 1c.3g.40gb"), Requested::Ci(n));
+        assert_eq!(r("3c.3g.40gb"), r("3g.40gb"));
+        assert_eq!(r("9"), Requested::Gi(ProfileSpec::Id(9)));
+        assert!(matches!(
+            Requested::from_str("4c.3g.40gb"),
+            Err(ProfileError::Ci(CiProfileError::Slices { .. }))
+        ));
+        assert!(Requested::from_str("banana").is_err());
     }
 
     #[test]

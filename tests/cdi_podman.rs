@@ -310,6 +310,15 @@ impl Migrun<'_> {
 }
 
 fn machine<'a>(ns: &'a PrivateRunCdi, nvml: Option<&common::fake_nvml::FakeNvml>) -> Migrun<'a> {
+    machine_of(ns, nvml, "h100-80gb")
+}
+
+/// [`machine`] for a simulated model of the caller's choice (the fake NVML brings its own).
+fn machine_of<'a>(
+    ns: &'a PrivateRunCdi,
+    nvml: Option<&common::fake_nvml::FakeNvml>,
+    spec: &str,
+) -> Migrun<'a> {
     let tmp = tempfile::tempdir().unwrap();
     let config = tmp.path().join("config.toml");
     fs::write(&config, "cdi_dir = \"/run/cdi\"\n").unwrap();
@@ -322,7 +331,7 @@ fn machine<'a>(ns: &'a PrivateRunCdi, nvml: Option<&common::fake_nvml::FakeNvml>
     ];
     match nvml {
         Some(f) => env.extend(f.env()),
-        None => env.push(("MIGRUN_SIMULATE".to_string(), "h100-80gb".to_string())),
+        None => env.push(("MIGRUN_SIMULATE".to_string(), spec.to_string())),
     }
     Migrun { ns, env, _tmp: tmp }
 }
@@ -420,5 +429,63 @@ fn podman_gets_the_slice_of_a_migrun_alloc_by_lease_id_and_name_until_release_or
         assert!(ns.files().is_empty());
         let out = ns.cmd(&still).output().unwrap();
         assert!(!out.status.success(), "gc took the device away");
+    }
+}
+
+/// Compute-instance slices (issue 22): two `1c.3g.40gb` leases share one GPU instance, and podman gives each
+/// container its own compute instance: its own MIG UUID and its own CI capability node (not ci0's), beside
+/// the GPU instance's shared one. On the simulator and through NVML on the fake library (A100 80GB, whose
+/// compute-instance rows the tables know).
+#[test]
+fn podman_gives_two_containers_different_compute_instances_of_one_gpu_instance() {
+    let podman = Podman::new();
+    let image = podman.busybox_image();
+    let ns = PrivateRunCdi::new();
+    let fake = common::fake_nvml::FakeNvml::new("a100-80gb");
+    for nvml in [None, Some(&fake)] {
+        let m = machine_of(&ns, nvml, "a100-80gb");
+        let alloc = || -> serde_json::Value {
+            serde_json::from_str(&m.ok(&["alloc", "--profile", "1c.3g.40gb", "--json"])).unwrap()
+        };
+        let (a, b) = (alloc(), alloc());
+        assert_eq!(a["gi"], b["gi"], "one GPU instance: {a} {b}");
+        assert_ne!(a["ci"], b["ci"]);
+        assert_ne!(a["mig_uuid"], b["mig_uuid"]);
+        let mut seen = Vec::new();
+        for l in [&a, &b] {
+            let (gi, ci) = (l["gi"].as_u64().unwrap(), l["ci"].as_u64().unwrap());
+            // GPU 0: GI capability 3 + 9 * GI, its CIs' right after (docs/cdi.md).
+            let (gi_cap, ci_cap) = (3 + 9 * gi, 4 + 9 * gi + ci);
+            let script = "echo $NVIDIA_VISIBLE_DEVICES; ls /dev/nvidia-caps | sort | tr '\\n' ' '";
+            let mut run = podman.run_cmd();
+            run.args(["--device", l["cdi"].as_str().unwrap()])
+                .arg(&image)
+                .args(["sh", "-c", script]);
+            let out = run_ok(&mut ns.cmd(&run));
+            let mut want = [format!("nvidia-cap{gi_cap}"), format!("nvidia-cap{ci_cap}")];
+            want.sort();
+            assert_eq!(
+                out.trim_end(),
+                format!(
+                    "{}\n{} {}",
+                    l["mig_uuid"].as_str().unwrap(),
+                    want[0],
+                    want[1]
+                ),
+                "nvml: {}",
+                nvml.is_some()
+            );
+            seen.push(out);
+        }
+        assert_ne!(
+            seen[0], seen[1],
+            "each container has its own compute instance"
+        );
+        for l in [&a, &b] {
+            m.ok(&["release", &l["lease"].to_string()]);
+        }
+        assert!(ns.files().is_empty());
+        let status: serde_json::Value = serde_json::from_str(&m.ok(&["status", "--json"])).unwrap();
+        assert_eq!(status["gpus"][0]["instances"], json!([]), "nothing left");
     }
 }

@@ -499,7 +499,7 @@ fn without_a_driver_every_command_fails_fast_and_clearly() {
 /// `profiles --ci` (issue 22): the compute-instance profiles migrun's tables hold for a model, per
 /// GPU-instance profile, as `nvidia-smi mig -lcip` lists them for one GPU instance; every
 /// GPU-instance profile the tables lack is named unknown, and a model without rows says so. Asking
-/// for a compute instance is still refused as not yet supported, with nothing allocated.
+/// for a compute instance of a listed profile allocates it.
 #[test]
 fn profiles_ci_lists_the_tables_and_names_what_is_unknown() {
     let t = tempfile::tempdir().unwrap();
@@ -572,8 +572,11 @@ fn profiles_ci_lists_the_tables_and_names_what_is_unknown() {
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{err}");
-    assert!(err.contains("not yet supported"), "{err}");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "a listed CI profile is allocatable: {err}"
+    );
     let status = json_of(migrun("a100-80gb", &s).args(["status", "--json"]));
-    assert_eq!(status["leases"], serde_json::json!([]), "{status}");
+    assert_eq!(status["leases"][0]["profile"], "1c.3g.40gb", "{status}");
 }

@@ -178,3 +178,56 @@ fn a_container_that_brings_its_own_gpu_request_without_asking_migrun_gets_none()
         sim.log()
     );
 }
+
+/// Compute-instance slices (issue 22) through the hooks: two containers asking for `1c.3g.40gb` get two
+/// compute instances of one GPU instance, each its own MIG UUID handed to the NVIDIA hook; deleting both
+/// leaves nothing.
+#[test]
+fn two_containers_asking_for_a_compute_instance_share_one_gpu_instance() {
+    let sim = Sim::new("a100-80gb:1");
+    let runc = Runc::new();
+    let t = tempfile::tempdir().unwrap();
+    let mut made = Vec::new();
+    for n in 0..2 {
+        let dir = t.path().join(format!("c{n}"));
+        fs::create_dir_all(&dir).unwrap();
+        let record = dir.join("nvidia-saw");
+        let bundle = hooked_bundle(&sim, &dir, &record, |s| {
+            s["annotations"] = json!({"migrun.profile": "1c.3g.40gb"});
+        });
+        let id = unique_name("hooks-runc-ci");
+        quiet(
+            runc.cmd()
+                .args(["create", "--bundle"])
+                .arg(&bundle)
+                .arg(&id),
+        );
+        made.push((id, record));
+    }
+    let leases = sim.leases();
+    assert_eq!(leases.len(), 2, "{leases:?}\nlog:\n{}", sim.log());
+    assert_eq!(leases[0].gi, leases[1].gi, "one GPU instance");
+    assert_ne!(leases[0].mig_uuid, leases[1].mig_uuid);
+    assert_eq!(sim.instances().len(), 1);
+    for (id, record) in &made {
+        let saw = fs::read_to_string(record).unwrap().trim().to_string();
+        let l = leases
+            .iter()
+            .find(|l| matches!(&l.holder, Holder::Container { id: c, .. } if c == id))
+            .unwrap();
+        assert_eq!(
+            (saw.as_str(), l.profile.as_str()),
+            (l.mig_uuid.as_str(), "1c.3g.40gb")
+        );
+    }
+    for (id, _) in &made {
+        quiet(runc.cmd().args(["start", id]));
+        wait_stopped(&runc, id);
+        quiet(runc.cmd().args(["delete", id]));
+    }
+    assert!(sim.leases().is_empty(), "log:\n{}", sim.log());
+    assert!(
+        sim.instances().is_empty(),
+        "the sharing GPU instance went with its last compute instance"
+    );
+}

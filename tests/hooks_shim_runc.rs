@@ -26,7 +26,12 @@ struct ShimRunc {
 
 impl ShimRunc {
     fn new() -> ShimRunc {
-        let sim = Sim::new("h100-80gb:1");
+        ShimRunc::on("h100-80gb:1")
+    }
+
+    /// The same on a simulated machine of the caller's choice.
+    fn on(spec: &str) -> ShimRunc {
+        let sim = Sim::new(spec);
         let runc = Runc::new();
         let dir = sim.tmp.path().join("shim");
         fs::create_dir_all(&dir).unwrap();
@@ -420,4 +425,59 @@ fn a_spawners_handover_lease_goes_to_the_container_with_its_token_once() {
     );
     assert!(s.sim.leases().is_empty(), "log:\n{}", s.sim.log());
     assert!(s.sim.instances().is_empty());
+}
+
+/// Compute-instance slices (issue 22) through the shim: two containers asking with `MIGRUN_PROFILE=1c.3g.40gb`
+/// get two compute instances of one GPU instance, each seeing its own MIG UUID; deleting both leaves nothing.
+#[test]
+fn two_containers_asking_for_a_compute_instance_through_the_shim_share_one_gpu_instance() {
+    let s = ShimRunc::on("a100-80gb:1");
+    let mut made = Vec::new();
+    for n in 0..2 {
+        let b = s.bundle(
+            &format!("ci{n}"),
+            &["sh", "-c", "echo $NVIDIA_VISIBLE_DEVICES > /seen"],
+            |c| {
+                c["process"]["env"]
+                    .as_array_mut()
+                    .unwrap()
+                    .push(json!("MIGRUN_PROFILE=1c.3g.40gb"));
+            },
+        );
+        let id = unique_name("shim-ci");
+        let (code, err) = s.run(&["create", "--bundle", b.to_str().unwrap(), &id], &b);
+        assert_eq!(code, Some(0), "{err}\nlog:\n{}", s.sim.log());
+        made.push((id, b));
+    }
+    let leases = s.sim.leases();
+    assert_eq!(leases.len(), 2, "log:\n{}", s.sim.log());
+    assert_eq!(leases[0].gi, leases[1].gi, "one GPU instance");
+    assert_eq!(s.sim.instances().len(), 1);
+    let mut seen = Vec::new();
+    for (id, b) in &made {
+        let (code, err) = s.run(&["start", id], b);
+        assert_eq!(code, Some(0), "{err}");
+        let t0 = std::time::Instant::now();
+        while !b.join("rootfs/seen").exists() && t0.elapsed().as_secs() < 20 {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        seen.push(
+            fs::read_to_string(b.join("rootfs/seen"))
+                .unwrap()
+                .trim()
+                .to_string(),
+        );
+        let (code, err) = s.run(&["delete", "--force", id], b);
+        assert_eq!(code, Some(0), "{err}");
+    }
+    let mut leased: Vec<String> = leases.iter().map(|l| l.mig_uuid.clone()).collect();
+    leased.sort();
+    seen.sort();
+    assert_eq!(seen, leased, "each container saw its own compute instance");
+    assert!(s.sim.leases().is_empty(), "log:\n{}", s.sim.log());
+    assert!(
+        s.sim.instances().is_empty(),
+        "the sharing GPU instance went with its last compute instance"
+    );
 }

@@ -552,3 +552,53 @@ fn ctrl_c_in_a_terminal_reaches_the_container_once() {
     );
     w.assert_clean("after Ctrl-C");
 }
+
+/// Compute-instance slices (issue 22) through the launcher: two `migrun --profile 1c.3g.40gb` at once on an
+/// A100 80GB run in one GPU instance, each container with its own compute instance's MIG UUID; when both
+/// end, the GPU instance is gone too.
+#[test]
+fn two_launchers_share_one_gpu_instance_with_compute_instance_slices() {
+    let w = World::with(Gpus::Sim("a100-80gb:1"));
+    let spawn = || {
+        w.launch(
+            "1c.3g.40gb",
+            &[
+                "--rm",
+                &w.image,
+                "sh",
+                "-c",
+                "echo $NVIDIA_VISIBLE_DEVICES; sleep 3",
+            ],
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+    };
+    let (mut a, mut b) = (spawn(), spawn());
+    // While both run: two leases of one GPU instance.
+    let t0 = std::time::Instant::now();
+    let mut shared = None;
+    while t0.elapsed() < Duration::from_secs(30) && shared.is_none() {
+        let leases = w.leases();
+        if leases.len() == 2 {
+            shared = Some((leases[0]["gi"].clone(), leases[1]["gi"].clone()));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (oa, ob) = (
+        wait_output(&mut a, Duration::from_secs(60)),
+        wait_output(&mut b, Duration::from_secs(60)),
+    );
+    assert!(oa.status.success(), "{}", show(&oa));
+    assert!(ob.status.success(), "{}", show(&ob));
+    let (gi_a, gi_b) = shared.expect("both containers held a lease at once");
+    assert_eq!(gi_a, gi_b, "one GPU instance");
+    let (ua, ub) = (text(&oa.stdout), text(&ob.stdout));
+    assert!(
+        is_mig_uuid(ua.trim()) && is_mig_uuid(ub.trim()),
+        "{ua:?} {ub:?}"
+    );
+    assert_ne!(ua.trim(), ub.trim(), "each has its own compute instance");
+    w.assert_clean("after both");
+}

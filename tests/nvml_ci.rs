@@ -135,3 +135,42 @@ fn a_model_without_ci_rows_offers_only_the_full_ci() {
     let ci = b.create_ci(0, gi, profiles[0].id, 0).unwrap();
     assert_eq!(b.compute_instances(0, gi).unwrap(), vec![ci]);
 }
+
+// The allocator's compute-instance scenarios (tests/alloc_ci.rs) again, through the NVML backend.
+
+mod alloc_support;
+
+use alloc_support::{ci_scenarios, Sim};
+
+/// A machine behind the fake NVML, with its state file on a tmpfs like the rest of the test state.
+fn fake(spec: &str) -> Sim {
+    let dir = alloc_support::fast_tempdir();
+    let state = dir.path().join("fake-nvml.json");
+    let f = FakeNvml::new(spec).with_var("MIGRUN_FAKE_NVML_STATE", &state.display().to_string());
+    Sim::through(spec, f.env(), state, Box::new((f, dir)))
+}
+
+fn a100() -> Sim {
+    fake("a100-80gb")
+}
+
+#[test]
+fn alloc_three_share_one_gpu_instance_and_a_fourth_goes_next_through_nvml() {
+    ci_scenarios::three_fill_one_fourth_goes_next(&a100());
+}
+
+#[test]
+fn alloc_releasing_in_every_order_leaves_nothing_through_nvml() {
+    ci_scenarios::release_in_every_order(&a100);
+}
+
+#[test]
+fn alloc_sixteen_at_once_never_over_fill_through_nvml() {
+    ci_scenarios::race_16(&fake("a100-80gb:2"));
+}
+
+#[test]
+fn alloc_killed_at_every_step_then_gc_repairs_through_nvml() {
+    ci_scenarios::killed_during_ci_allocate(&a100, true);
+    ci_scenarios::killed_during_ci_release(&a100);
+}

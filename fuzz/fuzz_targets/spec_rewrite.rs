@@ -44,6 +44,7 @@ fn lease(id: u64) -> Lease {
         profile: "1g.10gb".into(),
         placement: Placement { start: 0, size: 1 },
         mig_uuid: "MIG-11111111-1111-5111-8111-111111111111".into(),
+        ci_profile: None,
         created: true,
         keep: false,
         state: LeaseState::Active,

@@ -65,14 +65,16 @@ fn refusal(e: &AllocError) -> (&'static str, Option<Refusal>) {
         }
         AllocError::Unsatisfiable(_) => ("unsatisfiable", Some(Refusal::Unsatisfiable)),
         // The driver failed: worth a graph.
-        AllocError::Gpu(_) | AllocError::CreateCi(_) | AllocError::Unreported { .. } => {
-            ("failed", None)
-        }
+        AllocError::Gpu(_)
+        | AllocError::CreateCi(_)
+        | AllocError::CiUnavailable { .. }
+        | AllocError::Unreported { .. } => ("failed", None),
         // Bad input (an unknown profile or GPU, a bad size) was never a request, and a state dir that cannot be
         // read (a malformed record, another machine's) is not one to write counters into: neither is counted.
         AllocError::Lease(_)
         | AllocError::Binding(_)
         | AllocError::Profile(_)
+        | AllocError::CiProfile(_)
         | AllocError::Size(_)
         | AllocError::BadGpu { .. }
         | AllocError::BadConfig { .. }

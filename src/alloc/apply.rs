@@ -4,6 +4,7 @@
 //! crash tests can stop it there.
 
 use super::reconcile::{destroy, record_matches, DestroyError};
+use super::share::Target;
 use super::testhook::crash_point;
 use super::{AllocError, AllocRequest, CiFailure};
 use crate::gpu::{Backend, GpuError, GpuState, MigState};
@@ -38,6 +39,7 @@ pub(crate) fn apply(
         profile: String::new(),
         placement: crate::gpu::Placement { start: 0, size: 0 },
         mig_uuid: String::new(),
+        ci_profile: None,
         created: false,
         keep: req.keep,
         state: LeaseState::Active,
@@ -45,6 +47,24 @@ pub(crate) fn apply(
         updated_at: now,
     };
     match plan {
+        Plan::IntoShared {
+            gpu,
+            gi,
+            profile_id,
+            start,
+            ci,
+        } => {
+            let target = Target::Into {
+                gpu: *gpu,
+                gi: *gi,
+                profile_id: *profile_id,
+                start: *start,
+            };
+            super::share::apply(backend, reg, state, &target, *ci, lease)
+        }
+        Plan::NewShared { choice, ci } => {
+            super::share::apply(backend, reg, state, &Target::NewGi(*choice), *ci, lease)
+        }
         Plan::Reuse {
             gi,
             ci,
@@ -83,6 +103,7 @@ pub(crate) fn apply(
                 profile: profile.clone(),
                 placement: choice.placement,
                 gi: None,
+                ci: None,
                 pid: std::process::id(),
                 created_at: now,
             };
@@ -139,6 +160,7 @@ pub(crate) fn apply(
                 profile,
                 placement: choice.placement,
                 mig_uuid: ci.mig_uuid.clone(),
+                shared: false,
                 created_at: now,
             };
             if let Err(e) = reg.write_created(&record) {
@@ -179,6 +201,10 @@ pub(super) fn evict(
         else {
             continue;
         };
+        // A sharing GPU instance goes only while it holds no compute instance (the planner asks the same).
+        if r.shared && !i.compute_instances.is_empty() {
+            continue;
+        }
         let intent = Intent {
             lease: reg.next_lease_id()?,
             gpu_index: gpu,
@@ -187,6 +213,7 @@ pub(super) fn evict(
             profile: r.profile.clone(),
             placement: r.placement,
             gi: Some(gi),
+            ci: None,
             pid: std::process::id(),
             created_at: lease::now(),
         };

@@ -23,6 +23,7 @@ pub mod binding;
 mod outcome;
 mod reconcile;
 mod request;
+mod share;
 mod teardown;
 pub mod testhook;
 mod wait;
@@ -30,9 +31,11 @@ mod wait;
 pub use account::ledger_of;
 use account::registry;
 pub(crate) use apply::apply;
+pub(crate) use outcome::GcReport;
 pub use outcome::ReleaseOutcome;
 pub(crate) use reconcile::{sweep, sweep_records, Swept};
 pub(crate) use request::{check_limits, check_name, plan_request};
+pub(crate) use share::shared_gis;
 pub(crate) use teardown::{teardown, TeardownOptions, TeardownReport};
 pub(crate) use wait::clock;
 
@@ -125,6 +128,19 @@ pub enum AllocError {
     Profile(#[from] ProfileError),
     #[error(transparent)]
     Size(#[from] SizeError),
+    /// A compute-instance profile this GPU model does not offer (or migrun's tables do not know).
+    #[error(transparent)]
+    CiProfile(Box<crate::gpu::ci_tables::CiResolveError>),
+    /// The device offers no compute instance of the asked size in the sharing GPU instance (what the
+    /// tables promised); nothing was left behind.
+    #[error("{gpu} GI {gi} ({gi_profile}) offers no free {ci} compute instance{why}; see `migrun profiles --ci` and `migrun status`")]
+    CiUnavailable {
+        gpu: String,
+        gi: u32,
+        gi_profile: String,
+        ci: crate::profile::CiProfileName,
+        why: String,
+    },
     /// Nothing fits now (exit 3).
     #[error("{0}")]
     NoRoom(Box<NoRoom>),
@@ -203,6 +219,8 @@ pub(crate) fn exit_code_of(e: &(dyn std::error::Error + 'static)) -> Option<i32>
         AllocError::Binding(b) => binding::exit_code(b),
         AllocError::Lease(l) => lease::exit_code_of(l).unwrap_or(exit::FAILED),
         AllocError::Profile(p) => p.exit_code(),
+        AllocError::CiProfile(c) => c.exit_code(),
+        AllocError::CiUnavailable { .. } => exit::FAILED,
         AllocError::NoRoom(_) | AllocError::Queued { .. } => exit::NO_ROOM,
         AllocError::Size(_)
         | AllocError::Unsatisfiable(_)
@@ -214,27 +232,6 @@ pub(crate) fn exit_code_of(e: &(dyn std::error::Error + 'static)) -> Option<i32>
         AllocError::NotYours { .. } => exit::PRIVILEGE,
         AllocError::CreateCi(_) | AllocError::Unreported { .. } => exit::FAILED,
     })
-}
-
-/// What gc did.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
-pub(crate) struct GcReport {
-    pub released: Vec<ReleaseOutcome>,
-    /// Instances created by a crashed allocation (journaled intent, no lease) that gc destroyed.
-    pub repaired: Vec<String>,
-    pub notes: Vec<String>,
-    /// Instances of dead holders' leases destroyed (for the metrics counters).
-    #[serde(skip)]
-    pub destroyed: u64,
-    /// Instances of draining leases finally destroyed (for the metrics counters).
-    #[serde(skip)]
-    pub drained: u64,
-}
-
-impl GcReport {
-    fn is_empty(&self) -> bool {
-        self.released.is_empty() && self.repaired.is_empty() && self.notes.is_empty()
-    }
 }
 
 /// How often an allocation re-plans when the driver refuses a create because the placement was taken meanwhile.
@@ -325,7 +322,11 @@ fn allocate_in(
             // concurrent requests cannot both take the last allowed lease.
             check_limits(config, &leases, req.uid)?;
             check_name(&leases, req.name.as_ref())?;
-            let full = plan_request(&state, config, req, &created, &leases)?;
+            let mut full = plan_request(&state, config, req, &created, &leases)?;
+            // A compute-instance request needs migrun's sharing GPU instances as the device has them now.
+            if matches!(full.want, plan::Want::Ci(_)) {
+                full.ci.shared = share::shared_gis(backend, &state, &created, &leases)?;
+            }
             // What could never fit is said at once, whoever waits; what fits now, but only on
             // GPUs that earlier waiters hold back, waits behind them.
             let fits_ignoring_queue = match plan::plan(&state, &leases, &full) {

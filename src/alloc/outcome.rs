@@ -1,4 +1,4 @@
-//! How a release ended ([`ReleaseOutcome`]), as `release`, gc's report and the hooks print it; it must not act on anything.
+//! How a release ended ([`ReleaseOutcome`]) and what gc did ([`GcReport`]), as `release`, gc's report and the hooks print them; it must not act on anything.
 
 use crate::lease::LeaseId;
 
@@ -56,5 +56,26 @@ impl std::fmt::Display for ReleaseOutcome {
                 "lease {lease} dropped; {mig_uuid} no longer exists (destroyed outside migrun)"
             ),
         }
+    }
+}
+
+/// What gc did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub(crate) struct GcReport {
+    pub released: Vec<ReleaseOutcome>,
+    /// Instances created by a crashed allocation (journaled intent, no lease) that gc destroyed.
+    pub repaired: Vec<String>,
+    pub notes: Vec<String>,
+    /// Instances of dead holders' leases destroyed (for the metrics counters).
+    #[serde(skip)]
+    pub destroyed: u64,
+    /// Instances of draining leases finally destroyed (for the metrics counters).
+    #[serde(skip)]
+    pub drained: u64,
+}
+
+impl GcReport {
+    pub(super) fn is_empty(&self) -> bool {
+        self.released.is_empty() && self.repaired.is_empty() && self.notes.is_empty()
     }
 }

@@ -13,7 +13,7 @@ use crate::gpu::{Backend, Code, GpuError, GpuInstance, GpuState, MigState};
 use crate::lease::ledger::EndReason;
 use crate::lease::{self, CreatedRecord, Holder, Intent, Lease, LeaseId, LeaseState, Registry};
 
-fn gpu_by_uuid<'a>(state: &'a MigState, uuid: &str) -> Option<&'a GpuState> {
+pub(super) fn gpu_by_uuid<'a>(state: &'a MigState, uuid: &str) -> Option<&'a GpuState> {
     state.gpus.iter().find(|g| g.info.uuid == uuid)
 }
 
@@ -57,6 +57,9 @@ pub(super) fn lease_whole(state: &MigState, l: &Lease) -> bool {
 }
 
 pub(super) fn record_matches(state: &MigState, r: &CreatedRecord) -> bool {
+    if r.shared {
+        return super::share::shared_matches(state, r);
+    }
     find_instance(
         state,
         &r.gpu_uuid,
@@ -164,7 +167,7 @@ fn holder_alive(lease_id: LeaseId, h: &Holder, probe: &dyn HolderProbe) -> bool 
     }
 }
 
-fn keeps(l: &Lease, config: &Config) -> bool {
+pub(super) fn keeps(l: &Lease, config: &Config) -> bool {
     l.keep || config.release == ReleasePolicy::Keep
 }
 
@@ -177,6 +180,9 @@ pub(super) fn finish(
     mut l: Lease,
     reason: EndReason,
 ) -> Result<ReleaseOutcome, AllocError> {
+    if l.ci_profile.is_some() {
+        return super::share::finish(backend, reg, config, state, l, reason);
+    }
     let mig_uuid = l.mig_uuid.clone();
     // The ledger hears of the end before any record changes: a crash after this leaves a draining or removed
     // lease whose end is written, and gc's later end for it counts once (docs/operations.md).
@@ -391,6 +397,9 @@ fn repair_intent(
     intent: &Intent,
     report: &mut GcReport,
 ) -> Result<(), AllocError> {
+    if let Some(ci) = &intent.ci {
+        return super::share::repair(backend, reg, state, leases, intent, ci, report);
+    }
     let leased =
         |gpu_uuid: &str, gi: u32| leases.iter().any(|l| l.gpu_uuid == gpu_uuid && l.gi == gi);
     let Some(gi) = intent.gi else {
@@ -447,7 +456,7 @@ fn repair_intent(
 /// the one it made, or one someone made there since (an admin's `nvidia-smi mig -cgi`); nothing on the
 /// device tells them apart, so the intent licenses no destroy. It is dropped, and a candidate instance
 /// is left alone and reported, for a person to judge.
-fn drop_unbound_intent(
+pub(super) fn drop_unbound_intent(
     reg: &Registry,
     state: &MigState,
     intent: &Intent,

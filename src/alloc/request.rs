@@ -6,8 +6,9 @@ use super::{AllocError, AllocRequest};
 use crate::config::{Config, GpuRef};
 use crate::gpu::{GpuError, MigState};
 use crate::lease::{CreatedRecord, Lease, LeaseError, LeaseName, LeaseState};
+use crate::policy::plan::CiContext;
 use crate::policy::{NoRoom, PlanRequest, Want};
-use crate::profile::ProfileSpec;
+use crate::profile::ProfileError;
 
 fn known_gpus(state: &MigState) -> String {
     if state.gpus.is_empty() {
@@ -82,18 +83,25 @@ pub(crate) fn plan_request(
             Some(vec![i])
         }
     };
+    // An entry is a GPU-instance profile (name or ID) or a compute-instance profile (`1c.3g.40gb`).
+    let mut allowed_ci = Vec::new();
     let allowed = match &config.allowed_profiles {
         None => None,
-        Some(list) => Some(
-            list.iter()
-                .map(|s| {
-                    s.parse::<ProfileSpec>().map_err(|e| AllocError::BadConfig {
-                        entry: s.clone(),
-                        why: e.to_string(),
-                    })
-                })
-                .collect::<Result<Vec<_>, _>>()?,
-        ),
+        Some(list) => {
+            let mut specs = Vec::new();
+            for s in list {
+                let bad = |e: ProfileError| AllocError::BadConfig {
+                    entry: s.clone(),
+                    why: e.to_string(),
+                };
+                match Want::parse_profile(s).map_err(bad)? {
+                    Want::Ci(ci) => allowed_ci.push(ci),
+                    Want::Profile(spec) => specs.push(spec),
+                    Want::MinMemMib(_) => {}
+                }
+            }
+            Some(specs)
+        }
     };
     let kept = created
         .iter()
@@ -109,6 +117,20 @@ pub(crate) fn plan_request(
         gpus,
         allowed,
         kept,
+        ci: CiContext {
+            allowed: allowed_ci,
+            sharing: created
+                .iter()
+                .filter(|r| r.shared)
+                .filter_map(|r| {
+                    let g = state.gpus.iter().find(|g| g.info.uuid == r.gpu_uuid)?;
+                    Some((g.info.index, r.gi))
+                })
+                .collect(),
+            shared: Vec::new(),
+            user: req.uid.to_string(),
+            share_across_users: config.share_gi_across_users,
+        },
     })
 }
 
@@ -124,6 +146,13 @@ pub(super) fn unsatisfiable(state: &MigState, req: &PlanRequest, nr: NoRoom) -> 
                 crate::gpu::names::resolve(spec, &g.profiles, &g.info.label(), &g.info.name)
             {
                 return e.into();
+            }
+        }
+        if let (Want::Ci(ci), Some(g)) = (&req.want, state.gpu(nr.gpus[0].index)) {
+            if let Err(e) =
+                crate::gpu::ci_tables::resolve(ci, &g.profiles, &g.info.label(), &g.info.name)
+            {
+                return AllocError::CiProfile(Box::new(e));
             }
         }
     }

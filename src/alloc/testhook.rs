@@ -29,6 +29,17 @@ pub const ALLOC_STEPS: &[&str] = &[
     "after-write-lease",
 ];
 
+/// Every crash point of a compute-instance allocation that also creates its sharing GPU instance, in
+/// order (into an existing one: only `ci-after-intent` and the last three).
+pub const CI_ALLOC_STEPS: &[&str] = &[
+    "ci-after-intent",
+    "ci-after-create-gi",
+    "ci-after-record-gi",
+    "ci-after-create-ci",
+    "ci-after-journal-ci",
+    "ci-after-write-lease",
+];
+
 /// Crash points of an allocation that first destroys idle kept instances to make room.
 pub const EVICT_STEPS: &[&str] = &["evict-after-intent", "evict-after-destroy"];
 

@@ -16,7 +16,7 @@ pub const SCHEMA_VERSION: u32 = 1;
 /// What `--profile` / `--min-mem` ask for.
 pub(crate) fn want_of(r: &RequestArgs) -> Result<Want> {
     match (&r.profile, &r.min_mem) {
-        (Some(p), None) => Ok(Want::Profile(p.parse()?)),
+        (Some(p), None) => Ok(Want::parse_profile(p)?),
         (None, Some(m)) => Ok(Want::MinMemMib(parse_size_mib(m)?)),
         (Some(_), Some(_)) => Err(InputError::Other(
             "give either --profile or --min-mem, not both".into(),

@@ -447,14 +447,19 @@ fn dry_run(ctx: &Ctx, a: &RunArgs, line: &RunLine) -> Result<i32> {
     let want = want_of(&a.request)?;
     // Read-only: nothing is created, not even the state dir.
     let dir = ctx.existing_state_dir()?;
-    let state = ctx.read_backend()?.snapshot()?;
+    let mut backend = ctx.read_backend()?;
+    let state = backend.snapshot()?;
     let (leases, created) = match &dir {
         Some(d) => (alloc::leases(d)?, alloc::created_instances(d)?),
         None => (Vec::new(), Vec::new()),
     };
     let mut req = AllocRequest::new(want);
     req.gpu = a.request.gpu.clone();
-    let preq = alloc::plan_request(&state, &ctx.config, &req, &created, &leases)?;
+    let mut preq = alloc::plan_request(&state, &ctx.config, &req, &created, &leases)?;
+    // A compute instance goes into a sharing GPU instance with room, as a real run would plan it.
+    if matches!(preq.want, Want::Ci(_)) {
+        preq.ci.shared = alloc::shared_gis(&mut *backend, &state, &created, &leases)?;
+    }
     let keep = if a.request.keep {
         "kept after the container ends (--keep)"
     } else {
@@ -492,6 +497,24 @@ fn dry_run(ctx: &Ctx, a: &RunArgs, line: &RunLine) -> Result<i32> {
                 profile,
             )
         }
+        Ok(Plan::IntoShared { gpu, gi, ci, .. }) => (
+            format!(
+                "create a {ci} compute instance in migrun's sharing GPU instance GI {gi} on {}, destroyed after the container ends",
+                gpu_label(&state, gpu)
+            ),
+            "<MIG-uuid-of-the-new-compute-instance>".to_string(),
+            ci.to_string(),
+        ),
+        Ok(Plan::NewShared { choice: c, ci }) => (
+            format!(
+                "create a sharing {} GPU instance on {} at placement {} and a {ci} compute instance in it, destroyed after the container ends",
+                ci.gi,
+                gpu_label(&state, c.gpu),
+                c.placement
+            ),
+            "<MIG-uuid-of-the-new-compute-instance>".to_string(),
+            ci.to_string(),
+        ),
         Err(nr) if !nr.can_wait() => {
             // Never satisfiable as asked: the same error a real run gives (a profile error names the valid ones).
             if let Want::Profile(spec) = &preq.want {
@@ -519,6 +542,7 @@ fn dry_run(ctx: &Ctx, a: &RunArgs, line: &RunLine) -> Result<i32> {
                 match &preq.want {
                     Want::Profile(p) => p.to_string(),
                     Want::MinMemMib(m) => format!("{m}MiB"),
+                    Want::Ci(c) => c.to_string(),
                 },
             ),
         },

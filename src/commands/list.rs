@@ -325,7 +325,8 @@ pub fn placements(ctx: &Ctx, a: &ListArgs) -> Result<i32> {
 }
 
 /// The slot map of one GPU (kept here for callers; the rendering lives in [`GpuState::slot_map`]).
-pub fn slot_map(g: &GpuState) -> String {
+#[cfg(test)]
+fn slot_map(g: &GpuState) -> String {
     g.slot_map()
 }
 
@@ -380,6 +381,7 @@ fn owner_text(owner: &Owner, leases: &[Lease]) -> String {
                 format!("lease {id}{name}{holder}")
             }
         }
+        Owner::Shared { .. } => format!("{owner} (compute instances below)"),
         Owner::Kept => "free (migrun's, kept warm)".into(),
         Owner::Foreign { .. } => "not migrun's".into(),
     }
@@ -405,6 +407,16 @@ pub fn status(ctx: &Ctx, a: &ListArgs) -> Result<i32> {
     let owner_of = |g: &GpuState, i: &crate::gpu::GpuInstance| -> Option<Owner> {
         view.as_ref().ok().map(|_| plan::owner(g, i, leases, &kept))
     };
+    // Sharing GPU instances (migrun's `shared` records) show their compute-instance count in the slot map.
+    let shared_of = |g: &GpuState| -> Vec<u32> {
+        view.as_ref().map_or(Vec::new(), |v| {
+            v.created
+                .iter()
+                .filter(|r| r.shared && r.gpu_uuid == g.info.uuid)
+                .map(|r| r.gi)
+                .collect()
+        })
+    };
     if a.json {
         let mut doc = serde_json::json!({
             "schema": SCHEMA_VERSION,
@@ -417,7 +429,7 @@ pub fn status(ctx: &Ctx, a: &ListArgs) -> Result<i32> {
                 "mig_mode": g.info.mig,
                 "managed": ctx.config.manages(g.info.index, &g.info.uuid),
                 "slots": g.slots(),
-                "slot_map": slot_map(g),
+                "slot_map": g.slot_map_marking(&shared_of(g)),
                 "instances": g.instances.iter().map(|i| serde_json::json!({
                     "gi": i.id,
                     "profile_id": i.profile_id,
@@ -427,6 +439,11 @@ pub fn status(ctx: &Ctx, a: &ListArgs) -> Result<i32> {
                     "mig_uuid": i.mig_uuid(),
                     "processes": i.processes,
                     "owner": owner_of(g, i),
+                    "compute_instances": i.compute_instances.iter().map(|c| serde_json::json!({
+                        "ci": c.id,
+                        "mig_uuid": c.mig_uuid,
+                        "lease": super::sharing::ci_lease(leases, g, i.id, c).map(|l| l.id),
+                    })).collect::<Vec<_>>(),
                 })).collect::<Vec<_>>(),
             })).collect::<Vec<_>>(),
         });
@@ -452,7 +469,7 @@ pub fn status(ctx: &Ctx, a: &ListArgs) -> Result<i32> {
             g.info.name,
             g.info.uuid,
             mode,
-            slot_map(g)
+            g.slot_map_marking(&shared_of(g))
         );
         if !ctx.config.manages(g.info.index, &g.info.uuid) {
             crate::outln!("  not managed by migrun: outside the config's `gpus` list; migrun never allocates here");
@@ -478,12 +495,19 @@ pub fn status(ctx: &Ctx, a: &ListArgs) -> Result<i32> {
                     p.short_name().to_string()
                 });
             let owner = owner_of(g, i).map_or("owner unknown".into(), |o| owner_text(&o, leases));
+            // A sharing GPU instance has one MIG device per compute instance, listed below it.
+            let sharing = matches!(owner_of(g, i), Some(Owner::Shared { .. }));
+            let cis = format!("({} compute instance(s))", i.compute_instances.len());
             crate::outln!(
                 "  GI {:>2}  {:<12} at {:<5} {:<40}  {}{}",
                 i.id,
                 name,
                 i.placement.to_string(),
-                i.mig_uuid().unwrap_or("(no compute instance)"),
+                if sharing {
+                    cis.as_str()
+                } else {
+                    i.mig_uuid().unwrap_or("(no compute instance)")
+                },
                 owner,
                 if i.processes > 0 {
                     format!("  busy: {} process(es)", i.processes)
@@ -491,6 +515,9 @@ pub fn status(ctx: &Ctx, a: &ListArgs) -> Result<i32> {
                     String::new()
                 }
             );
+            if sharing {
+                super::sharing::print_cis(g, i, leases, owner_text)?;
+            }
         }
     }
     match &view {

@@ -12,6 +12,7 @@ pub(crate) mod list;
 mod mig;
 mod ops;
 mod session;
+mod sharing;
 mod sim;
 
 use crate::cli::{Cli, Command, GlobalArgs};

@@ -226,6 +226,12 @@ impl GpuState {
     /// an instance spanning its slices, free slices as `..`. Shared by `migrun status` and the
     /// allocator's no-room explanations.
     pub fn slot_map(&self) -> String {
+        self.slot_map_marking(&[])
+    }
+
+    /// [`GpuState::slot_map`] with the GPU instances in `shared` (GI ids, compute-instance sharing) labelled
+    /// with their count of compute instances, e.g. `|3g.40gb/3ci    |`.
+    pub fn slot_map_marking(&self, shared: &[u32]) -> String {
         const CELL: usize = 3;
         let slots = self.slots();
         let mut out = String::from("|");
@@ -240,6 +246,11 @@ impl GpuState {
                     .map_or(format!("id{}", i.profile_id), |p| {
                         p.short_name().to_string()
                     });
+                let name = if shared.contains(&i.id) {
+                    format!("{name}/{}ci", i.compute_instances.len())
+                } else {
+                    name
+                };
                 let name = if name.len() > width {
                     name.split('.').next().unwrap_or("").to_string()
                 } else {

@@ -120,12 +120,26 @@ pub fn remaining(profiles: &[GiProfile], existing: &[Occupant], profile: &GiProf
     {
         left = left.min(1);
     }
-    // Same-size placements sorted by start: taking each free one greedily is optimal (earliest end first).
+    left.min(disjoint_free(&profile.placements, existing))
+}
+
+/// How many of `placements` (one profile's, all one size, sorted by start) can be taken at once beside
+/// `existing`: taking each free one greedily is optimal (earliest end first). The same slot arithmetic
+/// serves GPU instances on a GPU and compute instances inside a GPU instance (`sim::ci`).
+pub fn disjoint_free(placements: &[Placement], existing: &[Occupant]) -> u32 {
     let mut taken: Vec<Placement> = Vec::new();
-    for p in &profile.placements {
+    for p in placements {
         if placement_free(existing, p) && taken.iter().all(|t| !t.overlaps(p)) {
             taken.push(*p);
         }
     }
-    left.min(taken.len() as u32)
+    taken.len() as u32
+}
+
+/// The lowest id from `first` on that no existing instance has: how the driver numbers a new GPU instance
+/// (from 1) or compute instance (from 0 within its GPU instance).
+pub fn lowest_free_id(first: u32, ids: impl Iterator<Item = u32> + Clone) -> u32 {
+    (first..)
+        .find(|id| ids.clone().all(|i| i != *id))
+        .unwrap_or(first)
 }

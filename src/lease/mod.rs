@@ -18,6 +18,7 @@ pub(crate) use registry::Registry;
 pub use slurm::SlurmStep;
 
 use crate::gpu::Placement;
+use crate::profile::CiProfileName;
 use crate::statedir::StateDirError;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -131,6 +132,11 @@ pub struct Lease {
     pub profile: String,
     pub placement: Placement,
     pub mig_uuid: String,
+    /// Set when the lease holds one compute instance (`ci`, of this CI profile) of a GPU instance migrun
+    /// created for sharing (issue 22, docs/leases.md "Compute-instance slices"); `profile_id`, `profile`
+    /// and `placement` are then the GPU instance's. `None`: the lease holds the whole GPU instance.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ci_profile: Option<CiProfileName>,
     /// True when migrun created the instance (only then may migrun destroy it).
     pub created: bool,
     /// Keep the instance when the lease ends, instead of destroying it.
@@ -155,8 +161,28 @@ pub(crate) struct Intent {
     pub placement: Placement,
     /// The GI id, journaled as soon as the driver returned it.
     pub gi: Option<u32>,
+    /// A compute instance in a sharing GPU instance (issue 22): what is created in the GI above.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ci: Option<CiIntent>,
     pub pid: u32,
     pub created_at: u64,
+}
+
+/// The compute-instance part of an [`Intent`]: journaled before the compute instance is created, its id
+/// as soon as the driver returned it, so gc can destroy what a crashed allocation left (docs/leases.md).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CiIntent {
+    /// This allocation created the GPU instance too (then gc destroys it again once it holds nothing).
+    pub new_gi: bool,
+    /// The CI profile ID and start (compute slices of the GI), once chosen.
+    #[serde(default)]
+    pub profile_id: Option<u32>,
+    #[serde(default)]
+    pub start: Option<u32>,
+    /// The CI id, journaled as soon as the driver returned it.
+    #[serde(default)]
+    pub id: Option<u32>,
 }
 
 /// An instance migrun created and has not destroyed (`created/<gpu-uuid>-<gi>.json`). It outlives
@@ -171,7 +197,13 @@ pub(crate) struct CreatedRecord {
     pub profile_id: u32,
     pub profile: String,
     pub placement: Placement,
+    /// The MIG UUID of its compute instance; empty for a sharing GPU instance, whose compute instances
+    /// come and go with their leases (each lease names its own).
     pub mig_uuid: String,
+    /// Created for compute-instance sharing (issue 22): only such a GPU instance takes compute-instance
+    /// leases, and it is never handed out whole.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub shared: bool,
     pub created_at: u64,
 }
 
@@ -295,7 +327,9 @@ impl Fields for Intent {
 impl Fields for CreatedRecord {
     fn check(&self) -> Result<(), String> {
         check_gpu_uuid(&self.gpu_uuid)?;
-        check_mig_uuid(&self.mig_uuid)?;
+        if !(self.shared && self.mig_uuid.is_empty()) {
+            check_mig_uuid(&self.mig_uuid)?;
+        }
         check_text("profile", &self.profile, 64)
     }
 }

@@ -420,6 +420,7 @@ mod tests {
             profile: "1g.10gb".into(),
             placement: Placement { start: 0, size: 1 },
             mig_uuid: "MIG-x".into(),
+            ci_profile: None,
             created: true,
             keep: false,
             state: LeaseState::Active,

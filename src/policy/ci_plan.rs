@@ -1,4 +1,4 @@
-//! The pure compute-instance planner: (snapshot, migrun's sharing GPU instances, request) -> a compute instance in a sharing GPU instance with room, or a new GPU instance at the placement policy's choice, or why not; it must not do I/O (issue 22, not wired into any request yet).
+//! The pure compute-instance planner: (snapshot, migrun's sharing GPU instances, request) -> a compute instance in a sharing GPU instance with room, or a new GPU instance at the placement policy's choice, or why not; it must not do I/O (issue 22).
 //!
 //! Only GPU instances the caller lists as migrun's, created for sharing ([`SharedGi`]), are ever
 //! filled: a GPU instance held whole by a lease, kept warm for whole use, or not migrun's never is,
@@ -7,8 +7,11 @@
 //! instance only when the config allows it, since compute instances share its memory. A new GPU
 //! instance goes where migrun's placement policy puts the GPU-instance profile.
 
+use super::no_room::{explain, gpu_unusable, GpuNoRoom, NoRoom, Why};
 use super::placement::{self, Choice, Policy};
-use crate::gpu::{CiProfile, MigState, Placement};
+use super::plan::{considered, Plan, PlanRequest};
+use crate::gpu::{ci_tables, CiProfile, GiProfile, GpuState, MigState, Placement};
+use crate::lease::Lease;
 use crate::profile::{CiProfileName, ProfileSpec};
 
 /// A GPU instance migrun created for compute-instance sharing, as the allocator sees it now.
@@ -128,6 +131,107 @@ pub fn plan_ci(state: &MigState, shared: &[SharedGi], req: &CiRequest) -> Result
             others_only,
             gpus: req.gpus.clone(),
         })
+}
+
+/// May `ci` be asked for? The config's `allowed_profiles` names it, or its GPU-instance profile `gi`
+/// (whose compute instances it then allows too); no list allows everything.
+fn ci_allowed(req: &PlanRequest, ci: &CiProfileName, gi: &GiProfile) -> bool {
+    req.allowed.is_none() || req.ci.allowed.contains(ci) || super::plan::allowed(req, gi)
+}
+
+/// Does `g` offer `ci` at all: its GPU-instance profile exists there and migrun's tables list `ci`
+/// in it (the device itself says which CI profile IDs it has only once a GPU instance exists).
+fn offered(g: &GpuState, ci: &CiProfileName) -> bool {
+    ci_tables::resolve(ci, &g.profiles, &g.info.label(), &g.info.name).is_ok()
+}
+
+/// [`plan_ci`] as the allocator's planner step: the `--gpu`/config filters, the tables and
+/// `allowed_profiles` first, then a compute instance in a sharing GPU instance or a new one, else
+/// a per-GPU explanation like a GPU-instance request's (why a new GPU instance does not fit).
+pub(crate) fn plan_want(
+    state: &MigState,
+    leases: &[Lease],
+    req: &PlanRequest,
+    ci: &CiProfileName,
+) -> Result<Plan, NoRoom> {
+    let spec = ProfileSpec::Name(ci.gi);
+    let gpu_report = |g: &GpuState, why: Why| GpuNoRoom {
+        index: g.info.index,
+        uuid: g.info.uuid.clone(),
+        slot_map: g.slot_map(),
+        why,
+    };
+    let mut report = Vec::new();
+    let mut eligible: Vec<(&GpuState, &GiProfile)> = Vec::new();
+    for g in considered(state, req) {
+        if let Some(why) = gpu_unusable(g) {
+            report.push(gpu_report(g, why));
+            continue;
+        }
+        let profile = g
+            .profiles
+            .iter()
+            .find(|p| crate::gpu::names::matches(&spec, p));
+        let Some(p) = profile.filter(|_| offered(g, ci)) else {
+            report.push(gpu_report(g, Why::NoSuchProfile));
+            continue;
+        };
+        if !ci_allowed(req, ci, p) {
+            report.push(gpu_report(
+                g,
+                Why::NotAllowed {
+                    profile: format!("{ci} (nor its GPU-instance profile {})", ci.gi),
+                },
+            ));
+            continue;
+        }
+        eligible.push((g, p));
+    }
+    let mut others_only = false;
+    if !eligible.is_empty() {
+        let creq = CiRequest {
+            ci: *ci,
+            user: req.ci.user.clone(),
+            share_across_users: req.ci.share_across_users,
+            gpus: Some(eligible.iter().map(|(g, _)| g.info.index).collect()),
+        };
+        match plan_ci(state, &req.ci.shared, &creq) {
+            Ok(CiPlan::Into {
+                gpu,
+                gi,
+                profile_id,
+                start,
+            }) => {
+                return Ok(Plan::IntoShared {
+                    gpu,
+                    gi,
+                    profile_id,
+                    start,
+                    ci: *ci,
+                })
+            }
+            Ok(CiPlan::NewGi(choice)) => return Ok(Plan::NewShared { choice, ci: *ci }),
+            Err(e) => others_only = e.others_only,
+        }
+    }
+    for (g, p) in &eligible {
+        report.push(gpu_report(g, explain(g, p, leases, &req.kept)));
+    }
+    report.sort_by_key(|r| r.index);
+    let others = if others_only {
+        "; sharing GPU instances with room hold other users' compute instances, and the config's share_gi_across_users is off"
+    } else {
+        ""
+    };
+    Err(NoRoom {
+        want: format!(
+            "{ci} (a compute instance: no sharing {} GPU instance has a free one{others})",
+            ci.gi
+        ),
+        fits_now: Vec::new(),
+        gpus: report,
+        note: None,
+    })
 }
 
 #[cfg(test)]

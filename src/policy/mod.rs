@@ -3,7 +3,7 @@
 //! - [`plan`]: what a request asks for (`Want`, `PlanRequest`), reuse a free instance or create one
 //!   (`plan()`), which kept instances to evict for room, which GPU a waiter holds back;
 //! - [`no_room`]: why nothing fits now, per GPU, and what would fit instead;
-//! - [`ci_plan`]: a compute instance into a sharing GPU instance or a new one (issue 22, not wired yet);
+//! - [`ci_plan`]: a compute instance into a sharing GPU instance or a new one (issue 22);
 //! - [`placement`]: where to create (migrun's policy and the first-fit baseline the benchmarks compare).
 //!
 //! Everything here is a function of its arguments: plain-data `MigState` and lease records in, a plan

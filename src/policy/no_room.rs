@@ -369,7 +369,7 @@ pub(super) fn suggestions(
             if is_plain(p)
                 && allowed(req, p)
                 && p.memory_mib < below_mib
-                && fits_now(state, g, p, leases)
+                && fits_now(state, g, p, leases, &req.ci)
             {
                 out.push((
                     p.memory_mib,

@@ -5,12 +5,13 @@
 //! an instance. Why a request does not fit is told by `no_room`. Everything here is a function of its
 //! arguments, so it is tested with tables over hand-built `MigState`s.
 
+use super::ci_plan::SharedGi;
 use super::no_room::{explain, gpu_unusable, suggestions, GpuNoRoom, NoRoom, Why};
 use super::placement::{self, Choice, Policy};
 use crate::gpu::rules::{self, Occupant};
 use crate::gpu::{GiProfile, GpuInstance, GpuState, MigState, Placement};
 use crate::lease::{Lease, LeaseId, LeaseState};
-use crate::profile::{ProfileName, ProfileSpec, Variant};
+use crate::profile::{CiProfileName, ProfileError, ProfileName, ProfileSpec, Requested, Variant};
 use serde::Serialize;
 use std::fmt;
 
@@ -20,6 +21,25 @@ pub(crate) enum Want {
     Profile(ProfileSpec),
     /// Smallest plain profile with at least this many MiB (`--min-mem`).
     MinMemMib(u64),
+    /// A compute instance of a GPU instance shared with other such leases (issue 22, `ci_plan`).
+    Ci(CiProfileName),
+}
+
+impl Want {
+    /// A `--profile` argument: a compute-instance name (`1c.3g.40gb`) asks for a compute instance, any
+    /// other form (a GPU-instance name or ID, or `3c.3g.40gb`, the full one) for a whole GPU instance.
+    pub(crate) fn parse_profile(given: &str) -> Result<Want, ProfileError> {
+        given.parse::<Requested>().map(Want::from)
+    }
+}
+
+impl From<Requested> for Want {
+    fn from(r: Requested) -> Want {
+        match r {
+            Requested::Gi(spec) => Want::Profile(spec),
+            Requested::Ci(ci) => Want::Ci(ci),
+        }
+    }
 }
 
 impl std::fmt::Display for Want {
@@ -27,6 +47,7 @@ impl std::fmt::Display for Want {
         match self {
             Want::Profile(p) => p.fmt(f),
             Want::MinMemMib(m) => write!(f, "--min-mem {m}MiB"),
+            Want::Ci(c) => c.fmt(f),
         }
     }
 }
@@ -41,6 +62,30 @@ pub(crate) struct PlanRequest {
     pub allowed: Option<Vec<ProfileSpec>>,
     /// Unleased instances migrun created (kept warm), as (GPU UUID, GI id); only used to explain who holds a placement.
     pub kept: Vec<(String, u32)>,
+    /// What compute-instance requests need, and which GPU instances are migrun's sharing ones.
+    pub ci: CiContext,
+}
+
+/// The compute-instance side of a [`PlanRequest`] (issue 22).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct CiContext {
+    /// CI profiles the config's `allowed_profiles` names itself (a listed GPU-instance profile allows its CIs too).
+    pub allowed: Vec<CiProfileName>,
+    /// GPU instances migrun created for sharing, as (GPU index, GI id) from its records: never handed
+    /// out whole, only filled with compute instances.
+    pub sharing: Vec<(u32, u32)>,
+    /// The same with what the device says of their compute instances (listed for compute-instance requests only).
+    pub shared: Vec<SharedGi>,
+    /// Who asks (the uid, as text), and whether the config lets users share a GPU instance.
+    pub user: String,
+    pub share_across_users: bool,
+}
+
+impl CiContext {
+    /// Is GI `gi` of GPU `gpu` one of migrun's sharing GPU instances?
+    pub(crate) fn is_shared(&self, gpu: u32, gi: u32) -> bool {
+        self.sharing.contains(&(gpu, gi)) || self.shared.iter().any(|s| s.gpu == gpu && s.gi == gi)
+    }
 }
 
 impl PlanRequest {
@@ -52,6 +97,7 @@ impl PlanRequest {
             gpus: None,
             allowed: None,
             kept: Vec::new(),
+            ci: CiContext::default(),
         }
     }
 }
@@ -72,13 +118,24 @@ pub(crate) enum Plan {
     },
     /// Create a GI (plus its default CI) where the placement policy chose.
     Create(Choice),
+    /// Create a compute instance of `ci` (CI profile ID `profile_id`, at compute slice `start`) in
+    /// migrun's sharing GPU instance `gi`.
+    IntoShared {
+        gpu: u32,
+        gi: u32,
+        profile_id: u32,
+        start: u32,
+        ci: CiProfileName,
+    },
+    /// Create a sharing GPU instance where the placement policy chose, then a compute instance of `ci` in it.
+    NewShared { choice: Choice, ci: CiProfileName },
 }
 
 impl Plan {
     pub(crate) fn gpu(&self) -> u32 {
         match self {
-            Plan::Reuse { gpu, .. } => *gpu,
-            Plan::Create(c) => c.gpu,
+            Plan::Reuse { gpu, .. } | Plan::IntoShared { gpu, .. } => *gpu,
+            Plan::Create(c) | Plan::NewShared { choice: c, .. } => c.gpu,
         }
     }
 }
@@ -89,6 +146,8 @@ impl Plan {
 pub enum Owner {
     /// Held by a lease.
     Lease { id: LeaseId, draining: bool },
+    /// migrun's sharing GPU instance: these leases hold its compute instances (issue 22).
+    Shared { leases: Vec<LeaseId> },
     /// Created by migrun and kept warm, not leased: free for reuse (or teardown).
     Kept,
     /// Not migrun's (an admin, mig-parted); `processes` > 0 means busy.
@@ -103,6 +162,16 @@ impl fmt::Display for Owner {
                 draining: false,
             } => write!(f, "lease {id}"),
             Owner::Lease { id, draining: true } => write!(f, "lease {id}, draining"),
+            Owner::Shared { leases } => write!(
+                f,
+                "shared by lease{} {}",
+                if leases.len() == 1 { "" } else { "s" },
+                leases
+                    .iter()
+                    .map(|l| l.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
             Owner::Kept => f.write_str("migrun's, kept idle"),
             Owner::Foreign { processes: 0 } => f.write_str("not migrun's"),
             Owner::Foreign { .. } => f.write_str("not migrun's, busy"),
@@ -123,6 +192,15 @@ pub(crate) fn owner(
     leases: &[Lease],
     kept: &[(String, u32)],
 ) -> Owner {
+    // A sharing GPU instance is one lease group: every compute-instance lease in it.
+    let sharing: Vec<LeaseId> = leases
+        .iter()
+        .filter(|l| l.gpu_uuid == g.info.uuid && l.gi == inst.id && l.ci_profile.is_some())
+        .map(|l| l.id)
+        .collect();
+    if !sharing.is_empty() {
+        return Owner::Shared { leases: sharing };
+    }
     if let Some(l) = lease_of(leases, &g.info.uuid, inst.id) {
         return Owner::Lease {
             id: l.id,
@@ -147,7 +225,7 @@ pub(super) fn allowed(req: &PlanRequest, p: &GiProfile) -> bool {
         .is_none_or(|specs| specs.iter().any(|s| crate::gpu::names::matches(s, p)))
 }
 
-fn considered<'a>(state: &'a MigState, req: &PlanRequest) -> Vec<&'a GpuState> {
+pub(super) fn considered<'a>(state: &'a MigState, req: &PlanRequest) -> Vec<&'a GpuState> {
     state
         .gpus
         .iter()
@@ -174,6 +252,10 @@ pub(crate) fn reservation(state: &MigState, req: &PlanRequest, taken: &[u32]) ->
                 .iter()
                 .any(|p| crate::gpu::names::matches(spec, p)),
             Want::MinMemMib(mib) => g.profiles.iter().any(|p| p.memory_mib >= *mib),
+            Want::Ci(ci) => g
+                .profiles
+                .iter()
+                .any(|p| crate::gpu::names::matches(&ProfileSpec::Name(ci.gi), p)),
         })
         .max_by_key(|g| {
             let used: u32 = g.instances.iter().map(|i| i.placement.size).sum();
@@ -185,8 +267,14 @@ pub(crate) fn reservation(state: &MigState, req: &PlanRequest, taken: &[u32]) ->
         .map(|g| g.info.index)
 }
 
-/// A free instance of `p` on `g`: has a compute instance, no processes, no lease.
-fn reusable<'a>(g: &'a GpuState, p: &GiProfile, leases: &[Lease]) -> Option<&'a GpuInstance> {
+/// A free instance of `p` on `g`: has a compute instance, no processes, no lease, and is not one of
+/// migrun's sharing GPU instances (those are never handed out whole).
+fn reusable<'a>(
+    g: &'a GpuState,
+    p: &GiProfile,
+    leases: &[Lease],
+    ci: &CiContext,
+) -> Option<&'a GpuInstance> {
     let mut insts: Vec<&GpuInstance> = g
         .instances
         .iter()
@@ -195,6 +283,7 @@ fn reusable<'a>(g: &'a GpuState, p: &GiProfile, leases: &[Lease]) -> Option<&'a 
                 && i.processes == 0
                 && i.compute_instances.len() == 1
                 && lease_of(leases, &g.info.uuid, i.id).is_none()
+                && !ci.is_shared(g.info.index, i.id)
         })
         .collect();
     insts.sort_by_key(|i| i.placement.start);
@@ -202,8 +291,14 @@ fn reusable<'a>(g: &'a GpuState, p: &GiProfile, leases: &[Lease]) -> Option<&'a 
 }
 
 /// Does `p` fit on `g` right now (reuse or create)?
-pub(super) fn fits_now(state: &MigState, g: &GpuState, p: &GiProfile, leases: &[Lease]) -> bool {
-    reusable(g, p, leases).is_some()
+pub(super) fn fits_now(
+    state: &MigState,
+    g: &GpuState,
+    p: &GiProfile,
+    leases: &[Lease],
+    ci: &CiContext,
+) -> bool {
+    reusable(g, p, leases, ci).is_some()
         || !placement::candidates(state, &ProfileSpec::Id(p.id), Some(&[g.info.index])).is_empty()
 }
 
@@ -216,6 +311,7 @@ pub(crate) fn plan(state: &MigState, leases: &[Lease], req: &PlanRequest) -> Res
     match &req.want {
         Want::Profile(spec) => plan_profile(state, leases, req, spec),
         Want::MinMemMib(mib) => plan_min_mem(state, leases, req, *mib),
+        Want::Ci(ci) => super::ci_plan::plan_want(state, leases, req, ci),
     }
 }
 
@@ -260,7 +356,7 @@ fn plan_profile(
     }
     // 1. Reuse: a free existing instance of exactly this profile, lowest GPU then lowest placement.
     for (g, p) in &eligible {
-        if let Some(i) = reusable(g, p, leases) {
+        if let Some(i) = reusable(g, p, leases, &req.ci) {
             let ci = &i.compute_instances[0];
             return Ok(Plan::Reuse {
                 gpu: g.info.index,
@@ -326,7 +422,7 @@ fn plan_min_mem(
         }
         if let Some(p) = big_enough(g, req, mib)
             .into_iter()
-            .find(|p| fits_now(state, g, p, leases))
+            .find(|p| fits_now(state, g, p, leases, &req.ci))
         {
             if let Some(name) = p.parsed_name() {
                 best.push((p.memory_mib, p.slice_count, name, g.info.index));
@@ -346,6 +442,7 @@ fn plan_min_mem(
             gpus: Some(on),
             allowed: req.allowed.clone(),
             kept: req.kept.clone(),
+            ci: req.ci.clone(),
         };
         return plan(state, leases, &sub);
     }
@@ -391,8 +488,10 @@ pub(crate) fn evictions(
     leases: &[Lease],
     req: &PlanRequest,
 ) -> Option<Vec<(u32, u32)>> {
+    // A sharing GPU instance is evicted only while it holds no compute instance at all.
     let idle_kept = |g: &GpuState, i: &GpuInstance| {
         i.processes == 0
+            && (i.compute_instances.is_empty() || !req.ci.is_shared(g.info.index, i.id))
             && lease_of(leases, &g.info.uuid, i.id).is_none()
             && req
                 .kept
@@ -414,7 +513,10 @@ pub(crate) fn evictions(
         kept: Vec::new(),
         ..req.clone()
     };
-    let Ok(Plan::Create(c)) = plan(&reduced, leases, &sub) else {
+    // A compute-instance request may need room for a new sharing GPU instance just the same.
+    let (Ok(Plan::Create(c)) | Ok(Plan::NewShared { choice: c, .. })) =
+        plan(&reduced, leases, &sub)
+    else {
         return None;
     };
     let g = state.gpu(c.gpu)?;

@@ -50,6 +50,7 @@ pub(super) fn lease_on(state: &MigState, id: LeaseId, gpu: u32, start: u32) -> L
         profile: short(g, i.profile_id),
         placement: i.placement,
         mig_uuid: i.mig_uuid().unwrap().into(),
+        ci_profile: None,
         created: true,
         keep: false,
         state: LeaseState::Active,

@@ -233,4 +233,5 @@ pub fn check_invariants(status: &Value, all_leased: bool) {
         }
     }
 }
+pub mod ci_scenarios;
 pub mod scenarios;

@@ -145,7 +145,7 @@ impl LeaseOps for CtxOps<'_> {
         // Charged to the uid the hook runs as (root): neither the engine nor the container tells who
         // started the container in a way the container cannot choose (docs/security.md).
         let areq = AllocRequest {
-            want: Want::Profile(req.profile),
+            want: Want::from(req.profile),
             gpu: req.gpu.clone(),
             wait: None,
             keep: false,

@@ -2,7 +2,7 @@
 
 use super::*;
 use crate::lease::Lease;
-use crate::profile::ProfileSpec;
+use crate::profile::Requested;
 use serde_json::Value;
 use std::os::unix::fs::PermissionsExt;
 
@@ -73,7 +73,7 @@ pub fn validate_config(spec: &Value) -> Result<(), String> {
 /// What a container asked for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Request {
-    pub profile: ProfileSpec,
+    pub profile: Requested,
     /// GPU index or GPU-UUID, as given.
     pub gpu: Option<String>,
     /// Where the request came from, for messages (`annotation migrun.profile`).
@@ -115,7 +115,7 @@ pub fn request_of(spec: &Value) -> Result<Option<Request>, OciError> {
     let Some((profile, source)) = one_value(spec, ANNOTATION_PROFILE, ENV_PROFILE)? else {
         return Ok(None);
     };
-    let profile: ProfileSpec =
+    let profile: Requested =
         profile
             .parse()
             .map_err(|e: crate::profile::ProfileError| OciError::BadRequest {
@@ -386,6 +386,11 @@ mod tests {
                 .unwrap();
         assert_eq!(r.profile, "1g.10gb".parse().unwrap());
         assert_eq!(r.gpu.as_deref(), Some("1"));
+        // A compute instance of a shared GPU instance (issue 22), asked for the same ways.
+        let r = request_of(&json!({"annotations": {"migrun.profile": "1c.3g.40gb"}}))
+            .unwrap()
+            .unwrap();
+        assert!(matches!(r.profile, Requested::Ci(c) if c.to_string() == "1c.3g.40gb"));
         assert_eq!(request_of(&sample()).unwrap(), None);
         // Same request both ways is fine; disagreeing ones and nonsense are bad input.
         let both = json!({"annotations": {"migrun.profile": "9"}, "process": {"env": ["MIGRUN_PROFILE=9"]}});

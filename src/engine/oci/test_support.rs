@@ -37,6 +37,7 @@ pub fn lease(id: LeaseId, uuid: &str, holder: Holder) -> Lease {
         profile: "1g.10gb".into(),
         placement: Placement { start: 0, size: 1 },
         mig_uuid: uuid.into(),
+        ci_profile: None,
         created: true,
         keep: false,
         state: LeaseState::Active,

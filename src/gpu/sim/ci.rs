@@ -14,6 +14,7 @@
 
 use super::machine::{uuid_from, SimCi, SimMachine};
 use crate::gpu::ci_tables;
+use crate::gpu::rules::{self, Occupant};
 use crate::gpu::{CiPlacement, CiProfile, Code, ComputeInstance, GiProfile, Placement};
 
 /// The NVML index of the CI profile with `slices` compute slices (the first, not the REV1 one).
@@ -87,15 +88,20 @@ fn ci_placement(c: &SimCi, gi_slices: u32) -> Placement {
     })
 }
 
+/// The compute instances of a GI as the shared slot rules see them (profile ID unknown in an old state file: `u32::MAX`).
+fn occupants(cis: &[SimCi], gi_slices: u32) -> Vec<Occupant> {
+    cis.iter()
+        .map(|c| Occupant {
+            profile_id: c.profile_id.unwrap_or(u32::MAX),
+            placement: ci_placement(c, gi_slices),
+        })
+        .collect()
+}
+
 impl SimMachine {
     fn gi_profile_of(&self, gpu: u32, gi: u32) -> Result<(GiProfile, Vec<SimCi>), Code> {
         let model = self.model(gpu)?;
-        let g = self.gpus.get(gpu as usize).ok_or(Code::InvalidArgument)?;
-        let inst = g
-            .instances
-            .iter()
-            .find(|i| i.id == gi)
-            .ok_or(Code::NotFound)?;
+        let inst = self.instance(gpu, gi)?;
         let profile = model
             .profiles
             .iter()
@@ -109,19 +115,10 @@ impl SimMachine {
     pub fn ci_profiles(&self, gpu: u32, gi: u32) -> Result<Vec<CiProfile>, Code> {
         let (gp, cis) = self.gi_profile_of(gpu, gi)?;
         let mut profiles = offered(self.model(gpu)?.product, &gp);
+        let existing = occupants(&cis, gp.slice_count);
         for p in &mut profiles {
-            let taken = cis
-                .iter()
-                .filter(|c| c.profile_id.unwrap_or(u32::MAX) == p.id)
-                .count() as u32;
-            let free = p
-                .placements
-                .iter()
-                .filter(|pl| {
-                    !cis.iter()
-                        .any(|c| ci_placement(c, gp.slice_count).overlaps(pl))
-                })
-                .count() as u32;
+            let taken = existing.iter().filter(|o| o.profile_id == p.id).count() as u32;
+            let free = rules::disjoint_free(&p.placements, &existing);
             p.remaining = free.min(p.instance_count.saturating_sub(taken));
         }
         Ok(profiles)
@@ -147,9 +144,7 @@ impl SimMachine {
             .find(|p| p.start == start)
             .ok_or(Code::InvalidArgument)?;
         if profile.remaining == 0
-            || cis
-                .iter()
-                .any(|c| ci_placement(c, gp.slice_count).overlaps(&placement))
+            || !rules::placement_free(&occupants(&cis, gp.slice_count), &placement)
         {
             return Err(Code::InsufficientResources);
         }
@@ -157,15 +152,9 @@ impl SimMachine {
         g.serial += 1;
         let serial = g.serial;
         let gpu_uuid = g.uuid.clone();
-        let inst = g
-            .instances
-            .iter_mut()
-            .find(|i| i.id == gi)
-            .ok_or(Code::NotFound)?;
+        let inst = self.instance_mut(gpu, gi)?;
         // CI ids count from 0 within a GI; the lowest free one is taken, as the driver does.
-        let id = (0..)
-            .find(|id| inst.cis.iter().all(|c| c.id != *id))
-            .unwrap_or(0);
+        let id = rules::lowest_free_id(0, inst.cis.iter().map(|c| c.id));
         let ci = SimCi {
             id,
             uuid: format!(
@@ -197,13 +186,11 @@ impl SimMachine {
             .iter()
             .find(|p| p.id == profile_id)
             .ok_or(Code::InvalidArgument)?;
+        let existing = occupants(&cis, gp.slice_count);
         let start = profile
             .placements
             .iter()
-            .find(|pl| {
-                !cis.iter()
-                    .any(|c| ci_placement(c, gp.slice_count).overlaps(pl))
-            })
+            .find(|pl| rules::placement_free(&existing, pl))
             .ok_or(Code::InsufficientResources)?
             .start;
         self.create_ci(gpu, gi, profile_id, start)
@@ -258,16 +245,8 @@ impl SimMachine {
 
     /// Attach (or with 0, detach) simulated compute processes to one compute instance.
     pub fn set_ci_processes(&mut self, gpu: u32, gi: u32, ci: u32, count: u32) -> Result<(), Code> {
-        let g = self
-            .gpus
-            .get_mut(gpu as usize)
-            .ok_or(Code::InvalidArgument)?;
-        let inst = g
-            .instances
-            .iter_mut()
-            .find(|i| i.id == gi)
-            .ok_or(Code::NotFound)?;
-        let c = inst
+        let c = self
+            .instance_mut(gpu, gi)?
             .cis
             .iter_mut()
             .find(|c| c.id == ci)

@@ -223,6 +223,21 @@ impl SimMachine {
     fn gpu_mut(&mut self, gpu: u32) -> Result<&mut SimGpu, Code> {
         self.gpus.get_mut(gpu as usize).ok_or(Code::InvalidArgument)
     }
+    /// GPU instance `gi` of `gpu` (NOT_FOUND when it does not exist), for the GI and CI models alike.
+    pub(super) fn instance(&self, gpu: u32, gi: u32) -> Result<&SimGi, Code> {
+        self.gpu(gpu)?
+            .instances
+            .iter()
+            .find(|i| i.id == gi)
+            .ok_or(Code::NotFound)
+    }
+    pub(super) fn instance_mut(&mut self, gpu: u32, gi: u32) -> Result<&mut SimGi, Code> {
+        self.gpu_mut(gpu)?
+            .instances
+            .iter_mut()
+            .find(|i| i.id == gi)
+            .ok_or(Code::NotFound)
+    }
 
     /// The model of a GPU. The spec was validated when the machine was made, so this only fails on a tampered state file.
     pub fn model(&self, gpu: u32) -> Result<Model, Code> {
@@ -297,9 +312,7 @@ impl SimMachine {
             return Err(Code::InsufficientResources);
         }
         // GI ids are not tied to placements: take the lowest free id starting at 1, as the driver does.
-        let id = (1..)
-            .find(|id| g.instances.iter().all(|gi| gi.id != *id))
-            .unwrap_or(1);
+        let id = rules::lowest_free_id(1, g.instances.iter().map(|gi| gi.id));
         g.serial += 1;
         g.instances.push(SimGi {
             id,
@@ -333,12 +346,7 @@ impl SimMachine {
     }
 
     pub fn destroy_ci(&mut self, gpu: u32, gi: u32, ci: u32) -> Result<(), Code> {
-        let g = self.gpu_mut(gpu)?;
-        let inst = g
-            .instances
-            .iter_mut()
-            .find(|i| i.id == gi)
-            .ok_or(Code::NotFound)?;
+        let inst = self.instance_mut(gpu, gi)?;
         let pos = inst
             .cis
             .iter()
@@ -392,13 +400,7 @@ impl SimMachine {
 
     /// Attach (or with 0, detach) simulated compute processes to a GI.
     pub fn set_processes(&mut self, gpu: u32, gi: u32, count: u32) -> Result<(), Code> {
-        let g = self.gpu_mut(gpu)?;
-        let inst = g
-            .instances
-            .iter_mut()
-            .find(|i| i.id == gi)
-            .ok_or(Code::NotFound)?;
-        inst.processes = count;
+        self.instance_mut(gpu, gi)?.processes = count;
         Ok(())
     }
 

@@ -223,3 +223,80 @@ fn another_users_gi_is_shared_only_when_the_config_allows() {
         "{plan:?}"
     );
 }
+
+/// The planner step the allocator calls ([`plan_want`]): the config's list, the tables and the sharing
+/// GPU instances, and a whole request that never takes a sharing GPU instance, even one that looks free.
+#[test]
+fn plan_want_applies_the_policy_and_keeps_sharing_gis_out_of_whole_requests() {
+    use crate::policy::plan::{plan, PlanRequest, Want};
+    let mut m = machine(1);
+    let want = |name: &str, allowed: Option<&[&str]>| {
+        let mut r = PlanRequest::new(Want::parse_profile(name).unwrap());
+        if let Some(list) = allowed {
+            let mut specs = Vec::new();
+            for s in list {
+                match Want::parse_profile(s).unwrap() {
+                    Want::Ci(c) => r.ci.allowed.push(c),
+                    Want::Profile(p) => specs.push(p),
+                    Want::MinMemMib(_) => unreachable!(),
+                }
+            }
+            r.allowed = Some(specs);
+        }
+        r
+    };
+    let st = state_of(&m);
+    // Allowed by its own name or its GPU instance's; refused (a policy refusal on every GPU) otherwise.
+    for list in [None, Some(&["1c.3g.40gb"][..]), Some(&["3g.40gb"][..])] {
+        let p = plan(&st, &[], &want("1c.3g.40gb", list)).unwrap();
+        assert!(
+            matches!(p, Plan::NewShared { choice, .. } if choice.profile_id == THREE),
+            "{p:?}"
+        );
+    }
+    let e = plan(
+        &st,
+        &[],
+        &want("1c.3g.40gb", Some(&["1g.10gb", "2c.3g.40gb"])),
+    )
+    .unwrap_err();
+    assert!(matches!(&e.gpus[0].why, Why::NotAllowed { .. }), "{e}");
+    assert!(!e.can_wait());
+    // Naming the compute instance does not allow its whole GPU instance.
+    assert!(plan(&st, &[], &want("3g.40gb", Some(&["1c.3g.40gb"][..]))).is_err());
+    // Unknown in the tables on this model: no such profile, never a guess.
+    let e = plan(&st, &[], &want("1c.7g.80gb", None)).unwrap_err();
+    assert_eq!(e.gpus[0].why, Why::NoSuchProfile);
+
+    // A sharing 3g.40gb with one compute instance nobody leases looks like a free whole one.
+    let gi = m.create_gi(0, THREE, 4).unwrap();
+    let one = m
+        .ci_profiles(0, gi)
+        .unwrap()
+        .iter()
+        .find(|p| p.slice_count == 1)
+        .unwrap()
+        .id;
+    m.create_ci(0, gi, one, 0).unwrap();
+    let st = state_of(&m);
+    let mut whole = want("3g.40gb", None);
+    let p = plan(&st, &[], &whole).unwrap();
+    assert!(
+        matches!(p, Plan::Reuse { gi: g, .. } if g == gi),
+        "without the marker it would be reused: {p:?}"
+    );
+    whole.ci.sharing = vec![(0, gi)];
+    let p = plan(&st, &[], &whole).unwrap();
+    assert!(
+        matches!(&p, Plan::Create(c) if c.placement.start == 0),
+        "{p:?}"
+    );
+    // And a compute-instance request fills it.
+    let mut ci = want("1c.3g.40gb", None);
+    ci.ci.shared = vec![shared(&m, 0, gi, &[])];
+    let p = plan(&st, &[], &ci).unwrap();
+    assert!(
+        matches!(p, Plan::IntoShared { gi: g, start: 1, .. } if g == gi),
+        "{p:?}"
+    );
+}

@@ -28,6 +28,9 @@ fn outcome(state: &MigState, leases: &[Lease], req: &PlanRequest) -> Outcome {
             }
             Outcome::Create(c.gpu, c.profile_id)
         }
+        Ok(p @ (Plan::IntoShared { .. } | Plan::NewShared { .. })) => {
+            panic!("a GPU-instance request planned a compute instance: {p:?}")
+        }
         Err(_) => Outcome::NoRoom,
     }
 }
@@ -268,6 +271,7 @@ fn min_mem_picks_the_smallest_plain_profile_that_fits_now() {
     ) {
         Ok(Plan::Create(c)) => c.profile_id,
         Ok(Plan::Reuse { profile_id, .. }) => profile_id,
+        Ok(p) => panic!("{p:?}"),
         Err(e) => panic!("{e}"),
     };
     assert_eq!(create_id(&st, &[], 5000), 19, "1g.10gb, never 1g.10gb+me");
