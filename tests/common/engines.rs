@@ -37,6 +37,8 @@ use std::sync::{Mutex, Once, OnceLock};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
+pub use super::engine_set::EngineSet;
+
 /// Image name of the busybox image inside a [`PrivateDockerd`].
 pub const DOCKER_BUSYBOX_IMAGE: &str = "migrun-test/busybox:latest";
 /// Image name of the busybox image inside a [`Podman`] store.
@@ -395,11 +397,15 @@ fn spawn_daemon(mut cmd: Command, log: &Path, pidfile: &Path) -> Child {
 }
 
 extern "C" fn stop_shared_engines() {
-    if let Some(Ok(d)) = SHARED_DOCKERD.get() {
-        d.stop();
+    for cell in [&SHARED_DOCKERD, &SHARED_DOCKERD_TRIXIE] {
+        if let Some(Ok(d)) = cell.get() {
+            d.stop();
+        }
     }
-    if let Some(Ok(c)) = SHARED_CONTAINERD.get() {
-        c.stop();
+    for cell in [&SHARED_CONTAINERD, &SHARED_CONTAINERD_TRIXIE] {
+        if let Some(Ok(c)) = cell.get() {
+            c.stop();
+        }
     }
 }
 
@@ -721,6 +727,23 @@ pub struct PrivateDockerd {
 }
 
 static SHARED_DOCKERD: OnceLock<Result<PrivateDockerd, String>> = OnceLock::new();
+static SHARED_DOCKERD_TRIXIE: OnceLock<Result<PrivateDockerd, String>> = OnceLock::new();
+
+/// [`shared_dockerd`] of engine set `set` (one per set and test binary).
+pub fn shared_dockerd_in(set: EngineSet) -> &'static PrivateDockerd {
+    let cell = match set {
+        EngineSet::Bookworm => &SHARED_DOCKERD,
+        EngineSet::Trixie => &SHARED_DOCKERD_TRIXIE,
+    };
+    let r = cell.get_or_init(|| {
+        register_atexit();
+        PrivateDockerd::try_start_in(set, serde_json::json!({}))
+    });
+    match r {
+        Ok(d) => d,
+        Err(e) => panic!("shared dockerd of {} failed to start: {e}", set.name()),
+    }
+}
 
 /// One dockerd shared by all tests of this test binary (started on first use). It is stopped and
 /// cleaned up when the test process exits (atexit handler + watchdog).
@@ -762,18 +785,29 @@ impl PrivateDockerd {
     }
 
     fn try_start_with_config(extra: serde_json::Value) -> Result<Self, String> {
+        Self::try_start_in(EngineSet::Bookworm, extra)
+    }
+
+    /// Like [`start_with_config`](Self::start_with_config), with the dockerd and docker CLI of `set`.
+    pub fn start_in(set: EngineSet, extra: serde_json::Value) -> Self {
+        Self::try_start_in(set, extra).unwrap_or_else(|e| panic!("{}: {e}", set.name()))
+    }
+
+    fn try_start_in(set: EngineSet, extra: serde_json::Value) -> Result<Self, String> {
         require_root();
-        let dockerd = require("dockerd");
-        for b in [
-            "containerd",
-            "containerd-shim-runc-v2",
-            "runc",
-            "docker-proxy",
-            "ip",
-        ] {
-            require(b);
+        let dockerd = set.bin("dockerd");
+        if set == EngineSet::Bookworm {
+            for b in [
+                "containerd",
+                "containerd-shim-runc-v2",
+                "runc",
+                "docker-proxy",
+                "ip",
+            ] {
+                require(b);
+            }
         }
-        let cli = docker_cli();
+        let cli = set.bin("docker");
         remove_stale_bridges();
         let dir = private_dir("dockerd");
         let bridge = format!(
@@ -1025,6 +1059,23 @@ pub struct PrivateContainerd {
 }
 
 static SHARED_CONTAINERD: OnceLock<Result<PrivateContainerd, String>> = OnceLock::new();
+static SHARED_CONTAINERD_TRIXIE: OnceLock<Result<PrivateContainerd, String>> = OnceLock::new();
+
+/// [`shared_containerd`] of engine set `set` (one per set and test binary).
+pub fn shared_containerd_in(set: EngineSet) -> &'static PrivateContainerd {
+    let cell = match set {
+        EngineSet::Bookworm => &SHARED_CONTAINERD,
+        EngineSet::Trixie => &SHARED_CONTAINERD_TRIXIE,
+    };
+    let r = cell.get_or_init(|| {
+        register_atexit();
+        PrivateContainerd::try_start_in(set, "")
+    });
+    match r {
+        Ok(c) => c,
+        Err(e) => panic!("shared containerd of {} failed to start: {e}", set.name()),
+    }
+}
 
 /// One containerd shared by all tests of this test binary; stopped when the process exits.
 pub fn shared_containerd() -> &'static PrivateContainerd {
@@ -1049,11 +1100,17 @@ impl PrivateContainerd {
     }
 
     fn try_start_with_config(extra_toml: &str) -> Result<Self, String> {
+        Self::try_start_in(EngineSet::Bookworm, extra_toml)
+    }
+
+    fn try_start_in(set: EngineSet, extra_toml: &str) -> Result<Self, String> {
         require_root();
-        let containerd = require("containerd");
-        let ctr = require("ctr");
+        let containerd = set.bin("containerd");
+        let ctr = set.bin("ctr");
         let runc = require("runc");
-        require("containerd-shim-runc-v2");
+        if set == EngineSet::Bookworm {
+            require("containerd-shim-runc-v2");
+        }
         let dir = private_dir("containerd");
         let namespace = unique_name("migrun");
         let address = dir.join("containerd.sock");
@@ -1249,9 +1306,18 @@ pub struct Podman {
 
 impl Podman {
     pub fn new() -> Self {
-        require_root();
-        let bin = require("podman");
         require("conmon");
+        Self::with_bin(require("podman"))
+    }
+
+    /// Rootful podman of engine set `set`; with `cdi`, that host dir is its /etc/cdi (see
+    /// [`EngineSet::bin_with_cdi`]).
+    pub fn new_in(set: EngineSet, cdi: Option<&Path>) -> Self {
+        Self::with_bin(set.bin_with_cdi("podman", cdi))
+    }
+
+    fn with_bin(bin: PathBuf) -> Self {
+        require_root();
         let dir = private_dir("podman");
         for d in ["root", "runroot", "tmp"] {
             fs::create_dir_all(dir.join(d)).expect("mkdir podman dirs");

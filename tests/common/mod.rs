@@ -1,3 +1,4 @@
 //! Helpers shared by the integration tests (`mod common;`): real container engines and the fake NVML library.
+pub mod engine_set;
 pub mod engines;
 pub mod fake_nvml;
