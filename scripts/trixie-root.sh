@@ -129,8 +129,17 @@ run() {
   # command replaces the shell, so a signal to the returned pid reaches the engine itself.
   exec unshare --mount --propagation private -- /bin/sh -euc '
     root=$1; shift
+    # The root a mount of its own: dockerd (chrootarchive) and runc remount "/" of their namespaces,
+    # which fails on a plain directory.
+    mount --bind "$root" "$root"
     mount --rbind /proc "$root/proc"
     mount --rbind /sys "$root/sys"
+    # A Debian 12 host boots cgroup v1 with the v2 hierarchy beside it ("hybrid"), which crun refuses;
+    # a Debian 13 host has v2 alone. The engines here see the v1 controllers only (runc, dockerd and
+    # podman run on either), so crun runs as it would on a v1 host.
+    if grep -q " $root/sys/fs/cgroup/unified cgroup2 " /proc/self/mounts; then
+      umount -l "$root/sys/fs/cgroup/unified"
+    fi
     mount --rbind /dev "$root/dev"
     mount --rbind /tmp "$root/tmp"
     mount -t tmpfs -o mode=755 tmpfs "$root/run"

@@ -456,17 +456,17 @@ fn compose_cdi(set: EngineSet) {
     // JSON is YAML: written with serde, no hand-quoting of the script.
     let compose = json!({"services": {"trainer": {
         "image": image, "pull_policy": "never", "network_mode": "none",
-        "command": ["sh", "-c", script],
+        // `$$`: Compose would interpolate `$NAME` itself.
+        "command": ["sh", "-c", script.replace('$', "$$")],
         "deploy": {"resources": {"reservations": {"devices": [
-            {"driver": "cdi", "device_ids": [format!("migrun.io/mig={name}")]}
+            {"driver": "cdi", "capabilities": ["gpu"], "device_ids": [format!("migrun.io/mig={name}")]}
         ]}}}
     }}});
     fs::write(&file, serde_json::to_vec_pretty(&compose).unwrap()).unwrap();
     let project = unique_name("matrix");
     let compose_cmd = |args: &[&str]| {
         let mut c = docker.docker_cmd();
-        c.arg("compose")
-            .arg("-f")
+        c.args(["compose", "--ansi", "never", "-f"])
             .arg(&file)
             .args(["-p", &project])
             .args(args);
@@ -477,7 +477,10 @@ fn compose_cdi(set: EngineSet) {
         "--abort-on-container-exit",
         "--no-color",
     ]));
-    let logs = run_ok(&mut compose_cmd(&["logs", "--no-log-prefix", "--no-color"]));
+    // The service's output through docker itself: compose 2.26's `logs` marks every line with an
+    // erase-line escape even with --ansi never.
+    let id = run_ok(&mut compose_cmd(&["ps", "--all", "--quiet", "trainer"]));
+    let logs = run_ok(docker.docker_cmd().args(["logs", id.trim()]));
     run_ok(&mut compose_cmd(&["down"]));
     assert_eq!(
         logs,

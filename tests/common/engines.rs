@@ -1053,6 +1053,9 @@ pub struct PrivateContainerd {
     address: PathBuf,
     namespace: String,
     ctr: PathBuf,
+    /// `ctr run --fifo-dir`: the Debian 13 root's ctr and containerd each have a private /run, so the
+    /// stdio fifos (default /run/containerd/fifo) go where both see them.
+    fifo_dir: Option<PathBuf>,
     child: Mutex<Option<Child>>,
     guard: Guard,
     image: OnceLock<String>,
@@ -1170,6 +1173,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
         cmd.arg("--config").arg(&config_path);
         let child = spawn_daemon(cmd, &log, &dir.join("daemon.pid"));
         let c = PrivateContainerd {
+            fifo_dir: (set == EngineSet::Trixie).then(|| dir.join("fifo")),
             dir,
             address,
             namespace,
@@ -1266,6 +1270,9 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
         let image = self.busybox_image();
         let mut c = self.ctr_cmd();
         c.args(["run", "--rm", "--runtime", "io.containerd.runc.v2"]);
+        if let Some(d) = &self.fifo_dir {
+            c.arg("--fifo-dir").arg(d);
+        }
         if let Some(bin) = runc_binary {
             c.arg("--runc-binary").arg(bin);
         }
