@@ -1,4 +1,4 @@
-//! The engine matrix: one set of engine tests, run against each engine set (tests/common/engine_set.rs):
+//! The engine matrix: one set of engine tests, run against each engine set (tests/common/engine_set.rs, `common::engines::EngineSet`):
 //! the host's Debian 12 engines (dockerd 20.10, containerd 1.6, podman 4.3, runc) and Debian 13's from the
 //! root scripts/trixie-root.sh builds (dockerd 26, containerd 1.7, podman 5, runc and crun). The `matrix!`
 //! macro generates `bookworm::*` and `trixie::*` from the same functions, so the two never drift apart;
@@ -9,10 +9,9 @@
 mod common;
 mod hooks_common;
 
-use common::engine_set::EngineSet;
 use common::engines::{
     busybox_image, run_ok, run_output, shared_containerd_in, shared_dockerd_in, unique_name,
-    Podman, PrivateDockerd,
+    EngineSet, Podman, PrivateDockerd,
 };
 use hooks_common::{migrun_bin, Sim};
 use migrun::engine::docker::{option_kind, short_option, OptionKind};
@@ -48,6 +47,31 @@ macro_rules! matrix {
 }
 
 matrix!(Bookworm => bookworm, Trixie => trixie);
+
+/// A machine without the Debian 13 root: the script's `path` and `run` fail with a one-line error naming
+/// the fix (which is what makes every trixie test fail, never skip, there).
+#[test]
+fn a_missing_debian_13_root_is_an_error_naming_the_fix() {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/trixie-root.sh");
+    let empty = tempfile::tempdir().unwrap();
+    for args in [&["path"][..], &["run", "--", "true"]] {
+        let out = run_output(
+            Command::new("bash")
+                .arg(&script)
+                .args(args)
+                .env("CACHE", empty.path()),
+        );
+        let err = text(&out.stderr);
+        assert!(!out.status.success(), "{args:?}: {err}");
+        assert!(
+            err.lines().count() == 1
+                && err.contains("Debian 13 root")
+                && err.contains("missing")
+                && err.contains("run scripts/setup-test-host.sh as root"),
+            "{args:?}: {err}"
+        );
+    }
+}
 
 fn wait_for(set: EngineSet, what: &str, mut f: impl FnMut() -> bool) {
     let t0 = Instant::now();

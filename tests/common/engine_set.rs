@@ -6,7 +6,7 @@
 //! is a test failure naming the fix.
 #![allow(dead_code)]
 
-use super::engines::{docker_cli, require, run_output};
+use super::{docker_cli, require, run_output};
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -21,8 +21,10 @@ pub enum EngineSet {
     Trixie,
 }
 
+/// The repository (the migrun package's tests include this file; so does migrun-bench, whose manifest dir
+/// is crates/migrun-bench and which uses only the host's set).
 const REPO: &str = env!("CARGO_MANIFEST_DIR");
-const MIGRUN_BIN: &str = env!("CARGO_BIN_EXE_migrun");
+const MIGRUN_BIN: Option<&str> = option_env!("CARGO_BIN_EXE_migrun");
 
 impl EngineSet {
     pub const ALL: [EngineSet; 2] = [EngineSet::Bookworm, EngineSet::Trixie];
@@ -114,9 +116,10 @@ impl EngineSet {
 /// under /tmp (which the root always shares).
 fn binds() -> Vec<PathBuf> {
     let mut dirs = vec![PathBuf::from(REPO)];
-    let bin_dir = Path::new(MIGRUN_BIN).parent().unwrap().to_path_buf();
-    if !bin_dir.starts_with(REPO) {
-        dirs.push(bin_dir);
+    if let Some(bin_dir) = MIGRUN_BIN.and_then(|b| Path::new(b).parent()) {
+        if !bin_dir.starts_with(REPO) {
+            dirs.push(bin_dir.to_path_buf());
+        }
     }
     let tmp = std::env::temp_dir();
     if !tmp.starts_with("/tmp") {
@@ -140,8 +143,15 @@ fn key(body: &str) -> String {
 /// wrappers at the same time) and returns its path. The name carries the hash of the body, so a
 /// wrapper's content never changes under a running test.
 fn wrapper(file: &str, body: &str) -> PathBuf {
+    use std::os::unix::fs::MetadataExt;
     let dir = Path::new("/tmp/migrun-engine-bin");
     fs::create_dir_all(dir).expect("mkdir /tmp/migrun-engine-bin");
+    // The tests run these as root: a dir in /tmp that someone else made (or may write into) is refused.
+    let md = fs::symlink_metadata(dir).expect("stat /tmp/migrun-engine-bin");
+    assert!(
+        md.is_dir() && md.uid() == nix::unistd::geteuid().as_raw() && md.mode() & 0o022 == 0,
+        "{dir:?} is not a directory owned by this user and writable by it alone: remove it and rerun"
+    );
     let path = dir.join(file);
     if path.is_file() {
         return path;

@@ -1,4 +1,3 @@
 //! Helpers shared by the integration tests (`mod common;`): real container engines and the fake NVML library.
-pub mod engine_set;
 pub mod engines;
 pub mod fake_nvml;
