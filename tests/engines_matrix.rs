@@ -10,8 +10,8 @@ mod common;
 mod hooks_common;
 
 use common::engines::{
-    busybox_image, run_ok, run_output, shared_containerd_in, shared_dockerd_in, unique_name,
-    EngineSet, Podman, PrivateDockerd,
+    busybox_image, busybox_oci_tar_as, run_ok, run_output, shared_containerd_in, shared_dockerd_in,
+    unique_name, EngineSet, Podman, PrivateContainerd, PrivateDockerd, CONTAINERD_BUSYBOX_IMAGE,
 };
 use hooks_common::{migrun_bin, Sim};
 use migrun::engine::docker::{option_kind, short_option, OptionKind};
@@ -32,6 +32,8 @@ macro_rules! matrix {
             fn shim_under_dockerd() { super::shim_under_dockerd(SET) }
             #[test]
             fn shim_under_containerd_ctr() { super::shim_under_containerd_ctr(SET) }
+            #[test]
+            fn containerd_cri_cdi() { super::containerd_cri_cdi(SET) }
             #[test]
             fn podman_hooks_d() { super::podman_hooks_d(SET) }
             #[test]
@@ -243,6 +245,96 @@ fn shim_under_containerd_ctr(set: EngineSet) {
         "[{}] shim under {} via ctr: ok",
         set.name(),
         set.version("containerd")
+    );
+}
+
+/// containerd's CRI resolves migrun's CDI device (containerd 1.7, `enable_cdi`), driven without a kubelet by
+/// tests/cri_client.py (the CRI's api.proto from Debian, compiled for Python in the Debian 13 root): a pod on
+/// the node's network, one container asking for `migrun.io/mig=NAME` in its `CDI_devices`. containerd 1.6's
+/// CRI has no CDI at all: its default config must lack the key, and the test says so.
+fn containerd_cri_cdi(set: EngineSet) {
+    let version = set.version("containerd");
+    let default = run_ok(Command::new(set.bin("containerd")).args(["config", "default"]));
+    let has_cdi = default.contains("enable_cdi");
+    if set == EngineSet::Bookworm {
+        assert!(!has_cdi, "[{}] {version} knows enable_cdi", set.name());
+        println!(
+            "[{}] {version}: its CRI has no CDI (no enable_cdi in `config default`)",
+            set.name()
+        );
+        return;
+    }
+    assert!(has_cdi, "[{}] {version} lacks enable_cdi", set.name());
+    let m = Machine::new();
+    let tmp = m.sim.tmp.path();
+    const PAUSE: &str = "docker.io/migrun-test/pause:latest";
+    // restrict_oom_score_adj: the pod sandbox asks for oom_score_adj -998, and lowering it needs
+    // CAP_SYS_RESOURCE, which root lacks on this test machine (runc: "failed to update
+    // /proc/self/oom_score_adj: Permission denied"); containerd's switch for such hosts keeps the daemon's own.
+    let ctrd = PrivateContainerd::start_with_cri(
+        set,
+        &format!(
+            r#"[plugins."io.containerd.grpc.v1.cri"]
+  enable_cdi = true
+  restrict_oom_score_adj = true
+  cdi_spec_dirs = ["{cdi}"]
+  sandbox_image = "{PAUSE}"
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "{tmp}/cni/bin"
+    conf_dir = "{tmp}/cni/conf"
+"#,
+            cdi = m.cdi_dir().display(),
+            tmp = tmp.display(),
+        ),
+    );
+    // The CRI plugin's images live in its namespace, k8s.io; the pod's sandbox image must keep running.
+    for (name, cmd) in [
+        (CONTAINERD_BUSYBOX_IMAGE, &["sh"][..]),
+        (PAUSE, &["sleep", "3600"][..]),
+    ] {
+        let dir = tmp.join(format!("image-{}", name.len()));
+        fs::create_dir_all(&dir).unwrap();
+        let tar = busybox_oci_tar_as(&dir, name, cmd);
+        run_ok(
+            ctrd.ctr_cmd_in("k8s.io")
+                .args(["images", "import"])
+                .arg(&tar),
+        );
+    }
+    let name = unique_name("trainer");
+    let a = m.alloc(set, &name);
+    let (script, want) = cdi_script_and_want(&a);
+    let work = tmp.join("cri");
+    fs::create_dir_all(&work).unwrap();
+    let client = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/cri_client.py");
+    let out = run_output(
+        Command::new(set.bin("python3"))
+            .arg(&client)
+            .arg(ctrd.address())
+            .arg(&work)
+            .arg(CONTAINERD_BUSYBOX_IMAGE)
+            .arg(format!("migrun.io/mig={name}"))
+            .arg(&script),
+    );
+    let err = text(&out.stderr);
+    assert!(
+        out.status.success(),
+        "[{}] CRI container with migrun.io/mig={name}: {}\n{err}\n--- containerd log ---\n{}",
+        set.name(),
+        text(&out.stdout),
+        fs::read_to_string(ctrd.log_path())
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("level=error") || l.contains("level=warn"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    assert_eq!(text(&out.stdout), want, "[{}] {err}", set.name());
+    m.ok(set, &["release", &name]);
+    println!(
+        "[{}] {version}: CRI resolved migrun.io/mig={name} ({})",
+        set.name(),
+        err.lines().find(|l| l.starts_with("cri:")).unwrap_or("")
     );
 }
 

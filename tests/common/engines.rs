@@ -555,6 +555,12 @@ fn sha256_file(path: &Path) -> String {
 /// single uncompressed layer, named [`CONTAINERD_BUSYBOX_IMAGE`] (annotation
 /// `io.containerd.image.name`, ref `latest`). `ctr images import` takes it as is; no docker needed.
 pub fn busybox_oci_tar(dir: &Path) -> PathBuf {
+    busybox_oci_tar_as(dir, CONTAINERD_BUSYBOX_IMAGE, &["sh"])
+}
+
+/// [`busybox_oci_tar`] named `name` with `Cmd` `cmd` (e.g. a CRI pod's sandbox image, which must keep
+/// running: `["sleep", "3600"]`).
+pub fn busybox_oci_tar_as(dir: &Path, name: &str, cmd: &[&str]) -> PathBuf {
     let layer = busybox_rootfs_tar(dir);
     let oci = dir.join("busybox-oci");
     let blobs = oci.join("blobs/sha256");
@@ -569,7 +575,7 @@ pub fn busybox_oci_tar(dir: &Path) -> PathBuf {
     let config = serde_json::json!({
         "architecture": "amd64",
         "os": "linux",
-        "config": {"Env": ["PATH=/usr/sbin:/usr/bin:/sbin:/bin"], "Cmd": ["sh"]},
+        "config": {"Env": ["PATH=/usr/sbin:/usr/bin:/sbin:/bin"], "Cmd": cmd},
         "rootfs": {"type": "layers", "diff_ids": [layer_digest]},
     });
     let config_file = dir.join("config.json.tmp");
@@ -592,7 +598,7 @@ pub fn busybox_oci_tar(dir: &Path) -> PathBuf {
             "mediaType": "application/vnd.oci.image.manifest.v1+json",
             "digest": manifest_digest, "size": manifest_size,
             "platform": {"architecture": "amd64", "os": "linux"},
-            "annotations": {"io.containerd.image.name": CONTAINERD_BUSYBOX_IMAGE,
+            "annotations": {"io.containerd.image.name": name,
                             "org.opencontainers.image.ref.name": "latest"},
         }],
     });
@@ -1075,7 +1081,7 @@ pub fn shared_containerd_in(set: EngineSet) -> &'static PrivateContainerd {
     };
     let r = cell.get_or_init(|| {
         register_atexit();
-        PrivateContainerd::try_start_in(set, "")
+        PrivateContainerd::try_start_in(set, "", false)
     });
     match r {
         Ok(c) => c,
@@ -1106,10 +1112,15 @@ impl PrivateContainerd {
     }
 
     fn try_start_with_config(extra_toml: &str) -> Result<Self, String> {
-        Self::try_start_in(EngineSet::Bookworm, extra_toml)
+        Self::try_start_in(EngineSet::Bookworm, extra_toml, false)
     }
 
-    fn try_start_in(set: EngineSet, extra_toml: &str) -> Result<Self, String> {
+    /// A private containerd of `set` with its CRI plugin on (configured by `extra_toml`), for a CRI client.
+    pub fn start_with_cri(set: EngineSet, extra_toml: &str) -> Self {
+        Self::try_start_in(set, extra_toml, true).unwrap_or_else(|e| panic!("{}: {e}", set.name()))
+    }
+
+    fn try_start_in(set: EngineSet, extra_toml: &str, cri: bool) -> Result<Self, String> {
         require_root();
         let containerd = set.bin("containerd");
         let ctr = set.bin("ctr");
@@ -1121,11 +1132,16 @@ impl PrivateContainerd {
         let namespace = unique_name("migrun");
         let address = dir.join("containerd.sock");
         let d = dir.display();
+        let disabled = if cri {
+            "[]"
+        } else {
+            r#"["io.containerd.grpc.v1.cri"]"#
+        };
         let config = format!(
             r#"version = 2
 root = "{d}/root"
 state = "{d}/state"
-disabled_plugins = ["io.containerd.grpc.v1.cri"]
+disabled_plugins = {disabled}
 
 [grpc]
   address = "{d}/containerd.sock"
@@ -1235,13 +1251,18 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 
     /// `ctr --address <sock> --namespace <ns>`; append the subcommand.
     pub fn ctr_cmd(&self) -> Command {
+        self.ctr_cmd_in(&self.namespace)
+    }
+
+    /// `ctr --address <sock> --namespace <namespace>` (e.g. `k8s.io`, the CRI plugin's).
+    pub fn ctr_cmd_in(&self, namespace: &str) -> Command {
         let mut c = Command::new(&self.ctr);
         c.env_remove("CONTAINERD_ADDRESS")
             .env_remove("CONTAINERD_NAMESPACE")
             .arg("--address")
             .arg(&self.address)
             .arg("--namespace")
-            .arg(&self.namespace);
+            .arg(namespace);
         c
     }
 
