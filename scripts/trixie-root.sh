@@ -31,11 +31,12 @@ SUITE=trixie
 #   podman             podman 5 (hooks.d and CDI), with conmon and netavark from its dependencies
 #   runc, crun         both OCI runtimes podman 5 is tested with (docker and containerd use runc)
 #   iptables           docker.io needs it installed (the tests run dockerd with --iptables=false)
-#   python3-grpcio, python3-grpc-tools, golang-github-kubernetes-cri-api-dev
-#                      a CRI client without a kubelet (Debian 13 has no crictl): the CRI's api.proto,
-#                      compiled by grpc_tools, drives containerd's CRI (CDI) from tests/cri_client.py
+#   python3-grpcio, python3-grpc-tools
+#                      a CRI client without a kubelet (Debian 13 has no crictl): the CRI's api.proto
+#                      (tests/fixtures/cri-api), compiled by grpc_tools, drives containerd's CRI (CDI) from
+#                      tests/cri_client.py
 PACKAGES=(docker.io docker-cli docker-compose containerd podman runc crun iptables
-  python3-grpcio python3-grpc-tools golang-github-kubernetes-cri-api-dev)
+  python3-grpcio python3-grpc-tools)
 # Bump when the build steps below change in a way the package list does not show.
 RECIPE=1
 MIRROR=${MIRROR:-http://deb.debian.org/debian}

@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """A CRI client without a kubelet, for tests/engines_matrix.rs: runs one container in one pod through a
-containerd's CRI plugin and prints what the container printed. Debian 13 packages no crictl; it packages the
-CRI's api.proto (golang-github-kubernetes-cri-api-dev) and gRPC for Python, which is all this needs. Runs
-inside the Debian 13 root (scripts/trixie-root.sh run); owns nothing but WORKDIR, and removes the pod it made.
+containerd's CRI plugin and prints what the container printed. Debian 13 packages no crictl; it packages
+gRPC for Python and its code generator, which with the CRI's api.proto (tests/fixtures/cri-api/api.proto, copied
+from Debian's golang-github-kubernetes-cri-api-dev) is all this needs. Runs inside the Debian 13 root
+(scripts/trixie-root.sh run); owns nothing but WORKDIR, and removes the pod it made.
 
 usage: cri_client.py SOCKET WORKDIR IMAGE CDI_DEVICE SCRIPT
 
@@ -16,16 +17,15 @@ import subprocess
 import sys
 import time
 
-API_PROTO = "/usr/share/gocode/src/k8s.io/cri-api/pkg/apis/runtime/v1/api.proto"
+API_PROTO = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "cri-api", "api.proto")
 
 
 def stubs(workdir):
-    """api.proto compiled for Python into WORKDIR/gen; the gogoproto lines (Go code generation options,
-    whose own .proto Python does not need) are left out."""
+    """api.proto compiled for Python into WORKDIR/gen."""
     gen = os.path.join(workdir, "gen")
     os.makedirs(gen, exist_ok=True)
     with open(API_PROTO) as src, open(os.path.join(gen, "api.proto"), "w") as dst:
-        dst.writelines(line for line in src if "gogo" not in line)
+        dst.write(src.read())
     subprocess.run(
         [sys.executable, "-m", "grpc_tools.protoc", "-I" + gen, "--python_out=" + gen,
          "--grpc_python_out=" + gen, os.path.join(gen, "api.proto")],
