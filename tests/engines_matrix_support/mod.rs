@@ -323,9 +323,33 @@ pub fn docker_cdi(set: EngineSet) {
                 "[{}] {out}",
                 set.name()
             );
-            println!(
-                "[{}] {version}: CDI (docker info CDISpecDirs {dirs:?}); detection picked it; --inject cdi ok",
+            // A migrun whose cdi_dir is not among docker's: detection refuses (docker could not resolve the
+            // device) with a line naming both dirs, and nothing is allocated.
+            let elsewhere = Machine::new();
+            let refused = run_output(elsewhere.migrun(set, Some(&docker)).args([
+                "--profile",
+                "1g.10gb",
+                "--pull",
+                "never",
+                "--rm",
+                &image,
+                "true",
+            ]));
+            let err = text(&refused.stderr);
+            assert!(
+                !refused.status.success()
+                    && err.contains(&cdi)
+                    && err.contains(&elsewhere.cdi_dir().display().to_string())
+                    && err.contains("cdi_dir"),
+                "[{}] {err}",
                 set.name()
+            );
+            assert!(elsewhere.sim.leases().is_empty(), "[{}]", set.name());
+            println!(
+                "[{}] {version}: CDI (docker info CDISpecDirs {dirs:?}); detection picked it; --inject cdi ok; \
+                 another cdi_dir refused: {}",
+                set.name(),
+                err.trim()
             );
         }
     }
