@@ -68,6 +68,16 @@ build() {
   [ "$(id -u)" -eq 0 ] || die "building the Debian 13 root needs root (debootstrap, chroot); run as root"
   command -v debootstrap >/dev/null || PATH="$PATH:/usr/sbin:/sbin"
   command -v debootstrap >/dev/null || die "debootstrap not found: run scripts/setup-test-host.sh as root"
+  # debootstrap checks trixie's Release file against the host's keyring; Debian 12's
+  # debian-archive-keyring carries Debian 13's keys from its 2023.3+deb12u2 update on.
+  local trixie_key=/usr/share/keyrings/debian-archive-trixie-stable.gpg
+  if [ ! -e "$trixie_key" ]; then
+    log "$trixie_key missing: updating debian-archive-keyring"
+    DEBIAN_FRONTEND=noninteractive apt-get update >&2 &&
+      DEBIAN_FRONTEND=noninteractive apt-get install -y debian-archive-keyring >&2 || true
+  fi
+  [ -e "$trixie_key" ] ||
+    die "$trixie_key missing: apt-get update && apt-get install debian-archive-keyring (Debian 12's update carries Debian 13's keys)"
   local tmp start
   start=$(date +%s)
   tmp=$(mktemp -d "$CACHE/trixie-root.build.XXXXXX")
