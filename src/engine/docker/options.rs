@@ -430,6 +430,18 @@ mod tests {
     }
 
     #[test]
+    fn the_table_answers_kind_and_short_form_queries() {
+        assert_eq!(option_kind("env"), Some(OptionKind::Value));
+        assert_eq!(option_kind("rm"), Some(OptionKind::Switch));
+        // Old spellings are read as docker reads them.
+        assert_eq!(option_kind("net"), Some(OptionKind::Value));
+        assert_eq!(option_kind("nosuch"), None);
+        assert_eq!(short_option('e'), Some("env"));
+        assert_eq!(short_option('P'), Some("publish-all"));
+        assert_eq!(short_option('z'), None);
+    }
+
+    #[test]
     fn finds_the_image_after_options_with_values() {
         let table: &[(&str, &str, &[&str])] = &[
             ("busybox", "busybox", &[]),
