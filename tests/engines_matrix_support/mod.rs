@@ -374,7 +374,7 @@ pub fn compose_cdi(set: EngineSet) {
             text(&out.stdout)
         );
         println!(
-            "[{}] no Compose v2 plugin in this Debian: not tested",
+            "[{}] no Compose v2 plugin in this Debian: `docker compose` fails here, as it must",
             set.name()
         );
         return;
