@@ -178,4 +178,8 @@ if [ "$(cargo deb --version 2>/dev/null | awk '{print $2}')" != "$CARGO_DEB_VERS
   cargo install --locked --debug cargo-deb --version "$CARGO_DEB_VERSION"
 fi
 
+# The Debian 13 engine root (Docker 26, containerd 1.7, podman 5, crun) the engine tests also run against:
+# built once per machine (about a minute), rebuilt when missing or when its package list changes.
+bash "$(dirname "${BASH_SOURCE[0]}")/trixie-root.sh" build >/dev/null
+
 log "ok: $(runc --version | head -1), $(dockerd --version), $(containerd --version | cut -d' ' -f1-3), $(podman --version), cargo $(cargo --version | cut -d' ' -f2)"

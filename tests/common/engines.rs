@@ -37,6 +37,11 @@ use std::sync::{Mutex, Once, OnceLock};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
+// A child of this module (not of `common`), so the benchmarks that include this file by path get it too.
+#[path = "engine_set.rs"]
+pub mod engine_set;
+pub use engine_set::EngineSet;
+
 /// Image name of the busybox image inside a [`PrivateDockerd`].
 pub const DOCKER_BUSYBOX_IMAGE: &str = "migrun-test/busybox:latest";
 /// Image name of the busybox image inside a [`Podman`] store.
@@ -395,11 +400,15 @@ fn spawn_daemon(mut cmd: Command, log: &Path, pidfile: &Path) -> Child {
 }
 
 extern "C" fn stop_shared_engines() {
-    if let Some(Ok(d)) = SHARED_DOCKERD.get() {
-        d.stop();
+    for cell in [&SHARED_DOCKERD, &SHARED_DOCKERD_TRIXIE] {
+        if let Some(Ok(d)) = cell.get() {
+            d.stop();
+        }
     }
-    if let Some(Ok(c)) = SHARED_CONTAINERD.get() {
-        c.stop();
+    for cell in [&SHARED_CONTAINERD, &SHARED_CONTAINERD_TRIXIE] {
+        if let Some(Ok(c)) = cell.get() {
+            c.stop();
+        }
     }
 }
 
@@ -546,6 +555,12 @@ fn sha256_file(path: &Path) -> String {
 /// single uncompressed layer, named [`CONTAINERD_BUSYBOX_IMAGE`] (annotation
 /// `io.containerd.image.name`, ref `latest`). `ctr images import` takes it as is; no docker needed.
 pub fn busybox_oci_tar(dir: &Path) -> PathBuf {
+    busybox_oci_tar_as(dir, CONTAINERD_BUSYBOX_IMAGE, &["sh"])
+}
+
+/// [`busybox_oci_tar`] named `name` with `Cmd` `cmd` (e.g. a CRI pod's sandbox image, which must keep
+/// running: `["sleep", "3600"]`).
+pub fn busybox_oci_tar_as(dir: &Path, name: &str, cmd: &[&str]) -> PathBuf {
     let layer = busybox_rootfs_tar(dir);
     let oci = dir.join("busybox-oci");
     let blobs = oci.join("blobs/sha256");
@@ -560,7 +575,7 @@ pub fn busybox_oci_tar(dir: &Path) -> PathBuf {
     let config = serde_json::json!({
         "architecture": "amd64",
         "os": "linux",
-        "config": {"Env": ["PATH=/usr/sbin:/usr/bin:/sbin:/bin"], "Cmd": ["sh"]},
+        "config": {"Env": ["PATH=/usr/sbin:/usr/bin:/sbin:/bin"], "Cmd": cmd},
         "rootfs": {"type": "layers", "diff_ids": [layer_digest]},
     });
     let config_file = dir.join("config.json.tmp");
@@ -583,7 +598,7 @@ pub fn busybox_oci_tar(dir: &Path) -> PathBuf {
             "mediaType": "application/vnd.oci.image.manifest.v1+json",
             "digest": manifest_digest, "size": manifest_size,
             "platform": {"architecture": "amd64", "os": "linux"},
-            "annotations": {"io.containerd.image.name": CONTAINERD_BUSYBOX_IMAGE,
+            "annotations": {"io.containerd.image.name": name,
                             "org.opencontainers.image.ref.name": "latest"},
         }],
     });
@@ -721,6 +736,23 @@ pub struct PrivateDockerd {
 }
 
 static SHARED_DOCKERD: OnceLock<Result<PrivateDockerd, String>> = OnceLock::new();
+static SHARED_DOCKERD_TRIXIE: OnceLock<Result<PrivateDockerd, String>> = OnceLock::new();
+
+/// [`shared_dockerd`] of engine set `set` (one per set and test binary).
+pub fn shared_dockerd_in(set: EngineSet) -> &'static PrivateDockerd {
+    let cell = match set {
+        EngineSet::Bookworm => &SHARED_DOCKERD,
+        EngineSet::Trixie => &SHARED_DOCKERD_TRIXIE,
+    };
+    let r = cell.get_or_init(|| {
+        register_atexit();
+        PrivateDockerd::try_start_in(set, serde_json::json!({}))
+    });
+    match r {
+        Ok(d) => d,
+        Err(e) => panic!("shared dockerd of {} failed to start: {e}", set.name()),
+    }
+}
 
 /// One dockerd shared by all tests of this test binary (started on first use). It is stopped and
 /// cleaned up when the test process exits (atexit handler + watchdog).
@@ -762,18 +794,29 @@ impl PrivateDockerd {
     }
 
     fn try_start_with_config(extra: serde_json::Value) -> Result<Self, String> {
+        Self::try_start_in(EngineSet::Bookworm, extra)
+    }
+
+    /// Like [`start_with_config`](Self::start_with_config), with the dockerd and docker CLI of `set`.
+    pub fn start_in(set: EngineSet, extra: serde_json::Value) -> Self {
+        Self::try_start_in(set, extra).unwrap_or_else(|e| panic!("{}: {e}", set.name()))
+    }
+
+    fn try_start_in(set: EngineSet, extra: serde_json::Value) -> Result<Self, String> {
         require_root();
-        let dockerd = require("dockerd");
-        for b in [
-            "containerd",
-            "containerd-shim-runc-v2",
-            "runc",
-            "docker-proxy",
-            "ip",
-        ] {
-            require(b);
+        let dockerd = set.bin("dockerd");
+        if set == EngineSet::Bookworm {
+            for b in [
+                "containerd",
+                "containerd-shim-runc-v2",
+                "runc",
+                "docker-proxy",
+                "ip",
+            ] {
+                require(b);
+            }
         }
-        let cli = docker_cli();
+        let cli = set.bin("docker");
         remove_stale_bridges();
         let dir = private_dir("dockerd");
         let bridge = format!(
@@ -1019,12 +1062,32 @@ pub struct PrivateContainerd {
     address: PathBuf,
     namespace: String,
     ctr: PathBuf,
+    /// `ctr run --fifo-dir`: the Debian 13 root's ctr and containerd each have a private /run, so the
+    /// stdio fifos (default /run/containerd/fifo) go where both see them.
+    fifo_dir: Option<PathBuf>,
     child: Mutex<Option<Child>>,
     guard: Guard,
     image: OnceLock<String>,
 }
 
 static SHARED_CONTAINERD: OnceLock<Result<PrivateContainerd, String>> = OnceLock::new();
+static SHARED_CONTAINERD_TRIXIE: OnceLock<Result<PrivateContainerd, String>> = OnceLock::new();
+
+/// [`shared_containerd`] of engine set `set` (one per set and test binary).
+pub fn shared_containerd_in(set: EngineSet) -> &'static PrivateContainerd {
+    let cell = match set {
+        EngineSet::Bookworm => &SHARED_CONTAINERD,
+        EngineSet::Trixie => &SHARED_CONTAINERD_TRIXIE,
+    };
+    let r = cell.get_or_init(|| {
+        register_atexit();
+        PrivateContainerd::try_start_in(set, "", false)
+    });
+    match r {
+        Ok(c) => c,
+        Err(e) => panic!("shared containerd of {} failed to start: {e}", set.name()),
+    }
+}
 
 /// One containerd shared by all tests of this test binary; stopped when the process exits.
 pub fn shared_containerd() -> &'static PrivateContainerd {
@@ -1049,20 +1112,36 @@ impl PrivateContainerd {
     }
 
     fn try_start_with_config(extra_toml: &str) -> Result<Self, String> {
+        Self::try_start_in(EngineSet::Bookworm, extra_toml, false)
+    }
+
+    /// A private containerd of `set` with its CRI plugin on (configured by `extra_toml`), for a CRI client.
+    pub fn start_with_cri(set: EngineSet, extra_toml: &str) -> Self {
+        Self::try_start_in(set, extra_toml, true).unwrap_or_else(|e| panic!("{}: {e}", set.name()))
+    }
+
+    fn try_start_in(set: EngineSet, extra_toml: &str, cri: bool) -> Result<Self, String> {
         require_root();
-        let containerd = require("containerd");
-        let ctr = require("ctr");
+        let containerd = set.bin("containerd");
+        let ctr = set.bin("ctr");
         let runc = require("runc");
-        require("containerd-shim-runc-v2");
+        if set == EngineSet::Bookworm {
+            require("containerd-shim-runc-v2");
+        }
         let dir = private_dir("containerd");
         let namespace = unique_name("migrun");
         let address = dir.join("containerd.sock");
         let d = dir.display();
+        let disabled = if cri {
+            "[]"
+        } else {
+            r#"["io.containerd.grpc.v1.cri"]"#
+        };
         let config = format!(
             r#"version = 2
 root = "{d}/root"
 state = "{d}/state"
-disabled_plugins = ["io.containerd.grpc.v1.cri"]
+disabled_plugins = {disabled}
 
 [grpc]
   address = "{d}/containerd.sock"
@@ -1113,6 +1192,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
         cmd.arg("--config").arg(&config_path);
         let child = spawn_daemon(cmd, &log, &dir.join("daemon.pid"));
         let c = PrivateContainerd {
+            fifo_dir: (set == EngineSet::Trixie).then(|| dir.join("fifo")),
             dir,
             address,
             namespace,
@@ -1171,13 +1251,18 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 
     /// `ctr --address <sock> --namespace <ns>`; append the subcommand.
     pub fn ctr_cmd(&self) -> Command {
+        self.ctr_cmd_in(&self.namespace)
+    }
+
+    /// `ctr --address <sock> --namespace <namespace>` (e.g. `k8s.io`, the CRI plugin's).
+    pub fn ctr_cmd_in(&self, namespace: &str) -> Command {
         let mut c = Command::new(&self.ctr);
         c.env_remove("CONTAINERD_ADDRESS")
             .env_remove("CONTAINERD_NAMESPACE")
             .arg("--address")
             .arg(&self.address)
             .arg("--namespace")
-            .arg(&self.namespace);
+            .arg(namespace);
         c
     }
 
@@ -1209,6 +1294,9 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
         let image = self.busybox_image();
         let mut c = self.ctr_cmd();
         c.args(["run", "--rm", "--runtime", "io.containerd.runc.v2"]);
+        if let Some(d) = &self.fifo_dir {
+            c.arg("--fifo-dir").arg(d);
+        }
         if let Some(bin) = runc_binary {
             c.arg("--runc-binary").arg(bin);
         }
@@ -1249,9 +1337,18 @@ pub struct Podman {
 
 impl Podman {
     pub fn new() -> Self {
-        require_root();
-        let bin = require("podman");
         require("conmon");
+        Self::with_bin(require("podman"))
+    }
+
+    /// Rootful podman of engine set `set`; with `cdi`, that host dir is its /etc/cdi (see
+    /// [`EngineSet::bin_with_cdi`]).
+    pub fn new_in(set: EngineSet, cdi: Option<&Path>) -> Self {
+        Self::with_bin(set.bin_with_cdi("podman", cdi))
+    }
+
+    fn with_bin(bin: PathBuf) -> Self {
+        require_root();
         let dir = private_dir("podman");
         for d in ["root", "runroot", "tmp"] {
             fs::create_dir_all(dir.join(d)).expect("mkdir podman dirs");

@@ -124,7 +124,7 @@ mod supervise;
 mod toolkit;
 
 pub use check::Checked;
-pub use options::{is_docker_option, DockerOpt, RunLine};
+pub use options::{is_docker_option, option_kind, short_option, DockerOpt, OptionKind, RunLine};
 pub use supervise::{
     exit_code, read_cidfile, run_supervised, should_forward, Finished, SignalGuard, FORWARDED,
 };

@@ -160,6 +160,34 @@ pub fn is_docker_option(name: &str) -> bool {
     VALUE_OPTIONS.contains(&c) || BOOL_OPTIONS.contains(&c)
 }
 
+/// How docker run reads an option, as migrun's table has it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OptionKind {
+    /// Takes a value (`--env X`, `--env=X`).
+    Value,
+    /// A switch (`--rm`, `--rm=false`).
+    Switch,
+}
+
+/// The kind of docker run's long option `long` (without dashes; old spellings are read as docker reads
+/// them), or `None` when the table lacks it. tests/engines_matrix.rs checks the table against each
+/// installed CLI's `docker run --help` with this.
+pub fn option_kind(long: &str) -> Option<OptionKind> {
+    let c = canonical(long);
+    if VALUE_OPTIONS.contains(&c) {
+        Some(OptionKind::Value)
+    } else if BOOL_OPTIONS.contains(&c) {
+        Some(OptionKind::Switch)
+    } else {
+        None
+    }
+}
+
+/// The long option a short form (`-e`) stands for, or `None` when the table has no such short form.
+pub fn short_option(c: char) -> Option<&'static str> {
+    SHORT_OPTIONS.iter().find(|(s, _)| *s == c).map(|(_, l)| *l)
+}
+
 /// pflag's boolean spellings (Go's strconv.ParseBool).
 pub(super) fn parse_bool(v: &str) -> Option<bool> {
     match v {
@@ -399,6 +427,18 @@ mod tests {
 
     fn parse(s: &str) -> RunLine {
         RunLine::parse(&words(s)).unwrap_or_else(|e| panic!("{s}: {e}"))
+    }
+
+    #[test]
+    fn the_table_answers_kind_and_short_form_queries() {
+        assert_eq!(option_kind("env"), Some(OptionKind::Value));
+        assert_eq!(option_kind("rm"), Some(OptionKind::Switch));
+        // Old spellings are read as docker reads them.
+        assert_eq!(option_kind("net"), Some(OptionKind::Value));
+        assert_eq!(option_kind("nosuch"), None);
+        assert_eq!(short_option('e'), Some("env"));
+        assert_eq!(short_option('P'), Some("publish-all"));
+        assert_eq!(short_option('z'), None);
     }
 
     #[test]
