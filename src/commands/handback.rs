@@ -16,15 +16,10 @@ use anyhow::Result;
 /// hand-over record is kept per id, and a name or MIG UUID could name another lease by the time it
 /// is looked up.
 fn check(a: &ReleaseArgs) -> Result<LeaseId> {
-    let caller = crate::caller::Caller::current();
-    if !caller.is_plain_root() {
-        return Err(InputError::Other(format!(
-            "--if-handover-pending is for a spawner running as root (JupyterHub's MigrunSpawner) that gives back a lease it made with `alloc --handover`; you are uid {}{}. Release your own lease with `migrun release LEASE`",
-            caller.uid,
-            if caller.via_sudo { " through sudo" } else { "" }
-        ))
-        .into());
-    }
+    super::alloc::plain_root_only(
+        "--if-handover-pending is for a spawner running as root (JupyterHub's MigrunSpawner) that gives back a lease it made with `alloc --handover`",
+        "Release your own lease with `migrun release LEASE`",
+    )?;
     let digits = !a.target.is_empty() && a.target.bytes().all(|b| b.is_ascii_digit());
     match a.target.parse::<LeaseId>() {
         Ok(id) if digits => Ok(id),
