@@ -101,7 +101,7 @@ fn take_over(sim: &Sim, lease: &str, token: &str, mig: &str) {
 fn holder_of(sim: &Sim, lease: &str) -> Option<Value> {
     leases(&sim.status())
         .into_iter()
-        .find(|l| l["id"].to_string() == lease)
+        .find(|l| l["id"].as_u64() == lease.parse().ok())
         .map(|l| l["holder"].clone())
 }
 

@@ -223,6 +223,10 @@ mod tests {
                 "migrun alloc --profile 1g.10gb --holder-pid 1 --handover --json",
                 "--handover",
             ),
+            (
+                "migrun release 1 --if-handover-pending",
+                "--if-handover-pending",
+            ),
         ];
         for (line, what) in refused {
             let e = verdict(line, &[]).unwrap_err();
