@@ -235,6 +235,10 @@ pub struct ReleaseArgs {
     /// Lease id (as printed by alloc/status), the lease's name, or the MIG-… UUID
     #[arg(value_name = "LEASE|NAME|MIG-UUID")]
     pub target: String,
+    /// Release only while the lease's `alloc --handover` is pending (still held by the process it
+    /// names); a lease a container took over is kept (exit 0, saying who holds it). Root only, for spawners
+    #[arg(long)]
+    pub if_handover_pending: bool,
     /// Machine-readable output
     #[arg(long)]
     pub json: bool,

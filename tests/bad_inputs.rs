@@ -539,6 +539,15 @@ fn case(id: &str, sim: &Sim) -> Option<Case> {
             init,
             s(&["alloc", "--profile", "1g.10gb", "--handover", "--json"]),
         ),
+        "cli-handback-not-an-id" => c(
+            "",
+            init,
+            s(&["release", "gpu-notebook", "--if-handover-pending"]),
+        ),
+        "sudo-handback" => Case {
+            env: vec![("SUDO_UID", "1001".into())],
+            ..c("", init, s(&["release", "1", "--if-handover-pending"]))
+        },
         "cli-handover-without-json" => c(
             "",
             init,
@@ -773,6 +782,8 @@ fn every_documented_bad_input_fails_cleanly_and_leaves_nothing() {
         "cli-handover-without-holder",
         "cli-handover-without-json",
         "sudo-handover",
+        "cli-handback-not-an-id",
+        "sudo-handback",
         "shim-wrong-handover",
         "mig-disable-pending",
         "cfg-unknown-key",

@@ -3,12 +3,12 @@
 mod common;
 mod hooks_common;
 
-use common::engines::{busybox_bundle, patch_bundle_config, unique_name, Runc};
-use hooks_common::*;
+use common::engines::unique_name;
+use hooks_common::shim_runc::ShimRunc;
 use serde_json::json;
 use std::fs;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 /// What the container writes into its rootfs: the env, then each node as `stat` sees it.
@@ -16,58 +16,12 @@ const SCRIPT: &str = "{ echo $NVIDIA_VISIBLE_DEVICES $MIGRUN_LEASE; \
     for n in nvidia0 nvidia-caps/nvidia-cap* nvidiactl nvidia-uvm nvidia-uvm-tools; \
     do stat -c '%n %F %t:%T %a' /dev/$n 2>&1; done; } > /out";
 
-struct ShimRunc {
-    sim: Sim,
-    runc: Runc,
-    link: PathBuf,
-    config: PathBuf,
+/// The shim with `hook_inject = <how>`: what this file adds to the shared [`ShimRunc`].
+fn shim(hook_inject: &str) -> ShimRunc {
+    ShimRunc::with("h100-80gb:1", &format!("hook_inject = \"{hook_inject}\"\n"))
 }
 
 impl ShimRunc {
-    fn new(hook_inject: &str) -> ShimRunc {
-        let sim = Sim::new("h100-80gb:1");
-        let runc = Runc::new();
-        let dir = sim.tmp.path().join("shim");
-        fs::create_dir_all(&dir).unwrap();
-        let link = dir.join("migrun-runtime");
-        std::os::unix::fs::symlink(migrun_bin(), &link).unwrap();
-        let config = dir.join("config.toml");
-        fs::write(
-            &config,
-            format!(
-                "runtime = \"{}\"\nhook_inject = \"{hook_inject}\"\n",
-                runc.bin().display()
-            ),
-        )
-        .unwrap();
-        ShimRunc {
-            sim,
-            runc,
-            link,
-            config,
-        }
-    }
-
-    /// `migrun-runtime --root <private> ARGS` with stdio closed; (exit code, stderr).
-    fn run(&self, args: &[&str], cwd: &Path) -> (Option<i32>, String) {
-        let err = tempfile::NamedTempFile::new().unwrap();
-        let status = Command::new(&self.link)
-            .env_clear()
-            .envs(self.sim.env())
-            .env("MIGRUN_CONFIG", &self.config)
-            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-            .arg("--root")
-            .arg(self.runc.root())
-            .args(args)
-            .current_dir(cwd)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(err.reopen().unwrap())
-            .status()
-            .unwrap();
-        (status.code(), fs::read_to_string(err.path()).unwrap())
-    }
-
     fn spec_files(&self) -> Vec<String> {
         match fs::read_dir(self.sim.state_dir().join("cdi")) {
             Ok(rd) => rd
@@ -80,8 +34,7 @@ impl ShimRunc {
     /// create through the shim, start, wait for the container to stop, delete through the shim;
     /// returns what the container wrote and the lease it held (id, MIG UUID, GI, CI).
     fn run_container(&self, name: &str) -> (String, (u64, String, u32, u32)) {
-        let b = busybox_bundle(&self.sim.tmp.path().join(name), &["sh", "-c", SCRIPT]);
-        patch_bundle_config(&b, |c| {
+        let b = self.bundle(name, &["sh", "-c", SCRIPT], |c| {
             c["annotations"] = json!({"migrun.profile": "1g.10gb"});
         });
         let id = unique_name("cdi-shim");
@@ -127,7 +80,7 @@ impl ShimRunc {
 
 #[test]
 fn plain_runc_gets_the_slice_s_device_nodes_from_the_shim() {
-    let s = ShimRunc::new("cdi");
+    let s = shim("cdi");
     assert!(
         migrun::engine::runtime::nvidia_hook(Some(std::ffi::OsStr::new(
             "/usr/sbin:/usr/bin:/sbin:/bin"
@@ -171,7 +124,7 @@ fn plain_runc_gets_the_slice_s_device_nodes_from_the_shim() {
 
 #[test]
 fn with_env_injection_the_container_gets_the_env_and_no_nodes() {
-    let s = ShimRunc::new("env");
+    let s = shim("env");
     let (out, (lease, mig, _, _)) = s.run_container("b2");
     let mut lines = out.lines();
     assert_eq!(lines.next(), Some(format!("{mig} {lease}").as_str()));

@@ -7,8 +7,8 @@
 mod common;
 mod hooks_common;
 
-use common::engines::{busybox_bundle, patch_bundle_config, run_ok, unique_name, Runc};
-use hooks_common::*;
+use common::engines::{run_ok, unique_name, Runc};
+use hooks_common::shim_runc::ShimRunc;
 use migrun::engine::runtime::parse_invocation;
 use serde_json::json;
 use std::ffi::OsString;
@@ -16,63 +16,9 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-/// `migrun-runtime` with runc (the private root of `runc`) as its next runtime, on a simulated machine.
-struct ShimRunc {
-    sim: Sim,
-    runc: Runc,
-    link: PathBuf,
-    config: PathBuf,
-}
-
-impl ShimRunc {
-    fn new() -> ShimRunc {
-        ShimRunc::on("h100-80gb:1")
-    }
-
-    /// The same on a simulated machine of the caller's choice.
-    fn on(spec: &str) -> ShimRunc {
-        let sim = Sim::new(spec);
-        let runc = Runc::new();
-        let dir = sim.tmp.path().join("shim");
-        fs::create_dir_all(&dir).unwrap();
-        let link = dir.join("migrun-runtime");
-        std::os::unix::fs::symlink(migrun_bin(), &link).unwrap();
-        let config = dir.join("config.toml");
-        fs::write(&config, format!("runtime = \"{}\"\n", runc.bin().display())).unwrap();
-        ShimRunc {
-            sim,
-            runc,
-            link,
-            config,
-        }
-    }
-
-    /// `migrun-runtime --root <private> ARGS`, stdin and stdout closed (a created container inherits
-    /// them), stderr to a file so waiting for the shim never waits for the container.
-    fn run(&self, args: &[&str], cwd: &Path) -> (Option<i32>, String) {
-        let err = tempfile::NamedTempFile::new().unwrap();
-        let status = Command::new(&self.link)
-            .env_clear()
-            .envs(self.sim.env())
-            .env("MIGRUN_CONFIG", &self.config)
-            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-            .arg("--root")
-            .arg(self.runc.root())
-            .args(args)
-            .current_dir(cwd)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(err.reopen().unwrap())
-            .status()
-            .unwrap();
-        (status.code(), fs::read_to_string(err.path()).unwrap())
-    }
-
-    fn bundle(&self, name: &str, args: &[&str], f: impl FnOnce(&mut serde_json::Value)) -> PathBuf {
-        let b = busybox_bundle(&self.sim.tmp.path().join(name), args);
-        patch_bundle_config(&b, f);
-        b
-    }
+/// The shim on an H100 with one GPU, migrun's config naming only the next runtime.
+fn shim() -> ShimRunc {
+    ShimRunc::with("h100-80gb:1", "")
 }
 
 fn asking(s: &mut serde_json::Value) {
@@ -81,7 +27,7 @@ fn asking(s: &mut serde_json::Value) {
 
 #[test]
 fn a_create_runc_fails_before_any_hook_leaves_no_lease() {
-    let s = ShimRunc::new();
+    let s = shim();
     let b = s.bundle("relcwd", &["true"], |c| {
         asking(c);
         c["process"]["cwd"] = json!("relative/dir");
@@ -101,7 +47,7 @@ fn a_create_runc_fails_before_any_hook_leaves_no_lease() {
 
 #[test]
 fn a_duplicate_container_id_gets_nothing_and_takes_nothing_from_the_first() {
-    let s = ShimRunc::new();
+    let s = shim();
     // A container without a slice holds the id: runc refuses the second create before any hook.
     let plain = s.bundle("plain", &["sleep", "600"], |_| {});
     let taken = unique_name("shim-dup-plain");
@@ -166,17 +112,7 @@ fn a_duplicate_container_id_gets_nothing_and_takes_nothing_from_the_first() {
 
     // The first container's own end releases it (poststop at delete).
     for c in [&id, &taken] {
-        let out = s
-            .runc
-            .cmd()
-            .args(["delete", "--force", c])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        s.force_delete(c);
     }
     assert!(s.sim.leases().is_empty(), "log:\n{}", s.sim.log());
     assert!(s.sim.instances().is_empty());
@@ -184,7 +120,7 @@ fn a_duplicate_container_id_gets_nothing_and_takes_nothing_from_the_first() {
 
 #[test]
 fn run_with_the_bundle_after_the_id_gets_the_slice_from_that_bundle() {
-    let s = ShimRunc::new();
+    let s = shim();
     let b = s.bundle(
         "asking",
         &["sh", "-c", "echo $NVIDIA_VISIBLE_DEVICES > /seen"],
@@ -296,7 +232,7 @@ fn the_shim_reads_runcs_arguments_as_runc_does() {
 /// container gets nothing; the spawner's death no longer frees it, the container's end does.
 #[test]
 fn a_spawners_handover_lease_goes_to_the_container_with_its_token_once() {
-    let s = ShimRunc::new();
+    let s = shim();
     let mut hub = Command::new("sleep").arg("600").spawn().unwrap();
     let out = s
         .sim
@@ -412,17 +348,7 @@ fn a_spawners_handover_lease_goes_to_the_container_with_its_token_once() {
     hub.wait().unwrap();
     run_ok(s.sim.migrun().arg("gc"));
     assert_eq!(s.sim.leases().len(), 1, "the container still holds it");
-    let out = s
-        .runc
-        .cmd()
-        .args(["delete", "--force", &id])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    s.force_delete(&id);
     assert!(s.sim.leases().is_empty(), "log:\n{}", s.sim.log());
     assert!(s.sim.instances().is_empty());
 }
@@ -431,7 +357,7 @@ fn a_spawners_handover_lease_goes_to_the_container_with_its_token_once() {
 /// get two compute instances of one GPU instance, each seeing its own MIG UUID; deleting both leaves nothing.
 #[test]
 fn two_containers_asking_for_a_compute_instance_through_the_shim_share_one_gpu_instance() {
-    let s = ShimRunc::on("a100-80gb:1");
+    let s = ShimRunc::with("a100-80gb:1", "");
     let mut made = Vec::new();
     for n in 0..2 {
         let b = s.bundle(

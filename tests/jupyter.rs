@@ -195,6 +195,26 @@ fn hub(sim: &Sim, docker: &PrivateDockerd, image: &str) {
         let want = if l.mig_uuid == alice { 3001 } else { 3002 };
         assert_eq!(l.uid, want, "{l:?}");
     }
+    // The spawner's give-back after a failed start (`release --if-handover-pending`) leaves a lease
+    // its container took over alone, saying who holds it.
+    let taken = sim
+        .leases()
+        .into_iter()
+        .find(|l| l.mig_uuid == alice)
+        .unwrap();
+    let note =
+        run_ok(
+            sim.migrun()
+                .args(["release", &taken.id.to_string(), "--if-handover-pending"]),
+        );
+    assert!(
+        note.starts_with(&format!(
+            "lease {} not released: docker container",
+            taken.id
+        )),
+        "{note}"
+    );
+    assert_eq!(sim.leases().len(), 2, "kept: {note}");
     check_form(sim, &hub, "carol", &carol_cookies);
 
     // carol's 1g.10gb does not fit while two 3g.40gb hold the GPU: the spawn fails with migrun's

@@ -8,7 +8,8 @@ handing the slice to the server's container. Before docker creates the container
 The container carries the lease and the token in its env (`MIGRUN_LEASE`, `MIGRUN_HANDOVER`, with
 `MIGRUN_PROFILE`) and runs under migrun's docker runtime (`runtime: migrun`); the runtime shim takes the
 lease over for that container, and its poststop hook frees it when the container stops, is culled or dies.
-If the container never starts, the spawner releases the lease; if the hub dies first, `migrun gc` frees it
+If the container never starts, the spawner releases the lease, only while no container has taken it
+(`migrun release N --if-handover-pending`); if the hub dies first, `migrun gc` frees it
 (its holder, the hub's process, is gone). The hub must run as root: only plain root may charge a lease to
 someone else.
 
@@ -284,13 +285,20 @@ class MigrunSpawner(DockerSpawner):
         )
 
     async def _release_unstarted(self, lease):
-        """Give back a lease no container took (the container was removed first, so one that did take
-        it has freed it in its poststop, and migrun then answers that there is no such lease)."""
+        """Give back a lease no container took. Only migrun can tell whether one did (the runtime
+        shim may have taken it over before docker failed), so it is asked to release the lease only
+        while the hub's process still holds it, decided under its lock from its own records
+        (`--if-handover-pending`); a lease a container holds is left to that container's poststop,
+        and one its poststop already freed is answered with "no lease"."""
         try:
-            await self._migrun_json("release", str(lease["lease"]))
+            doc = await self._migrun_json("release", str(lease["lease"]), "--if-handover-pending")
         except MigrunError as e:
             if "no lease" not in str(e):
                 self.log.warning("migrun: could not release lease %s: %s", lease["lease"], e)
+            return
+        outcome = doc.get("outcome") or {}
+        if outcome.get("result") == "not-released":
+            self.log.info("migrun: %s", outcome.get("note"))
 
     async def create_object(self):
         host_config = self._eval_if_callable(self.extra_host_config)

@@ -55,19 +55,29 @@ fn lease_json(l: &Lease) -> serde_json::Value {
     })
 }
 
+/// Refuse a root-only flag to anyone but plain root (not a user through sudo, not another uid), in one
+/// line: `what` it is for, who the caller is, and `next`, what to do instead.
+pub(super) fn plain_root_only(what: &str, next: &str) -> Result<()> {
+    let caller = crate::caller::Caller::current();
+    if caller.is_plain_root() {
+        return Ok(());
+    }
+    Err(InputError::Other(format!(
+        "{what}; you are uid {}{}. {next}",
+        caller.uid,
+        if caller.via_sudo { " through sudo" } else { "" }
+    ))
+    .into())
+}
+
 /// The holder for `--slurm-step`: the step, and the process that ran migrun (slurmstepd, running the SPANK plugin)
 /// as its daemon, with the start time migrun reads itself. Only plain root: the step id is taken on the caller's
 /// word, and a user who could name someone else's step would charge it a slice or keep one alive.
 fn slurm_holder(step: crate::lease::SlurmStep) -> Result<Holder> {
-    let caller = crate::caller::Caller::current();
-    if !caller.is_plain_root() {
-        return Err(InputError::Other(format!(
-            "--slurm-step {step} is for the migrun SPANK plugin inside slurmstepd, which runs as root; you are uid {}{}. Use --holder-pid PID to tie a lease to your own process",
-            caller.uid,
-            if caller.via_sudo { " through sudo" } else { "" }
-        ))
-        .into());
-    }
+    plain_root_only(
+        &format!("--slurm-step {step} is for the migrun SPANK plugin inside slurmstepd, which runs as root"),
+        "Use --holder-pid PID to tie a lease to your own process",
+    )?;
     Ok(Holder::slurm(step, std::os::unix::process::parent_id())?)
 }
 
@@ -90,16 +100,10 @@ fn check_handover(a: &AllocArgs) -> Result<()> {
         )
         .into());
     }
-    let caller = crate::caller::Caller::current();
-    if !caller.is_plain_root() {
-        return Err(InputError::Other(format!(
-            "--handover is for a spawner running as root (JupyterHub's MigrunSpawner) that hands the lease to a container it starts; you are uid {}{}. Start the container with migrun's runtime or launcher instead (docs/jupyter.md)",
-            caller.uid,
-            if caller.via_sudo { " through sudo" } else { "" }
-        ))
-        .into());
-    }
-    Ok(())
+    plain_root_only(
+        "--handover is for a spawner running as root (JupyterHub's MigrunSpawner) that hands the lease to a container it starts",
+        "Start the container with migrun's runtime or launcher instead (docs/jupyter.md)",
+    )
 }
 
 /// Record the hand-over of `lease` (held by the `--holder-pid` process) with a fresh token; the

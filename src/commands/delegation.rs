@@ -80,6 +80,11 @@ pub fn check(
             "`migrun alloc --handover`",
             "only a root spawner (JupyterHub's MigrunSpawner) hands a lease to a container it starts; start containers with the runtime or the launcher".to_string(),
         )),
+        // Giving back a spawner's pending hand-over is the spawner's (root's) business too.
+        Command::Release(a) if a.if_handover_pending => Some((
+            "`migrun release --if-handover-pending`",
+            "only a root spawner (JupyterHub's MigrunSpawner) gives back a lease it handed out; release your own lease with `migrun release LEASE`".to_string(),
+        )),
         Command::Sim(_) if global.simulate.is_none() => Some((
             "`migrun sim`",
             "it only controls simulated GPUs (--simulate)".to_string(),
@@ -217,6 +222,10 @@ mod tests {
             (
                 "migrun alloc --profile 1g.10gb --holder-pid 1 --handover --json",
                 "--handover",
+            ),
+            (
+                "migrun release 1 --if-handover-pending",
+                "--if-handover-pending",
             ),
         ];
         for (line, what) in refused {

@@ -3,6 +3,7 @@
 mod alloc;
 mod cdi;
 mod exit_codes;
+mod handback;
 pub use exit_codes::exit_code_for;
 pub mod delegation;
 mod hook;
@@ -253,6 +254,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Placements(a) => list::placements(&ctx, &a),
         Command::Status(a) => list::status(&ctx, &a),
         Command::Alloc(a) => alloc::alloc(&ctx, &a),
+        Command::Release(a) if a.if_handover_pending => handback::release_if_pending(&ctx, &a),
         Command::Release(a) => alloc::release(&ctx, &a),
         Command::Gc(a) => alloc::gc(&ctx, &a),
         Command::Hook(a) => hook::hook(&ctx, &a),

@@ -3,6 +3,8 @@
 //! a stand-in for nvidia-container-runtime-hook. Engines themselves come from tests/common/engines.rs.
 #![allow(dead_code)]
 
+pub mod shim_runc;
+
 use migrun::gpu::sim::SimBackend;
 use migrun::gpu::{Backend, GpuInstance};
 use migrun::lease::Lease;

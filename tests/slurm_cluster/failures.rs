@@ -4,35 +4,92 @@
 
 use super::*;
 
+/// A step on node2 holding a 1g.10gb slice while it runs `sleep SECS` (each scenario its own SECS, so its task
+/// can be found by its command line): srun, the step's lease once migrun granted it, and the step's job id.
+fn submit_sleep(c: &Cluster, secs: u32) -> (Child, Value, u64) {
+    let child = spawn(
+        c,
+        &[
+            "srun",
+            "-w",
+            NODE2,
+            "--mig=1g.10gb",
+            "sleep",
+            &secs.to_string(),
+        ],
+    );
+    let l = wait_lease(c, NODE2, |_| true);
+    let job = l["holder"]["job"].as_u64().unwrap();
+    (child, l, job)
+}
+
+/// The `sleep SECS` task of [`submit_sleep`] runs (pgrep finds it), waiting up to 30 s.
+fn task_runs(c: &Cluster, secs: u32) -> bool {
+    let pattern = format!("^(/usr/bin/)?sleep {secs}$");
+    c.eventually(Duration::from_secs(30), || {
+        std::process::Command::new("pgrep")
+            .args(["-f", &pattern])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    })
+}
+
+/// Kill the `sleep SECS` task of [`submit_sleep`] with SIGKILL; whether one was there.
+fn kill_task(secs: u32) -> bool {
+    std::process::Command::new("pkill")
+        .args(["-KILL", "-f", &format!("^(/usr/bin/)?sleep {secs}$")])
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Job `job`'s slice on node2 is released within 30 s (`what` says which step it was).
+fn assert_released(c: &Cluster, job: u64, what: &str) {
+    assert!(
+        c.eventually(Duration::from_secs(30), || held_by(c, NODE2, job)
+            .is_empty()),
+        "{what}'s slice is released\n{}",
+        c.logs()
+    );
+}
+
+/// `migrun alloc ARGS` on `node` once per entry of `each` (manual leases that take room); their lease ids.
+fn manual_leases(c: &Cluster, node: &str, each: &[&[&str]]) -> Vec<String> {
+    each.iter()
+        .map(|args| {
+            let o = c.migrun(node).arg("alloc").args(*args).output().unwrap();
+            assert!(o.status.success(), "{}", text(&o));
+            // `MIG-… lease N`
+            String::from_utf8_lossy(&o.stdout)
+                .split_whitespace()
+                .nth(2)
+                .unwrap()
+                .to_string()
+        })
+        .collect()
+}
+
+/// `migrun release ID` on `node` for each of `ids`, insisting on success.
+fn release_all(c: &Cluster, node: &str, ids: &[String]) {
+    for id in ids {
+        let o = c.migrun(node).args(["release", id]).output().unwrap();
+        assert!(o.status.success(), "{}", text(&o));
+    }
+}
+
 /// scancel of a running step, a killed task, a killed slurmstepd: the slice goes back (the last through gc, once
 /// Slurm no longer lists the step).
 pub(crate) fn cancelled_and_killed_steps(c: &Cluster, keep: &[u64]) {
     // scancel
-    let child = spawn(c, &["srun", "-w", NODE2, "--mig=1g.10gb", "sleep", "300"]);
-    let l = wait_lease(c, NODE2, |_| true);
-    let job = l["holder"]["job"].as_u64().unwrap();
+    let (child, _, job) = submit_sleep(c, 300);
     let out = c.run(&["scancel", &job.to_string()]);
     assert!(out.status.success(), "{}", text(&out));
     let _ = finish(child);
-    assert!(
-        c.eventually(Duration::from_secs(30), || held_by(c, NODE2, job)
-            .is_empty()),
-        "a cancelled step's slice is released\n{}",
-        c.logs()
-    );
+    assert_released(c, job, "a cancelled step");
 
     // the task killed
-    let child = spawn(c, &["srun", "-w", NODE2, "--mig=1g.10gb", "sleep", "301"]);
-    let l = wait_lease(c, NODE2, |_| true);
-    let job = l["holder"]["job"].as_u64().unwrap();
+    let (child, _, job) = submit_sleep(c, 301);
     // The lease exists before the task is exec'd: kill it once it runs.
-    let killed = c.eventually(Duration::from_secs(30), || {
-        std::process::Command::new("pkill")
-            .args(["-KILL", "-f", "^(/usr/bin/)?sleep 301$"])
-            .status()
-            .unwrap()
-            .success()
-    });
+    let killed = c.eventually(Duration::from_secs(30), || kill_task(301));
     assert!(killed, "the task ran\n{}", c.logs());
     let out = finish(child);
     assert!(
@@ -40,28 +97,15 @@ pub(crate) fn cancelled_and_killed_steps(c: &Cluster, keep: &[u64]) {
         "srun reports the killed task: {}",
         text(&out)
     );
-    assert!(
-        c.eventually(Duration::from_secs(30), || held_by(c, NODE2, job)
-            .is_empty()),
-        "a killed task's slice is released\n{}",
-        c.logs()
-    );
+    assert_released(c, job, "a killed task");
 
     // slurmstepd killed: the plugin never runs its exit; gc keeps the lease while Slurm lists the step (its task
     // may still run on the slice), and releases it once the step is gone.
-    let child = spawn(c, &["srun", "-w", NODE2, "--mig=1g.10gb", "sleep", "302"]);
-    let l = wait_lease(c, NODE2, |_| true);
-    let job = l["holder"]["job"].as_u64().unwrap();
+    let (child, l, job) = submit_sleep(c, 302);
     let stepd = l["holder"]["pid"].as_u64().unwrap();
     // Kill it only once the task runs: before that, migrun alloc may still be writing its answer, and a migrun whose
     // caller died before learning the lease rolls it back itself (`alloc` exit 1, nothing left to find).
-    let running = c.eventually(Duration::from_secs(30), || {
-        std::process::Command::new("pgrep")
-            .args(["-f", "^(/usr/bin/)?sleep 302$"])
-            .output()
-            .is_ok_and(|o| o.status.success())
-    });
-    assert!(running, "the task ran\n{}", c.logs());
+    assert!(task_runs(c, 302), "the task ran\n{}", c.logs());
     let comm = std::fs::read_to_string(format!("/proc/{stepd}/comm")).unwrap_or_default();
     assert!(
         comm.starts_with("slurmstepd"),
@@ -97,9 +141,7 @@ pub(crate) fn cancelled_and_killed_steps(c: &Cluster, keep: &[u64]) {
     );
     let _ = child.kill();
     let _ = child.wait();
-    let _ = std::process::Command::new("pkill")
-        .args(["-KILL", "-f", "^(/usr/bin/)?sleep 302$"])
-        .output();
+    kill_task(302);
     assert_no_leases_but(
         c,
         keep,
@@ -110,22 +152,14 @@ pub(crate) fn cancelled_and_killed_steps(c: &Cluster, keep: &[u64]) {
 /// `--mig=7g.80gb` while both GPUs of node1 hold a small slice: the step fails with migrun's one-line reason on the
 /// user's terminal, srun exits non-zero, and node1 goes back to idle, not drained.
 pub(crate) fn no_room_fails_the_step_not_the_node(c: &Cluster, keep: &[u64]) {
-    let mut manual = vec![];
-    for gpu in ["0", "1"] {
-        let o = c
-            .migrun(NODE1)
-            .args(["alloc", "--profile", "1g.10gb", "--gpu", gpu])
-            .output()
-            .unwrap();
-        assert!(o.status.success(), "{}", text(&o));
-        manual.push(
-            String::from_utf8_lossy(&o.stdout)
-                .split_whitespace()
-                .nth(2)
-                .unwrap()
-                .to_string(),
-        );
-    }
+    let manual = manual_leases(
+        c,
+        NODE1,
+        &[
+            &["--profile", "1g.10gb", "--gpu", "0"],
+            &["--profile", "1g.10gb", "--gpu", "1"],
+        ],
+    );
     let out = c.run(&["srun", "-w", NODE1, "--mig=7g.80gb", "true"]);
     assert!(
         !out.status.success(),
@@ -151,32 +185,14 @@ pub(crate) fn no_room_fails_the_step_not_the_node(c: &Cluster, keep: &[u64]) {
         "node1 stays in service: {state}\n{}",
         c.logs()
     );
-    for id in manual {
-        let o = c.migrun(NODE1).args(["release", &id]).output().unwrap();
-        assert!(o.status.success(), "{}", text(&o));
-    }
+    release_all(c, NODE1, &manual);
     assert_no_leases_but(c, keep, "after the refused step");
 }
 
 /// A step the scheduler admitted but that cannot be placed (node2's GPU full for 1g.10gb) waits up to --mig-wait
 /// and starts when room appears; without room it fails cleanly when the wait is over.
 pub(crate) fn fragmentation_waits_then_fails(c: &Cluster, keep: &[u64]) {
-    let mut manual = vec![];
-    for _ in 0..4 {
-        let o = c
-            .migrun(NODE2)
-            .args(["alloc", "--profile", "1g.10gb"])
-            .output()
-            .unwrap();
-        assert!(o.status.success(), "{}", text(&o));
-        manual.push(
-            String::from_utf8_lossy(&o.stdout)
-                .split_whitespace()
-                .nth(2)
-                .unwrap()
-                .to_string(),
-        );
-    }
+    let mut manual = manual_leases(c, NODE2, &[&["--profile", "1g.10gb"] as &[&str]; 4]);
     let t = Instant::now();
     let out = c.run(&["srun", "-w", NODE2, "--mig=1g.10gb", "--mig-wait=2", "true"]);
     assert!(!out.status.success(), "{}", text(&out));
@@ -200,12 +216,7 @@ pub(crate) fn fragmentation_waits_then_fails(c: &Cluster, keep: &[u64]) {
         ],
     );
     std::thread::sleep(Duration::from_secs(2));
-    let o = c
-        .migrun(NODE2)
-        .args(["release", &manual.pop().unwrap()])
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", text(&o));
+    release_all(c, NODE2, &[manual.pop().unwrap()]);
     let out = finish(child);
     assert!(
         out.status.success(),
@@ -213,9 +224,6 @@ pub(crate) fn fragmentation_waits_then_fails(c: &Cluster, keep: &[u64]) {
         text(&out)
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "1g.10gb");
-    for id in manual {
-        let o = c.migrun(NODE2).args(["release", &id]).output().unwrap();
-        assert!(o.status.success(), "{}", text(&o));
-    }
+    release_all(c, NODE2, &manual);
     assert_no_leases_but(c, keep, "after the waits");
 }

@@ -26,7 +26,7 @@ use std::time::Duration;
 const MAX_INPUT: u64 = 16 << 20;
 
 mod ops;
-pub(crate) use ops::record_handover;
+pub(crate) use ops::{handover_rel, parse_handover, record_handover};
 
 /// Errors of the hook wiring itself.
 #[derive(Debug, thiserror::Error)]

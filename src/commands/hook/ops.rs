@@ -136,6 +136,29 @@ pub(crate) fn record_handover(
     Ok(())
 }
 
+/// Where the hand-over record of `lease` lives, relative to the state dir.
+pub(crate) fn handover_rel(lease: LeaseId) -> String {
+    CtxOps::handover_rel(lease)
+}
+
+/// The hand-over record of `lease` out of `bytes` (read from [`handover_rel`]), checked to be that
+/// lease's: a record under another lease's name is refused, never followed.
+pub(crate) fn parse_handover(
+    dir: &StateDir,
+    lease: LeaseId,
+    bytes: &[u8],
+) -> Result<Handover, OpsRecordError> {
+    let bad = |why: String| OpsRecordError::Malformed {
+        path: dir.join(&CtxOps::handover_rel(lease)),
+        why,
+    };
+    let h: Handover = serde_json::from_slice(bytes).map_err(|e| bad(e.to_string()))?;
+    if h.lease != lease {
+        return Err(bad(format!("it records lease {}, not {lease}", h.lease)));
+    }
+    Ok(h)
+}
+
 fn into_ops(e: anyhow::Error) -> OpsError {
     e.into()
 }
@@ -206,19 +229,7 @@ impl LeaseOps for CtxOps<'_> {
         let Some(bytes) = dir.read(&rel)? else {
             return Ok(None);
         };
-        let h: Handover =
-            serde_json::from_slice(&bytes).map_err(|e| OpsRecordError::Malformed {
-                path: dir.join(&rel),
-                why: e.to_string(),
-            })?;
-        if h.lease != lease {
-            return Err(OpsRecordError::Malformed {
-                path: dir.join(&rel),
-                why: format!("it records lease {}, not {lease}", h.lease),
-            }
-            .into());
-        }
-        Ok(Some(h))
+        Ok(Some(parse_handover(&dir, lease, &bytes)?))
     }
 
     fn drop_handover(&mut self, lease: LeaseId) -> Result<(), OpsError> {
