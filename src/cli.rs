@@ -360,6 +360,11 @@ pub enum SimAction {
         #[arg(long)]
         profile: String,
     },
+    /// Show or set the simulated driver's latency per operation (`off`, `model`, or `[model,]OP=MS,...`; docs/benchmarks.md)
+    Latency {
+        /// New setting; without it the current one is printed
+        setting: Option<crate::gpu::sim::Latency>,
+    },
     /// Pretend N compute processes run on a GPU instance (0 ends them)
     SetProcesses {
         /// GPU index
