@@ -138,20 +138,33 @@ impl FromStr for Latency {
                 "model" if i == 0 => out = Latency::MODEL,
                 "" => return Err(bad("an empty item".into())),
                 _ => {
-                    let (op, ms) = item
-                        .split_once('=')
-                        .ok_or_else(|| bad(format!("{:?} is not OP=MS", item.escape_debug().to_string())))?;
+                    let (op, ms) = item.split_once('=').ok_or_else(|| {
+                        bad(format!(
+                            "{:?} is not OP=MS",
+                            item.escape_debug().to_string()
+                        ))
+                    })?;
                     let op = DriverOp::ALL
                         .iter()
                         .find(|(_, n)| *n == op.trim())
                         .map(|(o, _)| *o)
-                        .ok_or_else(|| bad(format!("unknown operation {:?}", op.escape_debug().to_string())))?;
-                    let ms: u32 = ms
-                        .trim()
-                        .parse()
-                        .ok()
-                        .filter(|m| *m <= MAX_MS)
-                        .ok_or_else(|| bad(format!("{:?} is not a whole number of milliseconds up to {MAX_MS}", ms.escape_debug().to_string())))?;
+                        .ok_or_else(|| {
+                            bad(format!(
+                                "unknown operation {:?}",
+                                op.escape_debug().to_string()
+                            ))
+                        })?;
+                    let ms: u32 =
+                        ms.trim()
+                            .parse()
+                            .ok()
+                            .filter(|m| *m <= MAX_MS)
+                            .ok_or_else(|| {
+                                bad(format!(
+                                    "{:?} is not a whole number of milliseconds up to {MAX_MS}",
+                                    ms.escape_debug().to_string()
+                                ))
+                            })?;
                     *out.slot(op) = ms;
                 }
             }
@@ -191,10 +204,24 @@ mod tests {
         let only: Latency = "create-gi=5".parse().unwrap();
         assert_eq!(only.of(DriverOp::CreateGi), Duration::from_millis(5));
         assert_eq!(only.of(DriverOp::Init), Duration::ZERO);
-        assert_eq!(Latency::MODEL.to_string().parse::<Latency>().unwrap(), Latency::MODEL);
-        for bad in ["", "fast", "create-gi", "make-gi=3", "create-gi=-1", "create-gi=999999999", "create-gi=1,model"] {
+        assert_eq!(
+            Latency::MODEL.to_string().parse::<Latency>().unwrap(),
+            Latency::MODEL
+        );
+        for bad in [
+            "",
+            "fast",
+            "create-gi",
+            "make-gi=3",
+            "create-gi=-1",
+            "create-gi=999999999",
+            "create-gi=1,model",
+        ] {
             let e = bad.parse::<Latency>().unwrap_err().to_string();
-            assert!(e.contains("bad latency setting") && !e.contains('\n'), "{bad}: {e}");
+            assert!(
+                e.contains("bad latency setting") && !e.contains('\n'),
+                "{bad}: {e}"
+            );
         }
     }
 }

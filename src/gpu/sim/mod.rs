@@ -213,7 +213,10 @@ impl SimBackend {
         };
         // Load once so that a mismatching or corrupt state file is reported before anything else; this is the
         // simulated driver's init, and takes as long as the model says.
-        backend.store.update(&backend.spec, |m| m.latency)?.wait(DriverOp::Init);
+        backend
+            .store
+            .update(&backend.spec, |m| m.latency)?
+            .wait(DriverOp::Init);
         Ok(backend)
     }
 
@@ -225,7 +228,10 @@ impl SimBackend {
             store: SimStore::new_read_only(state_dir.join(SIM_FILE)),
             spec,
         };
-        backend.store.update(&backend.spec, |m| m.latency)?.wait(DriverOp::Init);
+        backend
+            .store
+            .update(&backend.spec, |m| m.latency)?
+            .wait(DriverOp::Init);
         Ok(backend)
     }
 
@@ -306,9 +312,12 @@ impl Backend for SimBackend {
         })
     }
     fn create_gi(&mut self, gpu: u32, profile_id: u32, start: u32) -> Result<u32, GpuError> {
-        let res = self.timed_op(Some(DriverOp::CreateGi), "creating a GPU instance", gpu, |m| {
-            m.create_gi(gpu, profile_id, start)
-        });
+        let res = self.timed_op(
+            Some(DriverOp::CreateGi),
+            "creating a GPU instance",
+            gpu,
+            |m| m.create_gi(gpu, profile_id, start),
+        );
         match res {
             Err(GpuError::Nvml {
                 code: Code::NotSupported,
@@ -326,9 +335,12 @@ impl Backend for SimBackend {
         }
     }
     fn create_default_ci(&mut self, gpu: u32, gi: u32) -> Result<ComputeInstance, GpuError> {
-        self.timed_op(Some(DriverOp::CreateCi), "creating the default compute instance", gpu, |m| {
-            m.create_default_ci(gpu, gi)
-        })
+        self.timed_op(
+            Some(DriverOp::CreateCi),
+            "creating the default compute instance",
+            gpu,
+            |m| m.create_default_ci(gpu, gi),
+        )
     }
     fn ci_profiles(&mut self, gpu: u32, gi: u32) -> Result<Vec<CiProfile>, GpuError> {
         self.op("reading compute instance profiles", gpu, |m| {
@@ -342,9 +354,12 @@ impl Backend for SimBackend {
         profile_id: u32,
         start: u32,
     ) -> Result<ComputeInstance, GpuError> {
-        self.timed_op(Some(DriverOp::CreateCi), "creating a compute instance", gpu, |m| {
-            m.create_ci(gpu, gi, profile_id, start)
-        })
+        self.timed_op(
+            Some(DriverOp::CreateCi),
+            "creating a compute instance",
+            gpu,
+            |m| m.create_ci(gpu, gi, profile_id, start),
+        )
     }
     fn ci_placements(&mut self, gpu: u32, gi: u32) -> Result<Vec<CiPlacement>, GpuError> {
         self.op("listing compute instances", gpu, |m| {
@@ -352,14 +367,20 @@ impl Backend for SimBackend {
         })
     }
     fn destroy_ci(&mut self, gpu: u32, gi: u32, ci: u32) -> Result<(), GpuError> {
-        self.timed_op(Some(DriverOp::DestroyCi), "destroying a compute instance", gpu, |m| {
-            m.destroy_ci(gpu, gi, ci)
-        })
+        self.timed_op(
+            Some(DriverOp::DestroyCi),
+            "destroying a compute instance",
+            gpu,
+            |m| m.destroy_ci(gpu, gi, ci),
+        )
     }
     fn destroy_gi(&mut self, gpu: u32, gi: u32) -> Result<(), GpuError> {
-        self.timed_op(Some(DriverOp::DestroyGi), "destroying a GPU instance", gpu, |m| {
-            m.destroy_gi(gpu, gi)
-        })
+        self.timed_op(
+            Some(DriverOp::DestroyGi),
+            "destroying a GPU instance",
+            gpu,
+            |m| m.destroy_gi(gpu, gi),
+        )
     }
     fn set_mig_mode(&mut self, gpu: u32, enable: bool) -> Result<MigMode, GpuError> {
         self.timed_op(Some(DriverOp::MigMode), "setting MIG mode", gpu, |m| {
@@ -373,7 +394,9 @@ impl Backend for SimBackend {
     /// One locked read of the state file for the whole machine, instead of the default's one per GPU and call:
     /// every allocation and hook takes a snapshot, and it must also be consistent across GPUs.
     fn snapshot(&mut self) -> Result<MigState, GpuError> {
-        let (lat, state) = self.store.update(&self.spec, |m| (m.latency, Self::read_all(m)))?;
+        let (lat, state) = self
+            .store
+            .update(&self.spec, |m| (m.latency, Self::read_all(m)))?;
         lat.wait(DriverOp::List);
         state
     }
