@@ -14,9 +14,9 @@ fn h100() -> Sim {
 #[test]
 fn every_step_names_a_crash_point() {
     use migrun::alloc::testhook::{ALLOC_STEPS, EVICT_STEPS, RELEASE_STEPS};
-    assert_eq!(ALLOC_STEPS.len(), 6);
+    assert_eq!(ALLOC_STEPS.len(), 7);
     assert!(ALLOC_STEPS.contains(&"after-create-gi"));
-    assert_eq!(RELEASE_STEPS.len(), 4);
+    assert_eq!(RELEASE_STEPS.len(), 5);
     assert_eq!(EVICT_STEPS.len(), 2);
 }
 

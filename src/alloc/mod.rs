@@ -10,8 +10,10 @@
 //! Engines tell this module whether a container holder is still alive through `HolderProbe`, so
 //! gc never needs to know docker, podman or containerd.
 //!
-//! Every change happens under the registry lock (`alloc.lock`), held from the snapshot through the
-//! plan, the create and the lease record, so two processes never pick the same instance or placement.
+//! Every record changes under the registry lock (`alloc.lock`), but no driver create or destroy runs under it
+//! (`inflight`, issue 23): a create is planned and reserved (its intent journalled) under the lock, made
+//! outside it and committed under it again; a release claims its destroy under the lock and destroys outside
+//! it. Planners see live reservations as taken, so two processes never pick the same instance or placement.
 //! Before each allocation (and in `migrun gc`) the registry is reconciled with the device
 //! (`sweep`): crashed allocations are repaired from their intents, leases of dead holders released,
 //! draining instances destroyed, and leases of vanished instances dropped. The on-disk protocol is
@@ -20,6 +22,7 @@
 mod account;
 mod apply;
 pub mod binding;
+mod inflight;
 mod outcome;
 mod reconcile;
 mod request;
@@ -29,7 +32,7 @@ mod wait;
 
 pub use account::ledger_of;
 use account::registry;
-pub(crate) use apply::apply;
+pub(crate) use apply::{apply, Applied};
 pub use outcome::ReleaseOutcome;
 pub(crate) use reconcile::{sweep, sweep_records, Swept};
 pub(crate) use request::{check_limits, check_name, plan_request};
@@ -38,7 +41,6 @@ pub(crate) use wait::clock;
 
 use crate::config::Config;
 use crate::gpu::{Backend, Code, GpuError};
-use crate::lease::ledger::EndReason;
 use crate::lease::{self, CreatedRecord, Holder, Lease, LeaseError, LeaseId, LeaseName, Registry};
 use crate::policy::plan::{self, Want};
 use crate::policy::NoRoom;
@@ -47,7 +49,7 @@ use crate::statedir::StateDir;
 use std::time::{Duration, Instant};
 
 use apply::evict;
-use reconcile::finish;
+use inflight::release_with;
 use request::unsatisfiable;
 
 /// An allocation request, already validated by the caller.
@@ -297,20 +299,23 @@ fn allocate_in(
 ) -> Result<Lease, AllocError> {
     let reg = reg.clone();
     let mut queue = wait::Queue::new(&reg, req);
+    let mut retries = 0;
     loop {
         // A waiter looks again after a release or every second; a newcomer looks at once.
         let mut ahead = queue.ahead()?;
         if queue.due() || !queue.has_ticket() {
-            let _lock = reg.lock()?;
+            let lock = reg.lock()?;
             let (held, n_ahead) = queue.held_ahead_locked()?;
             ahead = n_ahead;
             queue.planning();
             let mut report = GcReport::default();
             let Swept {
                 mut state,
-                leases,
+                mut leases,
                 created,
             } = sweep_records(backend, &reg, config, probe, &mut report)?;
+            // Creates of other processes in flight (outside the lock) hold their places, limits and names.
+            inflight::overlay(&mut state, &mut leases, &reg.intents()?);
             if !report.is_empty() {
                 tracing::info!(?report, "reconciled before allocating");
                 account::gc(&reg, &report);
@@ -353,22 +358,32 @@ fn allocate_in(
             }
             // Someone outside migrun (an admin's nvidia-smi) may take the chosen placement between
             // our snapshot and the create; the driver then says INSUFFICIENT_RESOURCES. Look again.
-            for retry in 0..=CREATE_RETRIES {
-                let Ok(p) = &planned else { break };
-                match apply(backend, &reg, &state, p, req) {
-                    Ok(lease) => {
+            if let Ok(p) = &planned {
+                match apply(&reg, &state, p, req)? {
+                    Applied::Leased(lease) => {
                         queue.done();
                         return Ok(lease);
                     }
-                    Err(AllocError::Gpu(e))
-                        if retry < CREATE_RETRIES
-                            && e.code() == Some(Code::InsufficientResources) =>
-                    {
-                        tracing::info!(error = %e, "placement taken under us; planning again");
-                        state = backend.snapshot()?;
-                        planned = plan::plan(&state, &leases, &preq);
+                    Applied::Reserved(r) => {
+                        // The driver work runs without the lock: other requests plan, reuse and release meanwhile.
+                        drop(lock);
+                        match inflight::build(backend, &reg, r) {
+                            Ok(lease) => {
+                                queue.done();
+                                return Ok(lease);
+                            }
+                            Err(e)
+                                if retries < CREATE_RETRIES
+                                    && inflight::gpu_code(&e)
+                                        == Some(Code::InsufficientResources) =>
+                            {
+                                tracing::info!(error = %e, "placement taken under us; planning again");
+                                retries += 1;
+                                continue;
+                            }
+                            Err(e) => return Err(e),
+                        }
                     }
-                    Err(e) => return Err(e),
                 }
             }
             let Err(mut nr) = planned else {
@@ -426,44 +441,6 @@ fn find_lease(reg: &Registry, target: &str) -> Result<Lease, AllocError> {
         }
         .into()
     })
-}
-
-/// End a lease found by `pick` (under the lock), retrying a busy destroy with backoff (the lock is
-/// dropped while sleeping). `None` when `pick` finds no lease at the first attempt.
-fn release_with<F>(
-    backend: &mut dyn Backend,
-    dir: &StateDir,
-    config: &Config,
-    mut pick: F,
-) -> Result<Option<ReleaseOutcome>, AllocError>
-where
-    F: FnMut(&Registry) -> Result<Option<Lease>, AllocError>,
-{
-    let reg = registry(dir, config, backend)?;
-    let mut last: Option<Lease> = None;
-    for attempt in 0..=RELEASE_BACKOFF_MS.len() {
-        if attempt > 0 {
-            std::thread::sleep(Duration::from_millis(RELEASE_BACKOFF_MS[attempt - 1]));
-        }
-        let _lock = reg.lock()?;
-        let Some(l) = pick(&reg)? else {
-            // Gone between attempts: gc (or an allocation's sweep) finished destroying it.
-            return Ok(last.map(|l| ReleaseOutcome::Destroyed {
-                lease: l.id,
-                mig_uuid: l.mig_uuid,
-            }));
-        };
-        last = Some(l.clone());
-        let mut state = backend.snapshot()?;
-        binding::bind(reg.dir(), &backend.kind(), &state, config)?;
-        let outcome = finish(backend, &reg, config, &mut state, l, EndReason::Released)?;
-        if !matches!(outcome, ReleaseOutcome::Draining { .. })
-            || attempt == RELEASE_BACKOFF_MS.len()
-        {
-            return Ok(Some(outcome));
-        }
-    }
-    unreachable!("the loop returns on its last attempt")
 }
 
 /// Release by lease id, MIG UUID or name. `caller_uid` is the invoking user under sudo (only their own leases), `None` for plain root.
