@@ -248,6 +248,7 @@ pub(super) fn release_with<F>(
     backend: &mut dyn Backend,
     dir: &StateDir,
     config: &Config,
+    detach: bool,
     mut pick: F,
 ) -> Result<Option<ReleaseOutcome>, AllocError>
 where
@@ -273,6 +274,11 @@ where
         let outcome = match begin_end(&reg, config, &mut state, l, EndReason::Released)? {
             Ending::Done(o) => o,
             // The destroy runs without the lock, claimed by an intent so that gc leaves it to this process.
+            // Detached: the lease is draining (journalled), and a worker the caller starts destroys it.
+            Ending::Destroy(job) if detach => ReleaseOutcome::Releasing {
+                lease: job.lease.id,
+                mig_uuid: job.lease.mig_uuid.clone(),
+            },
             Ending::Destroy(job) => {
                 let DestroyJob {
                     lease,

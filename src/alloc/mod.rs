@@ -467,7 +467,7 @@ pub(crate) fn release(
         }
         l
     };
-    let out = release_with(backend, dir, config, |reg| Ok(reg.lease(wanted.id)?))?;
+    let out = release_with(backend, dir, config, false, |reg| Ok(reg.lease(wanted.id)?))?;
     // Released by someone else in between: the instance is taken care of either way.
     Ok(out.unwrap_or(ReleaseOutcome::Gone {
         lease: wanted.id,
@@ -476,11 +476,13 @@ pub(crate) fn release(
 }
 
 /// Release the lease held by container `id` (poststop, shim, launcher). Idempotent: no lease -> `NoLease`.
+/// `detach`: leave a destroy to a worker the caller starts (`Releasing`), so the container's end does not wait.
 pub(crate) fn release_container(
     backend: &mut dyn Backend,
     dir: &StateDir,
     config: &Config,
     container_id: &str,
+    detach: bool,
 ) -> Result<ReleaseOutcome, AllocError> {
     let pick = |reg: &Registry| -> Result<Option<Lease>, AllocError> {
         Ok(reg
@@ -488,7 +490,7 @@ pub(crate) fn release_container(
             .into_iter()
             .find(|l| matches!(&l.holder, Holder::Container { id, .. } if id == container_id)))
     };
-    Ok(release_with(backend, dir, config, pick)?.unwrap_or(ReleaseOutcome::NoLease))
+    Ok(release_with(backend, dir, config, detach, pick)?.unwrap_or(ReleaseOutcome::NoLease))
 }
 
 /// Release lease `id` only if `holds` says, under the lock, that it is still the caller's (hooks and the
@@ -500,11 +502,28 @@ pub(crate) fn release_if(
     config: &Config,
     id: LeaseId,
     holds: &dyn Fn(&Lease) -> bool,
+    detach: bool,
 ) -> Result<ReleaseOutcome, AllocError> {
     let pick = |reg: &Registry| -> Result<Option<Lease>, AllocError> {
         Ok(reg.lease(id)?.filter(|l| holds(l)))
     };
-    Ok(release_with(backend, dir, config, pick)?.unwrap_or(ReleaseOutcome::NoLease))
+    Ok(release_with(backend, dir, config, detach, pick)?.unwrap_or(ReleaseOutcome::NoLease))
+}
+
+/// The detached worker's job (`migrun __finish-release`): destroy the instance of draining lease `id` outside the
+/// lock, claimed so that gc leaves it alone meanwhile. `NoLease` when the lease is no longer draining (gc, or a
+/// request that took the releasing instance over, got there first).
+pub(crate) fn finish_release(
+    backend: &mut dyn Backend,
+    dir: &StateDir,
+    config: &Config,
+    id: LeaseId,
+) -> Result<ReleaseOutcome, AllocError> {
+    let pick = |reg: &Registry| -> Result<Option<Lease>, AllocError> {
+        let claimed = reg.intents()?.iter().any(|i| i.destroy && i.lease == id && i.in_flight());
+        Ok(reg.lease(id)?.filter(|l| l.state == lease::LeaseState::Draining && !claimed))
+    };
+    Ok(release_with(backend, dir, config, false, pick)?.unwrap_or(ReleaseOutcome::NoLease))
 }
 
 /// Give lease `id` to `holder` if `holds` says, under the lock, that it may be (a hook's hand-over

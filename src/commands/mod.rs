@@ -261,6 +261,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Metrics => ops::metrics(&ctx),
         Command::Sim(a) => sim::sim(&ctx, &a),
         Command::Watch(a) => launch::watch(&ctx, &a),
+        Command::FinishRelease(a) => launch::finish_release(&ctx, &a),
         Command::Completions(_) | Command::Man => unreachable!("handled above"),
     }
 }
