@@ -378,7 +378,11 @@ fn spawn_watcher(ctx: &Ctx, lease: &Lease, id: &str, engine_tag: &str) -> Result
 
 /// Start `migrun __finish-release --lease ID` detached: the destroy of a lease a container's end left releasing
 /// (issue 23). Same backend, state dir and config as this process; it writes to the watcher's log.
-pub(crate) fn spawn_finisher(ctx: &Ctx, dir: &StateDir, lease: u64) -> Result<u32> {
+pub(crate) fn spawn_finisher(
+    ctx: &Ctx,
+    dir: &StateDir,
+    lease: u64,
+) -> Result<std::process::Child> {
     let exe = std::env::current_exe().context("finding migrun's own binary")?;
     let mut c = Command::new(exe);
     if let Some(s) = &ctx.global.simulate {
@@ -401,7 +405,7 @@ pub(crate) fn spawn_finisher(ctx: &Ctx, dir: &StateDir, lease: u64) -> Result<u3
         .stderr(stderr)
         .spawn()
         .context("starting `migrun __finish-release`")?;
-    Ok(child.id())
+    Ok(child)
 }
 
 /// `migrun __finish-release`: destroy a releasing lease's instance, outside the lock, then drop its records.

@@ -276,14 +276,39 @@ impl Session<'_> {
     /// A release that left its destroy to a worker: start it (`migrun __finish-release`), detached, so the
     /// container's end does not wait for the driver. If it cannot start, gc (or the next allocation's sweep)
     /// destroys the draining instance; the outcome says so either way.
+    /// It waits for the worker up to `release_wait_ms` (a driver that destroys at once still reports `Destroyed`);
+    /// past that it returns, and the worker carries on alone.
     fn detach_destroy(&self, out: ReleaseOutcome) -> ReleaseOutcome {
-        let ReleaseOutcome::Releasing { lease, .. } = &out else {
+        let ReleaseOutcome::Releasing { lease, mig_uuid } = &out else {
             return out;
         };
-        if let Err(e) = crate::commands::launch::spawn_finisher(self.ctx, &self.dir, *lease) {
-            tracing::warn!(lease, error = %e, "could not start the background destroy; gc finishes it");
+        let mut child = match crate::commands::launch::spawn_finisher(self.ctx, &self.dir, *lease) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(lease, error = %e, "could not start the background destroy; gc finishes it");
+                return out;
+            }
+        };
+        let until = std::time::Instant::now()
+            + std::time::Duration::from_millis(self.ctx.config.release_wait_ms);
+        loop {
+            match child.try_wait() {
+                Ok(Some(st)) if st.success() => {
+                    let gone = alloc::leases(&self.dir)
+                        .is_ok_and(|ls| ls.iter().all(|l| l.id != *lease));
+                    if gone {
+                        return ReleaseOutcome::Destroyed {
+                            lease: *lease,
+                            mig_uuid: mig_uuid.clone(),
+                        };
+                    }
+                    return out;
+                }
+                Ok(Some(_)) | Err(_) => return out,
+                Ok(None) if std::time::Instant::now() >= until => return out,
+                Ok(None) => std::thread::sleep(std::time::Duration::from_millis(2)),
+            }
         }
-        out
     }
 
     /// Release the lease held by docker container `container` (the launcher's watcher).
