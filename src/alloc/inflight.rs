@@ -211,6 +211,63 @@ pub(crate) fn overlay(state: &mut MigState, leases: &mut Vec<Lease>, intents: &[
     }
 }
 
+/// Draining leases whose instance is still whole and migrun's, with no destroy claimed yet: a request of the same
+/// profile may take the instance over (issue 23).
+pub(super) fn releasing(
+    state: &MigState,
+    leases: &[Lease],
+    created: &[CreatedRecord],
+    intents: &[Intent],
+) -> Vec<Lease> {
+    // Idle (no compute process) and whole: a busy draining instance stays draining, named as such.
+    let idle = |l: &Lease| {
+        state.gpus.iter().any(|g| {
+            g.info.uuid == l.gpu_uuid
+                && g.instances.iter().any(|i| {
+                    i.id == l.gi
+                        && i.processes == 0
+                        && i.compute_instances.iter().any(|c| c.mig_uuid == l.mig_uuid)
+                })
+        })
+    };
+    leases
+        .iter()
+        .filter(|l| l.state == LeaseState::Draining && l.created && idle(l))
+        .filter(|l| {
+            !intents
+                .iter()
+                .any(|i| i.destroy && i.lease == l.id && i.in_flight())
+        })
+        .filter(|l| {
+            created
+                .iter()
+                .any(|r| r.gpu_uuid == l.gpu_uuid && r.gi == l.gi && r.mig_uuid == l.mig_uuid)
+        })
+        .cloned()
+        .collect()
+}
+
+/// Before a plan that reuses a releasing instance is applied (under the lock): drop the draining lease first, so a
+/// crash between the two leaves a kept idle instance of migrun's (reusable, never destroyed under a live lease).
+pub(super) fn take_over(
+    reg: &Registry,
+    plan: &crate::policy::Plan,
+    releasing: &[Lease],
+) -> Result<(), AllocError> {
+    let crate::policy::Plan::Reuse { gi, mig_uuid, .. } = plan else {
+        return Ok(());
+    };
+    if let Some(old) = releasing
+        .iter()
+        .find(|l| l.gi == *gi && &l.mig_uuid == mig_uuid)
+    {
+        reg.remove_lease(old.id)?;
+        crash_point("reuse-releasing-after-drop");
+        tracing::info!(lease = old.id, mig = %old.mig_uuid, "a releasing instance is taken over instead of destroyed");
+    }
+    Ok(())
+}
+
 /// A GPU error as the driver gave it (for the retry on a placement taken by someone outside migrun).
 pub(super) fn gpu_code(e: &AllocError) -> Option<crate::gpu::Code> {
     match e {

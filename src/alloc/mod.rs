@@ -313,9 +313,11 @@ fn allocate_in(
                 mut state,
                 mut leases,
                 created,
-            } = sweep_records(backend, &reg, config, probe, &mut report)?;
+            } = sweep_records(backend, &reg, config, probe, &mut report, true)?;
             // Creates of other processes in flight (outside the lock) hold their places, limits and names.
-            inflight::overlay(&mut state, &mut leases, &reg.intents()?);
+            let intents = reg.intents()?;
+            let swept_leases = leases.clone();
+            inflight::overlay(&mut state, &mut leases, &intents);
             if !report.is_empty() {
                 tracing::info!(?report, "reconciled before allocating");
                 account::gc(&reg, &report);
@@ -330,6 +332,13 @@ fn allocate_in(
             // concurrent requests cannot both take the last allowed lease.
             check_limits(config, &leases, req.uid)?;
             check_name(&leases, req.name.as_ref())?;
+            // An instance still releasing (draining, its destroy not claimed yet) is free for the planner: a request
+            // of its profile takes it over instead of a destroy and a create.
+            let releasing = inflight::releasing(&state, &leases, &created, &intents);
+            let leases: Vec<Lease> = leases
+                .into_iter()
+                .filter(|l| !releasing.iter().any(|r| r.id == l.id))
+                .collect();
             let full = plan_request(&state, config, req, &created, &leases)?;
             // What could never fit is said at once, whoever waits; what fits now, but only on
             // GPUs that earlier waiters hold back, waits behind them.
@@ -353,12 +362,15 @@ fn allocate_in(
                 if let Some(victims) = plan::evictions(&state, &leases, &preq) {
                     evict(backend, &reg, &state, &victims)?;
                     state = backend.snapshot()?;
+                    // The fresh snapshot must hide and hold live reservations too.
+                    inflight::overlay(&mut state, &mut swept_leases.clone(), &intents);
                     planned = plan::plan(&state, &leases, &preq);
                 }
             }
             // Someone outside migrun (an admin's nvidia-smi) may take the chosen placement between
             // our snapshot and the create; the driver then says INSUFFICIENT_RESOURCES. Look again.
             if let Ok(p) = &planned {
+                inflight::take_over(&reg, p, &releasing)?;
                 match apply(&reg, &state, p, req)? {
                     Applied::Leased(lease) => {
                         queue.done();
@@ -520,8 +532,13 @@ pub(crate) fn finish_release(
     id: LeaseId,
 ) -> Result<ReleaseOutcome, AllocError> {
     let pick = |reg: &Registry| -> Result<Option<Lease>, AllocError> {
-        let claimed = reg.intents()?.iter().any(|i| i.destroy && i.lease == id && i.in_flight());
-        Ok(reg.lease(id)?.filter(|l| l.state == lease::LeaseState::Draining && !claimed))
+        let claimed = reg
+            .intents()?
+            .iter()
+            .any(|i| i.destroy && i.lease == id && i.in_flight());
+        Ok(reg
+            .lease(id)?
+            .filter(|l| l.state == lease::LeaseState::Draining && !claimed))
     };
     Ok(release_with(backend, dir, config, false, pick)?.unwrap_or(ReleaseOutcome::NoLease))
 }

@@ -100,6 +100,9 @@ fn forget_record(reg: &Registry, l: &Lease) -> Result<(), AllocError> {
     Ok(())
 }
 
+/// How long an allocation's sweep leaves a freshly released lease to its background worker (issue 23).
+const RELEASING_GRACE_S: u64 = 30;
+
 /// Why a destroy did not happen.
 pub(super) enum DestroyError {
     /// The instance runs processes (or the driver says IN_USE): never destroy it now.
@@ -334,7 +337,7 @@ pub(crate) fn sweep(
     probe: &dyn HolderProbe,
     report: &mut GcReport,
 ) -> Result<MigState, AllocError> {
-    Ok(sweep_records(backend, reg, config, probe, report)?.state)
+    Ok(sweep_records(backend, reg, config, probe, report, false)?.state)
 }
 
 /// What a sweep leaves: the device state and the registry's records, as they are after it.
@@ -353,6 +356,7 @@ pub(crate) fn sweep_records(
     config: &Config,
     probe: &dyn HolderProbe,
     report: &mut GcReport,
+    leave_releasing: bool,
 ) -> Result<Swept, AllocError> {
     let mut state = backend.snapshot()?;
     // Before any record is acted on: the records must be about this machine's GPUs.
@@ -362,7 +366,13 @@ pub(crate) fn sweep_records(
     // (planners see it as taken) or a release's destroy (its draining lease is that process's to finish).
     let (in_flight, intents): (Vec<Intent>, Vec<Intent>) =
         reg.intents()?.into_iter().partition(Intent::in_flight);
-    let destroying = |l: &Lease| in_flight.iter().any(|i| i.destroy && i.lease == l.id);
+    // An allocation's sweep also leaves a lease a container's end left releasing moments ago to its worker (which
+    // may not have claimed it yet) and to a request that can take the instance over; `migrun gc` does not wait.
+    let now = lease::now();
+    let destroying = |l: &Lease| {
+        in_flight.iter().any(|i| i.destroy && i.lease == l.id)
+            || (leave_releasing && now.saturating_sub(l.updated_at) < RELEASING_GRACE_S)
+    };
     // What a create in flight is making is not for this sweep to judge: a half-made GI may even carry the GI id of a
     // draining lease whose instance is gone (the driver reuses ids), and must not be destroyed for it. A planner never
     // reserves a place an instance of a live lease holds, so nothing leased is hidden here.

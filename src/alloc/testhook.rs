@@ -34,6 +34,9 @@ pub const ALLOC_STEPS: &[&str] = &[
 /// Crash points of an allocation that first destroys idle kept instances to make room.
 pub const EVICT_STEPS: &[&str] = &["evict-after-intent", "evict-after-destroy"];
 
+/// The crash point of an allocation that takes over an instance still releasing (issue 23).
+pub const TAKEOVER_STEPS: &[&str] = &["reuse-releasing-after-drop"];
+
 /// Every crash point of a release that destroys an instance, in order.
 pub const RELEASE_STEPS: &[&str] = &[
     "release-after-mark-draining",

@@ -378,11 +378,7 @@ fn spawn_watcher(ctx: &Ctx, lease: &Lease, id: &str, engine_tag: &str) -> Result
 
 /// Start `migrun __finish-release --lease ID` detached: the destroy of a lease a container's end left releasing
 /// (issue 23). Same backend, state dir and config as this process; it writes to the watcher's log.
-pub(crate) fn spawn_finisher(
-    ctx: &Ctx,
-    dir: &StateDir,
-    lease: u64,
-) -> Result<std::process::Child> {
+pub(crate) fn spawn_finisher(ctx: &Ctx, dir: &StateDir, lease: u64) -> Result<std::process::Child> {
     let exe = std::env::current_exe().context("finding migrun's own binary")?;
     let mut c = Command::new(exe);
     if let Some(s) = &ctx.global.simulate {

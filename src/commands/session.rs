@@ -294,8 +294,8 @@ impl Session<'_> {
         loop {
             match child.try_wait() {
                 Ok(Some(st)) if st.success() => {
-                    let gone = alloc::leases(&self.dir)
-                        .is_ok_and(|ls| ls.iter().all(|l| l.id != *lease));
+                    let gone =
+                        alloc::leases(&self.dir).is_ok_and(|ls| ls.iter().all(|l| l.id != *lease));
                     if gone {
                         return ReleaseOutcome::Destroyed {
                             lease: *lease,

@@ -424,3 +424,24 @@ pub fn creates_run_outside_the_lock(sim: &Sim) {
         .collect();
     assert_eq!(placements.len(), 3, "three placements: {status:#}");
 }
+
+/// Killed while taking over an instance still releasing (issue 23): the release's worker died at its claim, so
+/// the instance is whole and releasing; the next request of its profile drops the draining lease and is killed
+/// before it writes its own. gc then finds migrun's instance idle and unleased: it stays, migrun's (never
+/// destroyed under a lease, never lost), and the next request reuses it.
+pub fn killed_while_taking_over(make: &dyn Fn() -> Sim) {
+    for step in migrun::alloc::testhook::TAKEOVER_STEPS {
+        let sim = make();
+        let (uuid, id) = sim.alloc(&["--profile", "3g.40gb"]);
+        crash(&sim, "release-after-claim", &["release", &id.to_string()]);
+        crash(&sim, step, &["alloc", "--profile", "3g.40gb"]);
+        let gc = sim.ok(&["gc"]);
+        let status = sim.status();
+        check_invariants(&status, false);
+        assert!(leases(&status).is_empty(), "after {step}: {gc}");
+        assert_eq!(instances(&status).len(), 1, "after {step}: {gc}");
+        let (again, _) = sim.alloc(&["--profile", "3g.40gb"]);
+        assert_eq!(again, uuid, "the instance is reused, not made again");
+        check_invariants(&sim.status(), true);
+    }
+}
