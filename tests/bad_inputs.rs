@@ -221,6 +221,8 @@ fn case(id: &str, sim: &Sim) -> Option<Case> {
         "cfg-unknown-key" => c("max_leases_totl = 3", none, s(&["status"])),
         "cfg-bad-type" => c("max_leases_total = \"many\"", none, s(&["status"])),
         "cfg-bad-release" => c("release = \"recycle\"", none, s(&["status"])),
+        "cfg-bad-release-wait" => c("release_wait_ms = -1", none, s(&["status"])),
+        "cli-bad-sim-latency" => c("", init, s(&["sim", "latency", "create-gi=fast"])),
         "cfg-missing-file" => c(
             "",
             init,
@@ -766,6 +768,8 @@ fn every_documented_bad_input_fails_cleanly_and_leaves_nothing() {
         "cfg-unknown-key",
         "cfg-bad-type",
         "cfg-bad-release",
+        "cfg-bad-release-wait",
+        "cli-bad-sim-latency",
         "cfg-missing-file",
         "cfg-bad-allowed-profile",
         "cfg-ledger-relative",

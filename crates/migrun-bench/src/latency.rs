@@ -66,6 +66,8 @@ pub struct Args {
 pub enum What {
     /// N runc containers with migrun's hooks created at once, each asking for 1g.10gb on h100-80gb:8
     Burst,
+    /// `runc delete` of one container whose poststop releases a created instance, against a plain `runc delete`
+    End,
     /// `runc run` with the hooks on a warm (kept) instance against `runc run` without migrun
     Warm,
     /// Concurrent `migrun alloc`/`release` loops (overhead-bench's contention) with the model on
@@ -302,6 +304,55 @@ pub fn bursts(m: &Machine, t: &RuncTarget, n: usize, rounds: usize) -> Result<Ve
 }
 
 pub const BURST_HEADER: &str = "| backend | burst | containers | all created, no migrun (ms) | all created, migrun (ms) | median create, migrun (ms) | median delete, no migrun (ms) | median delete (poststop), migrun (ms) | slowest delete, migrun (ms) |\n|---|---|---|---|---|---|---|---|---|";
+
+/// A container's end, alone: `runc delete` (poststop) of a hooked container whose instance migrun created, against
+/// `runc delete` of a plain one, in pairs. What the end waits for migrun, with the model's destroy latency.
+/// Two rows: the default `release_wait_ms` (40) and `release_wait_ms = 0` (never wait for the worker).
+pub fn end_wait(m: &Machine, t: &RuncTarget, pairs: usize, warmup: usize) -> Result<Vec<String>> {
+    let mut rows = Vec::new();
+    for wait in [None, Some(0)] {
+        let extra = match wait {
+            None => Vec::new(),
+            Some(ms) => {
+                let cfg = m.config("wait.toml", &format!("release_wait_ms = {ms}\n"))?;
+                vec![format!("MIGRUN_CONFIG={}", cfg.display())]
+            }
+        };
+        let case = match wait {
+            None => "runc delete (poststop releases a created 1g.10gb; release_wait_ms default) against runc delete alone".to_string(),
+            Some(ms) => format!("runc delete (poststop releases a created 1g.10gb; release_wait_ms = {ms}) against runc delete alone"),
+        };
+        rows.push(end_wait_one(m, t, pairs, warmup, &extra)?.row(&case, m.backend.name()));
+    }
+    Ok(rows)
+}
+
+fn end_wait_one(
+    m: &Machine,
+    t: &RuncTarget,
+    pairs: usize,
+    warmup: usize,
+    extra: &[String],
+) -> Result<ov::Paired> {
+    let hooked = [Bundle::new(t, m.dir(), "end-hooked", |s| {
+        s["annotations"] = serde_json::json!({"migrun.profile": "1g.10gb"});
+        s["hooks"] = serde_json::json!({
+            "prestart": [hook(m, "prestart", extra)],
+            "poststop": [hook(m, "poststop", extra)],
+        });
+    })?];
+    let plain = [Bundle::new(t, m.dir(), "end-plain", |_| {})?];
+    let delete_of = |b: &[Bundle]| -> Result<Duration> {
+        burst(m, t, b)?
+            .deletes
+            .first()
+            .copied()
+            .ok_or_else(|| failed("no delete was timed"))
+    };
+    let p = run_pairs(pairs, warmup, || delete_of(&hooked), || delete_of(&plain))?;
+    settle(m, "after the end-wait runs", 0)?;
+    Ok(p)
+}
 
 /// `runc run` with the hooks on a kept instance (`release = "keep"`) against plain `runc run`, in pairs.
 pub fn warm(m: &Machine, t: &RuncTarget, pairs: usize, warmup: usize) -> Result<String> {

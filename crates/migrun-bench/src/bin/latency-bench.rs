@@ -38,7 +38,7 @@ fn run(args: &Args) -> Result<(), OverheadError> {
         lat::set_model(&m, model)?;
         Ok(m)
     };
-    if wants(What::Burst) || wants(What::Warm) {
+    if wants(What::Burst) || wants(What::Warm) || wants(What::End) {
         let runc = engines::Runc::new();
         let dir = tempfile::Builder::new()
             .prefix("migrun-latency-bundle-")
@@ -58,6 +58,24 @@ fn run(args: &Args) -> Result<(), OverheadError> {
                 }
             }
             println!();
+        }
+        if wants(What::End) {
+            let mut rows = Vec::new();
+            for &b in &args.backend {
+                rows.extend(lat::end_wait(
+                    &machine(b, "h100-80gb:8")?,
+                    &target,
+                    pairs,
+                    warmup,
+                )?);
+            }
+            println!(
+                "{}",
+                ov::paired_table(
+                    "### what a container's end waits for migrun, h100-80gb:8",
+                    &rows
+                )
+            );
         }
         if wants(What::Warm) {
             let mut rows = Vec::new();
