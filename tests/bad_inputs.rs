@@ -222,6 +222,7 @@ fn case(id: &str, sim: &Sim) -> Option<Case> {
         "cfg-bad-type" => c("max_leases_total = \"many\"", none, s(&["status"])),
         "cfg-bad-release" => c("release = \"recycle\"", none, s(&["status"])),
         "cfg-bad-release-wait" => c("release_wait_ms = -1", none, s(&["status"])),
+        "cfg-bad-keep-idle" => c("keep_idle_s = \"soon\"", none, s(&["status"])),
         "cli-bad-sim-latency" => c("", init, s(&["sim", "latency", "create-gi=fast"])),
         "cfg-missing-file" => c(
             "",
@@ -769,6 +770,7 @@ fn every_documented_bad_input_fails_cleanly_and_leaves_nothing() {
         "cfg-bad-type",
         "cfg-bad-release",
         "cfg-bad-release-wait",
+        "cfg-bad-keep-idle",
         "cli-bad-sim-latency",
         "cfg-missing-file",
         "cfg-bad-allowed-profile",

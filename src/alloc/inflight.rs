@@ -117,6 +117,7 @@ pub(super) fn build(
         placement: intent.placement,
         mig_uuid: ci.mig_uuid.clone(),
         created_at: lease.created_at,
+        idle_since: None,
     };
     let lock = reg.lock()?;
     let committed = reg.write_created(&record).and_then(|()| {
@@ -169,7 +170,15 @@ fn abandon(reg: &Registry, intent: &Intent) {
 /// a placeholder lease (with the reservation's uid and name, so limits and names count it), and an instance the
 /// driver already made for it is not offered to anyone.
 pub(crate) fn overlay(state: &mut MigState, leases: &mut Vec<Lease>, intents: &[Intent]) {
-    for i in intents.iter().filter(|i| !i.destroy && i.in_flight()) {
+    // A create in flight, or the expiry of a kept instance (a destroy claim that no lease stands behind).
+    let reserving = |i: &&Intent| !i.destroy || !leases.iter().any(|l| l.id == i.lease);
+    let live: Vec<Intent> = intents
+        .iter()
+        .filter(|i| i.in_flight())
+        .filter(reserving)
+        .cloned()
+        .collect();
+    for i in &live {
         let Some(g) = state.gpus.iter_mut().find(|g| g.info.uuid == i.gpu_uuid) else {
             continue;
         };

@@ -22,6 +22,7 @@
 mod account;
 mod apply;
 pub mod binding;
+mod idle;
 mod inflight;
 mod outcome;
 mod reconcile;
@@ -603,19 +604,23 @@ pub(crate) fn gc(
     probe: &dyn HolderProbe,
 ) -> Result<GcReport, AllocError> {
     let reg = registry(dir, config, backend)?;
-    let _lock = reg.lock()?;
     let mut report = GcReport::default();
-    sweep(backend, &reg, config, probe, &mut report)?;
-    account::gc(&reg, &report);
-    for t in reg.tickets()? {
-        if !t.alive() {
-            reg.remove_ticket(t.ticket)?;
-            report.notes.push(format!(
-                "dropped wait ticket {} of pid {} (gone)",
-                t.ticket, t.pid
-            ));
+    {
+        let _lock = reg.lock()?;
+        sweep(backend, &reg, config, probe, &mut report)?;
+        account::gc(&reg, &report);
+        for t in reg.tickets()? {
+            if !t.alive() {
+                reg.remove_ticket(t.ticket)?;
+                report.notes.push(format!(
+                    "dropped wait ticket {} of pid {} (gone)",
+                    t.ticket, t.pid
+                ));
+            }
         }
     }
+    // Outside the lock: destroys are never made under it.
+    idle::expire(backend, &reg, config, &mut report)?;
     Ok(report)
 }
 

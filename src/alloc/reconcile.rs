@@ -279,6 +279,17 @@ pub(super) fn begin_end(
                 mig_uuid,
             }));
         }
+        if ours {
+            // Idle from now on: `keep_idle_s` counts from here.
+            if let Some(mut r) = reg
+                .created()?
+                .into_iter()
+                .find(|r| r.gpu_uuid == l.gpu_uuid && r.gi == l.gi && r.mig_uuid == l.mig_uuid)
+            {
+                r.idle_since = Some(lease::now());
+                reg.write_created(&r)?;
+            }
+        }
         let why = if ours {
             "kept warm for reuse (--keep or config release = \"keep\")"
         } else if l.created {

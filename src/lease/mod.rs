@@ -195,6 +195,10 @@ pub(crate) struct CreatedRecord {
     pub placement: Placement,
     pub mig_uuid: String,
     pub created_at: u64,
+    /// When its last lease ended and it was kept (`release = "keep"`); `keep_idle_s` counts from here (from
+    /// `created_at` when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_since: Option<u64>,
 }
 
 impl CreatedRecord {
