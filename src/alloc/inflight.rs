@@ -369,3 +369,24 @@ where
     }
     unreachable!("the loop returns on its last attempt")
 }
+
+/// The detached worker's job (`migrun __finish-release`): destroy the instance of draining lease `id` outside the
+/// lock, claimed so that gc leaves it alone meanwhile. `NoLease` when the lease is no longer draining (gc, or a
+/// request that took the releasing instance over, got there first).
+pub(crate) fn finish_release(
+    backend: &mut dyn Backend,
+    dir: &StateDir,
+    config: &Config,
+    id: lease::LeaseId,
+) -> Result<ReleaseOutcome, AllocError> {
+    let pick = |reg: &Registry| -> Result<Option<Lease>, AllocError> {
+        let claimed = reg
+            .intents()?
+            .iter()
+            .any(|i| i.destroy && i.lease == id && i.in_flight());
+        Ok(reg
+            .lease(id)?
+            .filter(|l| l.state == LeaseState::Draining && !claimed))
+    };
+    Ok(release_with(backend, dir, config, false, pick)?.unwrap_or(ReleaseOutcome::NoLease))
+}

@@ -34,6 +34,7 @@ mod wait;
 pub use account::ledger_of;
 use account::registry;
 pub(crate) use apply::{apply, Applied};
+pub(crate) use inflight::finish_release;
 pub use outcome::ReleaseOutcome;
 pub(crate) use reconcile::{sweep, sweep_records, Swept};
 pub(crate) use request::{check_limits, check_name, plan_request};
@@ -521,27 +522,6 @@ pub(crate) fn release_if(
         Ok(reg.lease(id)?.filter(|l| holds(l)))
     };
     Ok(release_with(backend, dir, config, detach, pick)?.unwrap_or(ReleaseOutcome::NoLease))
-}
-
-/// The detached worker's job (`migrun __finish-release`): destroy the instance of draining lease `id` outside the
-/// lock, claimed so that gc leaves it alone meanwhile. `NoLease` when the lease is no longer draining (gc, or a
-/// request that took the releasing instance over, got there first).
-pub(crate) fn finish_release(
-    backend: &mut dyn Backend,
-    dir: &StateDir,
-    config: &Config,
-    id: LeaseId,
-) -> Result<ReleaseOutcome, AllocError> {
-    let pick = |reg: &Registry| -> Result<Option<Lease>, AllocError> {
-        let claimed = reg
-            .intents()?
-            .iter()
-            .any(|i| i.destroy && i.lease == id && i.in_flight());
-        Ok(reg
-            .lease(id)?
-            .filter(|l| l.state == lease::LeaseState::Draining && !claimed))
-    };
-    Ok(release_with(backend, dir, config, false, pick)?.unwrap_or(ReleaseOutcome::NoLease))
 }
 
 /// Give lease `id` to `holder` if `holds` says, under the lock, that it may be (a hook's hand-over

@@ -13,7 +13,7 @@
 use super::alloc::{wait_of, want_of};
 use super::{Ctx, InputError};
 use crate::alloc::{self, AllocError, AllocRequest};
-use crate::cli::{FinishArgs, InjectMode, RunArgs, WatchArgs};
+use crate::cli::{InjectMode, RunArgs, WatchArgs};
 use crate::engine::docker;
 use crate::engine::docker::{DockerCli, RunLine};
 use crate::engine::docker_api::DaemonLink;
@@ -376,48 +376,8 @@ fn spawn_watcher(ctx: &Ctx, lease: &Lease, id: &str, engine_tag: &str) -> Result
     Ok(child.id())
 }
 
-/// Start `migrun __finish-release --lease ID` detached: the destroy of a lease a container's end left releasing
-/// (issue 23). Same backend, state dir and config as this process; it writes to the watcher's log.
-pub(crate) fn spawn_finisher(ctx: &Ctx, dir: &StateDir, lease: u64) -> Result<std::process::Child> {
-    let exe = std::env::current_exe().context("finding migrun's own binary")?;
-    let mut c = Command::new(exe);
-    if let Some(s) = &ctx.global.simulate {
-        c.arg("--simulate").arg(s);
-    }
-    c.arg("--state-dir").arg(dir.path());
-    if let Some(cfg) = &ctx.global.config {
-        c.arg("--config").arg(cfg);
-    }
-    c.args(["__finish-release", "--lease", &lease.to_string()]);
-    let stderr = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log_path(ctx))
-        .map(Stdio::from)
-        .unwrap_or_else(|_| Stdio::null());
-    let child = c
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(stderr)
-        .spawn()
-        .context("starting `migrun __finish-release`")?;
-    Ok(child)
-}
-
-/// `migrun __finish-release`: destroy a releasing lease's instance, outside the lock, then drop its records.
-pub fn finish_release(ctx: &Ctx, a: &FinishArgs) -> Result<i32> {
-    // Out of the engine's session and process group: a hook's or shim's caller ending must not take it along.
-    let _ = nix::unistd::setsid();
-    let out = ctx
-        .session()?
-        .finish_release(a.lease)
-        .with_context(|| format!("migrun __finish-release: lease {}", a.lease))?;
-    tracing::info!(outcome = %out, "background release");
-    Ok(0)
-}
-
 /// Where the watcher writes (it has no terminal): the configured log file, else `<state-dir>/migrun.log`.
-fn log_path(ctx: &Ctx) -> PathBuf {
+pub(crate) fn log_path(ctx: &Ctx) -> PathBuf {
     match &ctx.config.log {
         crate::config::LogTarget::Path(p) => p.clone(),
         _ => ctx

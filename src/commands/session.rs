@@ -282,7 +282,8 @@ impl Session<'_> {
         let ReleaseOutcome::Releasing { lease, mig_uuid } = &out else {
             return out;
         };
-        let mut child = match crate::commands::launch::spawn_finisher(self.ctx, &self.dir, *lease) {
+        let mut child = match crate::commands::finisher::spawn_finisher(self.ctx, &self.dir, *lease)
+        {
             Ok(c) => c,
             Err(e) => {
                 tracing::warn!(lease, error = %e, "could not start the background destroy; gc finishes it");
