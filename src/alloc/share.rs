@@ -154,6 +154,12 @@ pub(super) fn apply(
         ci: None,
         pid: std::process::id(),
         created_at: lease.created_at,
+        // No start time: the whole allocation runs under the lock, so no other process sees it in flight, and
+        // a crash leaves an intent that gc repairs at once.
+        start_time: None,
+        uid: None,
+        name: None,
+        destroy: false,
     };
     let (gi, ci_profile_id, start) = match target {
         Target::Into {
@@ -214,6 +220,7 @@ pub(super) fn apply(
                 mig_uuid: String::new(),
                 shared: true,
                 created_at: lease.created_at,
+                idle_since: None,
             };
             if let Err(e) = reg.write_created(&record) {
                 rollback(backend, reg, &intent, gi, None);

@@ -5,6 +5,7 @@ mod cdi;
 mod exit_codes;
 pub use exit_codes::exit_code_for;
 pub mod delegation;
+mod finisher;
 mod hook;
 pub use hook::shim_fast_path;
 mod launch;
@@ -263,6 +264,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Metrics => ops::metrics(&ctx),
         Command::Sim(a) => sim::sim(&ctx, &a),
         Command::Watch(a) => launch::watch(&ctx, &a),
+        Command::FinishRelease(a) => finisher::finish_release(&ctx, &a),
         Command::Completions(_) | Command::Man => unreachable!("handled above"),
     }
 }
