@@ -414,6 +414,16 @@ pub(super) fn finish(
         forget(state, &l.gpu_uuid, l.gi);
         reg.remove_created(&l.gpu_uuid, l.gi)?;
         crash_point("release-after-remove-record");
+    } else if empty && !others {
+        // Kept empty: `keep_idle_s` (issue 23) counts from here, as for a kept whole instance.
+        if let Some(mut r) = reg
+            .created()?
+            .into_iter()
+            .find(|r| r.shared && r.gpu_uuid == l.gpu_uuid && r.gi == l.gi)
+        {
+            r.idle_since = Some(lease::now());
+            reg.write_created(&r)?;
+        }
     }
     reg.remove_lease(l.id)?;
     Ok(ReleaseOutcome::Destroyed {
