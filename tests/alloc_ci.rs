@@ -291,3 +291,27 @@ fn keep_idle_s_expires_a_kept_sharing_gpu_instance_only_once_it_is_empty() {
     assert!(gc.contains("keep_idle_s"), "{gc}");
     ci_scenarios::assert_nothing_left(&sim, "expired");
 }
+
+/// A compute-instance lease left draining while busy is not a container's end waiting for a background worker
+/// (issue 23's 30 s grace): once idle, the next allocation's sweep finishes it.
+#[test]
+fn the_next_allocation_finishes_a_drained_compute_instance_at_once() {
+    let sim = a100();
+    let (_, busy) = sim.alloc(&["--profile", "1c.3g.40gb"]);
+    let l = alloc_support::leases(&sim.status())
+        .into_iter()
+        .find(|l| l["id"] == busy)
+        .unwrap();
+    let (gi, ci) = (
+        l["gi"].as_u64().unwrap() as u32,
+        l["ci"].as_u64().unwrap() as u32,
+    );
+    sim.update(|m| m.set_ci_processes(0, gi, ci, 1)).unwrap();
+    let _ = sim.run(&["release", &busy.to_string()]);
+    sim.update(|m| m.set_ci_processes(0, gi, ci, 0)).unwrap();
+    let (_, whole) = sim.alloc(&["--profile", "1g.10gb"]);
+    let left = alloc_support::leases(&sim.status());
+    assert!(left.iter().all(|l| l["id"] != busy), "{left:?}");
+    sim.ok(&["release", &whole.to_string()]);
+    ci_scenarios::assert_nothing_left(&sim, "after the sweep");
+}

@@ -388,10 +388,13 @@ pub(crate) fn sweep_records(
         reg.intents()?.into_iter().partition(Intent::in_flight);
     // An allocation's sweep also leaves a lease a container's end left releasing moments ago to its worker (which
     // may not have claimed it yet) and to a request that can take the instance over; `migrun gc` does not wait.
+    // A compute-instance lease has no worker (it is released under the lock), so a busy one is retried at once.
     let now = lease::now();
     let destroying = |l: &Lease| {
         in_flight.iter().any(|i| i.destroy && i.lease == l.id)
-            || (leave_releasing && now.saturating_sub(l.updated_at) < RELEASING_GRACE_S)
+            || (leave_releasing
+                && l.ci_profile.is_none()
+                && now.saturating_sub(l.updated_at) < RELEASING_GRACE_S)
     };
     // What a create in flight is making is not for this sweep to judge: a half-made GI may even carry the GI id of a
     // draining lease whose instance is gone (the driver reuses ids), and must not be destroyed for it. A planner never
