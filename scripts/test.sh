@@ -38,6 +38,8 @@ step "benchmark smoke: overhead-bench (docker launcher, runc hooks, shim, CDI, a
 cargo build --quiet --bin migrun
 cargo build --quiet -p fake-nvml
 cargo run --quiet -p migrun-bench --bin overhead-bench -- all --smoke
+# The driver latency model on (delays / 10 in smoke): a runc burst, a warm start, contention (issue 23).
+cargo run --quiet -p migrun-bench --bin latency-bench -- all --smoke
 
 step "benchmark smoke: slurm-bench (private Slurm cluster, srun --mig vs srun; not a timed test)"
 cargo build --quiet -p migrun -p migrun-spank

@@ -112,6 +112,17 @@ pub enum Command {
     /// Internal: wait for a detached (`-d`) container, then release its lease; started by the launcher
     #[command(name = "__watch", hide = true)]
     Watch(WatchArgs),
+    /// Internal: destroy the instance of a lease a container's end left releasing; started by hooks, shim, launcher
+    #[command(name = "__finish-release", hide = true)]
+    FinishRelease(FinishArgs),
+}
+
+// The background destroy's arguments (hidden; a release fills them in).
+#[derive(Debug, Args, Clone)]
+pub struct FinishArgs {
+    /// The releasing (draining) lease whose instance to destroy
+    #[arg(long, value_name = "ID")]
+    pub lease: u64,
 }
 
 /// Names of every subcommand word, for [`normalize_args`].
@@ -134,6 +145,7 @@ pub const SUBCOMMANDS: &[&str] = &[
     "man",
     "help",
     "__watch",
+    "__finish-release",
 ];
 
 // How the MIG UUID reaches the container: defined with the settings (config), used here for `--inject`.
@@ -363,6 +375,11 @@ pub enum SimAction {
         /// Profile to create
         #[arg(long)]
         profile: String,
+    },
+    /// Show or set the simulated driver's latency per operation (`off`, `model`, or `[model,]OP=MS,...`; docs/benchmarks.md)
+    Latency {
+        /// New setting; without it the current one is printed
+        setting: Option<crate::gpu::sim::Latency>,
     },
     /// Pretend N compute processes run on a GPU instance (0 ends them)
     SetProcesses {

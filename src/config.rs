@@ -115,6 +115,11 @@ pub struct Config {
     pub ledger_keep: u32,
     /// A node-exporter textfile-collector file (`….prom`) rewritten atomically after every change; `None` = none.
     pub metrics_textfile: Option<PathBuf>,
+    /// How long a container's end (poststop, the shim, the launcher) waits for the background destroy of its
+    /// instance before it returns and leaves the rest to the worker (issue 23; 0 = never wait).
+    pub release_wait_ms: u64,
+    /// Kept instances (`release = "keep"`, `--keep`) idle this long are destroyed by `migrun gc`; `None` = kept forever.
+    pub keep_idle_s: Option<u64>,
 }
 
 impl Default for Config {
@@ -138,6 +143,8 @@ impl Default for Config {
             ledger_rotate_bytes: crate::lease::ledger::DEFAULT_ROTATE_BYTES,
             ledger_keep: crate::lease::ledger::DEFAULT_KEEP,
             metrics_textfile: None,
+            release_wait_ms: 40,
+            keep_idle_s: None,
         }
     }
 }

@@ -261,3 +261,57 @@ fn a_busy_compute_instance_drains_and_its_neighbours_are_untouched() {
     sim.ok(&["gc"]);
     ci_scenarios::assert_nothing_left(&sim, "after gc");
 }
+
+/// `keep_idle_s` (issue 23) with compute-instance slices: a kept sharing GPU instance goes once it is empty and
+/// idle that long, never while a lease's compute instance, or one made outside migrun, is in it.
+#[test]
+fn keep_idle_s_expires_a_kept_sharing_gpu_instance_only_once_it_is_empty() {
+    let sim = a100();
+    std::fs::write(sim.config_path(), "release = \"keep\"\nkeep_idle_s = 0\n").unwrap();
+    let a = sim.alloc(&["--profile", "1c.3g.40gb"]);
+    let b = sim.alloc(&["--profile", "1c.3g.40gb"]);
+    sim.ok(&["release", &a.1.to_string()]);
+    sim.ok(&["gc"]);
+    let gis = ci_scenarios::gis(&sim);
+    assert_eq!(gis.len(), 1, "b's compute instance keeps it: {gis:?}");
+    assert_eq!(gis[0].2, 1, "{gis:?}");
+    sim.ok(&["release", &b.1.to_string()]);
+    // Kept, empty; then someone outside migrun makes a compute instance in it: not migrun's to destroy.
+    let (gpu, gi, n) = ci_scenarios::gis(&sim)[0];
+    assert_eq!(n, 0);
+    let foreign = sim.update(|m| {
+        let p = m.ci_profiles(gpu, gi).unwrap()[0].id;
+        m.create_ci_anywhere(gpu, gi, p).unwrap()
+    });
+    sim.ok(&["gc"]);
+    let gis = ci_scenarios::gis(&sim);
+    assert_eq!(gis, [(gpu, gi, 1)], "a foreign compute instance keeps it");
+    sim.update(|m| m.destroy_ci(gpu, gi, foreign.id)).unwrap();
+    let gc = sim.ok(&["gc"]);
+    assert!(gc.contains("keep_idle_s"), "{gc}");
+    ci_scenarios::assert_nothing_left(&sim, "expired");
+}
+
+/// A compute-instance lease left draining while busy is not a container's end waiting for a background worker
+/// (issue 23's 30 s grace): once idle, the next allocation's sweep finishes it.
+#[test]
+fn the_next_allocation_finishes_a_drained_compute_instance_at_once() {
+    let sim = a100();
+    let (_, busy) = sim.alloc(&["--profile", "1c.3g.40gb"]);
+    let l = alloc_support::leases(&sim.status())
+        .into_iter()
+        .find(|l| l["id"] == busy)
+        .unwrap();
+    let (gi, ci) = (
+        l["gi"].as_u64().unwrap() as u32,
+        l["ci"].as_u64().unwrap() as u32,
+    );
+    sim.update(|m| m.set_ci_processes(0, gi, ci, 1)).unwrap();
+    let _ = sim.run(&["release", &busy.to_string()]);
+    sim.update(|m| m.set_ci_processes(0, gi, ci, 0)).unwrap();
+    let (_, whole) = sim.alloc(&["--profile", "1g.10gb"]);
+    let left = alloc_support::leases(&sim.status());
+    assert!(left.iter().all(|l| l["id"] != busy), "{left:?}");
+    sim.ok(&["release", &whole.to_string()]);
+    ci_scenarios::assert_nothing_left(&sim, "after the sweep");
+}

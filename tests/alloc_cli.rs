@@ -447,3 +447,38 @@ fn handover_alloc_is_root_only_charged_to_the_user_and_collected_with_its_holder
     assert!(leases(&sim.status()).is_empty());
     assert!(instances(&sim.status()).is_empty());
 }
+
+/// `keep_idle_s` (issue 23): `migrun gc` destroys instances migrun kept warm once they have been idle that long,
+/// never a leased one; with a long limit the kept instance stays and is reused.
+#[test]
+fn gc_expires_kept_instances_idle_for_keep_idle_s() {
+    let sim = Sim::new("h100-80gb");
+    std::fs::write(
+        sim.config_path(),
+        "release = \"keep\"\nkeep_idle_s = 3600\n",
+    )
+    .unwrap();
+    let (kept, id) = sim.alloc(&["--profile", "1g.10gb"]);
+    let (leased, _) = sim.alloc(&["--profile", "2g.20gb"]);
+    sim.ok(&["release", &id.to_string()]);
+    sim.ok(&["gc"]);
+    assert_eq!(
+        instances(&sim.status()).len(),
+        2,
+        "idle for less than an hour: kept"
+    );
+    std::fs::write(sim.config_path(), "release = \"keep\"\nkeep_idle_s = 0\n").unwrap();
+    let gc = sim.ok(&["gc"]);
+    assert!(gc.contains("keep_idle_s"), "{gc}");
+    let status = sim.status();
+    check_invariants(&status, true);
+    let left: Vec<_> = instances(&status)
+        .into_iter()
+        .filter_map(|(_, _, u)| u)
+        .collect();
+    assert_eq!(
+        left,
+        vec![leased],
+        "the kept one ({kept}) expired, the leased one stays"
+    );
+}

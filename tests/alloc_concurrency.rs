@@ -15,3 +15,8 @@ fn sixty_four_at_once_exactly_fifty_six_win() {
 fn with_wait_all_sixty_four_are_served() {
     scenarios::wait_64(Arc::new(Sim::new("h100-80gb:8")));
 }
+
+#[test]
+fn creates_run_outside_the_lock() {
+    scenarios::creates_run_outside_the_lock(&Sim::new("h100-80gb:1"));
+}

@@ -14,10 +14,11 @@ fn h100() -> Sim {
 #[test]
 fn every_step_names_a_crash_point() {
     use migrun::alloc::testhook::{ALLOC_STEPS, EVICT_STEPS, RELEASE_STEPS};
-    assert_eq!(ALLOC_STEPS.len(), 6);
+    assert_eq!(ALLOC_STEPS.len(), 7);
     assert!(ALLOC_STEPS.contains(&"after-create-gi"));
-    assert_eq!(RELEASE_STEPS.len(), 4);
+    assert_eq!(RELEASE_STEPS.len(), 5);
     assert_eq!(EVICT_STEPS.len(), 2);
+    assert_eq!(migrun::alloc::testhook::TAKEOVER_STEPS.len(), 1);
 }
 
 #[test]
@@ -48,4 +49,9 @@ fn injected_ci_failure_leaves_no_gi_and_says_what_happened() {
 #[test]
 fn foreign_instances_are_reused_never_destroyed_and_busy_ones_are_left_alone() {
     scenarios::ownership(&h100());
+}
+
+#[test]
+fn killed_while_taking_over_a_releasing_instance_then_gc_keeps_it_reusable() {
+    scenarios::killed_while_taking_over(&h100);
 }

@@ -41,6 +41,11 @@ fn sixty_four_at_once_exactly_fifty_six_win() {
 }
 
 #[test]
+fn creates_run_outside_the_lock() {
+    scenarios::creates_run_outside_the_lock(&fake("h100-80gb:1"));
+}
+
+#[test]
 fn with_wait_all_sixty_four_are_served() {
     scenarios::wait_64(Arc::new(fake("h100-80gb:8")));
 }

@@ -231,3 +231,70 @@ fn two_containers_asking_for_a_compute_instance_share_one_gpu_instance() {
         "the sharing GPU instance went with its last compute instance"
     );
 }
+
+/// A slow destroy (the simulated driver's latency model: 3 s per GPU-instance destroy) never holds up `runc delete`
+/// (issue 23): poststop marks the lease draining, leaves the destroy to a detached `migrun __finish-release` and
+/// returns; the worker finishes it alone. Killed at its claim (kill -9), the worker leaves the instance releasing: the
+/// next request of its profile takes it over instead of a destroy and a create; nothing leaks, nothing is lost.
+/// Ordering, not timing, is asserted.
+#[test]
+fn a_slow_destroy_never_holds_up_delete_and_finishes_in_the_background() {
+    for crash in [false, true] {
+        let sim = Sim::new("h100-80gb:1");
+        run_ok(sim.migrun().args(["sim", "latency", "destroy-gi=3000"]));
+        let runc = Runc::new();
+        let t = tempfile::tempdir().unwrap();
+        let record = t.path().join("nvidia-saw");
+        let bundle = hooked_bundle(&sim, t.path(), &record, |s| {
+            s["annotations"] = json!({"migrun.profile": "1g.10gb"});
+            if crash {
+                // The worker inherits poststop's env; poststop itself never reaches this step (it claims nothing).
+                s["hooks"]["poststop"][0]["env"]
+                    .as_array_mut()
+                    .unwrap()
+                    .push(json!("MIGRUN_TEST_CRASH_AT=release-after-claim"));
+            }
+        });
+        let id = unique_name("hooks-slow");
+        quiet(
+            runc.cmd()
+                .args(["create", "--bundle"])
+                .arg(&bundle)
+                .arg(&id),
+        );
+        assert_eq!(sim.leases().len(), 1, "log:\n{}", sim.log());
+        quiet(runc.cmd().args(["start", &id]));
+        wait_stopped(&runc, &id);
+        quiet(runc.cmd().args(["delete", &id]));
+        // delete is back while the 3 s destroy still runs (or its worker was killed): the lease is draining.
+        let leases = sim.leases();
+        assert_eq!(leases.len(), 1, "log:\n{}", sim.log());
+        assert_eq!(leases[0].state, migrun::lease::LeaseState::Draining);
+        if crash {
+            // The worker died at its claim: the instance is still whole and releasing, so the next request of its
+            // profile takes it over (same MIG device, nothing destroyed or made), and its release ends it.
+            let out = run_ok(sim.migrun().args(["alloc", "--profile", "1g.10gb"]));
+            assert!(
+                out.starts_with(&leases[0].mig_uuid),
+                "{out} / {:?}",
+                leases[0]
+            );
+            let now = sim.leases();
+            assert_eq!(now.len(), 1, "{now:?}");
+            assert_eq!(now[0].state, migrun::lease::LeaseState::Active);
+            let id = now[0].id.to_string();
+            run_ok(sim.migrun().args(["release", &id]));
+            // A worker killed with nothing to take over leaves the draining lease to gc, which finishes it.
+            run_ok(sim.migrun().arg("gc"));
+        }
+        let t0 = Instant::now();
+        while !(sim.leases().is_empty() && sim.instances().is_empty()) {
+            assert!(
+                t0.elapsed() < Duration::from_secs(60),
+                "the background destroy never finished; log:\n{}",
+                sim.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}

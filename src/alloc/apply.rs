@@ -1,25 +1,32 @@
-//! Applying a plan under the lock: reuse records a lease; create journals an intent, creates the GI and its
-//! default CI, records the instance and the lease, and rolls back what it can when a step fails; evicting
-//! idle kept instances to make room. Each step of a create or an eviction has a crash point (`testhook`), so the
-//! crash tests can stop it there.
+//! Applying a plan under the lock: reuse records a lease; create journals a reservation (an intent) whose GI and CI
+//! `inflight` makes outside the lock; evicting idle kept instances to make room. Each step of a create or an
+//! eviction has a crash point (`testhook`), so the crash tests can stop it there.
 
 use super::reconcile::{destroy, record_matches, DestroyError};
 use super::share::Target;
 use super::testhook::crash_point;
-use super::{AllocError, AllocRequest, CiFailure};
-use crate::gpu::{Backend, GpuError, GpuState, MigState};
-use crate::lease::{self, CreatedRecord, Intent, Lease, LeaseId, LeaseState, Registry};
+use super::{AllocError, AllocRequest};
+use crate::gpu::{Backend, GpuError, MigState};
+use crate::lease::{self, Intent, Lease, LeaseState, Registry};
 use crate::policy::Plan;
 
-/// Execute a plan (under the lock): reuse records a lease; create journals an intent, creates the GI
-/// and its default CI (destroying the GI again if the CI fails), records the instance and the lease.
+/// What applying a plan under the lock gave: a lease (reuse), or a reservation whose instance is made outside
+/// the lock (`inflight::build`).
+pub(crate) enum Applied {
+    Leased(Lease),
+    Reserved(super::inflight::Reservation),
+}
+
+/// Execute a plan (under the lock): reuse records a lease; create journals a reservation (an intent), whose GI
+/// and default CI the caller makes after dropping the lock. A compute-instance plan (`share`) is still carried out
+/// whole under the lock, driver calls included (a known limit, docs/leases.md).
 pub(crate) fn apply(
     backend: &mut dyn Backend,
     reg: &Registry,
     state: &MigState,
     plan: &Plan,
     req: &AllocRequest,
-) -> Result<Lease, AllocError> {
+) -> Result<Applied, AllocError> {
     let g = state.gpu(plan.gpu()).ok_or(GpuError::NoSuchGpu {
         index: plan.gpu(),
         count: state.gpus.len() as u32,
@@ -60,10 +67,11 @@ pub(crate) fn apply(
                 profile_id: *profile_id,
                 start: *start,
             };
-            super::share::apply(backend, reg, state, &target, *ci, lease)
+            super::share::apply(backend, reg, state, &target, *ci, lease).map(Applied::Leased)
         }
         Plan::NewShared { choice, ci } => {
             super::share::apply(backend, reg, state, &Target::NewGi(*choice), *ci, lease)
+                .map(Applied::Leased)
         }
         Plan::Reuse {
             gi,
@@ -87,7 +95,7 @@ pub(crate) fn apply(
                 .any(|r| r.gpu_uuid == g.info.uuid && r.gi == *gi && record_matches(state, r));
             reg.write_lease(&lease)?;
             super::account::granted(reg, &lease, "reused");
-            Ok(lease)
+            Ok(Applied::Leased(lease))
         }
         Plan::Create(choice) => {
             let profile = g
@@ -95,87 +103,32 @@ pub(crate) fn apply(
                 .map_or(format!("profile {}", choice.profile_id), |p| {
                     p.short_name().to_string()
                 });
-            let mut intent = Intent {
+            let intent = Intent {
                 lease: id,
                 gpu_index: g.info.index,
                 gpu_uuid: g.info.uuid.clone(),
                 profile_id: choice.profile_id,
-                profile: profile.clone(),
+                profile,
                 placement: choice.placement,
                 gi: None,
                 ci: None,
                 pid: std::process::id(),
                 created_at: now,
+                start_time: None,
+                uid: None,
+                name: None,
+                destroy: false,
             };
-            reg.write_intent(&intent)?;
-            crash_point("after-intent");
-            let gi =
-                match backend.create_gi(g.info.index, choice.profile_id, choice.placement.start) {
-                    Ok(gi) => gi,
-                    Err(e) => {
-                        reg.remove_intent(id)?;
-                        return Err(e.into());
-                    }
-                };
-            crash_point("after-create-gi");
-            intent.gi = Some(gi);
-            if let Err(e) = reg.write_intent(&intent) {
-                rollback(backend, reg, g, gi, None, id);
-                return Err(e.into());
-            }
-            crash_point("after-journal-gi");
-            let ci = match backend.create_default_ci(g.info.index, gi) {
-                Ok(ci) => ci,
-                Err(cause) => {
-                    let rollback = match backend.destroy_gi(g.info.index, gi) {
-                        Ok(()) => {
-                            reg.remove_intent(id)?;
-                            None
-                        }
-                        Err(e) => Some(e),
-                    };
-                    return Err(AllocError::CreateCi(Box::new(CiFailure {
-                        gpu: g.info.label(),
-                        gi,
-                        profile,
-                        placement: choice.placement,
-                        cause,
-                        rollback,
-                    })));
-                }
-            };
-            crash_point("after-create-ci");
-            lease.gi = gi;
-            lease.ci = ci.id;
-            lease.profile_id = choice.profile_id;
-            lease.profile = profile.clone();
-            lease.placement = choice.placement;
-            lease.mig_uuid = ci.mig_uuid.clone();
-            lease.created = true;
-            let record = CreatedRecord {
-                gpu_index: g.info.index,
-                gpu_uuid: g.info.uuid.clone(),
-                gi,
-                profile_id: choice.profile_id,
-                profile,
-                placement: choice.placement,
-                mig_uuid: ci.mig_uuid.clone(),
-                shared: false,
-                created_at: now,
-            };
-            if let Err(e) = reg.write_created(&record) {
-                rollback(backend, reg, g, gi, Some(ci.id), id);
-                return Err(e.into());
-            }
-            crash_point("after-record-created");
-            if let Err(e) = reg.write_lease(&lease) {
-                rollback(backend, reg, g, gi, Some(ci.id), id);
-                return Err(e.into());
-            }
-            super::account::granted(reg, &lease, "created");
-            crash_point("after-write-lease");
-            reg.complete_intent(id)?;
-            Ok(lease)
+            // The driver work happens outside the lock (`inflight`): only the reservation is made here.
+            let r = super::inflight::reserve(
+                reg,
+                super::inflight::Reservation {
+                    intent,
+                    lease,
+                    gpu_label: g.info.label(),
+                },
+            )?;
+            Ok(Applied::Reserved(r))
         }
     }
 }
@@ -216,6 +169,10 @@ pub(super) fn evict(
             ci: None,
             pid: std::process::id(),
             created_at: lease::now(),
+            start_time: None,
+            uid: None,
+            name: None,
+            destroy: false,
         };
         reg.write_intent(&intent)?;
         crash_point("evict-after-intent");
@@ -232,25 +189,4 @@ pub(super) fn evict(
         }
     }
     Ok(())
-}
-
-/// Best-effort undo of a half-made instance when recording it failed; whatever cannot be undone
-/// stays journaled in the intent, for gc.
-fn rollback(
-    backend: &mut dyn Backend,
-    reg: &Registry,
-    g: &GpuState,
-    gi: u32,
-    ci: Option<u32>,
-    intent: LeaseId,
-) {
-    if let Some(ci) = ci {
-        if backend.destroy_ci(g.info.index, gi, ci).is_err() {
-            return;
-        }
-    }
-    if backend.destroy_gi(g.info.index, gi).is_ok() {
-        let _ = reg.remove_created(&g.info.uuid, gi);
-        let _ = reg.remove_intent(intent);
-    }
 }

@@ -10,8 +10,10 @@
 //! Engines tell this module whether a container holder is still alive through `HolderProbe`, so
 //! gc never needs to know docker, podman or containerd.
 //!
-//! Every change happens under the registry lock (`alloc.lock`), held from the snapshot through the
-//! plan, the create and the lease record, so two processes never pick the same instance or placement.
+//! Every record changes under the registry lock (`alloc.lock`), but no driver create or destroy runs under it
+//! (`inflight`, issue 23): a create is planned and reserved (its intent journalled) under the lock, made
+//! outside it and committed under it again; a release claims its destroy under the lock and destroys outside
+//! it. Planners see live reservations as taken, so two processes never pick the same instance or placement.
 //! Before each allocation (and in `migrun gc`) the registry is reconciled with the device
 //! (`sweep`): crashed allocations are repaired from their intents, leases of dead holders released,
 //! draining instances destroyed, and leases of vanished instances dropped. The on-disk protocol is
@@ -20,6 +22,8 @@
 mod account;
 mod apply;
 pub mod binding;
+mod idle;
+mod inflight;
 mod outcome;
 mod reconcile;
 mod request;
@@ -30,7 +34,8 @@ mod wait;
 
 pub use account::ledger_of;
 use account::registry;
-pub(crate) use apply::apply;
+pub(crate) use apply::{apply, Applied};
+pub(crate) use inflight::finish_release;
 pub(crate) use outcome::GcReport;
 pub use outcome::ReleaseOutcome;
 pub(crate) use reconcile::{sweep, sweep_records, Swept};
@@ -41,7 +46,6 @@ pub(crate) use wait::clock;
 
 use crate::config::Config;
 use crate::gpu::{Backend, Code, GpuError};
-use crate::lease::ledger::EndReason;
 use crate::lease::{self, CreatedRecord, Holder, Lease, LeaseError, LeaseId, LeaseName, Registry};
 use crate::policy::plan::{self, Want};
 use crate::policy::NoRoom;
@@ -50,7 +54,7 @@ use crate::statedir::StateDir;
 use std::time::{Duration, Instant};
 
 use apply::evict;
-use reconcile::finish;
+use inflight::release_with;
 use request::unsatisfiable;
 
 /// An allocation request, already validated by the caller.
@@ -294,20 +298,25 @@ fn allocate_in(
 ) -> Result<Lease, AllocError> {
     let reg = reg.clone();
     let mut queue = wait::Queue::new(&reg, req);
+    let mut retries = 0;
     loop {
         // A waiter looks again after a release or every second; a newcomer looks at once.
         let mut ahead = queue.ahead()?;
         if queue.due() || !queue.has_ticket() {
-            let _lock = reg.lock()?;
+            let lock = reg.lock()?;
             let (held, n_ahead) = queue.held_ahead_locked()?;
             ahead = n_ahead;
             queue.planning();
             let mut report = GcReport::default();
             let Swept {
                 mut state,
-                leases,
+                mut leases,
                 created,
-            } = sweep_records(backend, &reg, config, probe, &mut report)?;
+            } = sweep_records(backend, &reg, config, probe, &mut report, true)?;
+            // Creates of other processes in flight (outside the lock) hold their places, limits and names.
+            let intents = reg.intents()?;
+            let swept_leases = leases.clone();
+            inflight::overlay(&mut state, &mut leases, &intents);
             if !report.is_empty() {
                 tracing::info!(?report, "reconciled before allocating");
                 account::gc(&reg, &report);
@@ -322,6 +331,13 @@ fn allocate_in(
             // concurrent requests cannot both take the last allowed lease.
             check_limits(config, &leases, req.uid)?;
             check_name(&leases, req.name.as_ref())?;
+            // An instance still releasing (draining, its destroy not claimed yet) is free for the planner: a request
+            // of its profile takes it over instead of a destroy and a create. Never a compute-instance lease's.
+            let releasing = inflight::releasing(&state, &leases, &created, &intents);
+            let leases: Vec<Lease> = leases
+                .into_iter()
+                .filter(|l| !releasing.iter().any(|r| r.id == l.id))
+                .collect();
             let mut full = plan_request(&state, config, req, &created, &leases)?;
             // A compute-instance request needs migrun's sharing GPU instances as the device has them now.
             if matches!(full.want, plan::Want::Ci(_)) {
@@ -349,27 +365,53 @@ fn allocate_in(
                 if let Some(victims) = plan::evictions(&state, &leases, &preq) {
                     evict(backend, &reg, &state, &victims)?;
                     state = backend.snapshot()?;
+                    // The fresh snapshot must hide and hold live reservations too.
+                    inflight::overlay(&mut state, &mut swept_leases.clone(), &intents);
                     planned = plan::plan(&state, &leases, &preq);
                 }
             }
             // Someone outside migrun (an admin's nvidia-smi) may take the chosen placement between
             // our snapshot and the create; the driver then says INSUFFICIENT_RESOURCES. Look again.
-            for retry in 0..=CREATE_RETRIES {
-                let Ok(p) = &planned else { break };
-                match apply(backend, &reg, &state, p, req) {
-                    Ok(lease) => {
+            if let Ok(p) = &planned {
+                inflight::take_over(&reg, p, &releasing)?;
+                // A compute-instance plan is still carried out entirely under the lock (docs/leases.md).
+                let applied = match apply(backend, &reg, &state, p, req) {
+                    Err(e)
+                        if retries < CREATE_RETRIES
+                            && inflight::gpu_code(&e) == Some(Code::InsufficientResources) =>
+                    {
+                        tracing::info!(error = %e, "placement taken under us; planning again");
+                        retries += 1;
+                        drop(lock);
+                        continue;
+                    }
+                    r => r?,
+                };
+                match applied {
+                    Applied::Leased(lease) => {
                         queue.done();
                         return Ok(lease);
                     }
-                    Err(AllocError::Gpu(e))
-                        if retry < CREATE_RETRIES
-                            && e.code() == Some(Code::InsufficientResources) =>
-                    {
-                        tracing::info!(error = %e, "placement taken under us; planning again");
-                        state = backend.snapshot()?;
-                        planned = plan::plan(&state, &leases, &preq);
+                    Applied::Reserved(r) => {
+                        // The driver work runs without the lock: other requests plan, reuse and release meanwhile.
+                        drop(lock);
+                        match inflight::build(backend, &reg, r) {
+                            Ok(lease) => {
+                                queue.done();
+                                return Ok(lease);
+                            }
+                            Err(e)
+                                if retries < CREATE_RETRIES
+                                    && inflight::gpu_code(&e)
+                                        == Some(Code::InsufficientResources) =>
+                            {
+                                tracing::info!(error = %e, "placement taken under us; planning again");
+                                retries += 1;
+                                continue;
+                            }
+                            Err(e) => return Err(e),
+                        }
                     }
-                    Err(e) => return Err(e),
                 }
             }
             let Err(mut nr) = planned else {
@@ -429,44 +471,6 @@ fn find_lease(reg: &Registry, target: &str) -> Result<Lease, AllocError> {
     })
 }
 
-/// End a lease found by `pick` (under the lock), retrying a busy destroy with backoff (the lock is
-/// dropped while sleeping). `None` when `pick` finds no lease at the first attempt.
-fn release_with<F>(
-    backend: &mut dyn Backend,
-    dir: &StateDir,
-    config: &Config,
-    mut pick: F,
-) -> Result<Option<ReleaseOutcome>, AllocError>
-where
-    F: FnMut(&Registry) -> Result<Option<Lease>, AllocError>,
-{
-    let reg = registry(dir, config, backend)?;
-    let mut last: Option<Lease> = None;
-    for attempt in 0..=RELEASE_BACKOFF_MS.len() {
-        if attempt > 0 {
-            std::thread::sleep(Duration::from_millis(RELEASE_BACKOFF_MS[attempt - 1]));
-        }
-        let _lock = reg.lock()?;
-        let Some(l) = pick(&reg)? else {
-            // Gone between attempts: gc (or an allocation's sweep) finished destroying it.
-            return Ok(last.map(|l| ReleaseOutcome::Destroyed {
-                lease: l.id,
-                mig_uuid: l.mig_uuid,
-            }));
-        };
-        last = Some(l.clone());
-        let mut state = backend.snapshot()?;
-        binding::bind(reg.dir(), &backend.kind(), &state, config)?;
-        let outcome = finish(backend, &reg, config, &mut state, l, EndReason::Released)?;
-        if !matches!(outcome, ReleaseOutcome::Draining { .. })
-            || attempt == RELEASE_BACKOFF_MS.len()
-        {
-            return Ok(Some(outcome));
-        }
-    }
-    unreachable!("the loop returns on its last attempt")
-}
-
 /// Release by lease id, MIG UUID or name. `caller_uid` is the invoking user under sudo (only their own leases), `None` for plain root.
 pub(crate) fn release(
     backend: &mut dyn Backend,
@@ -491,7 +495,7 @@ pub(crate) fn release(
         }
         l
     };
-    let out = release_with(backend, dir, config, |reg| Ok(reg.lease(wanted.id)?))?;
+    let out = release_with(backend, dir, config, false, |reg| Ok(reg.lease(wanted.id)?))?;
     // Released by someone else in between: the instance is taken care of either way.
     Ok(out.unwrap_or(ReleaseOutcome::Gone {
         lease: wanted.id,
@@ -500,11 +504,13 @@ pub(crate) fn release(
 }
 
 /// Release the lease held by container `id` (poststop, shim, launcher). Idempotent: no lease -> `NoLease`.
+/// `detach`: leave a destroy to a worker the caller starts (`Releasing`), so the container's end does not wait.
 pub(crate) fn release_container(
     backend: &mut dyn Backend,
     dir: &StateDir,
     config: &Config,
     container_id: &str,
+    detach: bool,
 ) -> Result<ReleaseOutcome, AllocError> {
     let pick = |reg: &Registry| -> Result<Option<Lease>, AllocError> {
         Ok(reg
@@ -512,7 +518,7 @@ pub(crate) fn release_container(
             .into_iter()
             .find(|l| matches!(&l.holder, Holder::Container { id, .. } if id == container_id)))
     };
-    Ok(release_with(backend, dir, config, pick)?.unwrap_or(ReleaseOutcome::NoLease))
+    Ok(release_with(backend, dir, config, detach, pick)?.unwrap_or(ReleaseOutcome::NoLease))
 }
 
 /// Release lease `id` only if `holds` says, under the lock, that it is still the caller's (hooks and the
@@ -524,11 +530,12 @@ pub(crate) fn release_if(
     config: &Config,
     id: LeaseId,
     holds: &dyn Fn(&Lease) -> bool,
+    detach: bool,
 ) -> Result<ReleaseOutcome, AllocError> {
     let pick = |reg: &Registry| -> Result<Option<Lease>, AllocError> {
         Ok(reg.lease(id)?.filter(|l| holds(l)))
     };
-    Ok(release_with(backend, dir, config, pick)?.unwrap_or(ReleaseOutcome::NoLease))
+    Ok(release_with(backend, dir, config, detach, pick)?.unwrap_or(ReleaseOutcome::NoLease))
 }
 
 /// Give lease `id` to `holder` if `holds` says, under the lock, that it may be (a hook's hand-over
@@ -591,19 +598,23 @@ pub(crate) fn gc(
     probe: &dyn HolderProbe,
 ) -> Result<GcReport, AllocError> {
     let reg = registry(dir, config, backend)?;
-    let _lock = reg.lock()?;
     let mut report = GcReport::default();
-    sweep(backend, &reg, config, probe, &mut report)?;
-    account::gc(&reg, &report);
-    for t in reg.tickets()? {
-        if !t.alive() {
-            reg.remove_ticket(t.ticket)?;
-            report.notes.push(format!(
-                "dropped wait ticket {} of pid {} (gone)",
-                t.ticket, t.pid
-            ));
+    {
+        let _lock = reg.lock()?;
+        sweep(backend, &reg, config, probe, &mut report)?;
+        account::gc(&reg, &report);
+        for t in reg.tickets()? {
+            if !t.alive() {
+                reg.remove_ticket(t.ticket)?;
+                report.notes.push(format!(
+                    "dropped wait ticket {} of pid {} (gone)",
+                    t.ticket, t.pid
+                ));
+            }
         }
     }
+    // Outside the lock: destroys are never made under it.
+    idle::expire(backend, &reg, config, &mut report)?;
     Ok(report)
 }
 

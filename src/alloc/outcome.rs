@@ -16,6 +16,9 @@ pub enum ReleaseOutcome {
     },
     /// The instance was busy; the lease is draining and gc finishes the job.
     Draining { lease: LeaseId, mig_uuid: String },
+    /// The lease ended and its instance is being destroyed by a detached worker (`migrun __finish-release`), so the
+    /// container's end does not wait for the driver; gc finishes it if the worker stops.
+    Releasing { lease: LeaseId, mig_uuid: String },
     /// Nothing to do (no lease for that container: poststop is idempotent).
     NoLease,
     /// The lease was dropped because its instance no longer exists (destroyed outside migrun).
@@ -29,6 +32,7 @@ impl ReleaseOutcome {
             ReleaseOutcome::Destroyed { lease, .. }
             | ReleaseOutcome::Kept { lease, .. }
             | ReleaseOutcome::Draining { lease, .. }
+            | ReleaseOutcome::Releasing { lease, .. }
             | ReleaseOutcome::Gone { lease, .. } => Some(*lease),
             ReleaseOutcome::NoLease => None,
         }
@@ -49,6 +53,10 @@ impl std::fmt::Display for ReleaseOutcome {
             ReleaseOutcome::Draining { lease, mig_uuid } => write!(
                 f,
                 "lease {lease} released; {mig_uuid} is still in use, so it is draining: `migrun gc` destroys it once its processes end"
+            ),
+            ReleaseOutcome::Releasing { lease, mig_uuid } => write!(
+                f,
+                "lease {lease} released; {mig_uuid} is being destroyed in the background (`migrun gc` finishes it if that stops)"
             ),
             ReleaseOutcome::NoLease => f.write_str("no lease to release"),
             ReleaseOutcome::Gone { lease, mig_uuid } => write!(

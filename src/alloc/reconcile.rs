@@ -89,6 +89,23 @@ fn recorded_as_ours(reg: &Registry, l: &Lease) -> Result<bool, AllocError> {
     }))
 }
 
+/// Remove the created/ record of exactly the lease's instance (GPU, GI id and MIG UUID). A destroy runs outside the
+/// lock, so by the time its records go, the driver may have given the same GI id to a new instance whose own record
+/// has the same file name; that one must stay.
+fn forget_record(reg: &Registry, l: &Lease) -> Result<(), AllocError> {
+    let same = reg
+        .created()?
+        .iter()
+        .any(|r| r.gpu_uuid == l.gpu_uuid && r.gi == l.gi && r.mig_uuid == l.mig_uuid);
+    if same {
+        reg.remove_created(&l.gpu_uuid, l.gi)?;
+    }
+    Ok(())
+}
+
+/// How long an allocation's sweep leaves a freshly released lease to its background worker (issue 23).
+const RELEASING_GRACE_S: u64 = 30;
+
 /// Why a destroy did not happen.
 pub(super) enum DestroyError {
     /// The instance runs processes (or the driver says IN_USE): never destroy it now.
@@ -171,18 +188,84 @@ pub(super) fn keeps(l: &Lease, config: &Config) -> bool {
     l.keep || config.release == ReleasePolicy::Keep
 }
 
+/// What ending a lease needs after [`begin_end`]: nothing more, or destroying the instance (CI, then GI).
+pub(super) enum Ending {
+    Done(ReleaseOutcome),
+    Destroy(Box<DestroyJob>),
+}
+
+/// A draining lease and the instance to destroy for it.
+pub(super) struct DestroyJob {
+    pub lease: Lease,
+    pub gpu: GpuState,
+    pub instance: GpuInstance,
+}
+
 /// End a lease (under the lock): drop it, or destroy the instance migrun created (one attempt).
 pub(super) fn finish(
     backend: &mut dyn Backend,
     reg: &Registry,
     config: &Config,
     state: &mut MigState,
-    mut l: Lease,
+    l: Lease,
     reason: EndReason,
 ) -> Result<ReleaseOutcome, AllocError> {
+    // A compute-instance lease ends synchronously under the lock (`share`): its GPU instance may hold other
+    // leases' compute instances, which the whole-instance path below knows nothing of.
     if l.ci_profile.is_some() {
         return super::share::finish(backend, reg, config, state, l, reason);
     }
+    match begin_end(reg, config, state, l, reason)? {
+        Ending::Done(o) => Ok(o),
+        Ending::Destroy(job) => {
+            let DestroyJob {
+                lease,
+                gpu,
+                instance,
+            } = *job;
+            let destroyed = destroy(backend, &gpu, &instance, true);
+            end_destroyed(reg, state, lease, destroyed)
+        }
+    }
+}
+
+/// After the destroy of a draining lease's instance (under the lock): drop its records, or leave it draining.
+pub(super) fn end_destroyed(
+    reg: &Registry,
+    state: &mut MigState,
+    l: Lease,
+    destroyed: Result<(), DestroyError>,
+) -> Result<ReleaseOutcome, AllocError> {
+    let mig_uuid = l.mig_uuid.clone();
+    match destroyed {
+        Ok(()) => {
+            forget(state, &l.gpu_uuid, l.gi);
+            forget_record(reg, &l)?;
+            crash_point("release-after-remove-record");
+            reg.remove_lease(l.id)?;
+            Ok(ReleaseOutcome::Destroyed {
+                lease: l.id,
+                mig_uuid,
+            })
+        }
+        Err(DestroyError::Busy) => Ok(ReleaseOutcome::Draining {
+            lease: l.id,
+            mig_uuid,
+        }),
+        Err(DestroyError::Other(e)) => Err(e.into()),
+    }
+}
+
+/// The part of ending a lease that needs no driver call (under the lock): log the end, drop a lease whose
+/// instance migrun keeps or did not create, or mark it draining and say which instance to destroy.
+pub(super) fn begin_end(
+    reg: &Registry,
+    config: &Config,
+    state: &mut MigState,
+    mut l: Lease,
+    reason: EndReason,
+) -> Result<Ending, AllocError> {
+    // Only whole-instance leases come here: callers send a compute-instance lease through [`finish`] (`share`).
     let mig_uuid = l.mig_uuid.clone();
     // The ledger hears of the end before any record changes: a crash after this leaves a draining or removed
     // lease whose end is written, and gc's later end for it counts once (docs/operations.md).
@@ -200,10 +283,21 @@ pub(super) fn finish(
         let whole = lease_whole(state, &l);
         reg.remove_lease(l.id)?;
         if !whole {
-            return Ok(ReleaseOutcome::Gone {
+            return Ok(Ending::Done(ReleaseOutcome::Gone {
                 lease: l.id,
                 mig_uuid,
-            });
+            }));
+        }
+        if ours {
+            // Idle from now on: `keep_idle_s` counts from here.
+            if let Some(mut r) = reg
+                .created()?
+                .into_iter()
+                .find(|r| r.gpu_uuid == l.gpu_uuid && r.gi == l.gi && r.mig_uuid == l.mig_uuid)
+            {
+                r.idle_since = Some(lease::now());
+                reg.write_created(&r)?;
+            }
         }
         let why = if ours {
             "kept warm for reuse (--keep or config release = \"keep\")"
@@ -212,11 +306,11 @@ pub(super) fn finish(
         } else {
             "migrun did not create it"
         };
-        return Ok(ReleaseOutcome::Kept {
+        return Ok(Ending::Done(ReleaseOutcome::Kept {
             lease: l.id,
             mig_uuid,
             why: why.into(),
-        });
+        }));
     }
     // Journal the release first: from here on a crash leaves a draining lease that gc finishes.
     let was_draining = l.state == LeaseState::Draining;
@@ -227,8 +321,8 @@ pub(super) fn finish(
         crash_point("release-after-mark-draining");
     }
     let Some((g, i)) = lease_instance(state, &l) else {
-        reg.remove_created(&l.gpu_uuid, l.gi)
-            .and_then(|_| reg.remove_lease(l.id))?;
+        forget_record(reg, &l)?;
+        reg.remove_lease(l.id)?;
         let outcome = if was_draining {
             // Our own interrupted destroy, or an admin's: either way it is gone now.
             ReleaseOutcome::Destroyed {
@@ -241,26 +335,13 @@ pub(super) fn finish(
                 mig_uuid,
             }
         };
-        return Ok(outcome);
+        return Ok(Ending::Done(outcome));
     };
-    let (g, i) = (g.clone(), i.clone());
-    match destroy(backend, &g, &i, true) {
-        Ok(()) => {
-            forget(state, &l.gpu_uuid, l.gi);
-            reg.remove_created(&l.gpu_uuid, l.gi)?;
-            crash_point("release-after-remove-record");
-            reg.remove_lease(l.id)?;
-            Ok(ReleaseOutcome::Destroyed {
-                lease: l.id,
-                mig_uuid,
-            })
-        }
-        Err(DestroyError::Busy) => Ok(ReleaseOutcome::Draining {
-            lease: l.id,
-            mig_uuid,
-        }),
-        Err(DestroyError::Other(e)) => Err(e.into()),
-    }
+    Ok(Ending::Destroy(Box::new(DestroyJob {
+        gpu: g.clone(),
+        instance: i.clone(),
+        lease: l,
+    })))
 }
 
 /// Reconcile the registry with the device (under the lock) and return the resulting snapshot.
@@ -276,7 +357,7 @@ pub(crate) fn sweep(
     probe: &dyn HolderProbe,
     report: &mut GcReport,
 ) -> Result<MigState, AllocError> {
-    Ok(sweep_records(backend, reg, config, probe, report)?.state)
+    Ok(sweep_records(backend, reg, config, probe, report, false)?.state)
 }
 
 /// What a sweep leaves: the device state and the registry's records, as they are after it.
@@ -295,12 +376,35 @@ pub(crate) fn sweep_records(
     config: &Config,
     probe: &dyn HolderProbe,
     report: &mut GcReport,
+    leave_releasing: bool,
 ) -> Result<Swept, AllocError> {
     let mut state = backend.snapshot()?;
     // Before any record is acted on: the records must be about this machine's GPUs.
     binding::bind(reg.dir(), &backend.kind(), &state, config)?;
     let first = reg.leases()?;
-    let intents = reg.intents()?;
+    // An intent whose process still runs is driver work in flight outside the lock (`inflight`): a create
+    // (planners see it as taken) or a release's destroy (its draining lease is that process's to finish).
+    let (in_flight, intents): (Vec<Intent>, Vec<Intent>) =
+        reg.intents()?.into_iter().partition(Intent::in_flight);
+    // An allocation's sweep also leaves a lease a container's end left releasing moments ago to its worker (which
+    // may not have claimed it yet) and to a request that can take the instance over; `migrun gc` does not wait.
+    // A compute-instance lease has no worker (it is released under the lock), so a busy one is retried at once.
+    let now = lease::now();
+    let destroying = |l: &Lease| {
+        in_flight.iter().any(|i| i.destroy && i.lease == l.id)
+            || (leave_releasing
+                && l.ci_profile.is_none()
+                && now.saturating_sub(l.updated_at) < RELEASING_GRACE_S)
+    };
+    // What a create in flight is making is not for this sweep to judge: a half-made GI may even carry the GI id of a
+    // draining lease whose instance is gone (the driver reuses ids), and must not be destroyed for it. A planner never
+    // reserves a place an instance of a live lease holds, so nothing leased is hidden here.
+    for i in in_flight.iter().filter(|i| !i.destroy) {
+        if let Some(g) = state.gpus.iter_mut().find(|g| g.info.uuid == i.gpu_uuid) {
+            g.instances
+                .retain(|x| !(x.placement == i.placement && x.profile_id == i.profile_id));
+        }
+    }
     // Any repair or release below rewrites lease files; then they are read again.
     let mut changed = !intents.is_empty();
 
@@ -311,6 +415,7 @@ pub(crate) fn sweep_records(
     for l in first.iter() {
         let whole = lease_whole(&state, l);
         let outcome = match l.state {
+            LeaseState::Draining if destroying(l) => None,
             LeaseState::Active if !whole => {
                 // Never destroy here: a changed instance is not the one we leased.
                 reg.log_end(l, EndReason::InstanceGone);

@@ -154,6 +154,12 @@ pub(super) fn apply(
         ci: None,
         pid: std::process::id(),
         created_at: lease.created_at,
+        // No start time: the whole allocation runs under the lock, so no other process sees it in flight, and
+        // a crash leaves an intent that gc repairs at once.
+        start_time: None,
+        uid: None,
+        name: None,
+        destroy: false,
     };
     let (gi, ci_profile_id, start) = match target {
         Target::Into {
@@ -214,6 +220,7 @@ pub(super) fn apply(
                 mig_uuid: String::new(),
                 shared: true,
                 created_at: lease.created_at,
+                idle_since: None,
             };
             if let Err(e) = reg.write_created(&record) {
                 rollback(backend, reg, &intent, gi, None);
@@ -407,6 +414,16 @@ pub(super) fn finish(
         forget(state, &l.gpu_uuid, l.gi);
         reg.remove_created(&l.gpu_uuid, l.gi)?;
         crash_point("release-after-remove-record");
+    } else if empty && !others {
+        // Kept empty: `keep_idle_s` (issue 23) counts from here, as for a kept whole instance.
+        if let Some(mut r) = reg
+            .created()?
+            .into_iter()
+            .find(|r| r.shared && r.gpu_uuid == l.gpu_uuid && r.gi == l.gi)
+        {
+            r.idle_since = Some(lease::now());
+            reg.write_created(&r)?;
+        }
     }
     reg.remove_lease(l.id)?;
     Ok(ReleaseOutcome::Destroyed {

@@ -22,6 +22,8 @@ pub(crate) const FAIL_ENV: &str = "MIGRUN_TEST_FAIL";
 /// Every crash point of an allocation that creates an instance, in order.
 pub const ALLOC_STEPS: &[&str] = &[
     "after-intent",
+    // The lock is released here: the GI and CI are made without it (alloc::inflight).
+    "reserved-unlocked",
     "after-create-gi",
     "after-journal-gi",
     "after-create-ci",
@@ -43,9 +45,14 @@ pub const CI_ALLOC_STEPS: &[&str] = &[
 /// Crash points of an allocation that first destroys idle kept instances to make room.
 pub const EVICT_STEPS: &[&str] = &["evict-after-intent", "evict-after-destroy"];
 
+/// The crash point of an allocation that takes over an instance still releasing (issue 23).
+pub const TAKEOVER_STEPS: &[&str] = &["reuse-releasing-after-drop"];
+
 /// Every crash point of a release that destroys an instance, in order.
 pub const RELEASE_STEPS: &[&str] = &[
     "release-after-mark-draining",
+    // The destroy is claimed and the lock released: CI and GI are destroyed without it.
+    "release-after-claim",
     "release-after-destroy-ci",
     "release-after-destroy-gi",
     "release-after-remove-record",

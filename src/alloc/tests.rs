@@ -408,10 +408,10 @@ fn container_holders_follow_the_probe() {
     let l = e.alloc(&want("1g.10gb")).unwrap();
     set_holder(&e.dir, l.id, container("ccc", None)).unwrap();
     assert_eq!(lease_of_container(&e.dir, "ccc").unwrap().unwrap().id, l.id);
-    let out = release_container(&mut e.sim, &e.dir, &e.config, "ccc").unwrap();
+    let out = release_container(&mut e.sim, &e.dir, &e.config, "ccc", false).unwrap();
     assert!(matches!(out, ReleaseOutcome::Destroyed { .. }));
     assert_eq!(
-        release_container(&mut e.sim, &e.dir, &e.config, "ccc").unwrap(),
+        release_container(&mut e.sim, &e.dir, &e.config, "ccc", false).unwrap(),
         ReleaseOutcome::NoLease
     );
     assert!(set_holder(&e.dir, 999, Holder::Manual).is_err());

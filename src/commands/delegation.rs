@@ -60,6 +60,10 @@ pub fn check(
             "`migrun __watch`",
             "the launcher starts it itself".to_string(),
         )),
+        Command::FinishRelease(_) => Some((
+            "`migrun __finish-release`",
+            "migrun's own releases start it themselves".to_string(),
+        )),
         Command::Mig(_) => Some((
             "`migrun mig`",
             "changing MIG mode is for the admin, from a root shell".to_string(),

@@ -311,10 +311,11 @@ fn run_with_lease(
 }
 
 /// Release a lease, reporting the outcome; `false` when the release failed (the lease stays for gc to retry).
+/// A destroy is left to a detached worker, so the launcher exits without waiting for the driver (issue 23).
 fn release(ctx: &Ctx, dir: &StateDir, lease: &Lease) -> bool {
     let result = ctx
         .session_in(dir.clone())
-        .and_then(|mut s| Ok(s.release(&lease.id.to_string(), None)?));
+        .and_then(|mut s| Ok(s.release_detached(lease.id)?));
     match result {
         Ok(outcome) => {
             say(ctx, outcome.to_string());
@@ -376,7 +377,7 @@ fn spawn_watcher(ctx: &Ctx, lease: &Lease, id: &str, engine_tag: &str) -> Result
 }
 
 /// Where the watcher writes (it has no terminal): the configured log file, else `<state-dir>/migrun.log`.
-fn log_path(ctx: &Ctx) -> PathBuf {
+pub(crate) fn log_path(ctx: &Ctx) -> PathBuf {
     match &ctx.config.log {
         crate::config::LogTarget::Path(p) => p.clone(),
         _ => ctx

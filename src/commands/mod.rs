@@ -6,6 +6,7 @@ mod exit_codes;
 mod handback;
 pub use exit_codes::exit_code_for;
 pub mod delegation;
+mod finisher;
 mod hook;
 pub use hook::shim_fast_path;
 mod launch;
@@ -265,6 +266,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Metrics => ops::metrics(&ctx),
         Command::Sim(a) => sim::sim(&ctx, &a),
         Command::Watch(a) => launch::watch(&ctx, &a),
+        Command::FinishRelease(a) => finisher::finish_release(&ctx, &a),
         Command::Completions(_) | Command::Man => unreachable!("handled above"),
     }
 }

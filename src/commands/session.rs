@@ -105,6 +105,7 @@ fn ended(out: &ReleaseOutcome) -> Option<LeaseId> {
         ReleaseOutcome::Destroyed { lease, .. }
         | ReleaseOutcome::Kept { lease, .. }
         | ReleaseOutcome::Draining { lease, .. }
+        | ReleaseOutcome::Releasing { lease, .. }
         | ReleaseOutcome::Gone { lease, .. } => Some(*lease),
         ReleaseOutcome::NoLease => None,
     }
@@ -257,8 +258,59 @@ impl Session<'_> {
         id: LeaseId,
         holds: &dyn Fn(&Lease) -> bool,
     ) -> Result<ReleaseOutcome, SessionError> {
-        let out = self.op(|b, d, c, _| alloc::release_if(b, d, c, id, holds))?;
+        let out = self.op(|b, d, c, _| alloc::release_if(b, d, c, id, holds, true))?;
+        let out = self.forget(out)?;
+        Ok(self.detach_destroy(out))
+    }
+
+    /// Release lease `id` for a container's end (the launcher): as [`Session::release_if`] for a lease it holds.
+    pub(crate) fn release_detached(&mut self, id: LeaseId) -> Result<ReleaseOutcome, SessionError> {
+        self.release_if(id, &|_| true)
+    }
+
+    /// `migrun __finish-release`: the detached destroy of a lease a container's end left releasing.
+    pub(crate) fn finish_release(&mut self, id: LeaseId) -> Result<ReleaseOutcome, SessionError> {
+        let out = self.op(|b, d, c, _| alloc::finish_release(b, d, c, id))?;
         self.forget(out)
+    }
+
+    /// A release that left its destroy to a worker: start it (`migrun __finish-release`), detached, so the
+    /// container's end does not wait for the driver. If it cannot start, gc (or the next allocation's sweep)
+    /// destroys the draining instance; the outcome says so either way.
+    /// It waits for the worker up to `release_wait_ms` (a driver that destroys at once still reports `Destroyed`);
+    /// past that it returns, and the worker carries on alone.
+    fn detach_destroy(&self, out: ReleaseOutcome) -> ReleaseOutcome {
+        let ReleaseOutcome::Releasing { lease, mig_uuid } = &out else {
+            return out;
+        };
+        let mut child = match crate::commands::finisher::spawn_finisher(self.ctx, &self.dir, *lease)
+        {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(lease, error = %e, "could not start the background destroy; gc finishes it");
+                return out;
+            }
+        };
+        let until = std::time::Instant::now()
+            + std::time::Duration::from_millis(self.ctx.config.release_wait_ms);
+        loop {
+            match child.try_wait() {
+                Ok(Some(st)) if st.success() => {
+                    let gone =
+                        alloc::leases(&self.dir).is_ok_and(|ls| ls.iter().all(|l| l.id != *lease));
+                    if gone {
+                        return ReleaseOutcome::Destroyed {
+                            lease: *lease,
+                            mig_uuid: mig_uuid.clone(),
+                        };
+                    }
+                    return out;
+                }
+                Ok(Some(_)) | Err(_) => return out,
+                Ok(None) if std::time::Instant::now() >= until => return out,
+                Ok(None) => std::thread::sleep(std::time::Duration::from_millis(2)),
+            }
+        }
     }
 
     /// Release the lease held by docker container `container` (the launcher's watcher).
@@ -266,8 +318,9 @@ impl Session<'_> {
         &mut self,
         container: &str,
     ) -> Result<ReleaseOutcome, SessionError> {
-        let out = self.op(|b, d, c, _| alloc::release_container(b, d, c, container))?;
-        self.forget(out)
+        let out = self.op(|b, d, c, _| alloc::release_container(b, d, c, container, true))?;
+        let out = self.forget(out)?;
+        Ok(self.detach_destroy(out))
     }
 
     /// gc, then the specs whose lease is gone or draining (a killed holder's, say).

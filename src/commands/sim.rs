@@ -86,6 +86,17 @@ pub fn sim(ctx: &Ctx, action: &SimAction) -> Result<i32> {
             })?;
             crate::outln!("GPU {gpu} GI {gi} {} {}", p.short_name(), ci.mig_uuid);
         }
+        SimAction::Latency { setting } => {
+            let now = match setting {
+                Some(l) => {
+                    let l = *l;
+                    sim.with_machine(|m| m.latency = l)?;
+                    l
+                }
+                None => sim.with_machine(|m| m.latency)?,
+            };
+            crate::outln!("simulated driver latency (ms): {now}");
+        }
         SimAction::SetProcesses { gpu, gi, count } => {
             let (gpu, gi, count) = (*gpu, *gi, *count);
             sim.with_machine(|m| match gi {

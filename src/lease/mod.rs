@@ -166,6 +166,28 @@ pub(crate) struct Intent {
     pub ci: Option<CiIntent>,
     pub pid: u32,
     pub created_at: u64,
+    /// The start time of `pid` when the driver work runs outside the lock (issue 23): while that process lives,
+    /// the intent is a reservation in flight that gc leaves alone and planners count as taken. Absent in
+    /// intents written wholly under the lock (and in those of older versions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<u64>,
+    /// What the lease will be (a reservation's uid, name and holder count against the limits and the names of
+    /// later requests while it is in flight). Absent in a destroy's claim.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<LeaseName>,
+    /// A destroy outside the lock (a release's claim on its draining lease), not a create.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub destroy: bool,
+}
+
+impl Intent {
+    /// The process doing this intent's driver work outside the lock still runs.
+    pub(crate) fn in_flight(&self) -> bool {
+        self.start_time
+            .is_some_and(|st| process_alive(self.pid, st))
+    }
 }
 
 /// The compute-instance part of an [`Intent`]: journaled before the compute instance is created, its id
@@ -205,6 +227,10 @@ pub(crate) struct CreatedRecord {
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub shared: bool,
     pub created_at: u64,
+    /// When its last lease ended and it was kept (`release = "keep"`); `keep_idle_s` counts from here (from
+    /// `created_at` when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_since: Option<u64>,
 }
 
 impl CreatedRecord {
@@ -320,6 +346,9 @@ impl Fields for Lease {
 impl Fields for Intent {
     fn check(&self) -> Result<(), String> {
         check_gpu_uuid(&self.gpu_uuid)?;
+        if let Some(n) = &self.name {
+            LeaseName::check(n.as_str()).map_err(|e| format!("name: {e}"))?;
+        }
         check_text("profile", &self.profile, 64)
     }
 }

@@ -369,3 +369,79 @@ pub fn ownership(sim: &Sim) {
     assert_eq!(instances(&status).len(), 1, "the foreign one stays");
     check_invariants(&status, false);
 }
+
+/// The driver's create runs outside the allocation lock (issue 23): while one request waits on a slow create
+/// (the simulated driver's latency model: 4 s per GI create), a request that needs no driver call (it reuses a
+/// free instance) is served and done before the slow one ends; before, it waited for the lock. Ordering, not
+/// timing, is asserted. Then a second slow create runs beside the first, at another placement, and every
+/// invariant holds.
+pub fn creates_run_outside_the_lock(sim: &Sim) {
+    let (_, found) = sim.create_foreign(0, 19);
+    sim.update(|m| m.latency = "create-gi=4000".parse().unwrap());
+    let spawn = |profile: &str| {
+        sim.cmd(&["alloc", "--profile", profile, "--gpu", "0"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn migrun alloc")
+    };
+    let mut slow = spawn("3g.40gb");
+    // Its reservation is journalled before the driver is called.
+    let intents = sim.state_dir().join("intents");
+    let t0 = Instant::now();
+    while std::fs::read_dir(&intents).map_or(true, |mut d| d.next().is_none()) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "no reservation appeared"
+        );
+        assert!(
+            slow.try_wait().unwrap().is_none(),
+            "the slow alloc ended early"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let (uuid, _) = sim.alloc(&["--profile", "1g.10gb", "--gpu", "0"]);
+    assert_eq!(uuid, found, "the free instance is reused");
+    assert!(
+        slow.try_wait().unwrap().is_none(),
+        "a reuse was served only after the slow create ended: the create held the lock"
+    );
+    // A second create beside the first: both in flight at once, never at the same placement.
+    let other = spawn("2g.20gb");
+    let (a, b) = (
+        slow.wait_with_output().unwrap(),
+        other.wait_with_output().unwrap(),
+    );
+    for o in [&a, &b] {
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    let status = sim.status();
+    check_invariants(&status, true);
+    assert_eq!(leases(&status).len(), 3);
+    let placements: HashSet<u64> = leases(&status)
+        .iter()
+        .map(|l| l["placement"]["start"].as_u64().unwrap())
+        .collect();
+    assert_eq!(placements.len(), 3, "three placements: {status:#}");
+}
+
+/// Killed while taking over an instance still releasing (issue 23): the release's worker died at its claim, so
+/// the instance is whole and releasing; the next request of its profile drops the draining lease and is killed
+/// before it writes its own. gc then finds migrun's instance idle and unleased: it stays, migrun's (never
+/// destroyed under a lease, never lost), and the next request reuses it.
+pub fn killed_while_taking_over(make: &dyn Fn() -> Sim) {
+    for step in migrun::alloc::testhook::TAKEOVER_STEPS {
+        let sim = make();
+        let (uuid, id) = sim.alloc(&["--profile", "3g.40gb"]);
+        crash(&sim, "release-after-claim", &["release", &id.to_string()]);
+        crash(&sim, step, &["alloc", "--profile", "3g.40gb"]);
+        let gc = sim.ok(&["gc"]);
+        let status = sim.status();
+        check_invariants(&status, false);
+        assert!(leases(&status).is_empty(), "after {step}: {gc}");
+        assert_eq!(instances(&status).len(), 1, "after {step}: {gc}");
+        let (again, _) = sim.alloc(&["--profile", "3g.40gb"]);
+        assert_eq!(again, uuid, "the instance is reused, not made again");
+        check_invariants(&sim.status(), true);
+    }
+}

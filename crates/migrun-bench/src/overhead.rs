@@ -42,7 +42,7 @@ pub mod cdi;
 
 pub type Result<T> = std::result::Result<T, OverheadError>;
 
-fn failed(what: impl std::fmt::Display) -> OverheadError {
+pub(crate) fn failed(what: impl std::fmt::Display) -> OverheadError {
     OverheadError::Failed(what.to_string())
 }
 
@@ -599,7 +599,7 @@ fn shim_command(m: &Machine, link: &Path, cfg: &Path, t: &RuncTarget, bundle: &B
     c
 }
 
-pub(crate) fn run_id() -> String {
+pub fn run_id() -> String {
     format!(
         "ovh-{}-{}",
         std::process::id(),
@@ -610,13 +610,13 @@ pub(crate) fn run_id() -> String {
 /// A bundle dir under `dir/name` whose config.json is `spec` (kept as bytes, to be restored before
 /// every run: migrun's prestart hook rewrites config.json, and a used marker must not reach the
 /// next run).
-pub(crate) struct Bundle {
-    dir: PathBuf,
+pub struct Bundle {
+    pub dir: PathBuf,
     config: Vec<u8>,
 }
 
 impl Bundle {
-    fn new(
+    pub fn new(
         base: &RuncTarget,
         dir: &Path,
         name: &str,
@@ -638,13 +638,13 @@ impl Bundle {
         Ok(b)
     }
 
-    fn restore(&self) -> Result<()> {
+    pub fn restore(&self) -> Result<()> {
         migrun::statedir::write_atomic(&self.dir.join("config.json"), &self.config, 0o644)
             .map_err(failed)
     }
 
     /// `<program> --root R run --bundle B <fresh id>`, timed, config.json restored first.
-    fn run(&self, m: &Machine, program: &Path, root: &Path) -> Result<Duration> {
+    pub fn run(&self, m: &Machine, program: &Path, root: &Path) -> Result<Duration> {
         self.restore()?;
         let mut c = m.command(program);
         c.arg("--root")
@@ -657,7 +657,7 @@ impl Bundle {
     }
 }
 
-fn hook(m: &Machine, stage: &str, extra_env: &[String]) -> serde_json::Value {
+pub fn hook(m: &Machine, stage: &str, extra_env: &[String]) -> serde_json::Value {
     let mut env: Vec<String> = m.env().iter().map(|(k, v)| format!("{k}={v}")).collect();
     env.extend_from_slice(extra_env);
     serde_json::json!({

@@ -317,9 +317,14 @@ impl NvmlBackend {
                 Err(NvmlError::NotFound) | Err(NvmlError::InvalidArg) => continue,
                 Err(e) => return Err(nvml_err(op, gpu, e)),
             };
-            let gi = ffi::mig_gpu_instance_id(&mig).map_err(|e| nvml_err(op, gpu, e))?;
-            let ci = ffi::mig_compute_instance_id(&mig).map_err(|e| nvml_err(op, gpu, e))?;
-            let uuid = mig.uuid().map_err(|e| nvml_err(op, gpu, e))?;
+            let ids = ffi::mig_gpu_instance_id(&mig)
+                .and_then(|gi| Ok((gi, ffi::mig_compute_instance_id(&mig)?, mig.uuid()?)));
+            let (gi, ci, uuid) = match ids {
+                Ok(ids) => ids,
+                // Destroyed since the handle was taken (a destroy runs outside migrun's lock, issue 23).
+                Err(NvmlError::NotFound) | Err(NvmlError::InvalidArg) => continue,
+                Err(e) => return Err(nvml_err(op, gpu, e)),
+            };
             let procs = match mig.running_compute_processes_count() {
                 Ok(n) => n,
                 // A driver that cannot list per MIG device still lists the whole GPU, with each
@@ -334,6 +339,7 @@ impl NvmlBackend {
                     };
                     all.iter().filter(|p| p.gpu_instance_id == Some(gi)).count() as u32
                 }
+                Err(NvmlError::NotFound) | Err(NvmlError::InvalidArg) => continue,
                 Err(e) => return Err(nvml_err("listing compute processes", gpu, e)),
             };
             out.push((gi, ci, uuid, procs));
@@ -428,10 +434,15 @@ impl Backend for NvmlBackend {
         for p in &table {
             let found = {
                 let dev = device(&self.nvml, gpu)?;
+                // A GI destroyed between the listing and its info (another process's destroy runs outside
+                // migrun's lock, issue 23) answers NOT_FOUND or INVALID_ARGUMENT: it is gone, not an error.
                 ffi::gpu_instances(&dev, p.id, p.instance_count).and_then(|found| {
                     found
                         .iter()
-                        .map(|gi| gi.info())
+                        .filter_map(|gi| match gi.info() {
+                            Err(NvmlError::NotFound) | Err(NvmlError::InvalidArg) => None,
+                            r => Some(r),
+                        })
                         .collect::<Result<Vec<_>, _>>()
                 })
             };

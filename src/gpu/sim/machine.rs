@@ -5,6 +5,7 @@
 //! NOT_SUPPORTED, destroying a GI with a CI or a CI with processes -> IN_USE) live in one place;
 //! compute instances inside a GI are in `sim::ci`.
 
+use super::latency::Latency;
 use super::models::{self, Model, ModelError};
 use crate::gpu::rules::{self, Occupant};
 use crate::gpu::{Code, ComputeInstance, GiProfile, GpuInfo, GpuInstance, MigMode, Placement};
@@ -171,6 +172,9 @@ pub struct SimGpu {
 pub struct SimMachine {
     pub spec: SimSpec,
     pub gpus: Vec<SimGpu>,
+    /// How long each driver operation takes (`migrun sim latency`); absent (off) in a fresh machine.
+    #[serde(default, skip_serializing_if = "Latency::is_off")]
+    pub latency: Latency,
 }
 
 /// A UUID-shaped string derived from `key`; stored in the state file, so it stays stable for the instance's life.
@@ -214,6 +218,7 @@ impl SimMachine {
         SimMachine {
             spec: spec.clone(),
             gpus,
+            latency: Latency::default(),
         }
     }
 

@@ -5,10 +5,12 @@
 //! `libnvidia-ml.so` see one machine.
 
 pub mod ci;
+pub mod latency;
 pub mod machine;
 pub mod models;
 pub mod procfs;
 
+pub use latency::{DriverOp, Latency, LatencyError};
 pub use machine::{SimMachine, SimSpec, SpecError};
 
 use super::{
@@ -209,8 +211,12 @@ impl SimBackend {
             store: SimStore::new(dir.join(SIM_FILE)),
             spec,
         };
-        // Load once so that a mismatching or corrupt state file is reported before anything else.
-        backend.store.update(&backend.spec, |_| ())?;
+        // Load once so that a mismatching or corrupt state file is reported before anything else; this is the
+        // simulated driver's init, and takes as long as the model says.
+        backend
+            .store
+            .update(&backend.spec, |m| m.latency)?
+            .wait(DriverOp::Init);
         Ok(backend)
     }
 
@@ -222,7 +228,10 @@ impl SimBackend {
             store: SimStore::new_read_only(state_dir.join(SIM_FILE)),
             spec,
         };
-        backend.store.update(&backend.spec, |_| ())?;
+        backend
+            .store
+            .update(&backend.spec, |m| m.latency)?
+            .wait(DriverOp::Init);
         Ok(backend)
     }
 
@@ -240,13 +249,28 @@ impl SimBackend {
         gpu: u32,
         f: impl FnOnce(&mut SimMachine) -> Result<R, Code>,
     ) -> Result<R, GpuError> {
-        let (count, out) = self.store.update(&self.spec, |m| {
+        self.timed_op(None, op, gpu, f)
+    }
+
+    /// [`SimBackend::op`] for a driver call the latency model times: it sleeps as long as the model says,
+    /// after the file lock is released (see [`latency`]).
+    fn timed_op<R>(
+        &self,
+        timed: Option<DriverOp>,
+        op: &str,
+        gpu: u32,
+        f: impl FnOnce(&mut SimMachine) -> Result<R, Code>,
+    ) -> Result<R, GpuError> {
+        let (count, lat, out) = self.store.update(&self.spec, |m| {
             let count = m.gpus.len() as u32;
             if gpu >= count {
-                return (count, Err(Code::InvalidArgument));
+                return (count, m.latency, Err(Code::InvalidArgument));
             }
-            (count, f(m))
+            (count, m.latency, f(m))
         })?;
+        if let Some(d) = timed {
+            lat.wait(d);
+        }
         if gpu >= count {
             return Err(GpuError::NoSuchGpu { index: gpu, count });
         }
@@ -283,12 +307,17 @@ impl Backend for SimBackend {
         self.op("reading GPU instance profiles", gpu, |m| m.profiles(gpu))
     }
     fn instances(&mut self, gpu: u32) -> Result<Vec<GpuInstance>, GpuError> {
-        self.op("listing GPU instances", gpu, |m| m.instances(gpu))
+        self.timed_op(Some(DriverOp::List), "listing GPU instances", gpu, |m| {
+            m.instances(gpu)
+        })
     }
     fn create_gi(&mut self, gpu: u32, profile_id: u32, start: u32) -> Result<u32, GpuError> {
-        let res = self.op("creating a GPU instance", gpu, |m| {
-            m.create_gi(gpu, profile_id, start)
-        });
+        let res = self.timed_op(
+            Some(DriverOp::CreateGi),
+            "creating a GPU instance",
+            gpu,
+            |m| m.create_gi(gpu, profile_id, start),
+        );
         match res {
             Err(GpuError::Nvml {
                 code: Code::NotSupported,
@@ -306,9 +335,12 @@ impl Backend for SimBackend {
         }
     }
     fn create_default_ci(&mut self, gpu: u32, gi: u32) -> Result<ComputeInstance, GpuError> {
-        self.op("creating the default compute instance", gpu, |m| {
-            m.create_default_ci(gpu, gi)
-        })
+        self.timed_op(
+            Some(DriverOp::CreateCi),
+            "creating the default compute instance",
+            gpu,
+            |m| m.create_default_ci(gpu, gi),
+        )
     }
     fn ci_profiles(&mut self, gpu: u32, gi: u32) -> Result<Vec<CiProfile>, GpuError> {
         self.op("reading compute instance profiles", gpu, |m| {
@@ -322,9 +354,12 @@ impl Backend for SimBackend {
         profile_id: u32,
         start: u32,
     ) -> Result<ComputeInstance, GpuError> {
-        self.op("creating a compute instance", gpu, |m| {
-            m.create_ci(gpu, gi, profile_id, start)
-        })
+        self.timed_op(
+            Some(DriverOp::CreateCi),
+            "creating a compute instance",
+            gpu,
+            |m| m.create_ci(gpu, gi, profile_id, start),
+        )
     }
     fn ci_placements(&mut self, gpu: u32, gi: u32) -> Result<Vec<CiPlacement>, GpuError> {
         self.op("listing compute instances", gpu, |m| {
@@ -332,15 +367,25 @@ impl Backend for SimBackend {
         })
     }
     fn destroy_ci(&mut self, gpu: u32, gi: u32, ci: u32) -> Result<(), GpuError> {
-        self.op("destroying a compute instance", gpu, |m| {
-            m.destroy_ci(gpu, gi, ci)
-        })
+        self.timed_op(
+            Some(DriverOp::DestroyCi),
+            "destroying a compute instance",
+            gpu,
+            |m| m.destroy_ci(gpu, gi, ci),
+        )
     }
     fn destroy_gi(&mut self, gpu: u32, gi: u32) -> Result<(), GpuError> {
-        self.op("destroying a GPU instance", gpu, |m| m.destroy_gi(gpu, gi))
+        self.timed_op(
+            Some(DriverOp::DestroyGi),
+            "destroying a GPU instance",
+            gpu,
+            |m| m.destroy_gi(gpu, gi),
+        )
     }
     fn set_mig_mode(&mut self, gpu: u32, enable: bool) -> Result<MigMode, GpuError> {
-        self.op("setting MIG mode", gpu, |m| m.set_mig_mode(gpu, enable))
+        self.timed_op(Some(DriverOp::MigMode), "setting MIG mode", gpu, |m| {
+            m.set_mig_mode(gpu, enable)
+        })
     }
     fn gpu_processes(&mut self, gpu: u32) -> Result<u32, GpuError> {
         self.op("listing compute processes", gpu, |m| m.gpu_processes(gpu))
@@ -349,7 +394,18 @@ impl Backend for SimBackend {
     /// One locked read of the state file for the whole machine, instead of the default's one per GPU and call:
     /// every allocation and hook takes a snapshot, and it must also be consistent across GPUs.
     fn snapshot(&mut self) -> Result<MigState, GpuError> {
-        self.store.update(&self.spec, |m| {
+        let (lat, state) = self
+            .store
+            .update(&self.spec, |m| (m.latency, Self::read_all(m)))?;
+        lat.wait(DriverOp::List);
+        state
+    }
+}
+
+impl SimBackend {
+    /// The whole machine as a snapshot (under the store's lock, by [`Backend::snapshot`]).
+    fn read_all(m: &SimMachine) -> Result<MigState, GpuError> {
+        {
             let mut gpus = Vec::new();
             for info in m.gpu_infos() {
                 let i = info.index;
@@ -372,7 +428,7 @@ impl Backend for SimBackend {
                 });
             }
             Ok(MigState { gpus })
-        })?
+        }
     }
 }
 
@@ -432,6 +488,28 @@ mod tests {
         // A different spec is still refused when the cache holds the machine.
         let other: SimSpec = "h100-80gb:2".parse().unwrap();
         assert!(a.update(&other, |_| ()).is_err());
+    }
+
+    #[test]
+    fn the_latency_model_delays_driver_calls_without_holding_the_machine() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = StateDir::open(t.path().join("s")).unwrap();
+        let spec: SimSpec = "h100-80gb:1".parse().unwrap();
+        let mut a = SimBackend::open(&dir, spec.clone()).unwrap();
+        a.with_machine(|m| m.latency = "create-gi=400".parse().unwrap())
+            .unwrap();
+        let mut b = SimBackend::open(&dir, spec).unwrap();
+        let creator = std::thread::spawn(move || {
+            let t0 = std::time::Instant::now();
+            a.create_gi(0, 19, 0).unwrap();
+            t0.elapsed()
+        });
+        // While the create sleeps, another process's calls go through at once (the file lock is not held).
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let t0 = std::time::Instant::now();
+        assert_eq!(b.snapshot().unwrap().gpus[0].instances.len(), 1);
+        assert!(t0.elapsed() < std::time::Duration::from_millis(250));
+        assert!(creator.join().unwrap() >= std::time::Duration::from_millis(400));
     }
 
     #[test]

@@ -21,7 +21,7 @@ mod handle;
 use config::Config;
 use handle::{Handle, Kind};
 use migrun::gpu::sim::models::Model;
-use migrun::gpu::sim::{SimMachine, SimStore};
+use migrun::gpu::sim::{DriverOp, SimMachine, SimStore};
 use migrun::gpu::{CiProfile, GiProfile, MigMode};
 use nvml_wrapper_sys::bindings::*;
 use std::ffi::{c_char, c_uint, c_ulonglong, CStr};
@@ -131,6 +131,13 @@ impl Session {
             complain(&e.to_string());
             UNKNOWN
         })
+    }
+
+    /// Take as long as the simulated machine's latency model says `op` takes (`migrun sim latency`), after the
+    /// machine's file lock is released, so that other processes' calls overlap this one.
+    fn wait(&self, op: DriverOp) -> R {
+        self.machine(|m| m.latency)?.wait(op);
+        Ok(())
     }
 
     fn privileged(&self) -> R {
@@ -380,9 +387,13 @@ fn init(symbol: &'static str) -> Ret {
         }
         let store = SimStore::new(&cfg.state);
         // Load (or create) the machine now, so a bad spec or state file fails init, not a later call.
-        if let Err(e) = store.update(&cfg.spec, |_| ()) {
-            complain(&e.to_string());
-            return DRIVER_NOT_LOADED;
+        match store.update(&cfg.spec, |m| m.latency) {
+            // The simulated driver's init takes as long as the latency model says.
+            Ok(l) => l.wait(DriverOp::Init),
+            Err(e) => {
+                complain(&e.to_string());
+                return DRIVER_NOT_LOADED;
+            }
         }
         // NVML reference-counts init; a later init re-reads the environment (tests change it between sessions).
         let refs = guard.as_ref().map_or(0, |s| s.refs) + 1;
@@ -650,6 +661,7 @@ pub unsafe extern "C" fn nvmlDeviceSetMigMode(
         };
         s.privileged()?;
         let after: MigMode = s.machine(|m| m.set_mig_mode(gpu, enable))?.map_err(code)?;
+        s.wait(DriverOp::MigMode)?;
         // The change waits for a GPU reset (`migrun sim reset-gpu` / SimMachine::reset_gpu), as on hardware.
         let status = if after.change_pending() {
             RESET_REQUIRED
@@ -839,6 +851,7 @@ pub unsafe extern "C" fn nvmlDeviceCreateGpuInstance(
         let gi = s
             .machine(|m| m.create_gi_anywhere(gpu, profileId))?
             .map_err(code)?;
+        s.wait(DriverOp::CreateGi)?;
         // SAFETY: caller contract above.
         unsafe { put(gpuInstance, Handle::gi(gpu, gi).to_ptr()) }
     })
@@ -871,6 +884,7 @@ pub unsafe extern "C" fn nvmlDeviceCreateGpuInstanceWithPlacement(
             }
             m.create_gi(gpu, profileId, want.start).map_err(code)
         })??;
+        s.wait(DriverOp::CreateGi)?;
         // SAFETY: caller contract above.
         unsafe { put(gpuInstance, Handle::gi(gpu, gi).to_ptr()) }
     })
@@ -907,6 +921,7 @@ pub unsafe extern "C" fn nvmlDeviceGetGpuInstances(
                 .map(|i| i.id)
                 .collect()
         })?;
+        s.wait(DriverOp::List)?;
         let items: Vec<nvmlGpuInstance_t> =
             ids.iter().map(|id| Handle::gi(gpu, *id).to_ptr()).collect();
         // SAFETY: caller contract above.
@@ -974,7 +989,8 @@ pub unsafe extern "C" fn nvmlGpuInstanceDestroy(gpuInstance: nvmlGpuInstance_t) 
     call("nvmlGpuInstanceDestroy", |s| {
         let (gpu, gi, _) = s.gi(gpuInstance)?;
         s.privileged()?;
-        s.machine(|m| m.destroy_gi(gpu, gi))?.map_err(code)
+        s.machine(|m| m.destroy_gi(gpu, gi))?.map_err(code)?;
+        s.wait(DriverOp::DestroyGi)
     })
 }
 
@@ -1148,6 +1164,7 @@ pub unsafe extern "C" fn nvmlGpuInstanceCreateComputeInstance(
         let ci = s
             .machine(|m| m.create_ci_anywhere(gpu, gi, profileId))?
             .map_err(code)?;
+        s.wait(DriverOp::CreateCi)?;
         // SAFETY: caller contract above.
         unsafe { put(computeInstance, Handle::ci(gpu, gi, ci.id).to_ptr()) }
     })
@@ -1177,6 +1194,7 @@ pub unsafe extern "C" fn nvmlGpuInstanceCreateComputeInstanceWithPlacement(
         let ci = s
             .machine(|m| m.create_ci(gpu, gi, profileId, want.start))?
             .map_err(code)?;
+        s.wait(DriverOp::CreateCi)?;
         // SAFETY: caller contract above.
         unsafe { put(computeInstance, Handle::ci(gpu, gi, ci.id).to_ptr()) }
     })
@@ -1275,7 +1293,8 @@ pub unsafe extern "C" fn nvmlComputeInstanceDestroy(computeInstance: nvmlCompute
     call("nvmlComputeInstanceDestroy", |s| {
         let (gpu, gi, ci, _) = s.ci_of(Handle::from_ptr(computeInstance), Kind::Ci)?;
         s.privileged()?;
-        s.machine(|m| m.destroy_ci(gpu, gi, ci))?.map_err(code)
+        s.machine(|m| m.destroy_ci(gpu, gi, ci))?.map_err(code)?;
+        s.wait(DriverOp::DestroyCi)
     })
 }
 

@@ -1,0 +1,103 @@
+//! Expiring kept instances (`keep_idle_s`, issue 23): `migrun gc` destroys instances migrun kept warm once they have
+//! been idle that long; it must not touch a leased, busy, foreign or in-flight instance.
+//!
+//! Each expiry is claimed under the lock (an intent naming the instance, `destroy`, with this process's start time,
+//! so planners hide the instance and gc leaves it to this process), destroyed outside the lock, and its records
+//! dropped under it again; a crash after the claim leaves an intent that gc repairs (it destroys the instance, which
+//! no lease holds).
+
+use super::reconcile::{destroy, record_matches, DestroyError};
+use super::{AllocError, GcReport};
+use crate::config::Config;
+use crate::gpu::Backend;
+use crate::lease::{self, Intent, Registry};
+
+/// Destroy kept instances idle for `keep_idle_s` or longer (nothing when the setting is absent).
+pub(super) fn expire(
+    backend: &mut dyn Backend,
+    reg: &Registry,
+    config: &Config,
+    report: &mut GcReport,
+) -> Result<(), AllocError> {
+    let Some(limit) = config.keep_idle_s else {
+        return Ok(());
+    };
+    let now = lease::now();
+    let mut jobs = Vec::new();
+    {
+        let _lock = reg.lock()?;
+        let state = backend.snapshot()?;
+        let leases = reg.leases()?;
+        let intents = reg.intents()?;
+        for r in reg.created()? {
+            let leased = leases
+                .iter()
+                .any(|l| l.gpu_uuid == r.gpu_uuid && l.gi == r.gi);
+            let claimed = intents
+                .iter()
+                .any(|i| i.in_flight() && i.gpu_uuid == r.gpu_uuid && i.placement == r.placement);
+            if leased || claimed || !record_matches(&state, &r) {
+                continue;
+            }
+            if now.saturating_sub(r.idle_since.unwrap_or(r.created_at)) < limit {
+                continue;
+            }
+            let Some(g) = state.gpus.iter().find(|g| g.info.uuid == r.gpu_uuid) else {
+                continue;
+            };
+            let Some(i) = g.instances.iter().find(|i| i.id == r.gi) else {
+                continue;
+            };
+            // A sharing GPU instance goes only while it holds no compute instance (as in `apply::evict`): one left
+            // in it is not a kept one of migrun's.
+            if i.processes > 0 || (r.shared && !i.compute_instances.is_empty()) {
+                continue;
+            }
+            let pid = std::process::id();
+            let intent = Intent {
+                lease: reg.next_lease_id()?,
+                gpu_index: g.info.index,
+                gpu_uuid: r.gpu_uuid.clone(),
+                profile_id: r.profile_id,
+                profile: r.profile.clone(),
+                placement: r.placement,
+                gi: Some(r.gi),
+                ci: None,
+                pid,
+                created_at: now,
+                start_time: lease::process_start_time(pid),
+                uid: None,
+                name: None,
+                destroy: true,
+            };
+            reg.write_intent(&intent)?;
+            jobs.push((intent, g.clone(), i.clone(), r));
+        }
+    }
+    for (intent, g, i, r) in jobs {
+        let res = destroy(backend, &g, &i, false);
+        let _lock = reg.lock()?;
+        match res {
+            Ok(()) => {
+                let same = reg
+                    .created()?
+                    .iter()
+                    .any(|c| c.gpu_uuid == r.gpu_uuid && c.gi == r.gi && c.mig_uuid == r.mig_uuid);
+                if same {
+                    reg.remove_created(&r.gpu_uuid, r.gi)?;
+                }
+                reg.remove_intent(intent.lease)?;
+                report.repaired.push(format!(
+                    "GPU {} GI {} ({} at {}), kept idle for {limit} s or more (keep_idle_s): destroyed",
+                    g.info.index, i.id, r.profile, r.placement
+                ));
+            }
+            Err(DestroyError::Busy) => reg.remove_intent(intent.lease)?,
+            Err(DestroyError::Other(e)) => {
+                reg.remove_intent(intent.lease)?;
+                return Err(e.into());
+            }
+        }
+    }
+    Ok(())
+}
