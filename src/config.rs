@@ -120,6 +120,9 @@ pub struct Config {
     pub release_wait_ms: u64,
     /// Kept instances (`release = "keep"`, `--keep`) idle this long are destroyed by `migrun gc`; `None` = kept forever.
     pub keep_idle_s: Option<u64>,
+    /// Warm pool: profile -> idle instances `migrun gc` keeps ready (made in the background, only while no request
+    /// waits); e.g. `warm = { "1g.10gb" = 2 }`.
+    pub warm: std::collections::BTreeMap<String, u32>,
 }
 
 impl Default for Config {
@@ -145,6 +148,7 @@ impl Default for Config {
             metrics_textfile: None,
             release_wait_ms: 40,
             keep_idle_s: None,
+            warm: std::collections::BTreeMap::new(),
         }
     }
 }
@@ -218,6 +222,13 @@ impl Config {
         }
         if c.ledger_keep == 0 {
             return Err("ledger_keep = 0: keep at least one rotated file".into());
+        }
+        for profile in c.warm.keys() {
+            if let Err(e) = profile.parse::<crate::profile::ProfileSpec>() {
+                return Err(format!(
+                    "warm entry {profile:?}: {e}; name a profile such as \"1g.10gb\""
+                ));
+            }
         }
         Ok(c)
     }

@@ -482,3 +482,29 @@ fn gc_expires_kept_instances_idle_for_keep_idle_s() {
         "the kept one ({kept}) expired, the leased one stays"
     );
 }
+
+/// `warm` (issue 23): `migrun gc` makes the idle instances the warm pool asks for (outside the lock, as every create),
+/// the next request of that profile reuses one, and nothing is made while a request waits.
+#[test]
+fn gc_makes_the_warm_pool_ready_and_requests_reuse_it() {
+    let sim = Sim::new("h100-80gb");
+    std::fs::write(sim.config_path(), "warm = { \"1g.10gb\" = 2 }\n").unwrap();
+    let gc = sim.ok(&["gc"]);
+    assert!(
+        gc.contains("2 idle 1g.10gb instance(s) of migrun's ready"),
+        "{gc}"
+    );
+    let status = sim.status();
+    assert_eq!(instances(&status).len(), 2);
+    assert!(leases(&status).is_empty());
+    // Idempotent: a second gc makes nothing more.
+    sim.ok(&["gc"]);
+    assert_eq!(instances(&sim.status()).len(), 2);
+    let ready: Vec<String> = instances(&sim.status())
+        .into_iter()
+        .filter_map(|(_, _, u)| u)
+        .collect();
+    let (uuid, _) = sim.alloc(&["--profile", "1g.10gb"]);
+    assert!(ready.contains(&uuid), "a warm instance is reused");
+    check_invariants(&sim.status(), false);
+}

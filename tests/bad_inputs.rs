@@ -223,6 +223,7 @@ fn case(id: &str, sim: &Sim) -> Option<Case> {
         "cfg-bad-release" => c("release = \"recycle\"", none, s(&["status"])),
         "cfg-bad-release-wait" => c("release_wait_ms = -1", none, s(&["status"])),
         "cfg-bad-keep-idle" => c("keep_idle_s = \"soon\"", none, s(&["status"])),
+        "cfg-bad-warm" => c("warm = { \"banana\" = 1 }", none, s(&["status"])),
         "cli-bad-sim-latency" => c("", init, s(&["sim", "latency", "create-gi=fast"])),
         "cfg-missing-file" => c(
             "",
@@ -794,6 +795,7 @@ fn every_documented_bad_input_fails_cleanly_and_leaves_nothing() {
         "cfg-bad-release",
         "cfg-bad-release-wait",
         "cfg-bad-keep-idle",
+        "cfg-bad-warm",
         "cli-bad-sim-latency",
         "cfg-missing-file",
         "cfg-bad-allowed-profile",

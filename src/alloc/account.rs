@@ -78,6 +78,7 @@ fn refusal(e: &AllocError) -> (&'static str, Option<Refusal>) {
         | AllocError::Size(_)
         | AllocError::BadGpu { .. }
         | AllocError::BadConfig { .. }
+        | AllocError::BadWarm { .. }
         | AllocError::NoGpus
         | AllocError::NotYours { .. } => ("", None),
     }

@@ -1,5 +1,5 @@
-//! Expiring kept instances (`keep_idle_s`, issue 23): `migrun gc` destroys instances migrun kept warm once they have
-//! been idle that long; it must not touch a leased, busy, foreign or in-flight instance.
+//! The warm pool (issue 23): `migrun gc` destroys instances migrun kept warm once they have been idle `keep_idle_s`,
+//! and makes the idle instances `warm` asks for; it must not touch a leased, busy, foreign or in-flight instance.
 //!
 //! Each expiry is claimed under the lock (an intent naming the instance, `destroy`, with this process's start time,
 //! so planners hide the instance and gc leaves it to this process), destroyed outside the lock, and its records
@@ -7,10 +7,13 @@
 //! no lease holds).
 
 use super::reconcile::{destroy, record_matches, DestroyError};
-use super::{AllocError, GcReport};
+use super::{AllocError, AllocRequest, GcReport, HolderProbe, ReleaseOutcome};
 use crate::config::Config;
 use crate::gpu::Backend;
 use crate::lease::{self, Intent, Registry};
+use crate::policy::plan::Want;
+use crate::profile::ProfileSpec;
+use crate::statedir::StateDir;
 
 /// Destroy kept instances idle for `keep_idle_s` or longer (nothing when the setting is absent).
 pub(super) fn expire(
@@ -98,6 +101,76 @@ pub(super) fn expire(
                 return Err(e.into());
             }
         }
+    }
+    Ok(())
+}
+
+/// The `warm` setting's profiles, parsed (checked before gc changes anything).
+pub(super) fn check(config: &Config) -> Result<Vec<ProfileSpec>, AllocError> {
+    config
+        .warm
+        .keys()
+        .map(|profile| {
+            profile
+                .parse()
+                .map_err(|e: crate::profile::ProfileError| AllocError::BadWarm {
+                    entry: profile.clone(),
+                    why: e.to_string(),
+                })
+        })
+        .collect()
+}
+
+/// Make the idle instances the `warm` setting asks for (nothing while any request waits: the pool never takes room a
+/// waiting request needs). Each profile is allocated N times at once (reusing idle instances first, creating the
+/// rest, outside the lock as every create is), then every lease is released with keep: N idle instances of migrun's.
+pub(super) fn warm_up(
+    backend: &mut dyn Backend,
+    dir: &StateDir,
+    config: &Config,
+    probe: &dyn HolderProbe,
+    report: &mut GcReport,
+) -> Result<(), AllocError> {
+    if config.warm.is_empty() {
+        return Ok(());
+    }
+    let now = lease::now();
+    if Registry::open(dir)?.tickets()?.iter().any(|t| t.holds(now)) {
+        report
+            .notes
+            .push("warm pool: requests are waiting, so no instance is made ready now".into());
+        return Ok(());
+    }
+    for ((profile, &n), spec) in config.warm.iter().zip(check(config)?) {
+        let mut held = Vec::new();
+        let mut stopped = None;
+        for _ in 0..n {
+            let mut req = AllocRequest::new(Want::Profile(spec));
+            req.keep = true;
+            match super::allocate_swept(backend, dir, config, &req, probe) {
+                Ok((l, _)) => held.push(l),
+                Err(e) => {
+                    stopped = Some(e);
+                    break;
+                }
+            }
+        }
+        let mut ready = 0;
+        for l in &held {
+            let out = super::release(backend, dir, config, &l.id.to_string(), None)?;
+            // A found (foreign) instance it reused is not migrun's to keep ready.
+            if l.created && matches!(out, ReleaseOutcome::Kept { .. }) {
+                ready += 1;
+            }
+        }
+        report.notes.push(match stopped {
+            None => {
+                format!("warm pool: {ready} idle {profile} instance(s) of migrun's ready (of {n})")
+            }
+            Some(e) => {
+                format!("warm pool: {ready} idle {profile} instance(s) ready of {n} asked: {e}")
+            }
+        });
     }
     Ok(())
 }

@@ -166,6 +166,9 @@ pub enum AllocError {
     NotManaged { gpu: String, allowed: String },
     #[error("invalid config: allowed_profiles entry {entry:?}: {why}; see docs/config.md")]
     BadConfig { entry: String, why: String },
+    /// A `warm` entry that is not a profile (issue 23).
+    #[error("invalid config: warm entry {entry:?}: {why}; name a profile such as \"1g.10gb\" (see docs/config.md)")]
+    BadWarm { entry: String, why: String },
     #[error("this machine has no GPU to allocate from")]
     NoGpus,
     /// The default compute instance could not be created; the GI was rolled back (or journaled for gc).
@@ -231,6 +234,7 @@ pub(crate) fn exit_code_of(e: &(dyn std::error::Error + 'static)) -> Option<i32>
         | AllocError::BadGpu { .. }
         | AllocError::NotManaged { .. }
         | AllocError::BadConfig { .. }
+        | AllocError::BadWarm { .. }
         | AllocError::LimitReached { .. }
         | AllocError::NoGpus => exit::USAGE,
         AllocError::NotYours { .. } => exit::PRIVILEGE,
@@ -597,6 +601,7 @@ pub(crate) fn gc(
     config: &Config,
     probe: &dyn HolderProbe,
 ) -> Result<GcReport, AllocError> {
+    idle::check(config)?;
     let reg = registry(dir, config, backend)?;
     let mut report = GcReport::default();
     {
@@ -613,8 +618,9 @@ pub(crate) fn gc(
             }
         }
     }
-    // Outside the lock: destroys are never made under it.
+    // Outside the lock: destroys and creates are never made under it.
     idle::expire(backend, &reg, config, &mut report)?;
+    idle::warm_up(backend, dir, config, probe, &mut report)?;
     Ok(report)
 }
 
