@@ -501,7 +501,7 @@ pub trait Backend {
                 None => (Vec::new(), Vec::new()),
                 Some(mode) => {
                     let instances = if mode.current {
-                        self.instances(info.index)?
+                        settled_instances(self, info.index)?
                     } else {
                         Vec::new()
                     };
@@ -516,6 +516,28 @@ pub trait Backend {
         }
         Ok(MigState { gpus })
     }
+}
+
+/// How many walks of a GPU's instances a snapshot makes at most before it takes the last one.
+const SNAPSHOT_WALKS: usize = 4;
+
+/// A GPU's instances, walked until two walks in a row agree. Why: NVML lists MIG devices by index, and a create or
+/// destroy by another process (run outside migrun's lock since issue 23) shifts the indices mid-walk, so one walk can
+/// miss a live instance; a sweep would take it for gone, drop its lease and forget that migrun made it (found by the
+/// contention benchmark on the fake NVML). Two walks that agree saw no such change between them.
+fn settled_instances<B: Backend + ?Sized>(
+    b: &mut B,
+    gpu: u32,
+) -> Result<Vec<GpuInstance>, GpuError> {
+    let mut last = b.instances(gpu)?;
+    for _ in 1..SNAPSHOT_WALKS {
+        let next = b.instances(gpu)?;
+        if next == last {
+            return Ok(next);
+        }
+        last = next;
+    }
+    Ok(last)
 }
 
 impl crate::exit::ExitCodeOf for GpuError {
