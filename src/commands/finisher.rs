@@ -2,12 +2,12 @@
 //! releasing, issue 23) and the spawn of it that poststop, the shim and the launcher use; it must not decide what
 //! to destroy (the allocator does, under its lock).
 
-use super::launch::log_path;
+use super::launch::spawn_detached;
 use super::Ctx;
 use crate::cli::FinishArgs;
 use crate::statedir::StateDir;
 use anyhow::{Context, Result};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 /// Start `migrun __finish-release --lease ID` detached: the destroy of a lease a container's end left releasing
 /// (issue 23). Same backend, state dir and config as this process; it writes to the watcher's log.
@@ -22,19 +22,7 @@ pub(crate) fn spawn_finisher(ctx: &Ctx, dir: &StateDir, lease: u64) -> Result<st
         c.arg("--config").arg(cfg);
     }
     c.args(["__finish-release", "--lease", &lease.to_string()]);
-    let stderr = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log_path(ctx))
-        .map(Stdio::from)
-        .unwrap_or_else(|_| Stdio::null());
-    let child = c
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(stderr)
-        .spawn()
-        .context("starting `migrun __finish-release`")?;
-    Ok(child)
+    spawn_detached(ctx, &mut c, "migrun __finish-release")
 }
 
 /// `migrun __finish-release`: destroy a releasing lease's instance, outside the lock, then drop its records.

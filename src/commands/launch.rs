@@ -19,7 +19,7 @@ use crate::engine::docker::{DockerCli, RunLine};
 use crate::engine::docker_api::DaemonLink;
 use crate::lease::{Holder, Lease, LeaseError};
 use crate::policy::plan::{self, Plan, Want};
-use crate::statedir::{StateDir, DEFAULT_STATE_DIR};
+use crate::statedir::StateDir;
 use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -360,31 +360,30 @@ fn spawn_watcher(ctx: &Ctx, lease: &Lease, id: &str, engine_tag: &str) -> Result
         "--engine",
         engine_tag,
     ]);
-    let log = log_path(ctx);
-    let stderr = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log)
+    Ok(spawn_detached(ctx, &mut c, "migrun __watch")?.id())
+}
+
+/// Start a detached migrun helper (`__watch`, `__finish-release`) with no stdin or stdout and its stderr
+/// appended to migrun's log, opened as every log file is ([`crate::engine::runtime::open_log_file`]:
+/// no symlink followed, created 0600); `/dev/null` when the log cannot be opened.
+pub(crate) fn spawn_detached(
+    ctx: &Ctx,
+    c: &mut Command,
+    what: &str,
+) -> Result<std::process::Child> {
+    let stderr = crate::engine::runtime::open_log_file(&log_path(ctx))
         .map(Stdio::from)
         .unwrap_or_else(|_| Stdio::null());
-    let child = c
-        .stdin(Stdio::null())
+    c.stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(stderr)
         .spawn()
-        .context("starting `migrun __watch`")?;
-    Ok(child.id())
+        .with_context(|| format!("starting `{what}`"))
 }
 
 /// Where the watcher writes (it has no terminal): the configured log file, else `<state-dir>/migrun.log`.
 pub(crate) fn log_path(ctx: &Ctx) -> PathBuf {
-    match &ctx.config.log {
-        crate::config::LogTarget::Path(p) => p.clone(),
-        _ => ctx
-            .state_dir_path()
-            .unwrap_or_else(|_| DEFAULT_STATE_DIR.into())
-            .join("migrun.log"),
-    }
+    super::hook::log_path(ctx)
 }
 
 /// `migrun __watch`: wait for a detached container to be gone for good, then release its lease.
