@@ -52,13 +52,7 @@ impl Shim {
     }
 
     fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(&self.link);
-        c.env_clear()
-            .envs(self.sim.env())
-            .env("MIGRUN_CONFIG", &self.config)
-            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-            .args(args);
-        c
+        self.sim.shim_command(&self.link, &self.config, args)
     }
 
     fn run(&self, args: &[&str]) {

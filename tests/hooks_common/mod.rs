@@ -96,6 +96,18 @@ impl Sim {
         fs::read_to_string(self.state_dir().join("migrun.log")).unwrap_or_default()
     }
 
+    /// The shim called directly as an engine calls it: `link` (a `migrun-runtime` symlink) with `args`,
+    /// only this machine's env, the migrun config `config` (which names the next runtime) and a plain PATH.
+    pub fn shim_command(&self, link: &Path, config: &Path, args: &[&str]) -> Command {
+        let mut c = Command::new(link);
+        c.env_clear()
+            .envs(self.env())
+            .env("MIGRUN_CONFIG", config)
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .args(args);
+        c
+    }
+
     /// A `migrun-runtime` for engines: a symlink to the binary under test (so argv[0] picks the
     /// shim) behind a wrapper that sets this machine's env, since engines start runtimes with their
     /// own environment. Returns the wrapper's path.
