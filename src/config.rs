@@ -146,7 +146,7 @@ impl Default for Config {
             ledger_rotate_bytes: crate::lease::ledger::DEFAULT_ROTATE_BYTES,
             ledger_keep: crate::lease::ledger::DEFAULT_KEEP,
             metrics_textfile: None,
-            release_wait_ms: 40,
+            release_wait_ms: 0,
             keep_idle_s: None,
             warm: std::collections::BTreeMap::new(),
         }

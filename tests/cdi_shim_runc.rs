@@ -117,7 +117,7 @@ fn plain_runc_gets_the_slice_s_device_nodes_from_the_shim() {
         "log:\n{}",
         s.sim.log()
     );
-    assert!(s.sim.leases().is_empty(), "poststop released it");
+    assert!(s.sim.settled_leases().is_empty(), "poststop released it");
     assert!(s.sim.instances().is_empty());
     assert!(s.spec_files().is_empty(), "release removed the spec");
 }
@@ -132,6 +132,6 @@ fn with_env_injection_the_container_gets_the_env_and_no_nodes() {
         out.contains("/dev/nvidia-caps/nvidia-cap*") && !out.contains("character special"),
         "no device nodes: {out}"
     );
-    assert!(s.sim.leases().is_empty());
+    assert!(s.sim.settled_leases().is_empty());
     assert!(s.spec_files().is_empty(), "the spec went with the lease");
 }

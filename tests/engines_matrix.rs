@@ -92,7 +92,11 @@ fn launcher_on_docker(set: EngineSet) {
             .args(["--rm", &image, "sh", "-c", "echo $NVIDIA_VISIBLE_DEVICES"]),
     );
     assert!(out.trim().starts_with("MIG-"), "[{}] {out:?}", set.name());
-    assert!(m.sim.leases().is_empty(), "[{}] lease left", set.name());
+    assert!(
+        m.sim.settled_leases().is_empty(),
+        "[{}] lease left",
+        set.name()
+    );
     assert!(
         m.sim.instances().is_empty(),
         "[{}] instance left",
@@ -127,7 +131,7 @@ fn shim_under_dockerd(set: EngineSet) {
         set.name(),
         sim.log()
     );
-    wait_for(set, "the --rm release", || sim.leases().is_empty());
+    wait_for(set, "the --rm release", || sim.settled_leases().is_empty());
     assert!(sim.instances().is_empty(), "[{}]", set.name());
     println!("[{}] shim under {}: ok", set.name(), set.version("dockerd"));
 }
@@ -149,7 +153,9 @@ fn shim_under_containerd_ctr(set: EngineSet) {
         set.name(),
         sim.log()
     );
-    wait_for(set, "the release after exit", || sim.leases().is_empty());
+    wait_for(set, "the release after exit", || {
+        sim.settled_leases().is_empty()
+    });
     assert!(sim.instances().is_empty(), "[{}]", set.name());
     assert!(
         sim.log().contains("engine=\"containerd\""),
@@ -208,7 +214,9 @@ fn podman_hooks_d(set: EngineSet) {
             set.name(),
             sim.log()
         );
-        wait_for(set, "the release after exit", || sim.leases().is_empty());
+        wait_for(set, "the release after exit", || {
+            sim.settled_leases().is_empty()
+        });
         assert!(sim.instances().is_empty(), "[{} podman + {rt}]", set.name());
         println!(
             "[{}] {} + {rt}: hooks.d ok",

@@ -266,7 +266,7 @@ fn a_hook_that_cannot_finish_in_time_fails_cleanly_and_logs_where_configured() {
     let before = fs::read(&cfg).unwrap();
 
     // Someone holds the allocation lock for longer than the hook may take.
-    assert!(sim.leases().is_empty());
+    assert!(sim.settled_leases().is_empty());
     let lock = migrun::statedir::lock_file(&sim.state_dir().join("alloc.lock")).unwrap();
     let t0 = std::time::Instant::now();
     let out = run_with_stdin(
@@ -285,7 +285,7 @@ fn a_hook_that_cannot_finish_in_time_fails_cleanly_and_logs_where_configured() {
     );
     assert!(took < std::time::Duration::from_secs(10), "{took:?}");
     assert_eq!(fs::read(&cfg).unwrap(), before);
-    assert!(sim.leases().is_empty());
+    assert!(sim.settled_leases().is_empty());
     assert!(sim.instances().is_empty());
     let logged = fs::read_to_string(&log).unwrap();
     assert!(

@@ -42,7 +42,7 @@ fn ctr_run_through_the_shim_gets_a_slice_and_gives_it_back() {
         "{out:?}\nlog:\n{}",
         sim.log()
     );
-    wait_for("the release after exit", || sim.leases().is_empty());
+    wait_for("the release after exit", || sim.settled_leases().is_empty());
     assert!(sim.instances().is_empty());
     let log = sim.log();
     assert!(

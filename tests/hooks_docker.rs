@@ -60,7 +60,7 @@ fn docker_containers_get_a_slice_through_the_shim_and_give_it_back() {
         "{out:?}\nlog:\n{}",
         sim.log()
     );
-    wait_for("the --rm release", || sim.leases().is_empty());
+    wait_for("the --rm release", || sim.settled_leases().is_empty());
     assert!(sim.instances().is_empty());
     assert!(sim.log().contains(out.trim()), "{}", sim.log());
 
@@ -119,10 +119,10 @@ fn docker_containers_get_a_slice_through_the_shim_and_give_it_back() {
         "{env}"
     );
     run_ok(docker.docker_cmd().args(["stop", "-t", "0", &name]));
-    wait_for("the release at stop", || sim.leases().is_empty());
+    wait_for("the release at stop", || sim.settled_leases().is_empty());
     assert!(sim.instances().is_empty());
     run_ok(docker.docker_cmd().args(["rm", &name]));
-    assert!(sim.leases().is_empty());
+    assert!(sim.settled_leases().is_empty());
 
     // A container that asks for nothing runs as usual through the shim, touching no state.
     let before = sim.log();

@@ -82,7 +82,7 @@ fn an_annotated_container_sees_its_slice_and_gives_it_back() {
     assert_eq!(words.len(), 2, "{out:?}\nlog:\n{}", sim.log());
     assert!(words[0].starts_with("MIG-"), "{out:?}");
     assert!(
-        sim.leases().is_empty(),
+        sim.settled_leases().is_empty(),
         "released after exit; log:\n{}",
         sim.log()
     );
@@ -146,7 +146,7 @@ fn an_annotated_container_sees_its_slice_and_gives_it_back() {
         "{env}"
     );
     run_ok(podman.podman_cmd().args(["rm", "-f", "-t", "0", &name]));
-    wait_for("the poststop release", || sim.leases().is_empty());
+    wait_for("the poststop release", || sim.settled_leases().is_empty());
     assert!(sim.instances().is_empty());
 }
 

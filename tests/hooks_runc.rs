@@ -110,7 +110,7 @@ fn the_nvidia_hook_sees_the_leased_slice_and_delete_releases_it() {
     // poststop runs at delete.
     quiet(runc.cmd().args(["delete", &id]));
     assert!(
-        sim.leases().is_empty(),
+        sim.settled_leases().is_empty(),
         "released at delete; log:\n{}",
         sim.log()
     );
@@ -171,7 +171,7 @@ fn a_container_that_brings_its_own_gpu_request_without_asking_migrun_gets_none()
     let cfg = read_json(&bundle.join("config.json"));
     assert_eq!(nvd_of(&cfg), ["void"]);
     assert!(!cfg.to_string().contains("NVIDIA_MIG_CONFIG_DEVICES"));
-    assert!(sim.leases().is_empty());
+    assert!(sim.settled_leases().is_empty());
     assert!(
         sim.log().contains("NVIDIA device variables"),
         "{}",
@@ -225,7 +225,7 @@ fn two_containers_asking_for_a_compute_instance_share_one_gpu_instance() {
         wait_stopped(&runc, id);
         quiet(runc.cmd().args(["delete", id]));
     }
-    assert!(sim.leases().is_empty(), "log:\n{}", sim.log());
+    assert!(sim.settled_leases().is_empty(), "log:\n{}", sim.log());
     assert!(
         sim.instances().is_empty(),
         "the sharing GPU instance went with its last compute instance"

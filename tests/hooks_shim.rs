@@ -320,7 +320,7 @@ fn a_create_without_a_pid_file_gets_its_slice_hooks_and_marker() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(s.sim.leases().is_empty());
+    assert!(s.sim.settled_leases().is_empty());
     assert!(s.sim.instances().is_empty());
 }
 
@@ -389,7 +389,7 @@ fn a_runtime_that_fails_the_create_gets_the_lease_released_and_its_exit_code_pas
     s.runtime_exits(1);
     assert_eq!(s.cmd(&args).status().unwrap().code(), Some(1));
     assert!(s.recorded("args").is_some(), "the runtime ran");
-    assert!(s.sim.leases().is_empty(), "log:\n{}", s.sim.log());
+    assert!(s.sim.settled_leases().is_empty(), "log:\n{}", s.sim.log());
     assert!(s.sim.instances().is_empty());
     // A lease the create only reused (the container a first create made) is never released this way.
     s.runtime_exits(0);
@@ -564,7 +564,7 @@ fn a_create_with_a_pid_file_is_bound_by_the_shim_and_released_after_the_engine_s
             .code(),
         Some(0)
     );
-    assert!(s.sim.leases().is_empty(), "log:\n{}", s.sim.log());
+    assert!(s.sim.settled_leases().is_empty(), "log:\n{}", s.sim.log());
     assert!(s.sim.instances().is_empty());
     assert!(!record.exists());
 }
@@ -608,7 +608,7 @@ fn a_shim_that_never_bound_the_pid_leaves_the_lease_to_gc_while_the_runtime_hold
     fs::remove_dir(root.join("c6")).unwrap();
     gc();
     assert!(
-        s.sim.leases().is_empty(),
+        s.sim.settled_leases().is_empty(),
         "gone from the runtime and its holder dead: collected"
     );
     assert!(s.sim.instances().is_empty());

@@ -36,7 +36,7 @@ fn a_create_runc_fails_before_any_hook_leaves_no_lease() {
     let (code, err) = s.run(&["create", "--bundle", b.to_str().unwrap(), &id], &b);
     assert_eq!(code, Some(1), "runc's own exit code; {err}");
     assert!(err.contains("absolute"), "runc says why: {err}");
-    assert!(s.sim.leases().is_empty(), "log:\n{}", s.sim.log());
+    assert!(s.sim.settled_leases().is_empty(), "log:\n{}", s.sim.log());
     assert!(s.sim.instances().is_empty(), "the instance is destroyed");
     assert!(
         s.sim.log().contains("giving lease 1 back"),
@@ -68,7 +68,7 @@ fn a_duplicate_container_id_gets_nothing_and_takes_nothing_from_the_first() {
     );
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("exists"), "{err}");
-    assert!(s.sim.leases().is_empty(), "log:\n{}", s.sim.log());
+    assert!(s.sim.settled_leases().is_empty(), "log:\n{}", s.sim.log());
     assert!(s.sim.instances().is_empty(), "the instance is destroyed");
 
     // A container with a slice holds the id.
@@ -96,7 +96,11 @@ fn a_duplicate_container_id_gets_nothing_and_takes_nothing_from_the_first() {
     );
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("exists"), "{err}");
-    assert_eq!(s.sim.leases(), leases, "only the first container's lease");
+    assert_eq!(
+        s.sim.settled_leases(),
+        leases,
+        "only the first container's lease"
+    );
     assert_eq!(s.sim.instances().len(), 1);
     // Same id and the same bundle again: the lease is the first container's, and it keeps it.
     let (code, err) = s.run(
@@ -114,7 +118,7 @@ fn a_duplicate_container_id_gets_nothing_and_takes_nothing_from_the_first() {
     for c in [&id, &taken] {
         s.force_delete(c);
     }
-    assert!(s.sim.leases().is_empty(), "log:\n{}", s.sim.log());
+    assert!(s.sim.settled_leases().is_empty(), "log:\n{}", s.sim.log());
     assert!(s.sim.instances().is_empty());
 }
 
@@ -144,7 +148,7 @@ fn run_with_the_bundle_after_the_id_gets_the_slice_from_that_bundle() {
     );
     assert!(s.sim.log().contains(seen.trim()), "{}", s.sim.log());
     // runc deleted the container after it exited: poststop gave the slice back.
-    assert!(s.sim.leases().is_empty(), "log:\n{}", s.sim.log());
+    assert!(s.sim.settled_leases().is_empty(), "log:\n{}", s.sim.log());
     assert!(s.sim.instances().is_empty());
 }
 
@@ -349,7 +353,7 @@ fn a_spawners_handover_lease_goes_to_the_container_with_its_token_once() {
     run_ok(s.sim.migrun().arg("gc"));
     assert_eq!(s.sim.leases().len(), 1, "the container still holds it");
     s.force_delete(&id);
-    assert!(s.sim.leases().is_empty(), "log:\n{}", s.sim.log());
+    assert!(s.sim.settled_leases().is_empty(), "log:\n{}", s.sim.log());
     assert!(s.sim.instances().is_empty());
 }
 
@@ -401,7 +405,7 @@ fn two_containers_asking_for_a_compute_instance_through_the_shim_share_one_gpu_i
     leased.sort();
     seen.sort();
     assert_eq!(seen, leased, "each container saw its own compute instance");
-    assert!(s.sim.leases().is_empty(), "log:\n{}", s.sim.log());
+    assert!(s.sim.settled_leases().is_empty(), "log:\n{}", s.sim.log());
     assert!(
         s.sim.instances().is_empty(),
         "the sharing GPU instance went with its last compute instance"

@@ -99,7 +99,7 @@ fn single_user(sim: &Sim, docker: &PrivateDockerd, image: &str) {
 
     let out = run_ok(&mut example("stop"));
     assert!(out.contains("slice released"), "{out}");
-    assert!(sim.leases().is_empty(), "{:?}", sim.leases());
+    assert!(sim.settled_leases().is_empty(), "{:?}", sim.leases());
     assert!(sim.instances().is_empty(), "the instance is destroyed");
 }
 
@@ -329,7 +329,7 @@ fn hub(sim: &Sim, docker: &PrivateDockerd, image: &str) {
     wait_for(
         "every slice back after the hub's shutdown",
         Duration::from_secs(30),
-        || sim.leases().is_empty(),
+        || sim.settled_leases().is_empty(),
     );
     assert!(sim.instances().is_empty());
 }
@@ -364,7 +364,7 @@ fn hub_spawn_bench() {
             || container_id(&docker, "jupyter-bench").is_none(),
         );
         wait_for("the bench slice back", Duration::from_secs(30), || {
-            sim.leases().is_empty()
+            sim.settled_leases().is_empty()
         });
         secs
     };

@@ -452,6 +452,13 @@ fn through_the_real_nvml_code_and_the_fake_driver() {
     let seen = text(&out.stdout).trim().to_string();
     assert!(is_mig_uuid(&seen), "container saw {seen:?}");
     // The instance existed on the (fake) device and is gone from it again: created and destroyed through NVML.
+    // The launcher returns before the background destroy has run (`release_wait_ms` is 0 by default): wait for it.
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while (0..2).any(|g| !fake.machine().instances(g).unwrap().is_empty())
+        && std::time::Instant::now() < until
+    {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
     let machine = fake.machine();
     for gpu in 0..2 {
         assert!(

@@ -144,7 +144,9 @@ fn podman_checks(podman_plain: &Podman, sim: &Sim) {
             .args(["sh", "-c", "echo $NVIDIA_VISIBLE_DEVICES"]),
     );
     assert!(out.trim().starts_with("MIG-"), "{out:?}\n{}", sim.log());
-    wait_until("podman's slice released", || sim.leases().is_empty());
+    wait_until("podman's slice released", || {
+        sim.settled_leases().is_empty()
+    });
     assert!(sim.instances().is_empty());
 }
 
@@ -179,7 +181,9 @@ fn docker_checks(sim: &Sim) {
             .args(["sh", "-c", "echo $NVIDIA_VISIBLE_DEVICES"]),
     );
     assert!(out.trim().starts_with("MIG-"), "{out:?}\n{}", sim.log());
-    wait_until("docker's slice released", || sim.leases().is_empty());
+    wait_until("docker's slice released", || {
+        sim.settled_leases().is_empty()
+    });
     assert!(sim.instances().is_empty());
 }
 
@@ -209,7 +213,7 @@ fn gc_from_unit(sim: &Sim) {
         out.contains("released") || out.contains("destroyed"),
         "{out}"
     );
-    assert!(sim.leases().is_empty() && sim.instances().is_empty());
+    assert!(sim.settled_leases().is_empty() && sim.instances().is_empty());
     let verify = run_output(
         Command::new(require("systemd-analyze"))
             .arg("verify")

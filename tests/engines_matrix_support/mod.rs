@@ -344,7 +344,11 @@ pub fn docker_cdi(set: EngineSet) {
                 "[{}] {err}",
                 set.name()
             );
-            assert!(elsewhere.sim.leases().is_empty(), "[{}]", set.name());
+            assert!(
+                elsewhere.sim.settled_leases().is_empty(),
+                "[{}]",
+                set.name()
+            );
             println!(
                 "[{}] {version}: CDI (docker info CDISpecDirs {dirs:?}); detection picked it; --inject cdi ok; \
                  another cdi_dir refused: {}",
@@ -353,7 +357,11 @@ pub fn docker_cdi(set: EngineSet) {
             );
         }
     }
-    assert!(m.sim.leases().is_empty(), "[{}] lease left", set.name());
+    assert!(
+        m.sim.settled_leases().is_empty(),
+        "[{}] lease left",
+        set.name()
+    );
     assert!(
         fs::read_dir(m.cdi_dir()).unwrap().next().is_none(),
         "[{}] spec left",

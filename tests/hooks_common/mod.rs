@@ -7,7 +7,7 @@ pub mod shim_runc;
 
 use migrun::gpu::sim::SimBackend;
 use migrun::gpu::{Backend, GpuInstance};
-use migrun::lease::Lease;
+use migrun::lease::{Lease, LeaseState};
 use migrun::statedir::StateDir;
 use serde_json::{json, Value};
 use std::fs;
@@ -82,6 +82,34 @@ impl Sim {
 
     pub fn leases(&self) -> Vec<Lease> {
         migrun::alloc::leases(&self.dir()).expect("leases")
+    }
+
+    /// The leases once the background destroys a container's end started have run: a container's end returns
+    /// before its instance is destroyed (`release_wait_ms` is 0 by default), so a test that checks what the end
+    /// left waits for the workers first. It waits while a lease is draining on an instance no process uses (one
+    /// a worker destroys), at most 20 s; a draining lease on a busy instance is returned at once.
+    pub fn settled_leases(&self) -> Vec<Lease> {
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            let leases = self.leases();
+            let spec = self.spec.parse().expect("sim spec");
+            let state = SimBackend::open(&self.dir(), spec)
+                .and_then(|mut b| b.snapshot())
+                .expect("sim snapshot");
+            let busy = |l: &Lease| {
+                state.gpus.iter().any(|g| {
+                    g.info.uuid == l.gpu_uuid
+                        && g.instances.iter().any(|i| i.id == l.gi && i.processes > 0)
+                })
+            };
+            let pending = leases
+                .iter()
+                .any(|l| l.state == LeaseState::Draining && !busy(l));
+            if !pending || std::time::Instant::now() >= until {
+                return leases;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
     }
 
     /// GPU instances on GPU 0 of the simulated machine.

@@ -104,9 +104,17 @@ impl World {
             .collect()
     }
 
-    /// Nothing held, nothing left: no lease and no instance.
+    /// Nothing held, nothing left: no lease and no instance. The launcher returns before the background destroy of
+    /// its instance has run (`release_wait_ms` is 0 by default), so this waits for it, 20 s at most.
     pub fn assert_clean(&self, why: &str) {
-        let s = self.status();
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        let mut s = self.status();
+        while !(s["leases"].as_array().is_none_or(|l| l.is_empty()) && self.instances().is_empty())
+            && std::time::Instant::now() < until
+        {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            s = self.status();
+        }
         assert_eq!(
             s["leases"].as_array().map_or(0, |l| l.len()),
             0,

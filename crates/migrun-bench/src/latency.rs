@@ -307,10 +307,11 @@ pub const BURST_HEADER: &str = "| backend | burst | containers | all created, no
 
 /// A container's end, alone: `runc delete` (poststop) of a hooked container whose instance migrun created, against
 /// `runc delete` of a plain one, in pairs. What the end waits for migrun, with the model's destroy latency.
-/// Two rows: the default `release_wait_ms` (40) and `release_wait_ms = 0` (never wait for the worker).
+/// Two rows: the default `release_wait_ms` (0: never wait for the worker) and `release_wait_ms = 40` (the default
+/// before issue 23's goal was measured: wait up to 40 ms for the worker).
 pub fn end_wait(m: &Machine, t: &RuncTarget, pairs: usize, warmup: usize) -> Result<Vec<String>> {
     let mut rows = Vec::new();
-    for wait in [None, Some(0)] {
+    for wait in [None, Some(40)] {
         let extra = match wait {
             None => Vec::new(),
             Some(ms) => {
@@ -319,7 +320,7 @@ pub fn end_wait(m: &Machine, t: &RuncTarget, pairs: usize, warmup: usize) -> Res
             }
         };
         let case = match wait {
-            None => "runc delete (poststop releases a created 1g.10gb; release_wait_ms default) against runc delete alone".to_string(),
+            None => "runc delete (poststop releases a created 1g.10gb; release_wait_ms default, 0) against runc delete alone".to_string(),
             Some(ms) => format!("runc delete (poststop releases a created 1g.10gb; release_wait_ms = {ms}) against runc delete alone"),
         };
         rows.push(end_wait_one(m, t, pairs, warmup, &extra)?.row(&case, m.backend.name()));
