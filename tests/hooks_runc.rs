@@ -298,3 +298,76 @@ fn a_slow_destroy_never_holds_up_delete_and_finishes_in_the_background() {
         }
     }
 }
+
+#[test]
+fn a_containers_end_never_opens_the_driver() {
+    // With a 3 s driver init, poststop (runc delete) would take 3 s if it opened the driver; it decides from migrun's
+    // records alone and leaves the driver to its background worker (alloc::detached).
+    let sim = Sim::new("h100-80gb:1");
+    let runc = Runc::new();
+    let t = tempfile::tempdir().unwrap();
+    let record = t.path().join("nvidia-saw");
+    let bundle = hooked_bundle(&sim, t.path(), &record, |s| {
+        s["annotations"] = json!({"migrun.profile": "1g.10gb"});
+    });
+    let id = unique_name("hooks-noinit");
+    quiet(
+        runc.cmd()
+            .args(["create", "--bundle"])
+            .arg(&bundle)
+            .arg(&id),
+    );
+    quiet(runc.cmd().args(["start", &id]));
+    wait_stopped(&runc, &id);
+    run_ok(sim.migrun().args(["sim", "latency", "init=3000"]));
+    let t0 = Instant::now();
+    quiet(runc.cmd().args(["delete", &id]));
+    let took = t0.elapsed();
+    assert!(
+        took < Duration::from_millis(2000),
+        "runc delete took {took:?}: poststop waited for the driver; log:\n{}",
+        sim.log()
+    );
+    run_ok(sim.migrun().args(["sim", "latency", "off"]));
+    assert!(sim.settled_leases().is_empty(), "log:\n{}", sim.log());
+    assert!(sim.instances().is_empty(), "the worker destroyed it");
+}
+
+#[test]
+fn poststop_killed_after_marking_the_end_leaves_a_draining_lease_that_gc_finishes() {
+    for step in migrun::alloc::testhook::END_STEPS {
+        let sim = Sim::new("h100-80gb:1");
+        let runc = Runc::new();
+        let t = tempfile::tempdir().unwrap();
+        let record = t.path().join("nvidia-saw");
+        let bundle = hooked_bundle(&sim, t.path(), &record, |s| {
+            s["annotations"] = json!({"migrun.profile": "1g.10gb"});
+            s["hooks"]["poststop"][0]["env"]
+                .as_array_mut()
+                .unwrap()
+                .push(json!(format!("MIGRUN_TEST_CRASH_AT={step}")));
+        });
+        let id = unique_name("hooks-endcrash");
+        quiet(
+            runc.cmd()
+                .args(["create", "--bundle"])
+                .arg(&bundle)
+                .arg(&id),
+        );
+        quiet(runc.cmd().args(["start", &id]));
+        wait_stopped(&runc, &id);
+        // runc only warns when a poststop hook fails.
+        let _ = runc.cmd().args(["delete", &id]).output();
+        let leases = sim.leases();
+        assert_eq!(leases.len(), 1, "{step}: log:\n{}", sim.log());
+        assert_eq!(
+            leases[0].state,
+            migrun::lease::LeaseState::Draining,
+            "{step}"
+        );
+        assert_eq!(sim.instances().len(), 1, "{step}: no worker ran");
+        run_ok(sim.migrun().arg("gc"));
+        assert!(sim.leases().is_empty(), "{step}: log:\n{}", sim.log());
+        assert!(sim.instances().is_empty(), "{step}: gc destroyed it");
+    }
+}

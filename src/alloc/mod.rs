@@ -22,6 +22,7 @@
 mod account;
 mod apply;
 pub mod binding;
+mod detached;
 mod idle;
 mod inflight;
 mod outcome;
@@ -35,6 +36,7 @@ mod wait;
 pub use account::ledger_of;
 use account::registry;
 pub(crate) use apply::{apply, Applied};
+pub(crate) use detached::{end_without_driver, Ended};
 pub(crate) use inflight::finish_release;
 pub(crate) use outcome::GcReport;
 pub use outcome::ReleaseOutcome;

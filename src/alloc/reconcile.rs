@@ -79,7 +79,7 @@ pub(super) fn forget(state: &mut MigState, gpu_uuid: &str, gi: u32) {
 }
 
 /// Does a created/ record (migrun's own create) name exactly the instance this lease names?
-fn recorded_as_ours(reg: &Registry, l: &Lease) -> Result<bool, AllocError> {
+pub(super) fn recorded_as_ours(reg: &Registry, l: &Lease) -> Result<bool, AllocError> {
     Ok(reg.created()?.iter().any(|r| {
         r.gpu_uuid == l.gpu_uuid
             && r.gi == l.gi

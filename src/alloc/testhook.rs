@@ -48,6 +48,10 @@ pub const EVICT_STEPS: &[&str] = &["evict-after-intent", "evict-after-destroy"];
 /// The crash point of an allocation that takes over an instance still releasing (issue 23).
 pub const TAKEOVER_STEPS: &[&str] = &["reuse-releasing-after-drop"];
 
+/// The crash point of a container's end decided without the driver (alloc::detached): the lease is draining and no
+/// worker was started yet.
+pub const END_STEPS: &[&str] = &["end-after-mark-draining"];
+
 /// Every crash point of a release that destroys an instance, in order.
 pub const RELEASE_STEPS: &[&str] = &[
     "release-after-mark-draining",

@@ -99,6 +99,84 @@ impl Ctx {
     }
 }
 
+/// A release that left its destroy to a worker: start it (`migrun __finish-release`), detached, so the container's end
+/// does not wait for the driver. If it cannot start, gc (or the next allocation's sweep) destroys the draining
+/// instance; the outcome says so either way. It waits for the worker up to `release_wait_ms` (0 by default: not at
+/// all; with a driver that destroys at once a wait still reports `Destroyed`); past that it returns, and the worker
+/// carries on alone.
+fn detach_destroy(ctx: &Ctx, dir: &StateDir, out: ReleaseOutcome) -> ReleaseOutcome {
+    let ReleaseOutcome::Releasing { lease, mig_uuid } = &out else {
+        return out;
+    };
+    let mut child = match crate::commands::finisher::spawn_finisher(ctx, dir, *lease) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(lease, error = %e, "could not start the background destroy; gc finishes it");
+            return out;
+        }
+    };
+    let until =
+        std::time::Instant::now() + std::time::Duration::from_millis(ctx.config.release_wait_ms);
+    loop {
+        match child.try_wait() {
+            Ok(Some(st)) if st.success() => {
+                let gone = alloc::leases(dir).is_ok_and(|ls| ls.iter().all(|l| l.id != *lease));
+                if gone {
+                    return ReleaseOutcome::Destroyed {
+                        lease: *lease,
+                        mig_uuid: mig_uuid.clone(),
+                    };
+                }
+                return out;
+            }
+            Ok(Some(_)) | Err(_) => return out,
+            Ok(None) if std::time::Instant::now() >= until => return out,
+            Ok(None) => std::thread::sleep(std::time::Duration::from_millis(2)),
+        }
+    }
+}
+
+/// Remove the CDI spec of the lease `out` ended, if any.
+fn remove_spec(
+    cdi_dir: &std::path::Path,
+    out: ReleaseOutcome,
+) -> Result<ReleaseOutcome, SessionError> {
+    let Some(id) = ended(&out) else {
+        return Ok(out);
+    };
+    match store::remove(cdi_dir, id) {
+        Ok(_) => Ok(out),
+        Err(cause) => Err(SessionError::SpecLeft {
+            outcome: out,
+            cause,
+        }),
+    }
+}
+
+impl Ctx {
+    /// A container's end (poststop, the shim after the engine's `delete`) for lease `id`, if `holds` says under the
+    /// lock that it is still the caller's, without opening the driver (`alloc::end_without_driver`): the lease is
+    /// marked releasing (or kept) from migrun's records, its spec removed, and the worker started for the destroy.
+    /// `None` when the records alone cannot decide: the caller releases through a [`Session`].
+    pub(crate) fn end_container(
+        &self,
+        dir: &StateDir,
+        id: LeaseId,
+        holds: &dyn Fn(&Lease) -> bool,
+    ) -> Result<Option<ReleaseOutcome>> {
+        let simulated = self.global.simulate.is_some();
+        match alloc::end_without_driver(dir, &self.config, simulated, id, holds)
+            .map_err(SessionError::from)?
+        {
+            alloc::Ended::NeedsDriver => Ok(None),
+            alloc::Ended::Done(out) => {
+                let out = remove_spec(&self.cdi_dir()?, out)?;
+                Ok(Some(detach_destroy(self, dir, out)))
+            }
+        }
+    }
+}
+
 /// The lease a release ended, if any.
 fn ended(out: &ReleaseOutcome) -> Option<LeaseId> {
     match out {
@@ -230,16 +308,7 @@ impl Session<'_> {
     /// Remove the spec of the lease `out` ended.
     fn forget(&mut self, out: ReleaseOutcome) -> Result<ReleaseOutcome, SessionError> {
         self.changed();
-        let Some(id) = ended(&out) else {
-            return Ok(out);
-        };
-        match store::remove(&self.cdi_dir, id) {
-            Ok(_) => Ok(out),
-            Err(cause) => Err(SessionError::SpecLeft {
-                outcome: out,
-                cause,
-            }),
-        }
+        remove_spec(&self.cdi_dir, out)
     }
 
     /// Release by lease id or MIG UUID; `caller_uid` is the sudo user (only their own leases).
@@ -274,43 +343,8 @@ impl Session<'_> {
         self.forget(out)
     }
 
-    /// A release that left its destroy to a worker: start it (`migrun __finish-release`), detached, so the
-    /// container's end does not wait for the driver. If it cannot start, gc (or the next allocation's sweep)
-    /// destroys the draining instance; the outcome says so either way.
-    /// It waits for the worker up to `release_wait_ms` (a driver that destroys at once still reports `Destroyed`);
-    /// past that it returns, and the worker carries on alone.
     fn detach_destroy(&self, out: ReleaseOutcome) -> ReleaseOutcome {
-        let ReleaseOutcome::Releasing { lease, mig_uuid } = &out else {
-            return out;
-        };
-        let mut child = match crate::commands::finisher::spawn_finisher(self.ctx, &self.dir, *lease)
-        {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::warn!(lease, error = %e, "could not start the background destroy; gc finishes it");
-                return out;
-            }
-        };
-        let until = std::time::Instant::now()
-            + std::time::Duration::from_millis(self.ctx.config.release_wait_ms);
-        loop {
-            match child.try_wait() {
-                Ok(Some(st)) if st.success() => {
-                    let gone =
-                        alloc::leases(&self.dir).is_ok_and(|ls| ls.iter().all(|l| l.id != *lease));
-                    if gone {
-                        return ReleaseOutcome::Destroyed {
-                            lease: *lease,
-                            mig_uuid: mig_uuid.clone(),
-                        };
-                    }
-                    return out;
-                }
-                Ok(Some(_)) | Err(_) => return out,
-                Ok(None) if std::time::Instant::now() >= until => return out,
-                Ok(None) => std::thread::sleep(std::time::Duration::from_millis(2)),
-            }
-        }
+        detach_destroy(self.ctx, &self.dir, out)
     }
 
     /// Release the lease held by docker container `container` (the launcher's watcher).

@@ -207,6 +207,14 @@ impl LeaseOps for CtxOps<'_> {
     }
 
     fn release_if(&mut self, id: LeaseId, check: LeaseCheck) -> Result<ReleaseOutcome, OpsError> {
+        // A container's end: from migrun's records alone when they decide it, so the end never opens the driver
+        // (`Ctx::end_container`); otherwise through the session.
+        if self.opened.is_none() {
+            let dir = self.dir()?.clone();
+            if let Some(out) = self.ctx.end_container(&dir, id, check).map_err(into_ops)? {
+                return Ok(out);
+            }
+        }
         Ok(self.open()?.release_if(id, check)?)
     }
 
