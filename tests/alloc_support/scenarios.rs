@@ -445,3 +445,92 @@ pub fn killed_while_taking_over(make: &dyn Fn() -> Sim) {
         check_invariants(&sim.status(), true);
     }
 }
+
+/// Killed at every step of gc's destroys, which run outside the allocation lock (issue 23): claimed under the lock,
+/// the lock dropped, the destroy made. Each source of a destroy: a draining lease (its release killed right after
+/// marking it), a dead holder's lease, and the instance of an interrupted allocation. The next gc finishes the job:
+/// the instance is destroyed, the lease and intents are gone, and the other lease is untouched.
+pub fn killed_during_gc_destroys(make: &dyn Fn() -> Sim) {
+    for step in migrun::alloc::testhook::GC_STEPS {
+        for source in ["draining", "dead holder", "interrupted"] {
+            let sim = make();
+            let keep = with_one_lease(&sim);
+            match source {
+                "draining" => {
+                    let (_, id) = sim.alloc(&["--profile", "3g.40gb"]);
+                    crash(
+                        &sim,
+                        "release-after-mark-draining",
+                        &["release", &id.to_string()],
+                    );
+                }
+                "dead holder" => {
+                    let mut holder = std::process::Command::new("sleep")
+                        .arg("30")
+                        .spawn()
+                        .unwrap();
+                    let pid = holder.id().to_string();
+                    sim.alloc(&["--profile", "3g.40gb", "--holder-pid", &pid]);
+                    holder.kill().unwrap();
+                    holder.wait().unwrap();
+                }
+                _ => crash(&sim, "after-journal-gi", &["alloc", "--profile", "3g.40gb"]),
+            }
+            assert_eq!(instances(&sim.status()).len(), 2, "{source}");
+            crash(&sim, step, &["gc"]);
+            let gc = sim.ok(&["gc"]);
+            let status = sim.status();
+            check_invariants(&status, true);
+            assert_untouched(&sim, &keep);
+            assert_eq!(leases(&status).len(), 1, "{source}, killed at {step}: {gc}");
+            assert_eq!(
+                instances(&status).len(),
+                1,
+                "{source}, killed at {step}: the instance is destroyed: {gc}"
+            );
+            for sub in ["intents", "created"] {
+                let left = std::fs::read_dir(sim.state_dir().join(sub))
+                    .unwrap()
+                    .count();
+                assert_eq!(
+                    left,
+                    usize::from(sub == "created"),
+                    "{source}, killed at {step}: {sub}/ left: {gc}"
+                );
+            }
+            // And the machine works normally afterwards: the room is free again.
+            let (_, id) = sim.alloc(&["--profile", "3g.40gb"]);
+            sim.ok(&["release", &id.to_string()]);
+        }
+    }
+}
+
+/// Killed at every step of gc's expiry of a kept instance (`keep_idle_s`), which destroys outside the lock: the next
+/// gc destroys it and drops its record.
+pub fn killed_while_expiring(make: &dyn Fn() -> Sim) {
+    for step in migrun::alloc::testhook::EXPIRE_STEPS {
+        let sim = make();
+        std::fs::write(sim.config_path(), "release = \"keep\"\n").unwrap();
+        let (_, id) = sim.alloc(&["--profile", "3g.40gb"]);
+        sim.ok(&["release", &id.to_string()]);
+        assert_eq!(instances(&sim.status()).len(), 1);
+        std::fs::write(sim.config_path(), "release = \"keep\"\nkeep_idle_s = 0\n").unwrap();
+        crash(&sim, step, &["gc"]);
+        let gc = sim.ok(&["gc"]);
+        let status = sim.status();
+        check_invariants(&status, true);
+        assert!(
+            instances(&status).is_empty(),
+            "killed at {step}, then gc: {gc}"
+        );
+        for sub in ["intents", "created"] {
+            assert_eq!(
+                std::fs::read_dir(sim.state_dir().join(sub))
+                    .unwrap()
+                    .count(),
+                0,
+                "killed at {step}: {sub}/ left: {gc}"
+            );
+        }
+    }
+}
