@@ -40,10 +40,40 @@ pub(crate) fn allocate_swept(
     req: &AllocRequest,
     probe: &dyn HolderProbe,
 ) -> Result<(Lease, Vec<LeaseId>), AllocError> {
+    allocate_with(backend, dir, config, req, probe, Trail::default())
+}
+
+/// [`allocate_swept`] for the warm pool's own allocations (`idle::warm_up`): taking a warm instance there starts no
+/// refill (it is the refill).
+pub(super) fn allocate_quiet(
+    backend: &mut dyn Backend,
+    dir: &StateDir,
+    config: &Config,
+    req: &AllocRequest,
+    probe: &dyn HolderProbe,
+) -> Result<(Lease, Vec<LeaseId>), AllocError> {
+    let trail = Trail {
+        quiet: true,
+        ..Trail::default()
+    };
+    allocate_with(backend, dir, config, req, probe, trail)
+}
+
+fn allocate_with(
+    backend: &mut dyn Backend,
+    dir: &StateDir,
+    config: &Config,
+    req: &AllocRequest,
+    probe: &dyn HolderProbe,
+    mut trail: Trail,
+) -> Result<(Lease, Vec<LeaseId>), AllocError> {
     let reg = registry(dir, config, backend)?;
     let started = Instant::now();
-    let mut trail = Trail::default();
     let out = allocate_in(backend, &reg, config, req, probe, started, &mut trail);
+    if out.is_ok() && trail.took_warm && !trail.quiet {
+        // The warm pool is one short: a detached worker makes another, so this request does not wait for it.
+        super::refill::start(dir);
+    }
     let late = std::mem::take(&mut trail.jobs);
     if !late.is_empty() {
         // Best effort: what fails stays claimed by nobody, and gc finishes it.
@@ -64,6 +94,9 @@ struct Trail {
     /// Its sweep's claimed destroys were made once already; `jobs`: destroys claimed after that, made at the end.
     drained: bool,
     jobs: Vec<drain::Job>,
+    /// It took an idle instance the `warm` setting keeps (`refill::took_warm`); `quiet`: it is the warm pool's own.
+    took_warm: bool,
+    quiet: bool,
 }
 
 /// Make destroys a sweep claimed (the lock not held), account them, and note the leases they ended.
@@ -204,7 +237,10 @@ fn allocate_in(
                 };
                 // The driver work runs without the lock: other requests plan, reuse and release meanwhile.
                 let built = match applied {
-                    Applied::Leased(lease) => Ok(lease),
+                    Applied::Leased(lease) => {
+                        trail.took_warm = super::refill::took_warm(config, &state, &lease);
+                        Ok(lease)
+                    }
                     Applied::Reserved(r) => {
                         drop(lock);
                         inflight::build(backend, &reg, r)

@@ -98,20 +98,28 @@ pub(super) fn warm_up(
     if config.warm.is_empty() {
         return Ok(());
     }
-    let now = lease::now();
-    if Registry::open(dir)?.tickets()?.iter().any(|t| t.holds(now)) {
-        report
-            .notes
-            .push("warm pool: requests are waiting, so no instance is made ready now".into());
+    let reg = Registry::open(dir)?;
+    let waiting = || -> Result<bool, AllocError> {
+        let now = lease::now();
+        Ok(reg.tickets()?.iter().any(|t| t.holds(now)))
+    };
+    const WAITING: &str = "warm pool: requests are waiting, so no instance is made ready now";
+    if waiting()? {
+        report.notes.push(WAITING.into());
         return Ok(());
     }
     for ((profile, &n), spec) in config.warm.iter().zip(check(config)?) {
         let mut held = Vec::new();
         let mut stopped = None;
         for _ in 0..n {
+            // Looked at again before every instance: a request that started waiting meanwhile gets the room.
+            if waiting()? {
+                report.notes.push(WAITING.into());
+                break;
+            }
             let mut req = AllocRequest::new(Want::Profile(spec));
             req.keep = true;
-            match super::allocate_swept(backend, dir, config, &req, probe) {
+            match super::allocate::allocate_quiet(backend, dir, config, &req, probe) {
                 Ok((l, _)) => held.push(l),
                 Err(e) => {
                     stopped = Some(e);

@@ -28,6 +28,7 @@ mod idle;
 mod inflight;
 mod outcome;
 mod reconcile;
+pub(crate) mod refill;
 mod repair;
 mod request;
 mod share;
