@@ -127,3 +127,57 @@ fn no_warm_instance_is_made_while_a_request_waits_and_the_waiter_gets_the_room()
         "{status:#}"
     );
 }
+
+/// `migrun status` (text and --json) shows warm instances (idle, migrun's, kept) and releasing ones (lease ended,
+/// idle, destroy pending), and tells a releasing instance from one still draining because it runs processes.
+#[test]
+fn status_shows_warm_and_releasing_instances() {
+    let sim = with_warm("h100-80gb");
+    sim.ok(&["gc"]);
+    let (uuid, id) = sim.alloc(&["--profile", "3g.40gb"]);
+    // The release is cut short right after the lease is marked draining: its destroy is pending.
+    let out = sim
+        .cmd(&["release", &id.to_string()])
+        .env("MIGRUN_TEST_CRASH_AT", "release-after-mark-draining")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let status = sim.status();
+    let inst = |uuid: &str| -> Value {
+        status["gpus"][0]["instances"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["mig_uuid"] == uuid)
+            .cloned()
+            .unwrap()
+    };
+    let warm = kept(&status);
+    assert_eq!(warm.len(), 1, "{status:#}");
+    assert_eq!(inst(&warm[0].1)["releasing"], false);
+    let r = inst(&uuid);
+    assert_eq!(r["owner"]["draining"], true, "{r:#}");
+    assert_eq!(r["releasing"], true, "{r:#}");
+    let text = sim.ok(&["status"]);
+    assert!(text.contains("free (migrun's, kept warm)"), "{text}");
+    assert!(
+        text.contains(&format!(
+            "lease {id} releasing (destroyed in the background)"
+        )),
+        "{text}"
+    );
+    // Busy: still draining, not releasing.
+    let gi = r["gi"].as_u64().unwrap() as u32;
+    sim.set_processes(0, gi, 1);
+    let busy = sim.status();
+    let b = busy["gpus"][0]["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["mig_uuid"] == uuid.as_str())
+        .cloned()
+        .unwrap();
+    assert_eq!(b["releasing"], false, "{b:#}");
+    let text = sim.ok(&["status"]);
+    assert!(text.contains(&format!("lease {id} draining")), "{text}");
+}
