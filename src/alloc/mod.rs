@@ -1,22 +1,25 @@
 //! The allocator: applies the policy's plans through the hardware trait, rolls back, releases and collects garbage; it must not parse engine formats.
 //!
-//! This file holds the request and error types and the public operations (allocate, release, gc, the
-//! lease queries); the steps live beside it: `request` (a request and the config -> the planner's
-//! input, the lease limits), `reconcile` (sweep, finish, destroy, intent repair), `apply` (apply, evict,
-//! roll back), `wait` (the `--wait` queue), `teardown`, `binding` (which machine a state dir is for)
-//! and `testhook` (crash points and fault injection for tests). What to allocate is decided by the
-//! pure `policy` room; this room only carries it out.
+//! This file holds the request and error types and the public operations (release, gc, the lease
+//! queries); the steps live beside it: `allocate` (one allocation, start to grant), `request` (a request
+//! and the config -> the planner's input, the lease limits), `reconcile` (sweep, end a lease, destroy),
+//! `repair` (intents of interrupted allocations), `apply` (apply a plan, claim evictions), `inflight`
+//! (reservations, overlays, releases outside the lock), `drain` (claimed destroys made outside the lock),
+//! `share`/`share_end` (compute-instance slices), `idle`/`refill` (the warm pool), `wait` (the `--wait`
+//! queue), `teardown`, `binding` (which machine a state dir is for) and `testhook` (crash points and fault
+//! injection for tests). What to allocate is decided by the pure `policy` room; this room only carries it out.
 //!
 //! Engines tell this module whether a container holder is still alive through `HolderProbe`, so
 //! gc never needs to know docker, podman or containerd.
 //!
 //! Every record changes under the registry lock (`alloc.lock`), but no driver create or destroy runs under it
-//! (`inflight`, issue 23): a create is planned and reserved (its intent journalled) under the lock, made
-//! outside it and committed under it again; a release claims its destroy under the lock and destroys outside
-//! it. Planners see live reservations as taken, so two processes never pick the same instance or placement.
+//! (`inflight`, `drain`, issue 23): a create is planned and reserved (its intent journalled) under the lock, made
+//! outside it and committed under it again; every destroy (a release's, gc's, an eviction's, an expiry's) is
+//! claimed under the lock and made outside it. Planners see live reservations as taken, so two processes never pick the same instance or placement.
 //! Before each allocation (and in `migrun gc`) the registry is reconciled with the device
 //! (`sweep`): crashed allocations are repaired from their intents, leases of dead holders released,
-//! draining instances destroyed, and leases of vanished instances dropped. The on-disk protocol is
+//! draining instances destroyed (claimed in the sweep, destroyed after it), and leases of vanished instances
+//! dropped. The on-disk protocol is
 //! described in docs/leases.md.
 
 mod account;
