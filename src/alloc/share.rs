@@ -291,6 +291,7 @@ fn new_gi(
         give_back(backend, reg, intent, gi);
         return Err(e.into());
     }
+    crash_point("ci-after-journal-gi");
     let lock = reg.lock()?;
     // Which CI profile ID and slices the new GPU instance offers is the device's word.
     let slot = backend.ci_profiles(gpu, gi).map(|profiles| {

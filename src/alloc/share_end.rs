@@ -218,9 +218,12 @@ pub(super) fn run_ci(
     if lease.is_none() && ci.is_some() {
         report.repaired.push(format!("{head}: destroyed"));
     }
-    let ours = reg.created()?.iter().any(|r| {
-        r.shared && r.gpu_uuid == gpu_uuid && r.gi == gi && r.placement == claim.placement
-    });
+    // A lease's GPU instance goes only under migrun's sharing record; a repair's (or a failed create's) is licensed by
+    // its intent, which journalled the GPU instance its own create returned (`gi_may_go` says it made it).
+    let ours = lease.is_none()
+        || reg.created()?.iter().any(|r| {
+            r.shared && r.gpu_uuid == gpu_uuid && r.gi == gi && r.placement == claim.placement
+        });
     let empty = ours && gi_empty(backend, reg, gpu, &gpu_uuid, gi, claim.lease)?;
     let outcome = lease.as_ref().map(|l| ReleaseOutcome::Destroyed {
         lease: l.id,

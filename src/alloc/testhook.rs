@@ -39,6 +39,7 @@ pub const CI_ALLOC_STEPS: &[&str] = &[
     // without it (issue 23).
     "ci-reserved-unlocked",
     "ci-after-create-gi",
+    "ci-after-journal-gi",
     "ci-after-record-gi",
     "ci-after-create-ci",
     "ci-after-journal-ci",

@@ -235,7 +235,12 @@ pub fn race_16(sim: &Sim) {
 /// whose id was never journaled, `ci-after-create-gi`).
 pub fn killed_during_ci_allocate(make: &dyn Fn() -> Sim, fresh: bool) {
     for step in migrun::alloc::testhook::CI_ALLOC_STEPS {
-        if !fresh && matches!(*step, "ci-after-create-gi" | "ci-after-record-gi") {
+        if !fresh
+            && matches!(
+                *step,
+                "ci-after-create-gi" | "ci-after-journal-gi" | "ci-after-record-gi"
+            )
+        {
             continue;
         }
         let sim = make();
