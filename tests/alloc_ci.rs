@@ -321,3 +321,12 @@ fn the_next_allocation_finishes_a_drained_compute_instance_at_once() {
 fn parallel_compute_instance_creates_overlap_outside_the_lock() {
     ci_scenarios::parallel_creates_overlap(&Sim::new("a100-80gb"));
 }
+
+/// A failed compute-instance create (outside the lock) releases its reservation and leaves nothing of its own.
+#[test]
+fn a_failed_compute_instance_create_releases_its_reservation() {
+    ci_scenarios::failed_create_releases_its_reservation(
+        &a100(),
+        ("MIGRUN_TEST_FAIL", "create-ci=INSUFFICIENT_RESOURCES"),
+    );
+}
