@@ -169,7 +169,8 @@ fn abandon(reg: &Registry, intent: &Intent) {
 
 /// Show every live reservation to a planner (under the lock): its placement holds a placeholder instance leased by
 /// a placeholder lease (with the reservation's uid and name, so limits and names count it), and an instance the
-/// driver already made for it is not offered to anyone.
+/// driver already made for it is not offered to anyone. A claimed destroy of an instance no lease holds hides that
+/// instance behind a placeholder too (no lease); a compute-instance slot takes only its slot (`overlay_shared`).
 pub(crate) fn overlay(state: &mut MigState, leases: &mut Vec<Lease>, intents: &[Intent]) {
     // A create in flight, or the expiry of a kept instance (a destroy claim that no lease stands behind).
     let reserving = |i: &&Intent| !i.destroy || !leases.iter().any(|l| l.id == i.lease);
@@ -203,7 +204,10 @@ pub(crate) fn overlay(state: &mut MigState, leases: &mut Vec<Lease>, intents: &[
             compute_instances: Vec::new(),
             processes: 0,
         });
-        leases.push(placeholder_lease(i, gi, 0));
+        // A destroy claim holds the placement but is nobody's lease: it must not count against the lease limits.
+        if !i.destroy {
+            leases.push(placeholder_lease(i, gi, 0));
+        }
     }
 }
 
