@@ -330,3 +330,9 @@ fn a_failed_compute_instance_create_releases_its_reservation() {
         ("MIGRUN_TEST_FAIL", "create-ci=INSUFFICIENT_RESOURCES"),
     );
 }
+
+/// A compute-instance release destroys outside the lock: another compute-instance request is served meanwhile.
+#[test]
+fn a_compute_instance_release_runs_outside_the_lock() {
+    ci_scenarios::release_runs_outside_the_lock(&a100());
+}

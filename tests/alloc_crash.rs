@@ -67,3 +67,8 @@ fn killed_while_gc_destroys_outside_the_lock_then_gc_finishes() {
 fn killed_while_expiring_a_kept_instance_then_gc_finishes() {
     scenarios::killed_while_expiring(&h100);
 }
+
+#[test]
+fn gc_destroys_run_outside_the_lock() {
+    scenarios::gc_destroys_run_outside_the_lock(&h100());
+}

@@ -428,3 +428,56 @@ pub fn failed_create_releases_its_reservation(sim: &Sim, fail: (&str, &str)) {
     sim.ok(&["release", &id.to_string()]);
     assert_nothing_left(sim, "after releasing the other lease");
 }
+
+/// A compute-instance release runs outside the allocation lock (issue 23): while one lease's compute instance is
+/// destroyed under a slow driver (4 s per compute-instance destroy), a request for a compute instance is served into
+/// the same sharing GPU instance before the release ends (its GPU instance stays: it is not empty), never into the
+/// slot being freed twice. Ordering, not timing, is asserted.
+pub fn release_runs_outside_the_lock(sim: &Sim) {
+    let (_, keep) = alloc_1c(sim);
+    let (_, gone) = alloc_1c(sim);
+    sim.update(|m| m.latency = "destroy-ci=4000".parse().unwrap());
+    let mut release = sim
+        .cmd(&["release", &gone.to_string()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn migrun release");
+    let t0 = Instant::now();
+    while dir_empty(sim, "intents") {
+        assert!(t0.elapsed() < Duration::from_secs(30), "no claim appeared");
+        assert!(
+            release.try_wait().unwrap().is_none(),
+            "the release ended early"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let (_, third) = alloc_1c(sim);
+    assert!(
+        release.try_wait().unwrap().is_none(),
+        "an allocation was served only after the release's destroy ended: the destroy held the lock"
+    );
+    let out = release.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    sim.update(|m| m.latency = "off".parse().unwrap());
+    check_ci_invariants(sim, true);
+    let ids: HashSet<u64> = leases(&sim.status())
+        .iter()
+        .map(|l| l["id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ids, HashSet::from([keep, third]));
+    assert_eq!(
+        gis(sim).len(),
+        1,
+        "one sharing GPU instance: {:?}",
+        gis(sim)
+    );
+    for id in [keep, third] {
+        sim.ok(&["release", &id.to_string()]);
+    }
+    assert_nothing_left(sim, "after releasing both");
+}

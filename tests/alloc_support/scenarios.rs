@@ -534,3 +534,49 @@ pub fn killed_while_expiring(make: &dyn Fn() -> Sim) {
         }
     }
 }
+
+/// gc's destroys run outside the allocation lock (issue 23): while gc destroys a draining instance under a slow
+/// driver (the latency model: 4 s per GI destroy), a request that needs no driver call (it reuses a free instance) is
+/// served before gc ends; before, it waited for the lock. Ordering, not timing, is asserted.
+pub fn gc_destroys_run_outside_the_lock(sim: &Sim) {
+    let (_, found) = sim.create_foreign(0, 19);
+    let (_, id) = sim.alloc(&["--profile", "3g.40gb", "--gpu", "0"]);
+    crash(
+        sim,
+        "release-after-mark-draining",
+        &["release", &id.to_string()],
+    );
+    sim.update(|m| m.latency = "destroy-gi=4000".parse().unwrap());
+    let mut gc = sim
+        .cmd(&["gc"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn migrun gc");
+    // Its claim is journalled before the driver is called.
+    let intents = sim.state_dir().join("intents");
+    let t0 = Instant::now();
+    while std::fs::read_dir(&intents).map_or(true, |mut d| d.next().is_none()) {
+        assert!(t0.elapsed() < Duration::from_secs(30), "no claim appeared");
+        assert!(gc.try_wait().unwrap().is_none(), "gc ended early");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let (uuid, _) = sim.alloc(&["--profile", "1g.10gb", "--gpu", "0"]);
+    assert_eq!(uuid, found, "the free instance is reused");
+    assert!(
+        gc.try_wait().unwrap().is_none(),
+        "a reuse was served only after gc's destroy ended: the destroy held the lock"
+    );
+    let out = gc.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let gc_out = String::from_utf8_lossy(&out.stdout);
+    assert!(gc_out.contains(&format!("lease {id} released")), "{gc_out}");
+    let status = sim.status();
+    check_invariants(&status, true);
+    assert_eq!(leases(&status).len(), 1);
+    assert_eq!(instances(&status).len(), 1, "the drained instance is gone");
+}
