@@ -115,6 +115,9 @@ pub enum Command {
     /// Internal: destroy the instance of a lease a container's end left releasing; started by hooks, shim, launcher
     #[command(name = "__finish-release", hide = true)]
     FinishRelease(FinishArgs),
+    /// Internal: make the idle instances the `warm` setting asks for; started when an allocation took one
+    #[command(name = "__refill-warm", hide = true)]
+    RefillWarm,
 }
 
 // The background destroy's arguments (hidden; a release fills them in).
@@ -146,6 +149,7 @@ pub const SUBCOMMANDS: &[&str] = &[
     "help",
     "__watch",
     "__finish-release",
+    "__refill-warm",
 ];
 
 // How the MIG UUID reaches the container: defined with the settings (config), used here for `--inject`.

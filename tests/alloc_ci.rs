@@ -315,3 +315,24 @@ fn the_next_allocation_finishes_a_drained_compute_instance_at_once() {
     sim.ok(&["release", &whole.to_string()]);
     ci_scenarios::assert_nothing_left(&sim, "after the sweep");
 }
+
+/// Compute-instance creates overlap (issue 23): six `1c.3g.40gb` at once under a 2 s create-ci take well under 12 s.
+#[test]
+fn parallel_compute_instance_creates_overlap_outside_the_lock() {
+    ci_scenarios::parallel_creates_overlap(&Sim::new("a100-80gb"));
+}
+
+/// A failed compute-instance create (outside the lock) releases its reservation and leaves nothing of its own.
+#[test]
+fn a_failed_compute_instance_create_releases_its_reservation() {
+    ci_scenarios::failed_create_releases_its_reservation(
+        &a100(),
+        ("MIGRUN_TEST_FAIL", "create-ci=INSUFFICIENT_RESOURCES"),
+    );
+}
+
+/// A compute-instance release destroys outside the lock: another compute-instance request is served meanwhile.
+#[test]
+fn a_compute_instance_release_runs_outside_the_lock() {
+    ci_scenarios::release_runs_outside_the_lock(&a100());
+}

@@ -17,7 +17,9 @@ fn every_step_names_a_crash_point() {
     assert_eq!(ALLOC_STEPS.len(), 7);
     assert!(ALLOC_STEPS.contains(&"after-create-gi"));
     assert_eq!(RELEASE_STEPS.len(), 5);
-    assert_eq!(EVICT_STEPS.len(), 2);
+    assert_eq!(EVICT_STEPS.len(), 3);
+    assert_eq!(migrun::alloc::testhook::GC_STEPS.len(), 3);
+    assert_eq!(migrun::alloc::testhook::EXPIRE_STEPS.len(), 3);
     assert_eq!(migrun::alloc::testhook::TAKEOVER_STEPS.len(), 1);
 }
 
@@ -54,4 +56,19 @@ fn foreign_instances_are_reused_never_destroyed_and_busy_ones_are_left_alone() {
 #[test]
 fn killed_while_taking_over_a_releasing_instance_then_gc_keeps_it_reusable() {
     scenarios::killed_while_taking_over(&h100);
+}
+
+#[test]
+fn killed_while_gc_destroys_outside_the_lock_then_gc_finishes() {
+    scenarios::killed_during_gc_destroys(&h100);
+}
+
+#[test]
+fn killed_while_expiring_a_kept_instance_then_gc_finishes() {
+    scenarios::killed_while_expiring(&h100);
+}
+
+#[test]
+fn gc_destroys_run_outside_the_lock() {
+    scenarios::gc_destroys_run_outside_the_lock(&h100());
 }

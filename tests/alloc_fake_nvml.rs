@@ -74,3 +74,8 @@ fn injected_ci_failure_leaves_no_gi_and_says_what_happened() {
 fn foreign_instances_are_reused_never_destroyed_and_busy_ones_are_left_alone() {
     scenarios::ownership(&h100());
 }
+
+#[test]
+fn killed_while_gc_destroys_outside_the_lock_then_gc_finishes() {
+    scenarios::killed_during_gc_destroys(&h100);
+}

@@ -355,6 +355,10 @@ fn case(id: &str, sim: &Sim) -> Option<Case> {
             env: vec![("SUDO_UID", "1001".into())],
             ..c("", init, s(&["mig", "disable", "--all"]))
         },
+        "sudo-refill-warm" => Case {
+            env: vec![("SUDO_UID", "1001".into())],
+            ..c("warm = { \"1g.10gb\" = 1 }\n", init, s(&["__refill-warm"]))
+        },
         "dir-symlink" => c(
             "",
             |sim| {
@@ -824,6 +828,7 @@ fn every_documented_bad_input_fails_cleanly_and_leaves_nothing() {
         "sudo-teardown",
         "sudo-slurm-step",
         "sudo-mig",
+        "sudo-refill-warm",
         "dir-symlink",
         "dir-world-writable",
         "dir-wrong-owner",

@@ -174,3 +174,21 @@ fn alloc_killed_at_every_step_then_gc_repairs_through_nvml() {
     ci_scenarios::killed_during_ci_allocate(&a100, true);
     ci_scenarios::killed_during_ci_release(&a100);
 }
+
+/// Compute-instance creates overlap outside the lock through NVML too (the fake library's latency model).
+#[test]
+fn parallel_compute_instance_creates_overlap_through_nvml() {
+    ci_scenarios::parallel_creates_overlap(&fake("a100-80gb:1"));
+}
+
+/// A failed compute-instance create through NVML releases its reservation.
+#[test]
+fn a_failed_compute_instance_create_through_nvml_releases_its_reservation() {
+    ci_scenarios::failed_create_releases_its_reservation(
+        &a100(),
+        (
+            "MIGRUN_FAKE_NVML_FAIL",
+            "nvmlGpuInstanceCreateComputeInstanceWithPlacement:INSUFFICIENT_RESOURCES",
+        ),
+    );
+}

@@ -2,11 +2,12 @@
 //! `inflight` makes outside the lock; evicting idle kept instances to make room. Each step of a create or an
 //! eviction has a crash point (`testhook`), so the crash tests can stop it there.
 
-use super::reconcile::{destroy, record_matches, DestroyError};
+use super::drain::{claim_orphan, Job, Purpose};
+use super::reconcile::record_matches;
 use super::share::Target;
 use super::testhook::crash_point;
 use super::{AllocError, AllocRequest};
-use crate::gpu::{Backend, GpuError, MigState};
+use crate::gpu::{GpuError, MigState};
 use crate::lease::{self, Intent, Lease, LeaseState, Registry};
 use crate::policy::Plan;
 
@@ -15,13 +16,13 @@ use crate::policy::Plan;
 pub(crate) enum Applied {
     Leased(Lease),
     Reserved(super::inflight::Reservation),
+    /// A compute instance (and maybe its sharing GPU instance), made outside the lock by `share::build`.
+    ReservedCi(super::share::CiReservation),
 }
 
 /// Execute a plan (under the lock): reuse records a lease; create journals a reservation (an intent), whose GI
-/// and default CI the caller makes after dropping the lock. A compute-instance plan (`share`) is still carried out
-/// whole under the lock, driver calls included (a known limit, docs/leases.md).
+/// and default CI the caller makes after dropping the lock; a compute-instance plan likewise (`share::reserve`).
 pub(crate) fn apply(
-    backend: &mut dyn Backend,
     reg: &Registry,
     state: &MigState,
     plan: &Plan,
@@ -67,11 +68,11 @@ pub(crate) fn apply(
                 profile_id: *profile_id,
                 start: *start,
             };
-            super::share::apply(backend, reg, state, &target, *ci, lease).map(Applied::Leased)
+            super::share::reserve(reg, state, &target, *ci, lease).map(Applied::ReservedCi)
         }
         Plan::NewShared { choice, ci } => {
-            super::share::apply(backend, reg, state, &Target::NewGi(*choice), *ci, lease)
-                .map(Applied::Leased)
+            super::share::reserve(reg, state, &Target::NewGi(*choice), *ci, lease)
+                .map(Applied::ReservedCi)
         }
         Plan::Reuse {
             gi,
@@ -133,15 +134,16 @@ pub(crate) fn apply(
     }
 }
 
-/// Destroy idle instances migrun kept warm, to make room. Each is journaled as an intent first (with
-/// its GI id and no lease), so a crash half-way leaves something gc finishes destroying.
-pub(super) fn evict(
-    backend: &mut dyn Backend,
+/// Claim (under the lock) the destroy of idle instances migrun kept warm, to make room; the caller makes them after
+/// dropping the lock (`drain::run`). Each claim is an intent naming the instance, so planners see it as taken while
+/// this process lives, and a crash leaves it to gc, which destroys the instance no lease holds.
+pub(super) fn claim_evictions(
     reg: &Registry,
     state: &MigState,
     victims: &[(u32, u32)],
-) -> Result<(), AllocError> {
+) -> Result<Vec<Job>, AllocError> {
     let created = reg.created()?;
+    let mut jobs = Vec::new();
     for &(gpu, gi) in victims {
         let Some(g) = state.gpu(gpu) else { continue };
         let Some(i) = g.instances.iter().find(|i| i.id == gi) else {
@@ -154,39 +156,13 @@ pub(super) fn evict(
         else {
             continue;
         };
-        // A sharing GPU instance goes only while it holds no compute instance (the planner asks the same).
-        if r.shared && !i.compute_instances.is_empty() {
+        // A sharing GPU instance goes only while it holds no compute instance (the planner asks the same); a busy
+        // instance never.
+        if (r.shared && !i.compute_instances.is_empty()) || i.processes > 0 {
             continue;
         }
-        let intent = Intent {
-            lease: reg.next_lease_id()?,
-            gpu_index: gpu,
-            gpu_uuid: g.info.uuid.clone(),
-            profile_id: r.profile_id,
-            profile: r.profile.clone(),
-            placement: r.placement,
-            gi: Some(gi),
-            ci: None,
-            pid: std::process::id(),
-            created_at: lease::now(),
-            start_time: None,
-            uid: None,
-            name: None,
-            destroy: false,
-        };
-        reg.write_intent(&intent)?;
+        jobs.push(claim_orphan(reg, g, i, Some(r), Purpose::Evict)?);
         crash_point("evict-after-intent");
-        match destroy(backend, g, i, false) {
-            Ok(()) => {
-                crash_point("evict-after-destroy");
-                reg.remove_created(&g.info.uuid, gi)?;
-                reg.remove_intent(intent.lease)?;
-                tracing::info!(gpu, gi, profile = %r.profile, "destroyed an idle kept instance to make room");
-            }
-            // Someone started using it since the snapshot: leave it (the plan then finds no room).
-            Err(DestroyError::Busy) => reg.remove_intent(intent.lease)?,
-            Err(DestroyError::Other(e)) => return Err(e.into()),
-        }
     }
-    Ok(())
+    Ok(jobs)
 }

@@ -6,11 +6,13 @@
 //! dropped under it again; a crash after the claim leaves an intent that gc repairs (it destroys the instance, which
 //! no lease holds).
 
-use super::reconcile::{destroy, record_matches, DestroyError};
+use super::drain::{claim_orphan, Purpose};
+use super::reconcile::record_matches;
+use super::testhook::crash_point;
 use super::{AllocError, AllocRequest, GcReport, HolderProbe, ReleaseOutcome};
 use crate::config::Config;
 use crate::gpu::Backend;
-use crate::lease::{self, Intent, Registry};
+use crate::lease::{self, Registry};
 use crate::policy::plan::Want;
 use crate::profile::ProfileSpec;
 use crate::statedir::StateDir;
@@ -51,58 +53,20 @@ pub(super) fn expire(
             let Some(i) = g.instances.iter().find(|i| i.id == r.gi) else {
                 continue;
             };
-            // A sharing GPU instance goes only while it holds no compute instance (as in `apply::evict`): one left
-            // in it is not a kept one of migrun's.
+            // A sharing GPU instance goes only while it holds no compute instance (as in `apply::claim_evictions`): one
+            // left in it is not a kept one of migrun's.
             if i.processes > 0 || (r.shared && !i.compute_instances.is_empty()) {
                 continue;
             }
-            let pid = std::process::id();
-            let intent = Intent {
-                lease: reg.next_lease_id()?,
-                gpu_index: g.info.index,
-                gpu_uuid: r.gpu_uuid.clone(),
-                profile_id: r.profile_id,
-                profile: r.profile.clone(),
-                placement: r.placement,
-                gi: Some(r.gi),
-                ci: None,
-                pid,
-                created_at: now,
-                start_time: lease::process_start_time(pid),
-                uid: None,
-                name: None,
-                destroy: true,
-            };
-            reg.write_intent(&intent)?;
-            jobs.push((intent, g.clone(), i.clone(), r));
+            let what = format!(
+                "GPU {} GI {} ({} at {}), kept idle for {limit} s or more (keep_idle_s)",
+                g.info.index, i.id, r.profile, r.placement
+            );
+            jobs.push(claim_orphan(reg, g, i, Some(&r), Purpose::Expire(what))?);
+            crash_point("expire-after-claim");
         }
     }
-    for (intent, g, i, r) in jobs {
-        let res = destroy(backend, &g, &i, false);
-        let _lock = reg.lock()?;
-        match res {
-            Ok(()) => {
-                let same = reg
-                    .created()?
-                    .iter()
-                    .any(|c| c.gpu_uuid == r.gpu_uuid && c.gi == r.gi && c.mig_uuid == r.mig_uuid);
-                if same {
-                    reg.remove_created(&r.gpu_uuid, r.gi)?;
-                }
-                reg.remove_intent(intent.lease)?;
-                report.repaired.push(format!(
-                    "GPU {} GI {} ({} at {}), kept idle for {limit} s or more (keep_idle_s): destroyed",
-                    g.info.index, i.id, r.profile, r.placement
-                ));
-            }
-            Err(DestroyError::Busy) => reg.remove_intent(intent.lease)?,
-            Err(DestroyError::Other(e)) => {
-                reg.remove_intent(intent.lease)?;
-                return Err(e.into());
-            }
-        }
-    }
-    Ok(())
+    super::drain::run(backend, reg, jobs, report)
 }
 
 /// The `warm` setting's profiles, parsed (checked before gc changes anything).
@@ -134,20 +98,28 @@ pub(super) fn warm_up(
     if config.warm.is_empty() {
         return Ok(());
     }
-    let now = lease::now();
-    if Registry::open(dir)?.tickets()?.iter().any(|t| t.holds(now)) {
-        report
-            .notes
-            .push("warm pool: requests are waiting, so no instance is made ready now".into());
+    let reg = Registry::open(dir)?;
+    let waiting = || -> Result<bool, AllocError> {
+        let now = lease::now();
+        Ok(reg.tickets()?.iter().any(|t| t.holds(now)))
+    };
+    const WAITING: &str = "warm pool: requests are waiting, so no instance is made ready now";
+    if waiting()? {
+        report.notes.push(WAITING.into());
         return Ok(());
     }
     for ((profile, &n), spec) in config.warm.iter().zip(check(config)?) {
         let mut held = Vec::new();
         let mut stopped = None;
         for _ in 0..n {
+            // Looked at again before every instance: a request that started waiting meanwhile gets the room.
+            if waiting()? {
+                report.notes.push(WAITING.into());
+                break;
+            }
             let mut req = AllocRequest::new(Want::Profile(spec));
             req.keep = true;
-            match super::allocate_swept(backend, dir, config, &req, probe) {
+            match super::allocate::allocate_quiet(backend, dir, config, &req, probe) {
                 Ok((l, _)) => held.push(l),
                 Err(e) => {
                     stopped = Some(e);

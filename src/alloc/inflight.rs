@@ -14,7 +14,7 @@
 //! - a failed create removes its intent (under the lock) after undoing what the driver made.
 
 use super::account::registry;
-use super::reconcile::{begin_end, destroy, end_destroyed, finish, DestroyJob, Ending};
+use super::reconcile::{begin_end, destroy, end_destroyed, DestroyJob, Ending, Step};
 use super::testhook::crash_point;
 use super::{binding, AllocError, CiFailure, ReleaseOutcome, RELEASE_BACKOFF_MS};
 use crate::config::Config;
@@ -169,7 +169,8 @@ fn abandon(reg: &Registry, intent: &Intent) {
 
 /// Show every live reservation to a planner (under the lock): its placement holds a placeholder instance leased by
 /// a placeholder lease (with the reservation's uid and name, so limits and names count it), and an instance the
-/// driver already made for it is not offered to anyone.
+/// driver already made for it is not offered to anyone. A claimed destroy of an instance no lease holds hides that
+/// instance behind a placeholder too (no lease); a compute-instance slot takes only its slot (`overlay_shared`).
 pub(crate) fn overlay(state: &mut MigState, leases: &mut Vec<Lease>, intents: &[Intent]) {
     // A create in flight, or the expiry of a kept instance (a destroy claim that no lease stands behind).
     let reserving = |i: &&Intent| !i.destroy || !leases.iter().any(|l| l.id == i.lease);
@@ -183,6 +184,13 @@ pub(crate) fn overlay(state: &mut MigState, leases: &mut Vec<Lease>, intents: &[
         let Some(g) = state.gpus.iter_mut().find(|g| g.info.uuid == i.gpu_uuid) else {
             continue;
         };
+        // A compute instance reserved in a sharing GPU instance: the GPU instance stays as it is (others may fill
+        // its other slots; `overlay_shared` takes this one), and a placeholder lease on it counts the reservation's
+        // uid and name.
+        if let (true, Some(gi)) = (is_slot(i), i.gi) {
+            leases.push(placeholder_lease(i, gi, PLACEHOLDER_GI));
+            continue;
+        }
         let uuid = g.info.uuid.clone();
         g.instances.retain(|x| {
             let leased = leases.iter().any(|l| l.gpu_uuid == uuid && l.gi == x.id);
@@ -196,29 +204,99 @@ pub(crate) fn overlay(state: &mut MigState, leases: &mut Vec<Lease>, intents: &[
             compute_instances: Vec::new(),
             processes: 0,
         });
-        leases.push(Lease {
-            id: i.lease,
-            name: i.name.clone(),
-            holder: Holder::Process {
-                pid: i.pid,
-                start_time: i.start_time.unwrap_or(0),
-            },
-            uid: i.uid.unwrap_or(0),
-            gpu_index: i.gpu_index,
-            gpu_uuid: i.gpu_uuid.clone(),
-            gi,
-            ci: 0,
-            profile_id: i.profile_id,
-            profile: i.profile.clone(),
-            placement: i.placement,
-            mig_uuid: String::new(),
-            ci_profile: None,
-            created: true,
-            keep: false,
-            state: LeaseState::Active,
-            created_at: i.created_at,
-            updated_at: i.created_at,
-        });
+        // A destroy claim holds the placement but is nobody's lease: it must not count against the lease limits.
+        if !i.destroy {
+            leases.push(placeholder_lease(i, gi, 0));
+        }
+    }
+}
+
+/// The lease a live reservation stands for, on GI `gi` (compute instance `ci`), for planners to count.
+fn placeholder_lease(i: &Intent, gi: u32, ci: u32) -> Lease {
+    Lease {
+        id: i.lease,
+        name: i.name.clone(),
+        holder: Holder::Process {
+            pid: i.pid,
+            start_time: i.start_time.unwrap_or(0),
+        },
+        uid: i.uid.unwrap_or(0),
+        gpu_index: i.gpu_index,
+        gpu_uuid: i.gpu_uuid.clone(),
+        gi,
+        ci,
+        profile_id: i.profile_id,
+        profile: i.profile.clone(),
+        placement: i.placement,
+        mig_uuid: String::new(),
+        ci_profile: None,
+        created: true,
+        keep: false,
+        state: LeaseState::Active,
+        created_at: i.created_at,
+        updated_at: i.created_at,
+    }
+}
+
+/// Is another process making a new sharing GPU instance (its compute-instance reservation not yet open to others)?
+pub(super) fn gi_in_the_making(intents: &[Intent]) -> bool {
+    intents.iter().any(|i| {
+        !i.destroy
+            && i.in_flight()
+            && i.ci
+                .as_ref()
+                .is_some_and(|c| c.new_gi && c.profile_id.is_none())
+    })
+}
+
+/// A compute-instance reservation that names its slot in a sharing GPU instance migrun recorded (the GPU instance
+/// stays visible and fillable by others; only the slot is taken).
+pub(super) fn is_slot(i: &Intent) -> bool {
+    !i.destroy
+        && i.gi.is_some()
+        && i.ci
+            .as_ref()
+            .is_some_and(|c| c.profile_id.is_some() && c.start.is_some())
+}
+
+/// Show live compute-instance reservations to a planner (under the lock): each takes its slot in its sharing GPU
+/// instance (unless the device lists that compute instance already) and counts its user.
+pub(crate) fn overlay_shared(
+    shared: &mut [crate::policy::ci_plan::SharedGi],
+    state: &MigState,
+    intents: &[Intent],
+) {
+    for i in intents.iter().filter(|i| is_slot(i) && i.in_flight()) {
+        let (Some(gi), Some(c)) = (i.gi, i.ci.as_ref()) else {
+            continue;
+        };
+        let (Some(profile_id), Some(start)) = (c.profile_id, c.start) else {
+            continue;
+        };
+        let Some(g) = state.gpus.iter().find(|g| g.info.uuid == i.gpu_uuid) else {
+            continue;
+        };
+        let Some(s) = shared
+            .iter_mut()
+            .find(|s| s.gpu == g.info.index && s.gi == gi)
+        else {
+            continue;
+        };
+        if let Some(u) = i.uid {
+            if !s.users.contains(&u.to_string()) {
+                s.users.push(u.to_string());
+                s.users.sort();
+            }
+        }
+        if s.taken.iter().any(|t| t.start == start) {
+            continue;
+        }
+        if let Some(p) = s.profiles.iter_mut().find(|p| p.id == profile_id) {
+            if let Some(pl) = p.placements.iter().find(|pl| pl.start == start) {
+                s.taken.push(*pl);
+            }
+            p.remaining = p.remaining.saturating_sub(1);
+        }
     }
 }
 
@@ -292,10 +370,10 @@ pub(super) fn gpu_code(e: &AllocError) -> Option<crate::gpu::Code> {
 
 /// Claim a draining lease's destroy for this process (under the lock): an intent naming its instance, with this
 /// process's start time, so gc and the sweeps of other requests leave the destroy to it while it runs; if it dies,
-/// gc finishes the destroy. Returns the intent's id (the lease's).
-pub(super) fn claim(reg: &Registry, l: &Lease) -> Result<lease::LeaseId, AllocError> {
+/// gc finishes the destroy. Returns the claim (its id is the lease's).
+pub(super) fn claim(reg: &Registry, l: &Lease) -> Result<Intent, AllocError> {
     let pid = std::process::id();
-    reg.write_intent(&Intent {
+    let claim = Intent {
         lease: l.id,
         gpu_index: l.gpu_index,
         gpu_uuid: l.gpu_uuid.clone(),
@@ -310,8 +388,9 @@ pub(super) fn claim(reg: &Registry, l: &Lease) -> Result<lease::LeaseId, AllocEr
         uid: None,
         name: None,
         destroy: true,
-    })?;
-    Ok(l.id)
+    };
+    reg.write_intent(&claim)?;
+    Ok(claim)
 }
 
 /// End a lease found by `pick` (under the lock), retrying a busy destroy with backoff (the lock is
@@ -343,11 +422,24 @@ where
         last = Some(l.clone());
         let mut state = backend.snapshot()?;
         binding::bind(reg.dir(), &backend.kind(), &state, config)?;
-        // A compute-instance lease is still ended synchronously under the lock (`share::finish`, docs/leases.md):
-        // its GPU instance may hold other leases' compute instances, which must never be destroyed with it.
+        // A compute-instance lease: its GPU instance may hold other leases' compute instances, which must never be
+        // destroyed with it (`share`); its compute instance (and the GPU instance once empty) go without the lock too.
         if l.ci_profile.is_some() {
-            let o = finish(backend, &reg, config, &mut state, l, EndReason::Released)?;
-            drop(lock);
+            let purpose = super::drain::Purpose::Released;
+            let o = match super::share_end::begin_end(
+                &reg,
+                config,
+                &mut state,
+                l,
+                EndReason::Released,
+                purpose,
+            )? {
+                Step::Done(o) => o,
+                Step::Claimed(job) => {
+                    drop(lock);
+                    super::drain::run_release(backend, &reg, *job)?
+                }
+            };
             if !matches!(o, ReleaseOutcome::Draining { .. }) || attempt == RELEASE_BACKOFF_MS.len()
             {
                 return Ok(Some(o));
@@ -374,7 +466,7 @@ where
                 let destroyed = destroy(backend, &gpu, &instance, true);
                 let _lock = reg.lock()?;
                 let o = end_destroyed(&reg, &mut state, lease, destroyed);
-                reg.remove_intent(claim)?;
+                reg.remove_intent(claim.lease)?;
                 o?
             }
         };

@@ -1,63 +1,69 @@
 //! The allocator: applies the policy's plans through the hardware trait, rolls back, releases and collects garbage; it must not parse engine formats.
 //!
-//! This file holds the request and error types and the public operations (allocate, release, gc, the
-//! lease queries); the steps live beside it: `request` (a request and the config -> the planner's
-//! input, the lease limits), `reconcile` (sweep, finish, destroy, intent repair), `apply` (apply, evict,
-//! roll back), `wait` (the `--wait` queue), `teardown`, `binding` (which machine a state dir is for)
-//! and `testhook` (crash points and fault injection for tests). What to allocate is decided by the
-//! pure `policy` room; this room only carries it out.
+//! This file holds the request and error types and the public operations (release, gc, the lease
+//! queries); the steps live beside it: `allocate` (one allocation, start to grant), `request` (a request
+//! and the config -> the planner's input, the lease limits), `reconcile` (sweep, end a lease, destroy),
+//! `repair` (intents of interrupted allocations), `apply` (apply a plan, claim evictions), `inflight`
+//! (reservations, overlays, releases outside the lock), `drain` (claimed destroys made outside the lock),
+//! `share`/`share_end` (compute-instance slices), `idle`/`refill` (the warm pool), `wait` (the `--wait`
+//! queue), `teardown`, `binding` (which machine a state dir is for) and `testhook` (crash points and fault
+//! injection for tests). What to allocate is decided by the pure `policy` room; this room only carries it out.
 //!
 //! Engines tell this module whether a container holder is still alive through `HolderProbe`, so
 //! gc never needs to know docker, podman or containerd.
 //!
 //! Every record changes under the registry lock (`alloc.lock`), but no driver create or destroy runs under it
-//! (`inflight`, issue 23): a create is planned and reserved (its intent journalled) under the lock, made
-//! outside it and committed under it again; a release claims its destroy under the lock and destroys outside
-//! it. Planners see live reservations as taken, so two processes never pick the same instance or placement.
+//! (`inflight`, `drain`, issue 23): a create is planned and reserved (its intent journalled) under the lock, made
+//! outside it and committed under it again; every destroy (a release's, gc's, an eviction's, an expiry's) is
+//! claimed under the lock and made outside it. Planners see live reservations as taken, so two processes never pick the same instance or placement.
 //! Before each allocation (and in `migrun gc`) the registry is reconciled with the device
 //! (`sweep`): crashed allocations are repaired from their intents, leases of dead holders released,
-//! draining instances destroyed, and leases of vanished instances dropped. The on-disk protocol is
+//! draining instances destroyed (claimed in the sweep, destroyed after it), and leases of vanished instances
+//! dropped. The on-disk protocol is
 //! described in docs/leases.md.
 
 mod account;
+mod allocate;
 mod apply;
 pub mod binding;
 mod detached;
+mod drain;
 mod idle;
 mod inflight;
 mod outcome;
 mod reconcile;
+pub(crate) mod refill;
+mod repair;
 mod request;
 mod share;
+mod share_end;
 mod teardown;
 pub mod testhook;
 mod wait;
 
 pub use account::ledger_of;
 use account::registry;
-pub(crate) use apply::{apply, Applied};
+pub(crate) use allocate::allocate_swept;
 pub(crate) use detached::{end_without_driver, Ended};
 pub(crate) use inflight::finish_release;
 pub(crate) use outcome::GcReport;
 pub use outcome::ReleaseOutcome;
-pub(crate) use reconcile::{sweep, sweep_records, Swept};
-pub(crate) use request::{check_limits, check_name, plan_request};
+use reconcile::sweep;
+pub(crate) use request::plan_request;
 pub(crate) use share::shared_gis;
 pub(crate) use teardown::{teardown, TeardownOptions, TeardownReport};
 pub(crate) use wait::clock;
 
 use crate::config::Config;
-use crate::gpu::{Backend, Code, GpuError};
+use crate::gpu::{Backend, GpuError};
 use crate::lease::{self, CreatedRecord, Holder, Lease, LeaseError, LeaseId, LeaseName, Registry};
-use crate::policy::plan::{self, Want};
+use crate::policy::plan::Want;
 use crate::policy::NoRoom;
 use crate::profile::{ProfileError, SizeError};
 use crate::statedir::StateDir;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use apply::evict;
 use inflight::release_with;
-use request::unsatisfiable;
 
 /// An allocation request, already validated by the caller.
 #[derive(Debug, Clone)]
@@ -244,9 +250,6 @@ pub(crate) fn exit_code_of(e: &(dyn std::error::Error + 'static)) -> Option<i32>
     })
 }
 
-/// How often an allocation re-plans when the driver refuses a create because the placement was taken meanwhile.
-const CREATE_RETRIES: usize = 2;
-
 /// Backoff between destroy attempts of a busy instance in `release` (the lock is dropped while sleeping).
 const RELEASE_BACKOFF_MS: &[u64] = &[50, 100, 200, 400];
 
@@ -266,186 +269,6 @@ pub(crate) fn allocate(
     allocate_swept(backend, dir, config, req, probe).map(|(lease, _)| lease)
 }
 
-/// [`allocate`], also returning the leases its reconciliation ended on the way (dead holders',
-/// drained ones), so the caller can drop what belonged to them (their CDI specs) without reading
-/// the registry again.
-pub(crate) fn allocate_swept(
-    backend: &mut dyn Backend,
-    dir: &StateDir,
-    config: &Config,
-    req: &AllocRequest,
-    probe: &dyn HolderProbe,
-) -> Result<(Lease, Vec<LeaseId>), AllocError> {
-    let reg = registry(dir, config, backend)?;
-    let started = Instant::now();
-    let mut trail = Trail::default();
-    let out = allocate_in(backend, &reg, config, req, probe, started, &mut trail);
-    account::outcome(&reg, req, &out, trail.queued.then(|| started.elapsed()));
-    out.map(|lease| (lease, trail.swept))
-}
-
-/// What an allocation did on the way, whatever its outcome: whether it queued (its wait is accounted)
-/// and which leases its reconciliation ended (their CDI specs go).
-#[derive(Default)]
-struct Trail {
-    queued: bool,
-    swept: Vec<LeaseId>,
-}
-
-/// [`allocate_swept`] on an opened registry, noting in `trail` what it did on the way.
-fn allocate_in(
-    backend: &mut dyn Backend,
-    reg: &Registry,
-    config: &Config,
-    req: &AllocRequest,
-    probe: &dyn HolderProbe,
-    started: Instant,
-    trail: &mut Trail,
-) -> Result<Lease, AllocError> {
-    let reg = reg.clone();
-    let mut queue = wait::Queue::new(&reg, req);
-    let mut retries = 0;
-    loop {
-        // A waiter looks again after a release or every second; a newcomer looks at once.
-        let mut ahead = queue.ahead()?;
-        if queue.due() || !queue.has_ticket() {
-            let lock = reg.lock()?;
-            let (held, n_ahead) = queue.held_ahead_locked()?;
-            ahead = n_ahead;
-            queue.planning();
-            let mut report = GcReport::default();
-            let Swept {
-                mut state,
-                mut leases,
-                created,
-            } = sweep_records(backend, &reg, config, probe, &mut report, true)?;
-            // Creates of other processes in flight (outside the lock) hold their places, limits and names.
-            let intents = reg.intents()?;
-            let swept_leases = leases.clone();
-            inflight::overlay(&mut state, &mut leases, &intents);
-            if !report.is_empty() {
-                tracing::info!(?report, "reconciled before allocating");
-                account::gc(&reg, &report);
-            }
-            trail
-                .swept
-                .extend(report.released.iter().filter_map(ReleaseOutcome::lease));
-            if state.gpus.is_empty() {
-                return Err(AllocError::NoGpus);
-            }
-            // Checked under the lock, after the sweep freed dead holders' leases, so two
-            // concurrent requests cannot both take the last allowed lease.
-            check_limits(config, &leases, req.uid)?;
-            check_name(&leases, req.name.as_ref())?;
-            // An instance still releasing (draining, its destroy not claimed yet) is free for the planner: a request
-            // of its profile takes it over instead of a destroy and a create. Never a compute-instance lease's.
-            let releasing = inflight::releasing(&state, &leases, &created, &intents);
-            let leases: Vec<Lease> = leases
-                .into_iter()
-                .filter(|l| !releasing.iter().any(|r| r.id == l.id))
-                .collect();
-            let mut full = plan_request(&state, config, req, &created, &leases)?;
-            // A compute-instance request needs migrun's sharing GPU instances as the device has them now.
-            if matches!(full.want, plan::Want::Ci(_)) {
-                full.ci.shared = share::shared_gis(backend, &state, &created, &leases)?;
-            }
-            // What could never fit is said at once, whoever waits; what fits now, but only on
-            // GPUs that earlier waiters hold back, waits behind them.
-            let fits_ignoring_queue = match plan::plan(&state, &leases, &full) {
-                Err(nr) if !nr.can_wait() => return Err(unsatisfiable(&state, &full, nr)),
-                r => r.is_ok(),
-            };
-            let mut preq = full.clone();
-            if !held.is_empty() {
-                let mine: Vec<u32> = state
-                    .gpus
-                    .iter()
-                    .map(|g| g.info.index)
-                    .filter(|i| full.gpus.as_ref().is_none_or(|a| a.contains(i)))
-                    .filter(|i| !held.contains(i))
-                    .collect();
-                preq.gpus = Some(mine);
-            }
-            let mut planned = plan::plan(&state, &leases, &preq);
-            if matches!(&planned, Err(nr) if nr.can_wait()) {
-                if let Some(victims) = plan::evictions(&state, &leases, &preq) {
-                    evict(backend, &reg, &state, &victims)?;
-                    state = backend.snapshot()?;
-                    // The fresh snapshot must hide and hold live reservations too.
-                    inflight::overlay(&mut state, &mut swept_leases.clone(), &intents);
-                    planned = plan::plan(&state, &leases, &preq);
-                }
-            }
-            // Someone outside migrun (an admin's nvidia-smi) may take the chosen placement between
-            // our snapshot and the create; the driver then says INSUFFICIENT_RESOURCES. Look again.
-            if let Ok(p) = &planned {
-                inflight::take_over(&reg, p, &releasing)?;
-                // A compute-instance plan is still carried out entirely under the lock (docs/leases.md).
-                let applied = match apply(backend, &reg, &state, p, req) {
-                    Err(e)
-                        if retries < CREATE_RETRIES
-                            && inflight::gpu_code(&e) == Some(Code::InsufficientResources) =>
-                    {
-                        tracing::info!(error = %e, "placement taken under us; planning again");
-                        retries += 1;
-                        drop(lock);
-                        continue;
-                    }
-                    r => r?,
-                };
-                match applied {
-                    Applied::Leased(lease) => {
-                        queue.done();
-                        return Ok(lease);
-                    }
-                    Applied::Reserved(r) => {
-                        // The driver work runs without the lock: other requests plan, reuse and release meanwhile.
-                        drop(lock);
-                        match inflight::build(backend, &reg, r) {
-                            Ok(lease) => {
-                                queue.done();
-                                return Ok(lease);
-                            }
-                            Err(e)
-                                if retries < CREATE_RETRIES
-                                    && inflight::gpu_code(&e)
-                                        == Some(Code::InsufficientResources) =>
-                            {
-                                tracing::info!(error = %e, "placement taken under us; planning again");
-                                retries += 1;
-                                continue;
-                            }
-                            Err(e) => return Err(e),
-                        }
-                    }
-                }
-            }
-            let Err(mut nr) = planned else {
-                unreachable!("a plan either applied or returned an error above")
-            };
-            if !queue.waits() || queue.expired(started) {
-                let waited = queue.waits().then(|| wait::clock(started.elapsed()));
-                queue.done();
-                // Room exists, but only where earlier waiters are first in line.
-                if fits_ignoring_queue && ahead > 0 {
-                    return Err(AllocError::Queued { ahead, waited });
-                }
-                nr.note = waited.map(|w| format!("waited {w}"));
-                return Err(AllocError::NoRoom(Box::new(nr)));
-            }
-            queue.enqueue(started, plan::reservation(&state, &full, &held))?;
-            trail.queued = true;
-        }
-        if queue.expired(started) {
-            queue.done();
-            return Err(AllocError::Queued {
-                ahead,
-                waited: Some(wait::clock(started.elapsed())),
-            });
-        }
-        queue.pause(started, ahead);
-    }
-}
 /// Find a lease by id (`7`), MIG UUID or name.
 fn find_lease(reg: &Registry, target: &str) -> Result<Lease, AllocError> {
     let t = target.trim();
@@ -606,9 +429,9 @@ pub(crate) fn gc(
     idle::check(config)?;
     let reg = registry(dir, config, backend)?;
     let mut report = GcReport::default();
-    {
+    let jobs = {
         let _lock = reg.lock()?;
-        sweep(backend, &reg, config, probe, &mut report)?;
+        let (_, jobs) = sweep(backend, &reg, config, probe, &mut report)?;
         account::gc(&reg, &report);
         for t in reg.tickets()? {
             if !t.alive() {
@@ -619,8 +442,14 @@ pub(crate) fn gc(
                 ));
             }
         }
-    }
+        jobs
+    };
     // Outside the lock: destroys and creates are never made under it.
+    let mut done = GcReport::default();
+    let drained = drain::run(backend, &reg, jobs, &mut done);
+    account::gc(&reg, &done);
+    report.merge(done);
+    drained?;
     idle::expire(backend, &reg, config, &mut report)?;
     idle::warm_up(backend, dir, config, probe, &mut report)?;
     Ok(report)

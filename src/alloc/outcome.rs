@@ -83,6 +83,15 @@ pub(crate) struct GcReport {
 }
 
 impl GcReport {
+    /// Add what another part of the same gc did.
+    pub(super) fn merge(&mut self, other: GcReport) {
+        self.released.extend(other.released);
+        self.repaired.extend(other.repaired);
+        self.notes.extend(other.notes);
+        self.destroyed += other.destroyed;
+        self.drained += other.drained;
+    }
+
     pub(super) fn is_empty(&self) -> bool {
         self.released.is_empty() && self.repaired.is_empty() && self.notes.is_empty()
     }

@@ -4,8 +4,10 @@
 //!
 //! Records are matched to the device by GPU UUID, GI id, profile, placement and MIG UUID, so a changed or
 //! foreign instance is never taken for migrun's. [`sweep`] runs under the lock before every allocation and
-//! in `migrun gc`; [`finish`] ends one lease for release and gc alike.
+//! in `migrun gc`; [`end_lease`] ends one lease for release and gc alike (its destroy claimed for `drain`).
 
+use super::drain::Purpose;
+use super::repair::repair_intent;
 use super::testhook::crash_point;
 use super::{binding, AllocError, GcReport, HolderProbe, ReleaseOutcome};
 use crate::config::{Config, ReleasePolicy};
@@ -89,18 +91,27 @@ pub(super) fn recorded_as_ours(reg: &Registry, l: &Lease) -> Result<bool, AllocE
     }))
 }
 
-/// Remove the created/ record of exactly the lease's instance (GPU, GI id and MIG UUID). A destroy runs outside the
-/// lock, so by the time its records go, the driver may have given the same GI id to a new instance whose own record
-/// has the same file name; that one must stay.
-fn forget_record(reg: &Registry, l: &Lease) -> Result<(), AllocError> {
-    let same = reg
-        .created()?
-        .iter()
-        .any(|r| r.gpu_uuid == l.gpu_uuid && r.gi == l.gi && r.mig_uuid == l.mig_uuid);
+/// Remove the created/ record of exactly this instance (GPU, GI id, MIG UUID and placement). A destroy runs outside
+/// the lock, so by the time its records go, the driver may have given the same GI id to a new instance whose own
+/// record has the same file name; that one must stay.
+pub(super) fn forget_record(
+    reg: &Registry,
+    gpu_uuid: &str,
+    gi: u32,
+    mig_uuid: &str,
+    placement: crate::gpu::Placement,
+) -> Result<(), AllocError> {
+    let same = reg.created()?.iter().any(|r| {
+        r.gpu_uuid == gpu_uuid && r.gi == gi && r.mig_uuid == mig_uuid && r.placement == placement
+    });
     if same {
-        reg.remove_created(&l.gpu_uuid, l.gi)?;
+        reg.remove_created(gpu_uuid, gi)?;
     }
     Ok(())
+}
+
+fn forget_lease_record(reg: &Registry, l: &Lease) -> Result<(), AllocError> {
+    forget_record(reg, &l.gpu_uuid, l.gi, &l.mig_uuid, l.placement)
 }
 
 /// How long an allocation's sweep leaves a freshly released lease to its background worker (issue 23).
@@ -195,37 +206,45 @@ pub(super) enum Ending {
 }
 
 /// A draining lease and the instance to destroy for it.
-pub(super) struct DestroyJob {
+pub(crate) struct DestroyJob {
     pub lease: Lease,
     pub gpu: GpuState,
     pub instance: GpuInstance,
 }
 
-/// End a lease (under the lock): drop it, or destroy the instance migrun created (one attempt).
-pub(super) fn finish(
-    backend: &mut dyn Backend,
+/// What ending a lease under the lock left to do: nothing, or a destroy claimed for after the lock (`drain`).
+pub(super) enum Step {
+    Done(ReleaseOutcome),
+    Claimed(Box<super::drain::Job>),
+}
+
+/// End a lease (under the lock): drop it, or mark it draining and claim the destroy of the instance migrun created,
+/// which the caller makes after dropping the lock (`drain::run`).
+pub(super) fn end_lease(
     reg: &Registry,
     config: &Config,
     state: &mut MigState,
     l: Lease,
     reason: EndReason,
-) -> Result<ReleaseOutcome, AllocError> {
-    // A compute-instance lease ends synchronously under the lock (`share`): its GPU instance may hold other
-    // leases' compute instances, which the whole-instance path below knows nothing of.
+    purpose: super::drain::Purpose,
+) -> Result<Step, AllocError> {
+    // A compute-instance lease: its GPU instance may hold other leases' compute instances, which the whole-instance
+    // path below knows nothing of.
     if l.ci_profile.is_some() {
-        return super::share::finish(backend, reg, config, state, l, reason);
+        return super::share_end::begin_end(reg, config, state, l, reason, purpose);
     }
     match begin_end(reg, config, state, l, reason)? {
-        Ending::Done(o) => Ok(o),
-        Ending::Destroy(job) => {
-            let DestroyJob {
-                lease,
-                gpu,
-                instance,
-            } = *job;
-            let destroyed = destroy(backend, &gpu, &instance, true);
-            end_destroyed(reg, state, lease, destroyed)
+        Ending::Done(o) => Ok(Step::Done(o)),
+        // Busy: nothing to claim; it stays draining until its processes end.
+        Ending::Destroy(job) if job.instance.processes > 0 => {
+            Ok(Step::Done(ReleaseOutcome::Draining {
+                lease: job.lease.id,
+                mig_uuid: job.lease.mig_uuid.clone(),
+            }))
         }
+        Ending::Destroy(job) => Ok(Step::Claimed(Box::new(super::drain::claim_lease(
+            reg, job, purpose,
+        )?))),
     }
 }
 
@@ -240,7 +259,7 @@ pub(super) fn end_destroyed(
     match destroyed {
         Ok(()) => {
             forget(state, &l.gpu_uuid, l.gi);
-            forget_record(reg, &l)?;
+            forget_lease_record(reg, &l)?;
             crash_point("release-after-remove-record");
             reg.remove_lease(l.id)?;
             Ok(ReleaseOutcome::Destroyed {
@@ -265,7 +284,7 @@ pub(super) fn begin_end(
     mut l: Lease,
     reason: EndReason,
 ) -> Result<Ending, AllocError> {
-    // Only whole-instance leases come here: callers send a compute-instance lease through [`finish`] (`share`).
+    // Only whole-instance leases come here: callers send a compute-instance lease through [`end_lease`] (`share`).
     let mig_uuid = l.mig_uuid.clone();
     // The ledger hears of the end before any record changes: a crash after this leaves a draining or removed
     // lease whose end is written, and gc's later end for it counts once (docs/operations.md).
@@ -321,7 +340,7 @@ pub(super) fn begin_end(
         crash_point("release-after-mark-draining");
     }
     let Some((g, i)) = lease_instance(state, &l) else {
-        forget_record(reg, &l)?;
+        forget_lease_record(reg, &l)?;
         reg.remove_lease(l.id)?;
         let outcome = if was_draining {
             // Our own interrupted destroy, or an admin's: either way it is gone now.
@@ -344,9 +363,10 @@ pub(super) fn begin_end(
     })))
 }
 
-/// Reconcile the registry with the device (under the lock) and return the resulting snapshot.
+/// Reconcile the registry with the device (under the lock) and return the resulting snapshot, with the destroys it
+/// claimed (the caller makes them with `drain::run` after dropping the lock).
 ///
-/// 1. Intents left by crashed allocations: an instance they created that no lease holds is destroyed.
+/// 1. Intents left by crashed allocations: an instance they created that no lease holds is to be destroyed.
 /// 2. Leases: an active lease whose instance vanished is dropped; one whose holder is dead is
 ///    released; a draining one gets another destroy attempt.
 /// 3. Created-instance records whose instance is gone are dropped.
@@ -356,15 +376,18 @@ pub(crate) fn sweep(
     config: &Config,
     probe: &dyn HolderProbe,
     report: &mut GcReport,
-) -> Result<MigState, AllocError> {
-    Ok(sweep_records(backend, reg, config, probe, report, false)?.state)
+) -> Result<(MigState, Vec<super::drain::Job>), AllocError> {
+    let s = sweep_records(backend, reg, config, probe, report, false)?;
+    Ok((s.state, s.jobs))
 }
 
-/// What a sweep leaves: the device state and the registry's records, as they are after it.
+/// What a sweep leaves: the device state and the registry's records, as they are after it, and the destroys it
+/// claimed, which the caller makes once it dropped the lock (`drain::run`).
 pub(crate) struct Swept {
     pub state: MigState,
     pub leases: Vec<Lease>,
     pub created: Vec<CreatedRecord>,
+    pub jobs: Vec<super::drain::Job>,
 }
 
 /// [`sweep`], also returning the leases and created-instance records it read, so the caller (under the same
@@ -399,7 +422,12 @@ pub(crate) fn sweep_records(
     // What a create in flight is making is not for this sweep to judge: a half-made GI may even carry the GI id of a
     // draining lease whose instance is gone (the driver reuses ids), and must not be destroyed for it. A planner never
     // reserves a place an instance of a live lease holds, so nothing leased is hidden here.
-    for i in in_flight.iter().filter(|i| !i.destroy) {
+    // A compute instance reserved in a recorded sharing GPU instance hides nothing: that GPU instance holds other
+    // leases' compute instances, which the sweep must see.
+    for i in in_flight
+        .iter()
+        .filter(|i| !i.destroy && !super::inflight::is_slot(i))
+    {
         if let Some(g) = state.gpus.iter_mut().find(|g| g.info.uuid == i.gpu_uuid) {
             g.instances
                 .retain(|x| !(x.placement == i.placement && x.profile_id == i.profile_id));
@@ -408,8 +436,12 @@ pub(crate) fn sweep_records(
     // Any repair or release below rewrites lease files; then they are read again.
     let mut changed = !intents.is_empty();
 
+    let mut jobs = Vec::new();
     for intent in intents {
-        repair_intent(backend, reg, &mut state, &first, &intent, report)?;
+        if let Some(job) = repair_intent(backend, reg, &mut state, &first, &intent, report)? {
+            crash_point("gc-after-claim");
+            jobs.push(job);
+        }
     }
 
     for l in first.iter() {
@@ -420,51 +452,47 @@ pub(crate) fn sweep_records(
                 // Never destroy here: a changed instance is not the one we leased.
                 reg.log_end(l, EndReason::InstanceGone);
                 reg.remove_lease(l.id)?;
-                Some(ReleaseOutcome::Gone {
+                let gone = ReleaseOutcome::Gone {
                     lease: l.id,
                     mig_uuid: l.mig_uuid.clone(),
-                })
+                };
+                Some((Step::Done(gone), Purpose::HolderGone))
             }
             LeaseState::Active if holder_alive(l.id, &l.holder, probe) => None,
             LeaseState::Active => {
                 report
                     .notes
                     .push(format!("lease {}: holder {} is gone", l.id, l.holder));
-                let o = finish(
-                    backend,
+                let step = end_lease(
                     reg,
                     config,
                     &mut state,
                     l.clone(),
                     EndReason::HolderGone,
+                    Purpose::HolderGone,
                 )?;
-                report.destroyed += u64::from(matches!(o, ReleaseOutcome::Destroyed { .. }));
-                Some(o)
+                Some((step, Purpose::HolderGone))
             }
             LeaseState::Draining => {
-                let o = finish(
-                    backend,
+                let step = end_lease(
                     reg,
                     config,
                     &mut state,
                     l.clone(),
                     EndReason::Released,
+                    Purpose::Drained,
                 )?;
-                report.drained += u64::from(matches!(o, ReleaseOutcome::Destroyed { .. }));
-                Some(o)
+                Some((step, Purpose::Drained))
             }
         };
         changed |= outcome.is_some();
         match outcome {
-            Some(ReleaseOutcome::Draining { lease, mig_uuid }) => {
-                report.notes.push(format!(
-                    "lease {lease}: {mig_uuid} is still in use; it stays draining"
-                ));
+            // The destroy is made after the lock is dropped (`drain::run`), by whoever called the sweep.
+            Some((Step::Claimed(job), _)) => {
+                crash_point("gc-after-claim");
+                jobs.push(*job);
             }
-            Some(o) => {
-                tracing::info!(outcome = %o, "gc");
-                report.released.push(o);
-            }
+            Some((Step::Done(o), purpose)) => super::drain::record_end(report, &purpose, o),
             None => {}
         }
     }
@@ -491,108 +519,6 @@ pub(crate) fn sweep_records(
         state,
         leases,
         created,
+        jobs,
     })
-}
-
-fn repair_intent(
-    backend: &mut dyn Backend,
-    reg: &Registry,
-    state: &mut MigState,
-    leases: &[Lease],
-    intent: &Intent,
-    report: &mut GcReport,
-) -> Result<(), AllocError> {
-    if let Some(ci) = &intent.ci {
-        return super::share::repair(backend, reg, state, leases, intent, ci, report);
-    }
-    let leased =
-        |gpu_uuid: &str, gi: u32| leases.iter().any(|l| l.gpu_uuid == gpu_uuid && l.gi == gi);
-    let Some(gi) = intent.gi else {
-        return drop_unbound_intent(reg, state, intent, &leased, report);
-    };
-    // The intent licenses destroying only the instance its create returned: that GI id, with the profile
-    // and placement it was asked for.
-    let found = gpu_by_uuid(state, &intent.gpu_uuid).and_then(|g| {
-        let i = g.instances.iter().find(|i| {
-            i.id == gi && i.profile_id == intent.profile_id && i.placement == intent.placement
-        })?;
-        Some((g.clone(), i.clone()))
-    });
-    let Some((g, i)) = found else {
-        // The instance is gone already (or was replaced: then it is not the one the intent made).
-        if !leased(&intent.gpu_uuid, gi) {
-            reg.remove_created(&intent.gpu_uuid, gi)?;
-        }
-        reg.remove_intent(intent.lease)?;
-        report.notes.push(format!(
-            "dropped the journal of an interrupted allocation (lease {}, {} at {} on GPU {}): no instance of it exists",
-            intent.lease, intent.profile, intent.placement, intent.gpu_index
-        ));
-        return Ok(());
-    };
-    if leased(&g.info.uuid, i.id) {
-        // The allocation did finish: its lease stands for the instance.
-        reg.remove_intent(intent.lease)?;
-        return Ok(());
-    }
-    let what = format!(
-        "GPU {} GI {} ({} at {}), left by an interrupted allocation (lease {})",
-        g.info.index, i.id, intent.profile, i.placement, intent.lease
-    );
-    match destroy(backend, &g, &i, false) {
-        Ok(()) => {
-            forget(state, &g.info.uuid, i.id);
-            reg.remove_created(&g.info.uuid, i.id)?;
-            reg.remove_intent(intent.lease)?;
-            report.repaired.push(format!("{what}: destroyed"));
-        }
-        Err(DestroyError::Busy) => {
-            report.notes.push(format!(
-                "{what} is in use; gc will destroy it once it is idle"
-            ));
-        }
-        Err(DestroyError::Other(e)) => return Err(e.into()),
-    }
-    Ok(())
-}
-
-/// An intent without a journaled GI id: the allocation died before the driver's create returned, or in
-/// the instant between that and the journal write. An instance of its profile at its placement may be
-/// the one it made, or one someone made there since (an admin's `nvidia-smi mig -cgi`); nothing on the
-/// device tells them apart, so the intent licenses no destroy. It is dropped, and a candidate instance
-/// is left alone and reported, for a person to judge.
-pub(super) fn drop_unbound_intent(
-    reg: &Registry,
-    state: &MigState,
-    intent: &Intent,
-    leased: &dyn Fn(&str, u32) -> bool,
-    report: &mut GcReport,
-) -> Result<(), AllocError> {
-    let created = reg.created()?;
-    let candidate = gpu_by_uuid(state, &intent.gpu_uuid).and_then(|g| {
-        g.instances
-            .iter()
-            .find(|i| {
-                i.profile_id == intent.profile_id
-                    && i.placement == intent.placement
-                    && !leased(&g.info.uuid, i.id)
-                    && !created
-                        .iter()
-                        .any(|r| r.gpu_uuid == g.info.uuid && r.gi == i.id)
-            })
-            .map(|i| (g.info.index, i.id))
-    });
-    reg.remove_intent(intent.lease)?;
-    let head = format!(
-        "dropped the journal of an interrupted allocation (lease {}, {} at {} on GPU {})",
-        intent.lease, intent.profile, intent.placement, intent.gpu_index
-    );
-    report.notes.push(match candidate {
-        None => format!("{head}: no instance of it exists"),
-        Some((gpu, gi)) => format!(
-            "{head}: GI {gi} there may be what it left or someone else's, and migrun cannot tell, so it leaves it alone \
-             (if nobody uses it, remove it with `migrun teardown --gpu {gpu} --include-foreign` or nvidia-smi)"
-        ),
-    });
-    Ok(())
 }

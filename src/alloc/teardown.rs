@@ -56,10 +56,13 @@ pub(crate) fn teardown(
     let mut report = TeardownReport::default();
     let mut state = if opts.force {
         let mut gc = GcReport::default();
-        let state = sweep(backend, &reg, config, probe, &mut gc)?;
+        let (_, jobs) = sweep(backend, &reg, config, probe, &mut gc)?;
+        // Teardown destroys under the lock on purpose (nothing may be allocated on these GPUs meanwhile).
+        let drained = super::drain::run_locked(backend, &reg, jobs, &mut gc);
         super::account::gc(&reg, &gc);
         report.gc = Some(gc);
-        state
+        drained?;
+        backend.snapshot()?
     } else {
         let state = backend.snapshot()?;
         super::binding::bind(dir, &backend.kind(), &state, config)?;

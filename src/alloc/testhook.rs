@@ -32,18 +32,38 @@ pub const ALLOC_STEPS: &[&str] = &[
 ];
 
 /// Every crash point of a compute-instance allocation that also creates its sharing GPU instance, in
-/// order (into an existing one: only `ci-after-intent` and the last three).
+/// order (into an existing one: only the first two and the last three).
 pub const CI_ALLOC_STEPS: &[&str] = &[
     "ci-after-intent",
+    // The lock is released here: the GI (and its record and slot, under the lock again) and the CI are made
+    // without it (issue 23).
+    "ci-reserved-unlocked",
     "ci-after-create-gi",
+    "ci-after-journal-gi",
     "ci-after-record-gi",
     "ci-after-create-ci",
     "ci-after-journal-ci",
     "ci-after-write-lease",
 ];
 
-/// Crash points of an allocation that first destroys idle kept instances to make room.
-pub const EVICT_STEPS: &[&str] = &["evict-after-intent", "evict-after-destroy"];
+/// Crash points of an allocation that first destroys idle kept instances to make room: the claim (under the lock),
+/// the lock dropped, the destroy made (issue 23: the destroy runs without the lock).
+pub const EVICT_STEPS: &[&str] = &[
+    "evict-after-intent",
+    "evict-unlocked",
+    "evict-after-destroy",
+];
+
+/// Crash points of a sweep's destroys (`migrun gc`, or an allocation's sweep): a dead holder's lease, a draining lease
+/// or what an interrupted allocation left is claimed under the lock, the lock dropped, the destroy made (issue 23).
+pub const GC_STEPS: &[&str] = &["gc-after-claim", "gc-unlocked", "gc-after-destroy"];
+
+/// Crash points of gc's expiry of a kept instance idle for `keep_idle_s` (claim, lock dropped, destroy made).
+pub const EXPIRE_STEPS: &[&str] = &[
+    "expire-after-claim",
+    "expire-unlocked",
+    "expire-after-destroy",
+];
 
 /// The crash point of an allocation that takes over an instance still releasing (issue 23).
 pub const TAKEOVER_STEPS: &[&str] = &["reuse-releasing-after-drop"];
@@ -51,6 +71,10 @@ pub const TAKEOVER_STEPS: &[&str] = &["reuse-releasing-after-drop"];
 /// The crash point of a container's end decided without the driver (alloc::detached): the lease is draining and no
 /// worker was started yet.
 pub const END_STEPS: &[&str] = &["end-after-mark-draining"];
+
+/// The crash point of a compute-instance release, besides [`RELEASE_STEPS`], that also destroys its emptied sharing GPU
+/// instance: the GPU instance claimed (the lease dropped) under the lock, before its destroy without the lock.
+pub const CI_RELEASE_STEPS: &[&str] = &["ci-release-after-claim-gi"];
 
 /// Every crash point of a release that destroys an instance, in order.
 pub const RELEASE_STEPS: &[&str] = &[

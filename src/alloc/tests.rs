@@ -5,10 +5,11 @@ use super::testhook::{FaultInjector, Op};
 use super::*;
 use crate::config::{GpuRef, ReleasePolicy};
 use crate::gpu::sim::{SimBackend, SimSpec};
-use crate::gpu::{GpuInstance, MigState};
+use crate::gpu::{Code, GpuInstance, MigState};
 use crate::lease::LeaseState;
 use crate::policy::plan;
 use std::cell::Cell;
+use std::time::Instant;
 
 struct Env {
     _tmp: tempfile::TempDir,

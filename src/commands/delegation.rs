@@ -64,6 +64,10 @@ pub fn check(
             "`migrun __finish-release`",
             "migrun's own releases start it themselves".to_string(),
         )),
+        Command::RefillWarm => Some((
+            "`migrun __refill-warm`",
+            "migrun's own allocations start it themselves".to_string(),
+        )),
         Command::Mig(_) => Some((
             "`migrun mig`",
             "changing MIG mode is for the admin, from a root shell".to_string(),

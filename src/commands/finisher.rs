@@ -1,6 +1,7 @@
-//! Handler for the hidden `migrun __finish-release` (the background destroy of an instance a container's end left
-//! releasing, issue 23) and the spawn of it that poststop, the shim and the launcher use; it must not decide what
-//! to destroy (the allocator does, under its lock).
+//! Handlers for migrun's background workers (issue 23), and their spawns: the hidden `migrun __finish-release` (the
+//! destroy of an instance a container's end left releasing; poststop, the shim and the launcher start it) and
+//! `migrun __refill-warm` (the warm pool's refill after an allocation took a warm instance; the allocator starts it
+//! through the starter installed here). It must not decide what to destroy or make (the allocator does).
 
 use super::launch::spawn_detached;
 use super::Ctx;
@@ -9,19 +10,29 @@ use crate::statedir::StateDir;
 use anyhow::{Context, Result};
 use std::process::Command;
 
-/// Start `migrun __finish-release --lease ID` detached: the destroy of a lease a container's end left releasing
-/// (issue 23). Same backend, state dir and config as this process; it writes to the watcher's log.
-pub(crate) fn spawn_finisher(ctx: &Ctx, dir: &StateDir, lease: u64) -> Result<std::process::Child> {
+/// `migrun [--simulate S] --state-dir DIR [--config C] <args>`: the same backend, state dir and config as `ctx`.
+fn worker(ctx: &Ctx, dir: &std::path::Path, args: &[&str]) -> Result<Command> {
     let exe = std::env::current_exe().context("finding migrun's own binary")?;
     let mut c = Command::new(exe);
     if let Some(s) = &ctx.global.simulate {
         c.arg("--simulate").arg(s);
     }
-    c.arg("--state-dir").arg(dir.path());
+    c.arg("--state-dir").arg(dir);
     if let Some(cfg) = &ctx.global.config {
         c.arg("--config").arg(cfg);
     }
-    c.args(["__finish-release", "--lease", &lease.to_string()]);
+    c.args(args);
+    Ok(c)
+}
+
+/// Start `migrun __finish-release --lease ID` detached: the destroy of a lease a container's end left releasing
+/// (issue 23). Same backend, state dir and config as this process; it writes to the watcher's log.
+pub(crate) fn spawn_finisher(ctx: &Ctx, dir: &StateDir, lease: u64) -> Result<std::process::Child> {
+    let mut c = worker(
+        ctx,
+        dir.path(),
+        &["__finish-release", "--lease", &lease.to_string()],
+    )?;
     spawn_detached(ctx, &mut c, "migrun __finish-release")
 }
 
@@ -34,5 +45,39 @@ pub fn finish_release(ctx: &Ctx, a: &FinishArgs) -> Result<i32> {
         .finish_release(a.lease)
         .with_context(|| format!("migrun __finish-release: lease {}", a.lease))?;
     tracing::info!(outcome = %out, "background release");
+    Ok(0)
+}
+
+/// Tell the allocator how to start `migrun __refill-warm` for a state dir (detached, logging to migrun's log): with
+/// this process's backend and config flags. Nothing is started unless the config has a `warm` setting.
+pub(crate) fn install_refill_starter(ctx: &Ctx) {
+    if ctx.config.warm.is_empty() {
+        return;
+    }
+    let ctx = Ctx {
+        global: ctx.global.clone(),
+        config: ctx.config.clone(),
+    };
+    crate::alloc::refill::install_starter(Box::new(move |dir| {
+        let started = worker(&ctx, dir, &["__refill-warm"])
+            .and_then(|mut c| spawn_detached(&ctx, &mut c, "migrun __refill-warm"));
+        if let Err(e) = started {
+            tracing::warn!(error = %e, "could not start the warm pool's refill; `migrun gc` refills it");
+        }
+    }));
+}
+
+/// `migrun __refill-warm`: make the idle instances the `warm` setting asks for (nothing while a request waits).
+pub fn refill_warm(ctx: &Ctx) -> Result<i32> {
+    let _ = nix::unistd::setsid();
+    let dir = ctx.state_dir()?;
+    let probe = crate::engine::probe(dir.path());
+    let mut session = ctx.session_in(dir.clone())?;
+    let report = session
+        .with_backend(|b| crate::alloc::refill::refill_warm(b, &dir, &ctx.config, &probe))
+        .context("migrun __refill-warm")?;
+    for note in &report.notes {
+        tracing::info!("{note}");
+    }
     Ok(0)
 }

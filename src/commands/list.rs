@@ -366,7 +366,8 @@ impl RegistryView {
     }
 }
 
-/// The owner column: `lease 7 (pid 1234)`, `lease 7 draining`, `free (migrun's, kept warm)`, `not migrun's`.
+/// The owner column: `lease 7 (pid 1234)`, `lease 7 draining`, `free (migrun's, kept warm)`, `not migrun's` (status
+/// says `releasing` instead of `draining` for an idle instance whose destroy is pending).
 fn owner_text(owner: &Owner, leases: &[Lease]) -> String {
     match owner {
         Owner::Lease { id, draining } => {
@@ -407,6 +408,11 @@ pub fn status(ctx: &Ctx, a: &ListArgs) -> Result<i32> {
     let owner_of = |g: &GpuState, i: &crate::gpu::GpuInstance| -> Option<Owner> {
         view.as_ref().ok().map(|_| plan::owner(g, i, leases, &kept))
     };
+    // Releasing (issue 23): its lease ended and nothing runs on it, so its destroy is pending, made in the background
+    // (a container's end's worker, a release, or gc); a draining instance that still runs processes waits for them.
+    let releasing = |g: &GpuState, i: &crate::gpu::GpuInstance| {
+        i.processes == 0 && matches!(owner_of(g, i), Some(Owner::Lease { draining: true, .. }))
+    };
     // Sharing GPU instances (migrun's `shared` records) show their compute-instance count in the slot map.
     let shared_of = |g: &GpuState| -> Vec<u32> {
         view.as_ref().map_or(Vec::new(), |v| {
@@ -439,6 +445,7 @@ pub fn status(ctx: &Ctx, a: &ListArgs) -> Result<i32> {
                     "mig_uuid": i.mig_uuid(),
                     "processes": i.processes,
                     "owner": owner_of(g, i),
+                    "releasing": releasing(g, i),
                     "compute_instances": i.compute_instances.iter().map(|c| serde_json::json!({
                         "ci": c.id,
                         "mig_uuid": c.mig_uuid,
@@ -494,7 +501,11 @@ pub fn status(ctx: &Ctx, a: &ListArgs) -> Result<i32> {
                 .map_or(format!("profile {}", i.profile_id), |p| {
                     p.short_name().to_string()
                 });
-            let owner = owner_of(g, i).map_or("owner unknown".into(), |o| owner_text(&o, leases));
+            let mut owner =
+                owner_of(g, i).map_or("owner unknown".into(), |o| owner_text(&o, leases));
+            if releasing(g, i) {
+                owner = owner.replacen(" draining", " releasing (destroyed in the background)", 1);
+            }
             // A sharing GPU instance has one MIG device per compute instance, listed below it.
             let sharing = matches!(owner_of(g, i), Some(Owner::Shared { .. }));
             let cis = format!("({} compute instance(s))", i.compute_instances.len());

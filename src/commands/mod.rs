@@ -235,6 +235,8 @@ pub fn run(cli: Cli) -> Result<i32> {
         .collect();
     delegation::check(&crate::caller::Caller::current(), &global, &command, &env)?;
     let ctx = Ctx::new(global)?;
+    // An allocation that takes a warm instance starts the pool's refill in the background (issue 23).
+    finisher::install_refill_starter(&ctx);
     // Commands that change GPUs or leases need root on real GPUs; say so before touching anything
     // (the launcher, the hooks and the shim check at their own first mutating step).
     let mutating = match &command {
@@ -243,6 +245,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Gc(_) => Some("`migrun gc`"),
         Command::Mig(_) => Some("`migrun mig`"),
         Command::Teardown(_) => Some("`migrun teardown`"),
+        Command::RefillWarm => Some("`migrun __refill-warm`"),
         _ => None,
     };
     if let Some(what) = mutating {
@@ -267,6 +270,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Sim(a) => sim::sim(&ctx, &a),
         Command::Watch(a) => launch::watch(&ctx, &a),
         Command::FinishRelease(a) => finisher::finish_release(&ctx, &a),
+        Command::RefillWarm => finisher::refill_warm(&ctx),
         Command::Completions(_) | Command::Man => unreachable!("handled above"),
     }
 }

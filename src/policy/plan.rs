@@ -60,7 +60,8 @@ pub(crate) struct PlanRequest {
     pub gpus: Option<Vec<u32>>,
     /// The config's `allowed_profiles`; `None` = all.
     pub allowed: Option<Vec<ProfileSpec>>,
-    /// Unleased instances migrun created (kept warm), as (GPU UUID, GI id); only used to explain who holds a placement.
+    /// Unleased instances migrun created (kept warm), as (GPU UUID, GI id): reuse prefers them over found ones, and
+    /// the explanations say who holds a placement.
     pub kept: Vec<(String, u32)>,
     /// What compute-instance requests need, and which GPU instances are migrun's sharing ones.
     pub ci: CiContext,
@@ -267,14 +268,14 @@ pub(crate) fn reservation(state: &MigState, req: &PlanRequest, taken: &[u32]) ->
         .map(|g| g.info.index)
 }
 
-/// A free instance of `p` on `g`: has a compute instance, no processes, no lease, and is not one of
-/// migrun's sharing GPU instances (those are never handed out whole).
+/// The free instances of `p` on `g`, lowest placement first: each has a compute instance, no processes, no lease,
+/// and is not one of migrun's sharing GPU instances (those are never handed out whole).
 fn reusable<'a>(
     g: &'a GpuState,
     p: &GiProfile,
     leases: &[Lease],
     ci: &CiContext,
-) -> Option<&'a GpuInstance> {
+) -> Vec<&'a GpuInstance> {
     let mut insts: Vec<&GpuInstance> = g
         .instances
         .iter()
@@ -287,7 +288,7 @@ fn reusable<'a>(
         })
         .collect();
     insts.sort_by_key(|i| i.placement.start);
-    insts.first().copied()
+    insts
 }
 
 /// Does `p` fit on `g` right now (reuse or create)?
@@ -298,7 +299,7 @@ pub(super) fn fits_now(
     leases: &[Lease],
     ci: &CiContext,
 ) -> bool {
-    reusable(g, p, leases, ci).is_some()
+    !reusable(g, p, leases, ci).is_empty()
         || !placement::candidates(state, &ProfileSpec::Id(p.id), Some(&[g.info.index])).is_empty()
 }
 
@@ -354,20 +355,33 @@ fn plan_profile(
         }
         eligible.push((g, p));
     }
-    // 1. Reuse: a free existing instance of exactly this profile, lowest GPU then lowest placement.
-    for (g, p) in &eligible {
-        if let Some(i) = reusable(g, p, leases, &req.ci) {
-            let ci = &i.compute_instances[0];
-            return Ok(Plan::Reuse {
-                gpu: g.info.index,
-                gi: i.id,
-                ci: ci.id,
-                mig_uuid: ci.mig_uuid.clone(),
-                profile_id: p.id,
-                profile: p.short_name().into(),
-                placement: i.placement,
-            });
-        }
+    // 1. Reuse: a free existing instance of exactly this profile. One migrun keeps warm (its own, idle: `req.kept`)
+    // before one it found (an admin's, mig-parted's), so the warm pool is what requests get and a found instance
+    // stays where its owner may want it; then lowest GPU, then lowest placement.
+    let warm = |g: &GpuState, i: &GpuInstance| {
+        req.kept
+            .iter()
+            .any(|(u, gi)| *u == g.info.uuid && *gi == i.id)
+    };
+    let best = eligible
+        .iter()
+        .flat_map(|(g, p)| {
+            reusable(g, p, leases, &req.ci)
+                .into_iter()
+                .map(move |i| (*g, *p, i))
+        })
+        .min_by_key(|(g, _, i)| (!warm(g, i), g.info.index, i.placement.start));
+    if let Some((g, p, i)) = best {
+        let ci = &i.compute_instances[0];
+        return Ok(Plan::Reuse {
+            gpu: g.info.index,
+            gi: i.id,
+            ci: ci.id,
+            mig_uuid: ci.mig_uuid.clone(),
+            profile_id: p.id,
+            profile: p.short_name().into(),
+            placement: i.placement,
+        });
     }
     // 2. Create where migrun's placement policy says.
     let indices: Vec<u32> = eligible.iter().map(|(g, _)| g.info.index).collect();

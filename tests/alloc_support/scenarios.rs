@@ -445,3 +445,138 @@ pub fn killed_while_taking_over(make: &dyn Fn() -> Sim) {
         check_invariants(&sim.status(), true);
     }
 }
+
+/// Killed at every step of gc's destroys, which run outside the allocation lock (issue 23): claimed under the lock,
+/// the lock dropped, the destroy made. Each source of a destroy: a draining lease (its release killed right after
+/// marking it), a dead holder's lease, and the instance of an interrupted allocation. The next gc finishes the job:
+/// the instance is destroyed, the lease and intents are gone, and the other lease is untouched.
+pub fn killed_during_gc_destroys(make: &dyn Fn() -> Sim) {
+    for step in migrun::alloc::testhook::GC_STEPS {
+        for source in ["draining", "dead holder", "interrupted"] {
+            let sim = make();
+            let keep = with_one_lease(&sim);
+            match source {
+                "draining" => {
+                    let (_, id) = sim.alloc(&["--profile", "3g.40gb"]);
+                    crash(
+                        &sim,
+                        "release-after-mark-draining",
+                        &["release", &id.to_string()],
+                    );
+                }
+                "dead holder" => {
+                    let mut holder = std::process::Command::new("sleep")
+                        .arg("30")
+                        .spawn()
+                        .unwrap();
+                    let pid = holder.id().to_string();
+                    sim.alloc(&["--profile", "3g.40gb", "--holder-pid", &pid]);
+                    holder.kill().unwrap();
+                    holder.wait().unwrap();
+                }
+                _ => crash(&sim, "after-journal-gi", &["alloc", "--profile", "3g.40gb"]),
+            }
+            assert_eq!(instances(&sim.status()).len(), 2, "{source}");
+            crash(&sim, step, &["gc"]);
+            let gc = sim.ok(&["gc"]);
+            let status = sim.status();
+            check_invariants(&status, true);
+            assert_untouched(&sim, &keep);
+            assert_eq!(leases(&status).len(), 1, "{source}, killed at {step}: {gc}");
+            assert_eq!(
+                instances(&status).len(),
+                1,
+                "{source}, killed at {step}: the instance is destroyed: {gc}"
+            );
+            for sub in ["intents", "created"] {
+                let left = std::fs::read_dir(sim.state_dir().join(sub))
+                    .unwrap()
+                    .count();
+                assert_eq!(
+                    left,
+                    usize::from(sub == "created"),
+                    "{source}, killed at {step}: {sub}/ left: {gc}"
+                );
+            }
+            // And the machine works normally afterwards: the room is free again.
+            let (_, id) = sim.alloc(&["--profile", "3g.40gb"]);
+            sim.ok(&["release", &id.to_string()]);
+        }
+    }
+}
+
+/// Killed at every step of gc's expiry of a kept instance (`keep_idle_s`), which destroys outside the lock: the next
+/// gc destroys it and drops its record.
+pub fn killed_while_expiring(make: &dyn Fn() -> Sim) {
+    for step in migrun::alloc::testhook::EXPIRE_STEPS {
+        let sim = make();
+        std::fs::write(sim.config_path(), "release = \"keep\"\n").unwrap();
+        let (_, id) = sim.alloc(&["--profile", "3g.40gb"]);
+        sim.ok(&["release", &id.to_string()]);
+        assert_eq!(instances(&sim.status()).len(), 1);
+        std::fs::write(sim.config_path(), "release = \"keep\"\nkeep_idle_s = 0\n").unwrap();
+        crash(&sim, step, &["gc"]);
+        let gc = sim.ok(&["gc"]);
+        let status = sim.status();
+        check_invariants(&status, true);
+        assert!(
+            instances(&status).is_empty(),
+            "killed at {step}, then gc: {gc}"
+        );
+        for sub in ["intents", "created"] {
+            assert_eq!(
+                std::fs::read_dir(sim.state_dir().join(sub))
+                    .unwrap()
+                    .count(),
+                0,
+                "killed at {step}: {sub}/ left: {gc}"
+            );
+        }
+    }
+}
+
+/// gc's destroys run outside the allocation lock (issue 23): while gc destroys a draining instance under a slow
+/// driver (the latency model: 4 s per GI destroy), a request that needs no driver call (it reuses a free instance) is
+/// served before gc ends; before, it waited for the lock. Ordering, not timing, is asserted.
+pub fn gc_destroys_run_outside_the_lock(sim: &Sim) {
+    let (_, found) = sim.create_foreign(0, 19);
+    let (_, id) = sim.alloc(&["--profile", "3g.40gb", "--gpu", "0"]);
+    crash(
+        sim,
+        "release-after-mark-draining",
+        &["release", &id.to_string()],
+    );
+    sim.update(|m| m.latency = "destroy-gi=4000".parse().unwrap());
+    let mut gc = sim
+        .cmd(&["gc"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn migrun gc");
+    // Its claim is journalled before the driver is called.
+    let intents = sim.state_dir().join("intents");
+    let t0 = Instant::now();
+    while std::fs::read_dir(&intents).map_or(true, |mut d| d.next().is_none()) {
+        assert!(t0.elapsed() < Duration::from_secs(30), "no claim appeared");
+        assert!(gc.try_wait().unwrap().is_none(), "gc ended early");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let (uuid, _) = sim.alloc(&["--profile", "1g.10gb", "--gpu", "0"]);
+    assert_eq!(uuid, found, "the free instance is reused");
+    assert!(
+        gc.try_wait().unwrap().is_none(),
+        "a reuse was served only after gc's destroy ended: the destroy held the lock"
+    );
+    let out = gc.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let gc_out = String::from_utf8_lossy(&out.stdout);
+    assert!(gc_out.contains(&format!("lease {id} released")), "{gc_out}");
+    let status = sim.status();
+    check_invariants(&status, true);
+    assert_eq!(leases(&status).len(), 1);
+    assert_eq!(instances(&status).len(), 1, "the drained instance is gone");
+}

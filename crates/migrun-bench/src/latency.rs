@@ -47,6 +47,9 @@ pub struct Args {
     pub loops: usize,
     #[arg(long, default_value_t = 30.0)]
     pub duration: f64,
+    /// Contention: the profile the loops ask for (`1c.3g.40gb`: compute-instance slices, on a100-80gb:8)
+    #[arg(long, default_value = "1g.10gb")]
+    pub profile: String,
     /// Tiny counts for CI (4 containers, 1 burst, 3 pairs, 2 s of contention, the model's delays divided by 10):
     /// checks the programs run and leave nothing behind, measures nothing
     #[arg(long)]

@@ -820,6 +820,11 @@ impl Contention {
 /// `loops` threads, each allocating `1g.10gb` (a manual lease) and releasing it by lease id, as
 /// processes, for `secs` seconds. Every loop finishes its cycle, so no lease is left.
 pub fn contention(m: &Machine, loops: usize, secs: f64) -> Result<Contention> {
+    contention_of(m, loops, secs, "1g.10gb")
+}
+
+/// [`contention`] with loops asking for `profile` (e.g. a compute-instance slice, `1c.3g.40gb`).
+pub fn contention_of(m: &Machine, loops: usize, secs: f64, profile: &str) -> Result<Contention> {
     let out = Mutex::new(Contention::default());
     let deadline = Duration::from_secs_f64(secs);
     let t0 = Instant::now();
@@ -828,7 +833,7 @@ pub fn contention(m: &Machine, loops: usize, secs: f64) -> Result<Contention> {
             s.spawn(|| {
                 while t0.elapsed() < deadline {
                     let a0 = Instant::now();
-                    let r = m.migrun().args(["alloc", "--profile", "1g.10gb"]).output();
+                    let r = m.migrun().args(["alloc", "--profile", profile]).output();
                     let alloc = a0.elapsed();
                     let lease = match r {
                         Ok(o) if o.status.success() => {

@@ -415,3 +415,107 @@ fn min_mem_sizes_reach_every_h100_profile() {
         );
     }
 }
+
+/// Reuse prefers an idle instance migrun keeps warm (created by it, `kept`) over a found one (an admin's), on any
+/// GPU, and either over creating; a busy or leased warm one is skipped (issue 23).
+#[test]
+fn reuse_prefers_warm_instances_over_found_ones() {
+    use Outcome::*;
+    // (case, instances (gpu, profile id, start), which of them migrun keeps warm, leased, busy, expected)
+    type Case<'a> = (
+        &'a str,
+        &'a [(u32, u32, u32)],
+        &'a [(u32, u32)],
+        &'a [(u32, u32)],
+        &'a [(u32, u32)],
+        Outcome,
+    );
+    let cases: Vec<Case> = vec![
+        (
+            "only a found one: reused, not created",
+            &[(0, 19, 0)],
+            &[],
+            &[],
+            &[],
+            Reuse(0, 0),
+        ),
+        (
+            "warm on a later GPU beats found on GPU 0",
+            &[(0, 19, 0), (1, 19, 3)],
+            &[(1, 3)],
+            &[],
+            &[],
+            Reuse(1, 3),
+        ),
+        (
+            "warm at a higher placement beats found at a lower one",
+            &[(0, 19, 0), (0, 19, 2)],
+            &[(0, 2)],
+            &[],
+            &[],
+            Reuse(0, 2),
+        ),
+        (
+            "two warm ones: lowest GPU, then placement",
+            &[(1, 19, 2), (1, 19, 0), (0, 19, 0)],
+            &[(1, 2), (1, 0)],
+            &[],
+            &[],
+            Reuse(1, 0),
+        ),
+        (
+            "warm one busy: the found one",
+            &[(0, 19, 0), (1, 19, 3)],
+            &[(1, 3)],
+            &[],
+            &[(1, 3)],
+            Reuse(0, 0),
+        ),
+        (
+            "warm one leased: the found one",
+            &[(0, 19, 0), (1, 19, 3)],
+            &[(1, 3)],
+            &[(1, 3)],
+            &[],
+            Reuse(0, 0),
+        ),
+        (
+            "warm one of another profile: the found one",
+            &[(0, 19, 0), (1, 14, 0)],
+            &[(1, 0)],
+            &[],
+            &[],
+            Reuse(0, 0),
+        ),
+    ];
+    for (case, insts, warm, leased, busy, expected) in cases {
+        let mut state = snapshot("h100-80gb:2", insts);
+        for &(gpu, start) in busy {
+            let g = state.gpus.iter_mut().find(|g| g.info.index == gpu).unwrap();
+            g.instances
+                .iter_mut()
+                .find(|i| i.placement.start == start)
+                .unwrap()
+                .processes = 1;
+        }
+        let leases: Vec<Lease> = leased
+            .iter()
+            .enumerate()
+            .map(|(n, &(gpu, start))| lease_on(&state, n as u64 + 1, gpu, start))
+            .collect();
+        let mut req = want("1g.10gb");
+        req.kept = warm
+            .iter()
+            .map(|&(gpu, start)| {
+                let g = state.gpu(gpu).unwrap();
+                let i = g
+                    .instances
+                    .iter()
+                    .find(|i| i.placement.start == start)
+                    .unwrap();
+                (g.info.uuid.clone(), i.id)
+            })
+            .collect();
+        assert_eq!(outcome(&state, &leases, &req), expected, "{case}");
+    }
+}

@@ -94,9 +94,15 @@ fn run(args: &Args) -> Result<(), OverheadError> {
         }
     }
     if wants(What::Contention) {
+        // Compute-instance slices are tabled for the A100 80GB (migrun profiles --ci); whole instances on the H100.
+        let ci = matches!(
+            args.profile.parse::<migrun::profile::Requested>(),
+            Ok(migrun::profile::Requested::Ci(_))
+        );
+        let spec = if ci { "a100-80gb:8" } else { "h100-80gb:8" };
         let mut rows = Vec::new();
         for &b in &args.backend {
-            let c = ov::contention(&machine(b, "h100-80gb:8")?, args.loops, secs)?;
+            let c = ov::contention_of(&machine(b, spec)?, args.loops, secs, &args.profile)?;
             if let Some(e) = c.errors.first() {
                 return Err(OverheadError::Failed(format!(
                     "alloc/release loops failed: {e}"
@@ -105,7 +111,8 @@ fn run(args: &Args) -> Result<(), OverheadError> {
             rows.extend(c.rows(b.name(), args.loops));
         }
         println!(
-            "### alloc/release under contention with the latency model, h100-80gb:8, profile 1g.10gb\n\n{}",
+            "### alloc/release under contention with the latency model, {spec}, profile {}\n\n{}",
+            args.profile,
             ov::CONTENTION_HEADER
         );
         for r in &rows {
