@@ -54,7 +54,7 @@ fn container_gets_the_leased_uuid_and_the_slice_is_released() {
     assert!(out.status.success(), "{}", show(&out));
     let seen2 = text(&out.stdout).trim().to_string();
     assert!(is_mig_uuid(&seen2) && seen2 != seen, "{seen2:?}");
-    let inst = w.instances();
+    let inst = w.settled_instances();
     assert_eq!(inst.len(), 1, "only the kept 3g.40gb remains: {inst:?}");
     assert_eq!(inst[0]["mig_uuid"], seen.as_str());
     assert!(w.leases().is_empty());

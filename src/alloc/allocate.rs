@@ -219,6 +219,23 @@ fn allocate_in(
                     }
                 }
             }
+            // A compute-instance request that would make a new sharing GPU instance while another request is making
+            // one it could join waits for that one instead (it will have free compute slots): a burst of `1c`
+            // requests then fills one GPU instance before it makes the next, as requests one at a time do.
+            if let Ok(plan::Plan::NewShared { choice, .. }) = &planned {
+                if inflight::joinable_gi_in_the_making(
+                    &intents,
+                    choice.gpu,
+                    choice.profile_id,
+                    req.uid,
+                    config.share_gi_across_users,
+                ) && started.elapsed() < GI_WAIT
+                {
+                    drop(lock);
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                    continue;
+                }
+            }
             // Someone outside migrun (an admin's nvidia-smi) may take the chosen placement between
             // our snapshot and the create; the driver then says INSUFFICIENT_RESOURCES. Look again.
             if let Ok(p) = &planned {

@@ -249,6 +249,27 @@ pub(super) fn gi_in_the_making(intents: &[Intent]) -> bool {
     })
 }
 
+/// Is another request making a new sharing GPU instance of GPU-instance profile `gi_profile_id` on GPU `gpu` that a
+/// compute-instance request of user `uid` could join (its own user's, or any when `across_users`)?
+pub(super) fn joinable_gi_in_the_making(
+    intents: &[Intent],
+    gpu: u32,
+    gi_profile_id: u32,
+    uid: u32,
+    across_users: bool,
+) -> bool {
+    intents.iter().any(|i| {
+        !i.destroy
+            && i.in_flight()
+            && i.gpu_index == gpu
+            && i.profile_id == gi_profile_id
+            && (across_users || i.uid == Some(uid))
+            && i.ci
+                .as_ref()
+                .is_some_and(|c| c.new_gi && c.profile_id.is_none())
+    })
+}
+
 /// A compute-instance reservation that names its slot in a sharing GPU instance migrun recorded (the GPU instance
 /// stays visible and fillable by others; only the slot is taken).
 pub(super) fn is_slot(i: &Intent) -> bool {

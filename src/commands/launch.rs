@@ -374,9 +374,13 @@ pub(crate) fn spawn_detached(
     let stderr = crate::engine::runtime::open_log_file(&log_path(ctx))
         .map(Stdio::from)
         .unwrap_or_else(|_| Stdio::null());
+    // Its own process group from the start: a terminal's Ctrl-C or hangup, sent to the caller's foreground group as
+    // the caller returns, must not reach it before its own setsid() has run.
+    use std::os::unix::process::CommandExt as _;
     c.stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(stderr)
+        .process_group(0)
         .spawn()
         .with_context(|| format!("starting `{what}`"))
 }

@@ -95,6 +95,22 @@ impl World {
             .unwrap_or_default()
     }
 
+    /// The instances once no lease's instance is still being destroyed in the background (a container's end returns
+    /// before its destroy; `release_wait_ms` is 0 by default): waits while `status` shows one releasing, 20 s at most.
+    pub fn settled_instances(&self) -> Vec<Value> {
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            let inst = self.instances();
+            let releasing = inst
+                .iter()
+                .any(|i| i["releasing"].as_bool() == Some(true) || i["owner"]["draining"] == true);
+            if !releasing || std::time::Instant::now() >= until {
+                return inst;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
     pub fn instances(&self) -> Vec<Value> {
         self.status()["gpus"]
             .as_array()
