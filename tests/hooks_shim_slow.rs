@@ -134,7 +134,8 @@ fn the_shims_delete_leaves_a_slow_destroy_to_the_background_as_poststop_does() {
 }
 
 #[test]
-fn the_shims_delete_of_a_compute_instance_lease_is_synchronous_and_spares_its_neighbour() {
+fn the_shims_delete_of_a_compute_instance_lease_returns_before_its_destroy_and_spares_its_neighbour(
+) {
     let s = Shim::new("a100-80gb:1");
     s.create("c1", "1c.3g.40gb");
     s.create("c2", "1c.3g.40gb");
@@ -145,10 +146,22 @@ fn the_shims_delete_of_a_compute_instance_lease_is_synchronous_and_spares_its_ne
         "one sharing GPU instance; log:\n{}",
         s.sim.log()
     );
-    s.latency("destroy-gi=300");
+    s.latency("destroy-ci=1500,destroy-gi=1500");
+    let t0 = Instant::now();
     s.delete("c1");
-    // Released at once (no worker): c1's lease and compute instance are gone, c2's and the GPU instance stay.
-    let left = s.sim.leases();
+    // The delete is back before the 1.5 s destroy: c1's lease is draining, its worker destroys the compute instance.
+    assert!(
+        t0.elapsed() < Duration::from_millis(1200),
+        "{:?}",
+        t0.elapsed()
+    );
+    let now = s.sim.leases();
+    assert_eq!(now.len(), 2, "{now:?}");
+    assert!(now
+        .iter()
+        .any(|l| l.id == a.id && l.state == LeaseState::Draining));
+    // Once the worker is done: c1's lease and compute instance are gone, c2's and the GPU instance stay.
+    let left = s.sim.settled_leases();
     assert_eq!(left.len(), 1, "{left:?}; log:\n{}", s.sim.log());
     assert_eq!((left[0].id, left[0].state), (b.id, LeaseState::Active));
     let gis = s.sim.instances();
@@ -159,8 +172,19 @@ fn the_shims_delete_of_a_compute_instance_lease_is_synchronous_and_spares_its_ne
         .map(|c| c.mig_uuid.as_str())
         .collect();
     assert_eq!(cis, [b.mig_uuid.as_str()]);
-    // The last one takes the GPU instance with it, before its delete returns.
+    // The last one's worker takes the GPU instance with it.
+    let t0 = Instant::now();
     s.delete("c2");
-    assert!(s.sim.leases().is_empty(), "log:\n{}", s.sim.log());
+    assert!(
+        t0.elapsed() < Duration::from_millis(1200),
+        "{:?}",
+        t0.elapsed()
+    );
+    // Its lease goes once the compute instance is destroyed; the emptied GPU instance's destroy follows.
+    assert!(s.sim.settled_leases().is_empty(), "log:\n{}", s.sim.log());
+    let t0 = Instant::now();
+    while !s.sim.instances().is_empty() && t0.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
     assert!(s.sim.instances().is_empty(), "log:\n{}", s.sim.log());
 }

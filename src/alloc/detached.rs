@@ -1,5 +1,5 @@
 //! A container's end without the driver (issue 23): poststop and the shim's release after the engine's `delete` journal
-//! the end of a whole-instance lease under the lock and return, leaving every driver call to the detached worker
+//! the end of a lease under the lock and return, leaving every driver call to the detached worker
 //! (`migrun __finish-release`); it must not open the backend, and it leaves any case it cannot decide from migrun's
 //! own records to the full release ([`super::release_if`]).
 //!
@@ -12,6 +12,7 @@
 //! claims the destroy and makes it outside the lock, or finds the instance busy or gone, as after any release.
 
 use super::reconcile::{keeps, recorded_as_ours};
+use super::share_end::recorded_as_shared;
 use super::testhook::crash_point;
 use super::{AllocError, ReleaseOutcome};
 use crate::config::Config;
@@ -24,8 +25,8 @@ use crate::statedir::StateDir;
 pub(crate) enum Ended {
     /// Done from the records: `Releasing` (the caller starts the worker), `Kept`, or `NoLease`.
     Done(ReleaseOutcome),
-    /// The records alone cannot decide (a compute-instance lease, a lease already draining, an instance no created/
-    /// record names, a kept one while a metrics textfile is kept current): the caller runs the full release.
+    /// The records alone cannot decide (a lease already draining, an instance no created/ record names, a kept one
+    /// while a metrics textfile is kept current): the caller runs the full release.
     NeedsDriver,
 }
 
@@ -44,16 +45,20 @@ pub(crate) fn end_without_driver(
     let Some(mut l) = reg.lease(id)?.filter(|l| holds(l)) else {
         return Ok(Ended::Done(ReleaseOutcome::NoLease));
     };
-    // A compute instance shares its GPU instance with other leases' (share.rs decides what goes with it); a draining
-    // lease is a worker's or gc's already; a lease no created/ record backs is judged against the driver's view.
-    if l.ci_profile.is_some()
-        || l.state != LeaseState::Active
-        || !l.created
-        || !recorded_as_ours(&reg, &l)?
-    {
+    // A draining lease is a worker's or gc's already; a lease no created/ record backs (for a compute instance: the
+    // record of migrun's sharing GPU instance) is judged against the driver's view.
+    let ci = l.ci_profile.is_some();
+    let backed = if ci {
+        recorded_as_shared(&reg, &l)?
+    } else {
+        l.created && recorded_as_ours(&reg, &l)?
+    };
+    if l.state != LeaseState::Active || !backed {
         return Ok(Ended::NeedsDriver);
     }
-    let keep = keeps(&l, config);
+    // A compute instance always goes (with `keep`, only its emptied GPU instance stays): the worker decides what goes
+    // with it (share_end), as a release does.
+    let keep = !ci && keeps(&l, config);
     // The textfile is refreshed from a snapshot; for a kept instance no worker comes after this to refresh it.
     if keep && config.metrics_textfile.is_some() {
         return Ok(Ended::NeedsDriver);

@@ -17,6 +17,18 @@ use crate::gpu::{Backend, Code, MigState};
 use crate::lease::ledger::EndReason;
 use crate::lease::{self, CiIntent, Intent, Lease, LeaseState, Registry};
 
+/// Does a created/ record of migrun's own sharing GPU instance name the GPU instance of compute-instance lease `l`?
+pub(super) fn recorded_as_shared(reg: &Registry, l: &Lease) -> Result<bool, AllocError> {
+    Ok(l.created
+        && reg.created()?.iter().any(|r| {
+            r.shared
+                && r.gpu_uuid == l.gpu_uuid
+                && r.gi == l.gi
+                && r.profile_id == l.profile_id
+                && r.placement == l.placement
+        }))
+}
+
 /// Begin ending a compute-instance lease (under the lock): drop a lease that is not migrun's, mark it draining, and
 /// claim the destroy of its compute instance (then of the sharing GPU instance once nothing is left in it), which
 /// `drain::run` makes after the lock is dropped ([`run_ci`]).
@@ -33,14 +45,7 @@ pub(super) fn begin_end(
         reg.log_end(&l, reason);
     }
     // Only migrun's own sharing record licenses destroying anything in this GPU instance.
-    let ours = l.created
-        && reg.created()?.iter().any(|r| {
-            r.shared
-                && r.gpu_uuid == l.gpu_uuid
-                && r.gi == l.gi
-                && r.profile_id == l.profile_id
-                && r.placement == l.placement
-        });
+    let ours = recorded_as_shared(reg, &l)?;
     if !ours {
         tracing::warn!(lease = l.id, mig = %l.mig_uuid, "compute-instance lease without a matching sharing record; not destroying");
         let whole = lease_whole(state, &l);

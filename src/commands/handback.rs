@@ -69,7 +69,7 @@ pub fn release_if_pending(ctx: &Ctx, a: &ReleaseArgs) -> Result<i32> {
         None => None,
     };
     let out = match &pending {
-        Some(from) => session.release_if(id, &|l: &Lease| &l.holder == from)?,
+        Some(from) => session.release_held(id, &|l: &Lease| &l.holder == from)?,
         None => ReleaseOutcome::NoLease,
     };
     if out.lease().is_some() {

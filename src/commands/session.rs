@@ -321,6 +321,17 @@ impl Session<'_> {
         self.forget(out)
     }
 
+    /// Release lease `id` only if `holds` says so under the lock, waiting for the destroy as `migrun release` does (a
+    /// command, not a container's end: the hand-back of a lease no container took).
+    pub(crate) fn release_held(
+        &mut self,
+        id: LeaseId,
+        holds: &dyn Fn(&Lease) -> bool,
+    ) -> Result<ReleaseOutcome, SessionError> {
+        let out = self.op(|b, d, c, _| alloc::release_if(b, d, c, id, holds, false))?;
+        self.forget(out)
+    }
+
     /// Release lease `id` only if `holds` says so under the lock (hooks and the shim).
     pub(crate) fn release_if(
         &mut self,
@@ -333,8 +344,12 @@ impl Session<'_> {
     }
 
     /// Release lease `id` for a container's end (the launcher): as [`Session::release_if`] for a lease it holds.
-    pub(crate) fn release_detached(&mut self, id: LeaseId) -> Result<ReleaseOutcome, SessionError> {
-        self.release_if(id, &|_| true)
+    pub(crate) fn release_detached(&mut self, id: LeaseId) -> Result<ReleaseOutcome> {
+        // From migrun's records alone when they decide it, as poststop and the shim do (`Ctx::end_container`).
+        if let Some(out) = self.ctx.end_container(&self.dir, id, &|_| true)? {
+            return Ok(out);
+        }
+        Ok(self.release_if(id, &|_| true)?)
     }
 
     /// `migrun __finish-release`: the detached destroy of a lease a container's end left releasing.
