@@ -30,16 +30,27 @@ const GI_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 /// How often an allocation re-plans when the driver refuses a create because the placement was taken meanwhile.
 const CREATE_RETRIES: usize = 2;
 
+/// What [`allocate_swept`] granted, and what the caller does about it.
+#[derive(Debug)]
+pub(crate) struct Granted {
+    pub lease: Lease,
+    /// Leases its reconciliation ended on the way (dead holders', drained ones): their CDI specs go.
+    pub swept: Vec<LeaseId>,
+    /// It took an instance the `warm` setting keeps: the caller starts the pool's background refill
+    /// (`migrun __refill-warm`), so the next request finds one ready without anyone running gc.
+    pub refill: bool,
+}
+
 /// [`allocate`], also returning the leases its reconciliation ended on the way (dead holders',
 /// drained ones), so the caller can drop what belonged to them (their CDI specs) without reading
-/// the registry again.
+/// the registry again, and whether the warm pool is one short.
 pub(crate) fn allocate_swept(
     backend: &mut dyn Backend,
     dir: &StateDir,
     config: &Config,
     req: &AllocRequest,
     probe: &dyn HolderProbe,
-) -> Result<(Lease, Vec<LeaseId>), AllocError> {
+) -> Result<Granted, AllocError> {
     allocate_with(backend, dir, config, req, probe, Trail::default())
 }
 
@@ -51,7 +62,7 @@ pub(super) fn allocate_quiet(
     config: &Config,
     req: &AllocRequest,
     probe: &dyn HolderProbe,
-) -> Result<(Lease, Vec<LeaseId>), AllocError> {
+) -> Result<Granted, AllocError> {
     let trail = Trail {
         quiet: true,
         ..Trail::default()
@@ -66,14 +77,10 @@ fn allocate_with(
     req: &AllocRequest,
     probe: &dyn HolderProbe,
     mut trail: Trail,
-) -> Result<(Lease, Vec<LeaseId>), AllocError> {
+) -> Result<Granted, AllocError> {
     let reg = registry(dir, config, backend)?;
     let started = Instant::now();
     let out = allocate_in(backend, &reg, config, req, probe, started, &mut trail);
-    if out.is_ok() && trail.took_warm && !trail.quiet {
-        // The warm pool is one short: a detached worker makes another, so this request does not wait for it.
-        super::refill::start(dir);
-    }
     let late = std::mem::take(&mut trail.jobs);
     if !late.is_empty() {
         // Best effort: what fails stays claimed by nobody, and gc finishes it.
@@ -82,7 +89,14 @@ fn allocate_with(
         }
     }
     account::outcome(&reg, req, &out, trail.queued.then(|| started.elapsed()));
-    out.map(|lease| (lease, trail.swept))
+    // The warm pool is one short: the caller starts a detached worker to make another, so this request does not
+    // wait for it (not for the pool's own allocations: they are the refill).
+    let refill = trail.took_warm && !trail.quiet;
+    out.map(|lease| Granted {
+        lease,
+        swept: trail.swept,
+        refill,
+    })
 }
 
 /// What an allocation did on the way, whatever its outcome: whether it queued (its wait is accounted)

@@ -120,7 +120,7 @@ pub(super) fn warm_up(
             let mut req = AllocRequest::new(Want::Profile(spec));
             req.keep = true;
             match super::allocate::allocate_quiet(backend, dir, config, &req, probe) {
-                Ok((l, _)) => held.push(l),
+                Ok(g) => held.push(g.lease),
                 Err(e) => {
                     stopped = Some(e);
                     break;

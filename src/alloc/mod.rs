@@ -43,7 +43,7 @@ mod wait;
 
 pub use account::ledger_of;
 use account::registry;
-pub(crate) use allocate::allocate_swept;
+pub(crate) use allocate::{allocate_swept, Granted};
 pub(crate) use detached::{end_without_driver, Ended};
 pub(crate) use inflight::finish_release;
 pub(crate) use outcome::GcReport;
@@ -266,7 +266,7 @@ pub(crate) fn allocate(
     req: &AllocRequest,
     probe: &dyn HolderProbe,
 ) -> Result<Lease, AllocError> {
-    allocate_swept(backend, dir, config, req, probe).map(|(lease, _)| lease)
+    allocate_swept(backend, dir, config, req, probe).map(|g| g.lease)
 }
 
 /// Find a lease by id (`7`), MIG UUID or name.

@@ -1,7 +1,8 @@
 //! The warm pool's background refill (issue 23): when an allocation takes an instance migrun kept idle for the `warm`
 //! setting, a detached worker (`migrun __refill-warm`) makes the pool whole again, so the next request finds one ready
-//! without anyone running gc. It must not spawn processes itself (the commands layer installs how: [`install_starter`])
-//! and never makes anything while a request waits in the queue (`idle::warm_up`).
+//! without anyone running gc. It must not spawn processes itself (an allocation says the pool is one short,
+//! `Granted::refill`, and the session starts the worker) and never makes anything while a request waits in the queue
+//! (`idle::warm_up`).
 
 use super::account::registry;
 use super::{idle, AllocError, GcReport, HolderProbe};
@@ -9,29 +10,10 @@ use crate::config::Config;
 use crate::gpu::{Backend, MigState};
 use crate::lease::{Lease, LeaseError};
 use crate::statedir::StateDir;
-use std::path::Path;
-use std::sync::OnceLock;
 
 /// Lock file that makes refills of one state dir run one after another (two at once would each count the pool short
 /// and make too many).
 const REFILL_LOCK: &str = "warm.lock";
-
-/// How to start the refill worker for a state dir: installed once by the commands layer (it knows the binary, the
-/// backend and config flags and the log file); absent in the allocator's own tests, which then start nothing.
-type Starter = Box<dyn Fn(&Path) + Send + Sync>;
-static STARTER: OnceLock<Starter> = OnceLock::new();
-
-/// Install how to start `migrun __refill-warm` (the first installation wins).
-pub(crate) fn install_starter(start: Starter) {
-    let _ = STARTER.set(start);
-}
-
-/// Start the refill worker for `dir`, if one is installed (best effort: gc warms the pool too).
-pub(super) fn start(dir: &StateDir) {
-    if let Some(start) = STARTER.get() {
-        start(dir.path());
-    }
-}
 
 /// Did this grant take an idle instance migrun keeps for the `warm` setting (one of its own, whole, of a profile the
 /// setting names)? Then the pool is one short.

@@ -48,23 +48,14 @@ pub fn finish_release(ctx: &Ctx, a: &FinishArgs) -> Result<i32> {
     Ok(0)
 }
 
-/// Tell the allocator how to start `migrun __refill-warm` for a state dir (detached, logging to migrun's log): with
-/// this process's backend and config flags. Nothing is started unless the config has a `warm` setting.
-pub(crate) fn install_refill_starter(ctx: &Ctx) {
-    if ctx.config.warm.is_empty() {
-        return;
+/// Start `migrun __refill-warm` for `dir` detached (logging to migrun's log), with this process's backend and config
+/// flags: an allocation took an instance the `warm` setting keeps. Best effort: `migrun gc` refills the pool too.
+pub(crate) fn spawn_refill(ctx: &Ctx, dir: &StateDir) {
+    let started = worker(ctx, dir.path(), &["__refill-warm"])
+        .and_then(|mut c| spawn_detached(ctx, &mut c, "migrun __refill-warm"));
+    if let Err(e) = started {
+        tracing::warn!(error = %e, "could not start the warm pool's refill; `migrun gc` refills it");
     }
-    let ctx = Ctx {
-        global: ctx.global.clone(),
-        config: ctx.config.clone(),
-    };
-    crate::alloc::refill::install_starter(Box::new(move |dir| {
-        let started = worker(&ctx, dir, &["__refill-warm"])
-            .and_then(|mut c| spawn_detached(&ctx, &mut c, "migrun __refill-warm"));
-        if let Err(e) = started {
-            tracing::warn!(error = %e, "could not start the warm pool's refill; `migrun gc` refills it");
-        }
-    }));
 }
 
 /// `migrun __refill-warm`: make the idle instances the `warm` setting asks for (nothing while a request waits).

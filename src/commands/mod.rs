@@ -235,8 +235,6 @@ pub fn run(cli: Cli) -> Result<i32> {
         .collect();
     delegation::check(&crate::caller::Caller::current(), &global, &command, &env)?;
     let ctx = Ctx::new(global)?;
-    // An allocation that takes a warm instance starts the pool's refill in the background (issue 23).
-    finisher::install_refill_starter(&ctx);
     // Commands that change GPUs or leases need root on real GPUs; say so before touching anything
     // (the launcher, the hooks and the shim check at their own first mutating step).
     let mutating = match &command {

@@ -238,8 +238,12 @@ impl Session<'_> {
             .cdi_toolkit_cached(&mut cache)
             .map_err(LeaseSpecError::from)?;
         store::prepare(&self.cdi_dir).map_err(LeaseSpecError::from)?;
-        let (lease, swept) = match self.op(|b, d, c, p| alloc::allocate_swept(b, d, c, req, p)) {
-            Ok(l) => l,
+        let alloc::Granted {
+            lease,
+            swept,
+            refill,
+        } = match self.op(|b, d, c, p| alloc::allocate_swept(b, d, c, req, p)) {
+            Ok(g) => g,
             Err(e) => {
                 // A refusal is counted too (allocations by result).
                 self.changed();
@@ -272,6 +276,10 @@ impl Session<'_> {
         // effort: the lease is good, and gc retries.
         for id in swept {
             let _ = store::remove(&self.cdi_dir, id);
+        }
+        // The warm pool is one short: a detached worker makes another (issue 23).
+        if refill {
+            crate::commands::finisher::spawn_refill(self.ctx, &self.dir);
         }
         self.changed();
         Ok(lease)
