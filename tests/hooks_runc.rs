@@ -299,6 +299,16 @@ fn a_slow_destroy_never_holds_up_delete_and_finishes_in_the_background() {
     }
 }
 
+/// `runc create` then `start` of `bundle` under a fresh id (named after `prefix`), back once its process has exited;
+/// the container is left for the caller's `delete` (where poststop runs).
+fn run_until_stopped(runc: &Runc, bundle: &Path, prefix: &str) -> String {
+    let id = unique_name(prefix);
+    quiet(runc.cmd().args(["create", "--bundle"]).arg(bundle).arg(&id));
+    quiet(runc.cmd().args(["start", &id]));
+    wait_stopped(runc, &id);
+    id
+}
+
 #[test]
 fn a_containers_end_never_opens_the_driver() {
     // With a 3 s driver init, poststop (runc delete) would take 3 s if it opened the driver; it decides from migrun's
@@ -310,15 +320,7 @@ fn a_containers_end_never_opens_the_driver() {
     let bundle = hooked_bundle(&sim, t.path(), &record, |s| {
         s["annotations"] = json!({"migrun.profile": "1g.10gb"});
     });
-    let id = unique_name("hooks-noinit");
-    quiet(
-        runc.cmd()
-            .args(["create", "--bundle"])
-            .arg(&bundle)
-            .arg(&id),
-    );
-    quiet(runc.cmd().args(["start", &id]));
-    wait_stopped(&runc, &id);
+    let id = run_until_stopped(&runc, &bundle, "hooks-noinit");
     run_ok(sim.migrun().args(["sim", "latency", "init=3000"]));
     let t0 = Instant::now();
     quiet(runc.cmd().args(["delete", &id]));
@@ -347,15 +349,7 @@ fn poststop_killed_after_marking_the_end_leaves_a_draining_lease_that_gc_finishe
                 .unwrap()
                 .push(json!(format!("MIGRUN_TEST_CRASH_AT={step}")));
         });
-        let id = unique_name("hooks-endcrash");
-        quiet(
-            runc.cmd()
-                .args(["create", "--bundle"])
-                .arg(&bundle)
-                .arg(&id),
-        );
-        quiet(runc.cmd().args(["start", &id]));
-        wait_stopped(&runc, &id);
+        let id = run_until_stopped(&runc, &bundle, "hooks-endcrash");
         // runc only warns when a poststop hook fails.
         let _ = runc.cmd().args(["delete", &id]).output();
         let leases = sim.leases();

@@ -11,7 +11,7 @@
 //! instance gets its idle time stamped and stays; any other is marked draining, and the worker takes a snapshot,
 //! claims the destroy and makes it outside the lock, or finds the instance busy or gone, as after any release.
 
-use super::reconcile::{keeps, recorded_as_ours};
+use super::reconcile::{keeps, recorded_as_ours, stamp_idle};
 use super::share_end::recorded_as_shared;
 use super::testhook::crash_point;
 use super::{AllocError, ReleaseOutcome};
@@ -67,16 +67,9 @@ pub(crate) fn end_without_driver(
     reg.log_end(&l, EndReason::Released);
     if keep {
         reg.remove_lease(l.id)?;
-        // Idle from now on: `keep_idle_s` counts from here. Whether the instance is still whole is asked when it is
-        // next reused or expired (`record_matches` against a snapshot), as for any kept record.
-        if let Some(mut r) = reg
-            .created()?
-            .into_iter()
-            .find(|r| r.gpu_uuid == l.gpu_uuid && r.gi == l.gi && r.mig_uuid == l.mig_uuid)
-        {
-            r.idle_since = Some(lease::now());
-            reg.write_created(&r)?;
-        }
+        // Whether the instance is still whole is asked when it is next reused or expired (`record_matches` against a
+        // snapshot), as for any kept record.
+        stamp_idle(&reg, &l)?;
         return Ok(Ended::Done(ReleaseOutcome::Kept {
             lease: l.id,
             mig_uuid: l.mig_uuid,

@@ -91,6 +91,19 @@ pub(super) fn recorded_as_ours(reg: &Registry, l: &Lease) -> Result<bool, AllocE
     }))
 }
 
+/// A kept instance is idle from now on: its created/ record says since when (`keep_idle_s` counts from here).
+pub(super) fn stamp_idle(reg: &Registry, l: &Lease) -> Result<(), AllocError> {
+    if let Some(mut r) = reg
+        .created()?
+        .into_iter()
+        .find(|r| r.gpu_uuid == l.gpu_uuid && r.gi == l.gi && r.mig_uuid == l.mig_uuid)
+    {
+        r.idle_since = Some(lease::now());
+        reg.write_created(&r)?;
+    }
+    Ok(())
+}
+
 /// Remove the created/ record of exactly this instance (GPU, GI id, MIG UUID and placement). A destroy runs outside
 /// the lock, so by the time its records go, the driver may have given the same GI id to a new instance whose own
 /// record has the same file name; that one must stay.
@@ -308,15 +321,7 @@ pub(super) fn begin_end(
             }));
         }
         if ours {
-            // Idle from now on: `keep_idle_s` counts from here.
-            if let Some(mut r) = reg
-                .created()?
-                .into_iter()
-                .find(|r| r.gpu_uuid == l.gpu_uuid && r.gi == l.gi && r.mig_uuid == l.mig_uuid)
-            {
-                r.idle_since = Some(lease::now());
-                reg.write_created(&r)?;
-            }
+            stamp_idle(reg, &l)?;
         }
         let why = if ours {
             "kept warm for reuse (--keep or config release = \"keep\")"
