@@ -479,8 +479,15 @@ impl Machine {
     }
 
     /// Fails unless the machine holds `leases` leases and `instances` instances.
+    /// A container's end returns before its instance's background destroy (`release_wait_ms` is 0 by default), so
+    /// this looks again for up to 10 s before it says the counts are wrong.
     pub fn expect(&self, what: &str, leases: usize, instances: usize) -> Result<()> {
-        let (l, i) = (self.leases()?, self.instances()?);
+        let until = Instant::now() + Duration::from_secs(10);
+        let (mut l, mut i) = (self.leases()?, self.instances()?);
+        while (l, i) != (leases, instances) && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(20));
+            (l, i) = (self.leases()?, self.instances()?);
+        }
         if (l, i) != (leases, instances) {
             return Err(failed(format!(
                 "{what} on {}: expected {leases} lease(s) and {instances} instance(s), found {l} and {i}",
