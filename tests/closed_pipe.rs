@@ -76,7 +76,9 @@ fn a_reader_that_is_gone_before_the_first_write() {
     sim.ok(&["gc"]);
     for (args, _) in printing_commands() {
         for _ in 0..TRIES {
-            let (read, write) = nix::unistd::pipe().unwrap();
+            // Close-on-exec: a process another test thread starts meanwhile must not inherit the read end and keep
+            // the pipe open (the write would then succeed).
+            let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
             drop(read);
             let out = command(&sim, &args)
                 .stdout(Stdio::from(write))

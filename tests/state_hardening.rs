@@ -330,7 +330,8 @@ fn an_allocation_nobody_could_read_is_given_back() {
         let sim = Sim::new("h100-80gb");
         sim.ok(&["gc"]);
         // stdout is a pipe whose reader is gone (`migrun alloc --json | true`, after `true` exited).
-        let (r, w) = nix::unistd::pipe().unwrap();
+        // Close-on-exec, so no process another test thread starts keeps the read end open.
+        let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
         drop(r);
         let mut args = vec!["alloc", "--profile", "1g.10gb"];
         if json {
