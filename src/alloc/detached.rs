@@ -11,7 +11,7 @@
 //! instance gets its idle time stamped and stays; any other is marked draining, and the worker takes a snapshot,
 //! claims the destroy and makes it outside the lock, or finds the instance busy or gone, as after any release.
 
-use super::reconcile::{keeps, recorded_as_ours, stamp_idle};
+use super::reconcile::{keeps, mark_idle, record_of};
 use super::share_end::recorded_as_shared;
 use super::testhook::crash_point;
 use super::{AllocError, ReleaseOutcome};
@@ -47,13 +47,22 @@ pub(crate) fn end_without_driver(
     };
     // A draining lease is a worker's or gc's already; a lease no created/ record backs (for a compute instance: the
     // record of migrun's sharing GPU instance) is judged against the driver's view.
+    if l.state != LeaseState::Active {
+        return Ok(Ended::NeedsDriver);
+    }
     let ci = l.ci_profile.is_some();
+    // The record is read once: a kept instance's is stamped idle below.
+    let record = if ci || !l.created {
+        None
+    } else {
+        record_of(&reg, &l)?
+    };
     let backed = if ci {
         recorded_as_shared(&reg, &l)?
     } else {
-        l.created && recorded_as_ours(&reg, &l)?
+        record.is_some()
     };
-    if l.state != LeaseState::Active || !backed {
+    if !backed {
         return Ok(Ended::NeedsDriver);
     }
     // A compute instance always goes (with `keep`, only its emptied GPU instance stays): the worker decides what goes
@@ -69,7 +78,9 @@ pub(crate) fn end_without_driver(
         reg.remove_lease(l.id)?;
         // Whether the instance is still whole is asked when it is next reused or expired (`record_matches` against a
         // snapshot), as for any kept record.
-        stamp_idle(&reg, &l)?;
+        if let Some(r) = record {
+            mark_idle(&reg, r)?;
+        }
         return Ok(Ended::Done(ReleaseOutcome::Kept {
             lease: l.id,
             mig_uuid: l.mig_uuid,

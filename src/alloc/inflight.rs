@@ -158,7 +158,7 @@ fn undo(backend: &mut dyn Backend, reg: &Registry, intent: &Intent, gi: u32, ci:
 
 /// Hand an intent whose instance this process could not undo to gc at once: without its start time it is no
 /// longer in flight, so the next gc (or allocation) repairs it, even while this process still runs.
-fn abandon(reg: &Registry, intent: &Intent) {
+pub(super) fn abandon(reg: &Registry, intent: &Intent) {
     if let Ok(_lock) = reg.lock() {
         let _ = reg.write_intent(&Intent {
             start_time: None,
@@ -240,13 +240,16 @@ fn placeholder_lease(i: &Intent, gi: u32, ci: u32) -> Lease {
 
 /// Is another process making a new sharing GPU instance (its compute-instance reservation not yet open to others)?
 pub(super) fn gi_in_the_making(intents: &[Intent]) -> bool {
-    intents.iter().any(|i| {
-        !i.destroy
-            && i.in_flight()
-            && i.ci
-                .as_ref()
-                .is_some_and(|c| c.new_gi && c.profile_id.is_none())
-    })
+    intents.iter().any(making_shared_gi)
+}
+
+/// A live reservation of a new sharing GPU instance whose compute slot is not chosen yet.
+fn making_shared_gi(i: &Intent) -> bool {
+    !i.destroy
+        && i.in_flight()
+        && i.ci
+            .as_ref()
+            .is_some_and(|c| c.new_gi && c.profile_id.is_none())
 }
 
 /// Is another request making a new sharing GPU instance of GPU-instance profile `gi_profile_id` on GPU `gpu` that a
@@ -259,14 +262,10 @@ pub(super) fn joinable_gi_in_the_making(
     across_users: bool,
 ) -> bool {
     intents.iter().any(|i| {
-        !i.destroy
-            && i.in_flight()
+        making_shared_gi(i)
             && i.gpu_index == gpu
             && i.profile_id == gi_profile_id
             && (across_users || i.uid == Some(uid))
-            && i.ci
-                .as_ref()
-                .is_some_and(|c| c.new_gi && c.profile_id.is_none())
     })
 }
 

@@ -26,6 +26,16 @@ pub enum ReleaseOutcome {
 }
 
 impl ReleaseOutcome {
+    /// A lease whose instance no longer exists was dropped: `Destroyed` when it was draining (our own interrupted
+    /// destroy, or an admin's: either way it is gone now), `Gone` when it was still active.
+    pub(super) fn vanished(was_draining: bool, lease: LeaseId, mig_uuid: String) -> ReleaseOutcome {
+        if was_draining {
+            ReleaseOutcome::Destroyed { lease, mig_uuid }
+        } else {
+            ReleaseOutcome::Gone { lease, mig_uuid }
+        }
+    }
+
     /// The lease this release ended, if any.
     pub(crate) fn lease(&self) -> Option<LeaseId> {
         match self {

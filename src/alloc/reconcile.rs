@@ -82,7 +82,12 @@ pub(super) fn forget(state: &mut MigState, gpu_uuid: &str, gi: u32) {
 
 /// Does a created/ record (migrun's own create) name exactly the instance this lease names?
 pub(super) fn recorded_as_ours(reg: &Registry, l: &Lease) -> Result<bool, AllocError> {
-    Ok(reg.created()?.iter().any(|r| {
+    Ok(record_of(reg, l)?.is_some())
+}
+
+/// The created/ record that names exactly the instance this lease names, if any.
+pub(super) fn record_of(reg: &Registry, l: &Lease) -> Result<Option<CreatedRecord>, AllocError> {
+    Ok(reg.created()?.into_iter().find(|r| {
         r.gpu_uuid == l.gpu_uuid
             && r.gi == l.gi
             && r.profile_id == l.profile_id
@@ -93,14 +98,20 @@ pub(super) fn recorded_as_ours(reg: &Registry, l: &Lease) -> Result<bool, AllocE
 
 /// A kept instance is idle from now on: its created/ record says since when (`keep_idle_s` counts from here).
 pub(super) fn stamp_idle(reg: &Registry, l: &Lease) -> Result<(), AllocError> {
-    if let Some(mut r) = reg
+    match reg
         .created()?
         .into_iter()
         .find(|r| r.gpu_uuid == l.gpu_uuid && r.gi == l.gi && r.mig_uuid == l.mig_uuid)
     {
-        r.idle_since = Some(lease::now());
-        reg.write_created(&r)?;
+        Some(r) => mark_idle(reg, r),
+        None => Ok(()),
     }
+}
+
+/// Stamp record `r` idle from now on (`keep_idle_s` counts from here).
+pub(super) fn mark_idle(reg: &Registry, mut r: CreatedRecord) -> Result<(), AllocError> {
+    r.idle_since = Some(lease::now());
+    reg.write_created(&r)?;
     Ok(())
 }
 
@@ -347,19 +358,11 @@ pub(super) fn begin_end(
     let Some((g, i)) = lease_instance(state, &l) else {
         forget_lease_record(reg, &l)?;
         reg.remove_lease(l.id)?;
-        let outcome = if was_draining {
-            // Our own interrupted destroy, or an admin's: either way it is gone now.
-            ReleaseOutcome::Destroyed {
-                lease: l.id,
-                mig_uuid,
-            }
-        } else {
-            ReleaseOutcome::Gone {
-                lease: l.id,
-                mig_uuid,
-            }
-        };
-        return Ok(Ending::Done(outcome));
+        return Ok(Ending::Done(ReleaseOutcome::vanished(
+            was_draining,
+            l.id,
+            mig_uuid,
+        )));
     };
     Ok(Ending::Destroy(Box::new(DestroyJob {
         gpu: g.clone(),

@@ -6,6 +6,7 @@
 //! lease or the intent that names its id; a compute instance nothing names is left alone and reported.
 
 use super::drain::{CiJob, Job, Kind, Purpose};
+use super::inflight::abandon;
 use super::reconcile::gpu_by_uuid;
 use super::testhook::crash_point;
 use super::AllocError;
@@ -391,15 +392,5 @@ fn give_back(backend: &mut dyn Backend, reg: &Registry, intent: &Intent, gi: u32
     if let Err(e) = done {
         tracing::warn!(lease = intent.lease, error = %e, "undoing a failed compute-instance create; gc finishes it");
         abandon(reg, intent);
-    }
-}
-
-/// Hand a reservation this process could not undo to gc at once (its intent without a start time).
-fn abandon(reg: &Registry, intent: &Intent) {
-    if let Ok(_lock) = reg.lock() {
-        let _ = reg.write_intent(&Intent {
-            start_time: None,
-            ..intent.clone()
-        });
     }
 }

@@ -81,17 +81,11 @@ pub(super) fn begin_end(
             reg.remove_created(&l.gpu_uuid, l.gi)?;
         }
         reg.remove_lease(l.id)?;
-        return Ok(Step::Done(if was_draining {
-            ReleaseOutcome::Destroyed {
-                lease: l.id,
-                mig_uuid,
-            }
-        } else {
-            ReleaseOutcome::Gone {
-                lease: l.id,
-                mig_uuid,
-            }
-        }));
+        return Ok(Step::Done(ReleaseOutcome::vanished(
+            was_draining,
+            l.id,
+            mig_uuid,
+        )));
     };
     // Its own compute instance: the CI id it recorded, with its MIG UUID (never a re-created one).
     let own = i

@@ -315,7 +315,7 @@ fn run_with_lease(
 fn release(ctx: &Ctx, dir: &StateDir, lease: &Lease) -> bool {
     let result = ctx
         .session_in(dir.clone())
-        .and_then(|mut s| s.release_detached(lease.id));
+        .and_then(|mut s| Ok(s.release_detached(lease.id)?));
     match result {
         Ok(outcome) => {
             say(ctx, outcome.to_string());

@@ -141,7 +141,7 @@ fn remove_spec(
     cdi_dir: &std::path::Path,
     out: ReleaseOutcome,
 ) -> Result<ReleaseOutcome, SessionError> {
-    let Some(id) = ended(&out) else {
+    let Some(id) = out.lease() else {
         return Ok(out);
     };
     match store::remove(cdi_dir, id) {
@@ -153,39 +153,33 @@ fn remove_spec(
     }
 }
 
+/// A container's end for lease `id`, if `holds` says under the lock that it is still the caller's, decided from
+/// migrun's records without the driver (`alloc::end_without_driver`): the lease marked releasing (or kept), its spec
+/// removed, the worker started for the destroy. `None` when the records alone cannot decide.
+fn end_from_records(
+    ctx: &Ctx,
+    dir: &StateDir,
+    cdi_dir: &std::path::Path,
+    id: LeaseId,
+    holds: &dyn Fn(&Lease) -> bool,
+) -> Result<Option<ReleaseOutcome>, SessionError> {
+    let simulated = ctx.global.simulate.is_some();
+    match alloc::end_without_driver(dir, &ctx.config, simulated, id, holds)? {
+        alloc::Ended::NeedsDriver => Ok(None),
+        alloc::Ended::Done(out) => Ok(Some(detach_destroy(ctx, dir, remove_spec(cdi_dir, out)?))),
+    }
+}
+
 impl Ctx {
-    /// A container's end (poststop, the shim after the engine's `delete`) for lease `id`, if `holds` says under the
-    /// lock that it is still the caller's, without opening the driver (`alloc::end_without_driver`): the lease is
-    /// marked releasing (or kept) from migrun's records, its spec removed, and the worker started for the destroy.
-    /// `None` when the records alone cannot decide: the caller releases through a [`Session`].
+    /// A container's end (poststop, the shim after the engine's `delete`) for lease `id` before any session is open:
+    /// [`end_from_records`], so the end never opens the driver. `None`: the caller releases through a [`Session`].
     pub(crate) fn end_container(
         &self,
         dir: &StateDir,
         id: LeaseId,
         holds: &dyn Fn(&Lease) -> bool,
     ) -> Result<Option<ReleaseOutcome>> {
-        let simulated = self.global.simulate.is_some();
-        match alloc::end_without_driver(dir, &self.config, simulated, id, holds)
-            .map_err(SessionError::from)?
-        {
-            alloc::Ended::NeedsDriver => Ok(None),
-            alloc::Ended::Done(out) => {
-                let out = remove_spec(&self.cdi_dir()?, out)?;
-                Ok(Some(detach_destroy(self, dir, out)))
-            }
-        }
-    }
-}
-
-/// The lease a release ended, if any.
-fn ended(out: &ReleaseOutcome) -> Option<LeaseId> {
-    match out {
-        ReleaseOutcome::Destroyed { lease, .. }
-        | ReleaseOutcome::Kept { lease, .. }
-        | ReleaseOutcome::Draining { lease, .. }
-        | ReleaseOutcome::Releasing { lease, .. }
-        | ReleaseOutcome::Gone { lease, .. } => Some(*lease),
-        ReleaseOutcome::NoLease => None,
+        Ok(end_from_records(self, dir, &self.cdi_dir()?, id, holds)?)
     }
 }
 
@@ -346,28 +340,24 @@ impl Session<'_> {
         id: LeaseId,
         holds: &dyn Fn(&Lease) -> bool,
     ) -> Result<ReleaseOutcome, SessionError> {
+        // From migrun's records alone when they decide it: no snapshot for a container's end.
+        if let Some(out) = end_from_records(self.ctx, &self.dir, &self.cdi_dir, id, holds)? {
+            return Ok(out);
+        }
         let out = self.op(|b, d, c, _| alloc::release_if(b, d, c, id, holds, true))?;
         let out = self.forget(out)?;
-        Ok(self.detach_destroy(out))
+        Ok(detach_destroy(self.ctx, &self.dir, out))
     }
 
     /// Release lease `id` for a container's end (the launcher): as [`Session::release_if`] for a lease it holds.
-    pub(crate) fn release_detached(&mut self, id: LeaseId) -> Result<ReleaseOutcome> {
-        // From migrun's records alone when they decide it, as poststop and the shim do (`Ctx::end_container`).
-        if let Some(out) = self.ctx.end_container(&self.dir, id, &|_| true)? {
-            return Ok(out);
-        }
-        Ok(self.release_if(id, &|_| true)?)
+    pub(crate) fn release_detached(&mut self, id: LeaseId) -> Result<ReleaseOutcome, SessionError> {
+        self.release_if(id, &|_| true)
     }
 
     /// `migrun __finish-release`: the detached destroy of a lease a container's end left releasing.
     pub(crate) fn finish_release(&mut self, id: LeaseId) -> Result<ReleaseOutcome, SessionError> {
         let out = self.op(|b, d, c, _| alloc::finish_release(b, d, c, id))?;
         self.forget(out)
-    }
-
-    fn detach_destroy(&self, out: ReleaseOutcome) -> ReleaseOutcome {
-        detach_destroy(self.ctx, &self.dir, out)
     }
 
     /// Release the lease held by docker container `container` (the launcher's watcher).
@@ -377,7 +367,7 @@ impl Session<'_> {
     ) -> Result<ReleaseOutcome, SessionError> {
         let out = self.op(|b, d, c, _| alloc::release_container(b, d, c, container, true))?;
         let out = self.forget(out)?;
-        Ok(self.detach_destroy(out))
+        Ok(detach_destroy(self.ctx, &self.dir, out))
     }
 
     /// gc, then the specs whose lease is gone or draining (a killed holder's, say).
