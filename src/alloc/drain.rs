@@ -98,6 +98,27 @@ pub(super) fn as_claim(intent: &Intent) -> Intent {
     }
 }
 
+/// This process's claim on the destroy of lease `l`'s instance on GPU `gpu_index` (its id is the lease's); `ci`
+/// names the compute instance for a compute-instance lease. The caller writes it under the lock.
+pub(super) fn lease_claim(l: &Lease, gpu_index: u32, ci: Option<CiIntent>) -> Intent {
+    as_claim(&Intent {
+        lease: l.id,
+        gpu_index,
+        gpu_uuid: l.gpu_uuid.clone(),
+        profile_id: l.profile_id,
+        profile: l.profile.clone(),
+        placement: l.placement,
+        gi: Some(l.gi),
+        ci,
+        pid: 0,
+        created_at: lease::now(),
+        start_time: None,
+        uid: None,
+        name: None,
+        destroy: true,
+    })
+}
+
 /// Write a claim (under the lock) for the destroy of an instance no lease holds, under a fresh intent id; a
 /// sharing GPU instance's claim says so (`ci`), so that gc, repairing it after a crash, destroys it only while empty.
 pub(super) fn claim_orphan(

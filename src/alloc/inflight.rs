@@ -392,23 +392,7 @@ pub(super) fn gpu_code(e: &AllocError) -> Option<crate::gpu::Code> {
 /// process's start time, so gc and the sweeps of other requests leave the destroy to it while it runs; if it dies,
 /// gc finishes the destroy. Returns the claim (its id is the lease's).
 pub(super) fn claim(reg: &Registry, l: &Lease) -> Result<Intent, AllocError> {
-    let pid = std::process::id();
-    let claim = Intent {
-        lease: l.id,
-        gpu_index: l.gpu_index,
-        gpu_uuid: l.gpu_uuid.clone(),
-        profile_id: l.profile_id,
-        profile: l.profile.clone(),
-        placement: l.placement,
-        gi: Some(l.gi),
-        ci: None,
-        pid,
-        created_at: lease::now(),
-        start_time: lease::process_start_time(pid),
-        uid: None,
-        name: None,
-        destroy: true,
-    };
+    let claim = super::drain::lease_claim(l, l.gpu_index, None);
     reg.write_intent(&claim)?;
     Ok(claim)
 }

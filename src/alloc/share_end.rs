@@ -100,27 +100,16 @@ pub(super) fn begin_end(
     }
     // The claim names the lease's compute instance: a crash leaves it to gc, which finds the draining lease holding
     // it and finishes the release.
-    let claim = super::drain::as_claim(&Intent {
-        lease: l.id,
-        gpu_index: g.info.index,
-        gpu_uuid: l.gpu_uuid.clone(),
-        profile_id: l.profile_id,
-        profile: l.profile.clone(),
-        placement: l.placement,
-        gi: Some(l.gi),
-        ci: Some(CiIntent {
+    let claim = super::drain::lease_claim(
+        &l,
+        g.info.index,
+        Some(CiIntent {
             new_gi: false,
             profile_id: None,
             start: None,
             id: Some(l.ci),
         }),
-        pid: 0,
-        created_at: lease::now(),
-        start_time: None,
-        uid: None,
-        name: None,
-        destroy: true,
-    });
+    );
     reg.write_intent(&claim)?;
     let gi_may_go = !keeps(&l, config);
     Ok(Step::Claimed(Box::new(Job {
