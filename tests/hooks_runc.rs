@@ -245,14 +245,17 @@ fn a_slow_destroy_never_holds_up_delete_and_finishes_in_the_background() {
         let runc = Runc::new();
         let t = tempfile::tempdir().unwrap();
         let record = t.path().join("nvidia-saw");
+        // With the crash, poststop waits for its worker (`release_wait_ms`), so the worker is dead (its claim no
+        // longer in flight) when delete returns; without it, the default: delete never waits.
+        let wait_cfg = t.path().join("wait.toml");
+        fs::write(&wait_cfg, "release_wait_ms = 10000\n").unwrap();
         let bundle = hooked_bundle(&sim, t.path(), &record, |s| {
             s["annotations"] = json!({"migrun.profile": "1g.10gb"});
             if crash {
                 // The worker inherits poststop's env; poststop itself never reaches this step (it claims nothing).
-                s["hooks"]["poststop"][0]["env"]
-                    .as_array_mut()
-                    .unwrap()
-                    .push(json!("MIGRUN_TEST_CRASH_AT=release-after-claim"));
+                let env = s["hooks"]["poststop"][0]["env"].as_array_mut().unwrap();
+                env.push(json!("MIGRUN_TEST_CRASH_AT=release-after-claim"));
+                env.push(json!(format!("MIGRUN_CONFIG={}", wait_cfg.display())));
             }
         });
         let id = unique_name("hooks-slow");
