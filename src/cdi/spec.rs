@@ -12,9 +12,12 @@ use crate::gpu::hostfacts::{HostFacts, NVIDIACTL_MINOR, NVIDIA_MAJOR};
 use crate::lease::{LeaseId, LeaseName};
 use container_device_interface::container_edits::ContainerEdits as Edits;
 use container_device_interface::container_edits::Validate as _;
+use container_device_interface::internal::validation::validate::validate_spec_annotations;
 use container_device_interface::specs::config::Device as CdiDevice;
 use container_device_interface::{device, spec as cdi_spec, version};
 use serde_json::{json, Value};
+use std::collections::BTreeMap;
+#[cfg(test)]
 use std::path::PathBuf;
 
 /// migrun's CDI kind: `--device migrun.io/mig=<lease id | lease name | MIG UUID>`.
@@ -158,7 +161,11 @@ fn device_nodes(n: &SliceNodes) -> Vec<Value> {
     ]
 }
 
-/// Validates `spec` with the crate (schema, names, edits); `Err` is the crate's reason on one line.
+/// Validates `spec` with the crate's full `new_spec` (JSON schema, names, edits), as engines do; `Err`
+/// is the crate's reason on one line. Only the tests call it: the schema pass compiles the CDI schema in
+/// every process, and linking it brings the `jsonschema` crate's HTTP and TLS stack into the binary
+/// (see [`check`]).
+#[cfg(test)]
 fn validate(spec: &Spec) -> Result<cdi_spec::Spec, String> {
     // The path only labels the spec inside the crate; nothing is read.
     cdi_spec::new_spec(spec, &PathBuf::from("migrun.json"), 0).map_err(|e| format!("{e:#}"))
@@ -239,47 +246,99 @@ pub fn build_from(
     Ok((spec, edits))
 }
 
-/// The crate's checks of a spec migrun just built, without its JSON-schema pass, and the edits of
-/// device `name`. The schema pass compiles the CDI schema once per process, 80 % of a hook's
-/// instructions (callgrind), on every container start; the shape it guards is migrun's own and
-/// fixed, and the tests run every shape the builder makes through the full [`validate`]. What varies
-/// per lease is still checked here by the crate: each device's name and edits (env, device nodes
-/// with type/major/minor/mode, mounts, hooks) and the common edits.
+/// A spec as the crate's checks left it: its common edits and each device's, by name, in order.
+pub(crate) struct Checked {
+    common: Option<Edits>,
+    devices: Vec<(String, Edits)>,
+}
+
+/// The crate's own checks of a spec, every one but its JSON-schema pass: the declared version (a known
+/// one, and not older than the content needs), the spec's annotations, its common edits, and each
+/// device's name and edits (env, device nodes with type/major/minor/mode, mounts, hooks), no name twice.
+/// `Err` is the crate's reason on one line.
+///
+/// Why not the crate's `new_spec`: it also validates against CDI's JSON schema, which compiles the
+/// schema in every process (80 % of a hook's instructions, callgrind), and calling it at all links the
+/// `jsonschema` crate with its default HTTP and TLS stack (reqwest, hyper, rustls, aws-lc) into
+/// migrun: a third of the binary's relocations and a constructor and destructor that run at every
+/// hook's start and exit (docs/benchmarks.md, run L). What the schema adds beyond this is the shape,
+/// which deserialising into the crate's types (unknown fields refused) already checks; the tests run
+/// every spec the builder makes through the full `new_spec` too.
+pub(crate) fn check(spec: &Spec) -> Result<Checked, String> {
+    // The crate keeps a spec's fields to itself; its serialized form has them all.
+    let doc = serde_json::to_value(spec).map_err(|e| e.to_string())?;
+    let declared = doc["cdiVersion"].as_str().unwrap_or_default();
+    if !version::VALID_SPEC_VERSIONS.is_valid_version(declared) {
+        return Err(format!("invalid version {declared}"));
+    }
+    let needed = version::minimum_required_version(spec).map_err(|e| format!("{e:#}"))?;
+    if needed.is_greater_than(&version::VersionWrapper::new(declared)) {
+        return Err(format!(
+            "cdiVersion {declared} is too old for its content: it needs at least v{needed}"
+        ));
+    }
+    let annotations: BTreeMap<String, String> =
+        serde_json::from_value(doc["annotations"].clone()).unwrap_or_default();
+    let kind = doc["kind"].as_str().unwrap_or_default();
+    validate_spec_annotations(kind, &annotations).map_err(|e| format!("{e:#}"))?;
+    let common = match &spec.container_edits {
+        Some(c) => {
+            let c = Edits {
+                container_edits: c.clone(),
+            };
+            c.validate().map_err(|e| format!("{e:#}"))?;
+            Some(c)
+        }
+        None => None,
+    };
+    let blank = cdi_spec::Spec::default();
+    let mut devices: Vec<(String, Edits)> = Vec::new();
+    for v in doc["devices"].as_array().cloned().unwrap_or_default() {
+        let name = v["name"].as_str().unwrap_or_default().to_string();
+        let d: CdiDevice = serde_json::from_value(v).map_err(|e| e.to_string())?;
+        let dev = device::new_device(&blank, &d)
+            .map_err(|e| format!("failed to add device {name}: {e:#}"))?;
+        if devices.iter().any(|(n, _)| *n == name) {
+            return Err(format!("invalid spec, multiple device {name}"));
+        }
+        devices.push((name, dev.edits()));
+    }
+    if devices.is_empty() {
+        return Err("invalid spec, no devices".into());
+    }
+    Ok(Checked { common, devices })
+}
+
+/// [`check`]s `spec` and returns what CDI applies for device `name`: the common edits, then the
+/// device's (the crate's own merge, in the order engines use).
 fn check_built(spec: &Spec, name: &str, what: &str) -> Result<ContainerEdits, SpecError> {
     let invalid = |reason: String| SpecError::Invalid {
         what: what.to_string(),
         reason,
     };
-    let blank = cdi_spec::Spec::default();
-    let mut all = Edits::new();
-    let merge = |all: &mut Edits, e: Edits| all.append(e).map_err(|e| invalid(format!("{e:#}")));
-    if let Some(common) = &spec.container_edits {
-        let common = Edits {
-            container_edits: common.clone(),
-        };
-        common.validate().map_err(|e| invalid(format!("{e:#}")))?;
-        merge(&mut all, common)?;
-    }
-    // The crate keeps a spec's device list to itself; its serialized form is the same list.
-    let doc = serde_json::to_value(spec).map_err(|e| invalid(e.to_string()))?;
-    let listed = doc["devices"].as_array().cloned().unwrap_or_default();
-    let mut names = Vec::new();
-    let mut found = None;
-    for v in listed {
-        let dname = v["name"].as_str().unwrap_or_default().to_string();
-        let d: CdiDevice = serde_json::from_value(v).map_err(|e| invalid(e.to_string()))?;
-        let dev = device::new_device(&blank, &d).map_err(|e| invalid(format!("{e:#}")))?;
-        if dname == name {
-            found = Some(dev.edits());
-        }
-        names.push(dname);
-    }
-    let Some(device_edits) = found else {
+    let checked = check(spec).map_err(invalid)?;
+    let Some(i) = checked.devices.iter().position(|(n, _)| n == name) else {
         return Err(SpecError::NoDevice {
             name: name.to_string(),
-            names: names.join(", "),
+            names: checked
+                .devices
+                .iter()
+                .map(|(n, _)| n.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
         });
     };
+    let mut all = Edits::new();
+    let merge = |all: &mut Edits, e: Edits| all.append(e).map_err(|e| invalid(format!("{e:#}")));
+    let Checked { common, devices } = checked;
+    if let Some(common) = common {
+        merge(&mut all, common)?;
+    }
+    let device_edits = devices
+        .into_iter()
+        .nth(i)
+        .map(|(_, e)| e)
+        .unwrap_or_default();
     merge(&mut all, device_edits)?;
     Ok(all.container_edits)
 }
@@ -288,42 +347,10 @@ fn is_empty(e: &ContainerEdits) -> bool {
     e == &ContainerEdits::default()
 }
 
-/// The edits CDI applies for device `name` of `spec`: the spec's common edits, then the device's
-/// (the crate's own merge, in the order engines use).
+/// The edits CDI applies for device `name` of `spec`, a spec read back: the spec's common edits, then
+/// the device's, after the crate's checks ([`check`]).
 pub fn edits_for(spec: &Spec, name: &str) -> Result<ContainerEdits, SpecError> {
-    let invalid = |reason: String| SpecError::Invalid {
-        what: "the CDI spec".to_string(),
-        reason,
-    };
-    let mut checked = validate(spec).map_err(invalid)?;
-    merged_edits(&mut checked, name)
-}
-
-/// The edits of device `name` of a spec the crate has checked: its common edits, then the device's.
-fn merged_edits(checked: &mut cdi_spec::Spec, name: &str) -> Result<ContainerEdits, SpecError> {
-    let invalid = |reason: String| SpecError::Invalid {
-        what: "the CDI spec".to_string(),
-        reason,
-    };
-    let Some(device) = checked.get_device(name) else {
-        return Err(SpecError::NoDevice {
-            name: name.to_string(),
-            names: checked
-                .devices
-                .keys()
-                .cloned()
-                .collect::<Vec<_>>()
-                .join(", "),
-        });
-    };
-    let device_edits = device.edits();
-    let mut all = Edits::new();
-    let merge = |all: &mut Edits, e: Edits| all.append(e).map_err(|e| invalid(format!("{e:#}")));
-    if let Some(common) = checked.edits() {
-        merge(&mut all, common)?;
-    }
-    merge(&mut all, device_edits)?;
-    Ok(all.container_edits)
+    check_built(spec, name, "the CDI spec")
 }
 
 #[cfg(test)]

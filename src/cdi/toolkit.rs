@@ -7,7 +7,7 @@
 //! the device nodes (path-only there; migrun writes every node it needs with its numbers).
 
 use super::types::{ContainerEdits, Spec};
-use container_device_interface::{schema, spec as cdi_spec};
+use container_device_interface::schema;
 use std::path::{Path, PathBuf};
 
 /// The toolkit's kind.
@@ -71,12 +71,13 @@ pub fn common_edits(spec: &Spec) -> ContainerEdits {
     out
 }
 
-/// Parses (YAML or JSON) and validates a toolkit spec with the crate; `Err` is the reason on one line.
-fn parse(bytes: &[u8], path: &Path) -> Result<Spec, String> {
+/// Parses (YAML or JSON) a toolkit spec with the crate and runs the crate's checks on it (all but the
+/// JSON-schema pass: see [`super::spec::check`]); `Err` is the reason on one line.
+fn parse(bytes: &[u8]) -> Result<Spec, String> {
     let doc = schema::document_value(bytes).map_err(|e| format!("{e:#}"))?;
+    let kind = doc["kind"].as_str().unwrap_or_default().to_string();
     let raw: Spec = serde_json::from_value(doc).map_err(|e| e.to_string())?;
-    let checked = cdi_spec::new_spec(&raw, &path.to_path_buf(), 0).map_err(|e| format!("{e:#}"))?;
-    let kind = format!("{}/{}", checked.get_vendor(), checked.get_class());
+    super::spec::check(&raw)?;
     if kind != TOOLKIT_KIND {
         return Err(format!("it declares kind {kind}, not {TOOLKIT_KIND}"));
     }
@@ -89,7 +90,7 @@ pub fn load(path: &Path) -> Result<ContainerEdits, ToolkitError> {
         path: path.to_path_buf(),
         err,
     })?;
-    let spec = parse(&bytes, path).map_err(|reason| ToolkitError::Invalid {
+    let spec = parse(&bytes).map_err(|reason| ToolkitError::Invalid {
         path: path.to_path_buf(),
         // Parser messages can span lines (YAML positions); the error stays on one.
         reason: reason.replace('\n', " "),

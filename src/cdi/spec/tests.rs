@@ -202,7 +202,7 @@ fn the_toolkit_s_edits_are_the_spec_s_common_edits() {
     }
     let msg = edits_for(&spec, "8").unwrap_err().to_string();
     assert!(
-        msg.contains("no device \"8\"") && msg.contains("7, MIG-"),
+        msg.contains("no device \"8\"") && msg.contains("its devices are 7, train, MIG-"),
         "{msg}"
     );
 }
