@@ -605,8 +605,45 @@ fn check_launcher_words(ours: &[OsString], docker: &[OsString]) -> Result<(), Cl
     Ok(())
 }
 
+/// `migrun hook <stage>` as runtimes call it: the global flags and the `hook` subcommand, nothing else.
+/// A hook is a fresh process per container start, and building the whole tree (twenty subcommands,
+/// the global flags copied into each) was a tenth of a hook's own time (docs/benchmarks.md, run L).
+/// It shares [`GlobalArgs`] and [`HookArgs`] with [`Cli`], so what it accepts means the same; help,
+/// `--version` and every error go through [`Cli`] itself, so their text does not change.
+#[derive(Debug, Parser)]
+#[command(name = "migrun")]
+struct HookCli {
+    #[command(flatten)]
+    global: GlobalArgs,
+    #[command(subcommand)]
+    command: HookOnly,
+}
+
+#[derive(Debug, Subcommand)]
+enum HookOnly {
+    Hook(HookArgs),
+}
+
+/// [`HookCli`] when argv is `migrun hook ...` and it parses; `None` sends argv to [`Cli`].
+fn parse_hook(args: &[OsString]) -> Option<Cli> {
+    if args.get(1).is_none_or(|w| w != "hook") {
+        return None;
+    }
+    let HookCli {
+        global,
+        command: HookOnly::Hook(hook),
+    } = HookCli::try_parse_from(args).ok()?;
+    Some(Cli {
+        global,
+        command: Command::Hook(hook),
+    })
+}
+
 /// Parse a full argv (argv[0] included) the way `main` does.
 pub fn parse(args: Vec<OsString>) -> Result<Cli, CliError> {
+    if let Some(cli) = parse_hook(&args) {
+        return Ok(cli);
+    }
     let typed = args.len();
     let args = normalize_args(args);
     let implicit_run = args.len() != typed;

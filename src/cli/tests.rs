@@ -165,3 +165,49 @@ fn globals_before_the_launcher_and_explicit_run() {
 fn launcher_needs_an_image() {
     assert!(parse(argv("migrun --profile 3g.40gb")).is_err());
 }
+
+/// The hook fast path (`parse_hook`) gives what the whole tree gives for every argv it takes, and
+/// leaves help, `--version` and errors to the whole tree.
+#[test]
+fn the_hook_fast_path_parses_as_the_whole_tree_does() {
+    let taken = [
+        "migrun hook prestart",
+        "migrun hook poststop",
+        "migrun hook precreate",
+        "migrun hook createRuntime",
+        "migrun hook create-runtime",
+        "migrun hook prestart -v -v",
+        "migrun hook poststop --state-dir /run/x --config /etc/m.toml --simulate h100-80gb:2",
+        "migrun hook prestart --state-dir=/run/y",
+    ];
+    for line in taken {
+        let fast = parse_hook(&argv(line)).unwrap_or_else(|| panic!("{line}: not taken"));
+        let whole = Cli::try_parse_from(argv(line)).unwrap();
+        assert_eq!(format!("{fast:?}"), format!("{whole:?}"), "{line}");
+        assert_eq!(
+            format!("{:?}", parse(argv(line)).unwrap()),
+            format!("{whole:?}")
+        );
+    }
+    let left = [
+        "migrun hook",
+        "migrun hook --help",
+        "migrun hook prestart --help",
+        "migrun hook --version",
+        "migrun hook prestrat",
+        "migrun hook prestart extra",
+        "migrun hook prestart --bogus",
+        "migrun -v hook prestart",
+        "migrun status",
+    ];
+    for line in left {
+        assert!(parse_hook(&argv(line)).is_none(), "{line}: taken");
+    }
+    // Their errors are the whole tree's.
+    let err = |line: &str| match parse(argv(line)) {
+        Err(CliError::Clap(e)) => e.to_string(),
+        other => panic!("{line}: {other:?}"),
+    };
+    assert!(err("migrun hook prestrat").contains("invalid value 'prestrat'"));
+    assert!(err("migrun hook prestart --help").contains("Hook stage"));
+}

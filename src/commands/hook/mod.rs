@@ -96,14 +96,17 @@ pub fn log_path(ctx: &Ctx) -> PathBuf {
 
 /// Install the hook/shim logger once (cheap: nothing is opened until the first event).
 fn init_logging(ctx: &Ctx) {
+    use tracing_subscriber::filter::LevelFilter;
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
-    let default = match ctx.global.verbose {
-        0 => "info",
-        _ => "debug",
-    };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("MIGRUN_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    // MIGRUN_LOG takes EnvFilter directives. Without it a plain level does: parsing even "info" as a
+    // directive compiles EnvFilter's regular expressions, a measurable part of a hook's start.
+    let directives = std::env::var_os("MIGRUN_LOG")
+        .and_then(|_| tracing_subscriber::EnvFilter::try_from_env("MIGRUN_LOG").ok());
+    let level = directives.is_none().then_some(match ctx.global.verbose {
+        0 => LevelFilter::INFO,
+        _ => LevelFilter::DEBUG,
+    });
     let journald = match ctx.config.log {
         LogTarget::Journald => tracing_journald::layer()
             .ok()
@@ -132,7 +135,8 @@ fn init_logging(ctx: &Ctx) {
         None
     };
     let _ = tracing_subscriber::registry()
-        .with(filter)
+        .with(directives)
+        .with(level)
         .with(journald)
         .with(file)
         .try_init();
