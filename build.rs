@@ -11,6 +11,12 @@ use std::path::PathBuf;
 fn main() {
     let src = "data/mig-profiles.json";
     println!("cargo:rerun-if-changed={src}");
+    // The `migrun` program is linked position-dependent (no PIE). Every hook and shim call is a fresh
+    // process, and as a PIE its start applied about 12,000 relative relocations and took a
+    // copy-on-write fault on every page they touch, before main (docs/benchmarks.md, run L). The
+    // trade: the program's own code and data load at a fixed address; shared libraries, stack, heap
+    // and mmaps are still randomised. Tests and the library are built as before.
+    println!("cargo:rustc-link-arg-bin=migrun=-no-pie");
     let text = std::fs::read_to_string(src).unwrap_or_else(|e| panic!("cannot read {src}: {e}"));
     let table: serde_json::Value =
         serde_json::from_str(&text).unwrap_or_else(|e| panic!("{src} is not valid JSON: {e}"));
