@@ -340,7 +340,12 @@ impl FromStr for ProfileSpec {
 /// The structured name of a profile name as a GPU reports it (`MIG 3g.40gb`, `3g.40gb`), or
 /// `None` for a name outside the grammar. The `gpu` room uses it to match requests to profiles.
 pub fn parse_reported(short_name: &str) -> Option<ProfileName> {
-    parse_name(&short_name.to_ascii_lowercase())
+    // Placement parses every profile of every GPU on each allocation; reported names are lower case.
+    if short_name.bytes().any(|b| b.is_ascii_uppercase()) {
+        parse_name(&short_name.to_ascii_lowercase())
+    } else {
+        parse_name(short_name)
+    }
 }
 
 /// Errors from parsing a `--min-mem` size.

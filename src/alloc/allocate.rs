@@ -204,12 +204,16 @@ fn allocate_in(
             }
             // What could never fit is said at once, whoever waits; what fits now, but only on
             // GPUs that earlier waiters hold back, waits behind them.
-            let fits_ignoring_queue = match plan::plan(&state, &leases, &full) {
+            let unqueued = match plan::plan(&state, &leases, &full) {
                 Err(nr) if !nr.can_wait() => return Err(unsatisfiable(&state, &full, nr)),
-                r => r.is_ok(),
+                r => r,
             };
+            let fits_ignoring_queue = unqueued.is_ok();
             let mut preq = full.clone();
-            if !held.is_empty() {
+            // With no GPU held back the request is the same, and the planner is pure: its answer stands.
+            let planned = if held.is_empty() {
+                unqueued
+            } else {
                 let mine: Vec<u32> = state
                     .gpus
                     .iter()
@@ -218,8 +222,8 @@ fn allocate_in(
                     .filter(|i| !held.contains(i))
                     .collect();
                 preq.gpus = Some(mine);
-            }
-            let planned = plan::plan(&state, &leases, &preq);
+                plan::plan(&state, &leases, &preq)
+            };
             if matches!(&planned, Err(nr) if nr.can_wait()) && evictions < EVICT_ROUNDS {
                 if let Some(victims) = plan::evictions(&state, &leases, &preq) {
                     let jobs = apply::claim_evictions(&reg, &state, &victims)?;

@@ -15,6 +15,7 @@ use container_device_interface::container_edits::Validate as _;
 use container_device_interface::internal::validation::validate::validate_spec_annotations;
 use container_device_interface::specs::config::Device as CdiDevice;
 use container_device_interface::{device, spec as cdi_spec, version};
+use serde::Deserialize as _;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 #[cfg(test)]
@@ -171,8 +172,8 @@ fn validate(spec: &Spec) -> Result<cdi_spec::Spec, String> {
     cdi_spec::new_spec(spec, &PathBuf::from("migrun.json"), 0).map_err(|e| format!("{e:#}"))
 }
 
-fn from_json(v: Value) -> Result<Spec, String> {
-    serde_json::from_value(v).map_err(|e| e.to_string())
+fn from_json(v: &Value) -> Result<Spec, String> {
+    Spec::deserialize(v).map_err(|e| e.to_string())
 }
 
 /// A lease name is also a device name in a directory shared by every lease: the lease's own rules
@@ -237,12 +238,12 @@ pub fn build_from(
     if let Some(common) = toolkit.filter(|c| !is_empty(c)) {
         doc["containerEdits"] = serde_json::to_value(common).map_err(|e| invalid(e.to_string()))?;
     }
-    let draft = from_json(doc.clone()).map_err(invalid)?;
+    let draft = from_json(&doc).map_err(invalid)?;
     let min = version::minimum_required_version(&draft).map_err(|e| invalid(format!("{e:#}")))?;
     doc["cdiVersion"] = Value::String(min.to_string());
-    let spec = from_json(doc).map_err(invalid)?;
+    let spec = from_json(&doc).map_err(invalid)?;
     let what = format!("the CDI spec built for lease {}", slice.lease);
-    let edits = check_built(&spec, &slice.lease.to_string(), &what)?;
+    let edits = edits_of(checked(&spec, &doc), &slice.lease.to_string(), &what)?;
     Ok((spec, edits))
 }
 
@@ -267,6 +268,11 @@ pub(crate) struct Checked {
 pub(crate) fn check(spec: &Spec) -> Result<Checked, String> {
     // The crate keeps a spec's fields to itself; its serialized form has them all.
     let doc = serde_json::to_value(spec).map_err(|e| e.to_string())?;
+    checked(spec, &doc)
+}
+
+/// [`check`] of `spec` whose JSON form is `doc` (the builder has it already).
+fn checked(spec: &Spec, doc: &Value) -> Result<Checked, String> {
     let declared = doc["cdiVersion"].as_str().unwrap_or_default();
     if !version::VALID_SPEC_VERSIONS.is_valid_version(declared) {
         return Err(format!("invalid version {declared}"));
@@ -293,9 +299,9 @@ pub(crate) fn check(spec: &Spec) -> Result<Checked, String> {
     };
     let blank = cdi_spec::Spec::default();
     let mut devices: Vec<(String, Edits)> = Vec::new();
-    for v in doc["devices"].as_array().cloned().unwrap_or_default() {
+    for v in doc["devices"].as_array().into_iter().flatten() {
         let name = v["name"].as_str().unwrap_or_default().to_string();
-        let d: CdiDevice = serde_json::from_value(v).map_err(|e| e.to_string())?;
+        let d = CdiDevice::deserialize(v).map_err(|e| e.to_string())?;
         let dev = device::new_device(&blank, &d)
             .map_err(|e| format!("failed to add device {name}: {e:#}"))?;
         if devices.iter().any(|(n, _)| *n == name) {
@@ -312,11 +318,21 @@ pub(crate) fn check(spec: &Spec) -> Result<Checked, String> {
 /// [`check`]s `spec` and returns what CDI applies for device `name`: the common edits, then the
 /// device's (the crate's own merge, in the order engines use).
 fn check_built(spec: &Spec, name: &str, what: &str) -> Result<ContainerEdits, SpecError> {
+    edits_of(check(spec), name, what)
+}
+
+/// What CDI applies for device `name` of a spec [`check`] passed (or the check's failure, as the
+/// error about `what`).
+fn edits_of(
+    checked: Result<Checked, String>,
+    name: &str,
+    what: &str,
+) -> Result<ContainerEdits, SpecError> {
     let invalid = |reason: String| SpecError::Invalid {
         what: what.to_string(),
         reason,
     };
-    let checked = check(spec).map_err(invalid)?;
+    let checked = checked.map_err(invalid)?;
     let Some(i) = checked.devices.iter().position(|(n, _)| n == name) else {
         return Err(SpecError::NoDevice {
             name: name.to_string(),

@@ -251,6 +251,8 @@ struct GpuView {
     occ: u64,
     flags: Flags,
     slots: u32,
+    /// Every placement of every profile, highest start first ([`spans_of`]).
+    spans: Vec<Span>,
 }
 
 fn variant_of(p: &GiProfile) -> Variant {
@@ -298,6 +300,7 @@ impl GpuView {
             }
         }
         GpuView {
+            spans: spans_of(&profs),
             profs,
             shapes,
             counts,
@@ -407,27 +410,56 @@ impl GpuView {
     }
 
     /// The most free slices that instances could still cover (a slice no creatable placement can
-    /// reach is dead). Interval scheduling over the free placements of every creatable profile.
+    /// reach is dead). Interval scheduling over the free placements of every creatable profile:
+    /// `best[s]` is the most slices coverable at or after slice `s`, from the last slice down, over
+    /// [`GpuView::spans`] (every placement once, highest start first). It runs for every candidate
+    /// of every GPU on each allocation, so it walks each placement once rather than every
+    /// placement for every start.
     fn fillable(&self, occ: u64, flags: &Flags, extra: Option<usize>) -> u32 {
         let n = self.slots as usize;
-        let mut best = vec![0u32; n + 1];
-        let creatable: Vec<usize> = (0..self.profs.len())
-            .filter(|&k| self.can_create(k, flags, extra))
+        let creatable: Vec<bool> = (0..self.profs.len())
+            .map(|k| self.can_create(k, flags, extra))
             .collect();
+        let mut best = vec![0u32; n + 1];
+        let mut spans = self.spans.iter().peekable();
         for start in (0..n).rev() {
             let mut b = best[start + 1];
-            for &k in &creatable {
-                for m in &self.profs[k].masks {
-                    if m.trailing_zeros() as usize == start && occ & m == 0 {
-                        let end = 64 - m.leading_zeros() as usize;
-                        b = b.max(m.count_ones() + best[end.min(n)]);
-                    }
+            while let Some(sp) = spans.next_if(|sp| sp.start >= start) {
+                if sp.start == start && creatable[sp.prof] && occ & sp.mask == 0 {
+                    b = b.max(sp.mask.count_ones() + best[sp.end.min(n)]);
                 }
             }
             best[start] = b;
         }
         best[0]
     }
+}
+
+/// One placement of one profile, for [`GpuView::fillable`]: its mask, first slice and end.
+#[derive(Debug, Clone, Copy)]
+struct Span {
+    prof: usize,
+    mask: u64,
+    start: usize,
+    end: usize,
+}
+
+/// Every placement of every profile, highest start first.
+fn spans_of(profs: &[Prof]) -> Vec<Span> {
+    let mut spans: Vec<Span> = profs
+        .iter()
+        .enumerate()
+        .flat_map(|(k, p)| {
+            p.masks.iter().filter(|m| **m != 0).map(move |&m| Span {
+                prof: k,
+                mask: m,
+                start: m.trailing_zeros() as usize,
+                end: 64 - m.leading_zeros() as usize,
+            })
+        })
+        .collect();
+    spans.sort_unstable_by(|a, b| b.start.cmp(&a.start));
+    spans
 }
 
 #[cfg(test)]
