@@ -458,7 +458,7 @@ fn spans_of(profs: &[Prof]) -> Vec<Span> {
             })
         })
         .collect();
-    spans.sort_unstable_by(|a, b| b.start.cmp(&a.start));
+    spans.sort_unstable_by_key(|s| std::cmp::Reverse(s.start));
     spans
 }
 
