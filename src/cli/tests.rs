@@ -166,8 +166,8 @@ fn launcher_needs_an_image() {
     assert!(parse(argv("migrun --profile 3g.40gb")).is_err());
 }
 
-/// The hook fast path (`parse_hook`) gives what the whole tree gives for every argv it takes, and
-/// leaves help, `--version` and errors to the whole tree.
+/// The hook fast path (`parse_hook`) takes exactly `migrun hook <stage>` and gives what the whole tree
+/// gives; every other argv goes to the whole tree.
 #[test]
 fn the_hook_fast_path_parses_as_the_whole_tree_does() {
     let taken = [
@@ -176,18 +176,17 @@ fn the_hook_fast_path_parses_as_the_whole_tree_does() {
         "migrun hook precreate",
         "migrun hook createRuntime",
         "migrun hook create-runtime",
-        "migrun hook prestart -v -v",
-        "migrun hook poststop --state-dir /run/x --config /etc/m.toml --simulate h100-80gb:2",
-        "migrun hook prestart --state-dir=/run/y",
     ];
+    let env_ok = globals_from_env(|n| std::env::var_os(n)).is_some();
     for line in taken {
-        let fast = parse_hook(&argv(line)).unwrap_or_else(|| panic!("{line}: not taken"));
         let whole = Cli::try_parse_from(argv(line)).unwrap();
-        assert_eq!(format!("{fast:?}"), format!("{whole:?}"), "{line}");
         assert_eq!(
             format!("{:?}", parse(argv(line)).unwrap()),
-            format!("{whole:?}")
+            format!("{whole:?}"),
+            "{line}"
         );
+        // This process's own MIGRUN_* variables decide whether the fast path may take it.
+        assert_eq!(parse_hook(&argv(line)).is_some(), env_ok, "{line}");
     }
     let left = [
         "migrun hook",
@@ -195,19 +194,84 @@ fn the_hook_fast_path_parses_as_the_whole_tree_does() {
         "migrun hook prestart --help",
         "migrun hook --version",
         "migrun hook prestrat",
+        "migrun hook Prestart",
         "migrun hook prestart extra",
-        "migrun hook prestart --bogus",
+        "migrun hook prestart -v",
+        "migrun hook prestart --state-dir /run/x",
         "migrun -v hook prestart",
         "migrun status",
     ];
     for line in left {
         assert!(parse_hook(&argv(line)).is_none(), "{line}: taken");
     }
-    // Their errors are the whole tree's.
+    // Those still parse, or fail, through the whole tree.
+    let v = parse(argv("migrun hook prestart -v --state-dir /run/x")).unwrap();
+    assert_eq!(v.global.verbose, 1);
+    assert_eq!(v.global.state_dir, Some(PathBuf::from("/run/x")));
     let err = |line: &str| match parse(argv(line)) {
         Err(CliError::Clap(e)) => e.to_string(),
         other => panic!("{line}: {other:?}"),
     };
     assert!(err("migrun hook prestrat").contains("invalid value 'prestrat'"));
     assert!(err("migrun hook prestart --help").contains("Hook stage"));
+}
+
+/// The fast path reads the same variables as the clap definitions, into the same fields, and leaves
+/// to clap what clap would refuse.
+#[test]
+fn the_hook_fast_path_reads_the_globals_clap_reads() {
+    use std::os::unix::ffi::OsStringExt;
+    let cmd = Cli::command();
+    let by_id = |id: &str| {
+        cmd.get_arguments()
+            .find(|a| a.get_id() == id)
+            .and_then(|a| a.get_env())
+            .map(|e| e.to_string_lossy().into_owned())
+    };
+    let ids = ["simulate", "state_dir", "config"];
+    for (id, env) in ids.iter().zip(GLOBAL_ENV) {
+        assert_eq!(by_id(id).as_deref(), Some(env), "{id}");
+    }
+    let with_env = cmd
+        .get_arguments()
+        .filter(|a| a.get_env().is_some())
+        .count();
+    assert_eq!(
+        with_env,
+        GLOBAL_ENV.len(),
+        "a global flag with an env var the fast path does not read"
+    );
+
+    let from = |pairs: &[(&str, OsString)]| {
+        let pairs: Vec<(String, OsString)> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect();
+        globals_from_env(move |n| pairs.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone()))
+    };
+    let none = from(&[]).unwrap();
+    assert_eq!(
+        (none.simulate, none.state_dir, none.config, none.verbose),
+        (None, None, None, 0)
+    );
+    let all = from(&[
+        ("MIGRUN_SIMULATE", "h100-80gb:2".into()),
+        ("MIGRUN_STATE_DIR", "/run/s".into()),
+        ("MIGRUN_CONFIG", "/etc/c.toml".into()),
+    ])
+    .unwrap();
+    assert_eq!(all.simulate.as_deref(), Some("h100-80gb:2"));
+    assert_eq!(all.state_dir, Some(PathBuf::from("/run/s")));
+    assert_eq!(all.config, Some(PathBuf::from("/etc/c.toml")));
+    for empty in GLOBAL_ENV {
+        assert!(from(&[(empty, OsString::new())]).is_none(), "{empty}");
+    }
+    let odd = OsString::from_vec(vec![b'/', 0xff]);
+    assert!(from(&[("MIGRUN_SIMULATE", odd.clone())]).is_none());
+    assert_eq!(
+        from(&[("MIGRUN_STATE_DIR", odd.clone())])
+            .unwrap()
+            .state_dir,
+        Some(PathBuf::from(odd))
+    );
 }
