@@ -257,9 +257,16 @@ fn repair_name(body: &str) -> Option<ProfileName> {
 }
 
 fn parse_name(s: &str) -> Option<ProfileName> {
-    let (slices, rest) = s.split_once("g.")?;
-    let slices: u32 = slices.parse().ok()?;
-    let gb_at = rest.find("gb")?;
+    // Split at the first `g` and the first `g` after it by byte: the numbers before each must be
+    // all digits, so a later `g.` or `gb` could never parse, and a substring search per name was a
+    // measurable part of an allocation (placement parses every profile of every GPU).
+    let g = s.find('g')?;
+    let rest = s[g + 1..].strip_prefix('.')?;
+    let slices: u32 = s[..g].parse().ok()?;
+    let gb_at = rest.find('g')?;
+    if rest.as_bytes().get(gb_at + 1) != Some(&b'b') {
+        return None;
+    }
     let mem_gb: u32 = rest[..gb_at].parse().ok()?;
     let variant = match &rest[gb_at + 2..] {
         "" => Variant::Plain,
