@@ -2,10 +2,11 @@
 //!
 //! The spec is the crate's `Spec`. The crate keeps most of its fields private to itself and offers
 //! no builder, so the spec is assembled as JSON and deserialised into the crate's type (which
-//! refuses unknown fields), then checked by the crate: on the hot path with its device and edit checks
-//! (`check_built`), for specs read back with its full `new_spec` (JSON schema too), and in the tests
-//! every shape the builder makes goes through both. `cdiVersion` is the lowest version the content needs, as the crate computes it: older
-//! engines (podman 4.x, containerd 1.7) reject versions newer than the CDI library they vendor.
+//! refuses unknown fields), then checked by the crate's own checks ([`check`]: version, annotations,
+//! device names, edits), the same for a spec read back and the toolkit's; the crate's JSON-schema pass
+//! runs in the tests only, where every shape the builder makes goes through it. `cdiVersion` is the
+//! lowest version the content needs, as the crate computes it: older engines (podman 4.x, containerd
+//! 1.7) reject versions newer than the CDI library they vendor.
 
 use super::types::{ContainerEdits, Spec};
 use crate::gpu::hostfacts::{HostFacts, NVIDIACTL_MINOR, NVIDIA_MAJOR};
