@@ -360,15 +360,48 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), StateDir
     tmp.as_file()
         .set_permissions(fs::Permissions::from_mode(mode))
         .map_err(io_err("writing", path))?;
-    tmp.as_file().sync_all().map_err(io_err("writing", path))?;
+    let durable = sync_unless_in_memory(tmp.as_file()).map_err(io_err("writing", path))?;
     tmp.persist(path)
         .map_err(|e| io_err("writing", path)(e.error))?;
-    if let Ok(d) = File::open(dir) {
-        let _ = d.sync_all();
+    if durable {
+        sync_dir(dir);
     }
     Ok(())
 }
 
+/// Whether `file` lives on tmpfs, where fsync has nothing to write.
+fn in_memory(file: &File) -> bool {
+    nix::sys::statfs::fstatfs(file)
+        .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::TMPFS_MAGIC)
+}
+
+/// fsyncs a file written for an atomic replacement, unless it lives on tmpfs; `Ok(true)` when it did,
+/// and then its directory wants [`sync_dir`] after the rename. `/run`, so the state dir and
+/// `/run/cdi`, is a tmpfs on most hosts: there the three syscalls of the two fsyncs were a tenth of a
+/// hook.s (docs/benchmarks.md, "CDI", run P), for nothing a crash could keep. On a disk both still run.
+pub fn sync_unless_in_memory(file: &File) -> std::io::Result<bool> {
+    if in_memory(file) {
+        return Ok(false);
+    }
+    file.sync_all()?;
+    Ok(true)
+}
+
+/// Makes a rename in `dir` durable (best effort: the rename is done and the file complete either way).
+pub fn sync_dir(dir: &Path) {
+    if let Ok(d) = File::open(dir) {
+        let _ = d.sync_all();
+    }
+}
+
+/// [`sync_dir`] after a removal, unless `dir` is on tmpfs (see [`sync_unless_in_memory`]).
+pub fn sync_dir_unless_in_memory(dir: &Path) {
+    let tmpfs = nix::sys::statfs::statfs(dir)
+        .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::TMPFS_MAGIC);
+    if !tmpfs {
+        sync_dir(dir);
+    }
+}
 /// Remove a file; `Ok(false)` when it was not there.
 pub fn remove(path: &Path) -> Result<bool, StateDirError> {
     match fs::remove_file(path) {

@@ -6,7 +6,8 @@
 
 use super::types::Spec;
 use crate::lease::LeaseId;
-use std::fs::{self, DirBuilder, File};
+use crate::statedir;
+use std::fs::{self, DirBuilder};
 use std::io::{ErrorKind, Write};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -107,13 +108,6 @@ fn ensure_dir(dir: &Path) -> Result<(), StoreError> {
     }
 }
 
-fn sync_dir(dir: &Path) {
-    // Makes the rename durable; a failure here cannot undo it, and the file is already complete.
-    if let Ok(d) = File::open(dir) {
-        let _ = d.sync_all();
-    }
-}
-
 /// Writes the spec of `lease` into `dir` as `migrun-mig-<lease>.json` (0644), replacing any older
 /// one atomically; returns its path. On any error nothing new is left in `dir`.
 pub fn write(dir: &Path, lease: LeaseId, spec: &Spec) -> Result<PathBuf, StoreError> {
@@ -139,9 +133,11 @@ pub fn write(dir: &Path, lease: LeaseId, spec: &Spec) -> Result<PathBuf, StoreEr
     tmp.as_file()
         .set_permissions(fs::Permissions::from_mode(FILE_MODE))
         .map_err(io(op, dir))?;
-    tmp.as_file().sync_all().map_err(io(op, dir))?;
+    let durable = statedir::sync_unless_in_memory(tmp.as_file()).map_err(io(op, dir))?;
     tmp.persist(&path).map_err(|e| io(op, dir)(e.error))?;
-    sync_dir(dir);
+    if durable {
+        statedir::sync_dir(dir);
+    }
     Ok(path)
 }
 
@@ -171,7 +167,7 @@ pub fn read(dir: &Path, lease: LeaseId) -> Result<Option<Spec>, StoreError> {
 pub fn remove(dir: &Path, lease: LeaseId) -> Result<bool, StoreError> {
     match fs::remove_file(dir.join(file_name(lease))) {
         Ok(()) => {
-            sync_dir(dir);
+            statedir::sync_dir_unless_in_memory(dir);
             Ok(true)
         }
         Err(e) if e.kind() == ErrorKind::NotFound => Ok(false),
