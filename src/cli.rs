@@ -605,58 +605,6 @@ fn check_launcher_words(ours: &[OsString], docker: &[OsString]) -> Result<(), Cl
     Ok(())
 }
 
-/// The environment variables behind [`GlobalArgs`]' flags, in field order (a test keeps them in step
-/// with the clap definitions).
-pub const GLOBAL_ENV: [&str; 3] = ["MIGRUN_SIMULATE", "MIGRUN_STATE_DIR", "MIGRUN_CONFIG"];
-
-/// `migrun hook <stage>` exactly as hooks.d entries and runc hooks write it: argv is those two words
-/// and the globals come from the environment alone. A hook is a fresh process per container start,
-/// and clap's parse (building the command, matching, validating) was a tenth of a hook's own
-/// instructions and pulled clap's code into memory (docs/benchmarks.md, run M). `None` for anything
-/// else, and for what clap would refuse or treat specially (an empty or non-UTF-8 value), so every
-/// other argv, help and every error still go through [`Cli`] and read the same.
-fn parse_hook(args: &[OsString]) -> Option<Cli> {
-    let [_, word, stage] = args else {
-        return None;
-    };
-    if word != "hook" {
-        return None;
-    }
-    let stage = match stage.to_str()? {
-        "precreate" => HookStage::Precreate,
-        "prestart" => HookStage::Prestart,
-        "createRuntime" | "create-runtime" => HookStage::CreateRuntime,
-        "poststop" => HookStage::Poststop,
-        _ => return None,
-    };
-    Some(Cli {
-        global: globals_from_env(|name| std::env::var_os(name))?,
-        command: Command::Hook(HookArgs { stage }),
-    })
-}
-
-/// [`GlobalArgs`] as clap fills them from [`GLOBAL_ENV`] when no flag is given; `None` when a value
-/// is set but empty (clap refuses an empty path) or, for `--simulate`, not UTF-8 (clap refuses it).
-fn globals_from_env(var: impl Fn(&str) -> Option<OsString>) -> Option<GlobalArgs> {
-    let [simulate, state_dir, config] = GLOBAL_ENV.map(&var);
-    if [&simulate, &state_dir, &config]
-        .iter()
-        .any(|v| v.as_ref().is_some_and(|v| v.is_empty()))
-    {
-        return None;
-    }
-    let simulate = match simulate {
-        Some(v) => Some(v.into_string().ok()?),
-        None => None,
-    };
-    Some(GlobalArgs {
-        simulate,
-        state_dir: state_dir.map(PathBuf::from),
-        config: config.map(PathBuf::from),
-        verbose: 0,
-    })
-}
-
 /// Parse a full argv (argv[0] included) the way `main` does.
 pub fn parse(args: Vec<OsString>) -> Result<Cli, CliError> {
     if let Some(cli) = parse_hook(&args) {
@@ -703,6 +651,10 @@ pub fn parse(args: Vec<OsString>) -> Result<Cli, CliError> {
     argv.extend(docker);
     Ok(Cli::try_parse_from(argv)?)
 }
+
+mod hook_argv;
+use hook_argv::parse_hook;
+pub use hook_argv::GLOBAL_ENV;
 
 #[cfg(test)]
 mod tests;

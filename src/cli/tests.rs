@@ -1,4 +1,5 @@
 //! Unit tests of the command line: parsing the launcher form, near-miss suggestions, `-v` versus docker's volume, the deferred subcommand tree.
+use super::hook_argv::globals_from_env;
 use super::*;
 use clap::CommandFactory;
 
