@@ -279,7 +279,19 @@ pub fn run_pairs(
     mut migrun: impl FnMut() -> Result<Duration>,
     mut base: impl FnMut() -> Result<Duration>,
 ) -> Result<Paired> {
-    let mut p = Paired::default();
+    let [p] = run_pairs_of(pairs, warmup, || Ok([migrun()?]), || Ok([base()?]))?;
+    Ok(p)
+}
+
+/// [`run_pairs`] of sides that each time `N` steps in one run (the engine calls of one container):
+/// one [`Paired`] per step, step `k` of a migrun run paired with step `k` of the base run next to it.
+pub fn run_pairs_of<const N: usize>(
+    pairs: usize,
+    warmup: usize,
+    mut migrun: impl FnMut() -> Result<[Duration; N]>,
+    mut base: impl FnMut() -> Result<[Duration; N]>,
+) -> Result<[Paired; N]> {
+    let mut p: [Paired; N] = std::array::from_fn(|_| Paired::default());
     for i in 0..warmup + pairs {
         let (m, b) = if i % 2 == 0 {
             let m = migrun()?;
@@ -289,8 +301,10 @@ pub fn run_pairs(
             (migrun()?, b)
         };
         if i >= warmup {
-            p.migrun.push(m.as_secs_f64() * 1e3);
-            p.base.push(b.as_secs_f64() * 1e3);
+            for (k, step) in p.iter_mut().enumerate() {
+                step.migrun.push(m[k].as_secs_f64() * 1e3);
+                step.base.push(b[k].as_secs_f64() * 1e3);
+            }
         }
     }
     Ok(p)

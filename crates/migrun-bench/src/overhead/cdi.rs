@@ -10,8 +10,8 @@
 //! the atomic write of one lease record of the same state dir (what every allocation does anyway).
 
 use super::{
-    failed, run_pairs, shim_command, shim_link, timed, Bundle, Machine, OverheadError, Result,
-    RuncTarget,
+    failed, run_pairs, run_pairs_of, shim_command, shim_link, timed, Bundle, Machine,
+    OverheadError, Result, RuncTarget,
 };
 use migrun::cdi::{self, store, toolkit};
 use std::path::Path;
@@ -65,17 +65,25 @@ pub fn shim(t: &RuncTarget, m: &Machine, pairs: usize, warmup: usize) -> Result<
                 t.runc.display()
             ),
         )?;
+        // Each call timed alone, and the three together as one more step.
+        let with_total =
+            |calls: [Duration; 3]| [calls[0], calls[1], calls[2], calls.iter().sum::<Duration>()];
         let shim_calls = || {
             asking.restore()?;
-            engine_calls(m, &link, Some(&cfg), t, &asking)
+            engine_calls(m, &link, Some(&cfg), t, &asking).map(with_total)
         };
         let runc_calls = || {
             plain.restore()?;
-            engine_calls(m, &t.runc, None, t, &plain)
+            engine_calls(m, &t.runc, None, t, &plain).map(with_total)
         };
-        let p = run_pairs(pairs, warmup, shim_calls, runc_calls)?;
+        let [create, start, delete, all] = run_pairs_of(pairs, warmup, shim_calls, runc_calls)?;
         m.expect(&format!("after the shim's engine calls ({inject})"), 0, 0)?;
-        rows.push(p.row(case, m.backend.name()));
+        rows.push(all.row(case, m.backend.name()));
+        if inject == "cdi" {
+            for (p, call) in [create, start, delete].iter().zip(SHIM_CALLS_CDI) {
+                rows.push(p.row(call, m.backend.name()));
+            }
+        }
     }
     // What runc itself charges for the slice's device nodes and cgroup rules: the same bundle with a
     // slice's CDI edits already written into config.json (as the shim writes them), no migrun at all.
@@ -101,16 +109,24 @@ pub const SHIM_ENGINE_CDI: &str =
 pub const SHIM_ENGINE_ENV: &str =
     "shim, engine calls (create --pid-file, start, delete), hook_inject = env: create + destroy 1g.10gb (no hooks)";
 
+/// Case labels of the rows of each engine call alone, with `hook_inject = "cdi"` (the same runs as
+/// [`SHIM_ENGINE_CDI`]'s).
+pub const SHIM_CALLS_CDI: [&str; 3] = [
+    "shim, engine call create --pid-file alone, hook_inject = cdi: allocates 1g.10gb (no hooks)",
+    "shim, engine call start alone, hook_inject = cdi: passed on to runc",
+    "shim, engine call delete --force alone, hook_inject = cdi: releases the slice (no hooks)",
+];
+
 /// `<program> --root R create --bundle B --pid-file P ID`, `start ID`, `delete --force ID`, as
 /// containerd's runc shim calls a runtime (`delete --force` also covers a `true` still running),
-/// timed together.
+/// each timed.
 fn engine_calls(
     m: &Machine,
     program: &Path,
     config: Option<&Path>,
     t: &RuncTarget,
     bundle: &Bundle,
-) -> Result<Duration> {
+) -> Result<[Duration; 3]> {
     let id = super::run_id();
     let pid_file = bundle.dir.join("init.pid");
     let call = |args: &[&std::ffi::OsStr]| -> Result<()> {
@@ -134,18 +150,23 @@ fn engine_calls(
         Ok(())
     };
     let os = |s: &str| std::ffi::OsString::from(s);
-    let t0 = Instant::now();
-    call(&[
-        &os("create"),
-        &os("--bundle"),
-        bundle.dir.as_os_str(),
-        &os("--pid-file"),
-        pid_file.as_os_str(),
-        &os(&id),
-    ])?;
-    call(&[&os("start"), &os(&id)])?;
-    call(&[&os("delete"), &os("--force"), &os(&id)])?;
-    Ok(t0.elapsed())
+    let timed_call = |args: &[&std::ffi::OsStr]| -> Result<Duration> {
+        let t0 = Instant::now();
+        call(args)?;
+        Ok(t0.elapsed())
+    };
+    Ok([
+        timed_call(&[
+            &os("create"),
+            &os("--bundle"),
+            bundle.dir.as_os_str(),
+            &os("--pid-file"),
+            pid_file.as_os_str(),
+            &os(&id),
+        ])?,
+        timed_call(&[&os("start"), &os(&id)])?,
+        timed_call(&[&os("delete"), &os("--force"), &os(&id)])?,
+    ])
 }
 
 /// Case label of the floor row of [`shim`].
