@@ -352,56 +352,56 @@ pub fn read_nofollow(path: &Path) -> Result<Option<Vec<u8>>, StateDirError> {
 /// Readers see the old or the new content, never a torn one. Keeps `mode` on the new file.
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), StateDirError> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    let mut tmp = tempfile::Builder::new()
+    let tmp = tempfile::Builder::new()
         .prefix(".migrun-tmp")
         .tempfile_in(dir)
         .map_err(io_err("writing", path))?;
-    tmp.write_all(bytes).map_err(io_err("writing", path))?;
-    tmp.as_file()
-        .set_permissions(fs::Permissions::from_mode(mode))
-        .map_err(io_err("writing", path))?;
-    let durable = sync_unless_in_memory(tmp.as_file()).map_err(io_err("writing", path))?;
-    tmp.persist(path)
-        .map_err(|e| io_err("writing", path)(e.error))?;
+    replace_with(tmp, bytes, path, mode).map_err(io_err("writing", path))
+}
+
+/// Writes `bytes` into `tmp` (a temp file in `path`'s directory), gives it `mode` and renames it over
+/// `path`, durably: the file is fsynced before the rename and the directory after it, unless they
+/// live on tmpfs, where fsync has nothing to write. `/run`, so the state dir and `/run/cdi`, is a
+/// tmpfs on most hosts: there the two fsyncs and the directory's open and close were 30 of a prestart
+/// hook's 385 system calls, for nothing a crash could keep. Every atomic replacement goes through
+/// here ([`write_atomic`], the CDI spec store), so the rule lives in one place. On an error the temp
+/// file is removed (dropping it does).
+pub fn replace_with(
+    mut tmp: tempfile::NamedTempFile,
+    bytes: &[u8],
+    path: &Path,
+    mode: u32,
+) -> std::io::Result<()> {
+    tmp.write_all(bytes)?;
+    let file = tmp.as_file();
+    file.set_permissions(fs::Permissions::from_mode(mode))?;
+    let durable = !on_tmpfs(nix::sys::statfs::fstatfs(file));
     if durable {
-        sync_dir(dir);
+        file.sync_all()?;
+    }
+    tmp.persist(path).map_err(|e| e.error)?;
+    if durable {
+        sync_dir(path.parent().unwrap_or(Path::new(".")));
     }
     Ok(())
 }
 
-/// Whether `file` lives on tmpfs, where fsync has nothing to write.
-fn in_memory(file: &File) -> bool {
-    nix::sys::statfs::fstatfs(file)
-        .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::TMPFS_MAGIC)
+/// Whether a `statfs` answer is tmpfs's (an error counts as not: then fsync runs).
+fn on_tmpfs(s: nix::Result<nix::sys::statfs::Statfs>) -> bool {
+    s.is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::TMPFS_MAGIC)
 }
 
-/// fsyncs a file written for an atomic replacement, unless it lives on tmpfs; `Ok(true)` when it did,
-/// and then its directory wants [`sync_dir`] after the rename. `/run`, so the state dir and
-/// `/run/cdi`, is a tmpfs on most hosts: there the two fsyncs and the directory's open and close were
-/// 30 of a prestart hook's 385 system calls, for nothing a crash could keep. On a disk both still run.
-pub fn sync_unless_in_memory(file: &File) -> std::io::Result<bool> {
-    if in_memory(file) {
-        return Ok(false);
-    }
-    file.sync_all()?;
-    Ok(true)
-}
-
-/// Makes a rename in `dir` durable (best effort: the rename is done and the file complete either way).
+/// Makes a rename or removal in `dir` durable, unless `dir` is on tmpfs (see [`replace_with`]); best
+/// effort: the change is done either way.
 pub fn sync_dir(dir: &Path) {
+    if on_tmpfs(nix::sys::statfs::statfs(dir)) {
+        return;
+    }
     if let Ok(d) = File::open(dir) {
         let _ = d.sync_all();
     }
 }
 
-/// [`sync_dir`] after a removal, unless `dir` is on tmpfs (see [`sync_unless_in_memory`]).
-pub fn sync_dir_unless_in_memory(dir: &Path) {
-    let tmpfs = nix::sys::statfs::statfs(dir)
-        .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::TMPFS_MAGIC);
-    if !tmpfs {
-        sync_dir(dir);
-    }
-}
 /// Remove a file; `Ok(false)` when it was not there.
 pub fn remove(path: &Path) -> Result<bool, StateDirError> {
     match fs::remove_file(path) {

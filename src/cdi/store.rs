@@ -8,7 +8,7 @@ use super::types::Spec;
 use crate::lease::LeaseId;
 use crate::statedir;
 use std::fs::{self, DirBuilder};
-use std::io::{ErrorKind, Write};
+use std::io::ErrorKind;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
@@ -124,20 +124,12 @@ pub fn write(dir: &Path, lease: LeaseId, spec: &Spec) -> Result<PathBuf, StoreEr
     }
     let op = "write a spec in";
     // Dropping the temp file on an error path removes it.
-    let mut tmp = tempfile::Builder::new()
+    let tmp = tempfile::Builder::new()
         .prefix(&format!(".{PREFIX}{lease}-"))
         .suffix(".tmp")
         .tempfile_in(dir)
         .map_err(io(op, dir))?;
-    tmp.write_all(&bytes).map_err(io(op, dir))?;
-    tmp.as_file()
-        .set_permissions(fs::Permissions::from_mode(FILE_MODE))
-        .map_err(io(op, dir))?;
-    let durable = statedir::sync_unless_in_memory(tmp.as_file()).map_err(io(op, dir))?;
-    tmp.persist(&path).map_err(|e| io(op, dir)(e.error))?;
-    if durable {
-        statedir::sync_dir(dir);
-    }
+    statedir::replace_with(tmp, &bytes, &path, FILE_MODE).map_err(io(op, dir))?;
     Ok(path)
 }
 
@@ -167,7 +159,7 @@ pub fn read(dir: &Path, lease: LeaseId) -> Result<Option<Spec>, StoreError> {
 pub fn remove(dir: &Path, lease: LeaseId) -> Result<bool, StoreError> {
     match fs::remove_file(dir.join(file_name(lease))) {
         Ok(()) => {
-            statedir::sync_dir_unless_in_memory(dir);
+            statedir::sync_dir(dir);
             Ok(true)
         }
         Err(e) if e.kind() == ErrorKind::NotFound => Ok(false),
