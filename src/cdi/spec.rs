@@ -244,7 +244,7 @@ pub fn build_from(
     doc["cdiVersion"] = Value::String(min.to_string());
     let spec = from_json(&doc).map_err(invalid)?;
     let what = format!("the CDI spec built for lease {}", slice.lease);
-    let edits = edits_of(checked(&spec, &doc), &slice.lease.to_string(), &what)?;
+    let edits = edits_of(check_doc(&spec, &doc), &slice.lease.to_string(), &what)?;
     Ok((spec, edits))
 }
 
@@ -269,11 +269,11 @@ pub(crate) struct Checked {
 pub(crate) fn check(spec: &Spec) -> Result<Checked, String> {
     // The crate keeps a spec's fields to itself; its serialized form has them all.
     let doc = serde_json::to_value(spec).map_err(|e| e.to_string())?;
-    checked(spec, &doc)
+    check_doc(spec, &doc)
 }
 
 /// [`check`] of `spec` whose JSON form is `doc` (the builder has it already).
-fn checked(spec: &Spec, doc: &Value) -> Result<Checked, String> {
+fn check_doc(spec: &Spec, doc: &Value) -> Result<Checked, String> {
     let declared = doc["cdiVersion"].as_str().unwrap_or_default();
     if !version::VALID_SPEC_VERSIONS.is_valid_version(declared) {
         return Err(format!("invalid version {declared}"));
@@ -284,8 +284,8 @@ fn checked(spec: &Spec, doc: &Value) -> Result<Checked, String> {
             "cdiVersion {declared} is too old for its content: it needs at least v{needed}"
         ));
     }
-    let annotations: BTreeMap<String, String> =
-        serde_json::from_value(doc["annotations"].clone()).unwrap_or_default();
+    let annotations =
+        BTreeMap::<String, String>::deserialize(&doc["annotations"]).unwrap_or_default();
     let kind = doc["kind"].as_str().unwrap_or_default();
     validate_spec_annotations(kind, &annotations).map_err(|e| format!("{e:#}"))?;
     let common = match &spec.container_edits {
@@ -333,29 +333,26 @@ fn edits_of(
         what: what.to_string(),
         reason,
     };
-    let checked = checked.map_err(invalid)?;
-    let Some(i) = checked.devices.iter().position(|(n, _)| n == name) else {
+    let Checked {
+        common,
+        mut devices,
+    } = checked.map_err(invalid)?;
+    let Some(i) = devices.iter().position(|(n, _)| n == name) else {
         return Err(SpecError::NoDevice {
             name: name.to_string(),
-            names: checked
-                .devices
+            names: devices
                 .iter()
                 .map(|(n, _)| n.as_str())
                 .collect::<Vec<_>>()
                 .join(", "),
         });
     };
+    let (_, device_edits) = devices.swap_remove(i);
     let mut all = Edits::new();
     let merge = |all: &mut Edits, e: Edits| all.append(e).map_err(|e| invalid(format!("{e:#}")));
-    let Checked { common, devices } = checked;
     if let Some(common) = common {
         merge(&mut all, common)?;
     }
-    let device_edits = devices
-        .into_iter()
-        .nth(i)
-        .map(|(_, e)| e)
-        .unwrap_or_default();
     merge(&mut all, device_edits)?;
     Ok(all.container_edits)
 }
