@@ -654,7 +654,6 @@ pub fn parse(args: Vec<OsString>) -> Result<Cli, CliError> {
 
 mod hook_argv;
 use hook_argv::parse_hook;
-pub use hook_argv::GLOBAL_ENV;
 
 #[cfg(test)]
 mod tests;

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 /// The environment variables behind [`GlobalArgs`]' flags, in field order (a test keeps them in step
 /// with the clap definitions).
-pub const GLOBAL_ENV: [&str; 3] = ["MIGRUN_SIMULATE", "MIGRUN_STATE_DIR", "MIGRUN_CONFIG"];
+pub(super) const GLOBAL_ENV: [&str; 3] = ["MIGRUN_SIMULATE", "MIGRUN_STATE_DIR", "MIGRUN_CONFIG"];
 
 /// `migrun hook <stage>` exactly as hooks.d entries and runc hooks write it: argv is those two words
 /// and the globals come from the environment alone. A hook is a fresh process per container start,

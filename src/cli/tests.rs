@@ -1,5 +1,5 @@
 //! Unit tests of the command line: parsing the launcher form, near-miss suggestions, `-v` versus docker's volume, the deferred subcommand tree.
-use super::hook_argv::globals_from_env;
+use super::hook_argv::{globals_from_env, GLOBAL_ENV};
 use super::*;
 use clap::CommandFactory;
 
