@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# Each OCI hook's own wall time, one by one, without a container engine (docs/benchmarks.md, runs L to N): N rounds
+# Each OCI hook's own wall time, one by one, without a container engine (docs/benchmarks.md, runs L to P): N rounds
 # (default 80) of `migrun hook prestart` (allocates 1g.10gb on a simulated h100-80gb:8, hook_inject = cdi, so the
 # lease's CDI spec is written) then `migrun hook poststop` (ends it; the instance is destroyed by a background
 # worker), then `migrun --version` (process start only) and `true`; prints the median of each. With `--count`, one
-# more round runs under valgrind's callgrind and prints each process's instruction count instead (deterministic,
-# for comparing builds on a noisy host). State and specs live in a temp dir on /dev/shm; nothing else is touched.
-# Needs bash 5 ($EPOCHREALTIME); --count needs valgrind.
+# more round runs under valgrind's callgrind and one under strace, and it prints each process's instruction and
+# system-call counts instead (deterministic, for comparing builds on a noisy host). State and specs live in a
+# temp dir on /dev/shm; nothing else is touched.
+# Needs bash 5 ($EPOCHREALTIME); --count needs valgrind and strace.
 #   usage: scripts/hook-calls.sh MIGRUN_BINARY [ROUNDS] [--count]
 set -euo pipefail
 M=$(realpath "${1:?usage: scripts/hook-calls.sh MIGRUN_BINARY [ROUNDS] [--count]}")
@@ -54,8 +55,14 @@ if [[ $COUNT == --count ]]; then
         valgrind --tool=callgrind --callgrind-out-file="$D/$stage.cg" "$M" hook $stage <<<"$(state $i $st)" 2>/dev/null
     done
     valgrind --tool=callgrind --callgrind-out-file="$D/version.cg" "$M" --version >/dev/null 2>&1
+    # The same once more under strace: system calls, the process's own (the background destroy excluded).
+    i=strace
+    cp "$D/config.orig" "$D/bundle/config.json"
+    strace -c -o "$D/prestart.st" "$M" hook prestart <<<"$(state $i created)"
+    strace -c -o "$D/poststop.st" "$M" hook poststop <<<"$(state $i stopped)"
+    strace -c -o "$D/version.st" "$M" --version >/dev/null
     for c in prestart poststop version; do
-        echo "$c: $(callgrind_annotate "$D/$c.cg" 2>/dev/null | awk '/PROGRAM TOTALS/ {print $1; exit}') instructions"
+        echo "$c: $(callgrind_annotate "$D/$c.cg" 2>/dev/null | awk '/PROGRAM TOTALS/ {print $1; exit}') instructions, $(awk '$NF == "total" {print $(NF-2); exit}' "$D/$c.st") system calls"
     done
 else
     echo "medians of $N rounds (µs): prestart $(med "${pre[@]}"), poststop $(med "${post[@]}"), migrun --version $(med "${ver[@]}"), true $(med "${tru[@]}")"

@@ -363,7 +363,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), StateDir
 /// `path`, durably: the file is fsynced before the rename and the directory after it, unless they
 /// live on tmpfs, where fsync has nothing to write. `/run`, so the state dir and `/run/cdi`, is a
 /// tmpfs on most hosts: there the two fsyncs and the directory's open and close were 30 of a prestart
-/// hook's 385 system calls, for nothing a crash could keep. Every atomic replacement goes through
+/// hook's 383 system calls, for nothing a crash could keep. Every atomic replacement goes through
 /// here ([`write_atomic`], the CDI spec store), so the rule lives in one place. On an error the temp
 /// file is removed (dropping it does).
 pub fn replace_with(
